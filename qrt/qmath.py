@@ -283,7 +283,8 @@ def quantize(x, scale, zero_point=None, qtype=None, axis=None, block_size=0):
         # numpy divides float16 by float16 in float16; reproduce that rounding before rint.
         scale_b = _broadcast_param(scale, x.shape, kind, axis, block_size)
         zp_b = _broadcast_param(zero_point.astype(np.int32), x.shape, kind, axis, block_size)
-        values = np.rint(x / scale_b).astype(np.float64) + zp_b
+        with np.errstate(over="ignore"):  # an infinite quotient saturates like any large one
+            values = np.rint(x / scale_b).astype(np.float64) + zp_b
         values = np.where(np.isnan(values), qmin, np.clip(values, qmin, qmax))
         return values.astype(_CONTAINER.get(key, _STORAGE_DTYPE.get(key))).astype(_STORAGE_DTYPE[key])
 

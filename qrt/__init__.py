@@ -1,0 +1,40 @@
+"""qrt: a quantization-first ONNX runtime on Numba kernels.
+
+    sess = qrt.InferenceSession("model.onnx")
+    y, = sess.run(None, {"input": x})
+"""
+import os as _os
+
+# Numba's OpenMP pool and OpenBLAS (numpy's BLAS, which Numba's np.dot calls) share the cores; spinning
+# idle OpenMP workers slowed alternating calls 12x on 2 cores (shared/PERFORMANCE-NOTES.md).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import (InvalidArgument, InvalidModel, NodeExecutionError, QrtError, QuantizationError,
+                     UnsupportedOperator)
+from .providers import get_all_providers, get_available_providers
+from .session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg,
+                      RunOptions, SessionOptions)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Heavier sub-packages load on first use, so `import qrt` stays quick for plain inference.
+    if name == "optimize":
+        from .optimizer import optimize
+        return optimize
+    if name in ("quantize_static", "quantize_dynamic", "QuantFormat", "QuantType", "CalibrationMethod"):
+        from . import quantization
+        return getattr(quantization, name)
+    if name == "check":
+        from .check import check
+        return check
+    raise AttributeError(f"module 'qrt' has no attribute {name!r}")
+
+
+__all__ = [
+    "InferenceSession", "SessionOptions", "RunOptions", "NodeArg", "ModelMetadata", "GraphOptimizationLevel",
+    "ExecutionMode", "get_available_providers", "get_all_providers", "optimize", "check", "quantize_static",
+    "quantize_dynamic", "QuantFormat", "QuantType", "CalibrationMethod", "QrtError", "InvalidModel",
+    "InvalidArgument", "UnsupportedOperator", "NodeExecutionError", "QuantizationError",
+]

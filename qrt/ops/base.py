@@ -1,0 +1,38 @@
+"""The contract every kernel class follows.
+
+A kernel class is registered with :func:`qrt.registry.register`. Its ``__init__`` takes the node's
+ONNX attributes as keyword arguments, with the ONNX names and the spec's defaults, and parses them
+once at plan time. ``run(*inputs)`` receives the node's inputs in order (``None`` for an omitted
+optional input) and returns one array or a tuple of arrays, one per node output.
+
+The planner sets two instance attributes before the first run:
+
+* ``n_inputs`` / ``n_outputs``: how many inputs and outputs the node declares (``Split`` and
+  ``TopK``-style ops need the output count; trailing optional outputs may be left out).
+* ``node_name``: for error messages.
+
+Class attributes a kernel may override:
+
+* ``deterministic = False`` keeps the node out of plan-time constant folding (random ops).
+* ``uses_outer_scope = True`` makes the planner call ``run(*inputs, scope=values)`` where ``scope``
+  maps outer-scope names to arrays; graph attributes arrive in ``__init__`` as built sub-plans
+  (:class:`qrt.plan.Plan`).
+"""
+from __future__ import annotations
+
+
+class Op:
+    op_type: str = ""
+    domain: str = ""
+    provider: str = ""
+    since_version: int = 0
+
+    deterministic = True
+    uses_outer_scope = False
+
+    n_inputs = 0
+    n_outputs = 1
+    node_name = ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.node_name!r})"

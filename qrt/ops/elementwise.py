@@ -1,0 +1,269 @@
+"""Element-wise ops: arithmetic, comparison, logic, unary math and activations, with broadcasting."""
+import numpy as np
+
+from ..errors import InvalidModel
+from ..kernels.cpu import elementwise as k
+from ..kernels.cpu.ufunc import call
+from ..registry import register
+from .base import Op
+
+_BOOL = np.dtype(np.bool_)
+
+
+def _is_int(a):
+    return a.dtype.kind in "iu"
+
+
+def _binary(op_type, since, kernel, int_kernel=None, result_bool=False):
+    """Register a two-input op whose float and integer loops may differ (Div, Pow, Mod)."""
+
+    @register(op_type, since)
+    class Binary(Op):
+        def run(self, a, b):
+            if a.dtype == object:
+                return _object_binary(op_type, a, b)
+            chosen = int_kernel if (int_kernel is not None and _is_int(a)) else kernel
+            return call(chosen, a, b, dtype=_BOOL if result_bool else a.dtype)
+
+    Binary.__name__ = Binary.__qualname__ = op_type
+    return Binary
+
+
+def _object_binary(op_type, a, b):
+    # String tensors: only comparisons are defined on them, and numpy compares Python strings.
+    if op_type == "Equal":
+        return np.equal(a, b).astype(bool)
+    raise InvalidModel(f"{op_type} is not defined on string tensors")
+
+
+Add = _binary("Add", 7, k.add)
+Sub = _binary("Sub", 7, k.sub)
+Mul = _binary("Mul", 7, k.mul)
+Div = _binary("Div", 7, k.div_float, k.div_int)
+Equal = _binary("Equal", 7, k.equal, result_bool=True)
+Greater = _binary("Greater", 7, k.greater, result_bool=True)
+GreaterOrEqual = _binary("GreaterOrEqual", 12, k.greater_equal, result_bool=True)
+Less = _binary("Less", 7, k.less, result_bool=True)
+LessOrEqual = _binary("LessOrEqual", 12, k.less_equal, result_bool=True)
+And = _binary("And", 7, k.logical_and, result_bool=True)
+Or = _binary("Or", 7, k.logical_or, result_bool=True)
+Xor = _binary("Xor", 7, k.logical_xor, result_bool=True)
+
+
+@register("Pow", 7)
+class Pow(Op):
+    def run(self, x, y):
+        # The result has the base's type; the exponent may be of another numeric type (opset 12+).
+        if _is_int(x):
+            return call(k.pow_int, x, y.astype(np.int64) if y.dtype.kind == "f" else y, dtype=x.dtype) \
+                if y.dtype.kind in "iu" else call(k.pow_float, x.astype(np.float64), y, dtype=x.dtype)
+        return call(k.pow_float, x, y.astype(x.dtype) if y.dtype != x.dtype else y, dtype=x.dtype)
+
+
+@register("Mod", 10)
+class Mod(Op):
+    def __init__(self, fmod=0):
+        self.fmod = int(fmod)
+
+    def run(self, a, b):
+        if a.dtype.kind == "f":
+            if not self.fmod:
+                raise InvalidModel("Mod on floating-point inputs requires fmod=1")
+            return call(k.fmod, a, b, dtype=a.dtype)
+        return call(k.fmod_int if self.fmod else k.mod_int, a, b, dtype=a.dtype)
+
+
+def _variadic(op_type, since, kernel):
+    @register(op_type, since)
+    class Variadic(Op):
+        def run(self, *xs):
+            result = xs[0]
+            for x in xs[1:]:
+                result = call(kernel, result, x, dtype=xs[0].dtype)
+            if len(xs) == 1:
+                result = result.copy()
+            return result
+
+    Variadic.__name__ = Variadic.__qualname__ = op_type
+    return Variadic
+
+
+Max = _variadic("Max", 8, k.maximum)
+Min = _variadic("Min", 8, k.minimum)
+Sum = _variadic("Sum", 8, k.add)
+
+
+@register("Mean", 8)
+class Mean(Op):
+    def run(self, *xs):
+        total = xs[0]
+        for x in xs[1:]:
+            total = call(k.add, total, x, dtype=xs[0].dtype)
+        return call(k.div_float, total, np.asarray(len(xs), dtype=total.dtype), dtype=total.dtype)
+
+
+def _unary(op_type, since, kernel, result_bool=False):
+    @register(op_type, since)
+    class Unary(Op):
+        def run(self, x):
+            return call(kernel, x, dtype=_BOOL if result_bool else x.dtype)
+
+    Unary.__name__ = Unary.__qualname__ = op_type
+    return Unary
+
+
+Abs = _unary("Abs", 6, k.absolute)
+Neg = _unary("Neg", 6, k.negative)
+Sign = _unary("Sign", 9, k.sign)
+Exp = _unary("Exp", 6, k.exp)
+Log = _unary("Log", 6, k.log)
+Sqrt = _unary("Sqrt", 6, k.sqrt)
+Reciprocal = _unary("Reciprocal", 6, k.reciprocal)
+Floor = _unary("Floor", 6, k.floor)
+Ceil = _unary("Ceil", 6, k.ceil)
+Round = _unary("Round", 11, k.round_half_even)
+Sin = _unary("Sin", 7, k.sin)
+Cos = _unary("Cos", 7, k.cos)
+Tan = _unary("Tan", 7, k.tan)
+Asin = _unary("Asin", 7, k.asin)
+Acos = _unary("Acos", 7, k.acos)
+Atan = _unary("Atan", 7, k.atan)
+Sinh = _unary("Sinh", 9, k.sinh)
+Cosh = _unary("Cosh", 9, k.cosh)
+Asinh = _unary("Asinh", 9, k.asinh)
+Acosh = _unary("Acosh", 9, k.acosh)
+Atanh = _unary("Atanh", 9, k.atanh)
+Tanh = _unary("Tanh", 6, k.tanh)
+Erf = _unary("Erf", 9, k.erf)
+Sigmoid = _unary("Sigmoid", 6, k.sigmoid)
+Relu = _unary("Relu", 6, k.relu)
+HardSwish = _unary("HardSwish", 14, k.hard_swish)
+Softplus = _unary("Softplus", 1, k.softplus)
+Softsign = _unary("Softsign", 1, k.softsign)
+Mish = _unary("Mish", 18, k.mish)
+Not = _unary("Not", 1, k.logical_not, result_bool=True)
+IsNaN = _unary("IsNaN", 9, k.is_nan, result_bool=True)
+
+
+@register("IsInf", 10)
+class IsInf(Op):
+    def __init__(self, detect_negative=1, detect_positive=1):
+        self.detect_negative = np.int64(detect_negative)
+        self.detect_positive = np.int64(detect_positive)
+
+    def run(self, x):
+        return call(k.is_inf, x, self.detect_positive, self.detect_negative, dtype=_BOOL)
+
+
+def _scalar(value, like):
+    return np.asarray(value, dtype=like.dtype)
+
+
+@register("LeakyRelu", 6)
+class LeakyRelu(Op):
+    def __init__(self, alpha=0.01):
+        self.alpha = alpha
+
+    def run(self, x):
+        return call(k.leaky_relu, x, _scalar(self.alpha, x))
+
+
+@register("Elu", 6)
+class Elu(Op):
+    def __init__(self, alpha=1.0):
+        self.alpha = alpha
+
+    def run(self, x):
+        return call(k.elu, x, _scalar(self.alpha, x))
+
+
+@register("Selu", 6)
+class Selu(Op):
+    def __init__(self, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+        self.alpha, self.gamma = alpha, gamma
+
+    def run(self, x):
+        return call(k.selu, x, _scalar(self.alpha, x), _scalar(self.gamma, x))
+
+
+@register("Celu", 12)
+class Celu(Op):
+    def __init__(self, alpha=1.0):
+        self.alpha = alpha
+
+    def run(self, x):
+        return call(k.celu, x, _scalar(self.alpha, x))
+
+
+@register("HardSigmoid", 6)
+class HardSigmoid(Op):
+    def __init__(self, alpha=0.2, beta=0.5):
+        self.alpha, self.beta = alpha, beta
+
+    def run(self, x):
+        return call(k.hard_sigmoid, x, _scalar(self.alpha, x), _scalar(self.beta, x))
+
+
+@register("ThresholdedRelu", 10)
+class ThresholdedRelu(Op):
+    def __init__(self, alpha=1.0):
+        self.alpha = alpha
+
+    def run(self, x):
+        return call(k.thresholded_relu, x, _scalar(self.alpha, x))
+
+
+@register("Shrink", 9)
+class Shrink(Op):
+    def __init__(self, bias=0.0, lambd=0.5):
+        self.bias, self.lambd = bias, lambd
+
+    def run(self, x):
+        return call(k.shrink, x, _scalar(self.bias, x), _scalar(self.lambd, x))
+
+
+@register("Gelu", 20)
+class Gelu(Op):
+    def __init__(self, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise InvalidModel(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.kernel = k.gelu_tanh if approximate == "tanh" else k.gelu_erf
+
+    def run(self, x):
+        return call(self.kernel, x)
+
+
+@register("Clip", 6)
+class Clip6(Op):
+    def __init__(self, min=-3.402823e38, max=3.402823e38):
+        self.min, self.max = min, max
+
+    def run(self, x):
+        return call(k.clip, x, _scalar(self.min, x), _scalar(self.max, x))
+
+
+@register("Clip", 11)
+class Clip(Op):
+    def run(self, x, min=None, max=None):
+        if x.dtype.kind == "f":
+            lo = min if min is not None else np.asarray(-np.inf, x.dtype)
+            hi = max if max is not None else np.asarray(np.inf, x.dtype)
+        else:
+            info = np.iinfo(x.dtype)
+            lo = min if min is not None else np.asarray(info.min, x.dtype)
+            hi = max if max is not None else np.asarray(info.max, x.dtype)
+        return call(k.clip, x, np.asarray(lo, x.dtype).reshape(()), np.asarray(hi, x.dtype).reshape(()))
+
+
+@register("PRelu", 7)
+class PRelu(Op):
+    def run(self, x, slope):
+        return call(k.prelu, x, slope.astype(x.dtype, copy=False))
+
+
+@register("Where", 9)
+class Where(Op):
+    def run(self, condition, x, y):
+        if x.dtype == object:
+            return np.where(condition, x, y)
+        return call(k.where, condition, x, y, dtype=x.dtype)

@@ -1,0 +1,250 @@
+"""InferenceSession: onnxruntime's API on qrt's plan.
+
+    load -> check -> optimize -> place on providers -> plan -> run
+
+Each stage is a function of its own (:mod:`qrt.model`, :mod:`qrt.optimizer`, :mod:`qrt.plan`), so
+it can be called and inspected on its own; the session only strings them together.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+import threading
+import time
+
+import numba
+import numpy as np
+import onnx
+
+from .errors import InvalidArgument, InvalidModel
+from .model import check_model, load_model, model_label, numpy_dtype, opset_imports, shape_of, type_string
+from .plan import Profiler, build_plan
+from .providers import resolve_providers
+
+
+class GraphOptimizationLevel(enum.IntEnum):
+    ORT_DISABLE_ALL = 0
+    ORT_ENABLE_BASIC = 1
+    ORT_ENABLE_EXTENDED = 2
+    ORT_ENABLE_ALL = 99
+
+
+class ExecutionMode(enum.IntEnum):
+    ORT_SEQUENTIAL = 0
+    ORT_PARALLEL = 1
+
+
+class SessionOptions:
+    """The subset of onnxruntime's SessionOptions that qrt honours, with the same names."""
+
+    def __init__(self):
+        self.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.intra_op_num_threads = 0
+        self.inter_op_num_threads = 0
+        self.execution_mode = ExecutionMode.ORT_SEQUENTIAL
+        self.enable_profiling = False
+        self.profile_file_prefix = "qrt_profile"
+        self.optimized_model_filepath = ""
+        self.log_severity_level = 2
+        self.log_verbosity_level = 0
+        self.logid = ""
+        # qrt's own: run DequantizeLinear -> op -> QuantizeLinear groups on integer kernels.
+        self.enable_qdq_integer_execution = True
+
+
+class RunOptions:
+    def __init__(self):
+        self.log_severity_level = 2
+        self.logid = ""
+        self.terminate = False
+
+
+class NodeArg:
+    """A graph input or output as onnxruntime describes it."""
+
+    def __init__(self, name, shape, type_):
+        self.name = name
+        self.shape = shape
+        self.type = type_
+
+    def __repr__(self):
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape!r})"
+
+
+class ModelMetadata:
+    def __init__(self, model: onnx.ModelProto):
+        self.producer_name = model.producer_name
+        self.graph_name = model.graph.name
+        self.domain = model.domain
+        self.description = model.doc_string
+        self.graph_description = model.graph.doc_string
+        self.version = model.model_version
+        self.custom_metadata_map = {p.key: p.value for p in model.metadata_props}
+
+
+def _optimization_passes(level):
+    if int(level) <= 0:
+        return None
+    try:
+        from .optimizer import passes_for_level
+    except ImportError:
+        return None
+    return passes_for_level(int(level))
+
+
+class InferenceSession:
+    """Run an ONNX model on qrt's kernels: ``InferenceSession(path_or_bytes_or_proto).run(None, feeds)``."""
+
+    def __init__(self, path_or_bytes, sess_options: SessionOptions | None = None, providers=None,
+                 provider_options=None, **kwargs):
+        self._options = sess_options or SessionOptions()
+        model = load_model(path_or_bytes)
+        self._label = model_label(model, path_or_bytes)
+        self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
+        model = check_model(model, self._label)
+        self._metadata = ModelMetadata(model)
+        self._inputs, self._overridable = self._describe_inputs(model.graph)
+        self._outputs = [NodeArg(o.name, shape_of(o.type), type_string(o.type)) for o in model.graph.output]
+
+        passes = _optimization_passes(self._options.graph_optimization_level)
+        if passes:
+            from .optimizer import optimize
+            model = optimize(model, passes=passes)
+        if self._options.optimized_model_filepath:
+            _save_atomically(model, self._options.optimized_model_filepath)
+        self.model = model   # the checked, optimized model the plan was built from (inspectable)
+
+        self._providers = resolve_providers(providers)
+        self._plan = build_plan(model.graph, opset_imports(model), self._providers, label=self._label)
+        self._input_specs = {a.name: a for a in self._inputs}
+        self._expected_dtypes = {i.name: numpy_dtype(i.type.tensor_type.elem_type)
+                                 for i in model.graph.input if i.type.WhichOneof("value") == "tensor_type"}
+        self._profiler = Profiler() if self._options.enable_profiling else None
+        self._profile_start = time.time()
+
+    @staticmethod
+    def _describe_inputs(graph):
+        initializers = {t.name for t in graph.initializer}
+        inputs, overridable = [], []
+        for i in graph.input:
+            arg = NodeArg(i.name, shape_of(i.type), type_string(i.type))
+            (overridable if i.name in initializers else inputs).append(arg)
+        return inputs, overridable
+
+    # --- onnxruntime's introspection API -------------------------------------------------------
+    def get_inputs(self):
+        return list(self._inputs)
+
+    def get_outputs(self):
+        return list(self._outputs)
+
+    def get_overridable_initializers(self):
+        return list(self._overridable)
+
+    def get_providers(self):
+        return [p.name for p in self._providers]
+
+    def get_provider_options(self):
+        return {p.name: {} for p in self._providers}
+
+    def get_session_options(self):
+        return self._options
+
+    def get_modelmeta(self):
+        return self._metadata
+
+    @property
+    def plan(self):
+        return self._plan
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self, output_names, input_feed, run_options=None):
+        """Run the model: ``output_names`` None for all outputs; ``input_feed`` maps names to arrays."""
+        feeds = self._check_feeds(input_feed)
+        all_names = [o.name for o in self._outputs]
+        if output_names:
+            unknown = [n for n in output_names if n not in all_names]
+            if unknown:
+                raise InvalidArgument(f"{self._label}: unknown output name(s) {unknown}; outputs are {all_names}")
+        threads = int(self._options.intra_op_num_threads or 0)
+        if threads > 0:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        values = self._plan.run(feeds, profiler=self._profiler)
+        by_name = dict(zip(all_names, values))
+        names = output_names or all_names
+        return [_as_array(by_name[n]) for n in names]
+
+    def _check_feeds(self, input_feed):
+        if not isinstance(input_feed, dict):
+            raise InvalidArgument(f"{self._label}: input_feed must be a dict of name -> numpy array, "
+                                  f"got {type(input_feed).__name__}")
+        expected = self._input_specs
+        unknown = [n for n in input_feed if n not in expected]
+        if unknown:
+            overridable = {a.name for a in self._overridable}
+            hint = (" (initializers cannot be overridden in qrt)" if any(n in overridable for n in unknown) else "")
+            raise InvalidArgument(f"{self._label}: unknown input name(s) {unknown}{hint}; "
+                                  f"the model's inputs are {list(expected)}")
+        missing = [n for n in expected if n not in input_feed]
+        if missing:
+            raise InvalidArgument(f"{self._label}: missing input(s) {missing}; the model's inputs are "
+                                  + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self._inputs))
+        feeds = {}
+        for name, value in input_feed.items():
+            spec = expected[name]
+            if not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            want = self._expected_dtypes.get(name)
+            if want is not None and value.dtype != want and not (want == object and value.dtype.kind in "US"):
+                raise InvalidArgument(f"{self._label}: input {name!r} has dtype {value.dtype}, "
+                                      f"expected {want} ({spec.type})")
+            if spec.shape is not None:
+                if value.ndim != len(spec.shape):
+                    raise InvalidArgument(f"{self._label}: input {name!r} has rank {value.ndim} "
+                                          f"(shape {list(value.shape)}), expected rank {len(spec.shape)} "
+                                          f"(shape {spec.shape})")
+                for axis, (got, dim) in enumerate(zip(value.shape, spec.shape)):
+                    if isinstance(dim, int) and got != dim:
+                        raise InvalidArgument(f"{self._label}: input {name!r} has shape {list(value.shape)}, "
+                                              f"expected {spec.shape} (dimension {axis} must be {dim})")
+            if want == object and value.dtype.kind in "US":
+                value = value.astype(object)
+            feeds[name] = value
+        return feeds
+
+    # --- profiling ------------------------------------------------------------------------------
+    def end_profiling(self) -> str:
+        """Write the Chrome-trace JSON of every node run so far and return its path ('' if disabled)."""
+        if self._profiler is None:
+            return ""
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(self._profile_start))
+        path = f"{self._options.profile_file_prefix}_{stamp}.json"
+        events = list(self._profiler.events)
+        _write_atomically(path, json.dumps(events, indent=0).encode())
+        self._profiler = Profiler()
+        return path
+
+
+def _as_array(value):
+    if isinstance(value, np.ndarray):
+        return value
+    return np.asarray(value)
+
+
+def _write_atomically(path: str, data: bytes):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".qrt-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_atomically(model: onnx.ModelProto, path: str):
+    _write_atomically(os.fspath(path), model.SerializeToString())

@@ -1,0 +1,84 @@
+"""onnx's own backend node test cases, run through qrt.backend.
+
+The cases and their expected outputs come from ``onnx.backend.test.case.node.collect_testcases``.
+Which ops must pass is listed in ``node_test_ops.py``; the only skips are in
+``node_test_exclusions.txt``, each with its reason.
+
+Tolerance: float32 results are compared at rtol=1e-5, atol=1e-6 — a few ulps of float32 over
+the handful of roundings these small cases involve — unless the case itself declares a looser
+tolerance (its author's statement that the op's math needs it, e.g. float16 or iterative ops).
+Integer and bool results must match exactly.
+"""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import qrt.backend
+from node_test_ops import FLOAT_RUNTIME, INT8, LONG_TAIL
+
+HERE = os.path.dirname(__file__)
+TARGET_OPS = set(FLOAT_RUNTIME) | set(INT8) | set(LONG_TAIL)
+
+
+def _exclusions():
+    excluded = {}
+    with open(os.path.join(HERE, "node_test_exclusions.txt")) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, reason = line.partition("#")
+            excluded[name.strip()] = reason.strip()
+    return excluded
+
+
+def _cases():
+    from onnx.backend.test.case.node import collect_testcases
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = collect_testcases()
+    by_name = {c.name: c for c in cases}
+    selected = []
+    for case in cases:
+        base = by_name.get(case.name.replace("_expanded_ver18", "").replace("_expanded", ""), case)
+        if base.model is None or not base.model.graph.node:
+            continue
+        if base.model.graph.node[0].op_type in TARGET_OPS:
+            selected.append(case)
+    return selected
+
+
+CASES = _cases()
+EXCLUDED = _exclusions()
+
+
+def test_exclusions_name_real_cases():
+    names = {c.name for c in CASES}
+    stale = sorted(n for n in EXCLUDED if n not in names)
+    assert not stale, f"exclusions that match no selected node test: {stale}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_node(case):
+    if case.name in EXCLUDED:
+        pytest.skip(EXCLUDED[case.name])
+    rep = qrt.backend.prepare(case.model)
+    for inputs, expected in case.data_sets:
+        outputs = rep.run(inputs)
+        assert len(outputs) == len(expected)
+        for got, want in zip(outputs, expected):
+            _assert_same(got, np.asarray(want), case)
+
+
+def _assert_same(got, want, case):
+    got = np.asarray(got)
+    assert got.dtype == want.dtype, f"dtype {got.dtype}, expected {want.dtype}"
+    assert got.shape == want.shape, f"shape {got.shape}, expected {want.shape}"
+    if want.dtype.kind in "fc":
+        rtol = case.rtol if case.rtol != 1e-3 else 1e-5
+        atol = max(case.atol, 1e-6)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    else:
+        np.testing.assert_array_equal(got, want)
