@@ -269,6 +269,15 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
         kernel.node_name = node_name
         inputs = list(node.input)
         outputs = list(node.output)
+        prepare = getattr(kernel, "prepare", None)
+        if prepare is not None:
+            # Plan-time hook: validate and pre-pack constant inputs (weights, scales) once per session.
+            try:
+                prepare([visible_constants.get(n) if n else None for n in inputs])
+            except QrtError as exc:
+                raise type(exc)(f"{label}: node {node_name!r} ({node.op_type}): {exc}") from None
+            except (ValueError, TypeError) as exc:
+                raise InvalidModel(f"{label}: node {node_name!r} ({node.op_type}): {exc}") from None
 
         outer_inputs = set()
         for attr in node.attribute:

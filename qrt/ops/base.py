@@ -11,6 +11,11 @@ The planner sets two instance attributes before the first run:
   ``TopK``-style ops need the output count; trailing optional outputs may be left out).
 * ``node_name``: for error messages.
 
+A kernel may define ``prepare(self, constants)``: the planner calls it once, before constant folding,
+with one entry per node input — the array when that input is a constant (initializer, folded
+value), else None. Use it to validate scales and zero points and to pre-pack weights; raise
+:class:`qrt.errors.QrtError` (or ValueError) to reject the model at session creation.
+
 Class attributes a kernel may override:
 
 * ``deterministic = False`` keeps the node out of plan-time constant folding (random ops).
