@@ -67,9 +67,7 @@ class Mod(Op):
 
     def run(self, a, b):
         if a.dtype.kind == "f":
-            if not self.fmod:
-                raise InvalidModel("Mod on floating-point inputs requires fmod=1")
-            return call(k.fmod, a, b, dtype=a.dtype)
+            return call(k.fmod if self.fmod else k.mod_float, a, b, dtype=a.dtype)
         return call(k.fmod_int if self.fmod else k.mod_int, a, b, dtype=a.dtype)
 
 

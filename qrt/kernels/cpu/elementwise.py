@@ -83,7 +83,16 @@ def minimum(a, b):
 
 @vectorize(cache=True)
 def fmod(a, b):
-    return math.fmod(a, b)
+    return np.fmod(a, b)
+
+
+@vectorize(cache=True)
+def mod_float(a, b):
+    # fmod=0 on floats: the result takes the divisor's sign, like Python's %.
+    r = np.fmod(a, b)
+    if r != 0 and (r < 0) != (b < 0):
+        r += b
+    return r
 
 
 @vectorize(cache=True)
@@ -189,7 +198,7 @@ def sign(x):
         return 1
     if x < 0:
         return -1
-    return 0 * x
+    return x if x != x else 0
 
 
 @vectorize(cache=True)
@@ -311,7 +320,7 @@ def sigmoid(x):
 
 @vectorize(cache=True)
 def relu(x):
-    return x if x > 0 else x * 0
+    return x if x > 0 else 0
 
 
 @vectorize(cache=True)
@@ -375,7 +384,7 @@ def gelu_tanh(x):
 
 @vectorize(cache=True)
 def thresholded_relu(x, alpha):
-    return x if x > alpha else x * 0
+    return x if x > alpha else 0
 
 
 @vectorize(cache=True)
@@ -384,18 +393,16 @@ def shrink(x, bias, lambd):
         return x + bias
     if x > lambd:
         return x - bias
-    return x * 0
+    return 0
 
 
 @vectorize(cache=True)
 def clip(x, lo, hi):
+    # min first, then max: with lo > hi every value becomes hi, as the spec says.
     if x != x:
         return x
-    if x < lo:
-        return lo
-    if x > hi:
-        return hi
-    return x
+    v = lo if x < lo else x
+    return hi if v > hi else v
 
 
 @vectorize(cache=True)

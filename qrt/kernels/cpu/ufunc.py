@@ -14,10 +14,19 @@ _lock = threading.Lock()
 _compiled: dict = {}
 
 
+_HALF_KINDS = ("float16", "bfloat16")
+
+
 def call(ufunc, *args, dtype=None, out=None):
     """Apply ``ufunc`` to numpy arrays/scalars; the result has ``dtype`` (default: the first input's)."""
     arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in args]
     result_dtype = np.dtype(dtype) if dtype is not None else arrays[0].dtype
+    if any(a.dtype.name in _HALF_KINDS for a in arrays) or result_dtype.name in _HALF_KINDS:
+        # Numba has no half-precision arithmetic: compute in float32, round once to the half type.
+        widened = [a.astype(np.float32) if a.dtype.name in _HALF_KINDS else a for a in arrays]
+        compute = np.float32 if result_dtype.name in _HALF_KINDS else result_dtype
+        result = call(ufunc, *widened, dtype=compute)
+        return result.astype(result_dtype) if out is None else np.copyto(out, result, casting="unsafe") or out
     key = (ufunc, tuple(a.dtype for a in arrays), result_dtype)
     if key not in _compiled:
         with _lock:
