@@ -5,6 +5,7 @@ emit a new node list, which :func:`finish_graph` then sorts, prunes and type-ann
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 
 import numpy as np
@@ -134,7 +135,6 @@ def toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Node
         waiting[i] = len(deps)
         for d in deps:
             users[d].append(i)
-    import heapq
     ready = [i for i, w in enumerate(waiting) if w == 0]
     heapq.heapify(ready)
     order = []

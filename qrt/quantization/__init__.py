@@ -1,0 +1,55 @@
+"""Static and dynamic int8 quantization of ONNX models, with onnxruntime.quantization's API.
+
+Switching from onnxruntime is a change of import::
+
+    from qrt.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
+
+    summary = quantize_static("model.onnx", "model.int8.onnx", reader,
+                              quant_format=QuantFormat.QOperator, per_channel=True,
+                              activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.Entropy)
+    print(summary)      # quantized nodes, nodes kept in float and why, sizes before and after
+
+``reader`` is a CalibrationDataReader (``get_next()`` returning a feed dict or None) or any iterable
+of feed dicts. Beyond onnxruntime's arguments, ``quantize_static`` takes ``tensor_ranges={name:
+(rmin, rmax)}`` to fix ranges by hand, and both functions accept ``model_output=None`` to get the
+quantized ModelProto back without writing a file.
+
+Formats:
+
+* ``QuantFormat.QOperator``: Conv -> QLinearConv, MatMul -> QLinearMatMul, Gemm -> com.microsoft
+  QGemm, Add/Mul/pools/Sigmoid/LeakyRelu/Concat/Softmax -> com.microsoft QLinear ops; Relu/Clip fold
+  into the producer's output range; MaxPool, Reshape, Transpose, Flatten, Squeeze, Unsqueeze,
+  Resize, Split, Slice, Gather and Pad run on the int8 tensor. QuantizeLinear/DequantizeLinear
+  appear only where int8 and float parts of the graph meet. ConvTranspose (no QLinear form in
+  onnxruntime's CPU domains) keeps float compute on int8-stored weights.
+* ``QuantFormat.QDQ`` (onnxruntime's default): QuantizeLinear/DequantizeLinear pairs on
+  activations, int8 weight initializers with a DequantizeLinear (per-axis when ``per_channel``),
+  int32 bias initializers with a DequantizeLinear: the layout onnxruntime and TensorRT fuse.
+
+Per-channel weights use each op's output-channel axis: Conv 0, ConvTranspose 1, MatMul 1 (the
+columns of a 2-D B), Gemm 0 with transB else 1. Biases are int32 with scale input_scale *
+weight_scale and zero point 0.
+
+Before rewriting, the model is pre-processed with :mod:`qrt.optimizer` (constant folding, so
+weights in Constant nodes become initializers; BatchNormalization folded into Conv; MatMul+Add
+into Gemm) and shape inference with symbolic dims. Every user error raises
+:class:`qrt.errors.QuantizationError`; the output file is written atomically or not at all, and
+the input file is never modified.
+"""
+from calibration import CalibrationDataReader, CalibrationMethod
+
+from .dynamic import quantize_dynamic
+from .static import quantize_static
+from .summary import NodeReport, QuantizationSummary
+from .types import QuantFormat, QuantType
+
+__all__ = [
+    "quantize_static",
+    "quantize_dynamic",
+    "QuantFormat",
+    "QuantType",
+    "CalibrationMethod",
+    "CalibrationDataReader",
+    "QuantizationSummary",
+    "NodeReport",
+]

@@ -1,0 +1,208 @@
+"""``quantize_dynamic``: int8 weights, activations quantized at run time.
+
+The output uses standard ONNX ops only, so any runtime can run it:
+
+* MatMul / Gemm with a constant B: ``DynamicQuantizeLinear(A) -> MatMulInteger(A_q, B_q, A_zp, B_zp)
+  -> Cast -> Mul(A_scale * B_scale [* alpha])`` (+ ``Add`` of the bias). onnxruntime fuses this
+  chain into its DynamicQuantizeMatMul / MatMulIntegerToFloat kernels.
+* Conv (group 1): ``DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul`` (+ bias). ConvInteger
+  takes one weight zero point, so per-channel Conv weights must be symmetric (zero point 0); with
+  asymmetric weights the Conv is quantized per tensor.
+* Gather from a constant table (embeddings): the table is stored uint8 (asymmetric, like the
+  activations) and the gathered rows pass through ``DequantizeLinear``; a quantized MatMul reading
+  them takes the uint8 rows directly.
+
+DynamicQuantizeLinear produces uint8 activations; weights are ``weight_type`` (QInt8 by default,
+as in onnxruntime).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from qrt.errors import QuantizationError
+
+from .config import make_config
+from .graph import GraphIndex, attribute, describe, toposort
+from .model_io import check_output, finish, load, save, serialized_size
+from .preprocess import preprocess
+from .rewrite import _Rewriter
+from .rules import DEFAULT_DYNAMIC_OP_TYPES
+from .summary import NodeReport, QuantizationSummary
+from .types import QuantFormat, QuantType
+
+
+class DynamicRewriter(_Rewriter):
+    def __init__(self, g, cfg):
+        super().__init__(g, cfg, {})
+        self._dynamic: dict[str, tuple[str, str, str]] = {}
+
+    def dynamic_input(self, name: str):
+        """(uint8 tensor, scale, zero point) from one DynamicQuantizeLinear per activation."""
+        if name not in self._dynamic:
+            outs = [self.g.unique(f"{name}_quantized"), self.g.unique(f"{name}_scale"),
+                    self.g.unique(f"{name}_zero_point")]
+            self.emit("DynamicQuantizeLinear", [name], outs)
+            self._dynamic[name] = tuple(outs)
+        return self._dynamic[name]
+
+    def rescale(self, int32_name, a_scale, w_scale_values, out_name, shape=None):
+        """float(int32 accumulator) * a_scale * w_scale -> out_name."""
+        as_float = self.g.unique(f"{out_name}_float_accumulator")
+        self.emit("Cast", [int32_name], [as_float], attrs=[helper.make_attribute("to", TensorProto.FLOAT)])
+        w_scale = np.asarray(w_scale_values, np.float32)
+        if shape is not None:
+            w_scale = w_scale.reshape(shape)
+        w_scale_name = self.add_initializer(w_scale, f"{out_name}_weight_scale")
+        combined = self.g.unique(f"{out_name}_scale")
+        self.emit("Mul", [a_scale, w_scale_name], [combined])
+        self.emit("Mul", [as_float, combined], [out_name])
+
+    def matmul(self, node, b_index, transposed, alpha, out_name):
+        a_q, a_scale, a_zero_point = self.dynamic_input(node.input[0])
+        axis = 1 if self.cfg.per_channel else None
+        b_q, _, b_zero_point, params = self.weight(node.input[b_index], axis, transposed=transposed)
+        accumulator = self.g.unique(f"{out_name}_int32")
+        self.emit("MatMulInteger", [a_q, b_q, a_zero_point, b_zero_point], [accumulator], name=node.name or None)
+        self.rescale(accumulator, a_scale, params.scale * np.float32(alpha), out_name)
+
+    def gemm(self, node):
+        alpha = attribute(node, "alpha", 1.0)
+        beta = attribute(node, "beta", 1.0)
+        out = node.output[0]
+        has_c = len(node.input) > 2 and node.input[2]
+        product = self.g.unique(f"{out}_product") if has_c else out
+        self.matmul(node, 1, bool(attribute(node, "transB", 0)), alpha, product)
+        if has_c:
+            c = node.input[2]
+            if self.g.is_constant(c):
+                c = self.add_initializer(np.asarray(self.g.constant(c), np.float32) * np.float32(beta), f"{c}_scaled")
+            elif beta != 1.0:
+                beta_name = self.add_initializer(np.float32(beta), f"{out}_beta")
+                scaled = self.g.unique(f"{c}_scaled")
+                self.emit("Mul", [c, beta_name], [scaled])
+                c = scaled
+            self.emit("Add", [product, c], [out])
+
+    def conv(self, node, per_channel):
+        x_q, x_scale, x_zero_point = self.dynamic_input(node.input[0])
+        w_name = node.input[1]
+        w_q, _, w_zero_point, params = self.weight(w_name, 0 if per_channel else None)
+        if params.per_axis:
+            # ConvInteger accepts one weight zero point; symmetric weights have all of them 0.
+            w_zero_point = self.add_initializer(params.zero_point.reshape(-1)[:1].reshape(()), f"{w_name}_zero_point_scalar")
+        out = node.output[0]
+        has_bias = len(node.input) > 2 and node.input[2]
+        scaled = self.g.unique(f"{out}_unbiased") if has_bias else out
+        accumulator = self.g.unique(f"{out}_int32")
+        conv = self.emit("ConvInteger", [x_q, w_q, x_zero_point, w_zero_point], [accumulator], name=node.name or None)
+        conv.attribute.extend(node.attribute)
+        rank = len(self.g.shapes[w_name])
+        channel_shape = [1, -1] + [1] * (rank - 2)
+        self.rescale(accumulator, x_scale, params.scale, scaled, shape=channel_shape if params.per_axis else None)
+        if has_bias:
+            bias = np.asarray(self.g.constant(node.input[2]), np.float32).reshape(channel_shape)
+            bias_name = self.add_initializer(bias, f"{node.input[2]}_reshaped")
+            self.emit("Add", [scaled, bias_name], [out])
+
+    def gather(self, node):
+        table = node.input[0]
+        q_table, scale, zero_point, _ = self.weight(table, None, table=True)
+        gathered = self.g.unique(f"{node.output[0]}_quantized")
+        new = self.emit("Gather", [q_table, node.input[1]], [gathered], name=node.name or None)
+        new.attribute.extend(node.attribute)
+        self.emit("DequantizeLinear", [gathered, scale, zero_point], [node.output[0]])
+        # Rows gathered from a uint8 table are already what DynamicQuantizeLinear would produce:
+        # a MatMul reading them takes them directly instead of quantizing them a second time.
+        self._dynamic[node.output[0]] = (gathered, scale, zero_point)
+
+
+def _reason(g: GraphIndex, node, cfg) -> str:
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return f"op of domain {node.domain!r}"
+    if op not in DEFAULT_DYNAMIC_OP_TYPES:
+        return f"qrt has no dynamically quantized form of {op}"
+    if node.name in cfg.nodes_to_exclude:
+        return "listed in nodes_to_exclude"
+    if cfg.nodes_to_quantize is not None and node.name not in cfg.nodes_to_quantize:
+        return "not listed in nodes_to_quantize"
+    if op not in cfg.op_types:
+        return "op type not in op_types_to_quantize"
+    if op == "Gather":
+        table = node.input[0]
+        if not g.is_constant(table):
+            return f"data {table!r} is not a constant"
+        return "" if g.is_float(table) else f"data {table!r} is not float32"
+    a, w = node.input[0], node.input[1]
+    if not g.is_float(a):
+        return f"input {a!r} is not float32 (or its type is unknown)"
+    if not g.is_constant(w) or not g.is_float(w):
+        return f"weight {w!r} is not a float32 constant"
+    if op in ("MatMul", "Gemm") and len(g.shapes[w]) != 2:
+        return f"weight {w!r} has rank {len(g.shapes[w])}, MatMulInteger needs a 2-D B"
+    if op == "Gemm" and attribute(node, "transA", 0):
+        return "Gemm with transA=1"
+    if op == "Conv":
+        if attribute(node, "group", 1) != 1:
+            return "grouped/depthwise Conv: too little arithmetic for dynamic quantization to pay"
+        if len(node.input) > 2 and node.input[2] and not g.is_constant(node.input[2]):
+            return f"bias {node.input[2]!r} is not a constant"
+    return ""
+
+
+def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_channel=False,
+                     reduce_range=False, weight_type=QuantType.QInt8, nodes_to_quantize=None,
+                     nodes_to_exclude=None, use_external_data_format=False,
+                     extra_options=None) -> QuantizationSummary:
+    """Quantizes weights to int8 and lets the model quantize activations as it runs.
+
+    Arguments and defaults are ``onnxruntime.quantization.quantize_dynamic``'s. ``model_output=None``
+    writes nothing; the model is in the returned summary's ``model``.
+    """
+    cfg = make_config(quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                      weight_type=weight_type, per_channel=per_channel, reduce_range=reduce_range,
+                      op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
+                      nodes_to_exclude=nodes_to_exclude, extra_options=extra_options, tensor_ranges=None,
+                      default_op_types=DEFAULT_DYNAMIC_OP_TYPES)
+    check_output(model_input, model_output)
+    source, label, size_before = load(model_input)
+    model, notes = preprocess(source, label)
+    g = GraphIndex(model)
+    writer = DynamicRewriter(g, cfg)
+    reports = []
+    available = set(g.graph_inputs) | set(g.initializers)
+    for node in toposort(list(g.graph.node), available):
+        reason = _reason(g, node, cfg)
+        name = node.name or node.output[0]
+        if reason:
+            writer.nodes.append(node)
+            reports.append(NodeReport(name, node.op_type, "float", reason))
+            continue
+        detail = {"MatMul": "MatMulInteger", "Gemm": "MatMulInteger", "Conv": "ConvInteger",
+                  "Gather": "int8 Gather + DequantizeLinear"}[node.op_type]
+        if node.op_type == "MatMul":
+            writer.matmul(node, 1, False, 1.0, node.output[0])
+        elif node.op_type == "Gemm":
+            writer.gemm(node)
+        elif node.op_type == "Conv":
+            per_channel_conv = cfg.per_channel and cfg.weight_symmetric
+            if cfg.per_channel and not per_channel_conv:
+                writer.warnings.append(f"{describe(node)}: per-tensor weights (ConvInteger takes one zero "
+                                       "point and WeightSymmetric is off)")
+            writer.conv(node, per_channel_conv)
+        else:
+            writer.gather(node)
+        reports.append(NodeReport(name, node.op_type, "quantized", detail))
+    if not any(r.status == "quantized" for r in reports):
+        reasons = sorted({f"{r.op_type}: {r.detail}" for r in reports})
+        raise QuantizationError(f"{label}: nothing to quantize dynamically; no node qualifies.\n  "
+                                + "\n  ".join(reasons[:20]))
+    quantized = finish(model, writer.nodes, writer.initializers, label)
+    summary = QuantizationSummary(
+        mode="dynamic", model_name=label, output_path=str(model_output) if model_output is not None else None,
+        size_before=size_before, size_after=serialized_size(quantized), nodes=reports, preprocessing=notes,
+        warnings=writer.warnings, model=quantized)
+    if model_output is not None:
+        summary.size_after = save(quantized, model_output, use_external_data_format)
+    return summary

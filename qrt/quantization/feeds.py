@@ -1,0 +1,179 @@
+"""Calibration data in, activation ranges out.
+
+Every feed is checked before it reaches the runtime (names, dtype, rank, fixed dims, NaN/Inf), so
+a bad reader fails with a :class:`QuantizationError` that names the sample and input instead of an
+error from deep inside a kernel. Feeds are checked as they stream, so a large calibration set is
+never held in memory here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import onnx
+
+from qrt.errors import QrtError, QuantizationError
+from qrt.model import numpy_dtype
+
+
+def _input_specs(model: onnx.ModelProto):
+    initializers = {t.name for t in model.graph.initializer}
+    specs = {}
+    for info in model.graph.input:
+        if info.name in initializers or info.type.WhichOneof("value") != "tensor_type":
+            continue
+        tensor_type = info.type.tensor_type
+        dims = None
+        if tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        specs[info.name] = (numpy_dtype(tensor_type.elem_type), dims)
+    return specs
+
+
+def _as_iterable(reader, label):
+    """A CalibrationDataReader (get_next) or any iterable of feed dicts, via the calibration package."""
+    try:
+        from calibration import as_reader
+    except ImportError:
+        as_reader = None
+    if as_reader is not None:
+        try:
+            reader = as_reader(reader)
+        except QrtError:
+            raise
+        except Exception as exc:
+            raise QuantizationError(f"{label}: cannot read calibration data from {type(reader).__name__}: {exc}") \
+                from None
+    if hasattr(reader, "get_next"):
+        return iter(reader.get_next, None)
+    try:
+        return iter(reader)
+    except TypeError:
+        raise QuantizationError(f"{label}: calibration data must have get_next() or be iterable, "
+                                f"got {type(reader).__name__}") from None
+
+
+def checked_feeds(reader, model: onnx.ModelProto, label: str):
+    """Yields the reader's feeds as dicts of arrays, raising QuantizationError on the first bad one."""
+    specs = _input_specs(model)
+    count = 0
+    for count, feed in enumerate(_as_iterable(reader, label), start=1):
+        where = f"{label}: calibration sample {count}"
+        if not isinstance(feed, dict):
+            raise QuantizationError(f"{where} is a {type(feed).__name__}, expected a dict of input name -> array")
+        unknown = sorted(set(feed) - set(specs))
+        if unknown:
+            raise QuantizationError(f"{where} has input(s) {unknown} the model does not have; "
+                                    f"model inputs: {sorted(specs)}")
+        missing = sorted(set(specs) - set(feed))
+        if missing:
+            raise QuantizationError(f"{where} lacks input(s) {missing}")
+        checked = {}
+        for name, value in feed.items():
+            array = np.asarray(value)
+            dtype, dims = specs[name]
+            if dtype is not None and array.dtype != dtype:
+                raise QuantizationError(f"{where}: input {name!r} has dtype {array.dtype}, the model expects {dtype}")
+            if dims is not None:
+                if array.ndim != len(dims):
+                    raise QuantizationError(f"{where}: input {name!r} has shape {array.shape} (rank {array.ndim}), "
+                                            f"the model expects rank {len(dims)} {_dims(dims)}")
+                bad = [i for i, d in enumerate(dims) if d is not None and d > 0 and array.shape[i] != d]
+                if bad:
+                    raise QuantizationError(f"{where}: input {name!r} has shape {array.shape}, "
+                                            f"the model expects {_dims(dims)}")
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                n_nan = int(np.count_nonzero(np.isnan(array)))
+                n_inf = int(np.count_nonzero(np.isinf(array)))
+                raise QuantizationError(f"{where}: input {name!r} contains {n_nan} NaN and {n_inf} Inf value(s)")
+            checked[name] = array
+        yield checked
+    if count == 0:
+        raise QuantizationError(f"{label}: the calibration reader yielded no samples")
+
+
+def _dims(dims):
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+def _load_cache(path):
+    if path is None or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return {k: (float(v[0]), float(v[1])) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise QuantizationError(f"calibration cache {path} is unreadable: {exc}") from None
+
+
+def _save_cache(path, ranges):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".qrt-ranges-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({k: [float(v[0]), float(v[1])] for k, v in ranges.items()}, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise QuantizationError(f"cannot write calibration cache {path}: {exc}") from None
+
+
+def _with_typed_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """The model with ``names`` listed as graph outputs, typed and shaped as shape inference found them.
+
+    onnx's checker rejects graph outputs that lack a shape, and the runtime checks the model it is
+    given, so the tensors to calibrate are exposed with their inferred value_info where it exists.
+    """
+    infos = {vi.name: vi for vi in model.graph.value_info if vi.type.tensor_type.HasField("shape")}
+    existing = {o.name for o in model.graph.output}
+    extra = [infos[n] for n in names if n in infos and n not in existing]
+    if not extra:
+        return model
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(extra)
+    return exposed
+
+
+def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cache_path, progress):
+    """{tensor: (rmin, rmax)} for every name in ``wanted``: overrides, then the cache, then calibration."""
+    ranges = {name: cfg.tensor_ranges[name] for name in wanted if name in cfg.tensor_ranges}
+    cache_path = os.fspath(cache_path) if cache_path is not None else None
+    cached = _load_cache(cache_path)
+    ranges.update({name: cached[name] for name in wanted if name in cached and name not in ranges})
+    missing = [name for name in wanted if name not in ranges]
+    if missing:
+        if reader is None:
+            raise QuantizationError(f"{label}: no calibration data reader, and no range given for "
+                                    f"{len(missing)} tensor(s): {missing[:8]}")
+        from calibration import CalibrationMethod
+        from calibration.collect import collect_ranges
+
+        method = CalibrationMethod.MinMax if method is None else method
+        options = dict(cfg.calibration_options)
+        if providers is not None:
+            options["providers"] = providers
+        try:
+            collected = collect_ranges(_with_typed_outputs(model, missing), checked_feeds(reader, model, label),
+                                       missing, method,
+                                       progress=progress, **options)
+        except QrtError:
+            raise
+        except Exception as exc:
+            raise QuantizationError(f"{label}: calibration failed: {type(exc).__name__}: {exc}") from exc
+        absent = [name for name in missing if name not in collected]
+        if absent:
+            raise QuantizationError(f"{label}: calibration produced no range for {absent[:8]}")
+        for name in missing:
+            rmin, rmax = (float(v) for v in collected[name])
+            if not (np.isfinite(rmin) and np.isfinite(rmax)):
+                raise QuantizationError(f"{label}: calibrated range of tensor {name!r} is ({rmin}, {rmax}); "
+                                        "the float model produces NaN/Inf on the calibration data")
+            ranges[name] = (rmin, rmax)
+        if cache_path is not None:
+            _save_cache(cache_path, {**cached, **{n: ranges[n] for n in missing}})
+    return ranges

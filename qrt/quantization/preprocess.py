@@ -1,0 +1,72 @@
+"""Pre-processing that makes real exports quantizable.
+
+Exporters leave weights in ``Constant`` nodes (or behind Identity/Transpose/Cast of constants),
+keep BatchNormalization separate from the Conv before it, list weights as graph inputs, or use an
+opset too old for per-axis QuantizeLinear. A quantizer that only looks for initializers then
+quantizes those weights as activations or leaves them in float. Here :mod:`qrt.optimizer` folds
+all of that into plain initializers first, and shape inference (symbolic dims kept) supplies the
+element types the rewrite needs.
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import version_converter
+
+from qrt.errors import QuantizationError
+
+# Per-axis QuantizeLinear/DequantizeLinear (and the QLinear ops' per-channel weights) need opset 13.
+MIN_OPSET = 13
+
+def _default_opset(model):
+    return next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), None)
+
+
+def _weights_out_of_inputs(model: onnx.ModelProto) -> int:
+    """Drops initializers from the graph inputs: once quantized they cannot be fed at run time."""
+    names = {t.name for t in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in names]
+    removed = len(model.graph.input) - len(kept)
+    if removed:
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    return removed
+
+
+def preprocess(model: onnx.ModelProto, label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
+    """Returns (float model ready for quantization, notes on what was changed). ``model`` is not modified."""
+    from qrt.optimizer import prepare_for_quantization
+
+    notes = []
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    removed = _weights_out_of_inputs(work)
+    if removed:
+        notes.append(f"{removed} initializer(s) removed from the graph inputs")
+
+    opset = _default_opset(work)
+    if opset is None:
+        raise QuantizationError(f"{label}: the model imports no ai.onnx opset")
+    if opset < MIN_OPSET:
+        try:
+            work = version_converter.convert_version(work, MIN_OPSET)
+        except Exception as exc:
+            raise QuantizationError(f"{label}: opset {opset} is below {MIN_OPSET}, which per-channel "
+                                    f"quantization needs, and onnx's version converter failed: {exc}") from None
+        notes.append(f"opset {opset} converted to {MIN_OPSET}")
+
+    before = {n.op_type for n in work.graph.node}
+    n_before = len(work.graph.node)
+    try:
+        # The optimizer's default passes (constant folding, BatchNormalization/Pad/bias into Conv,
+        # MatMul+Add into Gemm, eliminations), then shape inference with symbolic dims kept.
+        work = prepare_for_quantization(work)
+    except Exception as exc:
+        raise QuantizationError(f"{label}: pre-processing with qrt.optimizer failed: {exc}") from exc
+    after = [n.op_type for n in work.graph.node]
+    if "Constant" in before and "Constant" not in after:
+        notes.append("Constant nodes folded into initializers")
+    if "BatchNormalization" in before and "BatchNormalization" not in after:
+        notes.append("BatchNormalization folded into Conv")
+    if len(after) != n_before:
+        notes.append(f"graph optimized from {n_before} to {len(after)} nodes")
+    return work, notes

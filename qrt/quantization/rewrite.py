@@ -1,0 +1,382 @@
+"""The two static rewrites: QOperator (QLinear* ops on int8 tensors) and QDQ (Q/DQ pairs around float ops).
+
+Both read a :class:`Decision` per node (made in :mod:`.static`) and the activation parameters
+chosen there, and emit a new node list. Naming is the same in both so results are easy to read:
+``T_quantized`` is tensor ``T`` in int8, ``T_scale`` / ``T_zero_point`` its parameters, and the
+original name ``T`` always denotes the float tensor, so graph outputs and float consumers never
+need renaming.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from qrt.errors import QuantizationError
+
+from .graph import GraphIndex, attribute, describe, node_reads
+from .params import (QParams, params_for_values, quantize_bias, quantize_values, scale_tensor,
+                     zero_point_tensor)
+from .rules import OpRule
+
+
+@dataclass
+class Decision:
+    """What happens to one node of the float model."""
+
+    node: onnx.NodeProto
+    rule: OpRule | None
+    status: str = "float"          # float | compute | passthrough | fused
+    reason: str = ""               # why it stays float
+    acts: tuple = ()               # input indices quantized as activations
+    weight: int | None = None      # input index of a weight
+    axis: int | None = None        # per-channel axis of the weight
+    bias: int | None = None        # input index of the bias
+    output: str | None = None      # compute: the tensor whose quantized form the node produces
+    fusion: "Decision | None" = None   # compute: a Relu/Clip candidate reading the output
+    fused_into: str = ""           # fused: the producer's name
+    detail: str = ""               # what the node became
+
+
+class _Rewriter:
+    def __init__(self, g: GraphIndex, cfg, act_params: dict[str, QParams]):
+        self.g = g
+        self.cfg = cfg
+        self.act_params = act_params
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.warnings: list[str] = []
+        self._param_names: dict[str, tuple[str, str]] = {}
+        self._weights: dict[tuple, tuple[str, QParams]] = {}
+
+    # ------------------------------------------------------------------ shared helpers
+    def emit(self, op_type, inputs, outputs, name=None, domain="", attrs=None):
+        node = helper.make_node(op_type, list(inputs), list(outputs), name=name or self.g.unique(
+            f"{outputs[0]}_{op_type}"), domain=domain)
+        if attrs:
+            node.attribute.extend(attrs)
+        self.nodes.append(node)
+        return node
+
+    def add_initializer(self, array: np.ndarray, base: str) -> str:
+        name = self.g.unique(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def params(self, name: str) -> QParams:
+        """An activation's parameters; a constant used as an activation gets parameters from its values."""
+        if name not in self.act_params:
+            if not self.g.is_constant(name):
+                raise QuantizationError(f"internal: tensor {name!r} has no quantization parameters")
+            self.act_params[name] = params_for_values(self.g.constant(name), self.cfg.activation_type,
+                                                      symmetric=self.cfg.activation_symmetric)
+        return self.act_params[name]
+
+    def param_inputs(self, name: str, params: QParams | None = None) -> tuple[str, str]:
+        """Names of the scale and zero-point initializers of activation ``name``."""
+        if name not in self._param_names:
+            params = params or self.params(name)
+            scale = self.g.unique(f"{name}_scale")
+            zero_point = self.g.unique(f"{name}_zero_point")
+            self.initializers.append(scale_tensor(params, scale))
+            self.initializers.append(zero_point_tensor(params, zero_point))
+            self._param_names[name] = (scale, zero_point)
+        return self._param_names[name]
+
+    def quantized_constant(self, name: str) -> str:
+        """A float constant used as an activation, stored in the activation type."""
+        key = ("activation", name)
+        if key not in self._weights:
+            params = self.params(name)
+            q_name = self.add_initializer(quantize_values(self.g.constant(name), params), f"{name}_quantized")
+            self._weights[key] = (q_name, params)
+        return self._weights[key][0]
+
+    def weight(self, name: str, axis: int | None, transposed=False, table=False) -> tuple[str, str, str, QParams]:
+        """(quantized weight, scale, zero point, params) for a weight initializer; shared by its readers.
+
+        ``transposed`` quantizes the 2-D weight's transpose (a Gemm's B with transB=1 feeding
+        MatMulInteger). ``table`` marks a lookup table (Gather data): its values are activations
+        for the ops after the Gather, so it gets the activation type's asymmetric range.
+        """
+        key = ("weight", name, axis, transposed, table)
+        if key not in self._weights:
+            cfg = self.cfg
+            values = self.g.constant(name)
+            if transposed:
+                values = np.ascontiguousarray(values.T)
+                name = f"{name}_transposed"
+            if table:
+                params = params_for_values(values, cfg.activation_type)
+            else:
+                params = params_for_values(values, cfg.weight_type, symmetric=cfg.weight_symmetric,
+                                           reduce_range=cfg.reduce_range, axis=axis)
+            q_name = self.add_initializer(quantize_values(values, params), f"{name}_quantized")
+            scale = self.add_initializer(params.scale, f"{name}_scale")
+            zero_point = self.add_initializer(params.zero_point, f"{name}_zero_point")
+            self._weights[key] = (q_name, scale, zero_point, params)
+        return self._weights[key]
+
+    def weight_params(self, d: Decision) -> QParams:
+        """Parameters of a node's B/W input: a weight's, or an activation's when B is computed."""
+        name = d.node.input[d.weight] if d.weight is not None else d.node.input[1]
+        if d.weight is not None:
+            return self.weight(name, d.axis)[3]
+        return self.params(name)
+
+    def bias_values(self, d: Decision, input_params: QParams, weight_params: QParams):
+        """(int32 bias, its scale, its axis) for a node's bias: scale = input scale * weight scale."""
+        node = d.node
+        bias = np.asarray(self.g.constant(node.input[d.bias]), np.float64)
+        scale = np.float32(input_params.scale) * weight_params.scale.astype(np.float32)
+        if node.op_type == "Gemm":
+            # QGemm computes alpha * a_scale * b_scale * (A.B + C), so C carries beta / alpha.
+            alpha = np.float32(attribute(node, "alpha", 1.0))
+            beta = attribute(node, "beta", 1.0)
+            scale = (scale * alpha).astype(np.float32)
+            bias = bias * beta
+            if scale.ndim == 1 and (bias.ndim == 0 or bias.shape[-1] != scale.size):
+                bias = np.broadcast_to(bias, (bias.shape[:-1] if bias.ndim else ()) + (scale.size,))
+            axis = bias.ndim - 1 if scale.ndim == 1 else None
+        else:
+            axis = 0 if scale.ndim == 1 else None
+        q, clipped = quantize_bias(bias, scale, axis)
+        if clipped:
+            self.warnings.append(f"{describe(node)}: {clipped} bias value(s) exceed int32 at scale "
+                                 "input_scale*weight_scale and were clipped")
+        return q, np.asarray(scale, np.float32), axis
+
+    def gemm_attributes(self, node, keep_beta: bool):
+        attrs = [a for a in node.attribute if a.name in ("alpha", "transA", "transB")]
+        if keep_beta:
+            attrs += [a for a in node.attribute if a.name == "beta"]
+        return attrs
+
+
+class QOperatorRewriter(_Rewriter):
+    """Quantized compute ops become QLinear* ops; int8 tensors flow between them."""
+
+    def __init__(self, g, cfg, act_params):
+        super().__init__(g, cfg, act_params)
+        self.int8: dict[str, str] = {}
+        self.float_ready = set(g.graph_inputs) | set(g.initializers)
+
+    def float_form(self, name: str) -> str:
+        if not name or name in self.float_ready:
+            return name
+        if name in self.int8:
+            scale, zero_point = self.param_inputs(name)
+            self.emit("DequantizeLinear", [self.int8[name], scale, zero_point], [name])
+            self.float_ready.add(name)
+        return name
+
+    def int8_form(self, name: str) -> str:
+        if name in self.int8:
+            return self.int8[name]
+        if self.g.is_constant(name):
+            self.int8[name] = self.quantized_constant(name)
+            return self.int8[name]
+        scale, zero_point = self.param_inputs(name)
+        q_name = self.g.unique(f"{name}_quantized")
+        self.emit("QuantizeLinear", [self.float_form(name), scale, zero_point], [q_name])
+        self.int8[name] = q_name
+        return q_name
+
+    def quantized_input(self, name: str):
+        scale, zero_point = self.param_inputs(name)
+        return [self.int8_form(name), scale, zero_point]
+
+    def produce(self, d: Decision) -> str:
+        q_name = self.g.unique(f"{d.output}_quantized")
+        self.int8[d.output] = q_name
+        return q_name
+
+    def run(self, decisions):
+        for d in decisions:
+            if d.status == "fused":
+                continue
+            if d.status == "compute":
+                if d.rule.qlinear is None:
+                    self.weight_only(d)
+                else:
+                    self.compute(d)
+            elif d.status == "passthrough":
+                self.passthrough(d)
+            else:
+                for name in node_reads(d.node):
+                    self.float_form(name)
+                self.nodes.append(d.node)
+                self.float_ready.update(o for o in d.node.output if o)
+        for name in self.g.graph_outputs:
+            self.float_form(name)
+        return self.nodes
+
+    def compute(self, d: Decision):
+        node, op = d.node, d.node.op_type
+        out_scale, out_zero_point = self.param_inputs(d.output)
+        attrs = list(node.attribute)
+        if op in ("Conv", "MatMul", "Gemm"):
+            a = node.input[0]
+            inputs = self.quantized_input(a)
+            if d.weight is not None:
+                w_q, w_scale, w_zero_point, _ = self.weight(node.input[d.weight], d.axis)
+                inputs += [w_q, w_scale, w_zero_point]
+            else:
+                inputs += self.quantized_input(node.input[1])
+            bias = None
+            if d.bias is not None:
+                q, _, _ = self.bias_values(d, self.params(a), self.weight_params(d))
+                bias = self.add_initializer(q, f"{node.input[d.bias]}_quantized")
+            if op == "Conv":
+                inputs += [out_scale, out_zero_point] + ([bias] if bias else [])
+            elif op == "MatMul":
+                inputs += [out_scale, out_zero_point]
+                attrs = []
+            else:
+                inputs += [bias or "", out_scale, out_zero_point]
+                attrs = self.gemm_attributes(node, keep_beta=False)
+        elif op in ("Add", "Mul"):
+            inputs = self.quantized_input(node.input[0]) + self.quantized_input(node.input[1])
+            inputs += [out_scale, out_zero_point]
+        elif op == "Concat":
+            inputs = [out_scale, out_zero_point]
+            for name in node.input:
+                inputs += self.quantized_input(name)
+        else:
+            inputs = self.quantized_input(node.input[0]) + [out_scale, out_zero_point]
+            if op == "Softmax":
+                axis = attribute(node, "axis", -1 if self.g.opset >= 13 else 1)
+                attrs = [helper.make_attribute("axis", axis), helper.make_attribute("opset", self.g.opset)]
+        new = helper.make_node(d.rule.qlinear, inputs, [self.produce(d)], name=node.name or None,
+                               domain=d.rule.domain)
+        new.attribute.extend(attrs)
+        self.nodes.append(new)
+
+    def weight_only(self, d: Decision):
+        """An op with no QLinear form (ConvTranspose): float compute on int8-stored weights."""
+        node = onnx.NodeProto()
+        node.CopyFrom(d.node)
+        w_q, w_scale, w_zero_point, params = self.weight(d.node.input[d.weight], d.axis)
+        w_float = self.g.unique(f"{d.node.input[d.weight]}_dequantized")
+        attrs = [helper.make_attribute("axis", d.axis)] if params.per_axis else None
+        self.emit("DequantizeLinear", [w_q, w_scale, w_zero_point], [w_float], attrs=attrs)
+        for i, name in enumerate(node.input):
+            node.input[i] = w_float if i == d.weight else self.float_form(name)
+        self.nodes.append(node)
+        self.float_ready.update(node.output)
+
+    def passthrough(self, d: Decision):
+        node = onnx.NodeProto()
+        node.CopyFrom(d.node)
+        data = d.node.input[0]
+        params = self.params(data)
+        node.input[0] = self.int8_form(data)
+        for i, name in enumerate(node.input[1:], start=1):
+            node.input[i] = self.float_form(name)
+        if node.op_type == "Pad" and (attribute(node, "mode", b"constant") in (b"constant", "constant")):
+            # The pad value must be the quantized form of the float pad value (0.0 -> zero point).
+            value = np.float32(0.0)
+            if len(node.input) > 2 and node.input[2]:
+                value = np.asarray(self.g.constant(d.node.input[2]), np.float32).reshape(())
+            pad_q = quantize_values(value.reshape(()), QParams(params.scale, params.zero_point, params.qtype))
+            pad_name = self.add_initializer(pad_q, f"{node.output[0]}_pad_value")
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = pad_name
+        shared_names = self.param_inputs(data)
+        for i, out in enumerate(d.node.output):
+            if out:
+                node.output[i] = self.g.unique(f"{out}_quantized")
+                self.int8[out] = node.output[i]
+                self.act_params[out] = params
+                self._param_names[out] = shared_names
+        self.nodes.append(node)
+
+
+class QDQRewriter(_Rewriter):
+    """QuantizeLinear/DequantizeLinear pairs around float ops, int8 weights with a DequantizeLinear."""
+
+    def __init__(self, g, cfg, act_params):
+        super().__init__(g, cfg, act_params)
+        self.dequantized: dict[str, str] = {}   # tensor -> name of its Q/DQ'd float form
+
+    def qdq_input(self, name: str) -> str:
+        if name in self.dequantized:
+            return self.dequantized[name]
+        scale, zero_point = self.param_inputs(name)
+        if self.g.is_constant(name):
+            q_name = self.quantized_constant(name)
+        else:
+            q_name = self.g.unique(f"{name}_quantized")
+            self.emit("QuantizeLinear", [name, scale, zero_point], [q_name])
+        dq_name = self.g.unique(f"{name}_dequantized")
+        self.emit("DequantizeLinear", [q_name, scale, zero_point], [dq_name])
+        self.dequantized[name] = dq_name
+        return dq_name
+
+    def qdq_output(self, node: onnx.NodeProto, index: int, tensor: str, params: QParams | None = None):
+        """Renames the node's output and routes it through Q/DQ back to the original name."""
+        if params is not None:
+            self.act_params[tensor] = params
+        scale, zero_point = self.param_inputs(tensor)
+        before = self.g.unique(f"{tensor}_float")
+        q_name = self.g.unique(f"{tensor}_quantized")
+        node.output[index] = before
+        self.emit("QuantizeLinear", [before, scale, zero_point], [q_name])
+        self.emit("DequantizeLinear", [q_name, scale, zero_point], [tensor])
+        self.dequantized[tensor] = tensor
+
+    def weight_dq(self, name: str, axis):
+        key = ("dq", name, axis)
+        if key not in self._weights:
+            w_q, w_scale, w_zero_point, params = self.weight(name, axis)
+            dq_name = self.g.unique(f"{name}_dequantized")
+            attrs = [helper.make_attribute("axis", axis)] if params.per_axis else None
+            self.emit("DequantizeLinear", [w_q, w_scale, w_zero_point], [dq_name], attrs=attrs)
+            self._weights[key] = (dq_name, params)
+        return self._weights[key][0]
+
+    def run(self, decisions):
+        for d in decisions:
+            if d.status == "fused":
+                continue
+            node = onnx.NodeProto()
+            node.CopyFrom(d.node)
+            if d.status == "compute":
+                self.compute(d, node)
+            elif d.status == "passthrough":
+                data = d.node.input[0]
+                params = self.params(data)
+                node.input[0] = self.qdq_input(data)
+                self.nodes.append(node)
+                for i, out in enumerate(d.node.output):
+                    if out:
+                        self._param_names[out] = self.param_inputs(data)
+                        self.qdq_output(node, i, out, params)
+            else:
+                self.nodes.append(node)
+        return self.nodes
+
+    def compute(self, d: Decision, node):
+        src = d.node
+        for i in d.acts:
+            node.input[i] = self.qdq_input(src.input[i])
+        if d.weight is not None:
+            node.input[d.weight] = self.weight_dq(src.input[d.weight], d.axis)
+        if d.bias is not None:
+            q, scale, axis = self.bias_values(d, self.params(src.input[0]), self.weight_params(d))
+            q_name = self.add_initializer(q, f"{src.input[d.bias]}_quantized")
+            s_name = self.add_initializer(scale, f"{src.input[d.bias]}_scale")
+            dq_name = self.g.unique(f"{src.input[d.bias]}_dequantized")
+            attrs = [helper.make_attribute("axis", axis)] if axis is not None else None
+            self.emit("DequantizeLinear", [q_name, s_name], [dq_name], attrs=attrs)
+            node.input[d.bias] = dq_name
+            if src.op_type == "Gemm":
+                # beta and 1/alpha are folded into the int32 bias (see bias_values).
+                del node.attribute[:]
+                node.attribute.extend(self.gemm_attributes(src, keep_beta=False))
+                node.attribute.append(helper.make_attribute("beta", 1.0))
+        self.nodes.append(node)
+        self.qdq_output(node, 0, d.output)

@@ -1,0 +1,301 @@
+"""``quantize_static``: calibrate activation ranges, then rewrite to QOperator or QDQ form.
+
+Steps: pre-process (:mod:`.preprocess`) -> choose what to quantize (:func:`plan_nodes`) ->
+calibrate the activations those nodes read and write (qrt's own runtime, via the ``calibration``
+package) -> choose parameters, folding Relu/Clip into the producer's range where exact -> rewrite
+(:mod:`.rewrite`) -> check and write atomically.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from qrt.errors import QuantizationError
+
+from .config import QuantConfig, make_config
+from .feeds import calibration_ranges
+from .graph import GraphIndex, attribute, describe, toposort
+from .model_io import check_output, finish, load, save, serialized_size
+from .params import QParams, params_for_range
+from .preprocess import preprocess
+from .rewrite import Decision, QDQRewriter, QOperatorRewriter
+from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
+from .summary import NodeReport, QuantizationSummary
+from .types import QuantFormat, QuantType
+
+_PASSTHROUGH_MODES = {"Resize": ("nearest", "linear")}
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _filter_reason(node: onnx.NodeProto, cfg: QuantConfig) -> str:
+    if node.domain not in ("", "ai.onnx"):
+        return f"op of domain {node.domain!r}"
+    if node.op_type not in RULES:
+        return f"qrt has no quantized form of {node.op_type}"
+    if node.name in cfg.nodes_to_exclude:
+        return "listed in nodes_to_exclude"
+    if cfg.nodes_to_quantize is not None and node.name not in cfg.nodes_to_quantize:
+        return "not listed in nodes_to_quantize"
+    if node.op_type not in cfg.op_types:
+        return "op type not in op_types_to_quantize"
+    return ""
+
+
+def _not_float(g: GraphIndex, name: str, what: str) -> str:
+    if g.is_float(name):
+        return ""
+    elem = g.elem_types.get(name)
+    kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "of unknown type"
+    return f"{what} {name!r} is {kind}, only float32 tensors are quantized"
+
+
+def _check_compute(g: GraphIndex, d: Decision, cfg: QuantConfig) -> str:
+    """Fills the decision's input roles; returns why the node cannot be quantized, or ''."""
+    node, rule = d.node, d.rule
+    inputs = list(node.input)
+    if len(node.output) != 1 or not node.output[0]:
+        return "expected exactly one output"
+    reason = _not_float(g, node.output[0], "output")
+    if reason:
+        return reason
+    acts = [i for i, name in enumerate(inputs) if name] if rule.activations is None else \
+        [i for i in rule.activations if i < len(inputs) and inputs[i]]
+    weight = bias = None
+    if rule.weight is not None:
+        if rule.weight >= len(inputs) or not inputs[rule.weight]:
+            return "missing weight input"
+        w = inputs[rule.weight]
+        if g.is_constant(w):
+            weight = rule.weight
+        elif node.op_type in ("Conv", "ConvTranspose"):
+            return f"weight {w!r} is not a constant"
+        elif cfg.matmul_const_b_only:
+            return f"B {w!r} is not a constant (MatMulConstBOnly)"
+        else:
+            acts.append(rule.weight)
+    if rule.bias is not None and rule.bias < len(inputs) and inputs[rule.bias]:
+        if not g.is_constant(inputs[rule.bias]):
+            return f"bias {inputs[rule.bias]!r} is not a constant"
+        bias = rule.bias
+    for i in acts + [j for j in (weight, bias) if j is not None]:
+        reason = _not_float(g, inputs[i], "input")
+        if reason:
+            return reason
+    if node.op_type in ("Add", "Mul", "Concat") and all(g.is_constant(inputs[i]) for i in acts):
+        return "all inputs are constants"
+    if node.op_type == "AveragePool" and any(v != 1 for v in (attribute(node, "dilations") or [])):
+        return "dilated AveragePool has no QLinear form"
+    if node.op_type == "Gemm" and bias is not None and weight is None:
+        return "Gemm with a computed B and a bias"
+    d.acts = tuple(acts)
+    d.weight, d.bias = weight, bias
+    if weight is not None and cfg.per_channel:
+        d.axis = weight_axis(node, len(g.shapes.get(inputs[weight], [])))
+    d.output = node.output[0]
+    return ""
+
+
+def _check_passthrough(g: GraphIndex, node: onnx.NodeProto) -> str:
+    if not node.input or not node.input[0]:
+        return "no data input"
+    reason = _not_float(g, node.input[0], "input")
+    if reason:
+        return reason
+    if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+        return "MaxPool with an Indices output"
+    if node.op_type == "Resize" and _text(attribute(node, "mode", b"nearest")) not in _PASSTHROUGH_MODES["Resize"]:
+        return f"Resize mode {_text(attribute(node, 'mode'))!r} has no int8 kernel"
+    return ""
+
+
+def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
+    """One decision per node, in topological order, before any range is known."""
+    available = set(g.graph_inputs) | set(g.initializers)
+    decisions = [Decision(node, RULES.get(node.op_type)) for node in toposort(list(g.graph.node), available)]
+    by_output = {}
+    for d in decisions:
+        for out in d.node.output:
+            by_output[out] = d
+        reason = _filter_reason(d.node, cfg)
+        if reason:
+            d.reason = reason
+            continue
+        kind = d.rule.kind
+        if kind == "compute":
+            reason = _check_compute(g, d, cfg)
+            if reason:
+                d.reason = reason
+            else:
+                d.status = "compute"
+        elif kind == "passthrough":
+            d.reason = _check_passthrough(g, d.node)
+            d.status = "passthrough-candidate" if not d.reason else "float"
+        else:
+            d.status = "activation-candidate"
+            d.reason = "not after a quantized op"
+
+    # Relu/Clip right after a quantized compute op, as that op's only reader, may fold into it.
+    outputs = set(g.graph_outputs)
+    for d in decisions:
+        if d.status != "activation-candidate":
+            continue
+        d.status = "float"
+        producer = by_output.get(d.node.input[0])
+        if producer is None or producer.status != "compute":
+            continue
+        if cfg.quant_format == QuantFormat.QOperator and producer.rule.qlinear is None:
+            d.reason = f"{producer.node.op_type} has no QLinear form to fold into"
+            continue
+        if cfg.keep_removable_activations:
+            d.reason = "kept (QDQKeepRemovableActivations)"
+            continue
+        tensor = d.node.input[0]
+        if tensor in outputs or len(g.consumers[tensor]) != 1:
+            d.reason = "its input has other readers"
+            continue
+        bounds = activation_bounds(d.node, lambda n: g.constant(n) if g.is_constant(n) else None)
+        if bounds is None:
+            d.reason = "Clip bounds are not constants"
+            continue
+        producer.fusion = d
+        d.reason = ""
+    return decisions
+
+
+def tensors_to_calibrate(g: GraphIndex, decisions: list[Decision]) -> list[str]:
+    names = []
+    for d in decisions:
+        if d.status != "compute":
+            continue
+        names += [d.node.input[i] for i in d.acts if not g.is_constant(d.node.input[i])]
+        names.append(d.output)
+        if d.fusion is not None:
+            names.append(d.fusion.node.output[0])
+    return list(dict.fromkeys(names))
+
+
+def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[str, QParams]:
+    """Activation parameters; decides each Relu/Clip fold and which pass-through ops run in int8."""
+    qtype, symmetric = cfg.activation_type, cfg.activation_symmetric
+    params: dict[str, QParams] = {}
+
+    def for_range(rmin, rmax):
+        return params_for_range(rmin, rmax, qtype, symmetric=symmetric)
+
+    for d in decisions:
+        if d.status != "compute":
+            continue
+        for i in d.acts:
+            name = d.node.input[i]
+            if not g.is_constant(name):
+                params[name] = for_range(*ranges[name])
+        d.detail = (d.rule.qlinear or f"float {d.node.op_type} on int8 weights") \
+            if cfg.quant_format == QuantFormat.QOperator else "QDQ"
+        act = d.fusion
+        d.fusion = None
+        if act is not None:
+            low, high = activation_bounds(act.node, lambda n: g.constant(n) if g.is_constant(n) else None)
+            out = act.node.output[0]
+            rmin, rmax = ranges[out]
+            candidate = for_range(max(rmin, low), min(rmax, high))
+            lowest, highest = candidate.representable()
+            half_step = 0.5 * float(np.max(candidate.scale))
+            if lowest >= low - half_step and highest <= high + half_step:
+                d.output = out
+                act.status, act.fused_into = "fused", d.node.name or describe(d.node)
+                params[out] = candidate
+                continue
+            act.reason = (f"range [{lowest:.4g}, {highest:.4g}] of the {qtype.name} output "
+                          f"(ActivationSymmetric={symmetric}) exceeds the clamp [{low:g}, {high:g}]")
+        params[d.output] = for_range(*ranges[d.output])
+
+    int8_ready = {d.output for d in decisions if d.status == "compute"
+                  and (cfg.quant_format == QuantFormat.QDQ or d.rule.qlinear is not None)}
+    for d in decisions:
+        if d.status != "passthrough-candidate":
+            continue
+        data = d.node.input[0]
+        if data not in int8_ready and not g.is_constant(data):
+            d.status, d.reason = "float", "its input is float (pass-through ops follow a quantized producer)"
+            continue
+        d.status, d.detail = "passthrough", "runs on int8"
+        for out in d.node.output:
+            if out:
+                int8_ready.add(out)
+    return params
+
+
+def _reports(decisions) -> list[NodeReport]:
+    reports = []
+    for d in decisions:
+        name = d.node.name or d.node.output[0]
+        if d.status in ("compute", "passthrough"):
+            reports.append(NodeReport(name, d.node.op_type, "quantized", d.detail))
+        elif d.status == "fused":
+            reports.append(NodeReport(name, d.node.op_type, "fused", f"into {d.fused_into}"))
+        else:
+            reports.append(NodeReport(name, d.node.op_type, "float", d.reason))
+    return reports
+
+
+def _unknown_names(g, cfg) -> list[str]:
+    known = {n.name for n in g.graph.node}
+    out = []
+    for what, names in (("nodes_to_quantize", cfg.nodes_to_quantize or ()), ("nodes_to_exclude", cfg.nodes_to_exclude)):
+        missing = sorted(set(names) - known)
+        if missing:
+            out.append(f"{what} names no node of the (pre-processed) model: {missing[:10]}")
+    return out
+
+
+def quantize_static(model_input, model_output, calibration_data_reader=None,
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=None, per_channel=False,
+                    reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_quantize=None, nodes_to_exclude=None, use_external_data_format=False,
+                    calibrate_method=None, calibration_providers=None, extra_options=None,
+                    calibration_cache_path=None, *, tensor_ranges=None, progress=False) -> QuantizationSummary:
+    """Quantizes weights and activations of a float model with calibrated activation ranges.
+
+    Arguments and defaults are ``onnxruntime.quantization.quantize_static``'s; see
+    :mod:`qrt.quantization` for what each does. qrt additions (keyword only): ``tensor_ranges``
+    (``{tensor_name: (rmin, rmax)}`` used instead of calibrated ranges; when it covers every tensor
+    the reader may be None) and ``progress`` (a calibration progress bar). ``model_output=None``
+    writes nothing; the model is in the returned summary's ``model``.
+    """
+    cfg = make_config(quant_format=quant_format, activation_type=activation_type, weight_type=weight_type,
+                      per_channel=per_channel, reduce_range=reduce_range,
+                      op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
+                      nodes_to_exclude=nodes_to_exclude, extra_options=extra_options,
+                      tensor_ranges=tensor_ranges, default_op_types=DEFAULT_STATIC_OP_TYPES)
+    check_output(model_input, model_output)
+    source, label, size_before = load(model_input)
+    model, notes = preprocess(source, label)
+    g = GraphIndex(model)
+    decisions = plan_nodes(g, cfg)
+    if not any(d.status == "compute" for d in decisions):
+        reasons = sorted({f"{d.node.op_type}: {d.reason}" for d in decisions if d.reason})
+        raise QuantizationError(f"{label}: nothing to quantize; no node qualifies.\n  "
+                                + "\n  ".join(reasons[:20]))
+
+    wanted = tensors_to_calibrate(g, decisions)
+    ranges = calibration_ranges(model, label, calibration_data_reader, wanted, cfg, calibrate_method,
+                                calibration_providers, calibration_cache_path, progress)
+    params = assign_params(g, cfg, decisions, ranges)
+
+    writer_class = QOperatorRewriter if cfg.quant_format == QuantFormat.QOperator else QDQRewriter
+    writer = writer_class(g, cfg, params)
+    nodes = writer.run(decisions)
+    quantized = finish(model, nodes, writer.initializers, label)
+
+    summary = QuantizationSummary(
+        mode=f"static {cfg.quant_format.name}", model_name=label,
+        output_path=str(model_output) if model_output is not None else None,
+        size_before=size_before, size_after=serialized_size(quantized), nodes=_reports(decisions),
+        preprocessing=notes, warnings=_unknown_names(g, cfg) + writer.warnings,
+        ranges={k: tuple(map(float, v)) for k, v in ranges.items()}, model=quantized)
+    if model_output is not None:
+        summary.size_after = save(quantized, model_output, use_external_data_format)
+    return summary
