@@ -1,0 +1,205 @@
+"""InferenceSession's onnxruntime-compatible API, its input checks and its errors."""
+import json
+import os
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import qrt
+from qrt.errors import InvalidArgument, InvalidModel, NodeExecutionError, UnsupportedOperator
+
+
+def _model(opset=17):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.5, -1.0, 2.0, 0.25])
+    nodes = [
+        helper.make_node("Mul", ["x", "w"], ["xw"], name="scale"),
+        helper.make_node("Add", ["xw", "y"], ["s"], name="add"),
+        helper.make_node("Sigmoid", ["s"], ["z"], name="act"),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [x, y], [z], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qrt-tests")
+    model.metadata_props.add(key="author", value="tests")
+    return model
+
+
+def _feeds(batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((batch, 4)).astype(np.float32),
+            "y": rng.standard_normal((batch, 4)).astype(np.float32)}
+
+
+def test_inputs_outputs_describe_symbolic_dims():
+    sess = qrt.InferenceSession(_model())
+    (x, y), (z,) = sess.get_inputs(), sess.get_outputs()
+    assert (x.name, x.shape, x.type) == ("x", ["batch", 4], "tensor(float)")
+    assert (z.name, z.shape, z.type) == ("z", ["batch", 4], "tensor(float)")
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    meta = sess.get_modelmeta()
+    assert meta.producer_name == "qrt-tests" and meta.custom_metadata_map == {"author": "tests"}
+
+
+@pytest.mark.parametrize("source", ["proto", "bytes", "path"])
+def test_one_session_serves_batch_1_and_8_and_matches_onnxruntime(source, tmp_path):
+    model = _model()
+    arg = {"proto": model, "bytes": model.SerializeToString(), "path": str(tmp_path / "m.onnx")}[source]
+    if source == "path":
+        onnx.save(model, arg)
+    sess = qrt.InferenceSession(arg)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 8):
+        feeds = _feeds(batch)
+        (got,), (want,) = sess.run(None, feeds), ref.run(None, feeds)
+        assert got.shape == (batch, 4) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(sess.run(["z"], _feeds())[0], sess.run(None, _feeds())[0])
+
+
+def test_input_model_is_not_modified(tmp_path):
+    model = _model()
+    before = model.SerializeToString()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    mtime, data = path.stat().st_mtime_ns, path.read_bytes()
+    qrt.InferenceSession(model).run(None, _feeds())
+    qrt.InferenceSession(str(path)).run(None, _feeds())
+    assert model.SerializeToString() == before
+    assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({"x": np.zeros((2, 4), np.float32)}, "missing input(s) ['y']"),
+    ({**_feeds(), "q": np.zeros(1, np.float32)}, "unknown input name(s) ['q']"),
+    ({"x": np.zeros((2, 4), np.float64), "y": np.zeros((2, 4), np.float32)}, "input 'x' has dtype float64, expected float32"),
+    ({"x": np.zeros((2, 4, 1), np.float32), "y": np.zeros((2, 4), np.float32)}, "input 'x' has rank 3"),
+    ({"x": np.zeros((2, 5), np.float32), "y": np.zeros((2, 4), np.float32)}, "dimension 1 must be 4"),
+])
+def test_bad_feeds_name_the_input(feeds, message):
+    sess = qrt.InferenceSession(_model())
+    with pytest.raises(InvalidArgument) as info:
+        sess.run(None, feeds)
+    assert message in str(info.value)
+
+
+def test_unknown_output_name():
+    with pytest.raises(InvalidArgument, match="unknown output name"):
+        qrt.InferenceSession(_model()).run(["nope"], _feeds())
+
+
+def test_unreadable_and_invalid_models(tmp_path):
+    with pytest.raises(InvalidModel, match="no such file"):
+        qrt.InferenceSession(str(tmp_path / "missing.onnx"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00not a model at all")
+    with pytest.raises(InvalidModel, match="bad.onnx"):
+        qrt.InferenceSession(str(bad))
+    model = _model()
+    model.graph.node[1].input[0] = "does_not_exist"
+    with pytest.raises(InvalidModel, match="checker"):
+        qrt.InferenceSession(model)
+
+
+def test_every_unsupported_node_is_listed_at_creation():
+    model = _model()
+    model.opset_import.append(helper.make_opsetid("example.custom", 1))
+    model.graph.node.insert(1, helper.make_node("Frobnicate", ["xw"], ["xw2"], name="f1", domain="example.custom"))
+    model.graph.node[2].input[0] = "xw2"
+    model.graph.node.insert(3, helper.make_node("Wibble", ["s"], ["s2"], name="f2", domain="example.custom"))
+    model.graph.node[4].input[0] = "s2"
+    with pytest.raises(UnsupportedOperator) as info:
+        qrt.InferenceSession(model)
+    names = [n[0] for n in info.value.nodes]
+    assert names == ["f1", "f2"]
+    assert "example.custom::Frobnicate" in str(info.value) and "example.custom::Wibble" in str(info.value)
+
+
+def test_kernel_failure_names_the_node_without_a_numba_traceback():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["a", "b"])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"], name="bad_add")], "g", [x, y], [z])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = qrt.InferenceSession(model)
+    with pytest.raises(NodeExecutionError) as info:
+        sess.run(None, {"x": np.zeros((2, 3), np.float32), "y": np.zeros((4, 5), np.float32)})
+    text = str(info.value)
+    assert "'bad_add'" in text and "float32[2, 3]" in text and "float32[4, 5]" in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_profiling_writes_one_chrome_trace_event_per_node(tmp_path):
+    options = qrt.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "prof")
+    sess = qrt.InferenceSession(_model(), options)
+    sess.run(None, _feeds())
+    sess.run(None, _feeds())
+    path = sess.end_profiling()
+    events = json.load(open(path))
+    assert [e["name"] for e in events] == ["scale", "add", "act"] * 2
+    assert all(e["dur"] >= 0 and e["args"]["provider"] == "CPUExecutionProvider" for e in events)
+    assert [e["args"]["op_name"] for e in events[:3]] == ["Mul", "Add", "Sigmoid"]
+
+
+def test_run_is_safe_from_several_threads():
+    sess = qrt.InferenceSession(_model())
+    feeds = [_feeds(batch=3, seed=s) for s in range(8)]
+    expected = [sess.run(None, f)[0] for f in feeds]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(50):
+                results[i] = sess.run(None, feeds[i])[0]
+                assert np.array_equal(results[i], expected[i])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_intermediates_are_freed_after_last_use():
+    plan = qrt.InferenceSession(_model()).plan
+    released = [set(step.release) for step in plan.steps]
+    assert released == [set(), {"xw", "y"}, {"s"}] or released[1] >= {"xw"}
+    assert all("z" not in r for r in released)
+
+
+def test_providers_and_cuda_request_without_gpu():
+    assert "CPUExecutionProvider" in qrt.get_available_providers()
+    with pytest.raises(InvalidArgument, match="unknown execution provider"):
+        qrt.InferenceSession(_model(), providers=["TensorrtExecutionProvider"])
+    if "CUDAExecutionProvider" not in qrt.get_available_providers():
+        with pytest.raises(InvalidArgument, match="not available"):
+            qrt.InferenceSession(_model(), providers=["CUDAExecutionProvider"])
+        sess = qrt.InferenceSession(_model(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        assert sess.get_providers() == ["CPUExecutionProvider"]
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_memory_stays_flat_over_2000_runs():
+    sess = qrt.InferenceSession(_model())
+    feeds = _feeds(batch=64)
+    for _ in range(200):
+        sess.run(None, feeds)
+    before = _rss_bytes()
+    for _ in range(2000):
+        sess.run(None, feeds)
+    grown = _rss_bytes() - before
+    # 2000 runs allocate ~4 MB of outputs in total; a per-run leak of even one output (1 KB) would show.
+    assert grown < 1_000_000, f"RSS grew by {grown} bytes over 2000 runs"
