@@ -120,6 +120,8 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
     """Observers (see :func:`calibration.make_observer`) fed with every batch of ``reader``.
 
     ``model``: path, bytes or ModelProto. ``reader``: anything :func:`calibration.as_reader` accepts.
+    ``method``: a :class:`CalibrationMethod`, onnxruntime's member, its name, or None for MinMax.
+    ``providers``: for the session (default CPU).
     ``tensor_names``: the tensors to observe (default: every float graph input and node output of the
     main graph); tensors whose type is not float are skipped. Raises QuantizationError for an empty
     reader, a batch with unknown or missing inputs, a feed the session rejects, and NaN/Inf in feeds
@@ -128,7 +130,7 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
     from qrt import InferenceSession
 
     proto, label = _load(model)
-    method = CalibrationMethod.parse(method)
+    method = CalibrationMethod.MinMax if method is None else CalibrationMethod.parse(method)
     make_observer(method, **observer_options)   # option errors before any work
     types, infos = _element_types(proto)
     inputs, activations, initializers = _select(proto, label, tensor_names, types, infos)
@@ -182,13 +184,13 @@ def _observe(observers, name, value, where):
 
 
 def collect_ranges(model, reader, tensor_names=None, method=CalibrationMethod.MinMax, progress=True,
-                   **observer_options) -> dict[str, tuple[float, float]]:
+                   providers=None, **observer_options) -> dict[str, tuple[float, float]]:
     """``{tensor name: (rmin, rmax)}`` calibrated with ``method`` over every batch of ``reader``.
 
     Same arguments and errors as :func:`calibrate`. Tensors that never held a value (always empty)
     are left out.
     """
-    observers = calibrate(model, reader, tensor_names, method, progress, **observer_options)
+    observers = calibrate(model, reader, tensor_names, method, progress, providers, **observer_options)
     ranges = {}
     for name, observer in observers.items():
         if observer.n_updates:

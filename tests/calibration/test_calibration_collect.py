@@ -98,6 +98,12 @@ def test_histogram_methods_through_collect(method, tmp_path):
             assert acts[name].min() <= rmin < rmax <= acts[name].max()
 
 
+def test_providers_and_default_method_pass_through():
+    batches = _batches(2)
+    assert collect_ranges(_model(), batches, ["y"], None, False, providers=["CPUExecutionProvider"]) == \
+        collect_ranges(_model(), batches, ["y"], CalibrationMethod.MinMax, False)
+
+
 def test_observers_are_returned_by_calibrate():
     observers = C.calibrate(_model(), _batches(3), tensor_names=["y"], method="distribution",
                             progress=False)
