@@ -182,7 +182,9 @@ class Graph:
         self._maybe_unread = set()
         self._constants = {}
         self._info = {}
-        self._index = None
+        self._producer, self._consumers = {}, {}
+        for node in self.nodes:
+            self._index_node(node)
         self.refresh_tensor_info()
 
     # ------------------------------------------------------------------ queries
@@ -199,38 +201,40 @@ class Graph:
     def is_overridable(self, name):
         return name in self.initializers and name in self._inputs and self.ir_version >= 4
 
-    def _build_index(self):
-        if self._index is not None:
-            return self._index
-        if self._removed:
-            self.nodes = [n for n in self.nodes if id(n) not in self._removed]
-            self._removed.clear()
-        producer, consumers = {}, {}
-        for node in self.nodes:
-            for name in node.output:
-                if name:
-                    producer[name] = node
-            reads = list(node.input) + sorted(self._implicit.get(id(node), ()))
-            seen = set()
-            for name in reads:
-                if name and name not in seen:
-                    seen.add(name)
-                    consumers.setdefault(name, []).append(node)
-        self._index = (producer, consumers)
-        return self._index
+    def reads(self, node):
+        """Tensors a node reads: its inputs and what its subgraphs take from this scope."""
+        names = [n for n in node.input if n]
+        names.extend(sorted(self._implicit.get(id(node), ())))
+        return list(dict.fromkeys(names))
 
-    def _touch(self):
-        self._index = None
+    def _index_node(self, node):
+        for name in node.output:
+            if name:
+                self._producer[name] = node
+        for name in self.reads(node):
+            self._consumers.setdefault(name, []).append(node)
+
+    def _unindex_read(self, node, name):
+        users = [n for n in self._consumers.get(name, ()) if n is not node]
+        if users:
+            self._consumers[name] = users
+        else:
+            self._consumers.pop(name, None)
+
+    def _add_read(self, node, name):
+        users = self._consumers.setdefault(name, [])
+        if not any(n is node for n in users):
+            users.append(node)
 
     def producer(self, name):
-        return self._build_index()[0].get(name)
+        return self._producer.get(name)
 
     def consumers(self, name):
         """Nodes that read ``name`` (each node once), subgraph readers included."""
-        return list(self._build_index()[1].get(name, ()))
+        return list(self._consumers.get(name, ()))
 
     def is_read(self, name):
-        return bool(self._build_index()[1].get(name)) or name in self._outputs
+        return bool(self._consumers.get(name)) or name in self._outputs
 
     def sole_consumer(self, name):
         """The one node reading ``name`` when nothing else (graph output, subgraph) needs it."""
@@ -240,7 +244,10 @@ class Graph:
         return users[0]
 
     def live_nodes(self):
-        self._build_index()
+        """The nodes still in the graph, as a list safe to iterate while editing."""
+        if self._removed:
+            self.nodes = [n for n in self.nodes if id(n) not in self._removed]
+            self._removed.clear()
         return list(self.nodes)
 
     def info(self, name) -> TensorInfo | None:
@@ -335,29 +342,41 @@ class Graph:
             node.input.append("")
         old = node.input[index]
         node.input[index] = name
-        if old:
+        if old and old not in self.reads(node):
+            self._unindex_read(node, old)
             self._maybe_unread.add(old)
-        self._touch()
+        if name:
+            self._add_read(node, name)
 
     def set_output(self, node, index, name):
+        old = node.output[index]
+        if old and self._producer.get(old) is node:
+            del self._producer[old]
         node.output[index] = name
-        self._touch()
+        if name:
+            self._producer[name] = node
+            self._names.add(name)
 
     def replace_uses(self, old, new):
         """Make every reader of ``old`` read ``new``; ``old`` must not be protected."""
         assert not self.is_protected(old), old
-        for node in self.consumers(old):
+        for node in self._consumers.pop(old, ()):
             for i, name in enumerate(node.input):
                 if name == old:
                     node.input[i] = new
+            self._add_read(node, new)
         self._maybe_unread.add(old)
-        self._touch()
 
     def remove_node(self, node):
+        reads = self.reads(node)
+        for name in reads:
+            self._unindex_read(node, name)
+        for name in node.output:
+            if name and self._producer.get(name) is node:
+                del self._producer[name]
+        self._implicit.pop(id(node), None)
         self._removed.add(id(node))
-        self._maybe_unread.update(n for n in node.input if n)
-        self._maybe_unread.update(self._implicit.pop(id(node), ()))
-        self._touch()
+        self._maybe_unread.update(reads)
 
     def add_node(self, node):
         """Append a node; write-back re-sorts, so position does not matter."""
@@ -366,7 +385,7 @@ class Graph:
         self._names.update(node.output)
         self._note_subgraphs(node)
         self.nodes.append(node)
-        self._touch()
+        self._index_node(node)
 
     def make_node(self, op_type, inputs, outputs, name_hint, **attrs):
         node = helper.make_node(op_type, inputs, outputs, name=self.fresh_name(name_hint), **attrs)
@@ -384,7 +403,6 @@ class Graph:
         array = np.asarray(array)
         self.initializers[name] = numpy_helper.from_array(array, name)
         self._constants[name] = array
-        self._touch()
 
     def remove_initializer(self, name):
         del self.initializers[name]
@@ -462,13 +480,22 @@ class Graph:
         self._info = info
 
     def _skeleton(self):
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
-        g = model.graph
-        del g.node[:]
-        g.node.extend(self.sorted_nodes())
-        del g.initializer[:]
+        model = onnx.ModelProto(ir_version=self.model.ir_version)
+        model.opset_import.extend(self.model.opset_import)
+        model.functions.extend(self.model.functions)
+        src, g = self.model.graph, model.graph
+        g.name = src.name
+        g.input.extend(i for i in src.input if i.name in self._inputs)
+        g.output.extend(src.output)
+        g.value_info.extend(src.value_info)
         inputs = {i.name for i in g.input}
+        for node in self.sorted_nodes():
+            value = attr(node, "value") if is_op(node, "Constant") else None
+            if value is not None and math.prod(value.dims) > _SHAPE_INFERENCE_MAX_INITIALIZER:
+                g.input.append(helper.make_tensor_value_info(node.output[0], value.data_type, list(value.dims)))
+                inputs.add(node.output[0])
+            else:
+                g.node.append(node)
         for name, t in self.initializers.items():
             if math.prod(t.dims) <= _SHAPE_INFERENCE_MAX_INITIALIZER:
                 g.initializer.append(t)
