@@ -133,6 +133,7 @@ class Plan:
         self.constants = constants             # name -> array, bound at plan time
         self.steps = steps
         self.outer_names = outer_names         # names read from an enclosing graph
+        self.output_types = ()                 # graph outputs' TypeProtos (Loop/Scan size empty scan outputs)
 
     def run(self, feeds: dict, scope=None, profiler: Profiler | None = None) -> list:
         """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values."""
@@ -288,8 +289,11 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
         foldable = (fold_constants and kernel.deterministic and not kernel.uses_outer_scope
                     and all((not n) or n in visible_constants for n in inputs))
         if foldable:
+            # Folding runs on the host kernel, so a folded constant is a host array whatever the node's
+            # provider; device kernels receive constants through prepare() and upload them once.
+            folder = kernel if provider.on_host else _host_kernel(node, domain, opset, attrs)
             try:
-                values = kernel.run(*[visible_constants[n] if n else None for n in inputs])
+                values = folder.run(*[visible_constants[n] if n else None for n in inputs])
             except Exception:
                 foldable = False     # leave the node in the plan; it reports its error when run
             else:
@@ -297,7 +301,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
                     values = (values,)
                 for name, value in zip(outputs, values):
                     if name:
-                        constants[name] = np.asarray(value) if provider.on_host else value
+                        constants[name] = np.asarray(value)
                 local_names.update(n for n in outputs if n)
                 continue
 
@@ -344,7 +348,16 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
     missing = sorted(n for n in outer_used if n not in outer_names and n not in visible_constants)
     if missing:
         raise InvalidModel(f"{label}: tensor(s) {missing} are used but never produced")
-    return Plan(label, input_names, output_names, constants, steps, frozenset(outer_used))
+    plan = Plan(label, input_names, output_names, constants, steps, frozenset(outer_used))
+    plan.output_types = tuple(o.type for o in graph.output)
+    return plan
+
+
+def _host_kernel(node, domain, opset, attrs):
+    cls = registry.lookup(node.op_type, domain, opset, registry.CPU)
+    kernel = cls(**attrs)
+    kernel.n_inputs, kernel.n_outputs, kernel.node_name = len(node.input), len(node.output), node.name
+    return kernel
 
 
 def _host_mover(providers, src_name):
