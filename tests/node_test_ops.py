@@ -18,4 +18,8 @@ ArgMin Attention Ceil Celu Cos CumSum DepthToSpace Einsum Floor GRU GatherElemen
 InstanceNormalization LogSoftmax Loop Mish Mod RMSNormalization ReduceL1 ReduceL2 ReduceLogSumExp ReduceProd
 ReduceSumSquare RotaryEmbedding Round Scan ScatterElements ScatterND Selu Sign Sin Softsign SpaceToDepth
 TopK Trilu Upsample Xor
+Compress OneHot EyeLike CastLike
+RNN NonZero ReduceLogSum
+Hardmax
+GroupNormalization LpPool GlobalLpPool
 """.split()

@@ -1,0 +1,189 @@
+"""Pooling kernels on the canonical layout ``(planes, D, H, W)``, one plane per (image, channel).
+
+``geom`` is the int64 vector ``[kD, kH, kW, sD, sH, sW, dD, dH, dW, pD, pH, pW]`` shared with the
+convolution kernels (``pD..pW`` pad the start of each axis). Taps that fall in padding are skipped;
+the windowed kernels walk output rows and add one shifted input row per tap, so the innermost loop
+is a plain strided sweep that LLVM vectorizes.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .conv import _valid_range
+
+MODE_AVERAGE = 0
+MODE_LP = 1
+GLOBAL_AVERAGE = 0
+GLOBAL_MAX = 1
+GLOBAL_LP = 2
+
+
+@njit(cache=True, parallel=True)
+def max_pool(x, geom, out):
+    """Windowed maximum; a window lying wholly in padding yields -inf."""
+    planes, depth, height, width = x.shape
+    out_d, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    kd, kh, kw = geom[0], geom[1], geom[2]
+    sd, sh, sw = geom[3], geom[4], geom[5]
+    dd, dh, dw = geom[6], geom[7], geom[8]
+    pd, ph, pw = geom[9], geom[10], geom[11]
+    for p in prange(planes):
+        for a in range(out_d):
+            for b in range(out_h):
+                row = out[p, a, b]
+                for o in range(out_w):
+                    row[o] = -np.inf
+                for i in range(kd):
+                    zd = a * sd - pd + i * dd
+                    if zd < 0 or zd >= depth:
+                        continue
+                    for j in range(kh):
+                        zh = b * sh - ph + j * dh
+                        if zh < 0 or zh >= height:
+                            continue
+                        src = x[p, zd, zh]
+                        for l in range(kw):
+                            off_w = l * dw - pw
+                            lo, hi = _valid_range(off_w, sw, width, out_w)
+                            for o in range(lo, hi):
+                                v = src[o * sw + off_w]
+                                if v > row[o]:
+                                    row[o] = v
+
+
+@njit(cache=True, parallel=True)
+def max_pool_indices(x, geom, column_major, out, indices):
+    """Windowed maximum and the flat input index of the first maximum of each window.
+
+    Indices count over the whole input tensor; ``column_major`` numbers spatial positions with the
+    first spatial axis fastest (ONNX ``storage_order=1``), else row-major.
+    """
+    planes, depth, height, width = x.shape
+    out_d, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    kd, kh, kw = geom[0], geom[1], geom[2]
+    sd, sh, sw = geom[3], geom[4], geom[5]
+    dd, dh, dw = geom[6], geom[7], geom[8]
+    pd, ph, pw = geom[9], geom[10], geom[11]
+    plane_size = depth * height * width
+    for p in prange(planes):
+        for a in range(out_d):
+            for b in range(out_h):
+                for o in range(out_w):
+                    best = -np.inf
+                    best_index = -1
+                    for i in range(kd):
+                        zd = a * sd - pd + i * dd
+                        if zd < 0 or zd >= depth:
+                            continue
+                        for j in range(kh):
+                            zh = b * sh - ph + j * dh
+                            if zh < 0 or zh >= height:
+                                continue
+                            for l in range(kw):
+                                zw = o * sw - pw + l * dw
+                                if zw < 0 or zw >= width:
+                                    continue
+                                v = x[p, zd, zh, zw]
+                                if best_index < 0 or v > best:
+                                    best = v
+                                    if column_major:
+                                        best_index = zd + zh * depth + zw * depth * height
+                                    else:
+                                        best_index = (zd * height + zh) * width + zw
+                    out[p, a, b, o] = best
+                    indices[p, a, b, o] = p * plane_size + best_index if best_index >= 0 else -1
+
+
+@njit(cache=True)
+def _tap_counts(out_len, in_len, kernel, stride, dilation, pad_begin, pad_end, include_pad):
+    """Per output position, how many taps lie in the input (or in the padded input with include_pad)."""
+    counts = np.zeros(out_len, dtype=np.int64)
+    lo_bound = -pad_begin if include_pad else 0
+    hi_bound = in_len + pad_end if include_pad else in_len
+    for o in range(out_len):
+        for t in range(kernel):
+            z = o * stride - pad_begin + t * dilation
+            if lo_bound <= z < hi_bound:
+                counts[o] += 1
+    return counts
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def sum_pool(x, geom, pads_end, mode, p, count_include_pad, out):
+    """AveragePool (``mode`` 0) or LpPool with exponent ``p`` (``mode`` 1) over each window.
+
+    The average divides by the taps inside the input, or inside the padded input when
+    ``count_include_pad``; a ceil_mode window's overhang past the end padding never counts.
+    """
+    planes, depth, height, width = x.shape
+    out_d, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    kd, kh, kw = geom[0], geom[1], geom[2]
+    sd, sh, sw = geom[3], geom[4], geom[5]
+    dd, dh, dw = geom[6], geom[7], geom[8]
+    pd, ph, pw = geom[9], geom[10], geom[11]
+    include = count_include_pad != 0
+    count_d = _tap_counts(out_d, depth, kd, sd, dd, pd, pads_end[0], include)
+    count_h = _tap_counts(out_h, height, kh, sh, dh, ph, pads_end[1], include)
+    count_w = _tap_counts(out_w, width, kw, sw, dw, pw, pads_end[2], include)
+    inv_p = 1.0 / p
+    for q in prange(planes):
+        for a in range(out_d):
+            for b in range(out_h):
+                row = out[q, a, b]
+                for o in range(out_w):
+                    row[o] = 0
+                for i in range(kd):
+                    zd = a * sd - pd + i * dd
+                    if zd < 0 or zd >= depth:
+                        continue
+                    for j in range(kh):
+                        zh = b * sh - ph + j * dh
+                        if zh < 0 or zh >= height:
+                            continue
+                        src = x[q, zd, zh]
+                        for l in range(kw):
+                            off_w = l * dw - pw
+                            lo, hi = _valid_range(off_w, sw, width, out_w)
+                            if mode == MODE_AVERAGE:
+                                for o in range(lo, hi):
+                                    row[o] += src[o * sw + off_w]
+                            elif p == 2:
+                                for o in range(lo, hi):
+                                    v = src[o * sw + off_w]
+                                    row[o] += v * v
+                            else:
+                                for o in range(lo, hi):
+                                    row[o] += np.abs(src[o * sw + off_w]) ** p
+                if mode == MODE_AVERAGE:
+                    plane_count = count_d[a] * count_h[b]
+                    for o in range(out_w):
+                        row[o] = row[o] / (plane_count * count_w[o])
+                elif p == 2:
+                    for o in range(out_w):
+                        row[o] = np.sqrt(row[o])
+                elif p != 1:
+                    for o in range(out_w):
+                        row[o] = row[o] ** inv_p
+
+
+@njit(cache=True, parallel=True)
+def global_pool(x, mode, p, out):
+    """One value per row of ``x`` (planes, positions): mean, maximum or Lp norm; sums in float64."""
+    planes, size = x.shape
+    for q in prange(planes):
+        src = x[q]
+        if mode == GLOBAL_MAX:
+            best = src[0]
+            for s in range(1, size):
+                if src[s] > best:
+                    best = src[s]
+            out[q] = best
+        elif mode == GLOBAL_AVERAGE:
+            total = 0.0
+            for s in range(size):
+                total += src[s]
+            out[q] = total / size
+        else:
+            total = 0.0
+            for s in range(size):
+                total += np.abs(src[s]) ** p
+            out[q] = total ** (1.0 / p)

@@ -1,0 +1,250 @@
+"""Convolutions: Conv and ConvTranspose over 1 to 3 spatial axes, grouped, strided, dilated, any auto_pad.
+
+Inputs are reshaped to the canonical ``(N, C, D, H, W)`` layout (unit axes in front of the real
+spatial ones) so one compiled kernel per dtype serves every rank. float32 and float64 run natively;
+float16 and bfloat16 are computed in float32 and rounded back, as onnxruntime does.
+
+The window arithmetic here (``window_geometry``, ``spatial_list``) is shared with pooling.
+"""
+import numpy as np
+
+from ..errors import InvalidArgument, InvalidModel
+from ..kernels.cpu import conv as k
+from ..registry import register
+from .base import Op
+
+AUTO_PAD_MODES = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+MAX_SPATIAL_AXES = 3
+
+
+def check_auto_pad(auto_pad):
+    if auto_pad not in AUTO_PAD_MODES:
+        raise InvalidModel(f"auto_pad must be one of {', '.join(AUTO_PAD_MODES)}, got {auto_pad!r}")
+    return auto_pad
+
+
+def spatial_list(values, n_axes, default, name):
+    """An attribute given per spatial axis, or ``default`` on every axis when absent."""
+    if values is None:
+        return [default] * n_axes
+    values = [int(v) for v in values]
+    if len(values) != n_axes:
+        raise InvalidArgument(f"{name} has {len(values)} values for {n_axes} spatial axes: {values}")
+    return values
+
+
+def split_padding(total, auto_pad):
+    """Begin/end padding for SAME_* auto_pad: the odd pixel goes at the end for SAME_UPPER, else at the start."""
+    half = total // 2
+    return (half, total - half) if auto_pad == "SAME_UPPER" else (total - half, half)
+
+
+def window_geometry(in_sizes, kernel, strides, dilations, auto_pad, pads, ceil_mode=False):
+    """Begin pads, end pads and output sizes of a sliding window (Conv and the pooling ops).
+
+    Explicit pads use ``floor`` (or ``ceil`` with ceil_mode) of ``(in + pads - extent) / stride + 1``;
+    with ceil_mode a last window that would start in the end padding is dropped. SAME_* gives
+    ``ceil(in / stride)`` outputs; VALID gives the windows that fit without padding.
+    """
+    n_axes = len(in_sizes)
+    if auto_pad == "NOTSET":
+        if pads is None:
+            pads = [0] * (2 * n_axes)
+        pads = [int(p) for p in pads]
+        if len(pads) != 2 * n_axes:
+            raise InvalidArgument(f"pads has {len(pads)} values; {n_axes} spatial axes need {2 * n_axes}")
+        begins, ends = pads[:n_axes], pads[n_axes:]
+    else:
+        begins, ends = [0] * n_axes, [0] * n_axes
+    outs = []
+    for i in range(n_axes):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        size = in_sizes[i]
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = -(-size // strides[i])
+            total = max((out - 1) * strides[i] + extent - size, 0)
+            begins[i], ends[i] = split_padding(total, auto_pad)
+        elif auto_pad == "VALID":
+            out = (size - extent) // strides[i] + 1
+        else:
+            span = size + begins[i] + ends[i] - extent
+            if ceil_mode:
+                out = -(-span // strides[i]) + 1
+                if (out - 1) * strides[i] >= size + begins[i]:
+                    out -= 1
+            else:
+                out = span // strides[i] + 1
+        outs.append(out)
+    return begins, ends, outs
+
+
+def compute_dtype(x, op_type):
+    """The float type a kernel computes in for input ``x``: float32/float64 as is, narrower floats in float32."""
+    if x.dtype in (np.float32, np.float64):
+        return x.dtype
+    if x.dtype.kind == "f" or x.dtype.name == "bfloat16":
+        return np.dtype(np.float32)
+    raise InvalidArgument(f"{op_type} takes floating-point tensors, got {x.dtype}")
+
+
+def canonical(a, dtype):
+    """``(N, C, *spatial)`` -> contiguous ``(N, C, D, H, W)`` of ``dtype`` with unit axes in front."""
+    lead = (1,) * (MAX_SPATIAL_AXES - (a.ndim - 2))
+    return np.ascontiguousarray(a.reshape(a.shape[:2] + lead + a.shape[2:]), dtype=dtype)
+
+
+def pack_geometry(kernel, strides, dilations, begins):
+    """The int64 ``geom`` vector the kernels take, padded to three axes."""
+    lead = MAX_SPATIAL_AXES - len(kernel)
+    return np.array([1] * lead + list(kernel) + [1] * lead + list(strides) + [1] * lead + list(dilations)
+                    + [0] * lead + list(begins), dtype=np.int64)
+
+
+def _check_ranks(op_type, x, w):
+    if x.ndim < 3 or x.ndim - 2 > MAX_SPATIAL_AXES:
+        raise InvalidArgument(f"{op_type} input X has shape {x.shape}; qrt supports (N, C, spatial...) with "
+                              f"1 to {MAX_SPATIAL_AXES} spatial axes")
+    if w.ndim != x.ndim:
+        raise InvalidArgument(f"{op_type} weight W has shape {w.shape}, rank {w.ndim}; "
+                              f"input X {x.shape} needs rank {x.ndim}")
+
+
+def _bias(b, n_out, dtype, op_type):
+    if b is None:
+        return np.empty(0, dtype=dtype)
+    if b.shape != (n_out,):
+        raise InvalidArgument(f"{op_type} bias B has shape {b.shape}; expected ({n_out},)")
+    return np.ascontiguousarray(b, dtype=dtype)
+
+
+class _Window(Op):
+    """Attribute handling common to Conv and ConvTranspose."""
+
+    def __init__(self, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+        self.auto_pad = check_auto_pad(auto_pad)
+        self.dilations = dilations
+        self.group = int(group)
+        if self.group < 1:
+            raise InvalidModel(f"group must be >= 1, got {group}")
+        self.kernel_shape = None if kernel_shape is None else [int(v) for v in kernel_shape]
+        self.pads = pads
+        self.strides = strides
+        for name, values in (("dilations", dilations), ("strides", strides)):
+            if values is not None and any(int(v) < 1 for v in values):
+                raise InvalidModel(f"{name} must be >= 1, got {list(values)}")
+        if pads is not None and any(int(v) < 0 for v in pads):
+            raise InvalidModel(f"pads must be >= 0, got {list(pads)}")
+
+    def _kernel(self, w):
+        kernel = list(w.shape[2:])
+        if self.kernel_shape is not None and self.kernel_shape != kernel:
+            raise InvalidArgument(f"kernel_shape {self.kernel_shape} does not match weight shape {w.shape}")
+        return kernel
+
+
+@register("Conv", 1)
+class Conv(_Window):
+    def run(self, X, W, B=None):
+        _check_ranks("Conv", X, W)
+        n_axes = X.ndim - 2
+        n_images, channels = X.shape[:2]
+        n_out, c_group = W.shape[:2]
+        group = self.group
+        if c_group * group != channels or n_out % group:
+            raise InvalidArgument(f"Conv with group={group}: input X {X.shape} and weight W {W.shape} disagree "
+                                  f"(need C = W.shape[1] * group and M divisible by group)")
+        kernel = self._kernel(W)
+        strides = spatial_list(self.strides, n_axes, 1, "strides")
+        dilations = spatial_list(self.dilations, n_axes, 1, "dilations")
+        begins, _, out_sizes = window_geometry(X.shape[2:], kernel, strides, dilations, self.auto_pad, self.pads)
+        if any(o < 1 for o in out_sizes):
+            raise InvalidArgument(f"Conv output would be empty: input {X.shape}, kernel {kernel}, strides "
+                                  f"{strides}, dilations {dilations}, pads {self.pads}")
+        dtype = compute_dtype(X, "Conv")
+        out_shape = (n_images, n_out) + tuple(out_sizes)
+        if X.size == 0 or W.size == 0:
+            return np.zeros(out_shape, dtype=X.dtype) if B is None else \
+                np.broadcast_to(B.reshape((-1,) + (1,) * n_axes), out_shape).astype(X.dtype)
+        x5 = canonical(X, dtype)
+        w5 = canonical(W, dtype)
+        bias = _bias(B, n_out, dtype, "Conv")
+        geom = pack_geometry(kernel, strides, dilations, begins)
+        out = np.empty(x5.shape[:2][:1] + (n_out,) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes),
+                       dtype=dtype)
+        if c_group == 1 and group > 1:
+            k.conv_depthwise(x5, w5, bias, geom, out)
+        else:
+            k.conv_gemm(x5, w5.reshape(n_out, -1), bias, geom, group, out)
+        return out.reshape(out_shape).astype(X.dtype, copy=False)
+
+
+@register("ConvTranspose", 1)
+class ConvTranspose(_Window):
+    def __init__(self, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, output_padding=None,
+                 output_shape=None, pads=None, strides=None):
+        super().__init__(auto_pad, dilations, group, kernel_shape, pads, strides)
+        self.output_padding = output_padding
+        self.output_shape = None if output_shape is None else [int(v) for v in output_shape]
+        self._packed = (None, None)
+
+    def _geometry(self, in_sizes, kernel, strides, dilations):
+        """Begin pads and output sizes, from output_shape, auto_pad or explicit pads, as the spec orders them."""
+        n_axes = len(in_sizes)
+        out_padding = spatial_list(self.output_padding, n_axes, 0, "output_padding")
+        full = [strides[i] * (in_sizes[i] - 1) + out_padding[i] + (kernel[i] - 1) * dilations[i] + 1
+                for i in range(n_axes)]
+        if self.output_shape is not None:
+            target = self.output_shape[-n_axes:] if len(self.output_shape) == n_axes + 2 else self.output_shape
+            if len(target) != n_axes:
+                raise InvalidArgument(f"output_shape {self.output_shape} does not fit {n_axes} spatial axes")
+            mode = "SAME_UPPER" if self.auto_pad == "SAME_UPPER" else "SAME_LOWER"
+            begins = [split_padding(full[i] - target[i], mode)[0] for i in range(n_axes)]
+            return begins, list(target)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            target = [in_sizes[i] * strides[i] for i in range(n_axes)]
+            begins = [split_padding(full[i] - target[i], self.auto_pad)[0] for i in range(n_axes)]
+            return begins, target
+        if self.auto_pad == "VALID":
+            return [0] * n_axes, full
+        pads = spatial_list(self.pads, 2 * n_axes, 0, "pads")
+        return pads[:n_axes], [full[i] - pads[i] - pads[n_axes + i] for i in range(n_axes)]
+
+    def _regrouped_weight(self, W, dtype):
+        """The weight as ``(group, M/group * taps, C/group)`` for the per-group GEMM, cached per weight array."""
+        source, packed = self._packed
+        if source is W and packed.dtype == dtype:
+            return packed
+        channels, m_group = W.shape[:2]
+        c_group = channels // self.group
+        taps = int(np.prod(W.shape[2:]))
+        packed = np.ascontiguousarray(
+            W.reshape(self.group, c_group, m_group * taps).transpose(0, 2, 1), dtype=dtype)
+        self._packed = (W, packed)
+        return packed
+
+    def run(self, X, W, B=None):
+        _check_ranks("ConvTranspose", X, W)
+        n_axes = X.ndim - 2
+        n_images, channels = X.shape[:2]
+        group = self.group
+        if W.shape[0] != channels or channels % group:
+            raise InvalidArgument(f"ConvTranspose with group={group}: input X {X.shape} and weight W {W.shape} "
+                                  f"disagree (need W.shape[0] = C, divisible by group)")
+        n_out = W.shape[1] * group
+        kernel = self._kernel(W)
+        strides = spatial_list(self.strides, n_axes, 1, "strides")
+        dilations = spatial_list(self.dilations, n_axes, 1, "dilations")
+        begins, out_sizes = self._geometry(list(X.shape[2:]), kernel, strides, dilations)
+        if any(o < 1 for o in out_sizes):
+            raise InvalidArgument(f"ConvTranspose output would be empty: input {X.shape}, weight {W.shape}, "
+                                  f"output sizes {out_sizes}")
+        dtype = compute_dtype(X, "ConvTranspose")
+        bias = _bias(B, n_out, dtype, "ConvTranspose")
+        out_shape = (n_images, n_out) + tuple(out_sizes)
+        out = np.empty((n_images, n_out) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes), dtype=dtype)
+        if X.size == 0 or W.size == 0:
+            out[...] = bias.reshape((-1, 1, 1, 1)) if bias.size else 0
+        else:
+            geom = pack_geometry(kernel, strides, dilations, begins)
+            k.conv_transpose_gemm(canonical(X, dtype), self._regrouped_weight(W, dtype), bias, geom, group, out)
+        return out.reshape(out_shape).astype(X.dtype, copy=False)
