@@ -1,0 +1,281 @@
+"""Recurrent layers: LSTM, GRU, RNN (one layer, forward / reverse / bidirectional).
+
+The op class validates shapes, resolves the optional inputs to their spec defaults (zero bias,
+peepholes and initial state; every sequence full length), converts ``layout=1`` (batch-major)
+tensors to the time-major layout the kernels use, and runs one kernel call per direction.
+
+Activations: the ``activations`` attribute lists one function per gate role (LSTM f, g, h; GRU f, g;
+RNN f) for each direction; a bidirectional node that lists only one direction's functions uses them
+for both. ``activation_alpha`` / ``activation_beta`` are consumed in order by the functions that take
+them (as onnxruntime reads them); a function without a listed value gets the default of the ONNX
+operator of that name (Affine 1, 0; ThresholdedRelu 1; LeakyRelu 0.01; HardSigmoid 0.2, 0.5; Elu 1),
+and ScaledTanh, which has no ONNX defaults, gets 1, 1 (plain tanh). onnxruntime instead uses 0 for
+the Affine, ThresholdedRelu and ScaledTanh parameters left out.
+
+A batch entry whose sequence length is 0 gets zero final states, as onnxruntime returns.
+
+Versions: 7 (the attribute set of today's models) and 14 (adds ``layout``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument, InvalidModel
+from ..kernels.cpu import rnn as k
+from ..registry import register
+from .base import Op
+
+# name -> (default alpha, default beta), None where the function takes no such parameter.
+_PARAMETERS = {
+    "sigmoid": (None, None), "tanh": (None, None), "relu": (None, None), "softsign": (None, None),
+    "softplus": (None, None), "affine": (1.0, 0.0), "leakyrelu": (0.01, None), "thresholdedrelu": (1.0, None),
+    "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, None),
+}
+_DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+_LOW_PRECISION_FLOATS = {"float16", "bfloat16"}
+
+
+def _parse_activations(names, alphas, betas, defaults, num_directions):
+    """(codes, alphas, betas) arrays of length len(defaults) * num_directions."""
+    names = list(names) if names else list(defaults) * num_directions
+    per_direction = len(defaults)
+    if len(names) == per_direction and num_directions == 2:
+        names = names * 2
+    if len(names) != per_direction * num_directions:
+        raise InvalidModel(f"activations lists {len(names)} functions; expected {per_direction} per direction "
+                           f"for {num_directions} direction(s)")
+    alphas = list(alphas or [])
+    betas = list(betas or [])
+    codes, alpha_values, beta_values = [], [], []
+    for name in names:
+        key = str(name).lower()
+        if key not in _PARAMETERS:
+            raise InvalidModel(f"unsupported activation {name!r}; known: {sorted(_PARAMETERS)}")
+        default_alpha, default_beta = _PARAMETERS[key]
+        alpha = alphas.pop(0) if default_alpha is not None and alphas else default_alpha
+        beta = betas.pop(0) if default_beta is not None and betas else default_beta
+        codes.append(k.ACTIVATIONS[key])
+        alpha_values.append(0.0 if alpha is None else float(alpha))
+        beta_values.append(0.0 if beta is None else float(beta))
+    return (np.array(codes, np.int64).reshape(num_directions, per_direction),
+            np.array(alpha_values, np.float64).reshape(num_directions, per_direction),
+            np.array(beta_values, np.float64).reshape(num_directions, per_direction))
+
+
+class _Recurrent(Op):
+    """Shared attribute parsing and input handling; subclasses set ``gates`` and ``default_activations``."""
+
+    gates = 1
+    default_activations = ("Tanh",)
+
+    def _init(self, activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout):
+        if direction not in _DIRECTIONS:
+            raise InvalidModel(f"direction must be one of {sorted(_DIRECTIONS)}, got {direction!r}")
+        if layout not in (0, 1):
+            raise InvalidModel(f"layout must be 0 or 1, got {layout}")
+        if clip is not None and not float(clip) > 0:
+            raise InvalidModel(f"clip must be positive, got {clip}")
+        self.direction = direction
+        self.num_directions = _DIRECTIONS[direction]
+        self.hidden_size = None if hidden_size is None else int(hidden_size)
+        self.layout = int(layout)
+        self.clip = 0.0 if clip is None else float(clip)
+        self.act_codes, self.act_alphas, self.act_betas = _parse_activations(
+            activations, activation_alpha, activation_beta, self.default_activations, self.num_directions)
+
+    def _common(self, x, w, r, sequence_lens, initial_h):
+        """Validated time-major float inputs, hidden size, per-batch lengths and initial state."""
+        if x.ndim != 3 or w.ndim != 3 or r.ndim != 3:
+            raise InvalidArgument(f"X, W and R must be 3-D, got shapes {x.shape}, {w.shape}, {r.shape}")
+        if x.dtype.kind != "f":
+            raise InvalidArgument(f"{self.op_type} takes float tensors, got X of {x.dtype}")
+        work_dtype = np.float32 if x.dtype.name in _LOW_PRECISION_FLOATS else x.dtype
+        if self.layout == 1:
+            x = x.transpose(1, 0, 2)
+        x = np.ascontiguousarray(x, dtype=work_dtype)
+        seq, batch, width = x.shape
+        dirs, gates = self.num_directions, self.gates
+        hidden = r.shape[2]
+        if self.hidden_size is not None and self.hidden_size != hidden:
+            raise InvalidArgument(f"hidden_size={self.hidden_size} but R has shape {r.shape}")
+        if w.shape != (dirs, gates * hidden, width):
+            raise InvalidArgument(f"W has shape {w.shape}; expected {(dirs, gates * hidden, width)}")
+        if r.shape != (dirs, gates * hidden, hidden):
+            raise InvalidArgument(f"R has shape {r.shape}; expected {(dirs, gates * hidden, hidden)}")
+        if sequence_lens is None:
+            lengths = np.full(batch, seq, dtype=np.int64)
+        else:
+            lengths = np.asarray(sequence_lens).astype(np.int64).reshape(-1)
+            if lengths.shape != (batch,):
+                raise InvalidArgument(f"sequence_lens has shape {np.shape(sequence_lens)}; expected ({batch},)")
+            if lengths.size and (lengths.min() < 0 or lengths.max() > seq):
+                raise InvalidArgument(f"sequence_lens {lengths.tolist()} must lie in [0, {seq}]")
+        h0 = self._state(initial_h, "initial_h", batch, hidden, work_dtype)
+        return x, work_dtype, hidden, lengths, h0
+
+    def _state(self, value, name, batch, hidden, dtype):
+        """A (num_directions, batch, hidden) time-major state, zeros when omitted."""
+        dirs = self.num_directions
+        if value is None:
+            return np.zeros((dirs, batch, hidden), dtype)
+        expected = (batch, dirs, hidden) if self.layout == 1 else (dirs, batch, hidden)
+        if value.shape != expected:
+            raise InvalidArgument(f"{name} has shape {value.shape}; expected {expected}")
+        if self.layout == 1:
+            value = value.transpose(1, 0, 2)
+        return np.ascontiguousarray(value, dtype=dtype)
+
+    def _bias(self, b, hidden, dtype):
+        """(num_directions, 2 * gates * hidden) [Wb, Rb], zeros when omitted."""
+        size = 2 * self.gates * hidden
+        if b is None:
+            return np.zeros((self.num_directions, size), dtype)
+        if b.shape != (self.num_directions, size):
+            raise InvalidArgument(f"B has shape {b.shape}; expected {(self.num_directions, size)}")
+        return np.asarray(b, dtype=dtype)
+
+    def _outputs(self, y, states, dtype, lengths):
+        """Y and the final states in the node's layout and dtype, as many as the node declares."""
+        empty = lengths == 0
+        if empty.any():
+            for state in states:
+                state[:, empty] = 0
+        if self.layout == 1:
+            y = y.transpose(2, 0, 1, 3)
+            states = [s.transpose(1, 0, 2) for s in states]
+        results = [np.ascontiguousarray(a).astype(dtype, copy=False) for a in [y, *states]]
+        return tuple(results[:max(self.n_outputs, 1)])
+
+    @staticmethod
+    def _transposed(weights, d, dtype):
+        return np.ascontiguousarray(weights[d].T, dtype=dtype)
+
+
+class _LSTM(_Recurrent):
+    gates = 4
+    default_activations = ("Sigmoid", "Tanh", "Tanh")
+
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None, input_forget=0, layout=0):
+        self._init(activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout)
+        if input_forget not in (0, 1):
+            raise InvalidModel(f"input_forget must be 0 or 1, got {input_forget}")
+        self.input_forget = bool(input_forget)
+
+    def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None):
+        in_dtype = x.dtype
+        x, dtype, hidden, lengths, h0 = self._common(x, w, r, sequence_lens, initial_h)
+        c0 = self._state(initial_c, "initial_c", x.shape[1], hidden, dtype)
+        bias = self._bias(b, hidden, dtype)
+        if p is None:
+            peep = np.zeros((self.num_directions, 3 * hidden), dtype)
+        elif p.shape != (self.num_directions, 3 * hidden):
+            raise InvalidArgument(f"P has shape {p.shape}; expected {(self.num_directions, 3 * hidden)}")
+        else:
+            peep = np.asarray(p, dtype=dtype)
+        seq, batch, _ = x.shape
+        y = np.zeros((seq, self.num_directions, batch, hidden), dtype)
+        y_h = h0.copy()
+        y_c = c0.copy()
+        if seq:
+            for d in range(self.num_directions):
+                reverse = self.direction == "reverse" or d == 1
+                summed_bias = np.ascontiguousarray(bias[d, :4 * hidden] + bias[d, 4 * hidden:])
+                k.lstm_direction(x, self._transposed(w, d, dtype), self._transposed(r, d, dtype), summed_bias,
+                                 np.ascontiguousarray(peep[d]), lengths, h0[d], c0[d], reverse, self.clip,
+                                 self.act_codes[d], self.act_alphas[d], self.act_betas[d], self.input_forget,
+                                 y, y_h, y_c, d)
+        return self._outputs(y, [y_h, y_c], in_dtype, lengths)
+
+
+@register("LSTM", 7)
+class LSTM_7(_LSTM):
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None, input_forget=0):
+        super().__init__(activation_alpha, activation_beta, activations, clip, direction, hidden_size,
+                         input_forget, 0)
+
+
+@register("LSTM", 14)
+class LSTM_14(_LSTM):
+    pass
+
+
+class _GRU(_Recurrent):
+    gates = 3
+    default_activations = ("Sigmoid", "Tanh")
+
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None, linear_before_reset=0, layout=0):
+        self._init(activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout)
+        if linear_before_reset not in (0, 1):
+            raise InvalidModel(f"linear_before_reset must be 0 or 1, got {linear_before_reset}")
+        self.linear_before_reset = bool(linear_before_reset)
+
+    def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
+        in_dtype = x.dtype
+        x, dtype, hidden, lengths, h0 = self._common(x, w, r, sequence_lens, initial_h)
+        bias = self._bias(b, hidden, dtype)
+        seq, batch, _ = x.shape
+        y = np.zeros((seq, self.num_directions, batch, hidden), dtype)
+        y_h = h0.copy()
+        if seq:
+            for d in range(self.num_directions):
+                reverse = self.direction == "reverse" or d == 1
+                r_t = self._transposed(r, d, dtype)
+                k.gru_direction(x, self._transposed(w, d, dtype), np.ascontiguousarray(r_t[:, :2 * hidden]),
+                                np.ascontiguousarray(r_t[:, 2 * hidden:]), np.ascontiguousarray(bias[d, :3 * hidden]),
+                                np.ascontiguousarray(bias[d, 3 * hidden:]), lengths, h0[d], reverse, self.clip,
+                                self.act_codes[d], self.act_alphas[d], self.act_betas[d], self.linear_before_reset,
+                                y, y_h, d)
+        return self._outputs(y, [y_h], in_dtype, lengths)
+
+
+@register("GRU", 7)
+class GRU_7(_GRU):
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None, linear_before_reset=0):
+        super().__init__(activation_alpha, activation_beta, activations, clip, direction, hidden_size,
+                         linear_before_reset, 0)
+
+
+@register("GRU", 14)
+class GRU_14(_GRU):
+    pass
+
+
+class _RNN(_Recurrent):
+    gates = 1
+    default_activations = ("Tanh",)
+
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None, layout=0):
+        self._init(activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout)
+
+    def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
+        in_dtype = x.dtype
+        x, dtype, hidden, lengths, h0 = self._common(x, w, r, sequence_lens, initial_h)
+        bias = self._bias(b, hidden, dtype)
+        seq, batch, _ = x.shape
+        y = np.zeros((seq, self.num_directions, batch, hidden), dtype)
+        y_h = h0.copy()
+        if seq:
+            for d in range(self.num_directions):
+                reverse = self.direction == "reverse" or d == 1
+                k.rnn_direction(x, self._transposed(w, d, dtype), self._transposed(r, d, dtype),
+                                np.ascontiguousarray(bias[d, :hidden] + bias[d, hidden:]), lengths, h0[d], reverse,
+                                self.clip, self.act_codes[d, 0], self.act_alphas[d, 0], self.act_betas[d, 0],
+                                y, y_h, d)
+        return self._outputs(y, [y_h], in_dtype, lengths)
+
+
+@register("RNN", 7)
+class RNN_7(_RNN):
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None):
+        super().__init__(activation_alpha, activation_beta, activations, clip, direction, hidden_size, 0)
+
+
+@register("RNN", 14)
+class RNN_14(_RNN):
+    pass
