@@ -1,0 +1,103 @@
+"""Numba kernels for the data-movement ops that do arithmetic: scatter reductions, Range, and the
+float8e8m0 rounding of Cast.
+
+Plain copies (gather, concatenation, padding, transposes) stay in numpy, where they are already a
+single memcpy-like pass; these kernels cover the loops whose element updates depend on each other
+(a reduction into duplicate indices must apply every update in order) or that compute values.
+"""
+import numpy as np
+from numba import njit
+
+# Reduction codes shared with qrt.ops.movement.
+REDUCE_ADD = 1
+REDUCE_MUL = 2
+REDUCE_MAX = 3
+REDUCE_MIN = 4
+
+
+@njit(cache=True)
+def scatter_reduce(out, offsets, updates, reduction):
+    """``out[offsets[i]] = reduce(out[offsets[i]], updates[i])`` in index order, on flat 1-D arrays.
+
+    Applying updates one by one in order keeps duplicate indices exact: every update to one element
+    is combined, not just the last one.
+    """
+    n = offsets.shape[0]
+    if reduction == REDUCE_ADD:
+        for i in range(n):
+            out[offsets[i]] += updates[i]
+    elif reduction == REDUCE_MUL:
+        for i in range(n):
+            out[offsets[i]] *= updates[i]
+    elif reduction == REDUCE_MAX:
+        for i in range(n):
+            j = offsets[i]
+            if updates[i] > out[j]:
+                out[j] = updates[i]
+    else:
+        for i in range(n):
+            j = offsets[i]
+            if updates[i] < out[j]:
+                out[j] = updates[i]
+
+
+@njit(cache=True)
+def range_fill(out, start, delta):
+    """``out[i] = start + i * delta``: each element computed directly, so no error accumulates."""
+    for i in range(out.shape[0]):
+        out[i] = start + i * delta
+
+
+def range_values(start, delta, count, dtype):
+    """A 1-D array of ``count`` values of ``dtype`` from ``start`` by ``delta``."""
+    out = np.empty(count, dtype=dtype)
+    if count:
+        scalar = dtype.type
+        range_fill(out, scalar(start), scalar(delta))
+    return out
+
+
+# Rounding modes of a cast to float8e8m0 (Cast opset 24 'round_mode').
+E8M0_ROUND_UP = 0
+E8M0_ROUND_DOWN = 1
+E8M0_ROUND_NEAREST = 2
+
+
+@njit(cache=True)
+def float32_to_e8m0(bits, out, round_mode, saturate):
+    """float32 bit patterns to float8e8m0 codes (value ``2**(code - 127)``, 0xFF is NaN).
+
+    A float32 with exponent field ``e`` lies in ``[2**(e-127), 2**(e-126))``, so the code is ``e``
+    rounded by the mantissa. Zero and subnormals lie below or at the smallest code; values that
+    round past the largest code saturate to it or become NaN. The sign is ignored (negative inputs
+    are undefined in the spec).
+    """
+    for i in range(bits.shape[0]):
+        b = bits[i]
+        exponent = (b >> 23) & 0xFF
+        mantissa = b & 0x7FFFFF
+        if exponent == 0xFF:
+            out[i] = 0xFE if (mantissa == 0 and saturate) else 0xFF
+            continue
+        if exponent == 0:
+            # Subnormal value = mantissa * 2**-149; code 0 is 2**-127 (mantissa 0x400000), code 1 is 2**-126.
+            if round_mode == E8M0_ROUND_UP:
+                code = 1 if mantissa > 0x400000 else 0
+            elif round_mode == E8M0_ROUND_NEAREST:
+                code = 1 if mantissa >= 0x600000 else 0
+            else:
+                code = 0
+            if not saturate and mantissa < 0x400000:
+                code = 0xFF
+            out[i] = code
+            continue
+        code = exponent
+        if round_mode == E8M0_ROUND_UP:
+            if mantissa != 0:
+                code += 1
+        elif round_mode == E8M0_ROUND_NEAREST:
+            if mantissa >= 0x400000:
+                code += 1
+        if code == 0xFF:
+            code = 0xFE if saturate else 0xFF
+        out[i] = code

@@ -1,0 +1,197 @@
+"""Shape ops: Shape, Size, Reshape, Flatten, Squeeze, Unsqueeze, Transpose.
+
+These only reinterpret or reorder an array; numpy does the work as views where the layout allows
+and as one copy where it does not (Transpose), so every output is C-contiguous for the kernels
+downstream.
+"""
+import numpy as np
+
+from ..errors import InvalidArgument, InvalidModel
+from ..registry import register
+from .base import Op
+
+
+def contiguous(x):
+    """``x`` itself when C-contiguous, else a C-contiguous copy (0-d arrays keep their rank)."""
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+def normalize_axis(axis, rank, what="axis"):
+    """``axis`` in ``[-rank, rank)`` as a non-negative int, or InvalidArgument."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise InvalidArgument(f"{what} {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def normalize_axes(axes, rank, what="axes"):
+    """A list of distinct non-negative axes, or InvalidArgument on a repeat or an out-of-range value."""
+    result = [normalize_axis(a, rank, what) for a in axes]
+    if len(set(result)) != len(result):
+        raise InvalidArgument(f"{what} {list(axes)} repeat an axis")
+    return result
+
+
+def int_list(values, what):
+    """A 1-D integer tensor (or attribute list) as a list of Python ints."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iu":
+        raise InvalidArgument(f"{what} must be an integer tensor, got {array.dtype}")
+    if array.ndim > 1:
+        raise InvalidArgument(f"{what} must be 1-D, got shape {list(array.shape)}")
+    return [int(v) for v in array.reshape(-1)]
+
+
+@register("Shape", 1)
+class Shape(Op):
+    def run(self, data):
+        return np.array(data.shape, dtype=np.int64)
+
+
+@register("Shape", 15)
+class Shape15(Op):
+    def __init__(self, start=0, end=None):
+        self.start = int(start)
+        self.end = None if end is None else int(end)
+
+    def run(self, data):
+        rank = data.ndim
+        # Out-of-range start/end clamp to [0, rank] rather than fail (spec, opset 15).
+        start = min(max(self.start + rank if self.start < 0 else self.start, 0), rank)
+        end = rank if self.end is None else self.end
+        end = min(max(end + rank if end < 0 else end, 0), rank)
+        return np.array(data.shape[start:end], dtype=np.int64)
+
+
+@register("Size", 1)
+class Size(Op):
+    def run(self, data):
+        return np.array(data.size, dtype=np.int64)
+
+
+def reshaped_shape(in_shape, requested, allowzero):
+    """The output shape of Reshape: 0 copies the input dim (unless ``allowzero``), -1 is inferred."""
+    out = []
+    infer = None
+    for i, dim in enumerate(requested):
+        if dim == -1:
+            if infer is not None:
+                raise InvalidArgument(f"shape {requested} has more than one -1")
+            infer = i
+            out.append(1)
+        elif dim == 0 and not allowzero:
+            if i >= len(in_shape):
+                raise InvalidArgument(f"shape {requested} copies dimension {i} (0) but the input "
+                                      f"{list(in_shape)} has rank {len(in_shape)}")
+            out.append(in_shape[i])
+        elif dim < 0:
+            raise InvalidArgument(f"shape {requested} has a negative dimension {dim}")
+        else:
+            out.append(dim)
+    total = int(np.prod(in_shape, dtype=np.int64))
+    if infer is not None:
+        known = int(np.prod(out, dtype=np.int64))
+        if known == 0 or total % known:
+            raise InvalidArgument(f"cannot reshape input of shape {list(in_shape)} to {requested}")
+        out[infer] = total // known
+    if int(np.prod(out, dtype=np.int64)) != total:
+        raise InvalidArgument(f"cannot reshape input of shape {list(in_shape)} ({total} elements) "
+                              f"to {requested}")
+    return tuple(out)
+
+
+@register("Reshape", 5)
+class Reshape(Op):
+    allowzero = 0
+
+    def run(self, data, shape):
+        requested = int_list(shape, "shape")
+        if self.allowzero and 0 in requested and -1 in requested:
+            raise InvalidArgument(f"shape {requested} has both 0 and -1, which allowzero=1 forbids")
+        return contiguous(data).reshape(reshaped_shape(data.shape, requested, self.allowzero))
+
+
+@register("Reshape", 14)
+class Reshape14(Reshape):
+    def __init__(self, allowzero=0):
+        self.allowzero = int(allowzero)
+
+
+@register("Flatten", 1)
+class Flatten(Op):
+    def __init__(self, axis=1):
+        self.axis = int(axis)
+
+    def run(self, x):
+        rank = x.ndim
+        # The axis may equal the rank (everything goes to the outer dimension).
+        if not -rank <= self.axis <= rank:
+            raise InvalidArgument(f"axis {self.axis} is out of range for rank {rank}")
+        axis = self.axis + rank if self.axis < 0 else self.axis
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+        return contiguous(x).reshape(outer, inner)
+
+
+def _squeeze(x, axes):
+    if axes is None:
+        return x.reshape(tuple(d for d in x.shape if d != 1))
+    axes = normalize_axes(axes, x.ndim)
+    bad = [a for a in axes if x.shape[a] != 1]
+    if bad:
+        raise InvalidArgument(f"cannot squeeze axes {bad} of shape {list(x.shape)}: their size is not 1")
+    return x.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
+def _unsqueeze(x, axes):
+    rank = x.ndim + len(axes)
+    axes = set(normalize_axes(axes, rank))
+    dims = iter(x.shape)
+    return x.reshape(tuple(1 if i in axes else next(dims) for i in range(rank)))
+
+
+@register("Squeeze", 1)
+class Squeeze(Op):
+    def __init__(self, axes=None):
+        self.axes = None if axes is None else [int(a) for a in axes]
+
+    def run(self, data):
+        return _squeeze(contiguous(data), self.axes)
+
+
+@register("Squeeze", 13)
+class Squeeze13(Op):
+    def run(self, data, axes=None):
+        return _squeeze(contiguous(data), None if axes is None else int_list(axes, "axes"))
+
+
+@register("Unsqueeze", 1)
+class Unsqueeze(Op):
+    def __init__(self, axes=None):
+        if axes is None:
+            raise InvalidModel("Unsqueeze needs the 'axes' attribute before opset 13")
+        self.axes = [int(a) for a in axes]
+
+    def run(self, data):
+        return _unsqueeze(contiguous(data), self.axes)
+
+
+@register("Unsqueeze", 13)
+class Unsqueeze13(Op):
+    def run(self, data, axes):
+        return _unsqueeze(contiguous(data), int_list(axes, "axes"))
+
+
+@register("Transpose", 1)
+class Transpose(Op):
+    def __init__(self, perm=None):
+        self.perm = None if perm is None else [int(p) for p in perm]
+
+    def run(self, data):
+        if self.perm is None:
+            perm = list(range(data.ndim))[::-1]
+        else:
+            if len(self.perm) != data.ndim:
+                raise InvalidArgument(f"perm {self.perm} does not match the rank of shape {list(data.shape)}")
+            perm = normalize_axes(self.perm, data.ndim, "perm")
+        return contiguous(np.transpose(data, perm))
