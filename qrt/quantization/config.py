@@ -9,7 +9,8 @@
 * ``QDQKeepRemovableActivations`` (default False): keep Relu/Clip instead of folding them into
   the producer's output range.
 * ``TensorQuantOverrides``: ``{tensor_name: [{"rmin": float, "rmax": float}]}``, the subset of
-  onnxruntime's overrides that fixes a tensor's range (same effect as ``tensor_ranges``).
+  onnxruntime's overrides that fixes a tensor's range (same effect as ``tensor_ranges``; where both
+  name a tensor, the override wins).
 * ``CalibTensorRangeSymmetric``, ``CalibMovingAverage``, ``CalibMovingAverageConstant``,
   ``CalibPercentile``, ``CalibNumBins``, ``CalibNumQuantizedBins``: passed to calibration.
 
@@ -114,11 +115,9 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
     weight_qtype = _quant_type(weight_type, "weight_type")
     activation_qtype = _quant_type(activation_type, "activation_type")
     op_types = _names(op_types_to_quantize, "op_types_to_quantize") or frozenset(default_op_types)
-    ranges = {}
+    ranges = {name: _range(name, value) for name, value in (tensor_ranges or {}).items()}
     if "TensorQuantOverrides" in extra:
         ranges.update(_overrides(extra["TensorQuantOverrides"]))
-    for name, value in (tensor_ranges or {}).items():
-        ranges[name] = _range(name, value)
     weight_symmetric = extra.get("WeightSymmetric")
     if weight_symmetric is None:
         weight_symmetric = weight_qtype == QuantType.QInt8

@@ -122,23 +122,6 @@ def _save_cache(path, ranges):
         raise QuantizationError(f"cannot write calibration cache {path}: {exc}") from None
 
 
-def _with_typed_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
-    """The model with ``names`` listed as graph outputs, typed and shaped as shape inference found them.
-
-    onnx's checker rejects graph outputs that lack a shape, and the runtime checks the model it is
-    given, so the tensors to calibrate are exposed with their inferred value_info where it exists.
-    """
-    infos = {vi.name: vi for vi in model.graph.value_info if vi.type.tensor_type.HasField("shape")}
-    existing = {o.name for o in model.graph.output}
-    extra = [infos[n] for n in names if n in infos and n not in existing]
-    if not extra:
-        return model
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.extend(extra)
-    return exposed
-
-
 def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cache_path, progress):
     """{tensor: (rmin, rmax)} for every name in ``wanted``: overrides, then the cache, then calibration."""
     ranges = {name: cfg.tensor_ranges[name] for name in wanted if name in cfg.tensor_ranges}
@@ -150,19 +133,19 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
         if reader is None:
             raise QuantizationError(f"{label}: no calibration data reader, and no range given for "
                                     f"{len(missing)} tensor(s): {missing[:8]}")
-        from calibration import CalibrationMethod
         from calibration.collect import collect_ranges
 
-        method = CalibrationMethod.MinMax if method is None else method
         options = dict(cfg.calibration_options)
         if providers is not None:
             options["providers"] = providers
         try:
-            collected = collect_ranges(_with_typed_outputs(model, missing), checked_feeds(reader, model, label),
-                                       missing, method,
+            collected = collect_ranges(model, checked_feeds(reader, model, label), missing, method,
                                        progress=progress, **options)
-        except QrtError:
+        except QuantizationError:
             raise
+        except QrtError as exc:
+            raise QuantizationError(f"{label}: calibration runs the float model in qrt's runtime, which "
+                                    f"failed: {exc}") from exc
         except Exception as exc:
             raise QuantizationError(f"{label}: calibration failed: {type(exc).__name__}: {exc}") from exc
         absent = [name for name in missing if name not in collected]

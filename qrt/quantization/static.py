@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from calibration import CalibrationMethod
 
 from qrt.errors import QuantizationError
 
@@ -190,7 +191,8 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
             continue
         for i in d.acts:
             name = d.node.input[i]
-            if not g.is_constant(name):
+            # A tensor written by an earlier compute op already has its (possibly Relu-clamped) params.
+            if not g.is_constant(name) and name not in params:
                 params[name] = for_range(*ranges[name])
         d.detail = (d.rule.qlinear or f"float {d.node.op_type} on int8 weights") \
             if cfg.quant_format == QuantFormat.QOperator else "QDQ"
@@ -255,7 +257,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=None, per_channel=False,
                     reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     nodes_to_quantize=None, nodes_to_exclude=None, use_external_data_format=False,
-                    calibrate_method=None, calibration_providers=None, extra_options=None,
+                    calibrate_method=CalibrationMethod.MinMax, calibration_providers=None, extra_options=None,
                     calibration_cache_path=None, *, tensor_ranges=None, progress=False) -> QuantizationSummary:
     """Quantizes weights and activations of a float model with calibrated activation ranges.
 
@@ -270,6 +272,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
                       op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
                       nodes_to_exclude=nodes_to_exclude, extra_options=extra_options,
                       tensor_ranges=tensor_ranges, default_op_types=DEFAULT_STATIC_OP_TYPES)
+    calibrate_method = CalibrationMethod.parse(calibrate_method)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
