@@ -10,7 +10,7 @@ element types the rewrite needs.
 from __future__ import annotations
 
 import onnx
-from onnx import version_converter
+from onnx import helper, version_converter
 
 from qrt.errors import QuantizationError
 
@@ -39,10 +39,6 @@ def preprocess(model: onnx.ModelProto, label: str = "model") -> tuple[onnx.Model
     notes = []
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    removed = _weights_out_of_inputs(work)
-    if removed:
-        notes.append(f"{removed} initializer(s) removed from the graph inputs")
-
     opset = _default_opset(work)
     if opset is None:
         raise QuantizationError(f"{label}: the model imports no ai.onnx opset")
@@ -53,6 +49,14 @@ def preprocess(model: onnx.ModelProto, label: str = "model") -> tuple[onnx.Model
             raise QuantizationError(f"{label}: opset {opset} is below {MIN_OPSET}, which per-channel "
                                     f"quantization needs, and onnx's version converter failed: {exc}") from None
         notes.append(f"opset {opset} converted to {MIN_OPSET}")
+    removed = _weights_out_of_inputs(work)
+    if removed:
+        notes.append(f"{removed} initializer(s) removed from the graph inputs")
+    # IR < 4 requires every initializer to be a graph input; the opsets in use fix the minimum IR.
+    needed_ir = max(4, helper.find_min_ir_version_for(list(work.opset_import), ignore_unknown=True))
+    if work.ir_version < needed_ir:
+        notes.append(f"IR version {work.ir_version} raised to {needed_ir}")
+        work.ir_version = needed_ir
 
     before = {n.op_type for n in work.graph.node}
     n_before = len(work.graph.node)

@@ -261,7 +261,7 @@ def run_ort(model, feeds):
     options.log_severity_level = 3
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     results = [session.run(None, feed) for feed in feeds]
-    return [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
+    return [np.concatenate([np.atleast_1d(r[i]) for r in results]) for i in range(len(results[0]))]
 
 
 def sqnr_db(reference, approx):
