@@ -62,12 +62,12 @@ def _dims(specs):
     return dims
 
 
-def _delegate(module, function="main"):
-    def run(args):
-        import importlib
-        mod = importlib.import_module(module)
-        return getattr(mod, function)(args.rest)
-    return run
+_DELEGATED = {
+    "optimize": ("qrt.optimizer", "apply graph optimization passes"),
+    "quantize": ("qrt.quantization.cli", "quantize a model to int8"),
+    "report": ("qrt.report.cli", "compare a float and an int8 model: accuracy, size, latency"),
+    "demo": ("qrt.demo", "optimize, quantize, check and report on the bundled digits CNN"),
+}
 
 
 def build_parser():
@@ -98,22 +98,18 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_bench)
 
-    for name, module, help_ in [
-        ("optimize", "qrt.optimizer", "apply graph optimization passes"),
-        ("quantize", "qrt.quantization.cli", "quantize a model to int8"),
-        ("report", "qrt.report.cli", "compare a float and an int8 model: accuracy, size, latency"),
-        ("demo", "qrt.demo", "optimize, quantize, check and report on the bundled digits CNN"),
-    ]:
-        p = sub.add_parser(name, help=help_, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module))
+    for name, (_, help_) in _DELEGATED.items():
+        sub.add_parser(name, help=help_, add_help=False)   # parsed by the sub-command's own main()
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv and argv[0] in _DELEGATED:
+            import importlib
+            return importlib.import_module(_DELEGATED[argv[0]][0]).main(argv[1:]) or 0
+        args = build_parser().parse_args(argv)
         return args.func(args) or 0
     except QrtError as exc:
         print(f"qrt: error: {exc}", file=sys.stderr)

@@ -181,29 +181,32 @@ def _weight_bytes(model) -> dict:
 
 
 def _float_tensors(model):
-    """Float activations of a model: (name, producing op_type) in graph order."""
+    """Float activations of a model with known rank: {name: (producing op_type, shape)} in graph order."""
+    from ..model import shape_of
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    out = []
+    infos = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    out = {}
     for node in inferred.graph.node:
         for name in node.output:
-            if name and types.get(name) == onnx.TensorProto.FLOAT:
-                out.append((name, node.op_type))
+            type_proto = infos.get(name)
+            if name and type_proto is not None and type_proto.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                shape = shape_of(type_proto)
+                if shape is not None:
+                    out[name] = (node.op_type, [d if d is not None else f"{name}_d{i}" for i, d in enumerate(shape)])
     return out
 
 
-def _with_outputs(model, names):
-    """A copy of ``model`` that also returns ``names`` (types from shape inference)."""
-    copy = onnx.shape_inference.infer_shapes(model)
-    known = {v.name: v for v in list(copy.graph.value_info) + list(copy.graph.input) + list(copy.graph.output)}
+def _with_outputs(model, names: dict):
+    """A copy of ``model`` that also returns the tensors ``names`` maps to their ONNX element types.
+
+    Types come from the caller, not shape inference: onnx cannot infer com.microsoft ops' outputs.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
     present = {o.name for o in copy.graph.output}
-    for name in names:
-        if name in present:
-            continue
-        if name in known:
-            copy.graph.output.append(known[name])
-        else:
-            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    for name, (elem_type, shape) in names.items():
+        if name not in present:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, shape))
     return copy
 
 
@@ -212,7 +215,7 @@ def _match_int8_tensors(float_tensors, int8_model):
     produced = {o for n in int8_model.graph.node for o in n.output}
     inits = {t.name: t for t in int8_model.graph.initializer}
     matches = {}
-    for name, op_type in float_tensors:
+    for name in float_tensors:
         if f"{name}_quantized" in produced and f"{name}_scale" in inits and f"{name}_zero_point" in inits:
             matches[name] = ("q", f"{name}_quantized", numpy_helper.to_array(inits[f"{name}_scale"]),
                              numpy_helper.to_array(inits[f"{name}_zero_point"]))
@@ -290,14 +293,14 @@ def _layer_errors(f_proto, q_proto, batches):
     matches = _match_int8_tensors(float_tensors, q_proto)
     if not matches:
         return []
-    names = list(matches)
-    f_sess = InferenceSession(_with_outputs(f_proto, names))
-    q_names = [m[1] for m in matches.values()]
-    q_sess = InferenceSession(_with_outputs(q_proto, q_names))
+    f_sess = InferenceSession(_with_outputs(
+        f_proto, {name: (onnx.TensorProto.FLOAT, float_tensors[name][1]) for name in matches}))
+    q_types = {m[1]: (onnx.helper.np_dtype_to_tensor_dtype(m[3].dtype) if m[0] == "q" else onnx.TensorProto.FLOAT,
+                      float_tensors[name][1]) for name, m in matches.items()}
+    q_sess = InferenceSession(_with_outputs(q_proto, q_types))
     f_index = {o.name: i for i, o in enumerate(f_sess.get_outputs())}
     q_index = {o.name: i for i, o in enumerate(q_sess.get_outputs())}
-    ops = dict(float_tensors)
-    errors = {name: [] for name in names}
+    errors = {name: [] for name in matches}
     for batch in batches:
         f_vals, q_vals = f_sess.run(None, batch), q_sess.run(None, batch)
         for name, match in matches.items():
@@ -311,7 +314,7 @@ def _layer_errors(f_proto, q_proto, batches):
     for name, pairs in errors.items():
         f = np.concatenate([p[0].ravel() for p in pairs])
         q = np.concatenate([p[1].ravel() for p in pairs])
-        result.append(LayerError(name, ops[name], sqnr_db(f, q)))
+        result.append(LayerError(name, float_tensors[name][0], sqnr_db(f, q)))
     result.sort(key=lambda l: l.sqnr_db)
     return result
 
