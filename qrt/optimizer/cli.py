@@ -38,10 +38,18 @@ def write_atomically(model, path):
     """Write to a temporary file beside ``path`` and rename it over ``path``: readers never see a
     half-written model, and a failure leaves any previous file in place."""
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode & 0o7777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        # mkstemp creates the file private (0600); give it the mode a plain open() would have.
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

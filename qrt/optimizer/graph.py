@@ -168,10 +168,9 @@ class Graph:
         self.ir_version = model.ir_version
         self.nodes = list(g.node)
         self.initializers = {t.name: t for t in g.initializer}
-        self.input_names = [i.name for i in g.input]
         self.output_names = [o.name for o in g.output]
         self._outputs = set(self.output_names)
-        self._inputs = set(self.input_names)
+        self._inputs = {i.name for i in g.input}
         self._implicit = {}  # id(node) -> outer-scope names its subgraphs read
         self.subgraph_refs = set()
         for node in self.nodes:
@@ -276,9 +275,10 @@ class Graph:
         if name in self._constants:
             return self._constants[name].size
         if name in self.initializers:
-            if self.is_overridable(name):
+            t = self.initializers[name]
+            if self.is_overridable(name) or t.data_location == onnx.TensorProto.EXTERNAL:
                 return None
-            return math.prod(self.initializers[name].dims)
+            return math.prod(t.dims)
         node = self.producer(name)
         if node is None:
             return None
@@ -359,7 +359,8 @@ class Graph:
 
     def replace_uses(self, old, new):
         """Make every reader of ``old`` read ``new``; ``old`` must not be protected."""
-        assert not self.is_protected(old), old
+        if self.is_protected(old):
+            raise ValueError(f"{old!r} is a graph output or read by a subgraph; its readers cannot be rewired")
         for node in self._consumers.pop(old, ()):
             for i, name in enumerate(node.input):
                 if name == old:
@@ -387,11 +388,6 @@ class Graph:
         self.nodes.append(node)
         self._index_node(node)
 
-    def make_node(self, op_type, inputs, outputs, name_hint, **attrs):
-        node = helper.make_node(op_type, inputs, outputs, name=self.fresh_name(name_hint), **attrs)
-        self.add_node(node)
-        return node
-
     def add_initializer(self, array, name_hint):
         name = self.fresh_name(name_hint)
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
@@ -407,9 +403,8 @@ class Graph:
     def remove_initializer(self, name):
         del self.initializers[name]
         self._constants.pop(name, None)
-        if self.ir_version < 4 and name in self._inputs:
+        if self.ir_version < 4:
             self._inputs.discard(name)
-            self.input_names.remove(name)
 
     def bypass(self, node, kept, dropped):
         """Remove ``node``, whose output ``dropped`` always equals its input ``kept``.

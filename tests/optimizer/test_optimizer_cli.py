@@ -38,6 +38,9 @@ def test_writes_the_optimized_model_and_prints_counts(model_file, tmp_path, caps
     assert rows["Identity"] == ["1", "0"] and rows["Dropout"] == ["1", "0"] and rows["Relu"] == ["1", "1"]
     assert rows["total"] == ["4", "2"]
     assert sorted(os.listdir(tmp_path)) == ["in.onnx", "out.onnx"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out_path).st_mode & 0o777 == 0o666 & ~umask
     assert_same_outputs(_model(), optimized, random_feeds(optimized, np.random.default_rng(0)), exact=True)
 
 

@@ -47,9 +47,10 @@ def folded_value(graph, node):
             inputs.append(None)
             continue
         size = graph.constant_size(name)
-        if size is None or size > MAX_FOLDED_ELEMENTS:
+        value = None if size is None or size > MAX_FOLDED_ELEMENTS else graph.constant(name)
+        if value is None:
             return None
-        inputs.append(graph.constant(name))
+        inputs.append(value)
     return evaluate(node, inputs, graph.opset())
 
 
