@@ -57,10 +57,15 @@ def source_coordinates(out_len, in_len, scale, target_len, mode, roi_start, roi_
         elif mode == TF_HALF_PIXEL_FOR_NN:
             c = (x + 0.5) / scale
         else:
+            # The roi arrives as float32 and its start offset and extent are rounded to float32, as
+            # onnxruntime and the reference compute them: a crop edge at 0.3 * 5 must land on 1.5
+            # exactly, or nearest rounding of that tie flips.
+            start = np.float32(roi_start) * np.float32(in_len - 1)
+            extent = np.float32(roi_end) - np.float32(roi_start)
             if out_len > 1:
-                c = roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (out_len - 1)
+                c = start + x * extent * (in_len - 1) / (out_len - 1)
             else:
-                c = 0.5 * (roi_start + roi_end) * (in_len - 1)
+                c = start + extent * np.float32(in_len - 1) / np.float32(2)
             outside[x] = c < 0.0 or c > in_len - 1
         coords[x] = c
 
