@@ -1,0 +1,295 @@
+"""Softmax, LogSoftmax and Hardmax kernels, plus the vectorizable float32 ``exp`` they (and attention) use.
+
+Two layouts cover every axis: ``*_rows`` works on a (rows, n) array reduced along its contiguous last
+axis; ``*_strided`` on an (outer, n, inner) array reduced along the middle axis, vectorized across
+``inner``. Softmax is computed as ``exp(x - max) / sum`` (``x - max - log(sum)`` for LogSoftmax), so
+it never overflows; a row containing NaN comes out NaN, as numpy's formula gives.
+
+Fast-math: the exp-sum is a float reduction that LLVM vectorizes only when allowed to reassociate,
+so these kernels use reassociation and contraction but keep ``nnan``/``ninf`` off: masked attention
+scores are ``-inf`` and must give exactly 0, and NaN must propagate.
+
+``exp`` for float32: there is no vector math library under Numba here, so ``math.exp`` stays a
+scalar libm call in every loop. :func:`fast_exp` is a Cephes-style float32 exp (range reduction by
+ln 2 split in two constants, degree-6 polynomial, exponent built with a bitcast) that LLVM inlines
+and vectorizes; it is within 2 ulp of the correctly rounded result for x <= 88.37 and gives 0 below
+-87.33 (where float32 results are denormal). Every caller evaluates it on ``x - max <= 0``.
+float64 keeps ``math.exp``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+FASTMATH = {"reassoc", "contract", "nsz"}
+
+# Rows of work below which a parallel launch costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """The IEEE-754 bit pattern of a float32, as an int32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def fmax(typingctx, a, b):
+    """max(a, b) propagating NaN, as ``llvm.maximum``: unlike a compare-and-select, LLVM vectorizes
+    a reduction over it."""
+    if a != b or not isinstance(a, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(args[0].type, [args[0].type, args[1].type])
+        fn = builder.module.declare_intrinsic("llvm.maximum", [args[0].type], fnty)
+        return builder.call(fn, args)
+
+    return a(a, b), codegen
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _exp_float32(x):
+    clamped = min(max(x, np.float32(-87.33654)), np.float32(88.37626))
+    fx = np.floor(clamped * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = clamped - fx * np.float32(0.693359375)
+    r = r + fx * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * (r * r) + r + np.float32(1.0)
+    scale = float32_from_bits((np.int32(fx) + np.int32(127)) << np.int32(23))
+    y = y * scale
+    if x < np.float32(-87.33654):
+        y = np.float32(0.0)
+    elif x > np.float32(88.37626):
+        y = np.float32(np.inf)
+    elif x != x:
+        y = x
+    return y
+
+
+def fast_exp(x):
+    """exp(x); float32 through the vectorizable polynomial, other types through ``math.exp``."""
+    return math.exp(x)
+
+
+@overload(fast_exp)
+def _fast_exp_overload(x):
+    if x == types.float32:
+        return lambda x: _exp_float32(x)
+    return lambda x: math.exp(x)
+
+
+# ---------------------------------------------------------------- narrow float types
+
+# float16/bfloat16 data is computed in float32 but rounded to its own type at every step where the
+# ONNX definition (and its reference implementation) produces a tensor of that type; the backend
+# tests' expected values depend on it at the last bit.
+ROUND_NONE = 0
+ROUND_FLOAT16 = 1
+ROUND_BFLOAT16 = 2
+
+
+def round_to(x, rounding):
+    """``x`` (float32) rounded to float16 or bfloat16 precision, returned as float32."""
+    return x
+
+
+@njit(cache=True, inline="always")
+def _round_float16(x):
+    magnitude = abs(x)
+    if not magnitude < np.float32(65520.0):
+        # Overflow (and inf) become inf; NaN stays NaN.
+        return x if x != x else np.float32(np.inf) if x > 0 else np.float32(-np.inf)
+    if magnitude < np.float32(6.103515625e-05):
+        # float16 subnormals are multiples of 2**-24; scaling by powers of two is exact.
+        return np.float32(np.rint(x * np.float32(16777216.0)) * np.float32(5.9604644775390625e-08))
+    bits = float32_bits(x)
+    bits = (bits + np.int32(0xFFF) + ((bits >> np.int32(13)) & np.int32(1))) & np.int32(-8192)
+    return float32_from_bits(bits)
+
+
+@njit(cache=True, inline="always")
+def _round_bfloat16(x):
+    if x != x:
+        return x
+    bits = float32_bits(x)
+    bits = (bits + np.int32(0x7FFF) + ((bits >> np.int32(16)) & np.int32(1))) & np.int32(-65536)
+    return float32_from_bits(bits)
+
+
+@overload(round_to)
+def _round_to_overload(x, rounding):
+    if x == types.float32:
+        def impl(x, rounding):
+            if rounding == ROUND_FLOAT16:
+                return _round_float16(x)
+            if rounding == ROUND_BFLOAT16:
+                return _round_bfloat16(x)
+            return x
+        return impl
+    return lambda x, rounding: x
+
+
+# ---------------------------------------------------------------- softmax / logsoftmax
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _row_max(x):
+    m = x[0]
+    for i in range(1, x.shape[0]):
+        m = fmax(m, x[i])
+    return m
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _softmax_row(x, out, log):
+    n = x.shape[0]
+    if n == 0:
+        return
+    m = _row_max(x)
+    total = x.dtype.type(0.0)
+    if log:
+        for i in range(n):
+            shifted = x[i] - m
+            out[i] = shifted
+            total += fast_exp(shifted)
+        log_total = math.log(total)
+        for i in range(n):
+            out[i] = out[i] - log_total
+    else:
+        for i in range(n):
+            e = fast_exp(x[i] - m)
+            out[i] = e
+            total += e
+        for i in range(n):
+            out[i] = out[i] / total
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _softmax_row_rounded(x, out, log, rounding):
+    """The float16/bfloat16 formula: exp(x - max) / sum, log of that, each step rounded."""
+    n = x.shape[0]
+    if n == 0:
+        return
+    m = _row_max(x)
+    for i in range(n):
+        out[i] = round_to(fast_exp(round_to(x[i] - m, rounding)), rounding)
+    total = x.dtype.type(0.0)
+    if rounding == ROUND_BFLOAT16:
+        # bfloat16 sums accumulate in bfloat16, one rounding per addition.
+        for i in range(n):
+            total = round_to(total + out[i], rounding)
+    else:
+        for i in range(n):
+            total += out[i]
+        total = round_to(total, rounding)
+    for i in range(n):
+        p = round_to(out[i] / total, rounding)
+        out[i] = round_to(math.log(p), rounding) if log else p
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def softmax_rows(x, out, log, rounding):
+    for r in range(x.shape[0]):
+        if rounding == ROUND_NONE:
+            _softmax_row(x[r], out[r], log)
+        else:
+            _softmax_row_rounded(x[r], out[r], log, rounding)
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def softmax_rows_parallel(x, out, log):
+    for r in prange(x.shape[0]):
+        _softmax_row(x[r], out[r], log)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def softmax_strided(x, out, log):
+    outer, n, inner = x.shape
+    if n == 0:
+        return
+    peak = np.empty(inner, dtype=x.dtype)
+    total = np.empty(inner, dtype=x.dtype)
+    for o in range(outer):
+        for j in range(inner):
+            peak[j] = x[o, 0, j]
+            total[j] = 0.0
+        for k in range(1, n):
+            for j in range(inner):
+                peak[j] = fmax(peak[j], x[o, k, j])
+        for k in range(n):
+            for j in range(inner):
+                shifted = x[o, k, j] - peak[j]
+                e = fast_exp(shifted)
+                out[o, k, j] = shifted if log else e
+                total[j] += e
+        if log:
+            for j in range(inner):
+                total[j] = math.log(total[j])
+            for k in range(n):
+                for j in range(inner):
+                    out[o, k, j] = out[o, k, j] - total[j]
+        else:
+            for k in range(n):
+                for j in range(inner):
+                    out[o, k, j] = out[o, k, j] / total[j]
+
+
+# ---------------------------------------------------------------- hardmax
+
+@njit(cache=True)
+def hardmax_rows(x, out):
+    rows, n = x.shape
+    for r in range(rows):
+        best = 0
+        for i in range(n):
+            out[r, i] = 0
+        for i in range(1, n):
+            v = x[r, i]
+            if v != v:
+                if x[r, best] == x[r, best]:
+                    best = i
+                break
+            if v > x[r, best]:
+                best = i
+        if n:
+            out[r, best] = 1
+
+
+@njit(cache=True)
+def hardmax_strided(x, out):
+    outer, n, inner = x.shape
+    for o in range(outer):
+        for j in range(inner):
+            best = 0
+            for k in range(n):
+                out[o, k, j] = 0
+            for k in range(1, n):
+                v = x[o, k, j]
+                if v != v:
+                    if x[o, best, j] == x[o, best, j]:
+                        best = k
+                    break
+                if v > x[o, best, j]:
+                    best = k
+            if n:
+                out[o, best, j] = 1

@@ -1,0 +1,146 @@
+"""Softmax, LogSoftmax and Hardmax.
+
+Opsets 1-12 coerce the input to 2-D at ``axis`` (default 1): rows are the dimensions before ``axis``,
+and the op normalizes over everything from ``axis`` on. Opset 13 normalizes along the single ``axis``
+(default -1). Both reduce to the kernels' (rows, n) or (outer, n, inner) layouts by reshaping.
+float16/bfloat16 inputs are computed in float32, rounded to their own type after every step of the
+formula (as the reference implementation computes in that type).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from ..kernels.cpu import softmax as k
+from ..registry import register
+from .base import Op
+
+_WORK_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _normalize_axis(axis, rank, op_type):
+    if not -rank <= axis < max(rank, 1):
+        raise InvalidArgument(f"{op_type} axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def _work(x):
+    if x.dtype in _WORK_DTYPES:
+        return np.ascontiguousarray(x)
+    if x.dtype.kind in "iub" or x.dtype == object:
+        raise InvalidArgument(f"softmax-family ops take floating-point input, got {x.dtype}")
+    return x.astype(np.float32)
+
+
+def _rows_view(shape, axis):
+    rows = int(np.prod(shape[:axis], dtype=np.int64))
+    return rows, int(np.prod(shape[axis:], dtype=np.int64))
+
+
+def _strided_view(shape, axis):
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def _rounding(dtype):
+    if dtype == np.float16:
+        return k.ROUND_FLOAT16
+    if dtype.name == "bfloat16":
+        return k.ROUND_BFLOAT16
+    return k.ROUND_NONE
+
+
+def _run_softmax(x, layout, log):
+    rounding = _rounding(x.dtype)
+    if rounding != k.ROUND_NONE and len(layout) == 3:
+        # Narrow types take the rounded row kernel: move the axis last, then move it back.
+        outer, n, inner = layout
+        moved = np.ascontiguousarray(x.reshape(layout).transpose(0, 2, 1))
+        result = _run_softmax(moved, (outer * inner, n), log)
+        return np.ascontiguousarray(result.reshape(outer, inner, n).transpose(0, 2, 1)).reshape(x.shape)
+    work = _work(x)
+    out = np.empty(x.shape, dtype=work.dtype)
+    if work.size:
+        if len(layout) == 2:
+            x2, out2 = work.reshape(layout), out.reshape(layout)
+            if work.size >= k.PARALLEL_MIN_ELEMENTS and layout[0] > 1 and rounding == k.ROUND_NONE:
+                k.softmax_rows_parallel(x2, out2, log)
+            else:
+                k.softmax_rows(x2, out2, log, rounding)
+        else:
+            k.softmax_strided(work.reshape(layout), out.reshape(layout), log)
+    return out if out.dtype == x.dtype else out.astype(x.dtype)
+
+
+def _run_hardmax(x, layout):
+    work = _work(x)
+    out = np.empty(x.shape, dtype=work.dtype)
+    if work.size:
+        if len(layout) == 2:
+            k.hardmax_rows(work.reshape(layout), out.reshape(layout))
+        else:
+            k.hardmax_strided(work.reshape(layout), out.reshape(layout))
+    return out if out.dtype == x.dtype else out.astype(x.dtype)
+
+
+class _Coerced2D(Op):
+    """Opsets 1-12: normalize over the flattened dimensions from ``axis`` on."""
+
+    log = False
+    hard = False
+
+    def __init__(self, axis=1):
+        self.axis = int(axis)
+
+    def run(self, x):
+        axis = _normalize_axis(self.axis, x.ndim, self.op_type) if x.ndim else 0
+        layout = _rows_view(x.shape, axis)
+        return _run_hardmax(x, layout) if self.hard else _run_softmax(x, layout, self.log)
+
+
+class _SingleAxis(Op):
+    """Opset 13+: normalize along one axis; the last axis is the contiguous (rows, n) case."""
+
+    log = False
+    hard = False
+
+    def __init__(self, axis=-1):
+        self.axis = int(axis)
+
+    def run(self, x):
+        if x.ndim == 0:
+            raise InvalidArgument(f"{self.op_type} needs an input of rank >= 1")
+        axis = _normalize_axis(self.axis, x.ndim, self.op_type)
+        layout = _rows_view(x.shape, axis) if axis == x.ndim - 1 else _strided_view(x.shape, axis)
+        return _run_hardmax(x, layout) if self.hard else _run_softmax(x, layout, self.log)
+
+
+@register("Softmax", 1)
+class Softmax(_Coerced2D):
+    pass
+
+
+@register("Softmax", 13)
+class Softmax13(_SingleAxis):
+    pass
+
+
+@register("LogSoftmax", 1)
+class LogSoftmax(_Coerced2D):
+    log = True
+
+
+@register("LogSoftmax", 13)
+class LogSoftmax13(_SingleAxis):
+    log = True
+
+
+@register("Hardmax", 1)
+class Hardmax(_Coerced2D):
+    hard = True
+
+
+@register("Hardmax", 13)
+class Hardmax13(_SingleAxis):
+    hard = True
