@@ -5,3 +5,4 @@ from . import index, reduce, rnn  # noqa: F401  (reductions, index/sort ops, rec
 from . import linalg, softmax, transformer  # noqa: F401  (matrix products, softmax family, transformer blocks)
 from . import conv, normalization, pool, resize  # noqa: F401  (convolution, normalization, pooling, resampling)
 from . import quantized  # noqa: F401  (QuantizeLinear family, QLinear*/Integer matmul and conv)
+from . import contrib_quantized  # noqa: F401  (com.microsoft QGemm, QLinearAdd, ... as onnxruntime's quantizer emits)

@@ -1,0 +1,284 @@
+"""Numba kernels for the quantized element-wise, pooling and normalisation ops.
+
+* Unary ops on 8-bit data (QLinearSigmoid, QLinearLeakyRelu) are a 256-entry lookup table:
+  ``table[v] = quantize(f(dequantize(v)))`` computed once per (scale, zero point) set, then one
+  gather per element. 8-bit data is indexed through its uint8 bit pattern.
+* Binary ops (QLinearAdd, QLinearMul) and requantization (QLinearConcat) are Numba ufuncs (numpy
+  supplies broadcasting) computing in float32 as onnxruntime does, rounding half to even and
+  saturating.
+* Pooling and softmax work on integer sums of ``x - zero_point``, exact until the final scaling.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange, vectorize
+
+# Above this many elements a parallel loop pays for its thread launch.
+PARALLEL_MIN = 1 << 16
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+@njit(cache=True, parallel=True)
+def min_max(x):
+    """(min, max) of a flat float array, NaN-propagating like ``np.min``/``np.max``."""
+    n = x.size
+    chunks = max(1, min(64, n // 4096))
+    lo = np.empty(chunks, np.float64)
+    hi = np.empty(chunks, np.float64)
+    step = (n + chunks - 1) // chunks
+    for c in prange(chunks):
+        a = np.inf
+        b = -np.inf
+        nan = False
+        for i in range(c * step, min(n, (c + 1) * step)):
+            v = x[i]
+            if v != v:
+                nan = True
+            if v < a:
+                a = v
+            if v > b:
+                b = v
+        if nan:
+            a = np.nan
+            b = np.nan
+        lo[c] = a
+        hi[c] = b
+    a = lo[0]
+    b = hi[0]
+    for c in range(1, chunks):
+        if lo[c] != lo[c] or a != a:
+            a = np.nan
+        elif lo[c] < a:
+            a = lo[c]
+        if hi[c] != hi[c] or b != b:
+            b = np.nan
+        elif hi[c] > b:
+            b = hi[c]
+    return a, b
+
+
+# --------------------------------------------------------------------------- element-wise ufuncs
+
+
+@vectorize(cache=True)
+def divide_clamp(x, scale, lo, hi):
+    """``x / scale`` clamped to [lo, hi] with NaN kept (the float8 saturating conversion's first half)."""
+    v = x / scale
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@vectorize(cache=True)
+def qadd(a, b, za, zb, ratio_a, ratio_b, zc, qmin, qmax):
+    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32."""
+    v = np.float32(np.float32(a - za) * ratio_a + np.float32(b - zb) * ratio_b)
+    v = np.float32(np.rint(v)) + zc
+    if v < qmin:
+        v = qmin
+    elif v > qmax:
+        v = qmax
+    return v
+
+
+@vectorize(cache=True)
+def qmul(a, b, za, zb, ratio, zc, qmin, qmax):
+    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32."""
+    v = np.float32(np.float32(np.int32(a - za) * np.int32(b - zb)) * ratio)
+    v = np.float32(np.rint(v)) + zc
+    if v < qmin:
+        v = qmin
+    elif v > qmax:
+        v = qmax
+    return v
+
+
+@vectorize(cache=True)
+def requantize(x, zx, ratio, zy, qmin, qmax):
+    """``saturate(rint((x - zx) * sx/sy) + zy)`` in float32 (change of scale and zero point)."""
+    v = np.float32(np.rint(np.float32(x - zx) * ratio)) + zy
+    if v < qmin:
+        v = qmin
+    elif v > qmax:
+        v = qmax
+    return v
+
+
+@vectorize(cache=True)
+def requantize_int32(acc, bias, mult, zy, qmin, qmax):
+    """``saturate(rint(float64(acc + bias) * mult) + zy)``: int32 sums with a broadcast bias to 8 bits."""
+    v = np.rint(np.float64(np.int32(acc + bias)) * mult) + zy
+    if v < qmin:
+        v = qmin
+    elif v > qmax:
+        v = qmax
+    return v
+
+
+@vectorize(cache=True)
+def scale_sum(acc, bias, scale):
+    """``float32(acc + bias) * scale``: int32 sums with a broadcast int32 bias to float."""
+    return np.float32(np.int32(acc + bias)) * scale
+
+
+# --------------------------------------------------------------------------- lookup tables
+
+
+@njit(cache=True)
+def sigmoid_table(x_scale, x_zero, y_scale, y_zero, qmin, qmax, signed):
+    """Table indexed by the uint8 bit pattern of x: quantize(sigmoid(dequantize(x)))."""
+    table = np.empty(256, np.uint8)
+    for bits in range(256):
+        v = bits - 256 if signed and bits >= 128 else bits
+        x = np.float32(np.float32(v - x_zero) * x_scale)
+        y = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-x)))
+        q = np.rint(y / y_scale) + y_zero
+        q = min(max(q, qmin), qmax)
+        table[bits] = np.uint8(np.int64(q) & 255)
+    return table
+
+
+@njit(cache=True)
+def leaky_relu_table(x_scale, x_zero, y_scale, y_zero, alpha, qmin, qmax, signed):
+    """Table indexed by the uint8 bit pattern of x: quantize(leaky_relu(dequantize(x)))."""
+    table = np.empty(256, np.uint8)
+    for bits in range(256):
+        v = bits - 256 if signed and bits >= 128 else bits
+        x = np.float32(np.float32(v - x_zero) * x_scale)
+        y = x if x >= 0 else np.float32(x * alpha)
+        q = np.rint(y / y_scale) + y_zero
+        q = min(max(q, qmin), qmax)
+        table[bits] = np.uint8(np.int64(q) & 255)
+    return table
+
+
+@njit(cache=True, parallel=True)
+def apply_table(x, table, out):
+    """``out[i] = table[x[i]]`` on flat uint8 views."""
+    n = x.size
+    chunk = 1 << 14
+    for c in prange((n + chunk - 1) // chunk):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            out[i] = table[x[i]]
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@njit(cache=True, parallel=True)
+def global_average(x, flip, zx, mult, zy, qmin, qmax, out):
+    """``x`` (R, L) bytes (xor ``flip``: uint8, ``zx`` shifted): one requantized mean per row.
+
+    ``mult = x_scale / (y_scale * L)`` in float64; the sum of ``x - zx`` is exact.
+    """
+    R, L = x.shape
+    for r in prange(R):
+        s = 0
+        for i in range(L):
+            s += np.int64(x[r, i] ^ flip)
+        v = np.rint(np.float64(s - np.int64(L) * zx) * mult) + zy
+        if v < qmin:
+            v = qmin
+        elif v > qmax:
+            v = qmax
+        out[r] = np.uint8(np.int64(v) & 255)
+
+
+@njit(cache=True, parallel=True)
+def global_average_last(x, flip, zx, mult, zy, qmin, qmax, out):
+    """Channels-last variant: ``x`` (N, L, C) averaged over L into ``out`` (N, C)."""
+    N, L, C = x.shape
+    for t in prange(N):
+        acc = np.zeros(C, np.int64)
+        for i in range(L):
+            for c in range(C):
+                acc[c] += np.int64(x[t, i, c] ^ flip)
+        for c in range(C):
+            v = np.rint(np.float64(acc[c] - np.int64(L) * zx) * mult) + zy
+            if v < qmin:
+                v = qmin
+            elif v > qmax:
+                v = qmax
+            out[t, c] = np.uint8(np.int64(v) & 255)
+
+
+@njit(cache=True, parallel=True)
+def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
+                 ratio, zy, qmin, qmax, out):
+    """AveragePool of ``x`` (NC, D, H, W) bytes into ``out`` (NC, OD, OH, OW), requantized.
+
+    Each window's sum of ``x - zx`` is exact; the divisor counts the window's elements inside the
+    input, or inside the padded input with ``count_include_pad`` (padding is ``zx``, i.e. zero).
+    ``ratio = x_scale / y_scale`` in float64, so the result is the correctly rounded mean (a tie of
+    the float32 path would round the other way about as often as not).
+    """
+    NC, D, H, W = x.shape
+    OD, OH, OW = out_shape[0], out_shape[1], out_shape[2]
+    kd, kh, kw = kernel[0], kernel[1], kernel[2]
+    sd, sh, sw = strides[0], strides[1], strides[2]
+    pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
+    ed, eh, ew = pads_end[0], pads_end[1], pads_end[2]
+    for t in prange(NC * OD):
+        c = t // OD
+        od = t - c * OD
+        d0 = od * sd - pd
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                s = 0
+                n = 0
+                for d in range(max(d0, 0), min(d0 + kd, D)):
+                    for h in range(max(h0, 0), min(h0 + kh, H)):
+                        for w in range(max(w0, 0), min(w0 + kw, W)):
+                            s += np.int64(x[c, d, h, w] ^ flip) - zx
+                            n += 1
+                if count_include_pad:
+                    n = ((min(d0 + kd, D + ed) - max(d0, -pd)) * (min(h0 + kh, H + eh) - max(h0, -ph))
+                         * (min(w0 + kw, W + ew) - max(w0, -pw)))
+                if n <= 0:
+                    v = np.float64(zy)
+                else:
+                    v = np.rint(np.float64(s) * ratio / np.float64(n)) + zy
+                if v < qmin:
+                    v = qmin
+                elif v > qmax:
+                    v = qmax
+                out[c, od, oh, ow] = np.uint8(np.int64(v) & 255)
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+@njit(cache=True, parallel=True)
+def softmax_rows(x, flip, x_scale, y_scale, zy, qmin, qmax, out):
+    """Quantized softmax over the rows of ``x`` (R, L) bytes (xor ``flip`` gives uint8).
+
+    Uses ``exp((x - max) * x_scale)``: the input zero point cancels out of softmax.
+    """
+    R, L = x.shape
+    for r in prange(R):
+        m = 0
+        for i in range(L):
+            v = np.int32(x[r, i] ^ flip)
+            if v > m:
+                m = v
+        e = np.empty(L, np.float32)
+        total = np.float32(0.0)
+        for i in range(L):
+            e[i] = np.float32(math.exp(np.float32(np.int32(x[r, i] ^ flip) - m) * x_scale))
+            total += e[i]
+        inv = np.float32(1.0) / (total * y_scale)
+        for i in range(L):
+            v = np.rint(e[i] * inv) + zy
+            if v < qmin:
+                v = qmin
+            elif v > qmax:
+                v = qmax
+            out[r, i] = np.uint8(np.int64(v) & 255)

@@ -1,0 +1,567 @@
+"""Exact integer matrix products with fused requantization, for every int8 op that multiplies.
+
+One canonical form serves QLinearMatMul, MatMulInteger, QGemm, MatMulIntegerToFloat,
+DynamicQuantizeMatMul, QLinearConv and ConvInteger:
+
+    acc[m, n] = sum_k (a[m, k] - za[m]) * (b[k, n] - zb[n])          (int32, never saturated)
+
+with ``a`` unsigned and ``b`` signed bytes. int8 activations become uint8 by flipping the sign bit
+(``a ^ 0x80 == a + 128``) and their zero point moves with them; uint8 weights become int8 the same
+way (``b ^ 0x80 == b - 128``). The micro-kernel computes ``raw = sum_k a * b`` and the epilogue adds
+the zero-point terms, which need only row sums of ``a`` (when ``zb != 0``) and column sums of ``b``
+(computed once, when the weights are packed):
+
+    acc = raw + bias[n] - za[m] * colsum[n] - zb[n] * (rowsum[m] - K * za[m])
+
+Everything wraps modulo 2**32 exactly as int32 arithmetic does, so the result is the spec's int32
+product whatever the order of the terms. The epilogue then writes, per output element, one of
+
+* mode 0, int32: ``acc`` (MatMulInteger, ConvInteger);
+* mode 1, requantized: ``saturate(rint(float64(acc) * mult[n]) + zy)`` with ``mult`` the float32
+  ``a_scale * b_scale / y_scale`` of the reference implementation, stored as the output's bit
+  pattern into a uint8 view (one compiled kernel for int8 and uint8 outputs);
+* mode 2, float: ``float32(acc) * fscale[n] + fbias[n]`` (MatMulIntegerToFloat, QGemm without
+  ``y_scale``).
+
+Weights are packed once into panels of ``NR`` columns, each panel ``[K/4][NR][4]`` bytes, so that
+one vector load brings 4 consecutive k of NR columns. The micro-kernels, by host ISA:
+
+* ``avx512vnni``: ``vpdpbusd`` on zmm registers (64 exact u8 x s8 multiply-adds per instruction;
+  unlike ``vpmaddubsw`` it has no int16 intermediate that could saturate), 8 x 32 tiles;
+* ``avx2``: bytes widened to int16 in registers, ``vpmaddwd`` on ymm registers, 6 x 8 tiles;
+* ``generic``: plain Numba loops over the same layout, for any other CPU.
+
+The first two are written as LLVM IR through ``numba.extending.intrinsic`` because LLVM does not
+derive either instruction from scalar Numba code with the operands register-blocked. The kernel
+for a process is chosen once from the host's CPU features (:data:`ISA`); every driver takes a
+zero-length ``tag`` array whose dtype names the ISA, so each ISA's driver is a separate cached
+specialization and an instruction the host lacks is never compiled.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+# --------------------------------------------------------------------------- ISA choice
+
+
+def _host_isa() -> str:
+    import numba
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
+        # A portable build (NUMBA_CPU_NAME=generic) must not assume the build host's extensions.
+        return "generic"
+    import llvmlite.binding as llvm
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:
+        return "generic"
+    if features.get("avx512vnni") and features.get("avx512bw") and features.get("avx512f"):
+        return "avx512vnni"
+    if features.get("avx2"):
+        return "avx2"
+    return "generic"
+
+
+# Override with QRT_INT8_ISA=avx2|generic to test a path on a machine that supports more.
+ISA = os.environ.get("QRT_INT8_ISA") or _host_isa()
+
+#  isa: (tag dtype, NR columns per panel, MR rows of the largest micro-kernel)
+GEOMETRY = {
+    "avx512vnni": (np.int8, 32, 8),
+    "avx2": (np.int16, 8, 6),
+    "generic": (np.int32, 16, 4),
+}
+_MR_MAX = max(g[2] for g in GEOMETRY.values())
+
+
+def tag_for(isa: str) -> np.ndarray:
+    return np.zeros(0, GEOMETRY[isa][0])
+
+
+def panel_width(isa: str) -> int:
+    return GEOMETRY[isa][1]
+
+
+# --------------------------------------------------------------------------- micro-kernels in LLVM IR
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+
+def _const(value, ty=_I64):
+    return ir.Constant(ty, value)
+
+
+def _k_loop(builder, k4, accs0, step):
+    """Emits ``for kk in range(k4): accs = step(kk, accs)``; returns the final accumulators."""
+    entry = builder.block
+    loop = builder.append_basic_block("qgemm_k")
+    done = builder.append_basic_block("qgemm_k_done")
+    builder.cbranch(builder.icmp_signed(">", k4, _const(0)), loop, done)
+    builder.position_at_end(loop)
+    kk = builder.phi(_I64)
+    kk.add_incoming(_const(0), entry)
+    phis = []
+    for acc in accs0:
+        phi = builder.phi(acc.type)
+        phi.add_incoming(acc, entry)
+        phis.append(phi)
+    new = step(kk, phis)
+    body_end = builder.block
+    kk_next = builder.add(kk, _const(1))
+    kk.add_incoming(kk_next, body_end)
+    for phi, value in zip(phis, new):
+        phi.add_incoming(value, body_end)
+    builder.cbranch(builder.icmp_signed("<", kk_next, k4), loop, done)
+    builder.position_at_end(done)
+    final = []
+    for acc, value in zip(accs0, new):
+        phi = builder.phi(acc.type)
+        phi.add_incoming(acc, entry)
+        phi.add_incoming(value, body_end)
+        final.append(phi)
+    return final
+
+
+def _load(builder, base, byte_offset, ty):
+    ptr = builder.bitcast(builder.gep(base, [byte_offset]), ty.as_pointer())
+    return builder.load(ptr, align=1)
+
+
+def _emit_vnni(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
+    nr, nvec = 32, 2
+    v16 = ir.VectorType(_I32, 16)
+    v64 = ir.VectorType(_I8, 64)
+    dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v64, v64]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+    zero = ir.Constant(v16, None)
+    row_offsets = [builder.mul(_const(i), lda) for i in range(mr)]
+
+    def step(kk, accs):
+        b_row = builder.mul(kk, _const(nr * 4))
+        bvecs = [_load(builder, b_ptr, builder.add(b_row, _const(64 * j)), v64) for j in range(nvec)]
+        out = []
+        for i in range(mr):
+            a = _load(builder, a_ptr, builder.add(row_offsets[i], builder.mul(kk, _const(4))), _I32)
+            splat = builder.insert_element(ir.Constant(v16, ir.Undefined), a, _const(0, _I32))
+            splat = builder.shuffle_vector(splat, ir.Constant(v16, ir.Undefined), ir.Constant(v16, None))
+            splat = builder.bitcast(splat, v64)
+            for j in range(nvec):
+                out.append(builder.call(dpbusd, [accs[i * nvec + j], splat, bvecs[j]]))
+        return out
+
+    accs = _k_loop(builder, k4, [zero] * (mr * nvec), step)
+    tile = builder.bitcast(tile_ptr, v16.as_pointer())
+    for i in range(mr):
+        for j in range(nvec):
+            builder.store(accs[i * nvec + j], builder.gep(tile, [_const(i * nvec + j)]), align=4)
+
+
+def _emit_avx2(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
+    nr = 8
+    v8 = ir.VectorType(_I32, 8)
+    w16 = ir.VectorType(_I16, 16)
+    b32 = ir.VectorType(_I8, 32)
+    pmaddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [w16, w16]),
+                                             "llvm.x86.avx2.pmadd.wd")
+    zero = ir.Constant(v8, None)
+    row_offsets = [builder.mul(_const(i), lda) for i in range(mr)]
+    lo_mask = ir.Constant(ir.VectorType(_I32, 16), [ir.Constant(_I32, i) for i in range(16)])
+    hi_mask = ir.Constant(ir.VectorType(_I32, 16), [ir.Constant(_I32, 16 + i) for i in range(16)])
+    splat4 = ir.Constant(ir.VectorType(_I32, 16), [ir.Constant(_I32, i % 4) for i in range(16)])
+
+    def step(kk, accs):
+        b = _load(builder, b_ptr, builder.mul(kk, _const(nr * 4)), b32)
+        # Columns 0-3 and 4-7, four k each, sign-extended to int16 in registers.
+        b_lo = builder.sext(builder.shuffle_vector(b, ir.Constant(b32, ir.Undefined), lo_mask), w16)
+        b_hi = builder.sext(builder.shuffle_vector(b, ir.Constant(b32, ir.Undefined), hi_mask), w16)
+        out = []
+        v4 = ir.VectorType(_I8, 4)
+        for i in range(mr):
+            a = _load(builder, a_ptr, builder.add(row_offsets[i], builder.mul(kk, _const(4))), v4)
+            a = builder.zext(a, ir.VectorType(_I16, 4))
+            a = builder.shuffle_vector(a, ir.Constant(ir.VectorType(_I16, 4), ir.Undefined), splat4)
+            out.append(builder.add(accs[2 * i], builder.call(pmaddwd, [a, b_lo])))
+            out.append(builder.add(accs[2 * i + 1], builder.call(pmaddwd, [a, b_hi])))
+        return out
+
+    accs = _k_loop(builder, k4, [zero] * (2 * mr), step)
+    # Each accumulator holds two partial sums per column (k0+k1, k2+k3); add the pairs.
+    evens = ir.Constant(ir.VectorType(_I32, 8), [ir.Constant(_I32, 2 * i) for i in range(8)])
+    odds = ir.Constant(ir.VectorType(_I32, 8), [ir.Constant(_I32, 2 * i + 1) for i in range(8)])
+    tile = builder.bitcast(tile_ptr, v8.as_pointer())
+    for i in range(mr):
+        lo, hi = accs[2 * i], accs[2 * i + 1]
+        total = builder.add(builder.shuffle_vector(lo, hi, evens), builder.shuffle_vector(lo, hi, odds))
+        builder.store(total, builder.gep(tile, [_const(i)]), align=4)
+
+
+def _make_microkernel(emit, mr):
+    @intrinsic
+    def microkernel(typingctx, a, a_off, lda, bp, b_off, k4, tile):
+        sig = types.void(a, a_off, lda, bp, b_off, k4, tile)
+
+        def codegen(context, builder, signature, args):
+            a_v, a_off_v, lda_v, bp_v, b_off_v, k4_v, tile_v = args
+            a_arr = context.make_array(signature.args[0])(context, builder, a_v)
+            b_arr = context.make_array(signature.args[3])(context, builder, bp_v)
+            t_arr = context.make_array(signature.args[6])(context, builder, tile_v)
+            a_ptr = builder.gep(builder.bitcast(a_arr.data, _I8.as_pointer()), [a_off_v])
+            b_ptr = builder.gep(builder.bitcast(b_arr.data, _I8.as_pointer()), [b_off_v])
+            emit(builder, a_ptr, lda_v, b_ptr, k4_v, builder.bitcast(t_arr.data, _I32.as_pointer()), mr)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+_mk_vnni = {mr: _make_microkernel(_emit_vnni, mr) for mr in (8, 4, 2, 1)}
+_mk_avx2 = {mr: _make_microkernel(_emit_avx2, mr) for mr in (6, 4, 2, 1)}
+_vnni8, _vnni4, _vnni2, _vnni1 = (_mk_vnni[m] for m in (8, 4, 2, 1))
+_avx2_6, _avx2_4, _avx2_2, _avx2_1 = (_mk_avx2[m] for m in (6, 4, 2, 1))
+
+
+@njit(cache=True, inline="always")
+def _mk_generic(a, a_off, lda, bp, b_off, k4, tile, mr):
+    nr = 16
+    for i in range(mr):
+        row = a_off + i * lda
+        for j in range(nr):
+            tile[i * nr + j] = 0
+        for kk in range(k4):
+            a0 = np.int32(a[row + 4 * kk])
+            a1 = np.int32(a[row + 4 * kk + 1])
+            a2 = np.int32(a[row + 4 * kk + 2])
+            a3 = np.int32(a[row + 4 * kk + 3])
+            bo = b_off + kk * nr * 4
+            for j in range(nr):
+                tile[i * nr + j] += (a0 * np.int32(bp[bo + 4 * j]) + a1 * np.int32(bp[bo + 4 * j + 1])
+                                     + a2 * np.int32(bp[bo + 4 * j + 2]) + a3 * np.int32(bp[bo + 4 * j + 3]))
+
+
+def microkernel(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+    """Computes raw products for up to ``rows`` rows into ``tile``; returns how many rows it did."""
+    raise TypeError("microkernel is only callable from Numba code")
+
+
+@overload(microkernel, inline="always")
+def _microkernel_impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+    dtype = tag.dtype
+    if dtype == types.int8:
+        def impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+            if rows >= 8:
+                _vnni8(a, a_off, lda, bp, b_off, k4, tile)
+                return 8
+            if rows >= 4:
+                _vnni4(a, a_off, lda, bp, b_off, k4, tile)
+                return 4
+            if rows >= 2:
+                _vnni2(a, a_off, lda, bp, b_off, k4, tile)
+                return 2
+            _vnni1(a, a_off, lda, bp, b_off, k4, tile)
+            return 1
+        return impl
+    if dtype == types.int16:
+        def impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+            if rows >= 6:
+                _avx2_6(a, a_off, lda, bp, b_off, k4, tile)
+                return 6
+            if rows >= 4:
+                _avx2_4(a, a_off, lda, bp, b_off, k4, tile)
+                return 4
+            if rows >= 2:
+                _avx2_2(a, a_off, lda, bp, b_off, k4, tile)
+                return 2
+            _avx2_1(a, a_off, lda, bp, b_off, k4, tile)
+            return 1
+        return impl
+
+    def impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+        mr = 4 if rows >= 4 else rows
+        _mk_generic(a, a_off, lda, bp, b_off, k4, tile, mr)
+        return mr
+    return impl
+
+
+# --------------------------------------------------------------------------- epilogue
+
+
+@njit(cache=True, inline="always")
+def _finish(raw, n, za, rt, col_sum, col_zb, col_bias):
+    # int64 arithmetic truncated to int32: the spec's wrapping int32 result in any term order.
+    return np.int32(raw + col_bias[n] - za * col_sum[n] - col_zb[n] * rt)
+
+
+@njit(cache=True, inline="always")
+def _requantize(acc, mult, zy, qmin, qmax):
+    v = np.rint(np.float64(acc) * mult) + zy
+    if v < qmin:
+        v = qmin
+    elif v > qmax:
+        v = qmax
+    return np.uint8(np.int64(v) & 255)
+
+
+@njit(cache=True, inline="always")
+def _epilogue(tile, nr, rows, cols, row_za, row_t, r0, n0, col_sum, col_zb, col_bias,
+              mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, trans, m0, co_base):
+    """Zero-point terms and output conversion for one tile; ``r0`` indexes the row arrays.
+
+    ``trans`` writes ``out[co_base + n, m]`` (channels-first convolution output), else ``out[m, n]``.
+    """
+    if trans:
+        for j in range(cols):
+            n = n0 + j
+            o = co_base + n
+            for i in range(rows):
+                acc = _finish(tile[i * nr + j], n, row_za[r0 + i], row_t[r0 + i], col_sum, col_zb, col_bias)
+                if mode == 1:
+                    out_q[o, m0 + i] = _requantize(acc, mult[n], zy, qmin, qmax)
+                elif mode == 0:
+                    out_i[o, m0 + i] = acc
+                else:
+                    out_f[o, m0 + i] = np.float32(acc) * fscale[n] + fbias[n]
+        return
+    for i in range(rows):
+        za = row_za[r0 + i]
+        rt = row_t[r0 + i]
+        m = m0 + i
+        base = i * nr
+        if mode == 1:
+            for j in range(cols):
+                n = n0 + j
+                acc = _finish(tile[base + j], n, za, rt, col_sum, col_zb, col_bias)
+                out_q[m, co_base + n] = _requantize(acc, mult[n], zy, qmin, qmax)
+        elif mode == 0:
+            for j in range(cols):
+                n = n0 + j
+                out_i[m, co_base + n] = _finish(tile[base + j], n, za, rt, col_sum, col_zb, col_bias)
+        else:
+            for j in range(cols):
+                n = n0 + j
+                acc = _finish(tile[base + j], n, za, rt, col_sum, col_zb, col_bias)
+                out_f[m, co_base + n] = np.float32(acc) * fscale[n] + fbias[n]
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+@njit(cache=True, parallel=True)
+def qgemm(tag, a, lda, M, Kp, K, bp, N, nr, row_za, row_t, col_sum, col_zb, col_bias,
+          mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, mc, n_groups):
+    """``out[m, n]`` for ``a`` (M rows of ``lda`` bytes, first ``Kp`` used) times packed ``bp``.
+
+    Work is split into row chunks of ``mc`` rows times ``n_groups`` groups of panels; within a task
+    each panel of B stays in cache while the chunk's row tiles stream past it.
+    """
+    n_panels = (N + nr - 1) // nr
+    n_chunks = (M + mc - 1) // mc
+    k4 = Kp // 4
+    per_group = (n_panels + n_groups - 1) // n_groups
+    for task in prange(n_chunks * n_groups):
+        chunk = task // n_groups
+        group = task - chunk * n_groups
+        tile = np.empty(_MR_MAX * nr, np.int32)
+        m_start = chunk * mc
+        m_end = min(M, m_start + mc)
+        for p in range(group * per_group, min(n_panels, (group + 1) * per_group)):
+            n0 = p * nr
+            cols = min(nr, N - n0)
+            m0 = m_start
+            while m0 < m_end:
+                rows = microkernel(tag, a, m0 * lda, lda, bp, p * k4 * nr * 4, k4, tile, m_end - m0)
+                _epilogue(tile, nr, rows, cols, row_za, row_t, m0, n0, col_sum, col_zb, col_bias,
+                          mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, False, m0, 0)
+                m0 += rows
+
+
+# --------------------------------------------------------------------------- operand preparation
+
+
+@njit(cache=True)
+def pack_b(b, flip, kmap, Kp, nr, out, col_sum):
+    """Packs (K, N) bytes into panels ``[N/nr][Kp/4][nr][4]`` of int8, xor-ing each byte with ``flip``.
+
+    Row k of ``b`` goes to packed row ``kmap[k]``; ``out`` is zero-filled by the caller, so packed
+    rows no real k maps to, and columns past N, contribute nothing. ``col_sum[n]`` receives the
+    sum of column n's signed values.
+    """
+    K, N = b.shape
+    k4 = Kp // 4
+    for n in range(N):
+        p = n // nr
+        j = n - p * nr
+        s = 0
+        for k in range(K):
+            v = np.int8(b[k, n] ^ flip)
+            kp = kmap[k]
+            out[((p * k4 + kp // 4) * nr + j) * 4 + (kp & 3)] = v
+            s += np.int32(v)
+        col_sum[n] = s
+
+
+@njit(cache=True, parallel=True)
+def prepare_a(a, flip, Kp, out, row_sum):
+    """Rows of ``a`` (M, K) bytes xor ``flip`` into ``out`` (M, Kp) zero-padded; their sums to ``row_sum``."""
+    M, K = a.shape
+    for m in prange(M):
+        s = 0
+        for k in range(K):
+            v = a[m, k] ^ flip
+            out[m, k] = v
+            s += np.int32(v)
+        for k in range(K, Kp):
+            out[m, k] = 0
+        row_sum[m] = s
+
+
+@njit(cache=True, parallel=True)
+def row_sums(a, row_sum):
+    M, K = a.shape
+    for m in prange(M):
+        s = 0
+        for k in range(K):
+            s += np.int32(a[m, k])
+        row_sum[m] = s
+
+
+# --------------------------------------------------------------------------- glue: packing and calls
+
+_EMPTY_U8 = np.zeros((0, 0), np.uint8)
+_EMPTY_I32 = np.zeros((0, 0), np.int32)
+_EMPTY_F32 = np.zeros((0, 0), np.float32)
+
+# Rows of A per task: the chunk (mc * Kp bytes) should stay in L2 while B panels stream past it.
+_CHUNK_BYTES = 96 * 1024
+
+
+class PackedB:
+    """Weights packed for :func:`qgemm`/:func:`qrt.kernels.cpu.qconv.qconv`, with their zero-point terms.
+
+    ``groups`` independent (K, N) matrices (one per convolution group); ``col_sum`` and ``zb`` are
+    (groups, N) int32 in the signed domain; ``Kp`` is the packed depth (a multiple of 4).
+    """
+
+    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb")
+
+    @property
+    def zb_nonzero(self) -> bool:
+        return bool(np.any(self.zb))
+
+
+def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None) -> PackedB:
+    """Packs ``mats`` (a list of (K, N) int8 or uint8 arrays, one per group) for the drivers.
+
+    ``zero_points`` is (groups, N) integers in the weights' own type; uint8 weights and their zero
+    points shift into int8. ``kmap`` places row k at packed row ``kmap[k]`` (default: k) inside a
+    packed depth ``Kp`` (default: K rounded up to 4).
+    """
+    isa = isa or ISA
+    nr = panel_width(isa)
+    first = mats[0]
+    K, N = first.shape
+    flip = 0x80 if first.dtype == np.uint8 else 0
+    if kmap is None:
+        kmap = np.arange(K, dtype=np.int64)
+    if Kp is None:
+        Kp = (K + 3) // 4 * 4
+    n_panels = (N + nr - 1) // nr
+    panel_bytes = n_panels * (Kp // 4) * nr * 4
+    data = np.zeros(len(mats) * panel_bytes, np.int8)
+    col_sum = np.zeros((len(mats), N), np.int32)
+    for g, mat in enumerate(mats):
+        view = np.ascontiguousarray(mat).view(np.uint8)
+        pack_b(view, np.uint8(flip), np.ascontiguousarray(kmap, dtype=np.int64), Kp, nr,
+               data[g * panel_bytes:(g + 1) * panel_bytes], col_sum[g])
+    packed = PackedB()
+    packed.isa, packed.nr, packed.K, packed.Kp, packed.N = isa, nr, K, Kp, N
+    packed.groups = len(mats)
+    packed.data = data
+    packed.col_sum = col_sum
+    packed.zb = (np.asarray(zero_points, dtype=np.int32).reshape(len(mats), N) - flip).astype(np.int32)
+    return packed
+
+
+def split_work(rows, n_panels, depth):
+    """(rows per task, panel groups): enough tasks for every thread, A chunks sized for L2."""
+    import numba
+    threads = numba.get_num_threads()
+    mr = _MR_MAX
+    mc = max(mr, (_CHUNK_BYTES // max(depth, 1)) // mr * mr)
+    chunks = (rows + mc - 1) // mc
+    if chunks < 2 * threads and rows > mr:
+        mc = max(mr, ((rows + 2 * threads - 1) // (2 * threads) + mr - 1) // mr * mr)
+        chunks = (rows + mc - 1) // mc
+    n_groups = 1
+    if chunks < threads:
+        n_groups = min(n_panels, (2 * threads + chunks - 1) // chunks)
+    return mc, max(n_groups, 1)
+
+
+class Epilogue:
+    """What the drivers write: ``mode`` 0 int32, 1 requantized bytes, 2 float32 (see module doc)."""
+
+    __slots__ = ("mode", "bias", "mult", "zy", "qmin", "qmax", "fscale", "fbias")
+
+    def __init__(self, mode, groups, N, bias=None, mult=None, zy=0, qmin=0, qmax=255, fscale=None,
+                 fbias=None):
+        self.mode = mode
+        self.bias = _per_column(bias, groups, N, np.int32)
+        self.mult = _per_column(mult, groups, N, np.float64)
+        self.zy, self.qmin, self.qmax = int(zy), int(qmin), int(qmax)
+        self.fscale = _per_column(fscale, groups, N, np.float32)
+        self.fbias = _per_column(fbias, groups, N, np.float32)
+
+
+def _per_column(values, groups, N, dtype):
+    if values is None:
+        return np.zeros((groups, N), dtype)
+    values = np.asarray(values)
+    return np.ascontiguousarray(np.broadcast_to(values.astype(dtype), (groups, N)) if values.ndim <= 1
+                                else values.astype(dtype).reshape(groups, N))
+
+
+def matmul(a, a_flip, za_rows, packed: PackedB, epi: Epilogue, out):
+    """``out`` (M, N) from ``a`` (M, K) bytes (uint8 view; ``a_flip`` 0x80 for int8 data) times ``packed``.
+
+    ``za_rows`` is the (M,) int32 zero point of each row of ``a`` in the shifted (uint8) domain.
+    ``out`` is uint8 (mode 1, any 8-bit output viewed as uint8), int32 (mode 0) or float32 (mode 2).
+    """
+    M, K = a.shape
+    Kp = packed.Kp
+    need_rowsum = packed.zb_nonzero
+    if a_flip or K != Kp or not a.flags.c_contiguous:
+        a_rows = np.empty((M, Kp), np.uint8)
+        row_sum = np.empty(M, np.int32)
+        if M:
+            prepare_a(a, np.uint8(a_flip), Kp, a_rows, row_sum)
+    else:
+        a_rows = a
+        row_sum = np.zeros(M, np.int32)
+        if need_rowsum and M:
+            row_sums(a, row_sum)
+    za_rows = np.ascontiguousarray(za_rows, dtype=np.int32)
+    row_t = (row_sum.astype(np.int64) - np.int64(K) * za_rows).astype(np.int32) if need_rowsum \
+        else np.zeros(M, np.int32)
+    if M == 0 or packed.N == 0:
+        return out
+    n_panels = (packed.N + packed.nr - 1) // packed.nr
+    mc, n_groups = split_work(M, n_panels, Kp)
+    out_q, out_i, out_f = _outputs(epi.mode, out)
+    qgemm(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr,
+          za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0], epi.zy,
+          epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
+    return out
+
+
+def _outputs(mode, out):
+    if mode == 1:
+        return out, _EMPTY_I32, _EMPTY_F32
+    if mode == 0:
+        return _EMPTY_U8, out, _EMPTY_F32
+    return _EMPTY_U8, _EMPTY_I32, out

@@ -1,0 +1,510 @@
+"""com.microsoft quantized ops, as onnxruntime's quantizer emits them (all since_version 1).
+
+QGemm, MatMulIntegerToFloat, DynamicQuantizeMatMul and QLinearConv (channels_last) share the exact
+int32 GEMM of :mod:`qrt.ops.quantized`. The element-wise ops (QLinearAdd, QLinearMul,
+QLinearSigmoid, QLinearLeakyRelu), pooling (QLinearGlobalAveragePool, QLinearAveragePool),
+QLinearConcat and QLinearSoftmax follow onnxruntime's contrib-op definitions: dequantize, apply the
+float op, quantize (round half to even, saturate), computed on integer sums where that is exact
+and in float32 where onnxruntime computes in float32, so results agree to within one quantization
+step (a rounding tie decided the other way).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument, InvalidModel
+from ..kernels.cpu import qelementwise as kq
+from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu.ufunc import call
+from ..registry import register
+from .base import Op
+from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _vector_for, check_scale,
+                        check_zero_point, dynamic_quantize, flip_of, qbounds, scalar_int, shifted)
+
+MS = "com.microsoft"
+
+
+def _check_pairs(pairs, error, data_dtype=None):
+    """(name, scale, zero point) triples of per-tensor parameters."""
+    for name, scale, zp in pairs:
+        if scale is not None:
+            check_scale(scale, f"{name}_scale", error, scalar=True)
+        if zp is not None:
+            zp = np.asarray(zp)
+            if zp.dtype not in EIGHT_BIT:
+                raise error(f"{name}_zero_point must be int8 or uint8, got {zp.dtype}")
+            if data_dtype is not None and zp.dtype != data_dtype:
+                raise error(f"{name}_zero_point has type {zp.dtype} but the data has type {data_dtype}")
+            check_zero_point(zp, f"{name}_zero_point", error=error, scalar=True)
+
+
+def _data_dtype(constants, index):
+    x = constants[index] if index < len(constants) else None
+    return None if x is None else x.dtype
+
+
+def _scalar(value, dtype=np.float32):
+    return np.asarray(value, dtype=dtype).reshape(-1)[0]
+
+
+# --------------------------------------------------------------------------- GEMM family
+
+@register("QGemm", 1, domain=MS)
+class QGemm(Op):
+    """``Y = alpha * A' B'`` on quantized A, B plus int32 C; quantized if y_scale is given, else float."""
+
+    def __init__(self, alpha=1.0, transA=0, transB=0):
+        self.alpha = float(alpha)
+        self.transA = int(transA)
+        self.transB = int(transB)
+        self._mm = QuantizedMatMul()
+
+    def _b_matrix(self, b):
+        return b.T if self.transB else b
+
+    def _check(self, inputs, error):
+        a, a_scale, a_zp, b, b_scale, b_zp = inputs[:6]
+        y_scale = inputs[7] if len(inputs) > 7 else None
+        y_zp = inputs[8] if len(inputs) > 8 else None
+        _check_pairs((("a", a_scale, a_zp),), error, None if a is None else a.dtype)
+        if b_scale is not None:
+            check_scale(b_scale, "b_scale", error)
+        if b_zp is not None and b is not None and np.asarray(b_zp).dtype != b.dtype:
+            raise error(f"b_zero_point has type {np.asarray(b_zp).dtype} but B has type {b.dtype}")
+        if b is not None:
+            if b.ndim != 2:
+                raise error(f"B must be 2-D, got shape {list(b.shape)}")
+            n = self._b_matrix(b).shape[1]
+            if b_scale is not None:
+                _vector_for(b_scale, n, "b_scale", error, "column of B")
+        _check_pairs((("y", y_scale, y_zp),), error)
+
+    def prepare(self, constants):
+        self._check(constants, InvalidModel)
+        b = constants[3]
+        if b is not None and b.dtype in EIGHT_BIT and b.ndim == 2:
+            b_m = self._b_matrix(b)
+            self._b_view = (b, b_m)
+            self._mm.prepare_b(b_m, constants[5])
+
+    def run(self, A, a_scale, a_zero_point, B, b_scale, b_zero_point, C=None, y_scale=None, y_zero_point=None):
+        self._check((A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale, y_zero_point),
+                    InvalidArgument)
+        if A.ndim != 2:
+            raise InvalidArgument(f"A must be 2-D, got shape {list(A.shape)}")
+        a_m = A.T if self.transA else A
+        cached = getattr(self, "_b_view", None)
+        b_m = cached[1] if cached is not None and cached[0] is B else self._b_matrix(B)
+        M, N = a_m.shape[0], b_m.shape[1]
+        scale_ab = (np.float32(self.alpha) * np.asarray(a_scale, np.float32).reshape(())
+                    * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32))
+        column_c = C is None or C.size == 1 or (C.shape[-1] == N and C.size == N)
+        if C is not None and C.dtype != np.int32:
+            raise InvalidArgument(f"C must be int32, got {C.dtype}")
+        bias = None if C is None else (np.broadcast_to(C.reshape(-1), (N,)) if column_c else None)
+        quantized = y_scale is not None
+        if quantized:
+            out_dtype = np.uint8 if y_zero_point is None else np.asarray(y_zero_point).dtype
+            qmin, qmax = qbounds(out_dtype)
+            zy = scalar_int(y_zero_point)
+            mult = (scale_ab / np.asarray(y_scale, np.float32).reshape(())).astype(np.float64)
+            if column_c:
+                return self._mm.compute(a_m, a_zero_point, b_m, b_zero_point,
+                                        lambda r, n, i: kgemm.Epilogue(1, 1, n, bias=bias, mult=mult, zy=zy,
+                                                                       qmin=qmin, qmax=qmax), out_dtype)
+            acc = self._mm.compute(a_m, a_zero_point, b_m, b_zero_point,
+                                   lambda r, n, i: kgemm.Epilogue(0, 1, n), np.int32)
+            return call(kq.requantize_int32, acc, C, mult, np.float64(zy), np.float64(qmin), np.float64(qmax),
+                        dtype=out_dtype)
+        if column_c:
+            return self._mm.compute(a_m, a_zero_point, b_m, b_zero_point,
+                                    lambda r, n, i: kgemm.Epilogue(2, 1, n, bias=bias, fscale=scale_ab),
+                                    np.float32)
+        acc = self._mm.compute(a_m, a_zero_point, b_m, b_zero_point, lambda r, n, i: kgemm.Epilogue(0, 1, n),
+                               np.int32)
+        return call(kq.scale_sum, acc, C, scale_ab, dtype=np.float32)
+
+
+@register("MatMulIntegerToFloat", 1, domain=MS)
+class MatMulIntegerToFloat(Op):
+    """``Y = (A - za)(B - zb) * a_scale * b_scale + bias`` in float (int32 sums, float32 scaling)."""
+
+    def __init__(self):
+        self._mm = QuantizedMatMul()
+
+    def prepare(self, constants):
+        a, b, a_scale, b_scale = constants[:4]
+        a_zp = constants[4] if len(constants) > 4 else None
+        b_zp = constants[5] if len(constants) > 5 else None
+        for name, s in (("a_scale", a_scale), ("b_scale", b_scale)):
+            if s is not None:
+                check_scale(s, name, InvalidModel)
+        if a_scale is not None and np.asarray(a_scale).size != 1:
+            raise InvalidModel("a_scale must be a scalar (per-tensor)")
+        for name, z, data in (("a_zero_point", a_zp, a), ("b_zero_point", b_zp, b)):
+            if z is not None and data is not None and np.asarray(z).dtype != data.dtype:
+                raise InvalidModel(f"{name} has type {np.asarray(z).dtype} but its tensor has type {data.dtype}")
+        if b is not None and b.dtype in EIGHT_BIT:
+            if b_scale is not None and np.asarray(b_scale).size > 1:
+                _vector_for(b_scale, b.shape[-1], "b_scale", InvalidModel, "column of B")
+            self._mm.prepare_b(b, b_zp)
+
+    def run(self, A, B, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
+        check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
+        check_scale(b_scale, "b_scale", InvalidArgument)
+        out_dtype = np.asarray(a_scale).dtype
+        N = B.shape[-1] if B.ndim > 1 else 1
+        fscale = (np.asarray(a_scale, np.float32).reshape(())
+                  * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32))
+        fbias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (N,))
+        y = self._mm.compute(A, a_zero_point, B, b_zero_point,
+                             lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=fscale, fbias=fbias), np.float32)
+        return y if out_dtype == np.float32 else y.astype(out_dtype)
+
+
+@register("DynamicQuantizeMatMul", 1, domain=MS)
+class DynamicQuantizeMatMul(Op):
+    """``Y = A @ dequantize(B) + bias`` with A quantized to uint8 on the fly (DynamicQuantizeLinear)."""
+
+    def __init__(self):
+        self._mm = QuantizedMatMul()
+
+    def prepare(self, constants):
+        b, b_scale = constants[1], constants[2]
+        b_zp = constants[3] if len(constants) > 3 else None
+        if b_scale is not None:
+            check_scale(b_scale, "b_scale", InvalidModel)
+        if b is not None and b.dtype in EIGHT_BIT:
+            if b_zp is not None and np.asarray(b_zp).dtype != b.dtype:
+                raise InvalidModel(f"b_zero_point has type {np.asarray(b_zp).dtype} but B has type {b.dtype}")
+            if b_scale is not None and np.asarray(b_scale).size > 1:
+                _vector_for(b_scale, b.shape[-1], "b_scale", InvalidModel, "column of B")
+            self._mm.prepare_b(b, b_zp)
+
+    def run(self, A, B, b_scale, b_zero_point=None, bias=None):
+        check_scale(b_scale, "b_scale", InvalidArgument)
+        if A.dtype != np.float32:
+            raise InvalidArgument(f"A must be float32, got {A.dtype}")
+        a_q, a_scale, a_zp = dynamic_quantize(A)
+        N = B.shape[-1] if B.ndim > 1 else 1
+        fscale = a_scale * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
+        fbias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (N,))
+        return self._mm.compute(a_q, np.asarray(a_zp), B, b_zero_point,
+                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=fscale, fbias=fbias), np.float32)
+
+
+@register("QLinearConv", 1, domain=MS)
+class QLinearConvMS(Op):
+    """com.microsoft QLinearConv: the ai.onnx op plus ``channels_last`` (NHWC input and output)."""
+
+    def __init__(self, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
+                 channels_last=0):
+        from .quantized import QLinearConv
+        self.channels_last = int(channels_last)
+        self._inner = QLinearConv(auto_pad, dilations, group, kernel_shape, pads, strides)
+
+    def prepare(self, constants):
+        constants = list(constants)
+        if self.channels_last and constants[0] is not None:
+            constants[0] = np.moveaxis(constants[0], -1, 1)
+        self._inner.prepare(constants)
+
+    def run(self, x, *rest):
+        if self.channels_last:
+            x = np.moveaxis(x, -1, 1)
+        y = self._inner.run(x, *rest)
+        return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if self.channels_last else y
+
+
+# --------------------------------------------------------------------------- element-wise
+
+class _Binary(Op):
+    def prepare(self, constants):
+        a, b = constants[0], constants[3]
+        _check_pairs((("A", constants[1], constants[2]),), InvalidModel, None if a is None else a.dtype)
+        _check_pairs((("B", constants[4], constants[5] if len(constants) > 5 else None),), InvalidModel,
+                     None if b is None else b.dtype)
+        c_scale = constants[6] if len(constants) > 6 else None
+        c_zp = constants[7] if len(constants) > 7 else None
+        _check_pairs((("C", c_scale, c_zp),), InvalidModel, None if a is None else a.dtype)
+
+    def _params(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point):
+        if A.dtype not in EIGHT_BIT or B.dtype != A.dtype:
+            raise InvalidArgument(f"A and B must be both int8 or both uint8, got {A.dtype} and {B.dtype}")
+        _check_pairs((("A", A_scale, A_zero_point), ("B", B_scale, B_zero_point), ("C", C_scale, C_zero_point)),
+                     InvalidArgument, A.dtype)
+        qmin, qmax = qbounds(A.dtype)
+        return (np.int32(scalar_int(A_zero_point)), np.int32(scalar_int(B_zero_point)),
+                np.float32(scalar_int(C_zero_point)), np.float32(qmin), np.float32(qmax))
+
+
+@register("QLinearAdd", 1, domain=MS)
+class QLinearAdd(_Binary):
+    """``C = saturate(rint((A_scale (A - za) + B_scale (B - zb)) / C_scale) + zc)``, broadcasting."""
+
+    def run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point=None):
+        za, zb, zc, lo, hi = self._params(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point)
+        ratio_a = np.float32(_scalar(A_scale) / _scalar(C_scale))
+        ratio_b = np.float32(_scalar(B_scale) / _scalar(C_scale))
+        return call(kq.qadd, A, B, za, zb, ratio_a, ratio_b, zc, lo, hi, dtype=A.dtype)
+
+
+@register("QLinearMul", 1, domain=MS)
+class QLinearMul(_Binary):
+    """``C = saturate(rint((A - za)(B - zb) A_scale B_scale / C_scale) + zc)``, broadcasting."""
+
+    def run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point=None):
+        za, zb, zc, lo, hi = self._params(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point)
+        ratio = np.float32(_scalar(A_scale) * _scalar(B_scale) / _scalar(C_scale))
+        return call(kq.qmul, A, B, za, zb, ratio, zc, lo, hi, dtype=A.dtype)
+
+
+class _TableOp(Op):
+    """A unary op on 8-bit data as a 256-entry table, rebuilt only when the parameters change."""
+
+    def __init__(self):
+        self._tables = _ConstantCache()
+
+    def _table(self, dtype, x_scale, x_zp, y_scale, y_zp):
+        raise TypeError
+
+    def prepare(self, constants):
+        x = constants[0]
+        x_scale, y_scale = constants[1], constants[3]
+        x_zp = constants[2] if len(constants) > 2 else None
+        y_zp = constants[4] if len(constants) > 4 else None
+        dtype = None if x is None else x.dtype
+        _check_pairs((("X", x_scale, x_zp), ("Y", y_scale, y_zp)), InvalidModel, dtype)
+        if x_scale is not None and y_scale is not None:
+            # Omitted zero points arrive as None at run time too; a non-constant one misses the cache.
+            zp = x_zp if x_zp is not None else y_zp
+            dtypes = (dtype,) if dtype is not None else ((np.asarray(zp).dtype,) if zp is not None else EIGHT_BIT)
+            self._tables.put((x_scale, x_zp, y_scale, y_zp),
+                             {d: self._table(d, x_scale, x_zp, y_scale, y_zp) for d in dtypes})
+
+    def run(self, X, X_scale, X_zero_point=None, Y_scale=None, Y_zero_point=None):
+        if X.dtype not in EIGHT_BIT:
+            raise InvalidArgument(f"X must be int8 or uint8, got {X.dtype}")
+        tables = self._tables.get((X_scale, X_zero_point, Y_scale, Y_zero_point))
+        table = None if tables is None else tables.get(X.dtype)
+        if table is None:
+            _check_pairs((("X", X_scale, X_zero_point), ("Y", Y_scale, Y_zero_point)), InvalidArgument, X.dtype)
+            table = self._table(X.dtype, X_scale, X_zero_point, Y_scale, Y_zero_point)
+        x = np.ascontiguousarray(X).view(np.uint8)
+        out = np.empty(X.shape, X.dtype)
+        kq.apply_table(x.reshape(-1), table, out.reshape(-1).view(np.uint8))
+        return out
+
+
+def _table_args(dtype, x_scale, x_zp, y_scale, y_zp):
+    qmin, qmax = qbounds(dtype)
+    return (np.float32(_scalar(x_scale)), np.float32(scalar_int(x_zp)), np.float32(_scalar(y_scale)),
+            np.float32(scalar_int(y_zp)))
+
+
+@register("QLinearSigmoid", 1, domain=MS)
+class QLinearSigmoid(_TableOp):
+    def _table(self, dtype, x_scale, x_zp, y_scale, y_zp):
+        qmin, qmax = qbounds(dtype)
+        return kq.sigmoid_table(*_table_args(dtype, x_scale, x_zp, y_scale, y_zp), np.float32(qmin),
+                                np.float32(qmax), dtype == np.int8)
+
+
+@register("QLinearLeakyRelu", 1, domain=MS)
+class QLinearLeakyRelu(_TableOp):
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        self.alpha = np.float32(alpha)
+
+    def _table(self, dtype, x_scale, x_zp, y_scale, y_zp):
+        qmin, qmax = qbounds(dtype)
+        return kq.leaky_relu_table(*_table_args(dtype, x_scale, x_zp, y_scale, y_zp), self.alpha,
+                                   np.float32(qmin), np.float32(qmax), dtype == np.int8)
+
+
+# --------------------------------------------------------------------------- pooling
+
+def _unary_params(X, x_scale, x_zp, y_scale, y_zp):
+    if X.dtype not in EIGHT_BIT:
+        raise InvalidArgument(f"X must be int8 or uint8, got {X.dtype}")
+    _check_pairs((("x", x_scale, x_zp), ("y", y_scale, y_zp)), InvalidArgument, X.dtype)
+    qmin, qmax = qbounds(X.dtype)
+    return (flip_of(X.dtype), shifted(scalar_int(x_zp), X.dtype), float(_scalar(x_scale, np.float64)),
+            float(_scalar(y_scale, np.float64)), scalar_int(y_zp), qmin, qmax)
+
+
+class _UnaryQ(Op):
+    def prepare(self, constants):
+        x = constants[0]
+        _check_pairs((("x", constants[1], constants[2] if len(constants) > 2 else None),
+                      ("y", constants[3] if len(constants) > 3 else None, constants[4] if len(constants) > 4 else None)),
+                     InvalidModel, None if x is None else x.dtype)
+
+
+@register("QLinearGlobalAveragePool", 1, domain=MS)
+class QLinearGlobalAveragePool(_UnaryQ):
+    """Mean over the spatial axes of (N, C, ...) or, with ``channels_last``, (N, ..., C)."""
+
+    def __init__(self, channels_last=0):
+        self.channels_last = int(channels_last)
+
+    def run(self, X, x_scale, x_zero_point, y_scale, y_zero_point):
+        flip, zx, sx, sy, zy, qmin, qmax = _unary_params(X, x_scale, x_zero_point, y_scale, y_zero_point)
+        if X.ndim < 3:
+            raise InvalidArgument(f"X must have rank >= 3, got shape {list(X.shape)}")
+        x = np.ascontiguousarray(X).view(np.uint8)
+        n = X.shape[0]
+        if self.channels_last:
+            C = X.shape[-1]
+            L = int(np.prod(X.shape[1:-1], dtype=np.int64))
+            out = np.empty((n, C), X.dtype)
+            mult = sx / (sy * L) if L else 0.0
+            kq.global_average_last(x.reshape(n, L, C), np.uint8(flip), zx, mult, zy, qmin, qmax, out.view(np.uint8))
+            return out.reshape((n,) + (1,) * (X.ndim - 2) + (C,))
+        C = X.shape[1]
+        L = int(np.prod(X.shape[2:], dtype=np.int64))
+        out = np.empty(n * C, X.dtype)
+        mult = sx / (sy * L) if L else 0.0
+        kq.global_average(x.reshape(n * C, L), np.uint8(flip), zx, mult, zy, qmin, qmax, out.view(np.uint8))
+        return out.reshape((n, C) + (1,) * (X.ndim - 2))
+
+
+@register("QLinearAveragePool", 1, domain=MS)
+class QLinearAveragePool(_UnaryQ):
+    """AveragePool on dequantized data, requantized: integer window sums, one scaling per output."""
+
+    def __init__(self, auto_pad="NOTSET", ceil_mode=0, channels_last=0, count_include_pad=0, kernel_shape=None,
+                 pads=None, strides=None):
+        if kernel_shape is None:
+            raise InvalidModel("kernel_shape is required")
+        self.geometry = ConvGeometry(auto_pad, None, 1, kernel_shape, pads, strides)
+        self.ceil_mode = int(ceil_mode)
+        self.channels_last = int(channels_last)
+        self.count_include_pad = int(count_include_pad)
+        self.kernel_shape = [int(k) for k in kernel_shape]
+
+    def _geometry(self, sizes):
+        g = self.geometry
+        n_sp = len(self.kernel_shape)
+        if len(sizes) != n_sp:
+            raise InvalidArgument(f"kernel_shape has {n_sp} axes but X has {len(sizes)} spatial axes")
+        strides = g.strides or [1] * n_sp
+        if len(strides) != n_sp:
+            raise InvalidArgument(f"strides has {len(strides)} values for {n_sp} spatial axes")
+        begins, ends, outs = [0] * n_sp, [0] * n_sp, []
+        for i in range(n_sp):
+            k, s, size = self.kernel_shape[i], strides[i], sizes[i]
+            if g.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                out = -(-size // s)
+                total = max((out - 1) * s + k - size, 0)
+                half = total // 2
+                begins[i], ends[i] = (half, total - half) if g.auto_pad == "SAME_UPPER" else (total - half, half)
+            elif g.auto_pad == "VALID":
+                out = -(-(size - k + 1) // s)
+            else:
+                if g.pads is not None:
+                    if len(g.pads) != 2 * n_sp:
+                        raise InvalidArgument(f"pads has {len(g.pads)} values; {n_sp} spatial axes need {2 * n_sp}")
+                    begins[i], ends[i] = g.pads[i], g.pads[i + n_sp]
+                span = size + begins[i] + ends[i] - k
+                if self.ceil_mode:
+                    out = -(-span // s) + 1
+                    if (out - 1) * s >= size + begins[i]:
+                        out -= 1
+                else:
+                    out = span // s + 1
+            outs.append(max(out, 0))
+        return strides, begins, ends, outs
+
+    def run(self, X, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+        flip, zx, sx, sy, zy, qmin, qmax = _unary_params(X, x_scale, x_zero_point, y_scale, y_zero_point)
+        x = np.moveaxis(X, -1, 1) if self.channels_last else X
+        if x.ndim < 3 or x.ndim > 5:
+            raise InvalidArgument(f"X must have 1 to 3 spatial axes, got shape {list(X.shape)}")
+        strides, begins, ends, outs = self._geometry(list(x.shape[2:]))
+        n, C = x.shape[:2]
+        pad3 = lambda v, f: [f] * (3 - len(v)) + list(v)  # noqa: E731
+        x4 = np.ascontiguousarray(x).view(np.uint8).reshape((n * C,) + tuple(pad3(x.shape[2:], 1)))
+        out = np.empty((n * C,) + tuple(pad3(outs, 1)), X.dtype)
+        ratio = float(np.float32(sx)) / float(np.float32(sy))
+        kq.average_pool(x4, np.uint8(flip), zx, np.array(pad3(self.kernel_shape, 1), np.int64),
+                        np.array(pad3(strides, 1), np.int64), np.array(pad3(begins, 0), np.int64),
+                        np.array(pad3(ends, 0), np.int64), np.array(pad3(outs, 1), np.int64),
+                        bool(self.count_include_pad), ratio, zy, qmin, qmax, out.view(np.uint8))
+        y = out.reshape((n, C) + tuple(outs))
+        return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if self.channels_last else y
+
+
+# --------------------------------------------------------------------------- concat and softmax
+
+@register("QLinearConcat", 1, domain=MS)
+class QLinearConcat(Op):
+    """Concatenation of (tensor, scale, zero point) triples, each requantized to (Y_scale, Y_zero_point)."""
+
+    def __init__(self, axis=None):
+        if axis is None:
+            raise InvalidModel("axis is required")
+        self.axis = int(axis)
+
+    def prepare(self, constants):
+        if (len(constants) - 2) % 3 or len(constants) < 5:
+            raise InvalidModel(f"QLinearConcat takes Y_scale, Y_zero_point and (tensor, scale, zero point) "
+                               f"triples; got {len(constants)} inputs")
+        _check_pairs((("Y", constants[0], constants[1]),), InvalidModel)
+        for i in range(2, len(constants), 3):
+            _check_pairs(((f"input {(i - 2) // 3}", constants[i + 1], constants[i + 2]),), InvalidModel)
+
+    def run(self, Y_scale, Y_zero_point, *triples):
+        if len(triples) % 3 or not triples:
+            raise InvalidArgument(f"expected (tensor, scale, zero point) triples, got {len(triples)} inputs")
+        dtype = np.asarray(Y_zero_point).dtype
+        _check_pairs((("Y", Y_scale, Y_zero_point),), InvalidArgument)
+        qmin, qmax = qbounds(dtype)
+        sy = np.float32(_scalar(Y_scale))
+        zy = scalar_int(Y_zero_point)
+        parts = []
+        for i in range(0, len(triples), 3):
+            x, sx, zx = triples[i], triples[i + 1], triples[i + 2]
+            if x.dtype != dtype:
+                raise InvalidArgument(f"input {i // 3} has type {x.dtype}; Y_zero_point is {dtype}")
+            _check_pairs(((f"input {i // 3}", sx, zx),), InvalidArgument, dtype)
+            if np.float32(_scalar(sx)) == sy and scalar_int(zx) == zy:
+                parts.append(x)
+            else:
+                ratio = np.float32(np.float32(_scalar(sx)) / sy)
+                parts.append(call(kq.requantize, x, np.int32(scalar_int(zx)), ratio, np.float32(zy),
+                                  np.float32(qmin), np.float32(qmax), dtype=dtype))
+        rank = parts[0].ndim
+        if not -rank <= self.axis < rank:
+            raise InvalidArgument(f"axis={self.axis} is out of range for rank {rank}")
+        try:
+            return np.concatenate(parts, axis=self.axis)
+        except ValueError as exc:
+            raise InvalidArgument(f"cannot concatenate shapes {[list(p.shape) for p in parts]}: {exc}") from None
+
+
+@register("QLinearSoftmax", 1, domain=MS)
+class QLinearSoftmax(_UnaryQ):
+    """Softmax of dequantized X, quantized; ``opset`` < 13 flattens from ``axis`` on (old Softmax)."""
+
+    def __init__(self, axis=-1, opset=13):
+        self.axis = int(axis)
+        self.opset = int(opset)
+
+    def run(self, X, X_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+        flip, zx, sx, sy, zy, qmin, qmax = _unary_params(X, X_scale, x_zero_point, y_scale, y_zero_point)
+        rank = max(X.ndim, 1)
+        if not -rank <= self.axis < rank:
+            raise InvalidArgument(f"axis={self.axis} is out of range for rank {X.ndim}")
+        axis = self.axis % rank
+        if self.opset < 13:
+            rows = int(np.prod(X.shape[:axis], dtype=np.int64))
+            x2 = np.ascontiguousarray(X).view(np.uint8).reshape(rows, -1)
+            out = np.empty(x2.shape, X.dtype)
+            kq.softmax_rows(x2, np.uint8(flip), np.float32(sx), np.float32(sy), zy, qmin, qmax, out.view(np.uint8))
+            return out.reshape(X.shape)
+        moved = np.moveaxis(X, axis, -1)
+        x2 = np.ascontiguousarray(moved).view(np.uint8).reshape(-1, X.shape[axis])
+        out = np.empty(x2.shape, X.dtype)
+        kq.softmax_rows(x2, np.uint8(flip), np.float32(sx), np.float32(sy), zy, qmin, qmax, out.view(np.uint8))
+        return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
