@@ -84,11 +84,8 @@ def activation_bounds(node, constant):
     """
     if node.op_type == "Relu":
         return 0.0, float("inf")
+    # Clip's bounds are inputs from opset 11 on; pre-processing converts older models to opset 13.
     low, high = float("-inf"), float("inf")
-    if len(node.input) == 1 and attribute(node, "min") is not None:  # Clip before opset 11
-        low = float(attribute(node, "min", low))
-        high = float(attribute(node, "max", high))
-        return low, high
     if len(node.input) > 1 and node.input[1]:
         value = constant(node.input[1])
         if value is None:

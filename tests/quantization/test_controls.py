@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from qrt import qmath
 from qrt.errors import QuantizationError
 from qrt.quantization import QuantFormat, QuantType, quantize_static
-from quant_models import reference_ranges, run_ort, sqnr_db
+from quant_models import OPSET, reference_ranges, run_ort, sqnr_db
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +99,6 @@ def test_keep_removable_activations(cnn_setup):
 
 
 def test_matmul_const_b_only():
-    from quant_models import Builder, OPSET  # noqa: F401
-    import onnx
-    from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")], "g",
                               [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
                                helper.make_tensor_value_info("b", TensorProto.FLOAT, [3, 4])],

@@ -222,3 +222,19 @@ def test_embedding_gather_and_matmul(encoder, tmp_path):
     theirs = sqnr_db(reference, run_ort(ort_quantize(tmp_path, model, calib, QuantFormat.QOperator, True),
                                         test)[0])
     assert ours >= theirs - SLACK_DB
+
+
+def test_onnxruntime_defaults_qdq_int8(cnn, tmp_path):
+    """The defaults (QDQ, QInt8 activations and weights) against onnxruntime's defaults."""
+    model, make = cnn
+    calib, test = make(N_CALIB, 0), make(N_TEST, 1)
+    reference = run_ort(model, test)[0]
+    summary = quantize_static(model, None, ListReader(calib))
+    assert summary.mode == "static QDQ"
+    onnx.save(model, tmp_path / "float.onnx")
+    ort_quant.quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "ort.onnx"), ListReader(calib))
+    ours = sqnr_db(reference, run_ort(summary.model, test)[0])
+    theirs = sqnr_db(reference, run_ort(onnx.load(tmp_path / "ort.onnx"), test)[0])
+    assert ours >= theirs - SLACK_DB, (ours, theirs)
+    zero_points = [numpy_helper.to_array(t) for t in summary.model.graph.initializer if t.name.endswith("_zero_point")]
+    assert zero_points and all(z.dtype == np.int8 for z in zero_points)

@@ -110,6 +110,8 @@ def test_per_channel_axis_and_bias_qdq(case):
         assert b_q.dtype == np.int32 and len(bias_dq.input) == 2   # zero point omitted: 0
         np.testing.assert_allclose(b_scale, x_scale * w_scale, rtol=1e-6)
         np.testing.assert_array_equal(b_q, np.rint(bias.astype(np.float64) / b_scale.astype(np.float64)))
+    x = sample_input(case)
+    assert sqnr_db(run_ort(model, [{"x": x}])[0], run_ort(q, [{"x": x}])[0]) > 30
 
 
 @pytest.mark.parametrize("case", ["Conv", "MatMul", "Gemm-transB", "Gemm"])
