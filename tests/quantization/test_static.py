@@ -31,7 +31,7 @@ def ort_quantize(tmp_path, model, calib, fmt, per_channel, preprocess=False, **k
     onnx.save(model, src)
     if preprocess:
         from onnxruntime.quantization.shape_inference import quant_pre_process
-        quant_pre_process(str(src), str(tmp_path / "pre.onnx"))
+        quant_pre_process(str(src), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
         src = tmp_path / "pre.onnx"
     dst = tmp_path / "ort_int8.onnx"
     ort_quant.quantize_static(str(src), str(dst), ListReader(calib),
