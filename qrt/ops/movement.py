@@ -271,19 +271,27 @@ def _reduction_code(reduction, allowed):
     return _REDUCTIONS[reduction]
 
 
-def _scatter_flat(data, offsets, updates, code):
-    """A copy of ``data`` with ``updates`` written (or reduced) at flat ``offsets``, in order."""
+def _scatter_rows(data, rows, width, updates, code):
+    """A copy of ``data`` seen as (-1, ``width``) rows, with row ``rows[i]`` replaced by (or reduced
+    with) row ``i`` of ``updates``, in index order."""
     out = np.array(data, order="C", copy=True)
-    flat = out.reshape(-1)
-    values = contiguous(updates).reshape(-1)
-    offsets = offsets.reshape(-1)
+    if width == 0 or rows.size == 0:
+        return out
+    table = out.reshape(-1, width)
+    values = contiguous(updates).reshape(-1, width)
+    rows = rows.reshape(-1)
     if code == 0:
         # numpy assigns repeated indices in order, so the last update wins as in the spec's loop.
-        flat[offsets] = values
-    else:
-        if out.dtype == object or out.dtype == np.bool_:
-            raise InvalidArgument(f"reduction is not defined on {out.dtype} tensors")
-        k.scatter_reduce(flat, offsets, values, code)
+        table[rows] = values
+        return out
+    if out.dtype == object or out.dtype == np.bool_:
+        raise InvalidArgument(f"reduction is not defined on {out.dtype} tensors")
+    if out.dtype.itemsize == 2 and out.dtype.kind in "fV":
+        # Numba has no float16/bfloat16 arithmetic: reduce in float32 and round once at the end.
+        wide = table.astype(np.float32)
+        k.scatter_reduce(wide, rows, values.astype(np.float32), code)
+        return wide.astype(out.dtype).reshape(out.shape)
+    k.scatter_reduce(table, rows, values, code)
     return out
 
 
@@ -306,7 +314,7 @@ class _ScatterElements(Op):
             if d != axis:
                 along = np.arange(indices.shape[d], dtype=np.int64) * strides[d]
                 offsets = offsets + along.reshape([-1 if e == d else 1 for e in range(data.ndim)])
-        return _scatter_flat(data, offsets, updates.astype(data.dtype, copy=False), self.code)
+        return _scatter_rows(data, offsets, 1, updates.astype(data.dtype, copy=False), self.code)
 
 
 @register("Scatter", 9)
@@ -348,9 +356,8 @@ class _ScatterND(Op):
             raise InvalidArgument(f"updates have shape {list(updates.shape)}, expected {list(expected)} for "
                                   f"data {list(data.shape)} and indices {list(indices.shape)}")
         slice_size = int(np.prod(data.shape[k_len:], dtype=np.int64))
-        starts = _nd_offsets(indices, data.shape[:k_len]).reshape(-1, 1) * slice_size
-        offsets = starts + np.arange(slice_size, dtype=np.int64)
-        return _scatter_flat(data, offsets, updates.astype(data.dtype, copy=False), self.code)
+        rows = _nd_offsets(indices, data.shape[:k_len])
+        return _scatter_rows(data, rows, slice_size, updates.astype(data.dtype, copy=False), self.code)
 
 
 @register("ScatterND", 11)

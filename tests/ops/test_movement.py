@@ -411,3 +411,15 @@ def _bad_cast_model():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     return model.SerializeToString()
+
+
+def test_scatter_elements_float16_reduction_against_reference():
+    # onnxruntime has no float16 scatter reductions; onnx's reference evaluator is the oracle here.
+    data = np.array([1.0, 2.0, 3.0, 4.0], np.float16)
+    idx, updates = i64(0, 0, 3), np.array([2.0, 3.0, 4.5], np.float16)
+    model = one_node("ScatterElements", [("x", data), ("i", idx), ("u", updates)], {"reduction": "add"}, opset=18)
+    feeds = {"x": data, "i": idx, "u": updates}
+    (want,) = ReferenceEvaluator(model).run(None, feeds)
+    (got,) = qrt.InferenceSession(with_output_ranks(model, [data])).run(None, feeds)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, want)

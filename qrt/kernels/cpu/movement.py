@@ -16,29 +16,41 @@ REDUCE_MIN = 4
 
 
 @njit(cache=True)
-def scatter_reduce(out, offsets, updates, reduction):
-    """``out[offsets[i]] = reduce(out[offsets[i]], updates[i])`` in index order, on flat 1-D arrays.
+def scatter_reduce(out, rows, updates, reduction):
+    """``out[rows[i], :] = reduce(out[rows[i], :], updates[i, :])`` in index order, on 2-D arrays.
 
-    Applying updates one by one in order keeps duplicate indices exact: every update to one element
-    is combined, not just the last one.
+    ScatterND passes one row per index tuple (the slice it addresses, contiguous, so the inner loop
+    vectorizes); ScatterElements passes rows of length 1. Applying updates one by one in order keeps
+    duplicate indices exact: every update to an element is combined, not just the last one.
     """
-    n = offsets.shape[0]
+    n = rows.shape[0]
+    width = updates.shape[1]
     if reduction == REDUCE_ADD:
         for i in range(n):
-            out[offsets[i]] += updates[i]
+            target = out[rows[i]]
+            source = updates[i]
+            for j in range(width):
+                target[j] += source[j]
     elif reduction == REDUCE_MUL:
         for i in range(n):
-            out[offsets[i]] *= updates[i]
+            target = out[rows[i]]
+            source = updates[i]
+            for j in range(width):
+                target[j] *= source[j]
     elif reduction == REDUCE_MAX:
         for i in range(n):
-            j = offsets[i]
-            if updates[i] > out[j]:
-                out[j] = updates[i]
+            target = out[rows[i]]
+            source = updates[i]
+            for j in range(width):
+                if source[j] > target[j]:
+                    target[j] = source[j]
     else:
         for i in range(n):
-            j = offsets[i]
-            if updates[i] < out[j]:
-                out[j] = updates[i]
+            target = out[rows[i]]
+            source = updates[i]
+            for j in range(width):
+                if source[j] < target[j]:
+                    target[j] = source[j]
 
 
 @njit(cache=True)
