@@ -159,11 +159,15 @@ class Plan:
                 else:
                     results = kernel.run(*args)
             except QrtError as exc:
+                # The traceback keeps this frame alive: drop the run's tensors (device memory) now.
+                env.clear()
                 if isinstance(exc, NodeExecutionError):
                     raise
                 raise type(exc)(f"{self.label}: node {step.name!r} ({step.op_type}): {exc}") from None
             except Exception as exc:
                 shapes = ", ".join(f"{n or '<omitted>'}: {_describe(a)}" for n, a in zip(step.inputs, args))
+                env.clear()
+                args.clear()
                 err = NodeExecutionError(
                     f"{self.label}: node {step.name!r} ({step.op_type}) failed on inputs ({shapes}): "
                     f"{type(exc).__name__}: {exc}")
@@ -318,6 +322,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
                                       else "MemcpyToHost", "", _CopyKernel(mover), [name], [copy_name],
                                       provider.name))
                     where[copy_name] = provider.name
+                    local_names.add(copy_name)
                 inputs[i] = copy_name
         step = Step(node_name, node.op_type, domain, kernel, inputs, outputs, provider.name)
         step.outer_inputs = tuple(sorted(outer_inputs))
@@ -338,6 +343,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
             copy_name = f"{name}@host"
             steps.append(Step(f"copy {name} to host", "MemcpyToHost", "", _CopyKernel(_host_mover(providers, src)),
                               [name], [copy_name], host.name))
+            local_names.add(copy_name)
             output_names[i] = copy_name
     _assign_releases(steps, set(output_names))
     outer_used = set()

@@ -32,10 +32,13 @@ class CUDAProvider:
 
     def __init__(self):
         from numba import cuda
+
+        import qrt.ops.cuda  # noqa: F401  (registers the CUDA kernels; only sessions that ask for CUDA load numba.cuda)
         self._cuda = cuda
 
     def to_device(self, array):
-        return self._cuda.to_device(array)
+        import numpy as np
+        return self._cuda.to_device(np.ascontiguousarray(array))
 
     def to_host(self, array):
         if hasattr(array, "copy_to_host"):

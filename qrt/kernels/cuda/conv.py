@@ -19,8 +19,9 @@ from . import config
 from . import device as dev
 from .gemm import _load_strided_a, build_tiled, device_constant, launch_tiled, tile_config
 
-# B-loader geometry tuple: kD kH kW sD sH sW dD dH dW pD pH pW D H W OH OW (17 values, padded).
-_GEOM_LEN = 18
+# B-loader geometry tuple: kD kH kW sD sH sW dD dH dW pD pH pW D H W OH OW, then P (slot 17, the
+# depthwise kernels) and the input zero point (slot 18, the integer kernels).
+_GEOM_LEN = 20
 
 
 @cuda.jit(device=True)

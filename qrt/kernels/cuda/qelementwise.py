@@ -1,0 +1,117 @@
+"""Quantized element-wise and pooling kernels on the device: the CUDA twin of
+:mod:`qrt.kernels.cpu.qelementwise`.
+
+* ``qadd`` / ``qmul`` (QLinearAdd / QLinearMul, with broadcasting): the CPU ufuncs' float32
+  formulas, ``saturate(rint((a - za) * ra + (b - zb) * rb) + zc)`` and
+  ``saturate(rint((a - za) * (b - zb) * r) + zc)``, with 8-bit values widened to int32 first.
+* ``global_average`` (QLinearGlobalAveragePool): one block per row, an exact int64 sum of
+  ``x - zx`` as a shared-memory tree, then ``saturate(rint(float64(sum) * mult) + zy)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import config
+from . import device as dev
+from .elementwise import rint_function
+
+_rint32 = rint_function(np.float32)
+_rint64 = rint_function(np.float64)
+
+
+@cuda.jit(device=True)
+def _saturate(v, lo, hi):
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@dev.kernel_factory
+def _qbinary(multiply):
+    @cuda.jit
+    def kernel(a, b, out, n, ndim, dims, sa, sb, za, zb, ra, rb, zc, lo, hi):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < n:
+            rem = i
+            ia = 0
+            ib = 0
+            for d in range(ndim - 1, -1, -1):
+                size = dims[d]
+                q = rem // size
+                idx = rem - q * size
+                rem = q
+                ia += idx * sa[d]
+                ib += idx * sb[d]
+            x = np.int32(a[ia]) - za
+            y = np.int32(b[ib]) - zb
+            if multiply != 0:
+                v = np.float32(np.float32(x * y) * ra)
+            else:
+                v = np.float32(np.float32(x) * ra + np.float32(y) * rb)
+            out[i] = np.int32(_saturate(_rint32(v) + zc, lo, hi))
+            i += step
+
+    return kernel
+
+
+def _binary(multiply, a, b, out, za, zb, ra, rb, zc, lo, hi):
+    n = out.size
+    if n == 0:
+        return out
+    ndim, dims, (sa, sb) = dev.merge_dims(out.shape, [dev.broadcast_strides(out.shape, a.shape),
+                                                      dev.broadcast_strides(out.shape, b.shape)])
+    dev.launch(_qbinary(int(multiply)), dev.blocks_for(n), config.THREADS, dev.flat(a), dev.flat(b), dev.flat(out),
+               n, ndim, dims, sa, sb, np.int32(za), np.int32(zb), np.float32(ra), np.float32(rb), np.float32(zc),
+               np.float32(lo), np.float32(hi))
+    return out
+
+
+def qadd(a, b, out, za, zb, ratio_a, ratio_b, zc, qmin, qmax):
+    return _binary(False, a, b, out, za, zb, ratio_a, ratio_b, zc, qmin, qmax)
+
+
+def qmul(a, b, out, za, zb, ratio, zc, qmin, qmax):
+    return _binary(True, a, b, out, za, zb, ratio, 0.0, zc, qmin, qmax)
+
+
+@dev.kernel_factory
+def _global_average(threads):
+    @cuda.jit
+    def kernel(x, out, rows, length, inner, zx, mult, zy, lo, hi):
+        # x viewed as (outer, length, inner); row r = (o, c) reduces over the middle axis.
+        partial = cuda.shared.array(threads, np.int64)
+        r = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        o = r // inner
+        c = r - o * inner
+        base = o * length * inner + c
+        s = np.int64(0)
+        for j in range(t, length, threads):
+            s += np.int64(x[base + j * inner]) - zx
+        partial[t] = s
+        cuda.syncthreads()
+        width = threads // 2
+        while width > 0:
+            if t < width:
+                partial[t] += partial[t + width]
+            cuda.syncthreads()
+            width //= 2
+        if t == 0:
+            v = _saturate(_rint64(np.float64(partial[0]) * mult) + zy, lo, hi)
+            out[r] = np.int32(v)
+
+    return kernel
+
+
+def global_average(x, out, outer, length, inner, zx, mult, zy, qmin, qmax):
+    """Requantized mean over the middle axis of ``x`` (outer, length, inner) into ``out`` (outer * inner)."""
+    rows = outer * inner
+    if rows:
+        threads = config.REDUCE_THREADS
+        dev.launch(_global_average(threads), rows, threads, dev.flat(x), dev.flat(out), int(rows), int(length),
+                   int(inner), np.int64(zx), float(mult), float(zy), float(qmin), float(qmax))
+    return out
