@@ -399,9 +399,6 @@ class Expand(Op):
         return np.array(np.broadcast_to(x, out_shape), order="C", copy=True)
 
 
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
-
-
 def pad_array(x, pads, mode, value, axes=None):
     """ONNX Pad: ``pads`` is all begins then all ends for ``axes``; negative pads crop."""
     axes = list(range(x.ndim)) if axes is None else normalize_axes(axes, x.ndim)
@@ -429,7 +426,7 @@ def pad_array(x, pads, mode, value, axes=None):
         if mode == "reflect" and (b or e) and x.shape[d] < 2:
             raise InvalidArgument(f"reflect padding needs at least 2 values on axis {d}, shape is "
                                   f"{list(x.shape)}")
-    return np.pad(x, widths, mode=_PAD_MODES[mode])
+    return np.pad(x, widths, mode=mode)     # ONNX's reflect/edge/wrap are numpy's modes of those names
 
 
 class _PadBase(Op):

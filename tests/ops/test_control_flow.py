@@ -195,12 +195,12 @@ def test_scan8_batch_with_sequence_lens():
 
 
 def test_scan_sequence_length_mismatch_fails():
-    node = helper.make_node("Scan", ["s0", "a", "b"], ["s", "d1", "d2"], num_scan_inputs=2,
-                            body=helper.make_graph(
-                                [helper.make_node("Add", ["st", "ea"], ["st_out"]),
-                                 helper.make_node("Identity", ["ea"], ["o1"]), helper.make_node("Identity", ["eb"], ["o2"])],
-                                "body", [vi("st", F, [2]), vi("ea", F, [2]), vi("eb", F, [2])],
-                                [vi("st_out", F, [2]), vi("o1", F, [2]), vi("o2", F, [2])]))
+    body = helper.make_graph([helper.make_node("Add", ["st", "ea"], ["st_out"]),
+                              helper.make_node("Identity", ["ea"], ["o1"]),
+                              helper.make_node("Identity", ["eb"], ["o2"])],
+                             "body", [vi("st", F, [2]), vi("ea", F, [2]), vi("eb", F, [2])],
+                             [vi("st_out", F, [2]), vi("o1", F, [2]), vi("o2", F, [2])])
+    node = helper.make_node("Scan", ["s0", "a", "b"], ["s", "d1", "d2"], num_scan_inputs=2, body=body)
     model = model_of([node], [vi("s0", F, [2]), vi("a", F, [None, 2]), vi("b", F, [None, 2])],
                      [vi("s", F, [2]), vi("d1", F, [None, 2]), vi("d2", F, [None, 2])], 11)
     with pytest.raises(QrtError, match="sequence length"):

@@ -423,3 +423,11 @@ def test_scatter_elements_float16_reduction_against_reference():
     (got,) = qrt.InferenceSession(with_output_ranks(model, [data])).run(None, feeds)
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, want)
+
+
+def test_cast_to_ml_dtypes_type_without_ml_dtypes_is_a_clear_error(monkeypatch):
+    import qrt.ops.cast as cast_module
+    monkeypatch.setattr(cast_module, "ml_dtypes", None)
+    with pytest.raises(QrtError, match="ml_dtypes"):
+        cast_module.target_dtype(TensorProto.FLOAT8E4M3FN)
+    assert cast_module.target_dtype(TensorProto.FLOAT16) == np.float16
