@@ -2,7 +2,9 @@
 
 The op class validates shapes, resolves the optional inputs to their spec defaults (zero bias,
 peepholes and initial state; every sequence full length), converts ``layout=1`` (batch-major)
-tensors to the time-major layout the kernels use, and runs one kernel call per direction.
+tensors to the time-major layout the kernels use, and runs one kernel call for all directions.
+Weights are packed once (transposed per direction, biases summed where the math allows): at plan
+time when W, R and B are constants, else on each run.
 
 Activations: the ``activations`` attribute lists one function per gate role (LSTM f, g, h; GRU f, g;
 RNN f) for each direction; a bidirectional node that lists only one direction's functions uses them
@@ -32,7 +34,15 @@ _PARAMETERS = {
     "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, None),
 }
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
-_LOW_PRECISION_FLOATS = {"float16", "bfloat16"}
+
+
+def _work_dtype(dtype):
+    """The dtype the kernels compute in: float32 for 16-bit floats, else the input's own."""
+    if dtype == np.float32 or dtype == np.float64:
+        return dtype
+    if dtype == np.float16 or dtype.name == "bfloat16":
+        return np.dtype(np.float32)
+    raise InvalidArgument(f"recurrent layers take float tensors, got {dtype}")
 
 
 def _parse_activations(names, alphas, betas, defaults, num_directions):
@@ -63,10 +73,12 @@ def _parse_activations(names, alphas, betas, defaults, num_directions):
 
 
 class _Recurrent(Op):
-    """Shared attribute parsing and input handling; subclasses set ``gates`` and ``default_activations``."""
+    """Shared attribute parsing and input handling; subclasses set ``gates``, ``default_activations``
+    and ``pack(w, r, b, hidden, dtype)``, which returns the kernel's weight arguments."""
 
     gates = 1
     default_activations = ("Tanh",)
+    _packed = None           # (W, R, B, packed weights) when W, R and B are plan-time constants
 
     def _init(self, activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout):
         if direction not in _DIRECTIONS:
@@ -75,26 +87,34 @@ class _Recurrent(Op):
             raise InvalidModel(f"layout must be 0 or 1, got {layout}")
         if clip is not None and not float(clip) > 0:
             raise InvalidModel(f"clip must be positive, got {clip}")
-        self.direction = direction
         self.num_directions = _DIRECTIONS[direction]
+        self.reverse = direction == "reverse"
         self.hidden_size = None if hidden_size is None else int(hidden_size)
         self.layout = int(layout)
         self.clip = 0.0 if clip is None else float(clip)
         self.act_codes, self.act_alphas, self.act_betas = _parse_activations(
             activations, activation_alpha, activation_beta, self.default_activations, self.num_directions)
 
-    def _common(self, x, w, r, sequence_lens, initial_h):
-        """Validated time-major float inputs, hidden size, per-batch lengths and initial state."""
-        if x.ndim != 3 or w.ndim != 3 or r.ndim != 3:
-            raise InvalidArgument(f"X, W and R must be 3-D, got shapes {x.shape}, {w.shape}, {r.shape}")
-        if x.dtype.kind != "f":
-            raise InvalidArgument(f"{self.op_type} takes float tensors, got X of {x.dtype}")
-        work_dtype = np.float32 if x.dtype.name in _LOW_PRECISION_FLOATS else x.dtype
-        if self.layout == 1:
-            x = x.transpose(1, 0, 2)
-        x = np.ascontiguousarray(x, dtype=work_dtype)
-        seq, batch, width = x.shape
+    def prepare(self, constants):
+        w, r = constants[1], constants[2]
+        b = constants[3] if len(constants) > 3 else None
+        bias_constant = len(constants) <= 3 or b is not None or not self._names_bias
+        if w is not None and r is not None and bias_constant:
+            self._validate_weights(w, r, w.shape[2] if w.ndim == 3 else -1)
+            hidden = r.shape[2]
+            self._packed = (w, r, b, self.pack(w, r, self._bias(b, hidden, _work_dtype(w.dtype)), hidden,
+                                               _work_dtype(w.dtype)))
+
+    def _weights(self, w, r, b, hidden, dtype):
+        packed = self._packed
+        if packed is not None and packed[0] is w and packed[1] is r and packed[2] is b:
+            return packed[3]
+        return self.pack(w, r, self._bias(b, hidden, dtype), hidden, dtype)
+
+    def _validate_weights(self, w, r, width):
         dirs, gates = self.num_directions, self.gates
+        if w.ndim != 3 or r.ndim != 3:
+            raise InvalidArgument(f"W and R must be 3-D, got shapes {w.shape}, {r.shape}")
         hidden = r.shape[2]
         if self.hidden_size is not None and self.hidden_size != hidden:
             raise InvalidArgument(f"hidden_size={self.hidden_size} but R has shape {r.shape}")
@@ -102,16 +122,28 @@ class _Recurrent(Op):
             raise InvalidArgument(f"W has shape {w.shape}; expected {(dirs, gates * hidden, width)}")
         if r.shape != (dirs, gates * hidden, hidden):
             raise InvalidArgument(f"R has shape {r.shape}; expected {(dirs, gates * hidden, hidden)}")
+
+    def _common(self, x, w, r, b, sequence_lens, initial_h):
+        """Time-major input, work dtype, hidden size, packed weights, per-batch lengths, initial state."""
+        if x.ndim != 3:
+            raise InvalidArgument(f"X must be 3-D, got shape {x.shape}")
+        dtype = _work_dtype(x.dtype)
+        if self.layout == 1:
+            x = x.transpose(1, 0, 2)
+        x = np.ascontiguousarray(x, dtype=dtype)
+        seq, batch, width = x.shape
+        self._validate_weights(w, r, width)
+        hidden = r.shape[2]
         if sequence_lens is None:
             lengths = np.full(batch, seq, dtype=np.int64)
         else:
             lengths = np.asarray(sequence_lens).astype(np.int64).reshape(-1)
             if lengths.shape != (batch,):
                 raise InvalidArgument(f"sequence_lens has shape {np.shape(sequence_lens)}; expected ({batch},)")
-            if lengths.size and (lengths.min() < 0 or lengths.max() > seq):
+            if batch and (lengths.min() < 0 or lengths.max() > seq):
                 raise InvalidArgument(f"sequence_lens {lengths.tolist()} must lie in [0, {seq}]")
-        h0 = self._state(initial_h, "initial_h", batch, hidden, work_dtype)
-        return x, work_dtype, hidden, lengths, h0
+        h0 = self._state(initial_h, "initial_h", batch, hidden, dtype)
+        return x, dtype, hidden, self._weights(w, r, b, hidden, dtype), lengths, h0
 
     def _state(self, value, name, batch, hidden, dtype):
         """A (num_directions, batch, hidden) time-major state, zeros when omitted."""
@@ -146,9 +178,15 @@ class _Recurrent(Op):
         results = [np.ascontiguousarray(a).astype(dtype, copy=False) for a in [y, *states]]
         return tuple(results[:max(self.n_outputs, 1)])
 
-    @staticmethod
-    def _transposed(weights, d, dtype):
-        return np.ascontiguousarray(weights[d].T, dtype=dtype)
+    @property
+    def _names_bias(self):
+        # Whether the node lists B; prepare() sees None for both an omitted and a computed B.
+        return self.n_inputs > 3
+
+
+def _transposed(weights, dtype):
+    """(num_directions, rows, cols) -> C-contiguous (num_directions, cols, rows) in ``dtype``."""
+    return np.ascontiguousarray(weights.transpose(0, 2, 1), dtype=dtype)
 
 
 class _LSTM(_Recurrent):
@@ -162,29 +200,30 @@ class _LSTM(_Recurrent):
             raise InvalidModel(f"input_forget must be 0 or 1, got {input_forget}")
         self.input_forget = bool(input_forget)
 
+    @staticmethod
+    def pack(w, r, bias, hidden, dtype):
+        summed = np.ascontiguousarray(bias[:, :4 * hidden] + bias[:, 4 * hidden:], dtype=dtype)
+        return _transposed(w, dtype), _transposed(r, dtype), summed
+
     def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None):
         in_dtype = x.dtype
-        x, dtype, hidden, lengths, h0 = self._common(x, w, r, sequence_lens, initial_h)
-        c0 = self._state(initial_c, "initial_c", x.shape[1], hidden, dtype)
-        bias = self._bias(b, hidden, dtype)
-        if p is None:
-            peep = np.zeros((self.num_directions, 3 * hidden), dtype)
-        elif p.shape != (self.num_directions, 3 * hidden):
-            raise InvalidArgument(f"P has shape {p.shape}; expected {(self.num_directions, 3 * hidden)}")
-        else:
-            peep = np.asarray(p, dtype=dtype)
+        x, dtype, hidden, (w_t, r_t, bias), lengths, h0 = self._common(x, w, r, b, sequence_lens, initial_h)
         seq, batch, _ = x.shape
-        y = np.zeros((seq, self.num_directions, batch, hidden), dtype)
+        c0 = self._state(initial_c, "initial_c", batch, hidden, dtype)
+        dirs = self.num_directions
+        if p is None:
+            peep = np.zeros((dirs, 3 * hidden), dtype)
+        elif p.shape != (dirs, 3 * hidden):
+            raise InvalidArgument(f"P has shape {p.shape}; expected {(dirs, 3 * hidden)}")
+        else:
+            peep = np.ascontiguousarray(p, dtype=dtype)
+        y = np.zeros((seq, dirs, batch, hidden), dtype)
         y_h = h0.copy()
         y_c = c0.copy()
-        if seq:
-            for d in range(self.num_directions):
-                reverse = self.direction == "reverse" or d == 1
-                summed_bias = np.ascontiguousarray(bias[d, :4 * hidden] + bias[d, 4 * hidden:])
-                k.lstm_direction(x, self._transposed(w, d, dtype), self._transposed(r, d, dtype), summed_bias,
-                                 np.ascontiguousarray(peep[d]), lengths, h0[d], c0[d], reverse, self.clip,
-                                 self.act_codes[d], self.act_alphas[d], self.act_betas[d], self.input_forget,
-                                 y, y_h, y_c, d)
+        if seq and batch:
+            k.lstm(x, w_t, r_t, bias, peep, p is not None, lengths, h0, c0, self.reverse, self.clip,
+                   self.act_codes, self.act_alphas, self.act_betas, self.input_forget, dtype == np.float64,
+                   y, y_h, y_c)
         return self._outputs(y, [y_h, y_c], in_dtype, lengths)
 
 
@@ -212,22 +251,25 @@ class _GRU(_Recurrent):
             raise InvalidModel(f"linear_before_reset must be 0 or 1, got {linear_before_reset}")
         self.linear_before_reset = bool(linear_before_reset)
 
+    @staticmethod
+    def pack(w, r, bias, hidden, dtype):
+        # The candidate's recurrence is separate: it multiplies the reset state (or is scaled by the
+        # reset gate), so Wb and Rb stay apart too.
+        r_t = _transposed(r, dtype)
+        return (_transposed(w, dtype), np.ascontiguousarray(r_t[:, :, :2 * hidden]),
+                np.ascontiguousarray(r_t[:, :, 2 * hidden:]), np.ascontiguousarray(bias[:, :3 * hidden]),
+                np.ascontiguousarray(bias[:, 3 * hidden:]))
+
     def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
         in_dtype = x.dtype
-        x, dtype, hidden, lengths, h0 = self._common(x, w, r, sequence_lens, initial_h)
-        bias = self._bias(b, hidden, dtype)
+        x, dtype, hidden, packed, lengths, h0 = self._common(x, w, r, b, sequence_lens, initial_h)
+        w_t, r_zr_t, r_h_t, w_bias, r_bias = packed
         seq, batch, _ = x.shape
         y = np.zeros((seq, self.num_directions, batch, hidden), dtype)
         y_h = h0.copy()
-        if seq:
-            for d in range(self.num_directions):
-                reverse = self.direction == "reverse" or d == 1
-                r_t = self._transposed(r, d, dtype)
-                k.gru_direction(x, self._transposed(w, d, dtype), np.ascontiguousarray(r_t[:, :2 * hidden]),
-                                np.ascontiguousarray(r_t[:, 2 * hidden:]), np.ascontiguousarray(bias[d, :3 * hidden]),
-                                np.ascontiguousarray(bias[d, 3 * hidden:]), lengths, h0[d], reverse, self.clip,
-                                self.act_codes[d], self.act_alphas[d], self.act_betas[d], self.linear_before_reset,
-                                y, y_h, d)
+        if seq and batch:
+            k.gru(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, lengths, h0, self.reverse, self.clip, self.act_codes,
+                  self.act_alphas, self.act_betas, self.linear_before_reset, dtype == np.float64, y, y_h)
         return self._outputs(y, [y_h], in_dtype, lengths)
 
 
@@ -252,20 +294,20 @@ class _RNN(_Recurrent):
                  direction="forward", hidden_size=None, layout=0):
         self._init(activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout)
 
+    @staticmethod
+    def pack(w, r, bias, hidden, dtype):
+        summed = np.ascontiguousarray(bias[:, :hidden] + bias[:, hidden:], dtype=dtype)
+        return _transposed(w, dtype), _transposed(r, dtype), summed
+
     def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
         in_dtype = x.dtype
-        x, dtype, hidden, lengths, h0 = self._common(x, w, r, sequence_lens, initial_h)
-        bias = self._bias(b, hidden, dtype)
+        x, dtype, hidden, (w_t, r_t, bias), lengths, h0 = self._common(x, w, r, b, sequence_lens, initial_h)
         seq, batch, _ = x.shape
         y = np.zeros((seq, self.num_directions, batch, hidden), dtype)
         y_h = h0.copy()
-        if seq:
-            for d in range(self.num_directions):
-                reverse = self.direction == "reverse" or d == 1
-                k.rnn_direction(x, self._transposed(w, d, dtype), self._transposed(r, d, dtype),
-                                np.ascontiguousarray(bias[d, :hidden] + bias[d, hidden:]), lengths, h0[d], reverse,
-                                self.clip, self.act_codes[d, 0], self.act_alphas[d, 0], self.act_betas[d, 0],
-                                y, y_h, d)
+        if seq and batch:
+            k.rnn(x, w_t, r_t, bias, lengths, h0, self.reverse, self.clip, self.act_codes, self.act_alphas,
+                  self.act_betas, dtype == np.float64, y, y_h)
         return self._outputs(y, [y_h], in_dtype, lengths)
 
 

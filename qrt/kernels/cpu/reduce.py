@@ -51,7 +51,10 @@ def _store(out, o, i, acc, finish, n):
         out[o, i] = math.log(acc) if acc > 0 else (-math.inf if acc == 0 else math.nan)
 
 
-@njit(cache=True, fastmath=_REASSOC, inline="always")
+# The row and block helpers are compiled functions shared by the serial and threaded kernels; the
+# block helpers take their column range at run time (the threaded kernel splits columns).
+
+@njit(cache=True, fastmath=_REASSOC)
 def _sum_row(row, term, zero):
     acc = zero
     for r in range(row.shape[0]):
@@ -59,18 +62,22 @@ def _sum_row(row, term, zero):
     return acc
 
 
-@njit(cache=True, fastmath=_REASSOC, error_model="numpy", inline="always")
+@njit(cache=True, fastmath=_REASSOC, error_model="numpy")
 def _sum_block(x, out, o, i0, i1, term, finish, zero):
+    """out[o, i] for i in [i0, i1): the sum over r of term(x[o, r, i])."""
     depth = x.shape[1]
     acc = out[o]
-    for i in range(i0, i1):
+    # Unsigned indices: LLVM must otherwise allow for Python's negative-index wraparound, which
+    # blocks vectorization whenever i0 is not a compile-time constant.
+    start, stop = np.uintp(i0), np.uintp(i1)
+    for i in range(start, stop):
         acc[i] = zero
     for r in range(depth):
         src = x[o, r]
-        for i in range(i0, i1):
+        for i in range(start, stop):
             acc[i] += _term(src[i], term)
     if finish != 0:
-        for i in range(i0, i1):
+        for i in range(start, stop):
             _store(out, o, i, acc[i], finish, depth)
 
 
@@ -108,7 +115,7 @@ def _wins(v, best, want_max):
     return v > best if want_max else v < best
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _extreme_row(row, want_max, empty):
     n = row.shape[0]
     if n == 0:
@@ -140,20 +147,22 @@ def _extreme_row(row, want_max, empty):
     return best
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _extreme_block(x, out, o, i0, i1, want_max, empty):
+    """out[o, i] for i in [i0, i1): the max (min) over r of x[o, r, i]."""
     depth = x.shape[1]
     best = out[o]
+    start, stop = np.uintp(i0), np.uintp(i1)
     if depth == 0:
-        for i in range(i0, i1):
+        for i in range(start, stop):
             best[i] = empty
         return
     first = x[o, 0]
-    for i in range(i0, i1):
+    for i in range(start, stop):
         best[i] = first[i]
     for r in range(1, depth):
         src = x[o, r]
-        for i in range(i0, i1):
+        for i in range(start, stop):
             v = src[i]
             b = best[i]
             best[i] = v if _wins(v, b, want_max) else b

@@ -12,7 +12,9 @@ is this direction's index. A reverse direction walks each batch entry's own sequ
 its last valid step.
 
 Activations are coded as ints (see ``ACTIVATIONS``) with their alpha/beta; ``clip`` <= 0 means no
-clipping, otherwise gate pre-activations are clipped to [-clip, clip] before their activation.
+clipping, otherwise gate pre-activations are clipped to [-clip, clip] before their activation. Gate
+math runs on whole gate vectors, one activation per loop, so the loops vectorize; ``exact`` (float64
+tensors) computes sigmoid and tanh with libm, float32 with a rational tanh accurate to float32.
 """
 from __future__ import annotations
 
@@ -27,43 +29,124 @@ ACTIVATIONS = {
 }
 
 
-@njit(cache=True, inline="always")
-def _activate(v, code, alpha, beta):
-    if code == 0:
-        if v >= 0:
-            return 1 / (1 + math.exp(-v))
-        e = math.exp(v)
-        return e / (1 + e)
-    if code == 1:
-        return math.tanh(v)
-    if code == 2:
-        return v if v > 0 else v * 0
-    if code == 3:
-        return alpha * v + beta
-    if code == 4:
-        return v if v >= 0 else alpha * v
-    if code == 5:
-        return v if v > alpha else v * 0
-    if code == 6:
-        return alpha * math.tanh(beta * v)
-    if code == 7:
-        return min(max(alpha * v + beta, v * 0), v * 0 + 1)
-    if code == 8:
-        return v if v >= 0 else alpha * (math.exp(v) - 1)
-    if code == 9:
-        return v / (1 + abs(v))
-    # softplus, written to stay finite for large v
-    return max(v, v * 0) + math.log1p(math.exp(-abs(v)))
+# tanh(x) ~ x * P(x^2) / Q(x^2) on |x| <= 9, a (5, 4) rational fitted here for minimax relative
+# error (1.3e-9 in float64 arithmetic); beyond 9 tanh rounds to +-1 in float32, and the clamp's
+# absolute error there is below 3.2e-8, half a float32 ulp of 1. Evaluated in float64 it has no calls
+# and no branches, so LLVM vectorizes it (with numpy's error model: Python's checks every division for
+# zero, a branch that blocks vectorization); float64 tensors use libm instead, for full precision.
+_TANH_CLAMP = 9.0
+_TANH_P = (0.9999999987481503, 0.13680861224936547, 0.0038695127377271097, 2.8031332465200572e-05,
+           3.0642302407788846e-08, -1.2245858656111485e-11)
+_TANH_Q = (1.0, 0.4701419332789107, 0.027250177208391242, 0.00039407190736493554, 1.2890328042689262e-06)
+_P0, _P1, _P2, _P3, _P4, _P5 = _TANH_P
+_Q0, _Q1, _Q2, _Q3, _Q4 = _TANH_Q
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_rational(v):
+    x = min(max(np.float64(v), -_TANH_CLAMP), _TANH_CLAMP)
+    s = x * x
+    p = ((((_P5 * s + _P4) * s + _P3) * s + _P2) * s + _P1) * s + _P0
+    q = (((_Q4 * s + _Q3) * s + _Q2) * s + _Q1) * s + _Q0
+    return x * p / q
 
 
 @njit(cache=True, inline="always")
-def _clip(v, clip):
+def _sigmoid_exact(v):
+    if v >= 0:
+        return 1 / (1 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1 + e)
+
+
+@njit(cache=True, error_model="numpy")
+def activate(buf, start, n, code, alpha, beta, clip, exact):
+    """buf[start:start + n] = activation(clip(buf[start:start + n])) in place; ``exact`` selects
+    libm over the vectorizable rational tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2)."""
+    stop = start + n
     if clip > 0:
-        if v > clip:
-            return v * 0 + clip
-        if v < -clip:
-            return v * 0 - clip
-    return v
+        for j in range(start, stop):
+            buf[j] = min(max(buf[j], -clip), clip)
+    if code == 0:
+        if exact:
+            for j in range(start, stop):
+                buf[j] = _sigmoid_exact(buf[j])
+        else:
+            for j in range(start, stop):
+                buf[j] = 0.5 + 0.5 * _tanh_rational(0.5 * buf[j])
+    elif code == 1:
+        if exact:
+            for j in range(start, stop):
+                buf[j] = math.tanh(buf[j])
+        else:
+            for j in range(start, stop):
+                buf[j] = _tanh_rational(buf[j])
+    elif code == 2:
+        for j in range(start, stop):
+            buf[j] = max(buf[j], 0.0)
+    elif code == 3:
+        for j in range(start, stop):
+            buf[j] = alpha * buf[j] + beta
+    elif code == 4:
+        for j in range(start, stop):
+            v = buf[j]
+            buf[j] = v if v >= 0 else alpha * v
+    elif code == 5:
+        for j in range(start, stop):
+            v = buf[j]
+            buf[j] = v if v > alpha else 0.0
+    elif code == 6:
+        for j in range(start, stop):
+            buf[j] = alpha * math.tanh(beta * buf[j])
+    elif code == 7:
+        for j in range(start, stop):
+            buf[j] = min(max(alpha * buf[j] + beta, 0.0), 1.0)
+    elif code == 8:
+        for j in range(start, stop):
+            v = buf[j]
+            buf[j] = v if v >= 0 else alpha * (math.exp(v) - 1)
+    elif code == 9:
+        for j in range(start, stop):
+            v = buf[j]
+            buf[j] = v / (1 + abs(v))
+    else:
+        for j in range(start, stop):
+            # softplus, written to stay finite for large inputs
+            v = buf[j]
+            buf[j] = max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+
+
+# Below this many multiply-adds the recurrent product runs in a Numba loop: a BLAS call costs about
+# a microsecond of fixed overhead, more than the whole product at LSTM sizes like batch 3, hidden 32.
+SMALL_GEMM_MACS = 1 << 16
+
+
+@njit(cache=True, fastmath={"contract"})
+def recurrent_product(h, r_t, out):
+    """out = h @ r_t for (batch, hidden) ``h`` and (hidden, width) ``r_t``."""
+    batch, hidden = h.shape
+    width = r_t.shape[1]
+    if batch * hidden * width > SMALL_GEMM_MACS:
+        np.dot(h, r_t, out)
+        return
+    for b in range(batch):
+        row = out[b]
+        for j in range(width):
+            row[j] = 0
+        # Four weight rows per pass over the output row: a quarter of the loads and stores of ``row``.
+        kk = 0
+        while kk + 4 <= hidden:
+            h0, h1, h2, h3 = h[b, kk], h[b, kk + 1], h[b, kk + 2], h[b, kk + 3]
+            w0, w1, w2, w3 = r_t[kk], r_t[kk + 1], r_t[kk + 2], r_t[kk + 3]
+            for j in range(width):
+                row[j] += h0 * w0[j] + h1 * w1[j] + h2 * w2[j] + h3 * w3[j]
+            kk += 4
+        while kk < hidden:
+            hk = h[b, kk]
+            weights = r_t[kk]
+            for j in range(width):
+                row[j] += hk * weights[j]
+            kk += 1
 
 
 @njit(cache=True, inline="always")
@@ -72,9 +155,8 @@ def _time_index(step, length, reverse):
 
 
 @njit(cache=True)
-def lstm_direction(x, w_t, r_t, bias, peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas,
-                   input_forget, y, y_h, y_c, d):
-    """Gates in ONNX order i, o, f, c; ``bias`` is Wb + Rb (4 * hidden); ``peep`` is P (i, o, f)."""
+def _lstm_direction(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas,
+                    input_forget, exact, y, y_h, y_c, d):
     seq, batch, width = x.shape
     hidden = r_t.shape[0]
     dtype = x.dtype
@@ -82,47 +164,83 @@ def lstm_direction(x, w_t, r_t, bias, peep, seq_lens, h0, c0, reverse, clip, act
     h = h0.copy()
     c = c0.copy()
     hr = np.empty((batch, 4 * hidden), dtype)
-    f_code, g_code, h_code = acts[0], acts[1], acts[2]
-    f_alpha, g_alpha, h_alpha = alphas[0], alphas[1], alphas[2]
-    f_beta, g_beta, h_beta = betas[0], betas[1], betas[2]
+    block = batch * hidden
+    gates = np.empty(4 * block, dtype)
+    cell = np.empty(block, dtype)
+    rows = np.empty(batch, np.int64)
+    i0, o0, f0, c_0 = 0, block, 2 * block, 3 * block
     for step in range(seq):
-        np.dot(h, r_t, hr)
+        recurrent_product(h, r_t, hr)
         for b in range(batch):
             length = seq_lens[b]
-            if step >= length:
-                continue
-            t = _time_index(step, length, reverse)
-            xrow = xw[t * batch + b]
+            rows[b] = _time_index(step, length, reverse) if step < length else 0
+            xrow = xw[rows[b] * batch + b]
             hrow = hr[b]
+            base = b * hidden
+            for g in range(4):
+                at = g * block + base
+                src = g * hidden
+                for j in range(hidden):
+                    gates[at + j] = xrow[src + j] + hrow[src + j] + bias[src + j]
+            if has_peep:
+                for j in range(hidden):
+                    gates[i0 + base + j] += peep[j] * c[b, j]
+                    gates[f0 + base + j] += peep[2 * hidden + j] * c[b, j]
+        if has_peep:
+            activate(gates, i0, block, acts[0], alphas[0], betas[0], clip, exact)
+            activate(gates, f0, block, acts[0], alphas[0], betas[0], clip, exact)
+        else:
+            activate(gates, i0, 3 * block, acts[0], alphas[0], betas[0], clip, exact)
+        if input_forget:
+            for j in range(block):
+                gates[f0 + j] = 1 - gates[i0 + j]
+        activate(gates, c_0, block, acts[1], alphas[1], betas[1], clip, exact)
+        for b in range(batch):
+            base = b * hidden
             for j in range(hidden):
-                c_prev = c[b, j]
-                pre_i = xrow[j] + hrow[j] + bias[j] + peep[j] * c_prev
-                pre_o = xrow[hidden + j] + hrow[hidden + j] + bias[hidden + j]
-                pre_f = xrow[2 * hidden + j] + hrow[2 * hidden + j] + bias[2 * hidden + j] \
-                    + peep[2 * hidden + j] * c_prev
-                pre_c = xrow[3 * hidden + j] + hrow[3 * hidden + j] + bias[3 * hidden + j]
-                gate_i = _activate(_clip(pre_i, clip), f_code, f_alpha, f_beta)
-                if input_forget:
-                    gate_f = 1 - gate_i
-                else:
-                    gate_f = _activate(_clip(pre_f, clip), f_code, f_alpha, f_beta)
-                cand = _activate(_clip(pre_c, clip), g_code, g_alpha, g_beta)
-                c_new = gate_f * c_prev + gate_i * cand
-                pre_o += peep[hidden + j] * c_new
-                gate_o = _activate(_clip(pre_o, clip), f_code, f_alpha, f_beta)
-                h_new = gate_o * _activate(c_new, h_code, h_alpha, h_beta)
-                c[b, j] = c_new
-                h[b, j] = h_new
-                y[t, d, b, j] = h_new
+                cell[base + j] = gates[f0 + base + j] * c[b, j] + gates[i0 + base + j] * gates[c_0 + base + j]
+            if has_peep:
+                for j in range(hidden):
+                    gates[o0 + base + j] += peep[hidden + j] * cell[base + j]
+        if has_peep:
+            activate(gates, o0, block, acts[0], alphas[0], betas[0], clip, exact)
+        for b in range(batch):
+            if step < seq_lens[b]:
+                base = b * hidden
+                for j in range(hidden):
+                    c[b, j] = cell[base + j]
+        activate(cell, 0, block, acts[2], alphas[2], betas[2], 0.0, exact)
+        for b in range(batch):
+            if step < seq_lens[b]:
+                t = rows[b]
+                base = b * hidden
+                for j in range(hidden):
+                    h_new = gates[o0 + base + j] * cell[base + j]
+                    h[b, j] = h_new
+                    y[t, d, b, j] = h_new
     y_h[d] = h
     y_c[d] = c
 
 
 @njit(cache=True)
-def gru_direction(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, seq_lens, h0, reverse, clip, acts, alphas, betas,
-                  linear_before_reset, y, y_h, d):
-    """Gates in ONNX order z, r, h; ``r_zr_t`` is the (hidden, 2 * hidden) recurrence of z and r,
-    ``r_h_t`` the (hidden, hidden) one of the candidate; ``w_bias``/``r_bias`` are Wb and Rb."""
+def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas, input_forget,
+         exact, y, y_h, y_c):
+    """LSTM over every direction d (reversed when d == 1 or ``reverse``): per direction, ``w_t`` is
+    (input, 4 * hidden), ``r_t`` (hidden, 4 * hidden), ``bias`` Wb + Rb (4 * hidden) and ``peep`` P
+    (3 * hidden), zeros when ``has_peep`` is false. Gates in ONNX order i, o, f, c. The cell state's
+    activation h(C) is not clipped, as in onnxruntime.
+
+    A step's pre-activations are gathered gate-major, (gate, batch, hidden), so each activation runs
+    once over every batch entry (i, o and f together when there are no peepholes). Entries whose
+    sequence has ended compute from row 0 of the step and their results are dropped."""
+    for d in range(w_t.shape[0]):
+        _lstm_direction(x, w_t[d], r_t[d], bias[d], peep[d], has_peep, seq_lens, h0[d], c0[d],
+                        reverse or d == 1, clip, acts[d], alphas[d], betas[d], input_forget, exact, y, y_h, y_c, d)
+
+
+@njit(cache=True)
+def _gru_direction(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, seq_lens, h0, reverse, clip, acts, alphas, betas,
+                   linear_before_reset, exact, y, y_h, d):
     seq, batch, width = x.shape
     hidden = r_h_t.shape[0]
     dtype = x.dtype
@@ -130,66 +248,95 @@ def gru_direction(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, seq_lens, h0, reverse, 
     h = h0.copy()
     hzr = np.empty((batch, 2 * hidden), dtype)
     hh = np.empty((batch, hidden), dtype)
-    reset_h = np.zeros((batch, hidden), dtype)
-    gate_z = np.empty((batch, hidden), dtype)
-    gate_r = np.empty((batch, hidden), dtype)
-    f_code, g_code = acts[0], acts[1]
-    f_alpha, g_alpha = alphas[0], alphas[1]
-    f_beta, g_beta = betas[0], betas[1]
+    reset_h = np.empty((batch, hidden), dtype)
+    block = batch * hidden
+    zr = np.empty(2 * block, dtype)       # z for every batch entry, then r
+    cand = np.empty(block, dtype)
+    rows = np.empty(batch, np.int64)
     for step in range(seq):
-        np.dot(h, r_zr_t, hzr)
+        recurrent_product(h, r_zr_t, hzr)
         for b in range(batch):
             length = seq_lens[b]
-            if step >= length:
-                continue
-            xrow = xw[_time_index(step, length, reverse) * batch + b]
-            for j in range(hidden):
-                pre_z = xrow[j] + hzr[b, j] + w_bias[j] + r_bias[j]
-                pre_r = xrow[hidden + j] + hzr[b, hidden + j] + w_bias[hidden + j] + r_bias[hidden + j]
-                gate_z[b, j] = _activate(_clip(pre_z, clip), f_code, f_alpha, f_beta)
-                r = _activate(_clip(pre_r, clip), f_code, f_alpha, f_beta)
-                gate_r[b, j] = r
-                reset_h[b, j] = r * h[b, j]
-        # The candidate's recurrence multiplies either the reset state or, with
-        # linear_before_reset, the plain state (the reset gate is applied after).
-        np.dot(h if linear_before_reset else reset_h, r_h_t, hh)
+            rows[b] = _time_index(step, length, reverse) if step < length else 0
+            xrow = xw[rows[b] * batch + b]
+            base = b * hidden
+            for g in range(2):
+                at = g * block + base
+                src = g * hidden
+                for j in range(hidden):
+                    zr[at + j] = xrow[src + j] + hzr[b, src + j] + w_bias[src + j] + r_bias[src + j]
+        activate(zr, 0, 2 * block, acts[0], alphas[0], betas[0], clip, exact)
+        if not linear_before_reset:
+            for b in range(batch):
+                for j in range(hidden):
+                    reset_h[b, j] = zr[block + b * hidden + j] * h[b, j]
+        # The candidate's recurrence multiplies the reset state, or with linear_before_reset the
+        # plain state, the reset gate then scaling the product.
+        recurrent_product(h if linear_before_reset else reset_h, r_h_t, hh)
         for b in range(batch):
-            length = seq_lens[b]
-            if step >= length:
-                continue
-            t = _time_index(step, length, reverse)
-            xrow = xw[t * batch + b]
+            xrow = xw[rows[b] * batch + b]
+            base = b * hidden
             for j in range(hidden):
                 rec = hh[b, j] + r_bias[2 * hidden + j]
                 if linear_before_reset:
-                    rec *= gate_r[b, j]
-                pre_h = xrow[2 * hidden + j] + w_bias[2 * hidden + j] + rec
-                cand = _activate(_clip(pre_h, clip), g_code, g_alpha, g_beta)
-                z = gate_z[b, j]
-                h_new = (1 - z) * cand + z * h[b, j]
-                h[b, j] = h_new
-                y[t, d, b, j] = h_new
+                    rec *= zr[block + base + j]
+                cand[base + j] = xrow[2 * hidden + j] + w_bias[2 * hidden + j] + rec
+        activate(cand, 0, block, acts[1], alphas[1], betas[1], clip, exact)
+        for b in range(batch):
+            if step < seq_lens[b]:
+                t = rows[b]
+                base = b * hidden
+                for j in range(hidden):
+                    z = zr[base + j]
+                    h_new = (1 - z) * cand[base + j] + z * h[b, j]
+                    h[b, j] = h_new
+                    y[t, d, b, j] = h_new
     y_h[d] = h
 
 
 @njit(cache=True)
-def rnn_direction(x, w_t, r_t, bias, seq_lens, h0, reverse, clip, act, alpha, beta, y, y_h, d):
-    """Plain RNN: h = f(x W^T + h R^T + Wb + Rb); ``bias`` is Wb + Rb."""
+def gru(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, seq_lens, h0, reverse, clip, acts, alphas, betas,
+        linear_before_reset, exact, y, y_h):
+    """GRU over every direction (reversed when d == 1 or ``reverse``). Gates in ONNX order z, r, h;
+    per direction ``r_zr_t`` is the (hidden, 2 * hidden) recurrence of z and r, ``r_h_t`` the
+    (hidden, hidden) one of the candidate, ``w_bias``/``r_bias`` are Wb and Rb (3 * hidden)."""
+    for d in range(w_t.shape[0]):
+        _gru_direction(x, w_t[d], r_zr_t[d], r_h_t[d], w_bias[d], r_bias[d], seq_lens, h0[d], reverse or d == 1,
+                       clip, acts[d], alphas[d], betas[d], linear_before_reset, exact, y, y_h, d)
+
+
+@njit(cache=True)
+def _rnn_direction(x, w_t, r_t, bias, seq_lens, h0, reverse, clip, act, alpha, beta, exact, y, y_h, d):
     seq, batch, width = x.shape
     hidden = r_t.shape[0]
     xw = np.dot(x.reshape((seq * batch, width)), w_t)
     h = h0.copy()
     hr = np.empty((batch, hidden), x.dtype)
+    pre = np.empty(batch * hidden, x.dtype)
+    rows = np.empty(batch, np.int64)
     for step in range(seq):
-        np.dot(h, r_t, hr)
+        recurrent_product(h, r_t, hr)
         for b in range(batch):
             length = seq_lens[b]
-            if step >= length:
-                continue
-            t = _time_index(step, length, reverse)
-            xrow = xw[t * batch + b]
+            rows[b] = _time_index(step, length, reverse) if step < length else 0
+            xrow = xw[rows[b] * batch + b]
+            base = b * hidden
             for j in range(hidden):
-                h_new = _activate(_clip(xrow[j] + hr[b, j] + bias[j], clip), act, alpha, beta)
-                h[b, j] = h_new
-                y[t, d, b, j] = h_new
+                pre[base + j] = xrow[j] + hr[b, j] + bias[j]
+        activate(pre, 0, batch * hidden, act, alpha, beta, clip, exact)
+        for b in range(batch):
+            if step < seq_lens[b]:
+                t = rows[b]
+                base = b * hidden
+                for j in range(hidden):
+                    h[b, j] = pre[base + j]
+                    y[t, d, b, j] = pre[base + j]
     y_h[d] = h
+
+
+@njit(cache=True)
+def rnn(x, w_t, r_t, bias, seq_lens, h0, reverse, clip, acts, alphas, betas, exact, y, y_h):
+    """Plain RNN over every direction: h = f(x W^T + h R^T + Wb + Rb); ``bias`` is Wb + Rb."""
+    for d in range(w_t.shape[0]):
+        _rnn_direction(x, w_t[d], r_t[d], bias[d], seq_lens, h0[d], reverse or d == 1, clip, acts[d, 0],
+                       alphas[d, 0], betas[d, 0], exact, y, y_h, d)
