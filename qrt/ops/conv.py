@@ -6,6 +6,8 @@ float16 and bfloat16 are computed in float32 and rounded back, as onnxruntime do
 
 The window arithmetic here (``window_geometry``, ``spatial_list``) is shared with pooling.
 """
+import threading
+
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
@@ -100,6 +102,25 @@ def pack_geometry(kernel, strides, dilations, begins):
                     + [0] * lead + list(begins), dtype=np.int64)
 
 
+_scratch = threading.local()
+
+
+def _scratch_buffer(size, dtype):
+    """A flat scratch array of at least ``size`` elements, one per thread and dtype, shared by every
+    convolution node that thread runs (nodes run one at a time, so sharing is safe and memory stays
+    at the largest single column matrix).
+
+    Reusing it matters: a column matrix is megabytes, and a fresh one per call pays its page faults
+    every time (2-3x the GEMM's own time on a 3x3 ResNet layer)."""
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[dtype] = np.empty(size, dtype=dtype)
+    return buffer
+
+
 def _check_ranks(op_type, x, w):
     if x.ndim < 3 or x.ndim - 2 > MAX_SPATIAL_AXES:
         raise InvalidArgument(f"{op_type} input X has shape {x.shape}; qrt supports (N, C, spatial...) with "
@@ -174,7 +195,9 @@ class Conv(_Window):
         if c_group == 1 and group > 1:
             k.conv_depthwise(x5, w5, bias, geom, out)
         else:
-            k.conv_gemm(x5, w5.reshape(n_out, -1), bias, geom, group, out)
+            taps = int(np.prod(kernel))
+            col = _scratch_buffer(channels * taps * int(np.prod(out_sizes)), dtype)
+            k.conv_gemm(x5, w5.reshape(n_out, -1), bias, geom, group, col, out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
 
 
@@ -246,5 +269,7 @@ class ConvTranspose(_Window):
             out[...] = bias.reshape((-1, 1, 1, 1)) if bias.size else 0
         else:
             geom = pack_geometry(kernel, strides, dilations, begins)
-            k.conv_transpose_gemm(canonical(X, dtype), self._regrouped_weight(W, dtype), bias, geom, group, out)
+            cols = _scratch_buffer(n_out * int(np.prod(kernel)) * int(np.prod(X.shape[2:])), dtype)
+            k.conv_transpose_gemm(canonical(X, dtype), self._regrouped_weight(W, dtype), bias, geom, group, cols,
+                                  out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)

@@ -9,6 +9,10 @@ and 2-D convolutions, so one compiled kernel per dtype serves all ranks.
 
 The GEMM is ``np.dot`` on contiguous 2-D blocks (Numba hands it to BLAS). The column buffer is laid
 out ``(C*kD*kH*kW, OD*OH*OW)`` so the product lands directly in NCHW order, with no transpose.
+
+Inner loops run over slices with ``for t in range(n)``: an index that starts at 0 lets LLVM drop
+Numba's negative-index wraparound check and vectorize; ``range(lo, hi)`` with a signed ``lo`` does
+not (measured: 7x slower on a depthwise 3x3).
 """
 import numpy as np
 from numba import njit, prange
@@ -28,11 +32,42 @@ def _valid_range(offset, stride, in_len, out_len):
     return lo, hi
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def _copy(dst, src):
+    for q in range(dst.shape[0]):
+        dst[q] = src[q]
+
+
+@njit(cache=True)
+def _im2col_row_shifted(plane, j, off_w, geom, out_h, out_w, dst):
+    """One column-matrix row for one depth slice when strides are 1 and the output is as wide as the
+    input: output row b reads input row b + j*dH - pH, so the whole slice is one shifted copy of the
+    input plane, after which the few columns that wrapped into a neighbouring row are zeroed."""
+    height, width = plane.shape
+    flat = plane.reshape(height * width)
+    row_shift = j * geom[7] - geom[10]
+    b_lo, b_hi = _valid_range(row_shift, 1, height, out_h)
+    shift = row_shift * width + off_w
+    k_lo, k_hi = b_lo * out_w, b_hi * out_w
+    k_start = max(k_lo, -shift)
+    k_end = max(min(k_hi, height * width - shift), k_start)
+    dst[:k_start] = 0
+    dst[k_end:] = 0
+    _copy(dst[k_start:k_end], flat[k_start + shift:k_end + shift])
+    lo, hi = _valid_range(off_w, 1, width, out_w)
+    if lo > 0 or hi < out_w:
+        for b in range(b_lo, b_hi):
+            dst[b * out_w:b * out_w + lo] = 0
+            dst[b * out_w + hi:(b + 1) * out_w] = 0
+
+
+@njit(cache=True)
 def im2col(x, geom, out_d, out_h, out_w, col):
     """Fill ``col[(c, i, j, l), (a, b, o)]`` with the input value under tap (i, j, l) of output (a, b, o).
 
-    ``x`` is one image ``(C, D, H, W)``; padding positions become 0.
+    ``x`` is one image ``(C, D, H, W)``; padding positions become 0. Serial on purpose: it runs at
+    copy speed, and the GEMM that follows owns the threads (BLAS); handing the cores back and forth
+    between Numba's and BLAS's thread pools inside one op costs more than it saves.
     """
     channels, depth, height, width = x.shape
     kd, kh, kw = geom[0], geom[1], geom[2]
@@ -40,7 +75,9 @@ def im2col(x, geom, out_d, out_h, out_w, col):
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
     taps = kd * kh * kw
-    for row in prange(channels * taps):
+    plane_out = out_h * out_w
+    shifted = sh == 1 and sw == 1 and out_w == width
+    for row in range(channels * taps):
         c = row // taps
         tap = row % taps
         i = tap // (kh * kw)
@@ -49,26 +86,29 @@ def im2col(x, geom, out_d, out_h, out_w, col):
         dst = col[row]
         off_w = l * dw - pw
         lo, hi = _valid_range(off_w, sw, width, out_w)
+        count = hi - lo
         for a in range(out_d):
             zd = a * sd - pd + i * dd
+            if zd < 0 or zd >= depth:
+                dst[a * plane_out:(a + 1) * plane_out] = 0
+                continue
+            if shifted:
+                _im2col_row_shifted(x[c, zd], j, off_w, geom, out_h, out_w, dst[a * plane_out:(a + 1) * plane_out])
+                continue
             for b in range(out_h):
                 zh = b * sh - ph + j * dh
                 base = (a * out_h + b) * out_w
-                if zd < 0 or zd >= depth or zh < 0 or zh >= height:
-                    for o in range(out_w):
-                        dst[base + o] = 0
+                segment = dst[base:base + out_w]
+                if zh < 0 or zh >= height:
+                    segment[:] = 0
                     continue
-                src = x[c, zd, zh]
-                for o in range(lo):
-                    dst[base + o] = 0
+                segment[:lo] = 0
+                segment[hi:] = 0
+                start = lo * sw + off_w
                 if sw == 1:
-                    for o in range(lo, hi):
-                        dst[base + o] = src[o + off_w]
+                    _copy(segment[lo:hi], x[c, zd, zh, start:start + count])
                 else:
-                    for o in range(lo, hi):
-                        dst[base + o] = src[o * sw + off_w]
-                for o in range(hi, out_w):
-                    dst[base + o] = 0
+                    _copy(segment[lo:hi], x[c, zd, zh, start:start + (count - 1) * sw + 1:sw])
 
 
 @njit(cache=True, parallel=True)
@@ -85,10 +125,14 @@ def _add_bias(out3, bias):
 
 
 @njit(cache=True)
-def conv_gemm(x, w2, bias, geom, group, out):
+def conv_gemm(x, w2, bias, geom, group, col, out):
     """Grouped convolution: per image, im2col then one GEMM per group; ``bias`` may be empty.
 
-    ``w2`` is the weight reshaped to ``(M, C/group * kD*kH*kW)``; ``out`` is ``(N, M, OD, OH, OW)``.
+    ``w2`` is the weight reshaped to ``(M, C/group * kD*kH*kW)``; ``col`` is a scratch buffer of at
+    least ``C*kD*kH*kW * OD*OH*OW`` elements (reused across calls: a fresh 7 MB buffer per call costs
+    page faults); ``out`` is ``(N, M, OD, OH, OW)``. GEMM operands are whole C-contiguous arrays
+    (``a[g]`` of a reshaped stack, never ``a[lo:hi]``): Numba types a slice as layout 'A', and
+    ``np.dot`` on those was 3.5x slower than on the same data typed 'C'.
     """
     n_images, channels, depth, height, width = x.shape
     n_out = w2.shape[0]
@@ -101,19 +145,19 @@ def conv_gemm(x, w2, bias, geom, group, out):
     # A 1x1 kernel with unit strides and no padding reads the image itself as the column matrix.
     pointwise = taps == 1 and geom[3] == 1 and geom[4] == 1 and geom[5] == 1 and \
         geom[9] == 0 and geom[10] == 0 and geom[11] == 0 and plane == depth * height * width
-    col = np.empty((0 if pointwise else channels * taps, plane), dtype=x.dtype)
-    out3 = out.reshape(n_images, n_out, plane)
+    weights = w2.reshape(group, m_group, k_group)
+    columns = col[:channels * taps * plane].reshape(channels * taps, plane)
+    out4 = out.reshape(n_images, group, m_group, plane)
     for n in range(n_images):
         if pointwise:
-            cols = x[n].reshape(channels, plane)
+            stacked = x[n].reshape(group, k_group, plane)
         else:
-            im2col(x[n], geom, out_d, out_h, out_w, col)
-            cols = col
+            im2col(x[n], geom, out_d, out_h, out_w, columns)
+            stacked = columns.reshape(group, k_group, plane)
         for g in range(group):
-            np.dot(w2[g * m_group:(g + 1) * m_group], cols[g * k_group:(g + 1) * k_group],
-                   out3[n, g * m_group:(g + 1) * m_group])
+            np.dot(weights[g], stacked[g], out4[n, g])
     if bias.shape[0] > 0:
-        _add_bias(out3, bias)
+        _add_bias(out.reshape(n_images, n_out, plane), bias)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -121,7 +165,14 @@ def conv_depthwise(x, w, bias, geom, out):
     """Direct convolution where every group has one input channel (depthwise, with any multiplier).
 
     ``w`` is ``(M, 1, kD, kH, kW)`` with M a multiple of C; output channel m reads input channel
-    m // (M / C). Each tap adds a shifted input row into an output row, a loop LLVM vectorizes.
+    m // (M / C).
+
+    Each (image, channel) plane is first split into zero-padded phase planes: phase (rh, rw) holds
+    the padded input at rows u*sH + rh and columns v*sW + rw. In that layout every tap (j, l) of
+    every output position is the same flat shift of one phase plane, so a tap is one long
+    contiguous multiply-add sweep over a "wide" output plane whose rows are a few columns longer
+    than the output's; the extra columns are dropped at the end. Short per-row sweeps (the obvious
+    loop) spent most of their time on loop overhead: this is 2-4x faster on MobileNet shapes.
     """
     n_images, channels, depth, height, width = x.shape
     n_out = w.shape[0]
@@ -132,35 +183,49 @@ def conv_depthwise(x, w, bias, geom, out):
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
     has_bias = bias.shape[0] > 0
-    for t in prange(n_images * n_out):
-        n = t // n_out
-        m = t % n_out
+    cols_q = out_w + ((kw - 1) * dw) // sw
+    rows_q = out_h + ((kh - 1) * dh) // sh + 1
+    wide_len = out_h * cols_q
+    for task in prange(n_images * n_out):
+        n = task // n_out
+        m = task % n_out
         c = m // multiplier
-        start = bias[m] if has_bias else 0.0
+        initial = bias[m] if has_bias else 0.0
+        phases = np.empty((sh, sw, rows_q * cols_q), dtype=x.dtype)
+        wide = np.empty(wide_len, dtype=out.dtype)
         for a in range(out_d):
-            for b in range(out_h):
-                row = out[n, m, a, b]
-                for o in range(out_w):
-                    row[o] = start
-                for i in range(kd):
-                    zd = a * sd - pd + i * dd
-                    if zd < 0 or zd >= depth:
-                        continue
-                    for j in range(kh):
-                        zh = b * sh - ph + j * dh
-                        if zh < 0 or zh >= height:
-                            continue
-                        src = x[n, c, zd, zh]
-                        for l in range(kw):
-                            wv = w[m, 0, i, j, l]
-                            off_w = l * dw - pw
-                            lo, hi = _valid_range(off_w, sw, width, out_w)
+            wide[:] = initial
+            for i in range(kd):
+                zd = a * sd - pd + i * dd
+                if zd < 0 or zd >= depth:
+                    continue
+                for rh in range(sh):
+                    for rw in range(sw):
+                        phase = phases[rh, rw]
+                        off_w = rw - pw
+                        lo, hi = _valid_range(off_w, sw, width, cols_q)
+                        for u in range(rows_q):
+                            dst = phase[u * cols_q:(u + 1) * cols_q]
+                            y = u * sh + rh - ph
+                            if y < 0 or y >= height or hi <= lo:
+                                dst[:] = 0
+                                continue
+                            dst[:lo] = 0
+                            dst[hi:] = 0
+                            start = lo * sw + off_w
                             if sw == 1:
-                                for o in range(lo, hi):
-                                    row[o] += wv * src[o + off_w]
+                                _copy(dst[lo:hi], x[n, c, zd, y, start:start + hi - lo])
                             else:
-                                for o in range(lo, hi):
-                                    row[o] += wv * src[o * sw + off_w]
+                                _copy(dst[lo:hi], x[n, c, zd, y, start:start + (hi - lo - 1) * sw + 1:sw])
+                for j in range(kh):
+                    for l in range(kw):
+                        wv = w[m, 0, i, j, l]
+                        shift = ((j * dh) // sh) * cols_q + (l * dw) // sw
+                        src = phases[(j * dh) % sh, (l * dw) % sw, shift:shift + wide_len]
+                        for q in range(wide_len):
+                            wide[q] += wv * src[q]
+            for b in range(out_h):
+                _copy(out[n, m, a, b], wide[b * cols_q:b * cols_q + out_w])
 
 
 @njit(cache=True, parallel=True)
@@ -193,32 +258,42 @@ def col2im(cols, geom, in_d, in_h, in_w, out3):
                     zh = b * sh - ph + j * dh
                     if zh < 0 or zh >= out_h:
                         continue
-                    dst = out3[m, zd, zh]
                     base = (a * in_h + b) * in_w
-                    for c in range(lo, hi):
-                        dst[c * sw + off_w] += src[base + c]
+                    count = hi - lo
+                    if count <= 0:
+                        continue
+                    values = src[base + lo:base + hi]
+                    start = lo * sw + off_w
+                    if sw == 1:
+                        dst = out3[m, zd, zh, start:start + count]
+                        for q in range(count):
+                            dst[q] += values[q]
+                    else:
+                        strided = out3[m, zd, zh, start:start + (count - 1) * sw + 1:sw]
+                        for q in range(count):
+                            strided[q] += values[q]
 
 
 @njit(cache=True)
-def conv_transpose_gemm(x, wt, bias, geom, group, out):
+def conv_transpose_gemm(x, wt, bias, geom, group, cols, out):
     """Transposed convolution: per image and group one GEMM ``W_g^T @ X_g``, then col2im.
 
     ``x`` is ``(N, C, D, H, W)``; ``wt`` is the weight regrouped as ``(group, M/group * kD*kH*kW, C/group)``;
-    ``out`` is ``(N, M, OD, OH, OW)`` and is overwritten.
+    ``cols`` is a scratch buffer of at least ``M*kD*kH*kW * D*H*W`` elements; ``out`` is
+    ``(N, M, OD, OH, OW)`` and is overwritten.
     """
     n_images, channels, in_d, in_h, in_w = x.shape
     n_out = out.shape[1]
-    taps = geom[0] * geom[1] * geom[2]
     c_group = channels // group
     rows_group = wt.shape[1]
     plane = in_d * in_h * in_w
-    cols = np.empty((n_out * taps, plane), dtype=x.dtype)
+    stacked_cols = cols[:group * rows_group * plane].reshape(group, rows_group, plane)
     has_bias = bias.shape[0] > 0
     for n in range(n_images):
-        x2 = x[n].reshape(channels, plane)
+        stacked_x = x[n].reshape(group, c_group, plane)
         for g in range(group):
-            np.dot(wt[g], x2[g * c_group:(g + 1) * c_group], cols[g * rows_group:(g + 1) * rows_group])
+            np.dot(wt[g], stacked_x[g], stacked_cols[g])
         image = out[n]
         for m in range(n_out):
             image[m] = bias[m] if has_bias else 0
-        col2im(cols, geom, in_d, in_h, in_w, image)
+        col2im(stacked_cols.reshape(group * rows_group, plane), geom, in_d, in_h, in_w, image)

@@ -1,9 +1,12 @@
 """Pooling kernels on the canonical layout ``(planes, D, H, W)``, one plane per (image, channel).
 
 ``geom`` is the int64 vector ``[kD, kH, kW, sD, sH, sW, dD, dH, dW, pD, pH, pW]`` shared with the
-convolution kernels (``pD..pW`` pad the start of each axis). Taps that fall in padding are skipped;
-the windowed kernels walk output rows and add one shifted input row per tap, so the innermost loop
-is a plain strided sweep that LLVM vectorizes.
+convolution kernels (``pD..pW`` pad the start of each axis). Taps that fall in padding are skipped.
+
+The windowed kernels are separable: for each output row they first reduce the window's input rows
+into one full-width row (contiguous, vectorized), then reduce that row across the window's columns
+(one shifted, possibly strided, sweep per column tap). Inner loops index slices from 0, which lets
+LLVM drop Numba's negative-index checks and vectorize.
 """
 import numpy as np
 from numba import njit, prange
@@ -27,11 +30,13 @@ def max_pool(x, geom, out):
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
     for p in prange(planes):
+        rows_max = np.empty(width, dtype=x.dtype)
         for a in range(out_d):
             for b in range(out_h):
                 row = out[p, a, b]
-                for o in range(out_w):
-                    row[o] = -np.inf
+                row[:] = -np.inf
+                rows_max[:] = -np.inf
+                empty = True
                 for i in range(kd):
                     zd = a * sd - pd + i * dd
                     if zd < 0 or zd >= depth:
@@ -40,14 +45,31 @@ def max_pool(x, geom, out):
                         zh = b * sh - ph + j * dh
                         if zh < 0 or zh >= height:
                             continue
+                        empty = False
                         src = x[p, zd, zh]
-                        for l in range(kw):
-                            off_w = l * dw - pw
-                            lo, hi = _valid_range(off_w, sw, width, out_w)
-                            for o in range(lo, hi):
-                                v = src[o * sw + off_w]
-                                if v > row[o]:
-                                    row[o] = v
+                        for t in range(width):
+                            if src[t] > rows_max[t]:
+                                rows_max[t] = src[t]
+                if empty:
+                    continue
+                for l in range(kw):
+                    off_w = l * dw - pw
+                    lo, hi = _valid_range(off_w, sw, width, out_w)
+                    count = hi - lo
+                    if count <= 0:
+                        continue
+                    dst = row[lo:hi]
+                    start = lo * sw + off_w
+                    if sw == 1:
+                        src = rows_max[start:start + count]
+                        for t in range(count):
+                            if src[t] > dst[t]:
+                                dst[t] = src[t]
+                    else:
+                        strided = rows_max[start:start + (count - 1) * sw + 1:sw]
+                        for t in range(count):
+                            if strided[t] > dst[t]:
+                                dst[t] = strided[t]
 
 
 @njit(cache=True, parallel=True)
@@ -125,12 +147,21 @@ def sum_pool(x, geom, pads_end, mode, p, count_include_pad, out):
     count_h = _tap_counts(out_h, height, kh, sh, dh, ph, pads_end[1], include)
     count_w = _tap_counts(out_w, width, kw, sw, dw, pw, pads_end[2], include)
     inv_p = 1.0 / p
+    # Divisors in the output type, so the final divide is one vectorized float sweep per row.
+    divisor_w = np.empty(out_w, dtype=out.dtype)
+    for t in range(out_w):
+        divisor_w[t] = count_w[t]
+    divisor_dh = np.empty((out_d, out_h), dtype=out.dtype)
+    for a in range(out_d):
+        for b in range(out_h):
+            divisor_dh[a, b] = count_d[a] * count_h[b]
     for q in prange(planes):
+        rows_sum = np.empty(width, dtype=x.dtype)
         for a in range(out_d):
             for b in range(out_h):
                 row = out[q, a, b]
-                for o in range(out_w):
-                    row[o] = 0
+                row[:] = 0
+                rows_sum[:] = 0
                 for i in range(kd):
                     zd = a * sd - pd + i * dd
                     if zd < 0 or zd >= depth:
@@ -140,29 +171,40 @@ def sum_pool(x, geom, pads_end, mode, p, count_include_pad, out):
                         if zh < 0 or zh >= height:
                             continue
                         src = x[q, zd, zh]
-                        for l in range(kw):
-                            off_w = l * dw - pw
-                            lo, hi = _valid_range(off_w, sw, width, out_w)
-                            if mode == MODE_AVERAGE:
-                                for o in range(lo, hi):
-                                    row[o] += src[o * sw + off_w]
-                            elif p == 2:
-                                for o in range(lo, hi):
-                                    v = src[o * sw + off_w]
-                                    row[o] += v * v
-                            else:
-                                for o in range(lo, hi):
-                                    row[o] += np.abs(src[o * sw + off_w]) ** p
+                        if mode == MODE_AVERAGE:
+                            for t in range(width):
+                                rows_sum[t] += src[t]
+                        elif p == 2:
+                            for t in range(width):
+                                rows_sum[t] += src[t] * src[t]
+                        else:
+                            for t in range(width):
+                                rows_sum[t] += np.abs(src[t]) ** p
+                for l in range(kw):
+                    off_w = l * dw - pw
+                    lo, hi = _valid_range(off_w, sw, width, out_w)
+                    count = hi - lo
+                    if count <= 0:
+                        continue
+                    dst = row[lo:hi]
+                    start = lo * sw + off_w
+                    if sw == 1:
+                        src = rows_sum[start:start + count]
+                        for t in range(count):
+                            dst[t] += src[t]
+                    else:
+                        strided = rows_sum[start:start + (count - 1) * sw + 1:sw]
+                        for t in range(count):
+                            dst[t] += strided[t]
                 if mode == MODE_AVERAGE:
-                    plane_count = count_d[a] * count_h[b]
-                    for o in range(out_w):
-                        row[o] = row[o] / (plane_count * count_w[o])
+                    for t in range(out_w):
+                        row[t] = row[t] / (divisor_dh[a, b] * divisor_w[t])
                 elif p == 2:
-                    for o in range(out_w):
-                        row[o] = np.sqrt(row[o])
+                    for t in range(out_w):
+                        row[t] = np.sqrt(row[t])
                 elif p != 1:
-                    for o in range(out_w):
-                        row[o] = row[o] ** inv_p
+                    for t in range(out_w):
+                        row[t] = row[t] ** inv_p
 
 
 @njit(cache=True, parallel=True)

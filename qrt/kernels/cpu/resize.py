@@ -144,9 +144,23 @@ def interpolation_taps(coords, in_len, kind, filter_scale, cubic_a, exclude_outs
 
 @njit(cache=True, parallel=True)
 def resample_axis(x, index, weight, out):
-    """``out[o, j, :] = sum_t weight[j, t] * x[o, index[j, t], :]`` for ``x`` (outer, in_len, inner)."""
+    """``out[o, j, :] = sum_t weight[j, t] * x[o, index[j, t], :]`` for ``x`` (outer, in_len, inner).
+
+    When the axis is the last one (inner == 1) each output is a short dot product, computed in a
+    register; otherwise taps add whole contiguous inner rows.
+    """
     outer, _, inner = x.shape
     out_len, taps = index.shape
+    if inner == 1:
+        for o in prange(outer):
+            src = x[o, :, 0]
+            dst = out[o, :, 0]
+            for j in range(out_len):
+                total = 0.0
+                for t in range(taps):
+                    total += weight[j, t] * src[index[j, t]]
+                dst[j] = total
+        return
     for task in prange(outer * out_len):
         o = task // out_len
         j = task % out_len
