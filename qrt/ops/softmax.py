@@ -51,13 +51,13 @@ def _rounding(dtype):
     return k.ROUND_NONE
 
 
-def _run_softmax(x, layout, log):
+def _run_softmax(x, layout, log, strided_sum=False):
     rounding = _rounding(x.dtype)
     if rounding != k.ROUND_NONE and len(layout) == 3:
         # Narrow types take the rounded row kernel: move the axis last, then move it back.
         outer, n, inner = layout
         moved = np.ascontiguousarray(x.reshape(layout).transpose(0, 2, 1))
-        result = _run_softmax(moved, (outer * inner, n), log)
+        result = _run_softmax(moved, (outer * inner, n), log, strided_sum=True)
         return np.ascontiguousarray(result.reshape(outer, inner, n).transpose(0, 2, 1)).reshape(x.shape)
     work = _work(x)
     out = np.empty(x.shape, dtype=work.dtype)
@@ -67,7 +67,10 @@ def _run_softmax(x, layout, log):
             if work.size >= k.PARALLEL_MIN_ELEMENTS and layout[0] > 1 and rounding == k.ROUND_NONE:
                 k.softmax_rows_parallel(x2, out2, log)
             else:
-                k.softmax_rows(x2, out2, log, rounding)
+                # numpy sums float16 in float32 along a contiguous axis but in float16 along a
+                # strided one, and bfloat16 always in bfloat16; the reference results follow suit.
+                sequential = rounding == k.ROUND_BFLOAT16 or strided_sum
+                k.softmax_rows(x2, out2, log, rounding, sequential)
         else:
             k.softmax_strided(work.reshape(layout), out.reshape(layout), log)
     return out if out.dtype == x.dtype else out.astype(x.dtype)

@@ -145,7 +145,8 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(batch + (m, n), dtype=work)
     if b2.ndim == 2:
         # A stack of rows times one matrix is one 2-D product over all rows (linear layers).
-        _product_2d(a2.reshape(-1, k), b2, out.reshape(-1, n))
+        rows = int(np.prod(a2.shape[:-1], dtype=np.int64))
+        _product_2d(a2.reshape(rows, k), b2, out.reshape(rows, n))
     else:
         _batched(a2, b2, batch, out)
 

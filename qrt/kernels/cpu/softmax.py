@@ -185,8 +185,12 @@ def _softmax_row(x, out, log):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _softmax_row_rounded(x, out, log, rounding):
-    """The float16/bfloat16 formula: exp(x - max) / sum, log of that, each step rounded."""
+def _softmax_row_rounded(x, out, log, rounding, sequential_sum):
+    """The float16/bfloat16 formula: exp(x - max) / sum, log of that, each step rounded.
+
+    The sum is rounded once (float32 accumulation, as numpy sums a contiguous float16 axis) or,
+    with ``sequential_sum``, after every addition (bfloat16, or numpy summing a strided axis).
+    """
     n = x.shape[0]
     if n == 0:
         return
@@ -194,8 +198,7 @@ def _softmax_row_rounded(x, out, log, rounding):
     for i in range(n):
         out[i] = round_to(fast_exp(round_to(x[i] - m, rounding)), rounding)
     total = x.dtype.type(0.0)
-    if rounding == ROUND_BFLOAT16:
-        # bfloat16 sums accumulate in bfloat16, one rounding per addition.
+    if sequential_sum:
         for i in range(n):
             total = round_to(total + out[i], rounding)
     else:
@@ -208,12 +211,12 @@ def _softmax_row_rounded(x, out, log, rounding):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def softmax_rows(x, out, log, rounding):
+def softmax_rows(x, out, log, rounding, sequential_sum):
     for r in range(x.shape[0]):
         if rounding == ROUND_NONE:
             _softmax_row(x[r], out[r], log)
         else:
-            _softmax_row_rounded(x[r], out[r], log, rounding)
+            _softmax_row_rounded(x[r], out[r], log, rounding, sequential_sum)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
