@@ -234,8 +234,21 @@ class _Binary(Op):
         _check_pairs((("A", A_scale, A_zero_point), ("B", B_scale, B_zero_point), ("C", C_scale, C_zero_point)),
                      InvalidArgument, A.dtype)
         qmin, qmax = qbounds(A.dtype)
-        return (np.int32(scalar_int(A_zero_point)), np.int32(scalar_int(B_zero_point)),
-                np.float32(scalar_int(C_zero_point)), np.float32(qmin), np.float32(qmax))
+        shift = 128 if A.dtype == np.int8 else 0
+        return (np.int32(scalar_int(A_zero_point) + shift), np.int32(scalar_int(B_zero_point) + shift),
+                np.float32(scalar_int(C_zero_point) + shift), np.float32(qmin + shift), np.float32(qmax + shift))
+
+    @staticmethod
+    def _operands(A, B):
+        """Both inputs as flat uint8 views of the output shape (the smaller one broadcast by copying)."""
+        try:
+            shape = np.broadcast_shapes(A.shape, B.shape)
+        except ValueError:
+            raise InvalidArgument(f"shapes {list(A.shape)} and {list(B.shape)} do not broadcast") from None
+        a = np.ascontiguousarray(np.broadcast_to(A, shape)).view(np.uint8).reshape(-1)
+        b = np.ascontiguousarray(np.broadcast_to(B, shape)).view(np.uint8).reshape(-1)
+        out = np.empty(shape, A.dtype)
+        return a, b, out
 
 
 @register("QLinearAdd", 1, domain=MS)
@@ -246,7 +259,9 @@ class QLinearAdd(_Binary):
         za, zb, zc, lo, hi = self._params(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point)
         ratio_a = np.float32(_scalar(A_scale) / _scalar(C_scale))
         ratio_b = np.float32(_scalar(B_scale) / _scalar(C_scale))
-        return call(kq.qadd, A, B, za, zb, ratio_a, ratio_b, zc, lo, hi, dtype=A.dtype)
+        a, b, out = self._operands(A, B)
+        kq.qadd(a, b, np.uint8(flip_of(A.dtype)), za, zb, ratio_a, ratio_b, zc, lo, hi, out.reshape(-1).view(np.uint8))
+        return out
 
 
 @register("QLinearMul", 1, domain=MS)
@@ -256,7 +271,9 @@ class QLinearMul(_Binary):
     def run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point=None):
         za, zb, zc, lo, hi = self._params(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point)
         ratio = np.float32(_scalar(A_scale) * _scalar(B_scale) / _scalar(C_scale))
-        return call(kq.qmul, A, B, za, zb, ratio, zc, lo, hi, dtype=A.dtype)
+        a, b, out = self._operands(A, B)
+        kq.qmul(a, b, np.uint8(flip_of(A.dtype)), za, zb, ratio, zc, lo, hi, out.reshape(-1).view(np.uint8))
+        return out
 
 
 class _TableOp(Op):
@@ -472,8 +489,13 @@ class QLinearConcat(Op):
                 parts.append(x)
             else:
                 ratio = np.float32(np.float32(_scalar(sx)) / sy)
-                parts.append(call(kq.requantize, x, np.int32(scalar_int(zx)), ratio, np.float32(zy),
-                                  np.float32(qmin), np.float32(qmax), dtype=dtype))
+                shift = 128 if dtype == np.int8 else 0
+                flat = np.ascontiguousarray(x).view(np.uint8).reshape(-1)
+                part = np.empty(x.shape, dtype)
+                kq.requantize(flat, np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift), ratio,
+                              np.float32(zy + shift), np.float32(qmin + shift), np.float32(qmax + shift),
+                              part.reshape(-1).view(np.uint8))
+                parts.append(part)
         rank = parts[0].ndim
         if not -rank <= self.axis < rank:
             raise InvalidArgument(f"axis={self.axis} is out of range for rank {rank}")

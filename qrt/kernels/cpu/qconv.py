@@ -5,10 +5,13 @@ Every spatial rank is canonicalised to three spatial dims (D, H, W), so one comp
 into a padded byte buffer ``(N, G, Dp, Hp, Wp, Cgp)``: int8 data gets its sign bit flipped (so it is
 uint8 with zero point ``zx + 128``), borders hold the zero point (a padded input contributes
 ``zx - zx = 0``), and the channel count of a group is rounded up to a multiple of 4 with zero
-bytes whose weights are zero too. A receptive field is then ``kd*kh*kw`` runs of ``Cgp`` contiguous
-bytes: the im2col rows are plain copies, built inside each GEMM task for the rows it multiplies
-(while they are in cache), and 1x1 stride-1 convolutions use the buffer as the GEMM operand
-directly. Results are written channels first, ``out[n, co, position]``.
+bytes whose weights are zero too.
+
+The convolution is then an implicit GEMM: no im2col matrix is built. A GEMM row is an output
+position, and the k-th group of 4 bytes of its receptive field lies at a fixed offset ``koff[k]``
+from the position's first input byte (tap offset plus channel offset, the same for every position),
+so the micro-kernel reads the padded input in place. A tile is up to MR positions of one output
+row, ``sw * Cgp`` bytes apart. Results are written channels first, ``out[n, co, position]``.
 
 Grouped convolutions with one input channel per group (depthwise) skip the GEMM: a direct kernel
 walks the input once per output channel.
@@ -18,30 +21,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .qgemm import (_EMPTY_F32, _EMPTY_I32, _EMPTY_U8, _MR_MAX, _epilogue, microkernel, split_work,
-                    tag_for)
+from .qgemm import _MR_MAX, _epilogue, microkernel, tag_for
 
 
 @njit(cache=True, parallel=True)
-def qconv(tag, xp, OD, OH, OW, kd, kh, kw, sd, sh, sw, dd, dh, dw, za, need_rowsum,
-          bp, Kp, K, N, nr, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax, fscale, fbias,
-          out_q, out_i, out_f, mc, n_groups):
-    """All images of a convolution; ``xp`` is the padded channels-last buffer (module doc).
+def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, za, need_rowsum, bp, Kp, K, N, nr, col_sum, col_zb, col_bias,
+          mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, lines_per_task, n_groups):
+    """All images of a convolution over the padded channels-last buffer ``xp`` (module doc).
 
-    Row ``p`` of image ``img``'s GEMM is output position p; its ``Kp = kd*kh*kw*Cgp`` bytes are the
-    receptive field in (tap, channel) order. Group g's weights are panels ``g*n_panels ...`` of
-    ``bp``; ``col_*``, ``mult``, ``fscale``, ``fbias`` are (G, N); ``out_*`` are (images, G*N, P).
+    Group g's weights are panels ``g*n_panels ...`` of ``bp``; ``col_*``, ``mult``, ``fscale``,
+    ``fbias`` are (G, N); ``out_*`` are (images, G*N, P). A task is ``lines_per_task`` output rows
+    of one image and group, times one of ``n_groups`` groups of weight panels.
     """
     n_img, G, Dp, Hp, Wp, Cgp = xp.shape
-    P = OD * OH * OW
     n_panels = (N + nr - 1) // nr
-    n_chunks = (P + mc - 1) // mc
+    lines = OD * OH
+    n_chunks = (lines + lines_per_task - 1) // lines_per_task
     k4 = Kp // 4
     per_group = (n_panels + n_groups - 1) // n_groups
-    direct = (kd == 1 and kh == 1 and kw == 1 and sd == 1 and sh == 1 and sw == 1 and Dp == OD
-              and Hp == OH and Wp == OW)
     flat = xp.reshape(-1)
     group_stride = Dp * Hp * Wp * Cgp
+    lda = sw * Cgp
     per_image = G * n_chunks * n_groups
     for task in prange(n_img * per_image):
         img = task // per_image
@@ -50,65 +50,49 @@ def qconv(tag, xp, OD, OH, OW, kd, kh, kw, sd, sh, sw, dd, dh, dw, za, need_rows
         rest = rest - g * (n_chunks * n_groups)
         chunk = rest // n_groups
         pgroup = rest - chunk * n_groups
-        m_start = chunk * mc
-        m_end = min(P, m_start + mc)
-        rows_here = m_end - m_start
-        tile = np.empty(_MR_MAX * nr, np.int32)
-        row_za = np.full(rows_here, za, np.int32)
-        row_t = np.zeros(rows_here, np.int32)
+        line_start = chunk * lines_per_task
+        line_end = min(lines, line_start + lines_per_task)
+        tile = np.empty((_MR_MAX, nr), np.int32)
+        stage_q = np.empty((_MR_MAX if mode == 1 else 0, nr), np.uint8)
+        stage_i = np.empty((_MR_MAX if mode == 0 else 0, nr), np.int32)
+        stage_f = np.empty((_MR_MAX if mode == 2 else 0, nr), np.float32)
+        count = (line_end - line_start) * OW
+        row_za = np.full(count, za, np.int32)
+        row_t = np.zeros(count, np.int32)
         src_base = (img * G + g) * group_stride
-        if direct:
-            a = flat
-            a_base = src_base + m_start * Cgp
-            lda = Cgp
-            if need_rowsum:
-                for r in range(rows_here):
-                    s = 0
-                    off = a_base + r * lda
-                    for c in range(Cgp):
-                        s += np.int32(flat[off + c])
-                    row_t[r] = np.int32(s - K * za)
-        else:
-            a = np.empty(rows_here * Kp, np.uint8)
-            a_base = 0
-            lda = Kp
-            for r in range(rows_here):
-                p = m_start + r
-                od = p // (OH * OW)
-                rem = p - od * (OH * OW)
-                oh = rem // OW
-                ow = rem - oh * OW
-                dst = r * Kp
-                for i in range(kd):
-                    for j in range(kh):
-                        src_row = src_base + (((od * sd + i * dd) * Hp + oh * sh + j * dh) * Wp
-                                              + ow * sw) * Cgp
-                        for l in range(kw):
-                            src = src_row + l * dw * Cgp
-                            for c in range(Cgp):
-                                a[dst + c] = flat[src + c]
-                            dst += Cgp
-                for c in range(dst, (r + 1) * Kp):
-                    a[c] = 0
-                if need_rowsum:
-                    s = 0
-                    for c in range(r * Kp, (r + 1) * Kp):
-                        s += np.int32(a[c])
-                    row_t[r] = np.int32(s - K * za)
+        if need_rowsum:
+            for r in range(count):
+                line = line_start + r // OW
+                od = line // OH
+                oh = line - od * OH
+                ow = r - (r // OW) * OW
+                start = src_base + ((od * sd * Hp + oh * sh) * Wp + ow * sw) * Cgp
+                s = 0
+                for kk in range(k4):
+                    at = start + koff[kk]
+                    s += np.int32(flat[at]) + np.int32(flat[at + 1]) + np.int32(flat[at + 2]) + np.int32(flat[at + 3])
+                row_t[r] = np.int32(s - K * za)
         oq = out_q[img] if mode == 1 else out_q[0]
         oi = out_i[img] if mode == 0 else out_i[0]
         of = out_f[img] if mode == 2 else out_f[0]
         for pn in range(pgroup * per_group, min(n_panels, (pgroup + 1) * per_group)):
             n0 = pn * nr
-            cols = min(nr, N - n0)
-            m0 = m_start
-            while m0 < m_end:
-                rows = microkernel(tag, a, a_base + (m0 - m_start) * lda, lda, bp,
-                                   (g * n_panels + pn) * k4 * nr * 4, k4, tile, m_end - m0)
-                _epilogue(tile, nr, rows, cols, row_za, row_t, m0 - m_start, n0, col_sum[g],
-                          col_zb[g], col_bias[g], mode, mult[g], zy, qmin, qmax, fscale[g], fbias[g],
-                          oq, oi, of, True, m0, g * N)
-                m0 += rows
+            n1 = min(N, n0 + nr)
+            cs, czb, cb = col_sum[g, n0:n1], col_zb[g, n0:n1], col_bias[g, n0:n1]
+            cm, cf, cfb = mult[g, n0:n1], fscale[g, n0:n1], fbias[g, n0:n1]
+            b_off = (g * n_panels + pn) * k4 * nr * 4
+            for line in range(line_start, line_end):
+                od = line // OH
+                oh = line - od * OH
+                line_base = src_base + (od * sd * Hp + oh * sh) * Wp * Cgp
+                r_line = (line - line_start) * OW
+                ow = 0
+                while ow < OW:
+                    rows = microkernel(tag, flat, line_base + ow * lda, lda, bp, b_off, koff, k4, tile, OW - ow)
+                    _epilogue(tile, rows, n1 - n0, row_za, row_t, r_line + ow, cs, czb, cb, mode, cm, zy, qmin,
+                              qmax, cf, cfb, oq, oi, of, True, line * OW + ow, g * N + n0, stage_q, stage_i,
+                              stage_f)
+                    ow += rows
 
 
 @njit(cache=True, parallel=True)
@@ -116,22 +100,23 @@ def to_padded_nhwc(x, flip, pads_begin, out):
     """(N, C, D, H, W) bytes into the interior of ``out`` (N, G, Dp, Hp, Wp, Cgp), xor ``flip``.
 
     ``out`` arrives with the borders filled with the zero point and the padding channels zeroed.
+    One task per input row (image, group, d, h), channels innermost so each output run is written
+    once while the C input rows it reads stay in cache.
     """
     n_img, C, D, H, W = x.shape
     G = out.shape[1]
     Cg = C // G
     pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
-    for row in prange(n_img * C * D * H):
-        img = row // (C * D * H)
-        rest = row - img * (C * D * H)
-        c = rest // (D * H)
-        rest = rest - c * (D * H)
+    for row in prange(n_img * G * D * H):
+        img = row // (G * D * H)
+        rest = row - img * (G * D * H)
+        g = rest // (D * H)
+        rest = rest - g * (D * H)
         d = rest // H
         h = rest - d * H
-        g = c // Cg
-        cc = c - g * Cg
         for w in range(W):
-            out[img, g, d + pd, h + ph, w + pw, cc] = x[img, c, d, h, w] ^ flip
+            for cc in range(Cg):
+                out[img, g, d + pd, h + ph, w + pw, cc] = x[img, g * Cg + cc, d, h, w] ^ flip
 
 
 @njit(cache=True, parallel=True)
@@ -193,16 +178,27 @@ def depthwise(x, flip, za, w, bias, OD, OH, OW, kd, kh, kw, sd, sh, sw, dd, dh, 
                     out_f[img, co, p] = np.float32(v32) * fscale[co] + fbias[co]
 
 
-_EMPTY3 = {np.dtype(np.uint8): np.zeros((1, 0, 0), np.uint8), np.dtype(np.int32): np.zeros((1, 0, 0), np.int32),
-           np.dtype(np.float32): np.zeros((1, 0, 0), np.float32)}
-
 
 def _outputs3(mode, out):
     if mode == 1:
-        return out, _EMPTY3[np.dtype(np.int32)], _EMPTY3[np.dtype(np.float32)]
+        return out, _EMPTY_I, _EMPTY_F
     if mode == 0:
-        return _EMPTY3[np.dtype(np.uint8)], out, _EMPTY3[np.dtype(np.float32)]
-    return _EMPTY3[np.dtype(np.uint8)], _EMPTY3[np.dtype(np.int32)], out
+        return _EMPTY_Q, out, _EMPTY_F
+    return _EMPTY_Q, _EMPTY_I, out
+
+
+_EMPTY_Q = np.zeros((1, 0, 0), np.uint8)
+_EMPTY_I = np.zeros((1, 0, 0), np.int32)
+_EMPTY_F = np.zeros((1, 0, 0), np.float32)
+
+
+def receptive_offsets(kernel, dilations, Hp, Wp, cgp):
+    """``koff``: byte offset of each 4-byte group of a receptive field from its first byte."""
+    kd, kh, kw = kernel
+    dd, dh, dw = dilations
+    taps = (np.arange(kd)[:, None, None] * dd * Hp * Wp + np.arange(kh)[None, :, None] * dh * Wp
+            + np.arange(kw)[None, None, :] * dw).reshape(-1) * cgp
+    return (taps[:, None] + np.arange(0, cgp, 4)[None, :]).reshape(-1).astype(np.int64)
 
 
 def conv(x5, x_flip, zx, packed, geometry, epi, out3):
@@ -212,32 +208,41 @@ def conv(x5, x_flip, zx, packed, geometry, epi, out3):
     ``(group, (kd, kh, kw), strides, dilations, pads_begin, pads_end, (OD, OH, OW), Cgp)``;
     ``out3`` is (N, Cout, OD*OH*OW) of the epilogue's dtype (uint8 view for 8-bit outputs).
     """
+    import numba
     group, kernel, strides, dilations, pads_begin, pads_end, out_spatial, cgp = geometry
     n_img, C, D, H, W = x5.shape
     Cg = C // group
+    OD, OH, OW = out_spatial
+    if n_img == 0 or OD * OH * OW == 0 or packed.N == 0:
+        return out3
     Dp = D + pads_begin[0] + pads_end[0]
     Hp = H + pads_begin[1] + pads_end[1]
     Wp = W + pads_begin[2] + pads_end[2]
-    # Positions no output reads (a stride that does not divide the padded size) still need bytes.
+    # A stride that does not divide the padded size leaves positions no output reads; they still need bytes.
     xp = np.full((n_img, group, Dp, Hp, Wp, cgp), zx, np.uint8)
     if cgp != Cg:
         xp[..., Cg:] = 0
-    if x5.size:
-        to_padded_nhwc(x5, np.uint8(x_flip), np.asarray(pads_begin, np.int64), xp)
-    OD, OH, OW = out_spatial
-    P = OD * OH * OW
-    if n_img == 0 or P == 0 or packed.N == 0:
-        return out3
+    to_padded_nhwc(x5, np.uint8(x_flip), np.asarray(pads_begin, np.int64), xp)
+    sd, sh, sw = strides
+    if tuple(kernel) == (1, 1, 1) and tuple(strides) == (1, 1, 1) and (Dp, Hp, Wp) == (OD, OH, OW):
+        # A 1x1 convolution is a plain GEMM over all positions: one long "row" tiles without breaks.
+        OD, OH, OW, Dp, Hp, Wp = 1, 1, OD * OH * OW, 1, 1, OD * OH * OW
+        xp = xp.reshape(n_img, group, 1, 1, OW, cgp)
+    koff = receptive_offsets(kernel, dilations, Hp, Wp, cgp)
     n_panels = (packed.N + packed.nr - 1) // packed.nr
-    mc, n_groups = split_work(P, n_panels, packed.Kp)
-    # Images and groups are tasks too: split panels only if they are not enough.
-    if n_img * group > 1:
-        n_groups = 1
+    threads = numba.get_num_threads()
+    lines = OD * OH
+    # About 64 output positions per task, and at least two tasks per thread when there is work for them.
+    lines_per_task = max(1, min(lines, -(-64 // OW)))
+    tasks = n_img * group * -(-lines // lines_per_task)
+    while lines_per_task > 1 and tasks < 2 * threads:
+        lines_per_task = max(1, lines_per_task // 2)
+        tasks = n_img * group * -(-lines // lines_per_task)
+    n_groups = 1 if tasks >= threads else min(n_panels, -(-2 * threads // tasks))
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
-    qconv(tag_for(packed.isa), xp, OD, OH, OW, *kernel, *strides, *dilations, int(zx),
-          packed.zb_nonzero, packed.data, packed.Kp, packed.K, packed.N, packed.nr, packed.col_sum,
-          packed.zb, epi.bias, epi.mode, epi.mult, epi.zy, epi.qmin, epi.qmax, epi.fscale, epi.fbias,
-          out_q, out_i, out_f, mc, n_groups)
+    qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, koff, int(zx), packed.zb_nonzero, packed.data,
+          packed.Kp, packed.K, packed.N, packed.nr, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy,
+          epi.qmin, epi.qmax, epi.fscale, epi.fbias, out_q, out_i, out_f, lines_per_task, n_groups)
     return out3
 
 

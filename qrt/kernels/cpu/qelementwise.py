@@ -3,9 +3,9 @@
 * Unary ops on 8-bit data (QLinearSigmoid, QLinearLeakyRelu) are a 256-entry lookup table:
   ``table[v] = quantize(f(dequantize(v)))`` computed once per (scale, zero point) set, then one
   gather per element. 8-bit data is indexed through its uint8 bit pattern.
-* Binary ops (QLinearAdd, QLinearMul) and requantization (QLinearConcat) are Numba ufuncs (numpy
-  supplies broadcasting) computing in float32 as onnxruntime does, rounding half to even and
-  saturating.
+* Binary ops (QLinearAdd, QLinearMul) and requantization (QLinearConcat) are flat loops over
+  operands the caller has broadcast to the output shape, computing in float32 as onnxruntime does,
+  rounding half to even and saturating.
 * Pooling and softmax work on integer sums of ``x - zero_point``, exact until the final scaling.
 """
 from __future__ import annotations
@@ -75,39 +75,47 @@ def divide_clamp(x, scale, lo, hi):
     return v
 
 
-@vectorize(cache=True)
-def qadd(a, b, za, zb, ratio_a, ratio_b, zc, qmin, qmax):
-    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32."""
-    v = np.float32(np.float32(a - za) * ratio_a + np.float32(b - zb) * ratio_b)
-    v = np.float32(np.rint(v)) + zc
-    if v < qmin:
-        v = qmin
-    elif v > qmax:
-        v = qmax
-    return v
+@njit(cache=True, parallel=True)
+def qadd(a, b, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 on flat byte arrays.
+
+    8-bit data arrives as uint8 bit patterns; ``flip`` (0x80 for int8) turns them into uint8 values,
+    and the zero points and bounds are given in that shifted domain.
+    """
+    n = out.size
+    chunk = 1 << 14
+    for c in prange((n + chunk - 1) // chunk):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            v = (np.float32(np.int32(a[i] ^ flip) - za) * ratio_a
+                 + np.float32(np.int32(b[i] ^ flip) - zb) * ratio_b)
+            v = np.float32(np.rint(v)) + zc
+            v = min(max(v, qmin), qmax)
+            out[i] = np.uint8(np.int32(v)) ^ flip
 
 
-@vectorize(cache=True)
-def qmul(a, b, za, zb, ratio, zc, qmin, qmax):
-    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32."""
-    v = np.float32(np.float32(np.int32(a - za) * np.int32(b - zb)) * ratio)
-    v = np.float32(np.rint(v)) + zc
-    if v < qmin:
-        v = qmin
-    elif v > qmax:
-        v = qmax
-    return v
+@njit(cache=True, parallel=True)
+def qmul(a, b, flip, za, zb, ratio, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32; layout as :func:`qadd`."""
+    n = out.size
+    chunk = 1 << 14
+    for c in prange((n + chunk - 1) // chunk):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            v = np.float32((np.int32(a[i] ^ flip) - za) * (np.int32(b[i] ^ flip) - zb)) * ratio
+            v = np.float32(np.rint(v)) + zc
+            v = min(max(v, qmin), qmax)
+            out[i] = np.uint8(np.int32(v)) ^ flip
 
 
-@vectorize(cache=True)
-def requantize(x, zx, ratio, zy, qmin, qmax):
-    """``saturate(rint((x - zx) * sx/sy) + zy)`` in float32 (change of scale and zero point)."""
-    v = np.float32(np.rint(np.float32(x - zx) * ratio)) + zy
-    if v < qmin:
-        v = qmin
-    elif v > qmax:
-        v = qmax
-    return v
+@njit(cache=True, parallel=True)
+def requantize(x, flip, zx, ratio, zy, qmin, qmax, out):
+    """``saturate(rint((x - zx) * sx/sy) + zy)`` in float32: a change of scale and zero point."""
+    n = out.size
+    chunk = 1 << 14
+    for c in prange((n + chunk - 1) // chunk):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            v = np.float32(np.rint(np.float32(np.int32(x[i] ^ flip) - zx) * ratio)) + zy
+            v = min(max(v, qmin), qmax)
+            out[i] = np.uint8(np.int32(v)) ^ flip
 
 
 @vectorize(cache=True)

@@ -132,7 +132,7 @@ def _load(builder, base, byte_offset, ty):
     return builder.load(ptr, align=1)
 
 
-def _emit_vnni(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
+def _emit_vnni(builder, a_ptr, lda, b_ptr, koff_ptr, k4, tile_ptr, mr):
     nr, nvec = 32, 2
     v16 = ir.VectorType(_I32, 16)
     v64 = ir.VectorType(_I8, 64)
@@ -144,9 +144,10 @@ def _emit_vnni(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
     def step(kk, accs):
         b_row = builder.mul(kk, _const(nr * 4))
         bvecs = [_load(builder, b_ptr, builder.add(b_row, _const(64 * j)), v64) for j in range(nvec)]
+        k_off = builder.load(builder.gep(koff_ptr, [kk]), align=8)
         out = []
         for i in range(mr):
-            a = _load(builder, a_ptr, builder.add(row_offsets[i], builder.mul(kk, _const(4))), _I32)
+            a = _load(builder, a_ptr, builder.add(row_offsets[i], k_off), _I32)
             splat = builder.insert_element(ir.Constant(v16, ir.Undefined), a, _const(0, _I32))
             splat = builder.shuffle_vector(splat, ir.Constant(v16, ir.Undefined), ir.Constant(v16, None))
             splat = builder.bitcast(splat, v64)
@@ -161,7 +162,7 @@ def _emit_vnni(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
             builder.store(accs[i * nvec + j], builder.gep(tile, [_const(i * nvec + j)]), align=4)
 
 
-def _emit_avx2(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
+def _emit_avx2(builder, a_ptr, lda, b_ptr, koff_ptr, k4, tile_ptr, mr):
     nr = 8
     v8 = ir.VectorType(_I32, 8)
     w16 = ir.VectorType(_I16, 16)
@@ -181,8 +182,9 @@ def _emit_avx2(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
         b_hi = builder.sext(builder.shuffle_vector(b, ir.Constant(b32, ir.Undefined), hi_mask), w16)
         out = []
         v4 = ir.VectorType(_I8, 4)
+        k_off = builder.load(builder.gep(koff_ptr, [kk]), align=8)
         for i in range(mr):
-            a = _load(builder, a_ptr, builder.add(row_offsets[i], builder.mul(kk, _const(4))), v4)
+            a = _load(builder, a_ptr, builder.add(row_offsets[i], k_off), v4)
             a = builder.zext(a, ir.VectorType(_I16, 4))
             a = builder.shuffle_vector(a, ir.Constant(ir.VectorType(_I16, 4), ir.Undefined), splat4)
             out.append(builder.add(accs[2 * i], builder.call(pmaddwd, [a, b_lo])))
@@ -202,17 +204,19 @@ def _emit_avx2(builder, a_ptr, lda, b_ptr, k4, tile_ptr, mr):
 
 def _make_microkernel(emit, mr):
     @intrinsic
-    def microkernel(typingctx, a, a_off, lda, bp, b_off, k4, tile):
-        sig = types.void(a, a_off, lda, bp, b_off, k4, tile)
+    def microkernel(typingctx, a, a_off, lda, bp, b_off, koff, k4, tile):
+        sig = types.void(a, a_off, lda, bp, b_off, koff, k4, tile)
 
         def codegen(context, builder, signature, args):
-            a_v, a_off_v, lda_v, bp_v, b_off_v, k4_v, tile_v = args
+            a_v, a_off_v, lda_v, bp_v, b_off_v, koff_v, k4_v, tile_v = args
             a_arr = context.make_array(signature.args[0])(context, builder, a_v)
             b_arr = context.make_array(signature.args[3])(context, builder, bp_v)
-            t_arr = context.make_array(signature.args[6])(context, builder, tile_v)
+            k_arr = context.make_array(signature.args[5])(context, builder, koff_v)
+            t_arr = context.make_array(signature.args[7])(context, builder, tile_v)
             a_ptr = builder.gep(builder.bitcast(a_arr.data, _I8.as_pointer()), [a_off_v])
             b_ptr = builder.gep(builder.bitcast(b_arr.data, _I8.as_pointer()), [b_off_v])
-            emit(builder, a_ptr, lda_v, b_ptr, k4_v, builder.bitcast(t_arr.data, _I32.as_pointer()), mr)
+            emit(builder, a_ptr, lda_v, b_ptr, builder.bitcast(k_arr.data, _I64.as_pointer()), k4_v,
+                 builder.bitcast(t_arr.data, _I32.as_pointer()), mr)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -227,74 +231,74 @@ _avx2_6, _avx2_4, _avx2_2, _avx2_1 = (_mk_avx2[m] for m in (6, 4, 2, 1))
 
 
 @njit(cache=True, inline="always")
-def _mk_generic(a, a_off, lda, bp, b_off, k4, tile, mr):
+def _mk_generic(a, a_off, lda, bp, b_off, koff, k4, tile, mr):
     nr = 16
     for i in range(mr):
         row = a_off + i * lda
+        acc = tile[i]
         for j in range(nr):
-            tile[i * nr + j] = 0
+            acc[j] = 0
         for kk in range(k4):
-            a0 = np.int32(a[row + 4 * kk])
-            a1 = np.int32(a[row + 4 * kk + 1])
-            a2 = np.int32(a[row + 4 * kk + 2])
-            a3 = np.int32(a[row + 4 * kk + 3])
-            bo = b_off + kk * nr * 4
+            src = row + koff[kk]
+            a0 = np.int32(a[src])
+            a1 = np.int32(a[src + 1])
+            a2 = np.int32(a[src + 2])
+            a3 = np.int32(a[src + 3])
+            bk = bp[b_off + kk * nr * 4:b_off + (kk + 1) * nr * 4]
             for j in range(nr):
-                tile[i * nr + j] += (a0 * np.int32(bp[bo + 4 * j]) + a1 * np.int32(bp[bo + 4 * j + 1])
-                                     + a2 * np.int32(bp[bo + 4 * j + 2]) + a3 * np.int32(bp[bo + 4 * j + 3]))
+                acc[j] += (a0 * np.int32(bk[4 * j]) + a1 * np.int32(bk[4 * j + 1]) + a2 * np.int32(bk[4 * j + 2])
+                           + a3 * np.int32(bk[4 * j + 3]))
 
 
-def microkernel(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
-    """Computes raw products for up to ``rows`` rows into ``tile``; returns how many rows it did."""
+def microkernel(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
+    """Raw products of up to ``rows`` rows into ``tile``; returns how many rows it did.
+
+    Row i, step kk reads the 4 bytes at ``a[a_off + i * lda + koff[kk]]``: ``koff`` is
+    ``4 * kk`` for a plain matrix and the receptive-field offsets for an implicit convolution.
+    """
     raise TypeError("microkernel is only callable from Numba code")
 
 
 @overload(microkernel, inline="always")
-def _microkernel_impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+def _microkernel_impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
     dtype = tag.dtype
     if dtype == types.int8:
-        def impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+        def impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
             if rows >= 8:
-                _vnni8(a, a_off, lda, bp, b_off, k4, tile)
+                _vnni8(a, a_off, lda, bp, b_off, koff, k4, tile)
                 return 8
             if rows >= 4:
-                _vnni4(a, a_off, lda, bp, b_off, k4, tile)
+                _vnni4(a, a_off, lda, bp, b_off, koff, k4, tile)
                 return 4
             if rows >= 2:
-                _vnni2(a, a_off, lda, bp, b_off, k4, tile)
+                _vnni2(a, a_off, lda, bp, b_off, koff, k4, tile)
                 return 2
-            _vnni1(a, a_off, lda, bp, b_off, k4, tile)
+            _vnni1(a, a_off, lda, bp, b_off, koff, k4, tile)
             return 1
         return impl
     if dtype == types.int16:
-        def impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+        def impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
             if rows >= 6:
-                _avx2_6(a, a_off, lda, bp, b_off, k4, tile)
+                _avx2_6(a, a_off, lda, bp, b_off, koff, k4, tile)
                 return 6
             if rows >= 4:
-                _avx2_4(a, a_off, lda, bp, b_off, k4, tile)
+                _avx2_4(a, a_off, lda, bp, b_off, koff, k4, tile)
                 return 4
             if rows >= 2:
-                _avx2_2(a, a_off, lda, bp, b_off, k4, tile)
+                _avx2_2(a, a_off, lda, bp, b_off, koff, k4, tile)
                 return 2
-            _avx2_1(a, a_off, lda, bp, b_off, k4, tile)
+            _avx2_1(a, a_off, lda, bp, b_off, koff, k4, tile)
             return 1
         return impl
 
-    def impl(tag, a, a_off, lda, bp, b_off, k4, tile, rows):
+    def impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
         mr = 4 if rows >= 4 else rows
-        _mk_generic(a, a_off, lda, bp, b_off, k4, tile, mr)
+        _mk_generic(a, a_off, lda, bp, b_off, koff, k4, tile, mr)
         return mr
     return impl
 
 
 # --------------------------------------------------------------------------- epilogue
-
-
-@njit(cache=True, inline="always")
-def _finish(raw, n, za, rt, col_sum, col_zb, col_bias):
-    # int64 arithmetic truncated to int32: the spec's wrapping int32 result in any term order.
-    return np.int32(raw + col_bias[n] - za * col_sum[n] - col_zb[n] * rt)
 
 
 @njit(cache=True, inline="always")
@@ -308,51 +312,56 @@ def _requantize(acc, mult, zy, qmin, qmax):
 
 
 @njit(cache=True, inline="always")
-def _epilogue(tile, nr, rows, cols, row_za, row_t, r0, n0, col_sum, col_zb, col_bias,
-              mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, trans, m0, co_base):
-    """Zero-point terms and output conversion for one tile; ``r0`` indexes the row arrays.
+def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, zy, qmin, qmax, fscale, fbias,
+              out_q, out_i, out_f, trans, m0, c0, stage_q, stage_i, stage_f):
+    """Zero-point terms and output conversion for one tile (``tile`` is (MR, nr) int32).
 
-    ``trans`` writes ``out[co_base + n, m]`` (channels-first convolution output), else ``out[m, n]``.
+    The column arrays (``cs`` column sums, ``czb`` zero points, ``cbias``, ``mult``, ``fscale``,
+    ``fbias``) arrive sliced to this tile's columns, so every index is a loop counter from 0 and the
+    column loop vectorizes with plain loads (an index LLVM cannot prove non-negative gets Numba's
+    wrap-around select, which turns the loads into gathers). ``r0`` indexes the row arrays. Writes
+    ``out[m0 + i, c0 + j]``, or with ``trans`` ``out[c0 + j, m0 + i]`` (channels-first convolution
+    output) through the (MR, nr) ``stage_*`` buffer, so only the final moves are transposed.
     """
-    if trans:
-        for j in range(cols):
-            n = n0 + j
-            o = co_base + n
-            for i in range(rows):
-                acc = _finish(tile[i * nr + j], n, row_za[r0 + i], row_t[r0 + i], col_sum, col_zb, col_bias)
-                if mode == 1:
-                    out_q[o, m0 + i] = _requantize(acc, mult[n], zy, qmin, qmax)
-                elif mode == 0:
-                    out_i[o, m0 + i] = acc
-                else:
-                    out_f[o, m0 + i] = np.float32(acc) * fscale[n] + fbias[n]
-        return
     for i in range(rows):
         za = row_za[r0 + i]
         rt = row_t[r0 + i]
-        m = m0 + i
-        base = i * nr
+        src = tile[i]
+        # int64 arithmetic truncated to int32: the spec's wrapping int32 result in any term order.
         if mode == 1:
+            dst = stage_q[i] if trans else out_q[m0 + i, c0:c0 + cols]
             for j in range(cols):
-                n = n0 + j
-                acc = _finish(tile[base + j], n, za, rt, col_sum, col_zb, col_bias)
-                out_q[m, co_base + n] = _requantize(acc, mult[n], zy, qmin, qmax)
+                dst[j] = _requantize(np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt), mult[j], zy, qmin,
+                                     qmax)
         elif mode == 0:
+            dst_i = stage_i[i] if trans else out_i[m0 + i, c0:c0 + cols]
             for j in range(cols):
-                n = n0 + j
-                out_i[m, co_base + n] = _finish(tile[base + j], n, za, rt, col_sum, col_zb, col_bias)
+                dst_i[j] = np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt)
         else:
+            dst_f = stage_f[i] if trans else out_f[m0 + i, c0:c0 + cols]
             for j in range(cols):
-                n = n0 + j
-                acc = _finish(tile[base + j], n, za, rt, col_sum, col_zb, col_bias)
-                out_f[m, co_base + n] = np.float32(acc) * fscale[n] + fbias[n]
+                dst_f[j] = np.float32(np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt)) * fscale[j] + fbias[j]
+    if trans:
+        for j in range(cols):
+            if mode == 1:
+                orow = out_q[c0 + j, m0:m0 + rows]
+                for i in range(rows):
+                    orow[i] = stage_q[i, j]
+            elif mode == 0:
+                orow_i = out_i[c0 + j, m0:m0 + rows]
+                for i in range(rows):
+                    orow_i[i] = stage_i[i, j]
+            else:
+                orow_f = out_f[c0 + j, m0:m0 + rows]
+                for i in range(rows):
+                    orow_f[i] = stage_f[i, j]
 
 
 # --------------------------------------------------------------------------- drivers
 
 
 @njit(cache=True, parallel=True)
-def qgemm(tag, a, lda, M, Kp, K, bp, N, nr, row_za, row_t, col_sum, col_zb, col_bias,
+def qgemm(tag, a, lda, M, Kp, K, bp, N, nr, koff, row_za, row_t, col_sum, col_zb, col_bias,
           mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, mc, n_groups):
     """``out[m, n]`` for ``a`` (M rows of ``lda`` bytes, first ``Kp`` used) times packed ``bp``.
 
@@ -366,18 +375,25 @@ def qgemm(tag, a, lda, M, Kp, K, bp, N, nr, row_za, row_t, col_sum, col_zb, col_
     for task in prange(n_chunks * n_groups):
         chunk = task // n_groups
         group = task - chunk * n_groups
-        tile = np.empty(_MR_MAX * nr, np.int32)
+        tile = np.empty((_MR_MAX, nr), np.int32)
         m_start = chunk * mc
         m_end = min(M, m_start + mc)
         for p in range(group * per_group, min(n_panels, (group + 1) * per_group)):
             n0 = p * nr
-            cols = min(nr, N - n0)
+            n1 = min(N, n0 + nr)
+            cs, czb, cb = col_sum[n0:n1], col_zb[n0:n1], col_bias[n0:n1]
+            cm, cf, cfb = mult[n0:n1], fscale[n0:n1], fbias[n0:n1]
             m0 = m_start
             while m0 < m_end:
-                rows = microkernel(tag, a, m0 * lda, lda, bp, p * k4 * nr * 4, k4, tile, m_end - m0)
-                _epilogue(tile, nr, rows, cols, row_za, row_t, m0, n0, col_sum, col_zb, col_bias,
-                          mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, False, m0, 0)
+                rows = microkernel(tag, a, m0 * lda, lda, bp, p * k4 * nr * 4, koff, k4, tile, m_end - m0)
+                _epilogue(tile, rows, n1 - n0, row_za, row_t, m0, cs, czb, cb, mode, cm, zy, qmin, qmax, cf, cfb,
+                          out_q, out_i, out_f, False, m0, n0, _NO_STAGE_U8, _NO_STAGE_I32, _NO_STAGE_F32)
                 m0 += rows
+
+
+_NO_STAGE_U8 = np.zeros((0, 0), np.uint8)
+_NO_STAGE_I32 = np.zeros((0, 0), np.int32)
+_NO_STAGE_F32 = np.zeros((0, 0), np.float32)
 
 
 # --------------------------------------------------------------------------- operand preparation
@@ -437,7 +453,7 @@ _EMPTY_I32 = np.zeros((0, 0), np.int32)
 _EMPTY_F32 = np.zeros((0, 0), np.float32)
 
 # Rows of A per task: the chunk (mc * Kp bytes) should stay in L2 while B panels stream past it.
-_CHUNK_BYTES = 96 * 1024
+_CHUNK_BYTES = 192 * 1024
 
 
 class PackedB:
@@ -447,7 +463,7 @@ class PackedB:
     (groups, N) int32 in the signed domain; ``Kp`` is the packed depth (a multiple of 4).
     """
 
-    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb")
+    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb", "koff")
 
     @property
     def zb_nonzero(self) -> bool:
@@ -484,23 +500,32 @@ def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None) -> PackedB:
     packed.data = data
     packed.col_sum = col_sum
     packed.zb = (np.asarray(zero_points, dtype=np.int32).reshape(len(mats), N) - flip).astype(np.int32)
+    packed.koff = np.arange(Kp // 4, dtype=np.int64) * 4     # plain row-major A; convolutions pass their own
     return packed
 
 
-def split_work(rows, n_panels, depth):
-    """(rows per task, panel groups): enough tasks for every thread, A chunks sized for L2."""
+def split_work(rows, n_panels, depth, nr=32):
+    """(rows per task, panel groups) for :func:`qgemm`.
+
+    Every task streams its rows of A once per panel and its panels of B once per row chunk, so the
+    larger operand is split across tasks and the smaller one re-read: row chunks when A is the
+    larger (many rows), panel groups when B is (a batch-1 or small-batch linear layer). There are
+    at least two tasks per thread whenever the shape allows, and a chunk of A stays in L2.
+    """
     import numba
     threads = numba.get_num_threads()
     mr = _MR_MAX
-    mc = max(mr, (_CHUNK_BYTES // max(depth, 1)) // mr * mr)
-    chunks = (rows + mc - 1) // mc
-    if chunks < 2 * threads and rows > mr:
-        mc = max(mr, ((rows + 2 * threads - 1) // (2 * threads) + mr - 1) // mr * mr)
-        chunks = (rows + mc - 1) // mc
-    n_groups = 1
-    if chunks < threads:
-        n_groups = min(n_panels, (2 * threads + chunks - 1) // chunks)
-    return mc, max(n_groups, 1)
+    cap = max(mr, (_CHUNK_BYTES // max(depth, 1)) // mr * mr)
+    a_bytes = rows * depth
+    b_bytes = n_panels * nr * depth
+    if b_bytes >= a_bytes:
+        mc = min(cap, -(-rows // mr) * mr)
+        chunks = -(-rows // mc)
+        n_groups = min(n_panels, max(1, -(-2 * threads // chunks)))
+        return mc, n_groups
+    target = min(-(-rows // mr), max(2 * threads, -(-rows // cap)))
+    mc = max(mr, -(-(-(-rows // target)) // mr) * mr)
+    return min(mc, cap), 1
 
 
 class Epilogue:
@@ -551,9 +576,9 @@ def matmul(a, a_flip, za_rows, packed: PackedB, epi: Epilogue, out):
     if M == 0 or packed.N == 0:
         return out
     n_panels = (packed.N + packed.nr - 1) // packed.nr
-    mc, n_groups = split_work(M, n_panels, Kp)
+    mc, n_groups = split_work(M, n_panels, Kp, packed.nr)
     out_q, out_i, out_f = _outputs(epi.mode, out)
-    qgemm(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr,
+    qgemm(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr, packed.koff,
           za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0], epi.zy,
           epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
     return out

@@ -1,0 +1,169 @@
+"""int8 vs float, qrt vs onnxruntime, on a Conv-heavy CNN and an MLP, in one process.
+
+    python benchmarks/int8_bench.py [--runs 30] [--batch 1] [--threads 2]
+
+Models are built with onnx.helper and quantized by onnxruntime.quantization.quantize_static (u8
+activations, s8 per-channel weights): QOperator (QLinearConv/QLinearMatMul) and QDQ (run by qrt
+after ``qrt.fusion.fuse_qdq_groups``, by onnxruntime through its QDQ transformers). Each engine is
+timed in its own block (warm-up, then ``--runs`` runs; ratios use the fastest), so the two thread
+pools never interleave; onnxruntime's spinning is turned off so that it does not steal the cores from Numba.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def cnn(batch):
+    """A ResNet-like stack at 56x56 -> 28x28 -> 14x14: 3x3 and 1x1 convs, ReLU, global pool, FC."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    prev, channels = "input", 3
+    layers = [(32, 3, 2), (64, 3, 1), (64, 3, 1), (64, 1, 1), (128, 3, 2), (128, 3, 1), (128, 1, 1),
+              (256, 3, 2), (256, 3, 1), (256, 1, 1)]
+    for i, (out_c, k, stride) in enumerate(layers):
+        w = (rng.standard_normal((out_c, channels, k, k)) * np.sqrt(2.0 / (channels * k * k))).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(out_c) * 0.05).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}",
+                                   pads=[k // 2] * 4, strides=[stride, stride]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        prev, channels = f"r{i}", out_c
+    inits += [numpy_helper.from_array((rng.standard_normal((10, channels)) * 0.05).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["output"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           [batch, 3, 112, 112])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), (batch, 3, 112, 112)
+
+
+def mlp(batch):
+    rng = np.random.default_rng(1)
+    sizes = [1024, 2048, 2048, 1024, 10]
+    inits, nodes, prev = [], [], "input"
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        inits += [numpy_helper.from_array((rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32),
+                                          f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(n_out) * 0.05).astype(np.float32), f"b{i}")]
+        last = i == len(sizes) - 2
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"matmul{i}"),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], ["output" if last else f"a{i}"], name=f"add{i}")]
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"], name=f"relu{i}"))
+            prev = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           [batch, sizes[0]])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, sizes[-1]])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), (batch, sizes[0])
+
+
+class _Reader:
+    def __init__(self, shape):
+        rng = np.random.default_rng(5)
+        self._it = iter([{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize(model, shape, fmt):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
+        onnx.save(model, src)
+        quantize_static(src, dst, _Reader(shape), quant_format=fmt, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+        return onnx.load(dst)
+
+
+def time_runs(fn, runs):
+    """(fastest, median) wall time in ms. The fastest run is the one least disturbed by other
+    processes on a shared machine; the median is shown beside it."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3, statistics.median(times) * 1e3
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=1, help="CNN batch (the MLP uses 32x this)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+
+    import numba
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat
+
+    import qrt
+    from qrt.fusion import fuse_qdq_groups
+    from qrt.kernels.cpu import qgemm
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    print(f"int8 kernel ISA: {qgemm.ISA}; threads: {args.threads}; numba {numba.__version__}, "
+          f"onnxruntime {ort.__version__}")
+
+    def qrt_session(model):
+        options = qrt.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        return qrt.InferenceSession(model.SerializeToString(), options)
+
+    def ort_session(model):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    rows = []
+    for name, builder, batch in (("cnn", cnn, args.batch), ("mlp", mlp, 32 * args.batch)):
+        model, shape = builder(batch)
+        qop = quantize(model, shape, QuantFormat.QOperator)
+        qdq = quantize(model, shape, QuantFormat.QDQ)
+        x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+        feeds = {"input": x}
+        engines = [("qrt float", qrt_session(model)), ("qrt int8 QOperator", qrt_session(qop)),
+                   ("qrt int8 QDQ (fused)", qrt_session(fuse_qdq_groups(qdq))),
+                   ("ort float", ort_session(model)), ("ort int8 QOperator", ort_session(qop)),
+                   ("ort int8 QDQ", ort_session(qdq))]
+        reference = engines[0][1].run(None, feeds)[0]
+        results = {}
+        for label, session in engines:
+            out = session.run(None, feeds)[0]
+            best, median = time_runs(lambda: session.run(None, feeds), args.runs)
+            results[label] = (best, median, float(np.abs(out - reference).max()))
+        rows.append((name, shape, results))
+
+    for name, shape, results in rows:
+        print(f"\n{name} input {list(shape)}: fastest / median of {args.runs} runs, ms (max |out - qrt float|)")
+        for label, (best, median, err) in results.items():
+            print(f"  {label:24s} {best:9.3f} / {median:9.3f} ms   err {err:.4f}")
+        qf, qi = results["qrt float"][0], results["qrt int8 QOperator"][0]
+        of, oi = results["ort float"][0], results["ort int8 QOperator"][0]
+        print(f"  ratios: qrt float / qrt int8 = {qf / qi:.2f}x;  ort int8 / qrt int8 = {oi / qi:.2f}x;  "
+              f"ort float / qrt float = {of / qf:.2f}x;  ort float / ort int8 = {of / oi:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
