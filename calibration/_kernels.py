@@ -35,6 +35,24 @@ def histogram_add_abs(x, counts, inv_width):
 
 
 @njit(cache=True)
+def histogram_add_nonzero(x, counts, lo, inv_width):
+    """Like :func:`histogram_add` but leaves exact zeros out; returns how many it left out."""
+    last = counts.size - 1
+    zeros = 0
+    for i in range(x.size):
+        if x[i] == 0:
+            zeros += 1
+            continue
+        j = int((x[i] - lo) * inv_width)
+        if j > last:
+            j = last
+        elif j < 0:
+            j = 0
+        counts[j] += 1
+    return zeros
+
+
+@njit(cache=True)
 def rebin(counts, shift, factor):
     """Merges old bins into a histogram ``factor`` times wider whose first edge lies ``shift`` old
     bins below the old first edge: old bin ``j`` falls wholly inside new bin ``(j + shift) // factor``.
@@ -52,6 +70,54 @@ def rebin(counts, shift, factor):
     return merged
 
 
+@njit(cache=True)
+def resample(counts, lo, width, new_lo, new_width, n_out):
+    """``counts`` (bins ``[lo + j*width, lo + (j+1)*width)``) moved onto ``n_out`` bins of
+    ``new_width`` from ``new_lo``, as float64 counts.
+
+    A bin that straddles new edges is split in proportion to its overlap (values spread evenly
+    inside it), so the result only depends on the new edges up to a fraction of an old bin; a bin
+    wholly inside a new bin moves whole. Positions within 1e-9 of a new edge snap to it, so old edges
+    that coincide with new ones (up to rounding) split nothing. Mass outside the new range goes to
+    the end bins.
+    """
+    out = np.zeros(n_out)
+    ratio = width / new_width
+    for j in range(counts.size):
+        mass = float(counts[j])
+        if mass == 0.0:
+            continue
+        u0 = (lo - new_lo) / new_width + j * ratio
+        u1 = u0 + ratio
+        r0 = np.floor(u0 + 0.5)
+        if abs(u0 - r0) < 1e-9:
+            u0 = r0
+        r1 = np.floor(u1 + 0.5)
+        if abs(u1 - r1) < 1e-9:
+            u1 = r1
+        if u1 <= 0.0:
+            out[0] += mass
+            continue
+        if u0 >= n_out:
+            out[n_out - 1] += mass
+            continue
+        span = u1 - u0
+        k = int(np.floor(u0))
+        if k < 0:
+            out[0] += mass * (0.0 - u0) / span
+            k = 0
+            u0 = 0.0
+        while u0 < u1:
+            if k >= n_out:
+                out[n_out - 1] += mass * (u1 - u0) / span
+                break
+            end = min(u1, k + 1.0)
+            out[k] += mass * (end - u0) / span
+            u0 = end
+            k += 1
+    return out
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def sum_and_sum_of_squares(x):
     """Float64 sum and sum of squares (reassociation lets the loop vectorize)."""
@@ -65,14 +131,23 @@ def sum_and_sum_of_squares(x):
 
 
 @njit(cache=True)
-def entropy_best_half_width(counts, num_quantized_bins):
-    """TensorRT's KL-divergence calibration on a histogram symmetric around zero.
+def entropy_divergences(counts, num_quantized_bins):
+    """TensorRT's KL-divergence calibration on a histogram symmetric around zero, with clipping
+    charged for the values it drops.
 
     ``counts`` has an even number of bins and its middle edge is 0. For each candidate half width
     ``h`` (in bins, from ``num_quantized_bins // 2`` to all of it) the reference distribution P is
     the slice ``[-h, h)`` with the mass outside folded into its end bins, and the candidate Q merges
-    the slice into ``num_quantized_bins`` groups and spreads each group's mass evenly over the bins
-    where P is non-zero. Returns the ``h`` with the least KL(P || Q).
+    the slice (without the folded mass) into ``num_quantized_bins`` groups and spreads each group's
+    mass evenly over the bins where P is non-zero. Returns KL(P || Q) indexed by ``h``, ``inf`` where
+    ``h`` is not tried or the slice holds no values.
+
+    Q is normalized by the whole histogram, not by its own total: it is the share of all values
+    that the candidate grid represents, so the divergence equals TensorRT's (Q normalized on its
+    own) plus ``log(total / kept)``, the information lost with the clipped values. TensorRT's form
+    only sees clipping through the folded end bins, and it scores a slice holding the data's edge
+    in a single bin as a perfect match (P and Q both one spike): on data far from zero, e.g. a
+    Sigmoid output in [0.25, 0.98], its minimum is a threshold that clips nearly everything.
     """
     n = counts.size
     center = n // 2
@@ -80,13 +155,14 @@ def entropy_best_half_width(counts, num_quantized_bins):
     for j in range(n):
         prefix[j + 1] = prefix[j] + counts[j]
     total = prefix[n]
-    best_h = center
-    best_kl = np.inf
+    divergences = np.full(center + 1, np.inf)
     p = np.empty(n)
     q = np.empty(n)
     for h in range(max(num_quantized_bins // 2, 1), center + 1):
         start = center - h
         length = 2 * h
+        if prefix[start + length] - prefix[start] <= 0.0:
+            continue    # nothing inside: Q is empty and the divergence infinite
         for j in range(length):
             p[j] = counts[start + j]
         p[0] += prefix[start]
@@ -103,20 +179,28 @@ def entropy_best_half_width(counts, num_quantized_bins):
             share = mass / nonzero if nonzero else 0.0
             for j in range(g0, g1):
                 q[j] = share if p[j] != 0 else 0.0
-        q_total = 0.0
-        for j in range(length):
-            q_total += q[j]
-        if q_total == 0.0:
-            continue
         kl = 0.0
         for j in range(length):
             if p[j] != 0:
                 pj = p[j] / total
-                # A bin P needs but Q cannot represent costs as if Q held a tiny share there.
-                qj = q[j] / q_total if q[j] != 0 else 1e-12
+                # A bin P needs but Q cannot represent (an end bin holding only folded values)
+                # costs as if Q held a tiny share there.
+                qj = q[j] / total if q[j] != 0 else 1e-12
                 kl += pj * np.log(pj / qj)
-        if kl < best_kl:
-            best_kl = kl
+        divergences[h] = kl
+    return divergences
+
+
+@njit(cache=True)
+def entropy_best_half_width(counts, num_quantized_bins):
+    """The half width (in bins) with the least divergence of :func:`entropy_divergences`; the
+    smallest such one on ties, the whole histogram when nothing can be tried."""
+    divergences = entropy_divergences(counts, num_quantized_bins)
+    best_h = counts.size // 2
+    best_kl = np.inf
+    for h in range(divergences.size):
+        if divergences[h] < best_kl:
+            best_kl = divergences[h]
             best_h = h
     return best_h
 

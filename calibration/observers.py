@@ -3,10 +3,10 @@
 Every observer keeps fixed-size state, so calibrating on 10 or 10,000 batches takes the same memory
 (onnxruntime's calibrators keep every activation of every batch until the end).
 
-Histogram observers keep ``num_bins`` equal-width bins. When a batch falls outside the current
-range, the bin width grows by an integer factor and the new edges are chosen among the old ones, so
-old bins merge whole into new bins: re-binning adds no interpolation error and the result is the
-histogram a single pass with the final edges would have built. Three layouts:
+Histogram observers keep a fixed number of equal-width bins. When a batch falls outside the
+current range, the bin width grows by an integer factor and the new edges are chosen among the old
+ones, so old bins merge whole into new bins: re-binning adds no interpolation error and the result
+is the histogram a single pass with the final edges would have built. Three layouts:
 
 * ``"signed"``: ``[-T, T]`` with 0 on the middle edge (entropy, distribution);
 * ``"absolute"``: ``|x|`` over ``[0, T]`` (symmetric percentile and MSE);
@@ -151,9 +151,15 @@ class MinMaxObserver(Observer):
 
 
 class HistogramObserver(Observer):
-    """A fixed-size histogram that re-bins by whole-bin merges as the observed range grows."""
+    """A fixed-size histogram that re-bins by whole-bin merges as the observed range grows.
+
+    It stores ``num_bins * oversampling`` bins; subclasses that need ``num_bins`` bins fitted to the
+    final data whatever order the batches came in oversample and resample at the end (growth by an
+    integer factor can leave the data in little more than half of the bins).
+    """
 
     layout = "span"
+    oversampling = 1
 
     def __init__(self, num_bins=2048):
         super().__init__()
@@ -163,18 +169,19 @@ class HistogramObserver(Observer):
                                     + (" and even" if self.layout == "signed" else "")
                                     + f", got {num_bins}")
         self.num_bins = num_bins
-        self.counts = np.zeros(num_bins, dtype=np.int64)
+        self.storage_bins = num_bins * self.oversampling
+        self.counts = np.zeros(self.storage_bins, dtype=np.int64)
         self.lo = 0.0
         self.width = 0.0
 
     # --- histogram state ---------------------------------------------------------------------
     @property
     def hi(self):
-        return self.lo + self.num_bins * self.width
+        return self.lo + self.storage_bins * self.width
 
     def histogram(self):
-        """``(counts, edges)`` like ``np.histogram``."""
-        return self.counts.copy(), self.lo + self.width * np.arange(self.num_bins + 1)
+        """The stored ``(counts, edges)`` like ``np.histogram``."""
+        return self.counts.copy(), self.lo + self.width * np.arange(self.storage_bins + 1)
 
     def _initial_extent(self, lo, hi):
         if self.layout == "signed":
@@ -186,12 +193,12 @@ class HistogramObserver(Observer):
 
     def _start(self, lo, hi):
         first, last = self._initial_extent(lo, hi)
-        width = (last - first) / self.num_bins
+        width = (last - first) / self.storage_bins
         if width <= 0.0:
             # Constant data so far: any positive width works, the range is later clipped to the data.
-            width = max(abs(first), 1.0) * 2.0 ** -20 / self.num_bins
+            width = max(abs(first), 1.0) * 2.0 ** -20 / self.storage_bins
             if self.layout == "signed":
-                first = -width * self.num_bins / 2
+                first = -width * self.storage_bins / 2
         self.lo, self.width = first, width
 
     def _grow(self, lo, hi):
@@ -200,7 +207,7 @@ class HistogramObserver(Observer):
         New edges are old edges ``shift`` bins below the old first one, so old bin ``j`` lies inside
         new bin ``(j + shift) // factor``; a negative shift drops empty bins from the bottom.
         """
-        n, w, old_lo, old_hi = self.num_bins, self.width, self.lo, self.hi
+        n, w, old_lo, old_hi = self.storage_bins, self.width, self.lo, self.hi
         if self.layout == "signed":
             absmax = max(abs(lo), abs(hi))
             if absmax <= old_hi:
@@ -237,6 +244,9 @@ class HistogramObserver(Observer):
             self._start(lo, hi)
         else:
             self._grow(lo, hi)
+        self._add(values)
+
+    def _add(self, values):
         typed = values.dtype.type
         if self.layout == "absolute":
             _kernels.histogram_add_abs(values, self.counts, typed(1.0 / self.width))
@@ -266,7 +276,7 @@ class PercentileObserver(HistogramObserver):
         cumulative = np.cumsum(self.counts, dtype=np.float64)
         target = fraction * cumulative[-1]
         j = int(np.searchsorted(cumulative, target, side="left"))
-        j = min(j, self.num_bins - 1)
+        j = min(j, self.storage_bins - 1)
         before = cumulative[j - 1] if j else 0.0
         inside = self.counts[j]
         position = (target - before) / inside if inside else 0.0
@@ -283,12 +293,27 @@ class PercentileObserver(HistogramObserver):
 class EntropyObserver(HistogramObserver):
     """KL-divergence calibration (TensorRT's method, as onnxruntime's Entropy).
 
-    ``num_bins`` bins over ``[-T, T]``; thresholds ``t`` are tried from ``num_quantized_bins`` bins
-    wide to the whole histogram, and the range is ``(-t, t)`` clipped to the observed data.
+    The search runs on ``num_bins`` bins over ``[-a, a]``, ``a`` the largest observed magnitude, as
+    onnxruntime's histogram of a single batch: thresholds ``t`` are tried from
+    ``num_quantized_bins`` bins wide to the whole histogram (see
+    :func:`calibration._kernels.entropy_best_half_width`, which also charges the values a threshold
+    clips), and the range is ``(-t, t)`` clipped to the observed data.
+
+    The streamed histogram stores ``oversampling`` times more bins and is resampled onto the search
+    bins at the end, so ten batches give the search nearly the histogram one batch would (the KL
+    divergence depends on the bin width: a histogram that growth left twice as coarse moves the
+    threshold by tens of bins). At the defaults that is 128 KiB of counts per tensor.
+
+    Exact zeros are counted apart and left out of the divergence: zero is a level of every
+    quantization range, so they cost nothing whatever the threshold. Kept in the histogram, the
+    spike of a ReLU output would be smeared over a quantized level in Q, and the search would trade
+    real clipping error for a narrower level around that spike (on half-normal ReLU data it clips
+    6 % of the positive values, 18 dB SQNR in uint8).
     """
 
     method = CalibrationMethod.Entropy
     layout = "signed"
+    oversampling = 8
 
     def __init__(self, num_bins=2048, num_quantized_bins=128):
         super().__init__(num_bins)
@@ -296,10 +321,27 @@ class EntropyObserver(HistogramObserver):
             raise QuantizationError(f"num_quantized_bins must be in [2, num_bins={num_bins}], "
                                     f"got {num_quantized_bins}")
         self.num_quantized_bins = int(num_quantized_bins)
+        self.zero_count = 0
+
+    def _add(self, values):
+        typed = values.dtype.type
+        self.zero_count += _kernels.histogram_add_nonzero(values, self.counts, typed(self.lo),
+                                                          typed(1.0 / self.width))
+
+    def search_histogram(self):
+        """``(counts, edges)``: float64 counts of the non-zero values on ``num_bins`` bins over
+        ``[-a, a]``, the histogram the threshold search runs on."""
+        a = max(abs(self.data_min), abs(self.data_max))
+        width = 2.0 * a / self.num_bins
+        counts = _kernels.resample(self.counts, self.lo, self.width, -a, width, self.num_bins)
+        return counts, -a + width * np.arange(self.num_bins + 1)
 
     def _range(self):
-        half = _kernels.entropy_best_half_width(self.counts.astype(np.float64), self.num_quantized_bins)
-        t = half * self.width
+        if not self.counts.any():
+            return self._clip(0.0, 0.0)     # only zeros were observed
+        counts, edges = self.search_histogram()
+        half = _kernels.entropy_best_half_width(counts, self.num_quantized_bins)
+        t = half * (edges[1] - edges[0])
         return self._clip(-t, t)
 
 

@@ -76,8 +76,10 @@ def _assert_within_one_bin(streamed, single):
     cs, c1 = np.cumsum(streamed), np.cumsum(single)
     assert cs[-1] == c1[-1]
     assert np.all(cs[1:] >= c1[:-1]) and np.all(c1[1:] >= cs[:-1])
-    # and only values sitting on a rounding boundary moved at all
-    assert np.abs(cs - c1).max() <= max(3, cs[-1] // 100_000)
+    # and only values sitting on a rounding boundary moved at all: float32 binning places a value
+    # up to about 2**-24 * |x| / width bins off, and |x| / width stays below the number of bins
+    # (an oversampled histogram has more values that close to an edge)
+    assert np.abs(cs - c1).max() <= max(3, cs[-1] // 100_000, cs[-1] * cs.size * 2.0 ** -22)
 
 
 @pytest.mark.parametrize("observer_factory", [
@@ -93,11 +95,11 @@ def test_rebinned_histogram_equals_single_pass(observer_factory, kind):
     if observer.layout == "absolute":
         data = np.abs(data)
     counts, edges = observer.histogram()
-    assert counts.size == observer.num_bins and counts.sum() == data.size
+    assert counts.size == observer.storage_bins and counts.sum() == data.size
     assert edges[0] <= data.min() and data.max() <= edges[-1] * (1 + 1e-6) + 1e-30
     # oracle 1: the same float32 binning rule applied in one pass with the final edges
     index = ((data - np.float32(observer.lo)) * np.float32(1 / observer.width)).astype(np.int64)
-    single = np.bincount(np.clip(index, 0, observer.num_bins - 1), minlength=observer.num_bins)
+    single = np.bincount(np.clip(index, 0, counts.size - 1), minlength=counts.size)
     _assert_within_one_bin(counts, single)
     # oracle 2: numpy's histogram with those edges
     edges = edges.copy()
