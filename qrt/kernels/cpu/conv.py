@@ -39,6 +39,14 @@ def _copy(dst, src):
 
 
 @njit(cache=True)
+def _fill(dst, value):
+    # Inside prange bodies an explicit loop, not ``dst[:] = value``: Numba turns slice assignments
+    # there into nested parfors, which tripled the compile time of the parallel kernels.
+    for q in range(dst.shape[0]):
+        dst[q] = value
+
+
+@njit(cache=True)
 def _im2col_row_shifted(plane, j, off_w, geom, out_h, out_w, dst):
     """One column-matrix row for one depth slice when strides are 1 and the output is as wide as the
     input: output row b reads input row b + j*dH - pH, so the whole slice is one shifted copy of the
@@ -111,17 +119,16 @@ def im2col(x, geom, out_d, out_h, out_w, col):
                     _copy(segment[lo:hi], x[c, zd, zh, start:start + (count - 1) * sw + 1:sw])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _add_bias(out3, bias):
-    """out3 (N, M, P) += bias[m] per channel."""
+    """out3 (N, M, P) += bias[m] per channel. Serial, like im2col: it sits between BLAS calls."""
     n_images, channels, plane = out3.shape
-    for t in prange(n_images * channels):
-        n = t // channels
-        m = t % channels
-        b = bias[m]
-        row = out3[n, m]
-        for p in range(plane):
-            row[p] += b
+    for n in range(n_images):
+        for m in range(channels):
+            b = bias[m]
+            row = out3[n, m]
+            for p in range(plane):
+                row[p] += b
 
 
 @njit(cache=True)
@@ -194,7 +201,7 @@ def conv_depthwise(x, w, bias, geom, out):
         phases = np.empty((sh, sw, rows_q * cols_q), dtype=x.dtype)
         wide = np.empty(wide_len, dtype=out.dtype)
         for a in range(out_d):
-            wide[:] = initial
+            _fill(wide, initial)
             for i in range(kd):
                 zd = a * sd - pd + i * dd
                 if zd < 0 or zd >= depth:
@@ -208,10 +215,10 @@ def conv_depthwise(x, w, bias, geom, out):
                             dst = phase[u * cols_q:(u + 1) * cols_q]
                             y = u * sh + rh - ph
                             if y < 0 or y >= height or hi <= lo:
-                                dst[:] = 0
+                                _fill(dst, 0.0)
                                 continue
-                            dst[:lo] = 0
-                            dst[hi:] = 0
+                            _fill(dst[:lo], 0.0)
+                            _fill(dst[hi:], 0.0)
                             start = lo * sw + off_w
                             if sw == 1:
                                 _copy(dst[lo:hi], x[n, c, zd, y, start:start + hi - lo])

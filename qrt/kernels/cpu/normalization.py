@@ -2,15 +2,17 @@
 normalization and LRN, all on a ``(N, C, positions)`` view of the input.
 
 Per-channel parameters arrive as float64 vectors (a handful of values, converted once by the op),
-so each kernel compiles once per input dtype. Means and variances accumulate in float64 with two
-passes (mean, then squared deviations), which keeps them exact to float32 rounding even for inputs
+so each kernel compiles once per input dtype. Only group_norm (diffusion and detection models run
+it unfused on large maps) is ``parallel=True``: BatchNormalization is normally folded into the
+preceding Conv, LRN belongs to 2012-era networks, and a parallel kernel triples compile time.
+Means and variances accumulate in float64 with two passes (mean, then squared deviations), which keeps them exact to float32 rounding even for inputs
 with a large common offset.
 """
 import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def channel_affine(x, scale, bias, mean, var, epsilon, out):
     """``out = (x - mean[c]) * scale[c] / sqrt(var[c] + epsilon) + bias[c]`` for ``x`` of shape (N, C, S)."""
     n_images, channels, size = x.shape
@@ -21,7 +23,7 @@ def channel_affine(x, scale, bias, mean, var, epsilon, out):
         coef[c] = scale[c] / np.sqrt(var[c] + epsilon)
         centre[c] = mean[c]
         shift[c] = bias[c]
-    for t in prange(n_images * channels):
+    for t in range(n_images * channels):
         n = t // channels
         c = t % channels
         a = coef[c]
@@ -33,12 +35,12 @@ def channel_affine(x, scale, bias, mean, var, epsilon, out):
             dst[s] = (src[s] - m) * a + b
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def channel_moments(x, mean, var):
     """Per-channel mean and population variance of ``x`` (N, C, S) over N and S, in float64."""
     n_images, channels, size = x.shape
     count = n_images * size
-    for c in prange(channels):
+    for c in range(channels):
         total = 0.0
         for n in range(n_images):
             src = x[n, c]
@@ -83,7 +85,7 @@ def group_norm(x, channels_per_group, scale, bias, epsilon, out):
                 dst[s] = (src[s] - mu) * a + b
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def lrn(x, size, alpha, beta, bias, out):
     """Local response normalization across channels of ``x`` (N, C, S):
     ``out = x / (bias + alpha / size * sum of x^2 over the channel window) ** beta``."""
@@ -91,7 +93,7 @@ def lrn(x, size, alpha, beta, bias, out):
     before = (size - 1) // 2
     after = size - 1 - before
     scale = alpha / size
-    for t in prange(n_images * channels):
+    for t in range(n_images * channels):
         n = t // channels
         c = t % channels
         lo = max(0, c - before)

@@ -11,7 +11,7 @@ LLVM drop Numba's negative-index checks and vectorize.
 import numpy as np
 from numba import njit, prange
 
-from .conv import _valid_range
+from .conv import _fill, _valid_range
 
 MODE_AVERAGE = 0
 MODE_LP = 1
@@ -34,8 +34,8 @@ def max_pool(x, geom, out):
         for a in range(out_d):
             for b in range(out_h):
                 row = out[p, a, b]
-                row[:] = -np.inf
-                rows_max[:] = -np.inf
+                _fill(row, -np.inf)
+                _fill(rows_max, -np.inf)
                 empty = True
                 for i in range(kd):
                     zd = a * sd - pd + i * dd
@@ -72,9 +72,12 @@ def max_pool(x, geom, out):
                                 dst[t] = strided[t]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def max_pool_indices(x, geom, column_major, out, indices):
     """Windowed maximum and the flat input index of the first maximum of each window.
+
+    Serial: the Indices output belongs to training graphs and MaxUnpool, not to hot inference paths,
+    and a parallel kernel costs three times the compile time.
 
     Indices count over the whole input tensor; ``column_major`` numbers spatial positions with the
     first spatial axis fastest (ONNX ``storage_order=1``), else row-major.
@@ -86,7 +89,7 @@ def max_pool_indices(x, geom, column_major, out, indices):
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
     plane_size = depth * height * width
-    for p in prange(planes):
+    for p in range(planes):
         for a in range(out_d):
             for b in range(out_h):
                 for o in range(out_w):
@@ -160,8 +163,8 @@ def sum_pool(x, geom, pads_end, mode, p, count_include_pad, out):
         for a in range(out_d):
             for b in range(out_h):
                 row = out[q, a, b]
-                row[:] = 0
-                rows_sum[:] = 0
+                _fill(row, 0.0)
+                _fill(rows_sum, 0.0)
                 for i in range(kd):
                     zd = a * sd - pd + i * dd
                     if zd < 0 or zd >= depth:
@@ -207,11 +210,14 @@ def sum_pool(x, geom, pads_end, mode, p, count_include_pad, out):
                         row[t] = row[t] ** inv_p
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def global_pool(x, mode, p, out):
-    """One value per row of ``x`` (planes, positions): mean, maximum or Lp norm; sums in float64."""
+    """One value per row of ``x`` (planes, positions): mean, maximum or Lp norm; sums in float64.
+
+    Serial: a network's global pool reads one small feature map once (ResNet-50: 2048 x 7 x 7 in
+    tens of microseconds)."""
     planes, size = x.shape
-    for q in prange(planes):
+    for q in range(planes):
         src = x[q]
         if mode == GLOBAL_MAX:
             best = src[0]
