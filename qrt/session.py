@@ -94,6 +94,11 @@ def _optimization_passes(level):
     return passes_for_level(int(level))
 
 
+def _has_qdq(model) -> bool:
+    ops = {n.op_type for n in model.graph.node}
+    return "DequantizeLinear" in ops and "QuantizeLinear" in ops
+
+
 class InferenceSession:
     """Run an ONNX model on qrt's kernels: ``InferenceSession(path_or_bytes_or_proto).run(None, feeds)``."""
 
@@ -112,6 +117,9 @@ class InferenceSession:
         if passes:
             from .optimizer import optimize
             model = optimize(model, passes=passes)
+        if self._options.enable_qdq_integer_execution and _has_qdq(model):
+            from .fusion import fuse_qdq_groups
+            model = fuse_qdq_groups(model)
         if self._options.optimized_model_filepath:
             _save_atomically(model, self._options.optimized_model_filepath)
         self.model = model   # the checked, optimized model the plan was built from (inspectable)

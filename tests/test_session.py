@@ -203,3 +203,27 @@ def test_memory_stays_flat_over_2000_runs():
     grown = _rss_bytes() - before
     # 2000 runs allocate ~4 MB of outputs in total; a per-run leak of even one output (1 KB) would show.
     assert grown < 1_000_000, f"RSS grew by {grown} bytes over 2000 runs"
+
+
+def test_qdq_models_run_on_integer_kernels_unless_disabled():
+    from qrt.demo import MODEL_PATH, batches, load_digits_data
+    from qrt.quantization import QuantFormat, quantize_static
+
+    calib, _, test_x, _ = load_digits_data()
+    model = quantize_static(MODEL_PATH, None, batches(calib[:64]), quant_format=QuantFormat.QDQ,
+                            per_channel=True).model
+    fused = qrt.InferenceSession(model)
+    options = qrt.SessionOptions()
+    options.enable_qdq_integer_execution = False
+    simulated = qrt.InferenceSession(model, options)
+    assert {"QLinearConv"} <= {n.op_type for n in fused.model.graph.node}
+    assert "QLinearConv" not in {n.op_type for n in simulated.model.graph.node}
+    feeds = {"image": test_x[:128]}
+    (a,), (b,) = fused.run(None, feeds), simulated.run(None, feeds)
+    # The output's quantization step: scale of the last QuantizeLinear before the final DequantizeLinear.
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    last_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in
+               {o.name for o in model.graph.output}][0]
+    step = float(inits[last_dq.input[1]])
+    assert np.abs(a - b).max() <= step * 1.0001
