@@ -8,6 +8,7 @@ batch indices to the front and the contracted ones to the inner axis.
 """
 from __future__ import annotations
 
+import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -176,8 +177,8 @@ def _sum_out(x, labels, drop):
     keep_axes = [i for i in range(len(labels)) if i not in drop_axes]
     kept = [labels[i] for i in keep_axes]
     keep_shape = tuple(x.shape[i] for i in keep_axes)
-    reduced = int(np.prod([x.shape[i] for i in drop_axes], dtype=np.int64))
-    rows = int(np.prod(keep_shape, dtype=np.int64))
+    reduced = math.prod([x.shape[i] for i in drop_axes])
+    rows = math.prod(keep_shape)
     flat = np.transpose(x, keep_axes + drop_axes).reshape((rows, reduced))
     summed = kernels.matmul(flat, np.ones(reduced, dtype=x.dtype))
     return summed.reshape(keep_shape), kept
@@ -213,9 +214,9 @@ def _contract(a, la, b, lb, keep):
     b_batch = b_t.shape[:nb]
     a_rows = a_t.shape[nb:nb + len(a_only)]
     b_cols = b_t.shape[nb + len(contracted):]
-    depth = int(np.prod(a_t.shape[nb + len(a_only):], dtype=np.int64))
-    m = int(np.prod(a_rows, dtype=np.int64))
-    n = int(np.prod(b_cols, dtype=np.int64))
+    depth = math.prod(a_t.shape[nb + len(a_only):])
+    m = math.prod(a_rows)
+    n = math.prod(b_cols)
     product = kernels.matmul(a_t.reshape(a_batch + (m, depth)), b_t.reshape(b_batch + (depth, n)))
     out_batch = product.shape[:nb]
     return product.reshape(out_batch + a_rows + b_cols), batch + a_only + b_only

@@ -8,6 +8,7 @@ formula (as the reference implementation computes in that type).
 """
 from __future__ import annotations
 
+import math
 import numpy as np
 
 from ..errors import InvalidArgument
@@ -33,26 +34,18 @@ def _work(x):
 
 
 def _rows_view(shape, axis):
-    rows = int(np.prod(shape[:axis], dtype=np.int64))
-    return rows, int(np.prod(shape[axis:], dtype=np.int64))
+    rows = math.prod(shape[:axis])
+    return rows, math.prod(shape[axis:])
 
 
 def _strided_view(shape, axis):
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1:])
     return outer, shape[axis], inner
 
 
-def _rounding(dtype):
-    if dtype == np.float16:
-        return k.ROUND_FLOAT16
-    if dtype.name == "bfloat16":
-        return k.ROUND_BFLOAT16
-    return k.ROUND_NONE
-
-
 def _run_softmax(x, layout, log, strided_sum=False):
-    rounding = _rounding(x.dtype)
+    rounding = k.rounding_for(x.dtype)
     if rounding != k.ROUND_NONE and len(layout) == 3:
         # Narrow types take the rounded row kernel: move the axis last, then move it back.
         outer, n, inner = layout

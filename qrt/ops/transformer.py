@@ -13,6 +13,7 @@ from onnx import helper as onnx_helper
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import transformer as k
+from ..kernels.cpu.softmax import rounding_for
 from ..registry import register
 from .base import Op
 
@@ -50,8 +51,8 @@ def _onnx_dtype(code, what):
 
 def _param_rows(param, shape, axis, work, name, op_type):
     """``param`` broadcast unidirectionally to ``shape``, as a (1 | rows, n) array for the kernel."""
-    rows = int(np.prod(shape[:axis], dtype=np.int64))
-    n = int(np.prod(shape[axis:], dtype=np.int64))
+    rows = math.prod(shape[:axis])
+    n = math.prod(shape[axis:])
     try:
         if param.ndim <= len(shape) - axis:
             return _as(np.broadcast_to(param, shape[axis:]), work).reshape(1, n)
@@ -64,8 +65,8 @@ def _param_rows(param, shape, axis, work, name, op_type):
 def _normalize(op_type, x, scale, bias, axis, epsilon, rms):
     axis = _axis(axis, x.ndim, op_type)
     work = _work_dtype(x.dtype, op_type)
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
-    n = int(np.prod(x.shape[axis:], dtype=np.int64))
+    rows = math.prod(x.shape[:axis])
+    n = math.prod(x.shape[axis:])
     x2 = _as(x, work).reshape(rows, n)
     scale2 = _param_rows(scale, x.shape, axis, work, "Scale", op_type)
     has_bias = bias is not None
@@ -132,15 +133,6 @@ def _mask_4d(mask, target, what="attn_mask"):
         raise InvalidArgument(f"Attention {what} of shape {mask.shape} covers more than the "
                               f"{target[3]} keys")
     return shaped
-
-
-def _rounding(dtype):
-    """Which narrower type the float32 attention kernel rounds intermediates to, for ``dtype`` data."""
-    if dtype == np.float16:
-        return k.ROUND_FLOAT16
-    if dtype.name == "bfloat16":
-        return k.ROUND_BFLOAT16
-    return k.ROUND_NONE
 
 
 class _Attention(Op):
@@ -230,8 +222,8 @@ class _Attention(Op):
         # The spec scales Q and K by sqrt(scale); scalars take the input type, as in the reference.
         sqrt_scale = work.type(np.asarray(math.sqrt(scale)).astype(q.dtype))
         softcap = work.type(np.asarray(self.softcap).astype(q.dtype))
-        rounding = _rounding(q.dtype)
-        softmax_rounding = rounding if self.softmax_dtype is None else _rounding(self.softmax_dtype)
+        rounding = rounding_for(q.dtype)
+        softmax_rounding = rounding if self.softmax_dtype is None else rounding_for(self.softmax_dtype)
         want_qk = self.n_outputs >= 4
         qk_out = np.empty(target, dtype=work) if want_qk else np.empty((1, 1, 1, 1), dtype=work)
         y = np.empty((batch, q_heads, q_len, v4.shape[3]), dtype=work)

@@ -13,6 +13,8 @@ index per output batch into each stack, so broadcast batches are never materiali
 """
 from __future__ import annotations
 
+import functools
+import math
 import numpy as np
 from numba import njit
 
@@ -137,15 +139,18 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     k2, n = b2.shape[-2:]
     if k != k2:
         raise InvalidArgument(f"MatMul inner dimensions differ: {a.shape} x {b.shape}")
-    try:
-        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    except ValueError:
-        raise InvalidArgument(f"MatMul batch dimensions do not broadcast: {a.shape} x {b.shape}") from None
+    if b2.ndim == 2:
+        batch = a2.shape[:-2]
+    else:
+        try:
+            batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        except ValueError:
+            raise InvalidArgument(f"MatMul batch dimensions do not broadcast: {a.shape} x {b.shape}") from None
 
     out = np.empty(batch + (m, n), dtype=work)
     if b2.ndim == 2:
         # A stack of rows times one matrix is one 2-D product over all rows (linear layers).
-        rows = int(np.prod(a2.shape[:-1], dtype=np.int64))
+        rows = math.prod(a2.shape[:-1])
         _product_2d(a2.reshape(rows, k), b2, out.reshape(rows, n))
     else:
         _batched(a2, b2, batch, out)
@@ -162,7 +167,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _batched(a, b, batch, out):
     m, k = a.shape[-2:]
     n = b.shape[-1]
-    count = int(np.prod(batch, dtype=np.int64))
+    count = math.prod(batch)
     if count == 0 or out.size == 0:
         return
     a_stack = np.ascontiguousarray(a).reshape((-1, m, k))
@@ -179,12 +184,17 @@ def _batched(a, b, batch, out):
         _int_batches(a_stack, b_stack, a_index, b_index, flat)
 
 
+@functools.lru_cache(maxsize=256)
 def _batch_index(shape, batch):
-    """For each batch of the broadcast result (C order), the index into an operand's own batch stack."""
+    """For each batch of the broadcast result (C order), the index into an operand's own batch stack.
+
+    Models repeat the same few shapes on every run, so the answers are cached (read-only).
+    """
     own = (1,) * (len(batch) - len(shape)) + tuple(shape)
-    own_count = int(np.prod(own, dtype=np.int64))
-    positions = np.arange(own_count, dtype=np.int64).reshape(own)
-    return np.ascontiguousarray(np.broadcast_to(positions, batch)).reshape(-1)
+    positions = np.arange(math.prod(own), dtype=np.int64).reshape(own)
+    index = np.ascontiguousarray(np.broadcast_to(positions, batch)).reshape(-1)
+    index.flags.writeable = False
+    return index
 
 
 def gemm(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, alpha: float = 1.0, beta: float = 1.0,

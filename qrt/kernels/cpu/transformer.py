@@ -6,6 +6,7 @@ compiled signature per float type serves every rank:
 * normalization: x is (rows, n), normalized along n; scale/bias are (1 | rows, n).
 * attention: q (B, Hq, Sq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv), masks (Bm, Hm, Sm, L) with size-1
   axes broadcast by index; outputs (B, Hq, Sq, Dv) and optionally the (B, Hq, Sq, T) score matrix.
+  The two products go to BLAS; masking and softmax are fused in one Numba pass per score row.
 * rotary: x (B, H, S, D) and cos/sin (B, S, D_rot / 2).
 
 Reductions use the same fast-math flags as the softmax kernels (reassociation, no ``nnan``/``ninf``).
@@ -17,7 +18,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .softmax import FASTMATH, ROUND_BFLOAT16, ROUND_FLOAT16, ROUND_NONE, fast_exp, fmax, round_to
+from .softmax import FASTMATH, ROUND_BFLOAT16, ROUND_NONE, fmax, round_to, softmax_exp
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
@@ -73,164 +74,189 @@ MASK_NONE = 0
 MASK_BOOL = 1
 MASK_FLOAT = 2
 
+# Score rows held at once per head: bounds the (rows, keys) scratch to 4 MiB of float32.
+SCORE_BLOCK_ELEMENTS = 1 << 20
+
+
 @njit(cache=True)
-def _round_span(values, first, last, rounding):
-    for j in range(first, last):
+def _round_span(values, rounding):
+    for j in range(values.shape[0]):
         values[j] = round_to(values[j], rounding)
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _attention_head(q, k, v, sqrt_scale, softcap, mask_kind, bool_mask, float_mask, causal, offset,
-                    left_window, right_window, valid_keys, qk_mode, qk_out, y, rounding, softmax_rounding,
-                    key_t, query, scores, bias):
-    """One (batch, query head): q (Sq, D), k (T, D), v (T, Dv) -> y (Sq, Dv); masks are (Sm, L) rows."""
-    sq, depth = q.shape
-    total = k.shape[0]
-    dv = v.shape[1]
-    neg_inf = y.dtype.type(-np.inf)
-    zero = y.dtype.type(0.0)
-    mask_rows = bool_mask.shape[0] if mask_kind == MASK_BOOL else float_mask.shape[0]
-    mask_len = bool_mask.shape[1] if mask_kind == MASK_BOOL else float_mask.shape[1]
-    # Keys pre-scaled by sqrt(scale) and transposed, so the score loop runs along keys (vectorized).
-    for j in range(total):
-        for d in range(depth):
-            key_t[d, j] = k[j, d] * sqrt_scale
+def _attention_row(row, position, softcap, mask_kind, bool_row, float_row, causal, left_window, right_window,
+                   valid_keys, qk_mode, qk_row, rounding, softmax_rounding):
+    """Turn one row of raw scores into attention probabilities, in place (0 for keys not attended).
+
+    Keys a query can see form one interval [lo, hi) (causal frontier, window, padding, mask
+    length); a boolean or additive mask then applies inside it. Loops run over views starting at
+    index 0, so Numba emits no negative-index wraparound and LLVM vectorizes them.
+    """
+    total = row.shape[0]
+    neg_inf = row.dtype.type(-np.inf)
+    zero = row.dtype.type(0.0)
     if rounding != ROUND_NONE:
-        for d in range(depth):
-            _round_span(key_t[d], 0, total, rounding)
-    every_score = qk_mode == 0 or qk_mode == 1
-    for i in range(sq):
-        # Keys a query can see form one interval [lo, hi) (causal frontier, window, padding);
-        # a boolean mask may then remove keys inside it.
-        position = i + offset
-        lo = 0
-        hi = min(total, valid_keys)
-        if mask_kind != MASK_NONE:
-            hi = min(hi, mask_len)
-        if causal:
-            hi = min(hi, position + 1)
-        if right_window >= 0:
-            hi = min(hi, position + right_window + 1)
-        if left_window >= 0:
-            lo = max(lo, position - left_window)
-        if hi < lo:
-            hi = lo
-        for d in range(depth):
-            query[d] = q[i, d] * sqrt_scale
-        if rounding != ROUND_NONE:
-            _round_span(query, 0, depth, rounding)
-        first = 0 if every_score else lo
-        last = total if every_score else hi
-        for j in range(first, last):
-            scores[j] = zero
-        for d in range(depth):
-            qd = query[d]
-            for j in range(first, last):
-                scores[j] += qd * key_t[d, j]
-        if rounding != ROUND_NONE:
-            _round_span(scores, first, last, rounding)
-        if softcap > 0:
-            for j in range(first, last):
-                scores[j] = round_to(round_to(math.tanh(round_to(scores[j] / softcap, rounding)), rounding)
-                                     * softcap, rounding)
-        if qk_mode == 0 or qk_mode == 1:
-            for j in range(total):
-                qk_out[i, j] = scores[j]
-
-        mrow = i if mask_rows > 1 else 0
-        any_allowed = False
+        _round_span(row, rounding)
+    if softcap > 0:
         for j in range(total):
-            bias[j] = neg_inf
-        for j in range(lo, hi):
-            if mask_kind == MASK_BOOL:
-                if bool_mask[mrow, j]:
-                    bias[j] = zero
-                    any_allowed = True
-            elif mask_kind == MASK_FLOAT:
-                bias[j] = float_mask[mrow, j]
-                if bias[j] != neg_inf:
-                    any_allowed = True
-            else:
-                bias[j] = zero
-                any_allowed = True
-        for j in range(lo, hi):
-            scores[j] = round_to(scores[j] + bias[j], rounding)
-        if qk_mode == 2:
-            for j in range(total):
-                qk_out[i, j] = scores[j] if lo <= j < hi else neg_inf
+            row[j] = round_to(round_to(math.tanh(round_to(row[j] / softcap, rounding)), rounding) * softcap,
+                              rounding)
+    if qk_mode == 0 or qk_mode == 1:
+        for j in range(total):
+            qk_row[j] = row[j]
 
-        if not any_allowed:
-            # A query that may see no key gives a zero row (the spec's fully-masked-row rule).
-            for c in range(dv):
-                y[i, c] = zero
-            if qk_mode == 3:
-                for j in range(total):
-                    qk_out[i, j] = zero
-            continue
-        peak = scores[lo]
-        for j in range(lo + 1, hi):
-            peak = fmax(peak, scores[j])
+    lo = 0
+    hi = min(total, valid_keys)
+    if mask_kind == MASK_BOOL:
+        hi = min(hi, bool_row.shape[0])
+    elif mask_kind == MASK_FLOAT:
+        hi = min(hi, float_row.shape[0])
+    if causal:
+        hi = min(hi, position + 1)
+    if right_window >= 0:
+        hi = min(hi, position + right_window + 1)
+    if left_window >= 0:
+        lo = max(lo, position - left_window)
+    hi = max(hi, lo)
+    visible = row[lo:hi]
+    count = visible.shape[0]
+    any_allowed = count > 0
+    if mask_kind == MASK_BOOL:
+        allowed = bool_row[lo:hi]
+        any_allowed = False
+        for t in range(count):
+            if allowed[t]:
+                any_allowed = True
+            else:
+                visible[t] = neg_inf
+    elif mask_kind == MASK_FLOAT:
+        added = float_row[lo:hi]
+        any_allowed = False
+        for t in range(count):
+            any_allowed |= added[t] != neg_inf
+            visible[t] = round_to(visible[t] + added[t], rounding)
+    if qk_mode == 2:
+        for j in range(total):
+            qk_row[j] = neg_inf
+        for t in range(count):
+            qk_row[lo + t] = visible[t]
+    for j in range(lo):
+        row[j] = zero
+    for j in range(hi, total):
+        row[j] = zero
+    if not any_allowed:
+        # A query that may see no key gives a zero row (the spec's fully-masked-row rule).
+        for t in range(count):
+            visible[t] = zero
+    else:
+        peak = visible[0]
+        for t in range(1, count):
+            peak = fmax(peak, visible[t])
         denominator = zero
         if softmax_rounding == ROUND_NONE:
-            for j in range(lo, hi):
-                e = fast_exp(scores[j] - peak)
-                scores[j] = e
+            for t in range(count):
+                e = softmax_exp(visible[t] - peak)
+                visible[t] = e
                 denominator += e
         else:
-            for j in range(lo, hi):
-                scores[j] = round_to(fast_exp(round_to(scores[j] - peak, softmax_rounding)), softmax_rounding)
+            for t in range(count):
+                visible[t] = round_to(softmax_exp(round_to(visible[t] - peak, softmax_rounding)), softmax_rounding)
             if softmax_rounding == ROUND_BFLOAT16:
                 # bfloat16 sums accumulate in bfloat16, one rounding per addition.
-                for j in range(lo, hi):
-                    denominator = round_to(denominator + scores[j], softmax_rounding)
+                for t in range(count):
+                    denominator = round_to(denominator + visible[t], softmax_rounding)
             else:
-                for j in range(lo, hi):
-                    denominator += scores[j]
+                for t in range(count):
+                    denominator += visible[t]
                 denominator = round_to(denominator, softmax_rounding)
-        for j in range(lo, hi):
-            scores[j] = round_to(round_to(scores[j] / denominator, softmax_rounding), rounding)
-        if qk_mode == 3:
-            for j in range(total):
-                qk_out[i, j] = scores[j] if lo <= j < hi else zero
-        for c in range(dv):
-            y[i, c] = zero
-        for j in range(lo, hi):
-            p = scores[j]
-            if p != zero:
-                for c in range(dv):
-                    y[i, c] += p * v[j, c]
+        if softmax_rounding == ROUND_NONE and rounding == ROUND_NONE:
+            inv_denominator = row.dtype.type(1.0) / denominator
+            for t in range(count):
+                visible[t] = visible[t] * inv_denominator
+        else:
+            for t in range(count):
+                visible[t] = round_to(round_to(visible[t] / denominator, softmax_rounding), rounding)
+    if qk_mode == 3:
+        for j in range(total):
+            qk_row[j] = row[j]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, fastmath=FASTMATH)
 def attention(q, k, v, sqrt_scale, softcap, mask_kind, bool_mask, float_mask, causal, offsets,
               left_window, right_window, valid_keys, qk_mode, qk_out, y, rounding, softmax_rounding):
-    """Scaled dot-product attention for every (batch, query head), in parallel over both.
+    """Scaled dot-product attention: q (B, Hq, Sq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> y.
 
-    ``offsets[b]`` is the absolute position of batch b's first query (cached keys before it);
-    ``valid_keys[b]`` how many leading keys are not padding. Query head h reads key/value head
-    ``h // (Hq // Hkv)`` (grouped-query attention). ``rounding`` / ``softmax_rounding`` say to which
-    narrower float type intermediate results are rounded (``ROUND_*``).
+    Query head h reads key/value head ``h // (Hq // Hkv)`` (grouped-query attention). For each key
+    head, the queries of all heads sharing it are stacked into one (group * Sq, D) matrix, so
+    scores = Q K^T and Y = P V are BLAS products that read K and V once per group (a decode step
+    is then one matrix product instead of ``group`` vector products); masking and the softmax run
+    row by row in between. ``offsets[b]`` is the absolute position of batch b's first query (keys
+    cached before it), ``valid_keys[b]`` how many leading keys are not padding. ``rounding`` /
+    ``softmax_rounding`` name the narrower float type intermediate results are rounded to
+    (``ROUND_*``); rounded data scales Q and K by sqrt(scale) each, as the spec writes it, others
+    fold the whole scale into Q.
+
+    Heads run one after another: BLAS supplies the threads, and a parallel loop around BLAS calls
+    would oversubscribe the cores.
     """
     batch, q_heads, sq, depth = q.shape
     kv_heads, total = k.shape[1], k.shape[2]
+    dv = v.shape[3]
     group = q_heads // kv_heads
-    for item in prange(batch * q_heads):
-        b = item // q_heads
-        h = item % q_heads
-        key_t = np.empty((depth, total), dtype=y.dtype)
-        query = np.empty(depth, dtype=y.dtype)
-        scores = np.empty(total, dtype=y.dtype)
-        bias = np.empty(total, dtype=y.dtype)
+    group_rows = group * sq
+    block = max(1, min(group_rows, SCORE_BLOCK_ELEMENTS // max(total, 1)))
+    scores = np.empty((block, total), dtype=y.dtype)
+    queries = np.empty((block, depth), dtype=y.dtype)
+    outputs = np.empty((block, dv), dtype=y.dtype)
+    scaled_keys = np.empty((total, depth), dtype=y.dtype)
+    q_factor = sqrt_scale if rounding != ROUND_NONE else sqrt_scale * sqrt_scale
+    for b in range(batch):
         mb_bool = b if bool_mask.shape[0] > 1 else 0
-        mh_bool = h if bool_mask.shape[1] > 1 else 0
         mb_float = b if float_mask.shape[0] > 1 else 0
-        mh_float = h if float_mask.shape[1] > 1 else 0
         qk_b = b if qk_out.shape[0] > 1 else 0
-        qk_h = h if qk_out.shape[1] > 1 else 0
-        _attention_head(q[b, h], k[b, h // group], v[b, h // group], sqrt_scale, softcap, mask_kind,
-                        bool_mask[mb_bool, mh_bool], float_mask[mb_float, mh_float], causal, offsets[b],
-                        left_window, right_window, valid_keys[b], qk_mode, qk_out[qk_b, qk_h], y[b, h],
-                        rounding, softmax_rounding, key_t, query, scores, bias)
+        for kh in range(kv_heads):
+            keys = k[b, kh]
+            if rounding != ROUND_NONE:
+                for j in range(total):
+                    for d in range(depth):
+                        scaled_keys[j, d] = round_to(keys[j, d] * sqrt_scale, rounding)
+                keys = scaled_keys
+            values = v[b, kh]
+            first_head = kh * group
+            for start in range(0, group_rows, block):
+                rows = min(block, group_rows - start)
+                block_queries = queries[:rows]
+                block_scores = scores[:rows]
+                block_outputs = outputs[:rows]
+                for r in range(rows):
+                    h = first_head + (start + r) // sq
+                    i = (start + r) % sq
+                    for d in range(depth):
+                        block_queries[r, d] = round_to(q[b, h, i, d] * q_factor, rounding)
+                if depth > 0 and total > 0:
+                    np.dot(block_queries, keys.T, block_scores)
+                else:
+                    block_scores[:, :] = 0
+                for r in range(rows):
+                    h = first_head + (start + r) // sq
+                    i = (start + r) % sq
+                    bool_head = bool_mask[mb_bool, h if bool_mask.shape[1] > 1 else 0]
+                    float_head = float_mask[mb_float, h if float_mask.shape[1] > 1 else 0]
+                    qk_head = qk_out[qk_b, h if qk_out.shape[1] > 1 else 0]
+                    _attention_row(block_scores[r], i + offsets[b], softcap, mask_kind,
+                                   bool_head[i if bool_head.shape[0] > 1 else 0],
+                                   float_head[i if float_head.shape[0] > 1 else 0], causal, left_window,
+                                   right_window, valid_keys[b], qk_mode, qk_head[i if qk_mode >= 0 else 0],
+                                   rounding, softmax_rounding)
+                if total > 0 and dv > 0:
+                    np.dot(block_scores, values, block_outputs)
+                else:
+                    block_outputs[:, :] = 0
+                for r in range(rows):
+                    h = first_head + (start + r) // sq
+                    i = (start + r) % sq
+                    y[b, h, i, :] = block_outputs[r]
 
 
 # ---------------------------------------------------------------- rotary embedding
