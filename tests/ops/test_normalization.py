@@ -5,7 +5,6 @@ of two float32 numbers times a reciprocal square root, a few ulps apart between 
 float64 at rtol=1e-12.
 """
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
@@ -48,7 +47,8 @@ def assert_close(got, want):
 def _bn_inputs(shape, dtype=np.float32, param_shape=None):
     channels = param_shape or (shape[1],)
     return [("x", RNG.standard_normal(shape).astype(dtype)), ("scale", RNG.standard_normal(channels).astype(dtype)),
-            ("bias", RNG.standard_normal(channels).astype(dtype)), ("mean", RNG.standard_normal(channels).astype(dtype)),
+            ("bias", RNG.standard_normal(channels).astype(dtype)),
+            ("mean", RNG.standard_normal(channels).astype(dtype)),
             ("var", (RNG.random(channels) + 0.5).astype(dtype))]
 
 

@@ -5,8 +5,8 @@ Per-channel parameters arrive as float64 vectors (a handful of values, converted
 so each kernel compiles once per input dtype. Only group_norm (diffusion and detection models run
 it unfused on large maps) is ``parallel=True``: BatchNormalization is normally folded into the
 preceding Conv, LRN belongs to 2012-era networks, and a parallel kernel triples compile time.
-Means and variances accumulate in float64 with two passes (mean, then squared deviations), which keeps them exact to float32 rounding even for inputs
-with a large common offset.
+Means and variances accumulate in float64 with two passes (mean, then squared deviations), which
+keeps them exact to float32 rounding even for inputs with a large common offset.
 """
 import numpy as np
 from numba import njit, prange
