@@ -2,18 +2,19 @@
 
 Covered: a torch-like bidirectional LSTM with per-batch sequence lengths and every output; peepholes,
 clip, input_forget, custom activations with alpha/beta, reverse direction, length-0 sequences,
-omitted outputs, float64 (against onnx's reference evaluator), layout=1 (checked against the time-major result, since onnxruntime rejects
-batch-major recurrent layers), weights given as inputs rather than initializers, and errors.
+omitted outputs, float64 (against onnx's reference evaluator), layout=1 (checked against the
+time-major result, since onnxruntime rejects batch-major recurrent layers), weights given as inputs
+rather than initializers, and errors.
 
 Tolerance: float32 at rtol 1e-5, atol 1e-6. qrt's float32 tanh/sigmoid are within 6e-8 of the exact
 functions and onnxruntime's within a few float32 ulps, and 20 recurrent steps compound those: the
-measured gap is below 5e-7. float64 at rtol 1e-12, atol 1e-12 (libm on both sides).
+measured gap is below 5e-7. float64 at rtol 1e-12, atol 1e-12 (libm and numpy's exp/tanh).
 """
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import qrt
 

@@ -63,7 +63,9 @@ def _sigmoid_exact(v):
 def activate(buf, start, n, code, alpha, beta, clip, exact):
     """buf[start:start + n] = activation(clip(buf[start:start + n])) in place; ``exact`` selects
     libm over the vectorizable rational tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2)."""
-    stop = start + n
+    # Unsigned bounds: with a signed run-time start LLVM must allow for negative-index wraparound,
+    # which keeps these loops scalar (4-8x slower).
+    start, stop = np.uintp(start), np.uintp(start + n)
     if clip > 0:
         for j in range(start, stop):
             buf[j] = min(max(buf[j], -clip), clip)
@@ -150,76 +152,29 @@ def recurrent_product(h, r_t, out):
 
 
 @njit(cache=True, inline="always")
+def _store_state(dst, d, state):
+    # An explicit loop: ``dst[d] = state`` (like any array or tuple assigned to a slice) compiles
+    # Numba's generic slice assignment, whose shape-mismatch error path takes seconds to compile.
+    batch, hidden = state.shape
+    for b in range(batch):
+        for j in range(hidden):
+            dst[d, b, j] = state[b, j]
+
+
+@njit(cache=True, inline="always")
 def _time_index(step, length, reverse):
     return length - 1 - step if reverse else step
 
 
 @njit(cache=True)
-def _lstm_direction(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas,
-                    input_forget, exact, y, y_h, y_c, d):
-    seq, batch, width = x.shape
-    hidden = r_t.shape[0]
-    dtype = x.dtype
-    xw = np.dot(x.reshape((seq * batch, width)), w_t)
-    h = h0.copy()
-    c = c0.copy()
-    hr = np.empty((batch, 4 * hidden), dtype)
-    block = batch * hidden
-    gates = np.empty(4 * block, dtype)
-    cell = np.empty(block, dtype)
-    rows = np.empty(batch, np.int64)
-    i0, o0, f0, c_0 = 0, block, 2 * block, 3 * block
-    for step in range(seq):
-        recurrent_product(h, r_t, hr)
-        for b in range(batch):
-            length = seq_lens[b]
-            rows[b] = _time_index(step, length, reverse) if step < length else 0
-            xrow = xw[rows[b] * batch + b]
-            hrow = hr[b]
-            base = b * hidden
-            for g in range(4):
-                at = g * block + base
-                src = g * hidden
-                for j in range(hidden):
-                    gates[at + j] = xrow[src + j] + hrow[src + j] + bias[src + j]
-            if has_peep:
-                for j in range(hidden):
-                    gates[i0 + base + j] += peep[j] * c[b, j]
-                    gates[f0 + base + j] += peep[2 * hidden + j] * c[b, j]
-        if has_peep:
-            activate(gates, i0, block, acts[0], alphas[0], betas[0], clip, exact)
-            activate(gates, f0, block, acts[0], alphas[0], betas[0], clip, exact)
-        else:
-            activate(gates, i0, 3 * block, acts[0], alphas[0], betas[0], clip, exact)
-        if input_forget:
-            for j in range(block):
-                gates[f0 + j] = 1 - gates[i0 + j]
-        activate(gates, c_0, block, acts[1], alphas[1], betas[1], clip, exact)
-        for b in range(batch):
-            base = b * hidden
-            for j in range(hidden):
-                cell[base + j] = gates[f0 + base + j] * c[b, j] + gates[i0 + base + j] * gates[c_0 + base + j]
-            if has_peep:
-                for j in range(hidden):
-                    gates[o0 + base + j] += peep[hidden + j] * cell[base + j]
-        if has_peep:
-            activate(gates, o0, block, acts[0], alphas[0], betas[0], clip, exact)
-        for b in range(batch):
-            if step < seq_lens[b]:
-                base = b * hidden
-                for j in range(hidden):
-                    c[b, j] = cell[base + j]
-        activate(cell, 0, block, acts[2], alphas[2], betas[2], 0.0, exact)
-        for b in range(batch):
-            if step < seq_lens[b]:
-                t = rows[b]
-                base = b * hidden
-                for j in range(hidden):
-                    h_new = gates[o0 + base + j] * cell[base + j]
-                    h[b, j] = h_new
-                    y[t, d, b, j] = h_new
-    y_h[d] = h
-    y_c[d] = c
+def _activate_segments(buf, segments, acts, alphas, betas, clip, exact):
+    """Apply activations to segments of ``buf``: each row of ``segments`` is (start, length, role,
+    clipped), ``role`` indexing ``acts``/``alphas``/``betas``. One call site for ``activate`` keeps
+    each kernel's compiled code (and compile time) small."""
+    for s in range(segments.shape[0]):
+        role = segments[s, 2]
+        activate(buf, segments[s, 0], segments[s, 1], acts[role], alphas[role], betas[role],
+                 clip if segments[s, 3] else 0.0, exact)
 
 
 @njit(cache=True)
@@ -232,66 +187,73 @@ def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, act
 
     A step's pre-activations are gathered gate-major, (gate, batch, hidden), so each activation runs
     once over every batch entry (i, o and f together when there are no peepholes). Entries whose
-    sequence has ended compute from row 0 of the step and their results are dropped."""
-    for d in range(w_t.shape[0]):
-        _lstm_direction(x, w_t[d], r_t[d], bias[d], peep[d], has_peep, seq_lens, h0[d], c0[d],
-                        reverse or d == 1, clip, acts[d], alphas[d], betas[d], input_forget, exact, y, y_h, y_c, d)
-
-
-@njit(cache=True)
-def _gru_direction(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, seq_lens, h0, reverse, clip, acts, alphas, betas,
-                   linear_before_reset, exact, y, y_h, d):
+    sequence has ended compute from row 0 of the step and their results are dropped. Loops index
+    multi-dimensional views with loop counters, which LLVM knows are non-negative, so they vectorize."""
     seq, batch, width = x.shape
-    hidden = r_h_t.shape[0]
+    hidden = r_t.shape[1]
     dtype = x.dtype
-    xw = np.dot(x.reshape((seq * batch, width)), w_t)
-    h = h0.copy()
-    hzr = np.empty((batch, 2 * hidden), dtype)
-    hh = np.empty((batch, hidden), dtype)
-    reset_h = np.empty((batch, hidden), dtype)
     block = batch * hidden
-    zr = np.empty(2 * block, dtype)       # z for every batch entry, then r
-    cand = np.empty(block, dtype)
+    # (start, length, role: 0 f / 1 g / 2 h, clipped) on the flat gates before the cell update, on
+    # the output gate after it (peepholes see the new cell), and h on the new cell state.
+    if has_peep:
+        before_segments = np.array([[0, block, 0, 1], [2 * block, block, 0, 1], [3 * block, block, 1, 1]], np.int64)
+    else:
+        before_segments = np.array([[0, 3 * block, 0, 1], [3 * block, block, 1, 1]], np.int64)
+    output_segments = np.array([[block, block, 0, 1]], np.int64)
+    cell_segments = np.array([[0, block, 2, 0]], np.int64)
+    hr = np.empty((batch, 4 * hidden), dtype)
+    gates = np.empty(4 * block, dtype)
+    cell = np.empty(block, dtype)
     rows = np.empty(batch, np.int64)
-    for step in range(seq):
-        recurrent_product(h, r_zr_t, hzr)
-        for b in range(batch):
-            length = seq_lens[b]
-            rows[b] = _time_index(step, length, reverse) if step < length else 0
-            xrow = xw[rows[b] * batch + b]
-            base = b * hidden
-            for g in range(2):
-                at = g * block + base
-                src = g * hidden
-                for j in range(hidden):
-                    zr[at + j] = xrow[src + j] + hzr[b, src + j] + w_bias[src + j] + r_bias[src + j]
-        activate(zr, 0, 2 * block, acts[0], alphas[0], betas[0], clip, exact)
-        if not linear_before_reset:
+    hr3 = hr.reshape((batch, 4, hidden))
+    gates3 = gates.reshape((4, batch, hidden))
+    gate_i, gate_o, gate_f, gate_c = gates3[0], gates3[1], gates3[2], gates3[3]
+    cell2 = cell.reshape((batch, hidden))
+    for d in range(w_t.shape[0]):
+        backwards = reverse or d == 1
+        xw = np.dot(x.reshape((seq * batch, width)), w_t[d]).reshape((seq * batch, 4, hidden))
+        h = h0[d].copy()
+        c = c0[d].copy()
+        gate_bias = bias[d].reshape((4, hidden))
+        p = peep[d].reshape((3, hidden))
+        for step in range(seq):
+            recurrent_product(h, r_t[d], hr)
             for b in range(batch):
+                length = seq_lens[b]
+                rows[b] = _time_index(step, length, backwards) if step < length else 0
+                xrow = xw[rows[b] * batch + b]
+                for g in range(4):
+                    for j in range(hidden):
+                        gates3[g, b, j] = xrow[g, j] + hr3[b, g, j] + gate_bias[g, j]
+                if has_peep:
+                    for j in range(hidden):
+                        gate_i[b, j] += p[0, j] * c[b, j]
+                        gate_f[b, j] += p[2, j] * c[b, j]
+            _activate_segments(gates, before_segments, acts[d], alphas[d], betas[d], clip, exact)
+            for b in range(batch):
+                if input_forget:
+                    for j in range(hidden):
+                        gate_f[b, j] = 1 - gate_i[b, j]
                 for j in range(hidden):
-                    reset_h[b, j] = zr[block + b * hidden + j] * h[b, j]
-        # The candidate's recurrence multiplies the reset state, or with linear_before_reset the
-        # plain state, the reset gate then scaling the product.
-        recurrent_product(h if linear_before_reset else reset_h, r_h_t, hh)
-        for b in range(batch):
-            xrow = xw[rows[b] * batch + b]
-            base = b * hidden
-            for j in range(hidden):
-                rec = hh[b, j] + r_bias[2 * hidden + j]
-                if linear_before_reset:
-                    rec *= zr[block + base + j]
-                cand[base + j] = xrow[2 * hidden + j] + w_bias[2 * hidden + j] + rec
-        activate(cand, 0, block, acts[1], alphas[1], betas[1], clip, exact)
-        for b in range(batch):
-            if step < seq_lens[b]:
-                t = rows[b]
-                base = b * hidden
-                for j in range(hidden):
-                    z = zr[base + j]
-                    h_new = (1 - z) * cand[base + j] + z * h[b, j]
-                    h[b, j] = h_new
-                    y[t, d, b, j] = h_new
-    y_h[d] = h
+                    cell2[b, j] = gate_f[b, j] * c[b, j] + gate_i[b, j] * gate_c[b, j]
+                if step < seq_lens[b]:
+                    for j in range(hidden):
+                        c[b, j] = cell2[b, j]
+                if has_peep:
+                    for j in range(hidden):
+                        gate_o[b, j] += p[1, j] * cell2[b, j]
+            if has_peep:
+                _activate_segments(gates, output_segments, acts[d], alphas[d], betas[d], clip, exact)
+            _activate_segments(cell, cell_segments, acts[d], alphas[d], betas[d], clip, exact)
+            for b in range(batch):
+                if step < seq_lens[b]:
+                    t = rows[b]
+                    for j in range(hidden):
+                        h_new = gate_o[b, j] * cell2[b, j]
+                        h[b, j] = h_new
+                        y[t, d, b, j] = h_new
+        _store_state(y_h, d, h)
+        _store_state(y_c, d, c)
 
 
 @njit(cache=True)
@@ -299,44 +261,94 @@ def gru(x, w_t, r_zr_t, r_h_t, w_bias, r_bias, seq_lens, h0, reverse, clip, acts
         linear_before_reset, exact, y, y_h):
     """GRU over every direction (reversed when d == 1 or ``reverse``). Gates in ONNX order z, r, h;
     per direction ``r_zr_t`` is the (hidden, 2 * hidden) recurrence of z and r, ``r_h_t`` the
-    (hidden, hidden) one of the candidate, ``w_bias``/``r_bias`` are Wb and Rb (3 * hidden)."""
-    for d in range(w_t.shape[0]):
-        _gru_direction(x, w_t[d], r_zr_t[d], r_h_t[d], w_bias[d], r_bias[d], seq_lens, h0[d], reverse or d == 1,
-                       clip, acts[d], alphas[d], betas[d], linear_before_reset, exact, y, y_h, d)
-
-
-@njit(cache=True)
-def _rnn_direction(x, w_t, r_t, bias, seq_lens, h0, reverse, clip, act, alpha, beta, exact, y, y_h, d):
+    (hidden, hidden) one of the candidate, ``w_bias``/``r_bias`` are Wb and Rb (3 * hidden).
+    Pre-activations are gathered gate-major as in ``lstm``: z and r of every batch entry, then the
+    candidate."""
     seq, batch, width = x.shape
-    hidden = r_t.shape[0]
-    xw = np.dot(x.reshape((seq * batch, width)), w_t)
-    h = h0.copy()
-    hr = np.empty((batch, hidden), x.dtype)
-    pre = np.empty(batch * hidden, x.dtype)
+    hidden = r_h_t.shape[1]
+    dtype = x.dtype
+    block = batch * hidden
+    gate_segments = np.array([[0, 2 * block, 0, 1]], np.int64)
+    candidate_segments = np.array([[2 * block, block, 1, 1]], np.int64)
+    hzr = np.empty((batch, 2 * hidden), dtype)
+    hh = np.empty((batch, hidden), dtype)
+    reset_h = np.empty((batch, hidden), dtype)
+    gates = np.empty(3 * block, dtype)
     rows = np.empty(batch, np.int64)
-    for step in range(seq):
-        recurrent_product(h, r_t, hr)
-        for b in range(batch):
-            length = seq_lens[b]
-            rows[b] = _time_index(step, length, reverse) if step < length else 0
-            xrow = xw[rows[b] * batch + b]
-            base = b * hidden
-            for j in range(hidden):
-                pre[base + j] = xrow[j] + hr[b, j] + bias[j]
-        activate(pre, 0, batch * hidden, act, alpha, beta, clip, exact)
-        for b in range(batch):
-            if step < seq_lens[b]:
-                t = rows[b]
-                base = b * hidden
-                for j in range(hidden):
-                    h[b, j] = pre[base + j]
-                    y[t, d, b, j] = pre[base + j]
-    y_h[d] = h
+    hzr3 = hzr.reshape((batch, 2, hidden))
+    gates3 = gates.reshape((3, batch, hidden))
+    gate_z, gate_r, cand = gates3[0], gates3[1], gates3[2]
+    for d in range(w_t.shape[0]):
+        backwards = reverse or d == 1
+        xw = np.dot(x.reshape((seq * batch, width)), w_t[d]).reshape((seq * batch, 3, hidden))
+        h = h0[d].copy()
+        wb = w_bias[d].reshape((3, hidden))
+        rb = r_bias[d].reshape((3, hidden))
+        for step in range(seq):
+            recurrent_product(h, r_zr_t[d], hzr)
+            for b in range(batch):
+                length = seq_lens[b]
+                rows[b] = _time_index(step, length, backwards) if step < length else 0
+                xrow = xw[rows[b] * batch + b]
+                for g in range(2):
+                    for j in range(hidden):
+                        gates3[g, b, j] = xrow[g, j] + hzr3[b, g, j] + wb[g, j] + rb[g, j]
+            _activate_segments(gates, gate_segments, acts[d], alphas[d], betas[d], clip, exact)
+            if not linear_before_reset:
+                for b in range(batch):
+                    for j in range(hidden):
+                        reset_h[b, j] = gate_r[b, j] * h[b, j]
+            # The candidate's recurrence multiplies the reset state, or with linear_before_reset the
+            # plain state, the reset gate then scaling the product.
+            recurrent_product(h if linear_before_reset else reset_h, r_h_t[d], hh)
+            for b in range(batch):
+                xrow = xw[rows[b] * batch + b]
+                if linear_before_reset:
+                    for j in range(hidden):
+                        cand[b, j] = xrow[2, j] + wb[2, j] + gate_r[b, j] * (hh[b, j] + rb[2, j])
+                else:
+                    for j in range(hidden):
+                        cand[b, j] = xrow[2, j] + wb[2, j] + hh[b, j] + rb[2, j]
+            _activate_segments(gates, candidate_segments, acts[d], alphas[d], betas[d], clip, exact)
+            for b in range(batch):
+                if step < seq_lens[b]:
+                    t = rows[b]
+                    for j in range(hidden):
+                        z = gate_z[b, j]
+                        h_new = (1 - z) * cand[b, j] + z * h[b, j]
+                        h[b, j] = h_new
+                        y[t, d, b, j] = h_new
+        _store_state(y_h, d, h)
 
 
 @njit(cache=True)
 def rnn(x, w_t, r_t, bias, seq_lens, h0, reverse, clip, acts, alphas, betas, exact, y, y_h):
     """Plain RNN over every direction: h = f(x W^T + h R^T + Wb + Rb); ``bias`` is Wb + Rb."""
+    seq, batch, width = x.shape
+    hidden = r_t.shape[1]
+    segments = np.array([[0, batch * hidden, 0, 1]], np.int64)
+    hr = np.empty((batch, hidden), x.dtype)
+    pre = np.empty(batch * hidden, x.dtype)
+    pre2 = pre.reshape((batch, hidden))
+    rows = np.empty(batch, np.int64)
     for d in range(w_t.shape[0]):
-        _rnn_direction(x, w_t[d], r_t[d], bias[d], seq_lens, h0[d], reverse or d == 1, clip, acts[d, 0],
-                       alphas[d, 0], betas[d, 0], exact, y, y_h, d)
+        backwards = reverse or d == 1
+        xw = np.dot(x.reshape((seq * batch, width)), w_t[d])
+        h = h0[d].copy()
+        b_sum = bias[d]
+        for step in range(seq):
+            recurrent_product(h, r_t[d], hr)
+            for b in range(batch):
+                length = seq_lens[b]
+                rows[b] = _time_index(step, length, backwards) if step < length else 0
+                xrow = xw[rows[b] * batch + b]
+                for j in range(hidden):
+                    pre2[b, j] = xrow[j] + hr[b, j] + b_sum[j]
+            _activate_segments(pre, segments, acts[d], alphas[d], betas[d], clip, exact)
+            for b in range(batch):
+                if step < seq_lens[b]:
+                    t = rows[b]
+                    for j in range(hidden):
+                        h[b, j] = pre2[b, j]
+                        y[t, d, b, j] = pre2[b, j]
+        _store_state(y_h, d, h)
