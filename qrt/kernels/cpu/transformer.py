@@ -20,7 +20,8 @@ from numba import njit, prange
 
 from .softmax import FASTMATH, ROUND_BFLOAT16, ROUND_NONE, fmax, round_to, softmax_exp
 
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Elements below which normalization runs serially (see softmax.PARALLEL_MIN_ELEMENTS).
+PARALLEL_MIN_ELEMENTS = 1 << 17
 
 # ---------------------------------------------------------------- layer / RMS normalization
 
