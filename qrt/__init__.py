@@ -5,9 +5,23 @@
 """
 import os as _os
 
-# Numba's OpenMP pool and OpenBLAS (numpy's BLAS, which Numba's np.dot calls) share the cores; spinning
-# idle OpenMP workers slowed alternating calls 12x on 2 cores (shared/PERFORMANCE-NOTES.md).
+# One thread pool owns the cores: Numba's. Spinning idle OpenMP workers slowed alternating calls 12x on
+# 2 cores (shared/PERFORMANCE-NOTES.md), and multi-threaded OpenBLAS calls (Numba's np.dot goes to
+# scipy's OpenBLAS) interleaved with prange kernels ran 5-45x slower than either alone. So OpenMP
+# waits passively and BLAS runs on the calling thread; qrt parallelises around it.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _single_threaded_blas():
+    try:
+        import scipy.linalg  # noqa: F401  (loads the OpenBLAS that Numba's np.dot calls)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1, user_api="blas")
+    except Exception:   # threadpoolctl/scipy missing or an unknown BLAS: leave the defaults
+        pass
+
+
+_single_threaded_blas()
 
 from .errors import (InvalidArgument, InvalidModel, NodeExecutionError, QrtError, QuantizationError,
                      UnsupportedOperator)
