@@ -2,8 +2,10 @@
 
 Each op reduces through one canonical layout (see :mod:`qrt.kernels.cpu.reduce`): axes of size one are
 ignored, runs of adjacent kept or reduced axes are merged, and when the reduced axes then form one
-block the input is viewed as (O, R, I) without a copy; otherwise the kept axes are transposed in front
-(one copy) and the reduction runs over contiguous rows.
+block the input is viewed as (O, R, I) without a copy. Reduced runs separated by kept axes are
+reduced one run per stage, the last run first (a transposing copy of the input would cost more than
+the reduction): only the first stage applies the element map (|x|, x*x) and only the last finishes
+(mean, sqrt, log); max, min, product and log-sum-exp compose as they are.
 
 Versions: ``axes`` is an attribute before opset 18 (13 for ReduceSum) and an optional input after,
 where ``noop_with_empty_axes`` also appears. Reducing over no axes (noop with empty axes) is the
@@ -40,10 +42,9 @@ def normalize_axes(axes, ndim, what="axes"):
     return sorted(result)
 
 
-def canonical_3d(x, reduced):
-    """View (or, when the reduced axes are not adjacent, transpose-copy) ``x`` as (O, R, I)."""
-    shape = x.shape
-    groups = []        # [is_reduced, size] runs over the axes whose size is not one
+def merged_groups(shape, reduced):
+    """[is_reduced, size] runs of adjacent kept or reduced axes; axes of size one are left out."""
+    groups = []
     for axis, size in enumerate(shape):
         if size == 1:
             continue
@@ -52,21 +53,15 @@ def canonical_3d(x, reduced):
             groups[-1][1] *= size
         else:
             groups.append([is_reduced, size])
-    reduced_runs = [g for g in groups if g[0]]
-    if len(reduced_runs) <= 1:
-        outer = depth = inner = 1
-        seen_reduced = False
-        for is_reduced, size in groups:
-            if is_reduced:
-                depth, seen_reduced = size, True
-            elif seen_reduced:
-                inner *= size
-            else:
-                outer *= size
-        return np.ascontiguousarray(x).reshape(outer, depth, inner)
-    kept = [a for a in range(x.ndim) if a not in reduced]
-    moved = np.ascontiguousarray(x.transpose(kept + sorted(reduced)))
-    return moved.reshape(math.prod(shape[a] for a in kept), math.prod(shape[a] for a in reduced), 1)
+    return groups
+
+
+def _around(groups, index):
+    """(O, R, I) sizes around group ``index`` (R = 1 when index is None)."""
+    if index is None:
+        return math.prod(size for _, size in groups), 1, 1
+    return (math.prod(size for _, size in groups[:index]), groups[index][1],
+            math.prod(size for _, size in groups[index + 1:]))
 
 
 def _parallel_chunks(outer, inner):
@@ -78,7 +73,8 @@ def _parallel_chunks(outer, inner):
 
 
 class _Reduce(Op):
-    """Shared driver: subclasses set ``run_kernel(x3, out)`` and the dtypes they accept."""
+    """Shared driver: subclasses define ``run_kernel(x3, out, first, last, count)`` (one stage; see
+    ``reduce``) and the dtypes they accept."""
 
     accepts_bool = False
     float_only = False       # compute integer inputs in float64 and cast back (exp/log maps)
@@ -113,9 +109,25 @@ class _Reduce(Op):
         elif dtype.kind not in "iuf":
             raise InvalidArgument(f"{self.op_type} does not accept {dtype} tensors")
 
-        x3 = canonical_3d(work, set(reduced))
-        out = np.empty((x3.shape[0], x3.shape[2]), dtype=work.dtype)
-        self.run_kernel(x3, out)
+        # Reduced runs that are not adjacent are reduced one at a time, last first, each stage a
+        # smaller contiguous array; only the first applies the element map, only the last finishes.
+        groups = merged_groups(work.shape, set(reduced))
+        count = math.prod(data.shape[a] for a in reduced)
+        current = np.ascontiguousarray(work)
+        first = True
+        while True:
+            runs = [i for i, (is_reduced, _) in enumerate(groups) if is_reduced]
+            index = runs[-1] if runs else None
+            outer, depth, inner = _around(groups, index)
+            out = np.empty((outer, inner), dtype=work.dtype)
+            last = len(runs) <= 1
+            self.run_kernel(current.reshape(outer, depth, inner), out, first, last, count)
+            if last:
+                break
+            del groups[index]
+            if 0 < index < len(groups) and groups[index - 1][0] == groups[index][0]:
+                groups[index - 1][1] *= groups.pop(index)[1]
+            current, first = out, False
         if work.dtype != dtype:
             out = out.astype(dtype)
         return out.reshape(out_shape)
@@ -125,20 +137,22 @@ class _SumLike(_Reduce):
     term = k.SUM
     finish = k.FINISH_NONE
 
-    def run_kernel(self, x3, out):
+    def run_kernel(self, x3, out, first, last, count):
         zero = out.dtype.type(0)
+        term = self.term if first else k.SUM
+        finish = self.finish if last else k.FINISH_NONE
         if x3.size >= PARALLEL_MIN_ELEMENTS:
             chunks = _parallel_chunks(x3.shape[0], x3.shape[2])
-            k.reduce_sum_parallel(x3, out, self.term, self.finish, zero, chunks)
+            k.reduce_sum_parallel(x3, out, term, finish, zero, count, chunks)
         else:
-            k.reduce_sum(x3, out, self.term, self.finish, zero)
+            k.reduce_sum(x3, out, term, finish, zero, count)
 
 
 class _Extreme(_Reduce):
     want_max = True
     accepts_bool = True
 
-    def run_kernel(self, x3, out):
+    def run_kernel(self, x3, out, first, last, count):
         dtype = out.dtype
         if dtype.kind == "f":
             empty = -np.inf if self.want_max else np.inf
@@ -154,14 +168,14 @@ class _Extreme(_Reduce):
 
 
 class _Prod(_Reduce):
-    def run_kernel(self, x3, out):
+    def run_kernel(self, x3, out, first, last, count):
         k.reduce_prod(x3, out, out.dtype.type(1))
 
 
 class _LogSumExp(_Reduce):
     float_only = True
 
-    def run_kernel(self, x3, out):
+    def run_kernel(self, x3, out, first, last, count):
         k.reduce_log_sum_exp(x3, out, out.dtype.type(0))
 
 

@@ -139,6 +139,10 @@ def test_reduce_empty_set_integer_extremes_and_empty_output():
     # A kept axis of size 0: the output is empty, nothing is reduced.
     y = np.zeros((0, 4), np.float32)
     _assert_same(*_both(_reduce("ReduceSum", y, (1,), keepdims=0), {"x": y}))
+    # Two reduced runs (two stages), one of them empty.
+    z = np.zeros((2, 0, 3, 4), np.float32)
+    got = _qrt(_reduce("ReduceMax", z, (1, 3), keepdims=0, out_shapes=[(2, 3)]), {"x": z})[0]
+    np.testing.assert_array_equal(got, np.full((2, 3), -np.inf, np.float32))
 
 
 @pytest.mark.parametrize("op", ["ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceMean",
@@ -155,7 +159,9 @@ def test_noop_with_empty_axes_is_the_elementwise_reduction(op):
 @pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax", "ReduceSumSquare"])
 def test_reduce_threaded_kernels(op):
     # Above PARALLEL_MIN_ELEMENTS: rows across threads (last axis), column blocks (first axis, few rows).
-    x = rng.standard_normal((64, PARALLEL_MIN_ELEMENTS // 32)).astype(np.float32)
+    # Rows of 2100 are scanned 128 lanes at a time and leave a tail.
+    x = rng.standard_normal((64, 2100)).astype(np.float32)
+    assert x.size >= PARALLEL_MIN_ELEMENTS
     for axes in [(1,), (0,)]:
         _assert_same(*_both(_reduce(op, x, axes), {"x": x}))
     few_rows = rng.standard_normal((1, 8, PARALLEL_MIN_ELEMENTS // 4)).astype(np.float32)

@@ -10,9 +10,9 @@ when the reduced axes are not adjacent). Two loop shapes cover all cases:
 
 Float sums are compiled with ``reassoc`` so LLVM keeps several vector accumulators in the row loop
 (a float32 sum of a long row is then also more accurate than a single running sum); no other fast-math
-flag is set, so infinities and NaN keep IEEE behaviour. Max/min keep eight independent running
-extremes per row, which the CPU overlaps; a NaN reaches the result only where a comparison lets it
-(the spec leaves NaN unspecified and onnxruntime behaves the same way).
+flag is set, so infinities and NaN keep IEEE behaviour. Max/min of a row keep LANES running
+extremes (an element-wise max, which vectorizes) and combine them at the end; a NaN reaches the
+result only where a comparison lets it (the spec leaves NaN unspecified; onnxruntime is no different).
 
 ``sum_terms``: 0 sums x, 1 sums |x|, 2 sums x*x. ``finish``: 0 none, 1 divide by R (mean), 2 sqrt,
 3 natural log. Integer outputs take the truncated result, as a C cast would.
@@ -63,7 +63,7 @@ def _sum_row(row, term, zero):
 
 
 @njit(cache=True, fastmath=_REASSOC, error_model="numpy")
-def _sum_block(x, out, o, i0, i1, term, finish, zero):
+def _sum_block(x, out, o, i0, i1, term, finish, zero, count):
     """out[o, i] for i in [i0, i1): the sum over r of term(x[o, r, i])."""
     depth = x.shape[1]
     acc = out[o]
@@ -78,36 +78,37 @@ def _sum_block(x, out, o, i0, i1, term, finish, zero):
             acc[i] += _term(src[i], term)
     if finish != 0:
         for i in range(start, stop):
-            _store(out, o, i, acc[i], finish, depth)
+            _store(out, o, i, acc[i], finish, count)
 
 
 @njit(cache=True, fastmath=_REASSOC, error_model="numpy")
-def reduce_sum(x, out, term, finish, zero):
-    """out[o, i] = finish(sum over r of term(x[o, r, i])); ``zero`` fixes the accumulator type."""
+def reduce_sum(x, out, term, finish, zero, count):
+    """out[o, i] = finish(sum over r of term(x[o, r, i])); ``zero`` fixes the accumulator type and
+    ``count`` is the mean's divisor (R, or the whole reduction's size when it runs in stages)."""
     outer, depth, inner = x.shape
     if inner == 1:
         rows = x.reshape((outer, depth))
         for o in range(outer):
-            _store(out, o, 0, _sum_row(rows[o], term, zero), finish, depth)
+            _store(out, o, 0, _sum_row(rows[o], term, zero), finish, count)
     else:
         for o in range(outer):
-            _sum_block(x, out, o, 0, inner, term, finish, zero)
+            _sum_block(x, out, o, 0, inner, term, finish, zero, count)
 
 
 @njit(cache=True, fastmath=_REASSOC, error_model="numpy", parallel=True)
-def reduce_sum_parallel(x, out, term, finish, zero, chunks):
+def reduce_sum_parallel(x, out, term, finish, zero, count, chunks):
     """``reduce_sum`` with threads over rows, or over ``chunks`` column blocks per row when I > 1."""
     outer, depth, inner = x.shape
     if inner == 1:
         rows = x.reshape((outer, depth))
         for o in prange(outer):
-            _store(out, o, 0, _sum_row(rows[o], term, zero), finish, depth)
+            _store(out, o, 0, _sum_row(rows[o], term, zero), finish, count)
     else:
         width = (inner + chunks - 1) // chunks
         for task in prange(outer * chunks):
             o = task // chunks
             i0 = (task - o * chunks) * width
-            _sum_block(x, out, o, i0, min(i0 + width, inner), term, finish, zero)
+            _sum_block(x, out, o, i0, min(i0 + width, inner), term, finish, zero, count)
 
 
 @njit(cache=True, inline="always")
@@ -115,34 +116,29 @@ def _wins(v, best, want_max):
     return v > best if want_max else v < best
 
 
+# Rows are scanned LANES values at a time, each lane keeping its own running extreme: an element-wise
+# max over (blocks, LANES) vectorizes (compare + blend), where LLVM keeps a max *reduction* scalar.
+LANES = 128
+
+
 @njit(cache=True)
-def _extreme_row(row, want_max, empty):
+def _extreme_row(row, lanes, want_max, empty):
+    """Max (min) of contiguous ``row``; ``lanes`` is (1, LANES) scratch."""
     n = row.shape[0]
     if n == 0:
         return empty
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = row[0]
-    r = 0
-    while r + 8 <= n:
-        v0, v1, v2, v3 = row[r], row[r + 1], row[r + 2], row[r + 3]
-        v4, v5, v6, v7 = row[r + 4], row[r + 5], row[r + 6], row[r + 7]
-        a0 = v0 if _wins(v0, a0, want_max) else a0
-        a1 = v1 if _wins(v1, a1, want_max) else a1
-        a2 = v2 if _wins(v2, a2, want_max) else a2
-        a3 = v3 if _wins(v3, a3, want_max) else a3
-        a4 = v4 if _wins(v4, a4, want_max) else a4
-        a5 = v5 if _wins(v5, a5, want_max) else a5
-        a6 = v6 if _wins(v6, a6, want_max) else a6
-        a7 = v7 if _wins(v7, a7, want_max) else a7
-        r += 8
-    a0 = a1 if _wins(a1, a0, want_max) else a0
-    a2 = a3 if _wins(a3, a2, want_max) else a2
-    a4 = a5 if _wins(a5, a4, want_max) else a4
-    a6 = a7 if _wins(a7, a6, want_max) else a6
-    a0 = a2 if _wins(a2, a0, want_max) else a0
-    a4 = a6 if _wins(a6, a4, want_max) else a4
-    best = a4 if _wins(a4, a0, want_max) else a0
-    for rr in range(r, n):
-        v = row[rr]
+    best = row[0]
+    full = n // LANES
+    if full >= 2:
+        _extreme_block(row[:full * LANES].reshape((1, full, LANES)), lanes, 0, 0, lanes.shape[1], want_max, empty)
+        partial = lanes[0]
+        for j in range(LANES):
+            v = partial[j]
+            best = v if _wins(v, best, want_max) else best
+    else:
+        full = 0
+    for r in range(full * LANES, n):
+        v = row[r]
         best = v if _wins(v, best, want_max) else best
     return best
 
@@ -174,8 +170,9 @@ def reduce_extreme(x, out, want_max, empty):
     outer, depth, inner = x.shape
     if inner == 1:
         rows = x.reshape((outer, depth))
+        lanes = np.empty((1, LANES), x.dtype)
         for o in range(outer):
-            out[o, 0] = _extreme_row(rows[o], want_max, empty)
+            out[o, 0] = _extreme_row(rows[o], lanes, want_max, empty)
     else:
         for o in range(outer):
             _extreme_block(x, out, o, 0, inner, want_max, empty)
@@ -186,8 +183,9 @@ def reduce_extreme_parallel(x, out, want_max, empty, chunks):
     outer, depth, inner = x.shape
     if inner == 1:
         rows = x.reshape((outer, depth))
+        lanes = np.empty((outer, LANES), x.dtype)
         for o in prange(outer):
-            out[o, 0] = _extreme_row(rows[o], want_max, empty)
+            out[o, 0] = _extreme_row(rows[o], lanes[o:o + 1], want_max, empty)
     else:
         width = (inner + chunks - 1) // chunks
         for task in prange(outer * chunks):
