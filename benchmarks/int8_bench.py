@@ -1,6 +1,8 @@
 """int8 vs float, qrt vs onnxruntime, on a Conv-heavy CNN and an MLP, in one process.
 
     python benchmarks/int8_bench.py [--runs 30] [--batch 1] [--threads 2]
+    python benchmarks/int8_bench.py --asm          # instructions in the compiled GEMM, per ISA
+    python benchmarks/int8_bench.py --agreement    # qrt vs onnxruntime on quantized CNN/MLP models
 
 Models are built with onnx.helper and quantized by onnxruntime.quantization.quantize_static (u8
 activations, s8 per-channel weights): QOperator (QLinearConv/QLinearMatMul) and QDQ (run by qrt
@@ -106,12 +108,92 @@ def time_runs(fn, runs):
     return min(times) * 1e3, statistics.median(times) * 1e3
 
 
+_ASM_SCRIPT = r"""
+import re, sys
+import numpy as np
+from qrt.kernels.cpu import qgemm
+isas = sys.argv[1:]
+for isa in isas:
+    b = np.ones((64, 64), np.int8)
+    packed = qgemm.pack_weights([b], np.zeros((1, 64)), isa=isa)
+    out = np.empty((16, 64), np.uint8)
+    qgemm.matmul(np.ones((16, 64), np.uint8), 0, np.zeros(16, np.int32), packed,
+                 qgemm.Epilogue(1, 1, 64, mult=np.full(64, 0.01)), out)
+    tag = qgemm.tag_for(isa).dtype
+    sig = next(s for s in qgemm.qgemm.signatures if str(s[0].dtype) == tag.name)
+    asm = qgemm.qgemm.inspect_asm(sig)
+    counts = {ins: len(re.findall(r"\b" + ins + r"\b", asm)) for ins in
+              ("vpdpbusd", "vpdpwssd", "vpmaddwd", "vpmaddubsw", "vpmulld", "vpmovzxbw", "vpmovsxbw", "vpbroadcastd",
+               "vpbroadcastq")}
+    regs = {r: len(re.findall(r"%" + r + r"\d+", asm)) for r in ("zmm", "ymm", "xmm")}
+    print(f"  {isa:11s} " + " ".join(f"{k}={v}" for k, v in counts.items() if v) + "  registers: "
+          + " ".join(f"{k}={v}" for k, v in regs.items()))
+"""
+
+
+def check_asm():
+    """Compiles the GEMM driver for every ISA this host runs, in a fresh cache (cached code cannot be
+    inspected), and counts the instructions that show which micro-kernel LLVM emitted."""
+    import subprocess
+    from qrt.kernels.cpu import qgemm
+    isas = {"avx512vnni": ["avx512vnni", "avx2", "generic"], "avx2": ["avx2", "generic"]}.get(qgemm.ISA, ["generic"])
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        print("qrt.kernels.cpu.qgemm.qgemm, instruction counts in the compiled driver:")
+        root = os.path.join(os.path.dirname(__file__), "..")
+        subprocess.run([sys.executable, "-c", _ASM_SCRIPT, *isas], env=env, check=True, cwd=root)
+    if "avx2" in isas:
+        # LLVM fuses vpmaddwd + vpaddd into vpdpwssd on a VNNI host; compiled for Zen 1 (AVX2 only,
+        # the CI machines) the same IR shows the plain AVX2 instructions.
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, NUMBA_CPU_NAME="znver1",
+                       NUMBA_CPU_FEATURES="+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+avx,+avx2,+fma,+f16c,+bmi,"
+                                          "+bmi2,+popcnt,+lzcnt,+movbe,+cx16,-avx512f,-avx512bw,-avx512vnni,-avxvnni")
+            print("the avx2 path compiled for znver1:")
+            subprocess.run([sys.executable, "-c", _ASM_SCRIPT, "avx2"], env=env, check=True, cwd=root)
+
+
+def agreement():
+    """qrt vs onnxruntime on tests/int8's quantized CNN and MLP: the table of the report."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "int8"))
+    from int8_helpers import run_ort, run_qrt
+    from quantized_models import eval_input, float_model, ort_quantized, output_step, qrt_quantized
+
+    from qrt.fusion import fuse_qdq_groups
+    print(f"{'model':5s} {'quantizer':5s} {'format':9s} {'act':6s} {'weights':11s} {'qrt-ort':>8s} "
+          f"{'differ':>7s} {'qrt-sim':>8s} {'err qrt':>8s} {'err ort':>8s}   (steps of the output scale)")
+    for name in ("cnn", "mlp"):
+        for quantizer in ("ort", "qrt"):
+            for fmt in ("QOperator", "QDQ"):
+                for act in ("QUInt8", "QInt8"):
+                    for pc in ((False, True) if quantizer == "ort" else (True,)):
+                        model = (ort_quantized(name, fmt, act, per_channel=pc) if quantizer == "ort"
+                                 else qrt_quantized(name, fmt, act, per_channel=pc))
+                        x = {"input": eval_input(name)}
+                        step = output_step(model)
+                        ours = run_qrt(fuse_qdq_groups(model) if fmt == "QDQ" else model, x)[0]
+                        theirs = run_ort(model, x)[0]
+                        ref = run_ort(float_model(name), x)[0]
+                        sim = (f"{np.abs(ours - run_ort(model, x, optimize=False)[0]).max() / step:8.2f}"
+                               if fmt == "QDQ" else f"{'-':>8s}")
+                        print(f"{name:5s} {quantizer:5s} {fmt:9s} {act:6s} {'per-channel' if pc else 'per-tensor':11s} "
+                              f"{np.abs(ours - theirs).max() / step:8.2f} {(ours != theirs).mean():7.3f} {sim} "
+                              f"{np.abs(ours - ref).mean() / step:8.3f} {np.abs(theirs - ref).mean() / step:8.3f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=1, help="CNN batch (the MLP uses 32x this)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--asm", action="store_true", help="count micro-kernel instructions and exit")
+    parser.add_argument("--agreement", action="store_true", help="print the qrt vs onnxruntime table and exit")
     args = parser.parse_args(argv)
+    if args.asm:
+        return check_asm()
+    if args.agreement:
+        return agreement()
 
     import numba
     import onnxruntime as ort

@@ -95,19 +95,19 @@ def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, za, need_rowsum, bp, Kp, K, N, 
                     ow += rows
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def to_padded_nhwc(x, flip, pads_begin, out):
     """(N, C, D, H, W) bytes into the interior of ``out`` (N, G, Dp, Hp, Wp, Cgp), xor ``flip``.
 
     ``out`` arrives with the borders filled with the zero point and the padding channels zeroed.
-    One task per input row (image, group, d, h), channels innermost so each output run is written
-    once while the C input rows it reads stay in cache.
+    Channels innermost, so each output run is written once while the C input rows it reads stay in
+    cache. Serial: it moves each input byte once, a small cost next to the convolution itself.
     """
     n_img, C, D, H, W = x.shape
     G = out.shape[1]
     Cg = C // G
     pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
-    for row in prange(n_img * G * D * H):
+    for row in range(n_img * G * D * H):
         img = row // (G * D * H)
         rest = row - img * (G * D * H)
         g = rest // (D * H)

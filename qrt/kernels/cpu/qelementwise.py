@@ -7,22 +7,22 @@
   operands the caller has broadcast to the output shape, computing in float32 as onnxruntime does,
   rounding half to even and saturating.
 * Pooling and softmax work on integer sums of ``x - zero_point``, exact until the final scaling.
+
+These loops are memory-bound and cheap next to the convolutions and matrix products around them,
+so they are serial: ``parallel=True`` would triple their compile time for little gain.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, prange, vectorize
-
-# Above this many elements a parallel loop pays for its thread launch.
-PARALLEL_MIN = 1 << 16
+from numba import njit, vectorize
 
 
 # --------------------------------------------------------------------------- reductions
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def min_max(x):
     """(min, max) of a flat float array, NaN-propagating like ``np.min``/``np.max``."""
     n = x.size
@@ -30,7 +30,7 @@ def min_max(x):
     lo = np.empty(chunks, np.float64)
     hi = np.empty(chunks, np.float64)
     step = (n + chunks - 1) // chunks
-    for c in prange(chunks):
+    for c in range(chunks):
         a = np.inf
         b = -np.inf
         nan = False
@@ -75,7 +75,7 @@ def divide_clamp(x, scale, lo, hi):
     return v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def qadd(a, b, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
     """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 on flat byte arrays.
 
@@ -84,7 +84,7 @@ def qadd(a, b, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
     """
     n = out.size
     chunk = 1 << 14
-    for c in prange((n + chunk - 1) // chunk):
+    for c in range((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             v = (np.float32(np.int32(a[i] ^ flip) - za) * ratio_a
                  + np.float32(np.int32(b[i] ^ flip) - zb) * ratio_b)
@@ -93,12 +93,12 @@ def qadd(a, b, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
             out[i] = np.uint8(np.int32(v)) ^ flip
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def qmul(a, b, flip, za, zb, ratio, zc, qmin, qmax, out):
     """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32; layout as :func:`qadd`."""
     n = out.size
     chunk = 1 << 14
-    for c in prange((n + chunk - 1) // chunk):
+    for c in range((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             v = np.float32((np.int32(a[i] ^ flip) - za) * (np.int32(b[i] ^ flip) - zb)) * ratio
             v = np.float32(np.rint(v)) + zc
@@ -106,12 +106,12 @@ def qmul(a, b, flip, za, zb, ratio, zc, qmin, qmax, out):
             out[i] = np.uint8(np.int32(v)) ^ flip
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def requantize(x, flip, zx, ratio, zy, qmin, qmax, out):
     """``saturate(rint((x - zx) * sx/sy) + zy)`` in float32: a change of scale and zero point."""
     n = out.size
     chunk = 1 << 14
-    for c in prange((n + chunk - 1) // chunk):
+    for c in range((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             v = np.float32(np.rint(np.float32(np.int32(x[i] ^ flip) - zx) * ratio)) + zy
             v = min(max(v, qmin), qmax)
@@ -166,12 +166,12 @@ def leaky_relu_table(x_scale, x_zero, y_scale, y_zero, alpha, qmin, qmax, signed
     return table
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def apply_table(x, table, out):
     """``out[i] = table[x[i]]`` on flat uint8 views."""
     n = x.size
     chunk = 1 << 14
-    for c in prange((n + chunk - 1) // chunk):
+    for c in range((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             out[i] = table[x[i]]
 
@@ -179,14 +179,14 @@ def apply_table(x, table, out):
 # --------------------------------------------------------------------------- pooling
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def global_average(x, flip, zx, mult, zy, qmin, qmax, out):
     """``x`` (R, L) bytes (xor ``flip``: uint8, ``zx`` shifted): one requantized mean per row.
 
     ``mult = x_scale / (y_scale * L)`` in float64; the sum of ``x - zx`` is exact.
     """
     R, L = x.shape
-    for r in prange(R):
+    for r in range(R):
         s = 0
         for i in range(L):
             s += np.int64(x[r, i] ^ flip)
@@ -198,11 +198,11 @@ def global_average(x, flip, zx, mult, zy, qmin, qmax, out):
         out[r] = np.uint8(np.int64(v) & 255)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def global_average_last(x, flip, zx, mult, zy, qmin, qmax, out):
     """Channels-last variant: ``x`` (N, L, C) averaged over L into ``out`` (N, C)."""
     N, L, C = x.shape
-    for t in prange(N):
+    for t in range(N):
         acc = np.zeros(C, np.int64)
         for i in range(L):
             for c in range(C):
@@ -216,7 +216,7 @@ def global_average_last(x, flip, zx, mult, zy, qmin, qmax, out):
             out[t, c] = np.uint8(np.int64(v) & 255)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
                  ratio, zy, qmin, qmax, out):
     """AveragePool of ``x`` (NC, D, H, W) bytes into ``out`` (NC, OD, OH, OW), requantized.
@@ -232,7 +232,7 @@ def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, 
     sd, sh, sw = strides[0], strides[1], strides[2]
     pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
     ed, eh, ew = pads_end[0], pads_end[1], pads_end[2]
-    for t in prange(NC * OD):
+    for t in range(NC * OD):
         c = t // OD
         od = t - c * OD
         d0 = od * sd - pd
@@ -264,14 +264,14 @@ def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, 
 # --------------------------------------------------------------------------- softmax
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def softmax_rows(x, flip, x_scale, y_scale, zy, qmin, qmax, out):
     """Quantized softmax over the rows of ``x`` (R, L) bytes (xor ``flip`` gives uint8).
 
     Uses ``exp((x - max) * x_scale)``: the input zero point cancels out of softmax.
     """
     R, L = x.shape
-    for r in prange(R):
+    for r in range(R):
         m = 0
         for i in range(L):
             v = np.int32(x[r, i] ^ flip)

@@ -421,11 +421,11 @@ def pack_b(b, flip, kmap, Kp, nr, out, col_sum):
         col_sum[n] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def prepare_a(a, flip, Kp, out, row_sum):
     """Rows of ``a`` (M, K) bytes xor ``flip`` into ``out`` (M, Kp) zero-padded; their sums to ``row_sum``."""
     M, K = a.shape
-    for m in prange(M):
+    for m in range(M):
         s = 0
         for k in range(K):
             v = a[m, k] ^ flip
@@ -436,10 +436,10 @@ def prepare_a(a, flip, Kp, out, row_sum):
         row_sum[m] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def row_sums(a, row_sum):
     M, K = a.shape
-    for m in prange(M):
+    for m in range(M):
         s = 0
         for k in range(K):
             s += np.int32(a[m, k])
