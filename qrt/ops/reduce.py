@@ -23,8 +23,9 @@ from ..kernels.cpu import reduce as k
 from ..registry import register
 from .base import Op
 
-# Reductions large enough that splitting rows across threads pays for the launch.
-PARALLEL_MIN_ELEMENTS = 1 << 16
+# Reductions large enough (4 MiB of float32) that splitting them across threads pays for waking the
+# thread pool: qrt runs OpenMP with a passive wait policy, where a launch costs tens of microseconds.
+PARALLEL_MIN_ELEMENTS = 1 << 20
 
 _LOW_PRECISION_FLOATS = {"float16", "bfloat16"}
 
@@ -65,11 +66,11 @@ def _around(groups, index):
 
 
 def _parallel_chunks(outer, inner):
-    """Column blocks per row so that every thread has work when there are few rows."""
+    """Column blocks per row so that every thread has work when there are fewer rows than threads."""
     threads = numba.get_num_threads()
-    if inner == 1 or outer >= 2 * threads:
+    if inner == 1 or outer >= threads:
         return 1
-    return max(1, min(-(-2 * threads // max(outer, 1)), inner // 64))
+    return max(1, min(-(-threads // max(outer, 1)), inner // 64))
 
 
 class _Reduce(Op):

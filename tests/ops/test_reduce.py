@@ -160,7 +160,7 @@ def test_noop_with_empty_axes_is_the_elementwise_reduction(op):
 def test_reduce_threaded_kernels(op):
     # Above PARALLEL_MIN_ELEMENTS: rows across threads (last axis), column blocks (first axis, few rows).
     # Rows of 2100 are scanned 128 lanes at a time and leave a tail.
-    x = rng.standard_normal((64, 2100)).astype(np.float32)
+    x = rng.standard_normal((PARALLEL_MIN_ELEMENTS // 2048, 2100)).astype(np.float32)
     assert x.size >= PARALLEL_MIN_ELEMENTS
     for axes in [(1,), (0,)]:
         _assert_same(*_both(_reduce(op, x, axes), {"x": x}))
