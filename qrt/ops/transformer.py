@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from onnx import helper as onnx_helper
 
@@ -231,7 +232,7 @@ class _Attention(Op):
             k.attention(_as(q4, work), _as(present_key, work), _as(present_value, work), sqrt_scale, softcap,
                         mask_kind, bool_mask, float_mask, self.is_causal, offsets, self.left_window,
                         self.right_window, valid, self.qk_mode if want_qk else -1, qk_out, y, rounding,
-                        softmax_rounding)
+                        softmax_rounding, 2 * numba.get_num_threads())
         if three_d:
             y = y.transpose(0, 2, 1, 3).reshape(batch, q_len, q_heads * v4.shape[3])
         results = [y.astype(q.dtype)]

@@ -106,6 +106,25 @@ def test_matmul_integers_exact(dtype):
         _close(got, _ort(model, inputs))
 
 
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((3, 1024), (1024, 1000)),      # few rows: streams B in Numba (split over k when large)
+    ((1, 1100), (1100, 1000)),      # one row, large enough to split across threads
+    ((16, 300), (300, 20)),
+    ((40, 200), (200, 300)),        # bands of rows, one BLAS call each
+    ((4, 128, 64), (4, 64, 128)),   # batches split across threads
+    ((1, 96, 64), (3, 64, 200)),    # a few broadcast batches, split into row bands
+])
+@pytest.mark.parametrize("transposed_b", [False, True])
+def test_matmul_kernel_choices(a_shape, b_shape, transposed_b):
+    # Each shape takes another path of kernels.matmul (few rows, parallel bands, parallel batches);
+    # a transposed (F-contiguous) weight goes through the dot-product variant without a copy.
+    a, b = _rand(a_shape), _rand(b_shape)
+    if transposed_b and b.ndim == 2:
+        b = np.ascontiguousarray(b.T).T
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(kernels.matmul(a, b), want, rtol=1e-5, atol=1e-5 * np.sqrt(a_shape[-1]))
+
+
 def test_matmul_int32_wraps_like_numpy():
     a = np.full((2, 3), 2 ** 20, dtype=np.int32)
     b = np.full((3, 2), 2 ** 12, dtype=np.int32)

@@ -10,13 +10,19 @@ functions :func:`matmul` and :func:`gemm`; they take and return numpy arrays.
 Layout: 2-D float products pass C- or F-contiguous operands straight to BLAS (a transposed weight is
 an F-contiguous view, no copy); batched products use C-contiguous (batch, rows, cols) stacks plus an
 index per output batch into each stack, so broadcast batches are never materialized.
+
+Threads: BLAS runs single-threaded under qrt (see ``qrt/__init__.py``), so products big enough to
+pay for a parallel launch are split across Numba's threads: bands of output rows (and batches),
+each one single-threaded BLAS call. Products with a few rows (small-batch linear layers) are
+memory-bound; Numba loops that stream the weight once run them, faster than BLAS's packing.
 """
 from __future__ import annotations
 
 import functools
 import math
+
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
 from ...errors import InvalidArgument
 
@@ -24,6 +30,15 @@ _BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Epilogue activations: the code the kernel switches on. Fusions add an entry and a branch below.
 ACTIVATIONS = {None: 0, "Relu": 1}
+
+# Multiply-adds from which a product is split across threads: ~100 us of single-threaded work,
+# well above the cost of waking the (passively waiting) OpenMP workers.
+PARALLEL_MIN_MACS = 1 << 20
+# Output columns per task of the few-rows kernel for transposed weights.
+COLUMN_BLOCK = 256
+# Rows up to which a product streams B in Numba instead of calling BLAS (see _product_2d); also the
+# fewest rows per parallel band of a BLAS product.
+FEW_ROWS = 16
 
 
 # ---------------------------------------------------------------- kernels
@@ -37,6 +52,98 @@ def _blas_2d(a, b, out):
 def _blas_batches(a, b, a_index, b_index, out):
     for i in range(out.shape[0]):
         np.dot(a[a_index[i]], b[b_index[i]], out[i])
+
+
+@njit(cache=True, parallel=True)
+def _blas_row_bands(a, b, out, bands):
+    """out = a @ b with the rows split in ``bands`` single-threaded BLAS calls run in parallel."""
+    rows = a.shape[0]
+    step = (rows + bands - 1) // bands
+    for band in prange(bands):
+        first = band * step
+        last = min(rows, first + step)
+        if first < last:
+            np.dot(a[first:last], b, out[first:last])
+
+
+@njit(cache=True, parallel=True)
+def _blas_batches_parallel(a, b, a_index, b_index, out, bands):
+    """Batched products, parallel over (batch, band of rows) tasks."""
+    count, rows = out.shape[0], out.shape[1]
+    step = (rows + bands - 1) // bands
+    for task in prange(count * bands):
+        i = task // bands
+        first = (task % bands) * step
+        last = min(rows, first + step)
+        if first < last:
+            np.dot(a[a_index[i], first:last], b[b_index[i]], out[i, first:last])
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _few_rows_times_matrix(a, b, out, tasks):
+    """out = a @ b for a (M, K) with few rows and b (K, N) C-contiguous.
+
+    The product is memory-bound: what matters is streaming b once, in order. Each of ``tasks``
+    parallel tasks takes a contiguous range of k, so it reads whole rows of b front to back, and
+    accumulates M partial rows (four k per pass, so each partial row is loaded and stored once per
+    four rows of b); the partial sums are then added.
+    """
+    rows, depth = a.shape
+    cols = b.shape[1]
+    partial = np.empty((tasks, rows, cols), dtype=out.dtype)
+    step = (depth + tasks - 1) // tasks
+    for task in prange(tasks):
+        first = task * step
+        last = min(depth, first + step)
+        for m in range(rows):
+            target = partial[task, m]
+            for n in range(cols):
+                target[n] = 0
+            k = first
+            while k + 4 <= last:
+                a0 = a[m, k]
+                a1 = a[m, k + 1]
+                a2 = a[m, k + 2]
+                a3 = a[m, k + 3]
+                b0 = b[k]
+                b1 = b[k + 1]
+                b2 = b[k + 2]
+                b3 = b[k + 3]
+                for n in range(cols):
+                    target[n] = (((target[n] + a0 * b0[n]) + a1 * b1[n]) + a2 * b2[n]) + a3 * b3[n]
+                k += 4
+            while k < last:
+                av = a[m, k]
+                b0 = b[k]
+                for n in range(cols):
+                    target[n] += av * b0[n]
+                k += 1
+    for m in range(rows):
+        for n in range(cols):
+            total = partial[0, m, n]
+            for task in range(1, tasks):
+                total += partial[task, m, n]
+            out[m, n] = total
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
+def _few_rows_times_transposed(a, w, out):
+    """out = a @ w.T for a (M, K) with few rows and w (N, K) C-contiguous (a transposed weight):
+    one dot product per output, vectorized along K, parallel over blocks of output columns."""
+    rows, depth = a.shape
+    cols = w.shape[0]
+    blocks = (cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    for block in prange(blocks):
+        first = block * COLUMN_BLOCK
+        last = min(cols, first + COLUMN_BLOCK)
+        for n in range(first, last):
+            weights = w[n]
+            for m in range(rows):
+                source = a[m]
+                total = out.dtype.type(0.0)
+                for k in range(depth):
+                    total += source[k] * weights[k]
+                out[m, n] = total
 
 
 @njit(cache=True)
@@ -113,13 +220,33 @@ def _blas_operand(x):
 
 
 def _product_2d(a, b, out):
-    if a.dtype in _BLAS_DTYPES:
-        if a.shape[1] == 0:
-            out[...] = 0
-        elif out.size:
-            _blas_2d(_blas_operand(a), _blas_operand(b), out)
-    else:
+    if a.dtype not in _BLAS_DTYPES:
         _int_product(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+        return
+    rows, depth = a.shape
+    cols = b.shape[1]
+    if depth == 0:
+        out[...] = 0
+        return
+    if not out.size:
+        return
+    threads = get_num_threads()
+    parallel = threads > 1 and rows * depth * cols >= PARALLEL_MIN_MACS
+    if 1 < rows <= FEW_ROWS or (rows == 1 and parallel):
+        # OpenBLAS packs all of B for every call, which dominates when A has few rows (M=2..16
+        # ran 2-4x slower than streaming B once); a single row alone goes to BLAS's gemv unless
+        # splitting it across threads pays.
+        tasks = threads if parallel else 1
+        a = np.ascontiguousarray(a)
+        if b.flags.f_contiguous and not b.flags.c_contiguous:
+            _few_rows_times_transposed(a, b.T, out)
+        else:
+            _few_rows_times_matrix(a, np.ascontiguousarray(b), out, tasks)
+    elif parallel:
+        bands = min(threads, max(1, rows // FEW_ROWS))
+        _blas_row_bands(np.ascontiguousarray(a), _blas_operand(b), out, bands)
+    else:
+        _blas_2d(_blas_operand(a), _blas_operand(b), out)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -176,10 +303,15 @@ def _batched(a, b, batch, out):
     b_index = _batch_index(b.shape[:-2], batch)
     flat = out.reshape((count, m, n))
     if out.dtype in _BLAS_DTYPES:
+        threads = get_num_threads()
         if k == 0:
             flat[...] = 0
-        else:
+        elif threads < 2 or count * m * k * n < PARALLEL_MIN_MACS:
             _blas_batches(a_stack, b_stack, a_index, b_index, flat)
+        else:
+            # Enough (batch, row band) tasks to keep every thread busy when batches are few.
+            bands = min(max(1, -(-threads // count)), max(1, m // FEW_ROWS))
+            _blas_batches_parallel(a_stack, b_stack, a_index, b_index, flat, bands)
     else:
         _int_batches(a_stack, b_stack, a_index, b_index, flat)
 

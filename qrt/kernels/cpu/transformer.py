@@ -183,81 +183,86 @@ def _attention_row(row, position, softcap, mask_kind, bool_row, float_row, causa
             qk_row[j] = row[j]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
 def attention(q, k, v, sqrt_scale, softcap, mask_kind, bool_mask, float_mask, causal, offsets,
-              left_window, right_window, valid_keys, qk_mode, qk_out, y, rounding, softmax_rounding):
+              left_window, right_window, valid_keys, qk_mode, qk_out, y, rounding, softmax_rounding, min_tasks):
     """Scaled dot-product attention: q (B, Hq, Sq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> y.
 
     Query head h reads key/value head ``h // (Hq // Hkv)`` (grouped-query attention). For each key
     head, the queries of all heads sharing it are stacked into one (group * Sq, D) matrix, so
     scores = Q K^T and Y = P V are BLAS products that read K and V once per group (a decode step
     is then one matrix product instead of ``group`` vector products); masking and the softmax run
-    row by row in between. ``offsets[b]`` is the absolute position of batch b's first query (keys
-    cached before it), ``valid_keys[b]`` how many leading keys are not padding. ``rounding`` /
-    ``softmax_rounding`` name the narrower float type intermediate results are rounded to
-    (``ROUND_*``); rounded data scales Q and K by sqrt(scale) each, as the spec writes it, others
-    fold the whole scale into Q.
+    row by row in between. The (batch, key head, block of stacked rows) tasks run in parallel,
+    with at least ``min_tasks`` of them when the rows allow; BLAS itself is single-threaded.
 
-    Heads run one after another: BLAS supplies the threads, and a parallel loop around BLAS calls
-    would oversubscribe the cores.
+    ``offsets[b]`` is the absolute position of batch b's first query (keys cached before it),
+    ``valid_keys[b]`` how many leading keys are not padding. ``rounding`` / ``softmax_rounding``
+    name the narrower float type intermediate results are rounded to (``ROUND_*``); rounded data
+    scales Q and K by sqrt(scale) each, as the spec writes it, others fold the whole scale into Q.
     """
     batch, q_heads, sq, depth = q.shape
     kv_heads, total = k.shape[1], k.shape[2]
     dv = v.shape[3]
     group = q_heads // kv_heads
     group_rows = group * sq
+    heads = batch * kv_heads
     block = max(1, min(group_rows, SCORE_BLOCK_ELEMENTS // max(total, 1)))
-    scores = np.empty((block, total), dtype=y.dtype)
-    queries = np.empty((block, depth), dtype=y.dtype)
-    outputs = np.empty((block, dv), dtype=y.dtype)
-    scaled_keys = np.empty((total, depth), dtype=y.dtype)
+    if heads < min_tasks:
+        split = -(-min_tasks // heads)
+        block = max(1, min(block, -(-group_rows // split)))
+    blocks = -(-group_rows // block)
+    keys_all = k
+    if rounding != ROUND_NONE:
+        keys_all = np.empty(k.shape, dtype=k.dtype)
+        for item in prange(heads):
+            b = item // kv_heads
+            kh = item % kv_heads
+            for j in range(total):
+                for d in range(depth):
+                    keys_all[b, kh, j, d] = round_to(k[b, kh, j, d] * sqrt_scale, rounding)
     q_factor = sqrt_scale if rounding != ROUND_NONE else sqrt_scale * sqrt_scale
-    for b in range(batch):
+    for task in prange(heads * blocks):
+        b = task // (kv_heads * blocks)
+        kh = (task // blocks) % kv_heads
+        start = (task % blocks) * block
+        rows = min(block, group_rows - start)
+        keys = keys_all[b, kh]
+        values = v[b, kh]
+        first_head = kh * group
+        block_queries = np.empty((rows, depth), dtype=y.dtype)
+        block_scores = np.empty((rows, total), dtype=y.dtype)
+        block_outputs = np.empty((rows, dv), dtype=y.dtype)
+        for r in range(rows):
+            h = first_head + (start + r) // sq
+            i = (start + r) % sq
+            for d in range(depth):
+                block_queries[r, d] = round_to(q[b, h, i, d] * q_factor, rounding)
+        if depth > 0 and total > 0:
+            np.dot(block_queries, keys.T, block_scores)
+        else:
+            block_scores[:, :] = 0
         mb_bool = b if bool_mask.shape[0] > 1 else 0
         mb_float = b if float_mask.shape[0] > 1 else 0
         qk_b = b if qk_out.shape[0] > 1 else 0
-        for kh in range(kv_heads):
-            keys = k[b, kh]
-            if rounding != ROUND_NONE:
-                for j in range(total):
-                    for d in range(depth):
-                        scaled_keys[j, d] = round_to(keys[j, d] * sqrt_scale, rounding)
-                keys = scaled_keys
-            values = v[b, kh]
-            first_head = kh * group
-            for start in range(0, group_rows, block):
-                rows = min(block, group_rows - start)
-                block_queries = queries[:rows]
-                block_scores = scores[:rows]
-                block_outputs = outputs[:rows]
-                for r in range(rows):
-                    h = first_head + (start + r) // sq
-                    i = (start + r) % sq
-                    for d in range(depth):
-                        block_queries[r, d] = round_to(q[b, h, i, d] * q_factor, rounding)
-                if depth > 0 and total > 0:
-                    np.dot(block_queries, keys.T, block_scores)
-                else:
-                    block_scores[:, :] = 0
-                for r in range(rows):
-                    h = first_head + (start + r) // sq
-                    i = (start + r) % sq
-                    bool_head = bool_mask[mb_bool, h if bool_mask.shape[1] > 1 else 0]
-                    float_head = float_mask[mb_float, h if float_mask.shape[1] > 1 else 0]
-                    qk_head = qk_out[qk_b, h if qk_out.shape[1] > 1 else 0]
-                    _attention_row(block_scores[r], i + offsets[b], softcap, mask_kind,
-                                   bool_head[i if bool_head.shape[0] > 1 else 0],
-                                   float_head[i if float_head.shape[0] > 1 else 0], causal, left_window,
-                                   right_window, valid_keys[b], qk_mode, qk_head[i if qk_mode >= 0 else 0],
-                                   rounding, softmax_rounding)
-                if total > 0 and dv > 0:
-                    np.dot(block_scores, values, block_outputs)
-                else:
-                    block_outputs[:, :] = 0
-                for r in range(rows):
-                    h = first_head + (start + r) // sq
-                    i = (start + r) % sq
-                    y[b, h, i, :] = block_outputs[r]
+        for r in range(rows):
+            h = first_head + (start + r) // sq
+            i = (start + r) % sq
+            bool_head = bool_mask[mb_bool, h if bool_mask.shape[1] > 1 else 0]
+            float_head = float_mask[mb_float, h if float_mask.shape[1] > 1 else 0]
+            qk_head = qk_out[qk_b, h if qk_out.shape[1] > 1 else 0]
+            _attention_row(block_scores[r], i + offsets[b], softcap, mask_kind,
+                           bool_head[i if bool_head.shape[0] > 1 else 0],
+                           float_head[i if float_head.shape[0] > 1 else 0], causal, left_window,
+                           right_window, valid_keys[b], qk_mode, qk_head[i if qk_mode >= 0 else 0],
+                           rounding, softmax_rounding)
+        if total > 0 and dv > 0:
+            np.dot(block_scores, values, block_outputs)
+        else:
+            block_outputs[:, :] = 0
+        for r in range(rows):
+            h = first_head + (start + r) // sq
+            i = (start + r) % sq
+            y[b, h, i, :] = block_outputs[r]
 
 
 # ---------------------------------------------------------------- rotary embedding
