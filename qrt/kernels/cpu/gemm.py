@@ -37,8 +37,10 @@ PARALLEL_MIN_MACS = 1 << 20
 # Output columns per task of the few-rows kernel for transposed weights.
 COLUMN_BLOCK = 256
 # Rows up to which a product streams B in Numba instead of calling BLAS (see _product_2d); also the
-# fewest rows per parallel band of a BLAS product.
+# fewest rows per parallel band of a BLAS product. Only a B of FEW_ROWS_MIN_WEIGHTS elements or more
+# costs enough to pack for this to matter.
 FEW_ROWS = 16
+FEW_ROWS_MIN_WEIGHTS = 1 << 16
 
 
 # ---------------------------------------------------------------- kernels
@@ -232,7 +234,8 @@ def _product_2d(a, b, out):
         return
     threads = get_num_threads()
     parallel = threads > 1 and rows * depth * cols >= PARALLEL_MIN_MACS
-    if 1 < rows <= FEW_ROWS or (rows == 1 and parallel):
+    streams = depth * cols >= FEW_ROWS_MIN_WEIGHTS and (1 < rows <= FEW_ROWS or (rows == 1 and parallel))
+    if streams:
         # OpenBLAS packs all of B for every call, which dominates when A has few rows (M=2..16
         # ran 2-4x slower than streaming B once); a single row alone goes to BLAS's gemv unless
         # splitting it across threads pays.
