@@ -120,63 +120,83 @@ def to_padded_nhwc(x, flip, pads_begin, out):
 
 
 @njit(cache=True, parallel=True)
-def depthwise(x, flip, za, w, bias, OD, OH, OW, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw,
-              multiplier, mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f):
-    """Convolution with one input channel per group; any channel multiplier.
+def depthwise(xp, kernel, dilations, wt, const, OD, OH, OW, sd, sh, sw, multiplier, mode, mult, zy, qmin, qmax,
+              fscale, fbias, out_q, out_i, out_f):
+    """Convolution with one input channel per group (any channel multiplier), vectorized over channels.
 
-    ``x`` is (N, C, D, H, W) bytes (xor ``flip`` makes them uint8, ``za`` their zero point),
-    ``w`` (Cout, kd*kh*kw) int32 with the weight zero point already subtracted, ``bias`` (Cout,)
-    int32, ``out_*`` (N, Cout, P). Output channel co reads input channel ``co // multiplier``.
-    Padding contributes ``zx - zx = 0``, so padded taps are skipped.
+    ``xp`` is the padded channels-last input (N, Dp, Hp, Wp, C) as uint8 (borders hold the zero
+    point), ``wt`` (taps, Cout) int32 weights minus their zero point and ``const`` (Cout,) the int32
+    bias minus ``zx * sum(wt)``, so that ``acc[co] = sum_t x[tap t, co // multiplier] * wt[t, co] +
+    const[co]`` is the exact sum of ``(x - zx)(w - zw)``. A task is one output row, accumulated as
+    (OW, Cout) and written channels first, ``out[n, co, position]``. Indices in the channel loops
+    are loop counters (2-D indexing), so LLVM vectorizes them with plain loads.
     """
-    n_img, C, D, H, W = x.shape
-    Cout = w.shape[0]
-    for task in prange(n_img * Cout * OD):
-        img = task // (Cout * OD)
-        rest = task - img * (Cout * OD)
-        co = rest // OD
-        od = rest - co * OD
-        ci = co // multiplier
-        acc = np.empty(OW, np.int32)
-        for oh in range(OH):
+    n_img, Dp, Hp, Wp, C = xp.shape
+    taps, Cout = wt.shape
+    kd, kh, kw = kernel[0], kernel[1], kernel[2]
+    dd, dh, dw = dilations[0], dilations[1], dilations[2]
+    lines = OD * OH
+    for task in prange(n_img * lines):
+        img = task // lines
+        line = task - img * lines
+        od = line // OH
+        oh = line - od * OH
+        acc = np.empty((OW, Cout), np.int32)
+        if kd == 1 and kh == 3 and kw == 3 and multiplier == 1:
+            # The common 3x3 case: all nine taps in one expression, so each accumulator is stored once.
+            r0 = xp[img, od * sd, oh * sh]
+            r1 = xp[img, od * sd, oh * sh + dh]
+            r2 = xp[img, od * sd, oh * sh + 2 * dh]
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = wt[0], wt[1], wt[2], wt[3], wt[4], wt[5], wt[6], wt[7], wt[8]
             for ow in range(OW):
-                acc[ow] = 0
-            for i in range(kd):
-                d = od * sd - pd + i * dd
-                if d < 0 or d >= D:
-                    continue
-                for j in range(kh):
-                    h = oh * sh - ph + j * dh
-                    if h < 0 or h >= H:
-                        continue
-                    for l in range(kw):
-                        wv = w[co, (i * kh + j) * kw + l]
-                        off = l * dw - pw
-                        # Only output columns whose input column lies inside the row.
-                        lo = 0
-                        if off < 0:
-                            lo = (-off + sw - 1) // sw
-                        hi = 0
-                        if W - 1 - off >= 0:
-                            hi = min(OW, (W - 1 - off) // sw + 1)
-                        for ow in range(lo, hi):
-                            acc[ow] += wv * (np.int32(x[img, ci, d, h, ow * sw + off] ^ flip) - za)
-            base = (od * OH + oh) * OW
+                iw = ow * sw
+                a0, a1, a2 = r0[iw], r0[iw + dw], r0[iw + 2 * dw]
+                b0, b1, b2 = r1[iw], r1[iw + dw], r1[iw + 2 * dw]
+                c0, c1, c2 = r2[iw], r2[iw + dw], r2[iw + 2 * dw]
+                out_row = acc[ow]
+                for c in range(Cout):
+                    out_row[c] = (const[c] + np.int32(a0[c]) * w0[c] + np.int32(a1[c]) * w1[c]
+                                  + np.int32(a2[c]) * w2[c] + np.int32(b0[c]) * w3[c] + np.int32(b1[c]) * w4[c]
+                                  + np.int32(b2[c]) * w5[c] + np.int32(c0[c]) * w6[c] + np.int32(c1[c]) * w7[c]
+                                  + np.int32(c2[c]) * w8[c])
+            kd_loop = 0
+        else:
             for ow in range(OW):
-                v32 = np.int32(acc[ow] + bias[co])
-                p = base + ow
-                if mode == 1:
-                    v = np.rint(np.float64(v32) * mult[co]) + zy
-                    if v < qmin:
-                        v = qmin
-                    elif v > qmax:
-                        v = qmax
-                    out_q[img, co, p] = np.uint8(np.int64(v) & 255)
-                elif mode == 0:
-                    out_i[img, co, p] = v32
-                else:
-                    out_f[img, co, p] = np.float32(v32) * fscale[co] + fbias[co]
-
+                for c in range(Cout):
+                    acc[ow, c] = const[c]
+            kd_loop = kd
+        for i in range(kd_loop):
+            for j in range(kh):
+                rows = xp[img, od * sd + i * dd, oh * sh + j * dh]          # (Wp, C)
+                for l in range(kw):
+                    t = (i * kh + j) * kw + l
+                    for ow in range(OW):
+                        iw = ow * sw + l * dw
+                        if multiplier == 1:
+                            for c in range(Cout):
+                                acc[ow, c] += np.int32(rows[iw, c]) * wt[t, c]
+                        else:
+                            for c in range(Cout):
+                                acc[ow, c] += np.int32(rows[iw, c // multiplier]) * wt[t, c]
+        p0 = line * OW
+        if mode == 1:
+            stage = np.empty((OW, Cout), np.uint8)
+            for ow in range(OW):
+                for c in range(Cout):
+                    v = np.rint(np.float64(acc[ow, c]) * mult[c]) + zy
+                    v = min(max(v, qmin), qmax)
+                    stage[ow, c] = np.uint8(np.int64(v) & 255)
+            for c in range(Cout):
+                for ow in range(OW):
+                    out_q[img, c, p0 + ow] = stage[ow, c]
+        elif mode == 0:
+            for c in range(Cout):
+                for ow in range(OW):
+                    out_i[img, c, p0 + ow] = acc[ow, c]
+        else:
+            for c in range(Cout):
+                for ow in range(OW):
+                    out_f[img, c, p0 + ow] = np.float32(acc[ow, c]) * fscale[c] + fbias[c]
 
 
 def _outputs3(mode, out):
@@ -247,13 +267,20 @@ def conv(x5, x_flip, zx, packed, geometry, epi, out3):
 
 
 def conv_depthwise(x5, x_flip, zx, w_centered, bias, geometry, multiplier, epi, out3):
-    """Depthwise convolution (one input channel per group); arguments as :func:`conv`."""
+    """Depthwise convolution (one input channel per group); arguments as :func:`conv`, with
+    ``w_centered`` (Cout, taps) int32 weights minus their zero point and ``bias`` (Cout,) int32."""
     group, kernel, strides, dilations, pads_begin, pads_end, out_spatial, _ = geometry
     OD, OH, OW = out_spatial
-    if x5.shape[0] == 0 or OD * OH * OW == 0:
+    n_img, C, D, H, W = x5.shape
+    if n_img == 0 or OD * OH * OW == 0:
         return out3
+    Dp, Hp, Wp = D + pads_begin[0] + pads_end[0], H + pads_begin[1] + pads_end[1], W + pads_begin[2] + pads_end[2]
+    xp = np.full((n_img, 1, Dp, Hp, Wp, C), zx, np.uint8)
+    to_padded_nhwc(x5, np.uint8(x_flip), np.asarray(pads_begin, np.int64), xp)
+    wt = np.ascontiguousarray(w_centered.T)
+    const = (bias.astype(np.int64) - np.int64(zx) * wt.sum(axis=0, dtype=np.int64)).astype(np.int32)
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
-    depthwise(x5, np.uint8(x_flip), np.int32(zx), w_centered, bias, OD, OH, OW, *kernel, *strides,
-              *dilations, *pads_begin, multiplier, epi.mode, epi.mult[0], epi.zy, epi.qmin, epi.qmax,
-              epi.fscale[0], epi.fbias[0], out_q, out_i, out_f)
+    depthwise(xp.reshape(n_img, Dp, Hp, Wp, C), np.asarray(kernel, np.int64), np.asarray(dilations, np.int64), wt,
+              const, OD, OH, OW, *strides, multiplier, epi.mode,
+              epi.mult[0], epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f)
     return out3
