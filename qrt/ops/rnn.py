@@ -78,7 +78,7 @@ class _Recurrent(Op):
 
     gates = 1
     default_activations = ("Tanh",)
-    _packed = None           # (W, R, B, packed weights) when W, R and B are plan-time constants
+    _packed = None           # (W, R, B, packed weights) when W and R are plan-time constants
 
     def _init(self, activation_alpha, activation_beta, activations, clip, direction, hidden_size, layout):
         if direction not in _DIRECTIONS:
@@ -96,14 +96,14 @@ class _Recurrent(Op):
             activations, activation_alpha, activation_beta, self.default_activations, self.num_directions)
 
     def prepare(self, constants):
+        # Packed for the B seen here (None when omitted or computed); a run whose W, R or B is another
+        # array (a computed B) packs afresh.
         w, r = constants[1], constants[2]
         b = constants[3] if len(constants) > 3 else None
-        bias_constant = len(constants) <= 3 or b is not None or not self._names_bias
-        if w is not None and r is not None and bias_constant:
+        if w is not None and r is not None:
             self._validate_weights(w, r, w.shape[2] if w.ndim == 3 else -1)
-            hidden = r.shape[2]
-            self._packed = (w, r, b, self.pack(w, r, self._bias(b, hidden, _work_dtype(w.dtype)), hidden,
-                                               _work_dtype(w.dtype)))
+            hidden, dtype = r.shape[2], _work_dtype(w.dtype)
+            self._packed = (w, r, b, self.pack(w, r, self._bias(b, hidden, dtype), hidden, dtype))
 
     def _weights(self, w, r, b, hidden, dtype):
         packed = self._packed
@@ -177,11 +177,6 @@ class _Recurrent(Op):
             states = [s.transpose(1, 0, 2) for s in states]
         results = [np.ascontiguousarray(a).astype(dtype, copy=False) for a in [y, *states]]
         return tuple(results[:max(self.n_outputs, 1)])
-
-    @property
-    def _names_bias(self):
-        # Whether the node lists B; prepare() sees None for both an omitted and a computed B.
-        return self.n_inputs > 3
 
 
 def _transposed(weights, dtype):
