@@ -7,6 +7,7 @@ private copy, so nothing qrt does later can touch the caller's object or file.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -113,6 +114,7 @@ def check_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto
     """Validate with onnx's checker, inline local functions and infer shapes (tolerantly)."""
     if not model.graph.node and not model.graph.output:
         raise InvalidModel(f"{label}: the graph is empty")
+    _guard_einsum_equations(model.graph, label)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -128,6 +130,24 @@ def check_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto
         # Inference is an aid (types for the plan and for get_outputs); a model it cannot follow still runs.
         pass
     return model
+
+
+_EINSUM_TERM = re.compile(r"^\s*([A-Za-z]|\.\.\.)*\s*$")
+
+
+def _guard_einsum_equations(graph, label):
+    """Reject malformed Einsum equations before onnx's shape inference sees them: on a stray '.' or an
+    unknown character onnx 1.23's Einsum inference never returns."""
+    for node in graph.node:
+        if node.op_type == "Einsum":
+            equation = next((a.s.decode("utf-8", "replace") for a in node.attribute if a.name == "equation"), "")
+            lhs, arrow, rhs = equation.partition("->")
+            terms = lhs.split(",") + ([rhs] if arrow else [])
+            if "->" in rhs or not all(_EINSUM_TERM.match(t) for t in terms):
+                raise InvalidModel(f"{label}: node {node.name or 'Einsum'!r}: malformed Einsum equation {equation!r}")
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _guard_einsum_equations(sub, label)
 
 
 def opset_imports(model: onnx.ModelProto) -> dict[str, int]:

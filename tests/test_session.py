@@ -227,3 +227,14 @@ def test_qdq_models_run_on_integer_kernels_unless_disabled():
                {o.name for o in model.graph.output}][0]
     step = float(inits[last_dq.input[1]])
     assert np.abs(a - b).max() <= step * 1.0001
+
+
+@pytest.mark.parametrize("equation", ["i.j->ij", "i-j", "ij->i->j"])
+def test_malformed_einsum_is_rejected_instead_of_hanging(equation):
+    # onnx 1.23's Einsum shape inference never returns on these; qrt must answer at once.
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    graph = helper.make_graph([helper.make_node("Einsum", ["a"], ["y"], equation=equation)], "g", [a], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InvalidModel, match="malformed Einsum equation"):
+        qrt.InferenceSession(model)
