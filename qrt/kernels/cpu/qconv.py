@@ -18,6 +18,8 @@ walks the input once per output channel.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -95,19 +97,19 @@ def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, za, need_rowsum, bp, Kp, K, N, 
                     ow += rows
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def to_padded_nhwc(x, flip, pads_begin, out):
     """(N, C, D, H, W) bytes into the interior of ``out`` (N, G, Dp, Hp, Wp, Cgp), xor ``flip``.
 
     ``out`` arrives with the borders filled with the zero point and the padding channels zeroed.
-    Channels innermost, so each output run is written once while the C input rows it reads stay in
-    cache. Serial: it moves each input byte once, a small cost next to the convolution itself.
+    One task per input row (image, group, d, h), channels innermost, so each output run is written
+    once while the C input rows it reads stay in cache.
     """
     n_img, C, D, H, W = x.shape
     G = out.shape[1]
     Cg = C // G
     pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
-    for row in range(n_img * G * D * H):
+    for row in prange(n_img * G * D * H):
         img = row // (G * D * H)
         rest = row - img * (G * D * H)
         g = rest // (D * H)
@@ -212,8 +214,10 @@ _EMPTY_I = np.zeros((1, 0, 0), np.int32)
 _EMPTY_F = np.zeros((1, 0, 0), np.float32)
 
 
+@functools.lru_cache(maxsize=256)
 def receptive_offsets(kernel, dilations, Hp, Wp, cgp):
-    """``koff``: byte offset of each 4-byte group of a receptive field from its first byte."""
+    """``koff``: byte offset of each 4-byte group of a receptive field from its first byte (cached:
+    a convolution asks for the same offsets on every run)."""
     kd, kh, kw = kernel
     dd, dh, dw = dilations
     taps = (np.arange(kd)[:, None, None] * dd * Hp * Wp + np.arange(kh)[None, :, None] * dh * Wp
@@ -248,7 +252,7 @@ def conv(x5, x_flip, zx, packed, geometry, epi, out3):
         # A 1x1 convolution is a plain GEMM over all positions: one long "row" tiles without breaks.
         OD, OH, OW, Dp, Hp, Wp = 1, 1, OD * OH * OW, 1, 1, OD * OH * OW
         xp = xp.reshape(n_img, group, 1, 1, OW, cgp)
-    koff = receptive_offsets(kernel, dilations, Hp, Wp, cgp)
+    koff = receptive_offsets(tuple(kernel), tuple(dilations), Hp, Wp, cgp)
     n_panels = (packed.N + packed.nr - 1) // packed.nr
     threads = numba.get_num_threads()
     lines = OD * OH
