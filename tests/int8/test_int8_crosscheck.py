@@ -79,3 +79,28 @@ QRT_CONFIGS = [(name, fmt, act) for name in ("cnn", "mlp") for fmt in ("QOperato
 @pytest.mark.parametrize("name, fmt, act", QRT_CONFIGS, ids=[f"{n}-{f}-{a}" for n, f, a in QRT_CONFIGS])
 def test_qrt_quantized_model(name, fmt, act):
     _check(name, qrt_quantized(name, fmt, act, per_channel=True), fmt)
+
+
+def test_one_session_from_several_threads():
+    """Packed weights and tables are built at session creation and only read while running."""
+    import threading
+
+    import qrt
+    model = ort_quantized("cnn", "QOperator", "QUInt8", per_channel=True)
+    session = qrt.InferenceSession(model.SerializeToString())
+    rng = np.random.default_rng(12)
+    feeds = [{"input": rng.standard_normal((2, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    expected = [session.run(None, f)[0] for f in feeds]
+    results = [None] * 4
+
+    def work(i):
+        for _ in range(3):
+            results[i] = session.run(None, feeds[i])[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
