@@ -33,7 +33,8 @@ one vector load brings 4 consecutive k of NR columns. The micro-kernels, by host
 
 The first two are written as LLVM IR through ``numba.extending.intrinsic`` because LLVM does not
 derive either instruction from scalar Numba code with the operands register-blocked. The kernel
-for a process is chosen once from the host's CPU features (:data:`ISA`); every driver takes a
+for a process is chosen once from the CPU features Numba compiles for (the host's, or
+NUMBA_CPU_FEATURES when that is set) into :data:`ISA`; every driver takes a
 zero-length ``tag`` array whose dtype names the ISA, so each ISA's driver is a separate cached
 specialization and an instruction the host lacks is never compiled.
 """
@@ -50,16 +51,20 @@ from numba.extending import intrinsic, overload
 # --------------------------------------------------------------------------- ISA choice
 
 
-def _host_isa() -> str:
+def _target_features() -> dict:
+    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES when set, else the host's."""
     import numba
-    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
-        # A portable build (NUMBA_CPU_NAME=generic) must not assume the build host's extensions.
-        return "generic"
+    if numba.config.CPU_FEATURES is not None:
+        return {f[1:]: f[0] == "+" for f in numba.config.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
     import llvmlite.binding as llvm
     try:
-        features = llvm.get_host_cpu_features()
+        return dict(llvm.get_host_cpu_features())
     except RuntimeError:
-        return "generic"
+        return {}
+
+
+def _host_isa() -> str:
+    features = _target_features()
     if features.get("avx512vnni") and features.get("avx512bw") and features.get("avx512f"):
         return "avx512vnni"
     if features.get("avx2"):
