@@ -120,6 +120,10 @@ class InferenceSession:
         if self._options.enable_qdq_integer_execution and _has_qdq(model):
             from .fusion import fuse_qdq_groups
             model = fuse_qdq_groups(model)
+        if int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
+            # Runtime-only fusions, at the level where onnxruntime applies its own FusedConv/FusedGemm.
+            from .fusion import fuse_activations
+            model = fuse_activations(model)
         if self._options.optimized_model_filepath:
             _save_atomically(model, self._options.optimized_model_filepath)
         self.model = model   # the checked, optimized model the plan was built from (inspectable)

@@ -6,3 +6,4 @@ from . import linalg, softmax, transformer  # noqa: F401  (matrix products, soft
 from . import conv, normalization, pool, resize  # noqa: F401  (convolution, normalization, pooling, resampling)
 from . import quantized  # noqa: F401  (QuantizeLinear family, QLinear*/Integer matmul and conv)
 from . import contrib_quantized  # noqa: F401  (com.microsoft QGemm, QLinearAdd, ... as onnxruntime's quantizer emits)
+from . import fused  # noqa: F401  (com.microsoft FusedConv/FusedGemm from the planner's activation fusion)

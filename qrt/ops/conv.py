@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import conv as k
+from ..kernels.cpu.activation import activate_inplace
 from ..registry import register
 from .base import Op
 
@@ -165,6 +166,8 @@ class _Window(Op):
 
 @register("Conv", 1)
 class Conv(_Window):
+    fused_activation = (0, 0.0, 0.0)     # (code, alpha, beta): set by FusedConv
+
     def run(self, X, W, B=None):
         _check_ranks("Conv", X, W)
         n_axes = X.ndim - 2
@@ -192,12 +195,15 @@ class Conv(_Window):
         geom = pack_geometry(kernel, strides, dilations, begins)
         out = np.empty(x5.shape[:2][:1] + (n_out,) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes),
                        dtype=dtype)
+        act, alpha, beta = self.fused_activation
         if c_group == 1 and group > 1:
             k.conv_depthwise(x5, w5, bias, geom, out)
+            if act:
+                activate_inplace(out.reshape(-1), act, alpha, beta)
         else:
             taps = int(np.prod(kernel))
             col = _scratch_buffer(channels * taps * int(np.prod(out_sizes)), dtype)
-            k.conv_gemm(x5, w5.reshape(n_out, -1), bias, geom, group, col, out)
+            k.conv_gemm(x5, w5.reshape(n_out, -1), bias, geom, group, col, out, act, alpha, beta)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
 
 

@@ -17,6 +17,8 @@ not (measured: 7x slower on a depthwise 3x3).
 import numpy as np
 from numba import njit, prange
 
+from .activation import bias_activate_rows
+
 
 @njit(cache=True, inline="always")
 def _valid_range(offset, stride, in_len, out_len):
@@ -132,12 +134,13 @@ def _add_bias(out3, bias):
 
 
 @njit(cache=True)
-def conv_gemm(x, w2, bias, geom, group, col, out):
+def conv_gemm(x, w2, bias, geom, group, col, out, act=0, alpha=0.0, beta=0.0):
     """Grouped convolution: per image, im2col then one GEMM per group; ``bias`` may be empty.
 
     ``w2`` is the weight reshaped to ``(M, C/group * kD*kH*kW)``; ``col`` is a scratch buffer of at
     least ``C*kD*kH*kW * OD*OH*OW`` elements (reused across calls: a fresh 7 MB buffer per call costs
-    page faults); ``out`` is ``(N, M, OD, OH, OW)``. GEMM operands are whole C-contiguous arrays
+    page faults); ``out`` is ``(N, M, OD, OH, OW)``. ``act`` (with ``alpha``/``beta``) is a fused
+    activation from :mod:`qrt.kernels.cpu.activation`, applied with the bias in one pass. GEMM operands are whole C-contiguous arrays
     (``a[g]`` of a reshaped stack, never ``a[lo:hi]``): Numba types a slice as layout 'A', and
     ``np.dot`` on those was 3.5x slower than on the same data typed 'C'.
     """
@@ -163,7 +166,9 @@ def conv_gemm(x, w2, bias, geom, group, col, out):
             stacked = columns.reshape(group, k_group, plane)
         for g in range(group):
             np.dot(weights[g], stacked[g], out4[n, g])
-    if bias.shape[0] > 0:
+    if act != 0:
+        bias_activate_rows(out.reshape(n_images, n_out, plane), bias, act, alpha, beta)
+    elif bias.shape[0] > 0:
         _add_bias(out.reshape(n_images, n_out, plane), bias)
 
 

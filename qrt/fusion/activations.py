@@ -1,0 +1,123 @@
+"""Plan-time fusion of an activation into the Conv or Gemm that feeds it.
+
+Conv -> {Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, Tanh} becomes com.microsoft FusedConv and
+Gemm -> activation (but Clip, which onnxruntime's FusedGemm lacks) becomes com.microsoft FusedGemm: the kernel applies the activation in the pass
+that adds the bias, saving a full read and write of the output and one intermediate. These are the
+ops (and attribute names) onnxruntime's own fusion emits, so a model saved after fusion still runs
+there. The output keeps the activation's tensor name; nothing else in the graph changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+_FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}
+_MS = "com.microsoft"
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _activation_params(act, constants, opset):
+    """The activation's parameters as FusedConv's ``activation_params``, or None when they are not constant."""
+    if act.op_type == "Clip":
+        if opset < 11:
+            return [float(_attr(act, "min", -3.402823e38)), float(_attr(act, "max", 3.402823e38))]
+        bounds = []
+        for i, default in ((1, -np.inf), (2, np.inf)):
+            name = act.input[i] if len(act.input) > i else ""
+            if not name:
+                bounds.append(default)
+            elif name in constants:
+                bounds.append(float(constants[name].reshape(())))
+            else:
+                return None
+        return bounds
+    if act.op_type == "LeakyRelu":
+        return [float(_attr(act, "alpha", 0.01))]
+    if act.op_type == "HardSigmoid":
+        return [float(_attr(act, "alpha", 0.2)), float(_attr(act, "beta", 0.5))]
+    return []
+
+
+def fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of ``model`` with Conv/Gemm + activation pairs fused (float32 tensors only)."""
+    graph = model.graph
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = _attr(node, "value")
+            if value is not None:
+                constants[node.output[0]] = numpy_helper.to_array(value)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    subgraph_reads = set()
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                subgraph_reads |= {i for n in g.node for i in n.input}
+    outputs = {o.name for o in graph.output}
+    float_tensors = {v.name for v in list(graph.value_info) + list(graph.output)
+                     if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+
+    fused_nodes, removed = {}, set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        out = node.output[0]
+        users = consumers.get(out, [])
+        if out in outputs or out in subgraph_reads or len(users) != 1 or out not in float_tensors:
+            continue
+        act = users[0]
+        if act.op_type not in _FUSABLE or act.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Gemm" and act.op_type == "Clip":
+            continue   # onnxruntime's FusedGemm has no Clip; keep the fused model runnable there
+        params = _activation_params(act, constants, opset)
+        if params is None:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            attrs.update(activation=act.op_type, activation_params=params) if params else \
+                attrs.update(activation=act.op_type)
+            fused = helper.make_node("FusedConv", list(node.input), [act.output[0]], name=node.name or act.name,
+                                     domain=_MS, **attrs)
+        else:
+            if params:
+                attrs["activation_alpha"] = params[0]
+            if len(params) > 1:
+                attrs["activation_beta"] = params[1]
+            fused = helper.make_node("FusedGemm", list(node.input), [act.output[0]], name=node.name or act.name,
+                                     domain=_MS, activation=act.op_type, **attrs)
+        fused_nodes[id(node)] = fused
+        removed.add(id(act))
+    if not fused_nodes:
+        return model
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    for node in graph.node:
+        if id(node) in removed:
+            continue
+        result.graph.node.append(fused_nodes.get(id(node), node))
+    used = {i for n in result.graph.node for i in n.input} | subgraph_reads | outputs
+    listed_inputs = {i.name for i in graph.input}
+    kept_inits = [t for t in result.graph.initializer if t.name in used or t.name in listed_inputs]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(kept_inits)
+    dropped = {n.output[0] for n in graph.node if id(n) in fused_nodes}
+    kept_info = [v for v in result.graph.value_info if v.name not in dropped]
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(kept_info)
+    if not any(i.domain == _MS for i in result.opset_import):
+        result.opset_import.append(helper.make_opsetid(_MS, 1))
+    return result
