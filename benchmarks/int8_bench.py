@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -27,6 +26,8 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from qrt.bench import run_times  # noqa: E402
 
 
 def cnn(batch):
@@ -98,13 +99,7 @@ def quantize(model, shape, fmt):
 def time_runs(fn, runs):
     """(fastest, median) wall time in ms. The fastest run is the one least disturbed by other
     processes on a shared machine; the median is shown beside it."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = run_times(fn, runs, warmup=3)
     return min(times) * 1e3, statistics.median(times) * 1e3
 
 

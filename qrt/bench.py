@@ -36,7 +36,8 @@ class BenchResult:
                 f"ratio qrt/ort {self.ratio:.2f}x")
 
 
-def time_runs(fn, runs: int, warmup: int) -> float:
+def run_times(fn, runs: int, warmup: int) -> list:
+    """Wall time of each of ``runs`` calls of ``fn`` in seconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -44,7 +45,12 @@ def time_runs(fn, runs: int, warmup: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return times
+
+
+def time_runs(fn, runs: int, warmup: int) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    return statistics.median(run_times(fn, runs, warmup)) * 1e3
 
 
 def benchmark(model, feeds=None, runs: int = 20, warmup: int = 3, threads: int | None = None,
