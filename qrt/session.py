@@ -120,15 +120,17 @@ class InferenceSession:
         if self._options.enable_qdq_integer_execution and _has_qdq(model):
             from .fusion import fuse_qdq_groups
             model = fuse_qdq_groups(model)
-        if int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
+        self._providers = resolve_providers(providers)
+        if int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_EXTENDED \
+                and all(p.on_host for p in self._providers):
             # Runtime-only fusions, at the level where onnxruntime applies its own FusedConv/FusedGemm.
+            # Only the host kernels implement the fused ops, so device sessions keep Conv/Gemm on the device.
             from .fusion import fuse_activations
             model = fuse_activations(model)
         if self._options.optimized_model_filepath:
             _save_atomically(model, self._options.optimized_model_filepath)
         self.model = model   # the checked, optimized model the plan was built from (inspectable)
 
-        self._providers = resolve_providers(providers)
         self._plan = build_plan(model.graph, opset_imports(model), self._providers, label=self._label)
         self._input_specs = {a.name: a for a in self._inputs}
         self._expected_dtypes = {i.name: numpy_dtype(i.type.tensor_type.elem_type)
