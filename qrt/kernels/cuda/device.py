@@ -195,7 +195,7 @@ def _compile_lines(path, cc, ptx, importlib, types, compile_cuda):
             if ptx:
                 cuda.compile_ptx(pyfunc, argtypes, cc=cc)
             else:
-                cres = compile_cuda(pyfunc, types.void, argtypes)
+                cres = compile_cuda(pyfunc, types.void, argtypes, cc=tuple(cc[:2]))
                 cres.library.get_llvm_str()
             compiled.append((module, name, params, argtypes))
         except Exception as exc:   # reported, not raised: the caller lists every failure at once
