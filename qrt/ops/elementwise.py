@@ -1,7 +1,7 @@
 """Element-wise ops: arithmetic, comparison, logic, unary math and activations, with broadcasting."""
 import numpy as np
 
-from ..errors import InvalidModel
+from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import elementwise as k
 from ..kernels.cpu.ufunc import call
 from ..registry import register
@@ -36,6 +36,37 @@ def _object_binary(op_type, a, b):
     raise InvalidModel(f"{op_type} is not defined on string tensors")
 
 
+def _legacy_broadcast(a, b, broadcast, axis):
+    """Opset 1-6 broadcasting: B (never A) is stretched onto A, aligned at ``axis`` or at the trailing dims."""
+    if not broadcast:
+        if a.shape != b.shape:
+            raise InvalidArgument(f"inputs of shapes {list(a.shape)} and {list(b.shape)} need broadcast=1")
+        return b
+    if axis is None:
+        return b
+    axis = axis + a.ndim if axis < 0 else axis
+    if axis + b.ndim > a.ndim:
+        raise InvalidArgument(f"B of shape {list(b.shape)} does not fit A of shape {list(a.shape)} at axis {axis}")
+    return b.reshape(b.shape + (1,) * (a.ndim - axis - b.ndim))
+
+
+def _legacy_binary(op_type, modern):
+    """The opset 1-6 form of a binary op: ``broadcast``/``axis`` attributes, then the opset-7 kernel."""
+
+    @register(op_type, 1)
+    class LegacyBinary(Op):
+        def __init__(self, axis=None, broadcast=0, consumed_inputs=None):
+            self.axis = None if axis is None else int(axis)
+            self.broadcast = int(broadcast)
+            self.modern = modern()
+
+        def run(self, a, b):
+            return self.modern.run(a, _legacy_broadcast(a, b, self.broadcast, self.axis))
+
+    LegacyBinary.__name__ = LegacyBinary.__qualname__ = f"{op_type}1"
+    return LegacyBinary
+
+
 Add = _binary("Add", 7, k.add)
 Sub = _binary("Sub", 7, k.sub)
 Mul = _binary("Mul", 7, k.mul)
@@ -58,6 +89,10 @@ class Pow(Op):
             return call(k.pow_int, x, y.astype(np.int64) if y.dtype.kind == "f" else y, dtype=x.dtype) \
                 if y.dtype.kind in "iu" else call(k.pow_float, x.astype(np.float64), y, dtype=x.dtype)
         return call(k.pow_float, x, y.astype(x.dtype) if y.dtype != x.dtype else y, dtype=x.dtype)
+
+
+Add1, Sub1, Mul1, Div1, Pow1 = (_legacy_binary(name, cls) for name, cls in
+                                (("Add", Add), ("Sub", Sub), ("Mul", Mul), ("Div", Div), ("Pow", Pow)))
 
 
 @register("Mod", 10)
@@ -89,6 +124,9 @@ def _variadic(op_type, since, kernel):
 Max = _variadic("Max", 8, k.maximum)
 Min = _variadic("Min", 8, k.minimum)
 Sum = _variadic("Sum", 8, k.add)
+# Opset 6 takes equal shapes only: a subset of what the opset-8 classes accept.
+Max6, Min6, Sum6 = (_variadic(name, 6, kernel) for name, kernel in
+                    (("Max", k.maximum), ("Min", k.minimum), ("Sum", k.add)))
 
 
 @register("Mean", 8)
@@ -257,6 +295,16 @@ class Clip(Op):
 class PRelu(Op):
     def run(self, x, slope):
         return call(k.prelu, x, slope.astype(x.dtype, copy=False))
+
+
+@register("PRelu", 6)
+class PRelu6(PRelu):
+    """Opset 6: a 1-D slope of C values applies per channel (axis 1), as exporters of the time wrote it."""
+
+    def run(self, x, slope):
+        if slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1] and slope.shape[0] != x.shape[-1]:
+            slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))
+        return super().run(x, slope)
 
 
 @register("Where", 9)

@@ -46,6 +46,14 @@ class Gemm(Op):
                             trans_b=self.trans_b)
 
 
+@register("Gemm", 6)
+class Gemm6(Gemm):
+    """Opset 6: C is required and ``broadcast`` says whether it may be smaller than (M, N)."""
+
+    def __init__(self, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):
+        super().__init__(alpha=alpha, beta=beta, transA=transA, transB=transB)
+
+
 @register("Gemm", 11)
 class Gemm11(Gemm):
     c_optional = True

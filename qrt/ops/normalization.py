@@ -100,6 +100,14 @@ class BatchNormalization7(_BatchNorm):
         super().__init__(epsilon, momentum, spatial)
 
 
+@register("BatchNormalization", 6)
+class BatchNormalization6(BatchNormalization7):
+    """Opset 6 adds ``is_test``; as in opset 7, the number of outputs decides training vs inference."""
+
+    def __init__(self, epsilon=1e-5, is_test=0, momentum=0.9, spatial=1):
+        super().__init__(epsilon, momentum, spatial)
+
+
 @register("BatchNormalization", 9)
 class BatchNormalization9(BatchNormalization7):
     def __init__(self, epsilon=1e-5, momentum=0.9):
