@@ -54,7 +54,8 @@ class _Binary(CudaOp):
 def _binary(op_type, kernel, int_kernel="", result_bool=False):
     cls = type(op_type, (_Binary,), {"kernel": kernel, "int_kernel": int_kernel, "result_bool": result_bool,
                                      "__module__": __name__})
-    return twin(op_type)(cls)
+    # Opsets 1-6 broadcast by the `broadcast`/`axis` attributes, which only the host kernels apply.
+    return twin(op_type, since_min=7)(cls)
 
 
 Add = _binary("Add", "add")
@@ -71,7 +72,7 @@ Or = _binary("Or", "logical_or", result_bool=True)
 Xor = _binary("Xor", "logical_xor", result_bool=True)
 
 
-@twin("Pow")
+@twin("Pow", since_min=7)   # opsets 1-6: legacy broadcast attributes, host only
 class Pow(CudaOp):
     def run_device(self, x, y):
         require_device_dtypes(x, y)
@@ -214,7 +215,7 @@ class Clip(CudaOp):
         return k.apply_unary("clip", a, dev.empty(a.shape, a.dtype), x.dtype.type(lo), x.dtype.type(hi))
 
 
-@twin("PRelu")
+@twin("PRelu", since_min=7)   # opset 6: legacy per-channel slope, host only
 class PRelu(CudaOp):
     def run_device(self, x, slope):
         require_device_dtypes(x, slope)
