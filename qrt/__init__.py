@@ -41,7 +41,7 @@ def __getattr__(name):
         from . import quantization
         return getattr(quantization, name)
     if name == "check":
-        from .check import check
+        from .validation import check
         return check
     raise AttributeError(f"module 'qrt' has no attribute {name!r}")
 

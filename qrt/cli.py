@@ -32,7 +32,7 @@ def _cmd_run(args):
 
 
 def _cmd_check(args):
-    from .check import check
+    from .validation import check
     from .feeds import load_feeds
     from .session import InferenceSession
 

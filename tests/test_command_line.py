@@ -48,3 +48,10 @@ def test_wrong_input_dtype_is_named(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float64))
     assert main(["run", MODEL_PATH, "--input", str(tmp_path / "x.npy")]) == 2
     assert "input 'image' has dtype float64, expected float32" in capsys.readouterr().err
+
+
+def test_qrt_check_stays_the_function_after_the_cli_ran_it(capsys):
+    import qrt
+    assert main(["check", MODEL_PATH]) == 0
+    result = qrt.check(MODEL_PATH)
+    assert result.passed and result.outputs[0].name == "logits"
