@@ -17,22 +17,33 @@ def per_channel_values(bias, rank, channels):
     return np.broadcast_to(bias.reshape(-1), (channels,))
 
 
+def conv_with_constant(graph, node, op_type):
+    """(conv, constant) for each side of a two-input ``op_type`` node whose one operand is the sole use of
+    a Conv/ConvTranspose output and whose other operand is a float constant."""
+    if not is_op(node, op_type) or len(node.input) != 2:
+        return []
+    candidates = []
+    for side in (0, 1):
+        conv = graph.producer(node.input[side])
+        if conv is None or not is_op(conv, "Conv", "ConvTranspose") or len(conv.output) != 1:
+            continue
+        if graph.sole_consumer(conv.output[0]) is not node:
+            continue
+        constant = graph.constant(node.input[1 - side])
+        if constant is None or constant.dtype.type not in FLOAT_DTYPES:
+            continue
+        candidates.append((conv, constant))
+    return candidates
+
+
 def fuse_add_bias_into_conv(graph):
     if graph.opset() < 7:  # Add before opset 7 broadcasts by attribute, not numpy rules
         return 0
     changed = 0
     for add in graph.live_nodes():
-        if not is_op(add, "Add") or len(add.input) != 2:
-            continue
-        for side in (0, 1):
-            conv = graph.producer(add.input[side])
-            if conv is None or not is_op(conv, "Conv", "ConvTranspose") or len(conv.output) != 1:
-                continue
-            if graph.sole_consumer(conv.output[0]) is not add:
-                continue
+        for conv, addend in conv_with_constant(graph, add, "Add"):
             weight_shape = graph.static_shape(conv.input[1])
-            addend = graph.constant(add.input[1 - side])
-            if weight_shape is None or addend is None or addend.dtype.type not in FLOAT_DTYPES:
+            if weight_shape is None:
                 continue
             channels = output_channels(conv, weight_shape)
             extra = per_channel_values(addend, len(weight_shape), channels)

@@ -3,10 +3,8 @@
 output name."""
 import numpy as np
 
-from ..graph import is_op
-from .fuse_add_bias_into_conv import per_channel_values
-from .fuse_bn_into_conv import (FLOAT_DTYPES, conv_weight_and_bias, output_channels, scale_output_channels,
-                                set_conv_weight_and_bias)
+from .fuse_add_bias_into_conv import conv_with_constant, per_channel_values
+from .fuse_bn_into_conv import conv_weight_and_bias, output_channels, scale_output_channels, set_conv_weight_and_bias
 
 
 def fuse_mul_into_conv(graph):
@@ -14,17 +12,7 @@ def fuse_mul_into_conv(graph):
         return 0
     changed = 0
     for mul in graph.live_nodes():
-        if not is_op(mul, "Mul") or len(mul.input) != 2:
-            continue
-        for side in (0, 1):
-            conv = graph.producer(mul.input[side])
-            if conv is None or not is_op(conv, "Conv", "ConvTranspose") or len(conv.output) != 1:
-                continue
-            if graph.sole_consumer(conv.output[0]) is not mul:
-                continue
-            factor = graph.constant(mul.input[1 - side])
-            if factor is None or factor.dtype.type not in FLOAT_DTYPES:
-                continue
+        for conv, factor in conv_with_constant(graph, mul, "Mul"):
             weight, bias = conv_weight_and_bias(graph, conv)
             if weight is None or weight.dtype != factor.dtype:
                 continue
