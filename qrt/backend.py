@@ -1,7 +1,6 @@
 """qrt as an ``onnx.backend.base.Backend``, so onnx's own backend test cases run through qrt."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx.backend.base import Backend, BackendRep
 

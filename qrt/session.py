@@ -11,14 +11,13 @@ import enum
 import json
 import os
 import tempfile
-import threading
 import time
 
 import numba
 import numpy as np
 import onnx
 
-from .errors import InvalidArgument, InvalidModel
+from .errors import InvalidArgument
 from .model import check_model, load_model, model_label, numpy_dtype, opset_imports, shape_of, type_string
 from .plan import Profiler, build_plan
 from .providers import resolve_providers

@@ -95,7 +95,7 @@ class QGemm(Op):
         a_m = A.T if self.transA else A
         cached = getattr(self, "_b_view", None)
         b_m = cached[1] if cached is not None and cached[0] is B else self._b_matrix(B)
-        M, N = a_m.shape[0], b_m.shape[1]
+        N = b_m.shape[1]
         scale_ab = (np.float32(self.alpha) * np.asarray(a_scale, np.float32).reshape(())
                     * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32))
         column_c = C is None or C.size == 1 or (C.shape[-1] == N and C.size == N)

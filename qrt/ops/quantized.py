@@ -569,7 +569,6 @@ class QLinearMatMul(Op):
         qmin, qmax = qbounds(out_dtype)
         zy = scalar_int(y_zero_point)
         a_scale = np.asarray(a_scale)
-        N = b.shape[-1] if b.ndim > 1 else 1
         per_row = a_scale.size > 1
         if per_row:
             acc = self._mm.compute(a, a_zero_point, b, b_zero_point,

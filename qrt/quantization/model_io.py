@@ -86,7 +86,7 @@ def save(model: onnx.ModelProto, path, use_external_data_format=False) -> int:
     if not os.path.isdir(folder):
         raise QuantizationError(f"cannot write {path}: directory {folder} does not exist")
     if not use_external_data_format and model.ByteSize() >= _PROTOBUF_LIMIT:
-        raise QuantizationError(f"the quantized model is over 2 GiB; pass use_external_data_format=True")
+        raise QuantizationError("the quantized model is over 2 GiB; pass use_external_data_format=True")
     staging = tempfile.mkdtemp(prefix=".qrt-quant-", dir=folder)
     try:
         base = os.path.basename(path)
