@@ -19,6 +19,8 @@ value), else None. Use it to validate scales and zero points and to pre-pack wei
 Class attributes a kernel may override:
 
 * ``deterministic = False`` keeps the node out of plan-time constant folding (random ops).
+* ``container_outputs = True`` says the outputs are sequences or optionals (:mod:`qrt.values`):
+  the planner keeps the nodes that read them on the host.
 * ``uses_outer_scope = True`` makes the planner call ``run(*inputs, scope=values)`` where ``scope``
   maps outer-scope names to arrays; graph attributes arrive in ``__init__`` as built sub-plans
   (:class:`qrt.plan.Plan`).
@@ -34,6 +36,7 @@ class Op:
 
     deterministic = True
     uses_outer_scope = False
+    container_outputs = False
 
     n_inputs = 0
     n_outputs = 1
