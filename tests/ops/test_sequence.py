@@ -215,3 +215,14 @@ def test_inserting_another_dtype_is_rejected_even_into_an_empty_sequence():
     model = model_of(nodes, [vi("x", I64, [2])], [vi("n", I64, [])], 11)
     with pytest.raises(QrtError, match=r"put.*int64.*float32"):
         qrt.InferenceSession(model).run(None, {"x": np.zeros(2, np.int64)})
+
+
+def test_loop_scan_output_that_is_a_sequence_is_rejected():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("SequenceConstruct", ["i"], ["wrapped"])],
+        "body", [vi("i", I64, []), vi("cond_in", B, [])], [vi("cond_out", B, []), seq_vi("wrapped", I64, 0)])
+    model = model_of([helper.make_node("Loop", ["n", ""], ["scanned"], body=body, name="loop")],
+                     [vi("n", I64, [])], [vi("scanned", I64, [None])], 16)
+    with pytest.raises(QrtError, match=r"loop.*scan output 0 is not a tensor"):
+        qrt.InferenceSession(model).run(None, {"n": np.array(2)})
