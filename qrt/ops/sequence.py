@@ -124,7 +124,7 @@ class SplitToSequence(Op):
             if chunk <= 0:
                 raise InvalidArgument(f"split {chunk} must be positive")
             sizes = [chunk] * (dim // chunk) + ([dim % chunk] if dim % chunk else [])
-        return TensorSequence(split_array(input, axis, sizes, None, len(sizes)) if sizes else (), input.dtype)
+        return TensorSequence(split_array(input, axis, sizes, None, len(sizes)), input.dtype)
 
 
 @register("ConcatFromSequence", 11)
