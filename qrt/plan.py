@@ -114,8 +114,18 @@ class Profiler:
             self.events.append(event)
 
 
+# Slot 0 always holds None (an omitted optional input reads it); slot 1 swallows omitted outputs.
+_OMITTED_INPUT, _OMITTED_OUTPUT = 0, 1
+
+
 class Plan:
-    """An executable graph. Built by :func:`build_plan`; run with :meth:`run`."""
+    """An executable graph. Built by :func:`build_plan`; run with :meth:`run`.
+
+    Every tensor name gets an integer slot when the plan is built, and a run keeps its values in a
+    list: ``run`` copies a template holding the constants, fills the feeds and walks a flat program
+    of (kernel, input slots, output slots, slots to free) tuples. Name lookups, release lists and
+    the profiler branch are settled here, once, so the per-node cost is the kernel call itself.
+    """
 
     def __init__(self, label, graph_inputs, graph_outputs, constants, steps, outer_names):
         self.label = label
@@ -125,63 +135,101 @@ class Plan:
         self.steps = steps
         self.outer_names = outer_names         # names read from an enclosing graph
         self.output_types = ()                 # graph outputs' TypeProtos (Loop/Scan size empty scan outputs)
+        self._compile()
+
+    def _compile(self):
+        slots = {}
+
+        def slot(name):
+            if name not in slots:
+                slots[name] = len(slots) + 2
+            return slots[name]
+
+        for name in list(self.input_names) + list(self.constants) + sorted(self.outer_names):
+            slot(name)
+        program = []
+        for step in self.steps:
+            ins = tuple(slot(n) if n else _OMITTED_INPUT for n in step.inputs)
+            outs = tuple(slot(n) if n else _OMITTED_OUTPUT for n in step.outputs)
+            scoped = tuple((n, slot(n)) for n in step.outer_inputs) if step.kernel.uses_outer_scope else None
+            program.append((step.kernel.run, ins, outs, tuple(slot(n) for n in step.release), scoped, step))
+        template = [None] * (len(slots) + 2)
+        for name, value in self.constants.items():
+            template[slots[name]] = value
+        self._slots = slots
+        self._template = template
+        self._program = tuple(program)
+        self._outer_slots = tuple((name, slots[name]) for name in sorted(self.outer_names))
+        self._output_slots = tuple(slot(n) for n in self.output_names)
 
     def run(self, feeds: dict, scope=None, profiler: Profiler | None = None) -> list:
         """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values."""
-        constants = self.constants
-        env = dict(feeds)
-        for step in self.steps:
-            args = []
-            for name in step.inputs:
-                if not name:
-                    args.append(None)
-                elif name in env:
-                    args.append(env[name])
-                elif name in constants:
-                    args.append(constants[name])
+        env = self._template.copy()
+        slots = self._slots
+        for name, value in feeds.items():
+            index = slots.get(name)
+            if index is not None:
+                env[index] = value
+        if scope is not None:
+            for name, index in self._outer_slots:
+                env[index] = scope[name]
+        if profiler is not None:
+            self._run_profiled(env, profiler)
+        else:
+            for run, ins, outs, release, scoped, step in self._program:
+                args = [env[i] for i in ins]
+                try:
+                    if scoped is None:
+                        results = run(*args)
+                    else:
+                        results = run(*args, scope={n: env[i] for n, i in scoped}, profiler=None)
+                except Exception as exc:
+                    raise self._node_error(step, args, exc, env) from None
+                if isinstance(results, (tuple, list)):
+                    for index, value in zip(outs, results):
+                        env[index] = value
                 else:
-                    args.append(scope[name])
-            kernel = step.kernel
-            start = time.perf_counter() if profiler is not None else 0.0
+                    env[outs[0]] = results
+                for index in release:
+                    env[index] = None
+        return [env[i] for i in self._output_slots]
+
+    def _run_profiled(self, env, profiler):
+        """The same walk as :meth:`run`, recording one trace event per step."""
+        clock = time.perf_counter
+        for run, ins, outs, release, scoped, step in self._program:
+            args = [env[i] for i in ins]
+            start = clock()
             try:
-                if kernel.uses_outer_scope:
-                    visible = ChainMap(env, constants, scope) if scope is not None else ChainMap(env, constants)
-                    results = kernel.run(*args, scope=visible, profiler=profiler)
+                if scoped is None:
+                    results = run(*args)
                 else:
-                    results = kernel.run(*args)
-            except QrtError as exc:
-                # The traceback keeps this frame alive: drop the run's tensors (device memory) now.
-                env.clear()
-                if isinstance(exc, NodeExecutionError):
-                    raise
-                raise type(exc)(f"{self.label}: node {step.name!r} ({step.op_type}): {exc}") from None
+                    results = run(*args, scope={n: env[i] for n, i in scoped}, profiler=profiler)
             except Exception as exc:
-                shapes = ", ".join(f"{n or '<omitted>'}: {describe(a)}" for n, a in zip(step.inputs, args))
-                env.clear()
-                args.clear()
-                err = NodeExecutionError(
-                    f"{self.label}: node {step.name!r} ({step.op_type}) failed on inputs ({shapes}): "
-                    f"{type(exc).__name__}: {exc}")
-                err.original = exc
-                raise err from None
-            if profiler is not None:
-                profiler.record(step.name, step.op_type, step.provider, start, time.perf_counter())
+                raise self._node_error(step, args, exc, env) from None
+            profiler.record(step.name, step.op_type, step.provider, start, clock())
             if not isinstance(results, (tuple, list)):
                 results = (results,)
-            for name, value in zip(step.outputs, results):
-                if name:
-                    env[name] = value
-            for name in step.release:
-                env.pop(name, None)
-        out = []
-        for name in self.output_names:
-            if name in env:
-                out.append(env[name])
-            elif name in constants:
-                out.append(constants[name])
-            else:
-                out.append(scope[name])
-        return out
+            for index, value in zip(outs, results):
+                env[index] = value
+            for index in release:
+                env[index] = None
+
+    def _node_error(self, step, args, exc, env):
+        """The error to raise for ``exc`` from ``step``: it names the node and, when unexpected, its inputs."""
+        # The traceback keeps this frame alive: drop the run's tensors (device memory) now.
+        env.clear()
+        if isinstance(exc, NodeExecutionError):
+            return exc
+        if isinstance(exc, QrtError):
+            return type(exc)(f"{self.label}: node {step.name!r} ({step.op_type}): {exc}")
+        shapes = ", ".join(f"{n or '<omitted>'}: {describe(a)}" for n, a in zip(step.inputs, args))
+        args.clear()
+        err = NodeExecutionError(
+            f"{self.label}: node {step.name!r} ({step.op_type}) failed on inputs ({shapes}): "
+            f"{type(exc).__name__}: {exc}")
+        err.original = exc
+        return err
 
 
 def _subgraph_free_names(graph: onnx.GraphProto) -> set:

@@ -6,12 +6,14 @@ first call with a new combination of input dtypes compiles (and caches) the loop
 and numpy's ufunc machinery then does broadcasting and allocation around the compiled loop.
 """
 import threading
+from functools import lru_cache
 
 import numpy as np
 from numba import from_dtype
 
 _lock = threading.Lock()
-_compiled: dict = {}
+# (ufunc, requested result dtype, input dtypes...) -> (numpy ufunc to call or None for half types, result dtype)
+_resolved: dict = {}
 
 
 _HALF_KINDS = ("float16", "bfloat16")
@@ -20,28 +22,50 @@ _HALF_KINDS = ("float16", "bfloat16")
 def call(ufunc, *args, dtype=None, out=None):
     """Apply ``ufunc`` to numpy arrays/scalars; the result has ``dtype`` (default: the first input's)."""
     arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in args]
-    result_dtype = np.dtype(dtype) if dtype is not None else arrays[0].dtype
-    if any(a.dtype.name in _HALF_KINDS for a in arrays) or result_dtype.name in _HALF_KINDS:
+    key = (ufunc, dtype) + tuple([a.dtype for a in arrays])
+    resolved = _resolved.get(key)
+    if resolved is None:
+        resolved = _resolve(ufunc, arrays, dtype, key)
+    loop, result_dtype = resolved
+    if loop is None:
         # Numba has no half-precision arithmetic: compute in float32, round once to the half type.
         widened = [a.astype(np.float32) if a.dtype.name in _HALF_KINDS else a for a in arrays]
         compute = np.float32 if result_dtype.name in _HALF_KINDS else result_dtype
         result = call(ufunc, *widened, dtype=compute)
         return result.astype(result_dtype) if out is None else np.copyto(out, result, casting="unsafe") or out
-    key = (ufunc, tuple(a.dtype for a in arrays), result_dtype)
-    if key not in _compiled:
-        with _lock:
-            if key not in _compiled:
+    if out is None:
+        shape = arrays[0].shape
+        for a in arrays:
+            if a.shape != shape:
+                shape = _broadcast_shape(tuple([a.shape for a in arrays]))
+                break
+        out = np.empty(shape, dtype=result_dtype)
+    # The plain numpy ufunc that Numba fills with compiled loops: its loop for these input types
+    # exists now, so calling it directly skips the DUFunc's Python-level dispatch.
+    loop(*arrays, out=out, casting="unsafe")
+    return out
+
+
+def _resolve(ufunc, arrays, dtype, key):
+    """Compile the loop for this combination of input dtypes once; return how ``call`` runs it."""
+    result_dtype = np.dtype(dtype) if dtype is not None else arrays[0].dtype
+    with _lock:
+        if key not in _resolved:
+            if any(a.dtype.name in _HALF_KINDS for a in arrays) or result_dtype.name in _HALF_KINDS:
+                _resolved[key] = (None, result_dtype)
+            else:
                 in_types = tuple(from_dtype(a.dtype) for a in arrays)
                 # A ufunc holds one loop per input-type tuple; if one exists already (from another
-                # result type), numpy casts its result into ``out`` below.
+                # result type), numpy casts its result into ``out``.
                 if not any(tuple(sig.args) == in_types for sig in _loop_signatures(ufunc)):
                     ufunc.add(from_dtype(result_dtype)(*in_types))
-                _compiled[key] = True
-    if out is None:
-        shape = np.broadcast_shapes(*[a.shape for a in arrays])
-        out = np.empty(shape, dtype=result_dtype)
-    ufunc(*arrays, out=out, casting="unsafe")
-    return out
+                _resolved[key] = (ufunc.ufunc, result_dtype)
+    return _resolved[key]
+
+
+@lru_cache(maxsize=1024)
+def _broadcast_shape(shapes):
+    return np.broadcast_shapes(*shapes)
 
 
 def _loop_signatures(ufunc):
