@@ -11,6 +11,12 @@ The planner sets two instance attributes before the first run:
   ``TopK``-style ops need the output count; trailing optional outputs may be left out).
 * ``node_name``: for error messages.
 
+Three stages, each as rare as its inputs allow: ``__init__`` and ``prepare`` once per session,
+*bind* once per input-shape signature and ``run`` on every call. Binding is what depends on shapes
+only (output shapes, broadcasting, kernel geometry): an op keeps those answers in a
+:class:`ShapeCache` keyed by the input shapes and computes them on a miss, so ``run`` on a shape
+it has seen does no shape arithmetic.
+
 A kernel may define ``prepare(self, constants)``: the planner calls it once, before constant folding,
 with one entry per node input — the array when that input is a constant (initializer, folded
 value), else None. Use it to validate scales and zero points and to pre-pack weights; raise
@@ -26,6 +32,24 @@ Class attributes a kernel may override:
   (:class:`qrt.plan.Plan`).
 """
 from __future__ import annotations
+
+
+class ShapeCache(dict):
+    """One node's per-shape-signature answers: ``cache.get(key)``, else ``cache.put(key, computed)``.
+
+    Threads running one plan share it: a dict read or write is atomic under the GIL and a value,
+    once computed for a key, never changes. It is emptied when it reaches ``limit`` entries, so a
+    model fed ever-new shapes does not grow it without bound.
+    """
+
+    __slots__ = ()
+    limit = 64
+
+    def put(self, key, value):
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
 
 
 class Op:

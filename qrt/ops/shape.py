@@ -4,11 +4,13 @@ These only reinterpret or reorder an array; numpy does the work as views where t
 and as one copy where it does not (Transpose), so every output is C-contiguous for the kernels
 downstream.
 """
+import math
+
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..registry import register
-from .base import Op
+from .base import Op, ShapeCache
 
 
 def contiguous(x):
@@ -39,7 +41,7 @@ def int_list(values, what):
         raise InvalidArgument(f"{what} must be an integer tensor, got {array.dtype}")
     if array.ndim > 1:
         raise InvalidArgument(f"{what} must be 1-D, got shape {list(array.shape)}")
-    return [int(v) for v in array.reshape(-1)]
+    return array.reshape(-1).tolist()
 
 
 @register("Shape", 1)
@@ -88,13 +90,13 @@ def reshaped_shape(in_shape, requested, allowzero):
             raise InvalidArgument(f"shape {requested} has a negative dimension {dim}")
         else:
             out.append(dim)
-    total = int(np.prod(in_shape, dtype=np.int64))
+    total = math.prod(in_shape)
     if infer is not None:
-        known = int(np.prod(out, dtype=np.int64))
+        known = math.prod(out)
         if known == 0 or total % known:
             raise InvalidArgument(f"cannot reshape input of shape {list(in_shape)} to {requested}")
         out[infer] = total // known
-    if int(np.prod(out, dtype=np.int64)) != total:
+    if math.prod(out) != total:
         raise InvalidArgument(f"cannot reshape input of shape {list(in_shape)} ({total} elements) "
                               f"to {requested}")
     return tuple(out)
@@ -103,17 +105,41 @@ def reshaped_shape(in_shape, requested, allowzero):
 @register("Reshape", 5)
 class Reshape(Op):
     allowzero = 0
+    _constant_shape = None     # the shape input when it is a constant (prepare); its checks are done
 
-    def run(self, data, shape):
+    def __init__(self):
+        self._out_shapes = ShapeCache()   # input shape -> output shape, for the constant shape input
+
+    def prepare(self, constants):
+        shape = constants[1] if len(constants) > 1 else None
+        if shape is not None:
+            try:
+                self._requested(shape)
+            except InvalidArgument:
+                return           # reported when the node runs, like a computed bad shape
+            self._constant_shape = shape
+
+    def _requested(self, shape):
         requested = int_list(shape, "shape")
         if self.allowzero and 0 in requested and -1 in requested:
             raise InvalidArgument(f"shape {requested} has both 0 and -1, which allowzero=1 forbids")
-        return contiguous(data).reshape(reshaped_shape(data.shape, requested, self.allowzero))
+        return requested
+
+    def run(self, data, shape):
+        if shape is self._constant_shape:
+            out_shape = self._out_shapes.get(data.shape)
+            if out_shape is None:
+                out_shape = self._out_shapes.put(
+                    data.shape, reshaped_shape(data.shape, self._requested(shape), self.allowzero))
+        else:
+            out_shape = reshaped_shape(data.shape, self._requested(shape), self.allowzero)
+        return contiguous(data).reshape(out_shape)
 
 
 @register("Reshape", 14)
 class Reshape14(Reshape):
     def __init__(self, allowzero=0):
+        super().__init__()
         self.allowzero = int(allowzero)
 
 
@@ -128,9 +154,7 @@ class Flatten(Op):
         if not -rank <= self.axis <= rank:
             raise InvalidArgument(f"axis {self.axis} is out of range for rank {rank}")
         axis = self.axis + rank if self.axis < 0 else self.axis
-        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-        inner = int(np.prod(x.shape[axis:], dtype=np.int64))
-        return contiguous(x).reshape(outer, inner)
+        return contiguous(x).reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 def _squeeze(x, axes):
@@ -186,12 +210,19 @@ class Unsqueeze13(Op):
 class Transpose(Op):
     def __init__(self, perm=None):
         self.perm = None if perm is None else [int(p) for p in perm]
+        # The perm's length is the only rank it fits, so it is checked and normalised once, here.
+        try:
+            self._axes = None if perm is None else tuple(normalize_axes(self.perm, len(self.perm), "perm"))
+        except InvalidArgument:
+            self._axes = None   # a bad perm is reported when the node runs, with the input's shape
 
     def run(self, data):
-        if self.perm is None:
-            perm = list(range(data.ndim))[::-1]
-        else:
-            if len(self.perm) != data.ndim:
-                raise InvalidArgument(f"perm {self.perm} does not match the rank of shape {list(data.shape)}")
-            perm = normalize_axes(self.perm, data.ndim, "perm")
-        return contiguous(np.transpose(data, perm))
+        axes = self._axes
+        if axes is None or len(axes) != data.ndim:
+            if self.perm is None:
+                axes = tuple(range(data.ndim))[::-1]
+            else:
+                if len(self.perm) != data.ndim:
+                    raise InvalidArgument(f"perm {self.perm} does not match the rank of shape {list(data.shape)}")
+                axes = normalize_axes(self.perm, data.ndim, "perm")
+        return contiguous(data.transpose(axes))

@@ -22,9 +22,10 @@ import functools
 import math
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from ...errors import InvalidArgument
+from .threads import num_threads
 
 _BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -204,6 +205,7 @@ def _scale_activate(out, alpha, activation):
 
 # ---------------------------------------------------------------- python-level API
 
+@functools.lru_cache(maxsize=64)
 def compute_dtype(dtype):
     """The dtype a product is computed in: itself for BLAS floats and integers, float32 otherwise."""
     dtype = np.dtype(dtype)
@@ -232,7 +234,7 @@ def _product_2d(a, b, out):
         return
     if not out.size:
         return
-    threads = get_num_threads()
+    threads = num_threads()
     parallel = threads > 1 and rows * depth * cols >= PARALLEL_MIN_MACS
     streams = depth * cols >= FEW_ROWS_MIN_WEIGHTS and (1 < rows <= FEW_ROWS or (rows == 1 and parallel))
     if streams:
@@ -306,7 +308,7 @@ def _batched(a, b, batch, out):
     b_index = _batch_index(b.shape[:-2], batch)
     flat = out.reshape((count, m, n))
     if out.dtype in _BLAS_DTYPES:
-        threads = get_num_threads()
+        threads = num_threads()
         if k == 0:
             flat[...] = 0
         elif threads < 2 or count * m * k * n < PARALLEL_MIN_MACS:
@@ -362,7 +364,9 @@ def gemm(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, alpha: fl
     use_bias = bias is not None and beta != 0
     integer = work.kind in "iu"
     if use_bias:
-        c = _bias_2d(bias, m, n).astype(work, copy=False)
+        c = _bias_2d(bias, m, n)
+        if c.dtype != work:
+            c = c.astype(work)
         alpha_v, beta_v = _epilogue_scalars(alpha, beta, work, integer)
         if integer and isinstance(alpha_v, float):
             wide = out.astype(np.float64)
@@ -381,6 +385,7 @@ def gemm(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, alpha: fl
     return out if work == result_dtype else out.astype(result_dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def _epilogue_scalars(alpha, beta, work, integer):
     if not integer:
         return work.type(alpha), work.type(beta)
@@ -391,6 +396,8 @@ def _epilogue_scalars(alpha, beta, work, integer):
 
 
 def _bias_2d(bias, m, n):
+    if bias.ndim == 1 and bias.shape[0] in (1, n):
+        return bias.reshape(1, bias.shape[0])     # a row vector, the common case: a view, no checks left
     bias = np.asarray(bias)
     if bias.ndim > 2:
         raise InvalidArgument(f"Gemm bias C of shape {bias.shape} does not broadcast to ({m}, {n})")
