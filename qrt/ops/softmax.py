@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InvalidArgument
 from ..kernels.cpu import softmax as k
 from ..registry import register
-from .base import Op
+from .base import Op, ShapeCache
 
 _WORK_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -88,10 +88,13 @@ class _Coerced2D(Op):
 
     def __init__(self, axis=1):
         self.axis = int(axis)
+        self._layouts = ShapeCache()
 
     def run(self, x):
-        axis = _normalize_axis(self.axis, x.ndim, self.op_type) if x.ndim else 0
-        layout = _rows_view(x.shape, axis)
+        layout = self._layouts.get(x.shape)
+        if layout is None:
+            axis = _normalize_axis(self.axis, x.ndim, self.op_type) if x.ndim else 0
+            layout = self._layouts.put(x.shape, _rows_view(x.shape, axis))
         return _run_hardmax(x, layout) if self.hard else _run_softmax(x, layout, self.log)
 
 
@@ -103,12 +106,16 @@ class _SingleAxis(Op):
 
     def __init__(self, axis=-1):
         self.axis = int(axis)
+        self._layouts = ShapeCache()
 
     def run(self, x):
-        if x.ndim == 0:
-            raise InvalidArgument(f"{self.op_type} needs an input of rank >= 1")
-        axis = _normalize_axis(self.axis, x.ndim, self.op_type)
-        layout = _rows_view(x.shape, axis) if axis == x.ndim - 1 else _strided_view(x.shape, axis)
+        layout = self._layouts.get(x.shape)
+        if layout is None:
+            if x.ndim == 0:
+                raise InvalidArgument(f"{self.op_type} needs an input of rank >= 1")
+            axis = _normalize_axis(self.axis, x.ndim, self.op_type)
+            layout = _rows_view(x.shape, axis) if axis == x.ndim - 1 else _strided_view(x.shape, axis)
+            self._layouts.put(x.shape, layout)
         return _run_hardmax(x, layout) if self.hard else _run_softmax(x, layout, self.log)
 
 

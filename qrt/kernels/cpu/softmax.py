@@ -18,6 +18,7 @@ x <= 0, and gives an exact 0 below -87.33 (where float32 results are denormal). 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -108,8 +109,10 @@ ROUND_FLOAT16 = 1
 ROUND_BFLOAT16 = 2
 
 
+@functools.lru_cache(maxsize=32)
 def rounding_for(dtype):
-    """The ``ROUND_*`` code for data of ``dtype`` computed in float32."""
+    """The ``ROUND_*`` code for data of ``dtype`` computed in float32 (cached: comparing a dtype with
+    a scalar type costs microseconds, and every call asks)."""
     if dtype == np.float16:
         return ROUND_FLOAT16
     if np.dtype(dtype).name == "bfloat16":
