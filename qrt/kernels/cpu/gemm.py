@@ -256,44 +256,60 @@ def _product_2d(a, b, out):
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """numpy.matmul semantics: 1-D operands are promoted and the added axis removed, batch axes broadcast."""
-    if a.ndim == 0 or b.ndim == 0:
-        raise InvalidArgument(f"MatMul operands must have rank >= 1, got shapes {a.shape} and {b.shape}")
     if a.dtype != b.dtype:
         raise InvalidArgument(f"MatMul operands must have one dtype, got {a.dtype} and {b.dtype}")
     result_dtype = a.dtype
     work = compute_dtype(result_dtype)
     if work != result_dtype:
         a, b = a.astype(work), b.astype(work)
+    a_shape, b_shape, batch, rows, k, n, out_shape = _bind_matmul(a.shape, b.shape)
+    if a.ndim == 1:
+        a = a.reshape(a_shape)
+    if b.ndim == 1:
+        b = b.reshape(b_shape)
+    if rows is not None:
+        # A stack of rows times one matrix is one 2-D product over all rows (linear layers).
+        out = np.empty((rows, n), dtype=work)
+        _product_2d(a.reshape(rows, k), b, out)
+    else:
+        out = np.empty(batch + (a_shape[-2], n), dtype=work)
+        _batched(a, b, batch, out)
+    out = out.reshape(out_shape)
+    return out if work == result_dtype else out.astype(result_dtype)
 
-    a2 = a[np.newaxis, :] if a.ndim == 1 else a
-    b2 = b[:, np.newaxis] if b.ndim == 1 else b
-    m, k = a2.shape[-2:]
-    k2, n = b2.shape[-2:]
+
+@functools.lru_cache(maxsize=512)
+def _bind_matmul(a_shape, b_shape):
+    """Everything about a product that depends on the operand shapes only, worked out once per pair.
+
+    Returns the operands' shapes with 1-D ones promoted, the broadcast batch shape, the row count
+    when the product is one 2-D product (B is a matrix) or None, K, N and the result's shape.
+    """
+    if not a_shape or not b_shape:
+        raise InvalidArgument(f"MatMul operands must have rank >= 1, got shapes {a_shape} and {b_shape}")
+    a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
+    b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
+    m, k = a2[-2:]
+    k2, n = b2[-2:]
     if k != k2:
-        raise InvalidArgument(f"MatMul inner dimensions differ: {a.shape} x {b.shape}")
-    if b2.ndim == 2:
-        batch = a2.shape[:-2]
+        raise InvalidArgument(f"MatMul inner dimensions differ: {a_shape} x {b_shape}")
+    if len(b2) == 2:
+        batch = a2[:-2]
     else:
         try:
-            batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+            batch = np.broadcast_shapes(a2[:-2], b2[:-2])
         except ValueError:
-            raise InvalidArgument(f"MatMul batch dimensions do not broadcast: {a.shape} x {b.shape}") from None
-
-    out = np.empty(batch + (m, n), dtype=work)
-    if b2.ndim == 2:
-        # A stack of rows times one matrix is one 2-D product over all rows (linear layers).
-        rows = math.prod(a2.shape[:-1])
-        _product_2d(a2.reshape(rows, k), b2, out.reshape(rows, n))
+            raise InvalidArgument(f"MatMul batch dimensions do not broadcast: {a_shape} x {b_shape}") from None
+    if len(a_shape) == 1 and len(b_shape) == 1:
+        out_shape = batch
+    elif len(a_shape) == 1:
+        out_shape = batch + (n,)
+    elif len(b_shape) == 1:
+        out_shape = batch + (m,)
     else:
-        _batched(a2, b2, batch, out)
-
-    if a.ndim == 1 and b.ndim == 1:
-        out = out.reshape(batch)
-    elif a.ndim == 1:
-        out = out.reshape(batch + (n,))
-    elif b.ndim == 1:
-        out = out.reshape(batch + (m,))
-    return out if work == result_dtype else out.astype(result_dtype)
+        out_shape = batch + (m, n)
+    rows = math.prod(a2[:-1]) if len(b2) == 2 else None
+    return a2, b2, batch, rows, k, n, out_shape
 
 
 def _batched(a, b, batch, out):
