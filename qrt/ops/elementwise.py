@@ -3,7 +3,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import elementwise as k
-from ..kernels.cpu.ufunc import call
+from ..kernels.cpu.ufunc import binary, call, unary
 from ..registry import register
 from .base import Op
 
@@ -20,10 +20,11 @@ def _binary(op_type, since, kernel, int_kernel=None, result_bool=False):
     @register(op_type, since)
     class Binary(Op):
         def run(self, a, b):
-            if a.dtype == object:
+            dtype = a.dtype
+            if dtype.kind == "O":
                 return _object_binary(op_type, a, b)
-            chosen = int_kernel if (int_kernel is not None and _is_int(a)) else kernel
-            return call(chosen, a, b, dtype=_BOOL if result_bool else a.dtype)
+            chosen = int_kernel if (int_kernel is not None and dtype.kind in "iu") else kernel
+            return binary(chosen, a, b, _BOOL if result_bool else dtype)
 
     Binary.__name__ = Binary.__qualname__ = op_type
     return Binary
@@ -142,7 +143,7 @@ def _unary(op_type, since, kernel, result_bool=False):
     @register(op_type, since)
     class Unary(Op):
         def run(self, x):
-            return call(kernel, x, dtype=_BOOL if result_bool else x.dtype)
+            return unary(kernel, x, _BOOL if result_bool else x.dtype)
 
     Unary.__name__ = Unary.__qualname__ = op_type
     return Unary
