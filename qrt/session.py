@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from .errors import InvalidArgument
+from .kernels.cpu.threads import num_threads
 from .model import check_model, load_model, model_label, numpy_dtype, opset_imports, shape_of, type_string
 from .plan import Profiler, build_plan
 from .providers import resolve_providers
@@ -187,11 +188,14 @@ class InferenceSession:
                 raise InvalidArgument(f"{self._label}: unknown output name(s) {unknown}; outputs are {all_names}")
         threads = int(self._options.intra_op_num_threads or 0)
         if threads > 0:
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+            if num_threads() != threads:    # the count is per calling thread; setting it costs 1 us
+                numba.set_num_threads(threads)
         values = self._plan.run(feeds, profiler=self._profiler)
+        if not output_names:
+            return [to_user(v) for v in values]
         by_name = dict(zip(all_names, values))
-        names = output_names or all_names
-        return [to_user(by_name[n]) for n in names]
+        return [to_user(by_name[n]) for n in output_names]
 
     def _check_feeds(self, input_feed):
         if not isinstance(input_feed, dict):

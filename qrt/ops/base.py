@@ -33,6 +33,19 @@ Class attributes a kernel may override:
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def is_half_float(dtype) -> bool:
+    """float16 or bfloat16, the types kernels widen to float32.
+
+    Asked once per dtype: numpy builds ``dtype.name`` in Python on every access (2.6 us measured).
+    """
+    return np.dtype(dtype).name in ("float16", "bfloat16")
+
 
 class ShapeCache(dict):
     """One node's per-shape-signature answers: ``cache.get(key)``, else ``cache.put(key, computed)``.

@@ -13,9 +13,7 @@ import numpy as np
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import index as k
 from ..registry import register
-from .base import Op
-
-_LOW_PRECISION_FLOATS = {"float16", "bfloat16"}
+from .base import Op, is_half_float
 
 
 def _axis(axis, ndim, what="axis"):
@@ -33,7 +31,7 @@ def _around(x, axis):
 
 def _numeric(x, op_type):
     """``x`` in a dtype the kernels compile for (16-bit floats widen to float32)."""
-    if x.dtype.name in _LOW_PRECISION_FLOATS:
+    if is_half_float(x.dtype):
         return x.astype(np.float32)
     if x.dtype.kind not in "iuf":
         raise InvalidArgument(f"{op_type} does not accept {x.dtype} tensors")

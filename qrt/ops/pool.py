@@ -5,12 +5,15 @@ dtype covers every rank. Averages and Lp norms compute in float32/float64 (narro
 float32); MaxPool on int8, uint8 and float16 runs in float32, which holds those values exactly, so
 it stays a pure selection of input values.
 """
+import math
+
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import pool as k
+from ..kernels.cpu.threads import num_threads
 from ..registry import register
-from .base import Op
+from .base import Op, ShapeCache, is_half_float
 from .conv import MAX_SPATIAL_AXES, check_auto_pad, compute_dtype, pack_geometry, spatial_list, window_geometry
 
 
@@ -42,6 +45,14 @@ class _WindowPool(Op):
         for name, values in (("dilations", dilations), ("strides", strides)):
             if values is not None and any(int(v) < 1 for v in values):
                 raise InvalidModel(f"{name} must be >= 1, got {list(values)}")
+        self._geometries = ShapeCache()
+
+    def _bound_geometry(self, x):
+        """:meth:`_geometry`, worked out once per input shape (the kernels only read it)."""
+        bound = self._geometries.get(x.shape)
+        if bound is None:
+            bound = self._geometries.put(x.shape, self._geometry(x))
+        return bound
 
     def _geometry(self, x):
         n_axes = x.ndim - 2
@@ -56,17 +67,17 @@ class _WindowPool(Op):
                                   f"{self.kernel_shape}, strides {strides}, pads {self.pads}")
         geom = pack_geometry(self.kernel_shape, strides, dilations, begins)
         ends3 = np.array([0] * (MAX_SPATIAL_AXES - n_axes) + ends, dtype=np.int64)
-        return geom, ends3, outs
+        return geom, ends3, tuple(outs)
 
     def _output(self, x, outs, dtype):
-        return np.empty((x.shape[0] * x.shape[1],) + (1,) * (MAX_SPATIAL_AXES - len(outs)) + tuple(outs),
+        return np.empty((x.shape[0] * x.shape[1],) + (1,) * (MAX_SPATIAL_AXES - len(outs)) + outs,
                         dtype=dtype)
 
 
 def _max_pool_dtype(x):
     if x.dtype in (np.float32, np.float64):
         return x.dtype
-    if x.dtype in (np.int8, np.uint8, np.float16) or x.dtype.name == "bfloat16":
+    if x.dtype in (np.int8, np.uint8) or is_half_float(x.dtype):
         return np.dtype(np.float32)
     raise InvalidArgument(f"MaxPool takes float, int8 or uint8 tensors, got {x.dtype}")
 
@@ -80,9 +91,9 @@ class _MaxPool(_WindowPool):
         self.storage_order = int(storage_order)
 
     def run(self, X):
-        geom, _, outs = self._geometry(X)
+        geom, _, outs = self._bound_geometry(X)
         dtype = _max_pool_dtype(X)
-        out_shape = X.shape[:2] + tuple(outs)
+        out_shape = X.shape[:2] + outs
         if X.size == 0:
             y = np.empty(out_shape, dtype=X.dtype)
             return (y, np.empty(out_shape, dtype=np.int64)) if self.n_outputs > 1 else y
@@ -92,7 +103,8 @@ class _MaxPool(_WindowPool):
             indices = np.empty(out.shape, dtype=np.int64)
             k.max_pool_indices(planes, geom, self.storage_order == 1, out, indices)
             return out.reshape(out_shape).astype(X.dtype, copy=False), indices.reshape(out_shape)
-        k.max_pool(planes, geom, out)
+        parallel = out.size * math.prod(self.kernel_shape) >= k.PARALLEL_MIN_WORK and num_threads() > 1
+        (k.max_pool if parallel else k.max_pool_serial)(planes, geom, out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
 
 
@@ -125,9 +137,9 @@ class _SumPool(_WindowPool):
         self.p = _lp_exponent(p)
 
     def run(self, X):
-        geom, ends, outs = self._geometry(X)
+        geom, ends, outs = self._bound_geometry(X)
         dtype = compute_dtype(X, self.op_type)
-        out_shape = X.shape[:2] + tuple(outs)
+        out_shape = X.shape[:2] + outs
         if X.size == 0:
             return np.empty(out_shape, dtype=X.dtype)
         out = self._output(X, outs, dtype)

@@ -21,13 +21,11 @@ import numpy as np
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import reduce as k
 from ..registry import register
-from .base import Op
+from .base import Op, is_half_float
 
 # Reductions large enough (4 MiB of float32) that splitting them across threads pays for waking the
 # thread pool: qrt runs OpenMP with a passive wait policy, where a launch costs tens of microseconds.
 PARALLEL_MIN_ELEMENTS = 1 << 20
-
-_LOW_PRECISION_FLOATS = {"float16", "bfloat16"}
 
 
 def normalize_axes(axes, ndim, what="axes"):
@@ -103,7 +101,7 @@ class _Reduce(Op):
             if not self.accepts_bool:
                 raise InvalidArgument(f"{self.op_type} does not accept bool tensors")
             work = data.view(np.uint8)
-        elif dtype.name in _LOW_PRECISION_FLOATS:
+        elif is_half_float(dtype):
             work = data.astype(np.float32)
         elif self.float_only and dtype.kind in "iu":
             work = data.astype(np.float64)

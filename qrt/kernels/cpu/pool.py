@@ -20,56 +20,73 @@ GLOBAL_MAX = 1
 GLOBAL_LP = 2
 
 
+# Output elements x window taps below which a pool runs serially: a parallel launch costs ~4 us,
+# more than the whole of a small pool (a 2x2 MaxPool of eight 4x4 planes: 4.7 us parallel).
+PARALLEL_MIN_WORK = 1 << 15
+
+
 @njit(cache=True, parallel=True)
 def max_pool(x, geom, out):
-    """Windowed maximum; a window lying wholly in padding yields -inf."""
-    planes, depth, height, width = x.shape
+    """Windowed maximum; a window lying wholly in padding yields -inf. One plane per task."""
+    for p in prange(x.shape[0]):
+        _max_pool_plane(x, geom, out, p)
+
+
+@njit(cache=True)
+def max_pool_serial(x, geom, out):
+    """:func:`max_pool` in the calling thread, for pools too small to pay for a parallel launch."""
+    for p in range(x.shape[0]):
+        _max_pool_plane(x, geom, out, p)
+
+
+@njit(cache=True)
+def _max_pool_plane(x, geom, out, p):
+    depth, height, width = x.shape[1], x.shape[2], x.shape[3]
     out_d, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     kd, kh, kw = geom[0], geom[1], geom[2]
     sd, sh, sw = geom[3], geom[4], geom[5]
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
-    for p in prange(planes):
-        rows_max = np.empty(width, dtype=x.dtype)
-        for a in range(out_d):
-            for b in range(out_h):
-                row = out[p, a, b]
-                _fill(row, -np.inf)
-                _fill(rows_max, -np.inf)
-                empty = True
-                for i in range(kd):
-                    zd = a * sd - pd + i * dd
-                    if zd < 0 or zd >= depth:
-                        continue
-                    for j in range(kh):
-                        zh = b * sh - ph + j * dh
-                        if zh < 0 or zh >= height:
-                            continue
-                        empty = False
-                        src = x[p, zd, zh]
-                        for t in range(width):
-                            if src[t] > rows_max[t]:
-                                rows_max[t] = src[t]
-                if empty:
+    rows_max = np.empty(width, dtype=x.dtype)
+    for a in range(out_d):
+        for b in range(out_h):
+            row = out[p, a, b]
+            _fill(row, -np.inf)
+            _fill(rows_max, -np.inf)
+            empty = True
+            for i in range(kd):
+                zd = a * sd - pd + i * dd
+                if zd < 0 or zd >= depth:
                     continue
-                for l in range(kw):
-                    off_w = l * dw - pw
-                    lo, hi = _valid_range(off_w, sw, width, out_w)
-                    count = hi - lo
-                    if count <= 0:
+                for j in range(kh):
+                    zh = b * sh - ph + j * dh
+                    if zh < 0 or zh >= height:
                         continue
-                    dst = row[lo:hi]
-                    start = lo * sw + off_w
-                    if sw == 1:
-                        src = rows_max[start:start + count]
-                        for t in range(count):
-                            if src[t] > dst[t]:
-                                dst[t] = src[t]
-                    else:
-                        strided = rows_max[start:start + (count - 1) * sw + 1:sw]
-                        for t in range(count):
-                            if strided[t] > dst[t]:
-                                dst[t] = strided[t]
+                    empty = False
+                    src = x[p, zd, zh]
+                    for t in range(width):
+                        if src[t] > rows_max[t]:
+                            rows_max[t] = src[t]
+            if empty:
+                continue
+            for l in range(kw):
+                off_w = l * dw - pw
+                lo, hi = _valid_range(off_w, sw, width, out_w)
+                count = hi - lo
+                if count <= 0:
+                    continue
+                dst = row[lo:hi]
+                start = lo * sw + off_w
+                if sw == 1:
+                    src = rows_max[start:start + count]
+                    for t in range(count):
+                        if src[t] > dst[t]:
+                            dst[t] = src[t]
+                else:
+                    strided = rows_max[start:start + (count - 1) * sw + 1:sw]
+                    for t in range(count):
+                        if strided[t] > dst[t]:
+                            dst[t] = strided[t]
 
 
 @njit(cache=True)
