@@ -16,7 +16,7 @@ from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import transformer as k
 from ..kernels.cpu.softmax import rounding_for
 from ..registry import register
-from .base import Op
+from .base import Op, ShapeCache
 
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
@@ -63,37 +63,65 @@ def _param_rows(param, shape, axis, work, name, op_type):
                               f"shape {shape}") from None
 
 
-def _normalize(op_type, x, scale, bias, axis, epsilon, rms):
-    axis = _axis(axis, x.ndim, op_type)
-    work = _work_dtype(x.dtype, op_type)
-    rows = math.prod(x.shape[:axis])
-    n = math.prod(x.shape[axis:])
-    x2 = _as(x, work).reshape(rows, n)
-    scale2 = _param_rows(scale, x.shape, axis, work, "Scale", op_type)
+def _normalize(op_type, x, scale, bias, axis, epsilon, rms, layouts=None):
+    """Normalize ``x`` over the axes from ``axis`` on; ``layouts`` (a :class:`ShapeCache`, given when
+    scale and bias are the session's constants) keeps the shape work and the prepared parameters
+    per input shape and dtype."""
+    key = (x.shape, x.dtype)
+    layout = layouts.get(key) if layouts is not None else None
+    if layout is None:
+        layout = _normalize_layout(op_type, x.shape, x.dtype, scale, bias, axis, epsilon)
+        if layouts is not None:
+            layouts.put(key, layout)
+    work, rows, n, scale2, bias2, eps, stat_shape = layout
     has_bias = bias is not None
-    bias2 = _param_rows(bias, x.shape, axis, work, "B", op_type) if has_bias else np.zeros((1, 1), work)
+    x2 = _as(x, work).reshape(rows, n)
     y = np.empty((rows, n), dtype=work)
     mean = np.empty(rows, dtype=work)
     inv_std = np.empty(rows, dtype=work)
     if n:
         kernel = k.normalize_rows_parallel if x.size >= k.PARALLEL_MIN_ELEMENTS and rows > 1 else k.normalize_rows
-        kernel(x2, scale2, bias2, has_bias, work.type(epsilon), rms, y, mean, inv_std)
+        kernel(x2, scale2, bias2, has_bias, eps, rms, y, mean, inv_std)
     else:
         mean[:] = np.nan
         inv_std[:] = np.nan
-    stat_shape = x.shape[:axis] + (1,) * (x.ndim - axis)
     return y.reshape(x.shape), mean.reshape(stat_shape), inv_std.reshape(stat_shape)
 
 
+def _normalize_layout(op_type, shape, dtype, scale, bias, axis, epsilon):
+    axis = _axis(axis, len(shape), op_type)
+    work = _work_dtype(dtype, op_type)
+    scale2 = _param_rows(scale, shape, axis, work, "Scale", op_type)
+    bias2 = _param_rows(bias, shape, axis, work, "B", op_type) if bias is not None else np.zeros((1, 1), work)
+    stat_shape = shape[:axis] + (1,) * (len(shape) - axis)
+    return (work, math.prod(shape[:axis]), math.prod(shape[axis:]), scale2, bias2, work.type(epsilon),
+            stat_shape)
+
+
+class _ConstantParams:
+    """Normalizations whose scale and bias are constants bind their layout once per input shape."""
+
+    _params = (None, None)
+
+    def prepare(self, constants):
+        self._params = (constants[1], constants[2] if len(constants) > 2 else None)
+        self._layouts = ShapeCache()
+
+    def _layouts_for(self, scale, bias):
+        constant = scale is not None and scale is self._params[0] and bias is self._params[1]
+        return self._layouts if constant else None
+
+
 @register("LayerNormalization", 17)
-class LayerNormalization(Op):
+class LayerNormalization(_ConstantParams, Op):
     def __init__(self, axis=-1, epsilon=1e-5, stash_type=1):
         self.axis = int(axis)
         self.epsilon = float(epsilon)
         self.stash_dtype = _onnx_dtype(stash_type, "LayerNormalization stash_type")
 
     def run(self, x, scale, b=None):
-        y, mean, inv_std = _normalize(self.op_type, x, scale, b, self.axis, self.epsilon, rms=False)
+        y, mean, inv_std = _normalize(self.op_type, x, scale, b, self.axis, self.epsilon, rms=False,
+                                      layouts=self._layouts_for(scale, b))
         y = y.astype(x.dtype, copy=False)
         if self.n_outputs <= 1:
             return y
@@ -101,14 +129,15 @@ class LayerNormalization(Op):
 
 
 @register("RMSNormalization", 23)
-class RMSNormalization(Op):
+class RMSNormalization(_ConstantParams, Op):
     def __init__(self, axis=-1, epsilon=1e-5, stash_type=1):
         self.axis = int(axis)
         self.epsilon = float(epsilon)
         _onnx_dtype(stash_type, "RMSNormalization stash_type")
 
     def run(self, x, scale):
-        y, _, _ = _normalize(self.op_type, x, scale, None, self.axis, self.epsilon, rms=True)
+        y, _, _ = _normalize(self.op_type, x, scale, None, self.axis, self.epsilon, rms=True,
+                             layouts=self._layouts_for(scale, None))
         return y.astype(scale.dtype, copy=False)
 
 
