@@ -53,15 +53,25 @@ def concat_arrays(inputs, axis, what="input"):
     if first.ndim == 0:
         raise InvalidArgument(f"{what} 0 must have rank >= 1 to be concatenated, got a scalar")
     axis = normalize_axis(axis, first.ndim)
-    for i, x in enumerate(inputs[1:], 1):
-        if x.dtype != first.dtype:
+    dtype = first.dtype
+    for i, x in enumerate(inputs):
+        if x.dtype != dtype:
             raise InvalidArgument(f"{what} {i} has dtype {x.dtype}, {what} 0 has {first.dtype}")
+    if len(inputs) == 1:
+        return first
+    try:
+        return np.concatenate(inputs, axis=axis)
+    except ValueError:
+        _check_shapes(inputs, axis, what)   # numpy found the mismatch: name the input it is in
+        raise
+
+
+def _check_shapes(inputs, axis, what):
+    first = inputs[0]
+    for i, x in enumerate(inputs[1:], 1):
         if x.ndim != first.ndim or any(a != b for d, (a, b) in enumerate(zip(x.shape, first.shape)) if d != axis):
             raise InvalidArgument(f"{what} {i} of shape {list(x.shape)} does not match {what} 0 of shape "
                                   f"{list(first.shape)} outside axis {axis}")
-    if len(inputs) == 1:
-        return first
-    return np.concatenate(inputs, axis=axis)
 
 
 @register("Concat", 4)
