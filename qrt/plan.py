@@ -161,6 +161,33 @@ class Plan:
         self._program = tuple(program)
         self._outer_slots = tuple((name, slots[name]) for name in sorted(self.outer_names))
         self._output_slots = tuple(slot(n) for n in self.output_names)
+        self._walk = self._generate()
+
+    def _generate(self):
+        """The program unrolled into one function of straight-line code, :meth:`run`'s fast path.
+
+        Each step becomes ``r = k3(env[4], env[7])``, its output store and its releases, with the
+        slots written in as literals: no loop, tuple unpacking or argument list per node. The
+        function returns None, or the failing step's index and its exception.
+        """
+        namespace = {"_results": (tuple, list)}
+        lines = ["def walk(env):", "    step = 0", "    try:"]
+        for index, (run, ins, outs, release, scoped, _) in enumerate(self._program):
+            namespace[f"k{index}"] = run
+            args = [f"env[{i}]" for i in ins]
+            if scoped is not None:
+                namespace[f"s{index}"] = scoped
+                args += [f"scope={{n: env[i] for n, i in s{index}}}", "profiler=None"]
+            lines += [f"        step = {index}", f"        r = k{index}({', '.join(args)})"]
+            if len(outs) == 1:
+                lines.append(f"        env[{outs[0]}] = r[0] if isinstance(r, _results) else r")
+            else:
+                lines += ["        if not isinstance(r, _results):", "            r = (r,)",
+                          f"        for i, v in zip({outs!r}, r):", "            env[i] = v"]
+            lines += [f"        env[{i}] = None" for i in release]
+        lines += ["        pass", "    except Exception as exc:", "        return step, exc", "    return None"]
+        exec(compile("\n".join(lines), f"<plan {self.label}>", "exec"), namespace)
+        return namespace["walk"]
 
     def run(self, feeds: dict, scope=None, profiler: Profiler | None = None) -> list:
         """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values."""
@@ -176,22 +203,11 @@ class Plan:
         if profiler is not None:
             self._run_profiled(env, profiler)
         else:
-            for run, ins, outs, release, scoped, step in self._program:
-                args = [env[i] for i in ins]
-                try:
-                    if scoped is None:
-                        results = run(*args)
-                    else:
-                        results = run(*args, scope={n: env[i] for n, i in scoped}, profiler=None)
-                except Exception as exc:
-                    raise self._node_error(step, args, exc, env) from None
-                if isinstance(results, (tuple, list)):
-                    for index, value in zip(outs, results):
-                        env[index] = value
-                else:
-                    env[outs[0]] = results
-                for index in release:
-                    env[index] = None
+            failed = self._walk(env)
+            if failed is not None:
+                index, exc = failed
+                _, ins, _, _, _, step = self._program[index]
+                raise self._node_error(step, [env[i] for i in ins], exc, env) from None
         return [env[i] for i in self._output_slots]
 
     def _run_profiled(self, env, profiler):
