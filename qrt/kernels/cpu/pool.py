@@ -29,25 +29,26 @@ PARALLEL_MIN_WORK = 1 << 15
 def max_pool(x, geom, out):
     """Windowed maximum; a window lying wholly in padding yields -inf. One plane per task."""
     for p in prange(x.shape[0]):
-        _max_pool_plane(x, geom, out, p)
+        _max_pool_plane(x, geom, out, p, np.empty(x.shape[3], dtype=x.dtype))
 
 
 @njit(cache=True)
 def max_pool_serial(x, geom, out):
     """:func:`max_pool` in the calling thread, for pools too small to pay for a parallel launch."""
+    rows_max = np.empty(x.shape[3], dtype=x.dtype)
     for p in range(x.shape[0]):
-        _max_pool_plane(x, geom, out, p)
+        _max_pool_plane(x, geom, out, p, rows_max)
 
 
 @njit(cache=True)
-def _max_pool_plane(x, geom, out, p):
+def _max_pool_plane(x, geom, out, p, rows_max):
+    """Plane ``p`` of :func:`max_pool`; ``rows_max`` is scratch of one input row."""
     depth, height, width = x.shape[1], x.shape[2], x.shape[3]
     out_d, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     kd, kh, kw = geom[0], geom[1], geom[2]
     sd, sh, sw = geom[3], geom[4], geom[5]
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
-    rows_max = np.empty(width, dtype=x.dtype)
     for a in range(out_d):
         for b in range(out_h):
             row = out[p, a, b]
