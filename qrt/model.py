@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .errors import InvalidModel
+from .errors import InvalidArgument, InvalidModel
 
 # TensorProto element type -> numpy dtype for the types qrt can hold in numpy arrays.
 _ONNX_TO_NUMPY = {
@@ -108,6 +108,27 @@ def load_model(model, name: str | None = None) -> onnx.ModelProto:
         except Exception as exc:
             raise InvalidModel(f"{path}: not a readable ONNX model ({exc})") from None
     raise InvalidModel(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+
+
+def override_free_dimensions(model: onnx.ModelProto, by_name: dict, by_denotation: dict, label: str = "model"):
+    """Fix free dimensions of the graph inputs in place, as onnxruntime's
+    ``add_free_dimension_override_by_name`` / ``_by_denotation`` do: a dim whose ``dim_param`` is in
+    ``by_name`` or whose ``denotation`` is in ``by_denotation`` takes that value."""
+    if not by_name and not by_denotation:
+        return
+    initializers = {t.name for t in model.graph.initializer}
+    for info in model.graph.input:
+        if info.name in initializers or info.type.WhichOneof("value") != "tensor_type":
+            continue
+        for axis, dim in enumerate(info.type.tensor_type.shape.dim):
+            value = by_name.get(dim.dim_param) if dim.HasField("dim_param") else None
+            if value is None and dim.denotation in by_denotation:
+                value = by_denotation[dim.denotation]
+                if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value:
+                    raise InvalidArgument(f"{label}: input {info.name!r} dimension {axis} ({dim.denotation}) is "
+                                          f"fixed at {dim.dim_value}; it cannot be overridden with {value}")
+            if value is not None:
+                dim.dim_value = value
 
 
 def model_label(model: onnx.ModelProto, source=None) -> str:
