@@ -28,7 +28,7 @@ from .model_io import check_output, finish, load, save, serialized_size
 from .preprocess import preprocess
 from .rewrite import _Rewriter
 from .rules import DEFAULT_DYNAMIC_OP_TYPES
-from .summary import NodeReport, QuantizationSummary
+from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import QuantFormat, QuantType
 
 
@@ -177,7 +177,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
         name = node.name or node.output[0]
         if reason:
             writer.nodes.append(node)
-            reports.append(NodeReport(name, node.op_type, "float", reason))
+            reports.append(NodeReport(name, node.op_type, "float", reason,
+                                      shape_computation=is_shape_computation(node, g.elem_types)))
             continue
         detail = {"MatMul": "MatMulInteger", "Gemm": "MatMulInteger", "Conv": "ConvInteger",
                   "Gather": "int8 Gather + DequantizeLinear"}[node.op_type]
