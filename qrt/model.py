@@ -185,14 +185,14 @@ def _graphs(graph):
 
 
 def _reject_what_onnxruntime_rejects(graph, label):
-    """Defects onnx.checker lets through but onnxruntime refuses to load."""
-    for g in _graphs(graph):
-        for info in g.input:
-            if not info.HasField("type"):
-                raise InvalidModel(f"{label}: graph input {info.name!r} has no type")
-        for info in list(g.input) + list(g.output) + list(g.value_info):
-            if info.type.WhichOneof("value") == "tensor_type" and not info.type.tensor_type.elem_type:
-                raise InvalidModel(f"{label}: {info.name!r} is declared as a tensor of undefined element type (0)")
+    """Defects onnx.checker lets through but onnxruntime refuses to load. Only the main graph: a
+    subgraph (a Loop body, say) may leave its inputs' types to inference."""
+    for info in graph.input:
+        if not info.HasField("type"):
+            raise InvalidModel(f"{label}: graph input {info.name!r} has no type")
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if info.type.WhichOneof("value") == "tensor_type" and not info.type.tensor_type.elem_type:
+            raise InvalidModel(f"{label}: {info.name!r} is declared as a tensor of undefined element type (0)")
 
 
 def _run_checker(model, label):
