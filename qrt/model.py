@@ -147,7 +147,7 @@ def check_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto
         raise InvalidModel(f"{label}: the graph is empty")
     _guard_einsum_equations(model.graph, label)
     _reject_what_onnxruntime_rejects(model.graph, label)
-    model = _run_checker(model, label)
+    model = run_checker(model, label)
     if model.functions:
         try:
             model = onnx.inliner.inline_local_functions(model)
@@ -195,7 +195,7 @@ def _reject_what_onnxruntime_rejects(graph, label):
             raise InvalidModel(f"{label}: {info.name!r} is declared as a tensor of undefined element type (0)")
 
 
-def _run_checker(model, label):
+def run_checker(model, label):
     """onnx.checker, then for each complaint onnxruntime tolerates: make it good and check again.
 
     Repairs that only silence the checker go to a probe copy; those that execution needs too (node
@@ -218,7 +218,7 @@ def _run_checker(model, label):
             description = repair(model, probe, re.search(pattern, message), label)
             tolerated.append((pattern, description))
     if tolerated:
-        warnings.warn(f"{label}: loaded although onnx.checker objects to it (onnxruntime loads it too): "
+        warnings.warn(f"{label}: onnx.checker objects to what onnxruntime accepts, so qrt goes on: "
                       + "; ".join(d for _, d in tolerated), stacklevel=3)
     return model
 

@@ -100,3 +100,22 @@ def test_summary_object_keeps_every_float_node_and_reason(tmp_path):
     assert sorted(shape) == sorted(SHAPE_NODES)
     assert all(r.detail for r in shape.values())
     assert {r.name for r in summary.quantized} >= {"conv"}
+
+
+def test_paddle_style_model_quantizes_and_runs(tmp_path, capsys):
+    """PaddlePaddle exports: a -1 batch dim and graph outputs typed without a shape, which
+    onnx.checker rejects and onnxruntime runs; the quantized model must load in onnxruntime too."""
+    import pytest
+    model, calib = _detector_head(tmp_path / "head.onnx")
+    proto = onnx.load(model)
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    batch.Clear()
+    batch.dim_value = -1
+    proto.graph.output[0].type.tensor_type.ClearField("shape")
+    onnx.save(proto, tmp_path / "paddle.onnx")
+    out = tmp_path / "paddle.int8.onnx"
+    with pytest.warns(UserWarning, match="field 'shape'"):
+        assert main([str(tmp_path / "paddle.onnx"), str(out), "--calibration", calib]) == 0
+    x = np.load(calib)["x"][:3]
+    float_y, int8_y = run_ort(proto, [{"x": x}])[0], run_ort(onnx.load(out), [{"x": x}])[0]
+    assert int8_y.shape == (3, 8, 32) and sqnr_db(float_y, int8_y) > 25
