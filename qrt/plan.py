@@ -271,6 +271,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
             raise InvalidModel(f"{label}: node {node_name!r} ({node.op_type}): {exc}") from None
         kernel.n_inputs = len(node.input)
         kernel.n_outputs = len(node.output)
+        kernel.output_names = tuple(node.output)
         kernel.node_name = node_name
         inputs = list(node.input)
         outputs = list(node.output)
@@ -363,6 +364,7 @@ def _host_kernel(node, domain, opset, attrs):
     cls = registry.lookup(node.op_type, domain, opset, registry.CPU)
     kernel = cls(**attrs)
     kernel.n_inputs, kernel.n_outputs, kernel.node_name = len(node.input), len(node.output), node.name
+    kernel.output_names = tuple(node.output)
     return kernel
 
 
