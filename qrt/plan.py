@@ -270,6 +270,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
             containers.update(n for n in node.output if n and declared.get(n) != "tensor_type")
         kernel.n_inputs = len(node.input)
         kernel.n_outputs = len(node.output)
+        kernel.output_names = tuple(node.output)
         kernel.node_name = node_name
         inputs = list(node.input)
         outputs = list(node.output)
@@ -371,6 +372,7 @@ def _host_kernel(node, domain, opset, attrs):
     cls = registry.lookup(node.op_type, domain, opset, registry.CPU)
     kernel = cls(**attrs)
     kernel.n_inputs, kernel.n_outputs, kernel.node_name = len(node.input), len(node.output), node.name
+    kernel.output_names = tuple(node.output)
     return kernel
 
 
