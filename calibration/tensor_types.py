@@ -21,9 +21,9 @@ from onnx import TensorProto, helper
 
 from qrt.errors import QrtError, QuantizationError
 
-# Symbolic non-batch dims of a generated feed: large enough for a stride-32 CNN to keep a pixel,
-# small enough to run in moments.
-GENERATED_DIM = 32
+# Symbolic non-batch dims of a generated feed: large enough for a stride-32 CNN to keep a 2x2 map
+# (PP-OCR's recognizer pools a height of 48 / 16 = 3 rows), small enough to run in moments.
+GENERATED_DIM = 64
 
 
 def untyped_tensors(model: onnx.ModelProto) -> list[str]:
@@ -86,10 +86,14 @@ def observed_tensor_types(model: onnx.ModelProto, feed: dict | None = None, labe
         if elem is not None:
             types[name] = (elem, tuple(value.shape))
 
+    where = "the first calibration sample"
     try:
         session = InferenceSession(model, options)
         if feed is None:
-            feed = random_feeds(session, shapes=generated_shapes(session, input_shapes))
+            shapes = generated_shapes(session, input_shapes)
+            where = ("a generated feed of shapes " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+                     + " (give the real ones with extra_options={'InputShapes': {input_name: [dims]}})")
+            feed = random_feeds(session, shapes=shapes)
         for name, value in session.plan.constants.items():
             record(name, value)
         for name, value in feed.items():
@@ -97,7 +101,7 @@ def observed_tensor_types(model: onnx.ModelProto, feed: dict | None = None, labe
         session.plan.run(feed, observe=record)
     except QrtError as exc:
         raise QuantizationError(f"{label}: onnx shape inference left tensor types unknown, and running the "
-                                f"model to observe them failed: {exc}") from exc
+                                f"model on {where} to observe them failed: {exc}") from exc
     return types
 
 

@@ -15,7 +15,7 @@
   ``CalibPercentile``, ``CalibNumBins``, ``CalibNumQuantizedBins``: passed to calibration.
 * ``InputShapes`` (qrt's own): ``{input_name: [dims]}``, the shapes of the generated feed the
   model runs on when onnx shape inference leaves tensor types unknown and no calibration data
-  shows them (always so for ``quantize_dynamic``). Default: symbolic dims 1 on the batch axis, 32
+  shows them (always so for ``quantize_dynamic``). Default: symbolic dims 1 on the batch axis, 64
   elsewhere.
 
 Other onnxruntime keys are accepted and ignored with a warning, so existing calls keep working.
