@@ -57,7 +57,13 @@ def generated_shapes(session, input_shapes: dict | None = None) -> dict[str, tup
     shapes = {}
     for arg in session.get_inputs():
         if arg.name in input_shapes:
-            shapes[arg.name] = tuple(int(d) for d in input_shapes[arg.name])
+            shape = tuple(int(d) for d in input_shapes[arg.name])
+            declared = arg.shape or []
+            if len(shape) != len(declared) or any(isinstance(d, int) and d >= 0 and d != s
+                                                  for d, s in zip(declared, shape)):
+                raise QuantizationError(f"InputShapes gives input {arg.name!r} the shape {list(shape)}, "
+                                        f"the model declares {declared}")
+            shapes[arg.name] = shape
             continue
         shapes[arg.name] = tuple(d if isinstance(d, int) and d >= 0 else (1 if axis == 0 else GENERATED_DIM)
                                  for axis, d in enumerate(arg.shape or []))

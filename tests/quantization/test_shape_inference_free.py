@@ -138,9 +138,22 @@ def test_dynamic_quantizes_what_inference_left_untyped(tmp_path):
     assert sqnr_db(reference, ort_int8) >= 35.0
 
 
+def test_static_without_data_types_from_a_generated_feed():
+    model = untyped_model()
+    calibrated = quantize_static(model, None, feeds(4, 1), quant_format=QuantFormat.QOperator)
+    by_hand = quantize_static(model, None, None, quant_format=QuantFormat.QOperator, tensor_ranges=calibrated.ranges)
+    assert any("generated feed" in note for note in by_hand.preprocessing)
+    assert quantized_nodes(by_hand) == quantized_nodes(calibrated)
+    test = feeds(2, 99)
+    np.testing.assert_array_equal(run_qrt(by_hand.model, test), run_qrt(calibrated.model, test))
+
+
 def test_input_shapes_option_is_checked():
     with pytest.raises(QuantizationError, match="InputShapes"):
         quantize_dynamic(untyped_model(), None, extra_options={"InputShapes": {"x": [1, "three", 8, 8]}})
+    with pytest.raises(QuantizationError, match=r"InputShapes gives input 'x' the shape \[1, 3, 8, 9\], "
+                                                r"the model declares \['N', 3, 8, 8\]"):
+        quantize_dynamic(untyped_model(), None, extra_options={"InputShapes": {"x": [1, 3, 8, 9]}})
 
 
 def test_a_model_inference_can_follow_is_not_run(mlp):
