@@ -139,9 +139,9 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
     ``providers``: for the session (default CPU).
     ``tensor_names``: the tensors to observe (default: every float graph input and node output of the
     main graph); tensors whose type is not float are skipped. Where onnx shape inference cannot type a
-    wanted tensor, the first batch runs once more to observe its type (:mod:`.tensor_types`). Raises QuantizationError for an empty
-    reader, a batch with unknown or missing inputs, a feed the session rejects, and NaN/Inf in feeds
-    or activations, naming the batch and tensor.
+    wanted tensor, the first batch runs once more to observe its type (:mod:`.tensor_types`).
+    Raises QuantizationError for an empty reader, a batch with unknown or missing inputs, a feed the
+    session rejects, and NaN/Inf in feeds or activations, naming the batch and tensor.
     """
     from qrt import InferenceSession
 

@@ -40,7 +40,7 @@ def untyped_tensors(model: onnx.ModelProto) -> list[str]:
 
 
 def _element_type(value) -> int | None:
-    if not isinstance(value, np.ndarray):
+    if not isinstance(value, (np.ndarray, np.generic)):
         return None   # a sequence or optional value
     if value.dtype == object or value.dtype.kind in "US":
         return TensorProto.STRING
@@ -54,6 +54,10 @@ def generated_shapes(session, input_shapes: dict | None = None) -> dict[str, tup
     """A concrete shape per session input: ``input_shapes[name]`` if given, else the declared one
     with symbolic dims 1 on axis 0 and :data:`GENERATED_DIM` on the others."""
     input_shapes = input_shapes or {}
+    names = [arg.name for arg in session.get_inputs()]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise QuantizationError(f"InputShapes names input(s) {unknown} the model does not have; its inputs: {names}")
     shapes = {}
     for arg in session.get_inputs():
         if arg.name in input_shapes:
@@ -78,9 +82,8 @@ def observed_tensor_types(model: onnx.ModelProto, feed: dict | None = None, labe
     The model runs unoptimized, so every tensor keeps its name; tensors the plan folds into
     constants are reported from their folded values.
     """
-    from qrt.feeds import random_feeds
-
     from qrt import GraphOptimizationLevel, InferenceSession, SessionOptions
+    from qrt.feeds import random_feeds
 
     options = SessionOptions()
     options.graph_optimization_level = GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -90,7 +93,7 @@ def observed_tensor_types(model: onnx.ModelProto, feed: dict | None = None, labe
     def record(name, value):
         elem = _element_type(value)
         if elem is not None:
-            types[name] = (elem, tuple(value.shape))
+            types[name] = (elem, tuple(np.shape(value)))
 
     where = "the first calibration sample"
     try:

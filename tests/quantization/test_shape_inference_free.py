@@ -154,6 +154,8 @@ def test_input_shapes_option_is_checked():
     with pytest.raises(QuantizationError, match=r"InputShapes gives input 'x' the shape \[1, 3, 8, 9\], "
                                                 r"the model declares \['N', 3, 8, 8\]"):
         quantize_dynamic(untyped_model(), None, extra_options={"InputShapes": {"x": [1, 3, 8, 9]}})
+    with pytest.raises(QuantizationError, match=r"InputShapes names input\(s\) \['X'\]"):
+        quantize_dynamic(untyped_model(), None, extra_options={"InputShapes": {"X": [1, 3, 8, 8]}})
 
 
 def test_a_model_inference_can_follow_is_not_run(mlp):
