@@ -20,13 +20,16 @@ def _concrete_shape(shape, dims: dict, default_dim: int):
     return tuple(out)
 
 
-def random_feeds(session, seed: int = 0, dims: dict | None = None, default_dim: int = 1) -> dict:
-    """Random inputs matching ``session.get_inputs()``; symbolic dims take ``dims[name]`` or ``default_dim``."""
+def random_feeds(session, seed: int = 0, dims: dict | None = None, default_dim: int = 1,
+                 shapes: dict | None = None) -> dict:
+    """Random inputs matching ``session.get_inputs()``; symbolic dims take ``dims[name]`` or ``default_dim``,
+    and an input named in ``shapes`` takes that whole shape."""
     rng = np.random.default_rng(seed)
     dims = dims or {}
+    shapes = shapes or {}
     feeds = {}
     for arg in session.get_inputs():
-        shape = _concrete_shape(arg.shape, dims, default_dim)
+        shape = tuple(shapes[arg.name]) if arg.name in shapes else _concrete_shape(arg.shape, dims, default_dim)
         kind = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else arg.type
         if kind in ("float", "double", "float16"):
             dtype = {"float": np.float32, "double": np.float64, "float16": np.float16}[kind]

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 from qrt.errors import QuantizationError
 
 from .config import make_config
+from .feeds import with_complete_types
 from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
 from .params import params_for_values, quantize_values
@@ -207,6 +208,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
+    model, _, note = with_complete_types(model, label, None, cfg.input_shapes)
+    notes += [note] if note else []
     g = GraphIndex(model)
     writer = DynamicRewriter(g, cfg)
     reports = []
