@@ -19,16 +19,7 @@ from onnx import numpy_helper
 from . import registry
 from .errors import InvalidModel, NodeExecutionError, QrtError, UnsupportedOperator
 from .providers import CPUProvider
-
-
-def _describe(value) -> str:
-    if value is None:
-        return "None"
-    shape = getattr(value, "shape", None)
-    dtype = getattr(value, "dtype", None)
-    if shape is not None:
-        return f"{dtype}{list(shape)}"
-    return type(value).__name__
+from .values import TensorSequence, describe
 
 
 def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
@@ -135,8 +126,12 @@ class Plan:
         self.outer_names = outer_names         # names read from an enclosing graph
         self.output_types = ()                 # graph outputs' TypeProtos (Loop/Scan size empty scan outputs)
 
-    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None) -> list:
-        """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values."""
+    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None, observe=None) -> list:
+        """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values.
+
+        ``observe(name, value)``, when given, sees every tensor a step produces, before it can be
+        freed (the quantizer learns tensor types this way where onnx shape inference gives up).
+        """
         constants = self.constants
         env = dict(feeds)
         for step in self.steps:
@@ -165,7 +160,7 @@ class Plan:
                     raise
                 raise type(exc)(f"{self.label}: node {step.name!r} ({step.op_type}): {exc}") from None
             except Exception as exc:
-                shapes = ", ".join(f"{n or '<omitted>'}: {_describe(a)}" for n, a in zip(step.inputs, args))
+                shapes = ", ".join(f"{n or '<omitted>'}: {describe(a)}" for n, a in zip(step.inputs, args))
                 env.clear()
                 args.clear()
                 err = NodeExecutionError(
@@ -180,6 +175,8 @@ class Plan:
             for name, value in zip(step.outputs, results):
                 if name:
                     env[name] = value
+                    if observe is not None:
+                        observe(name, value)
             for name in step.release:
                 env.pop(name, None)
         out = []
@@ -229,6 +226,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
     unsupported = []
     steps: list[Step] = []
     where = {name: host.name for name in input_names}   # provider holding each tensor
+    declared, containers = _declared_kinds(graph)
 
     def make_subplan_factory(node):
         def make_subplan(subgraph):
@@ -245,7 +243,11 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
         if opset is None:
             raise InvalidModel(f"{label}: node {node_name!r} uses domain {domain!r} that the model does not import")
         cls, provider = None, None
+        # Sequences and optionals live in host memory only, and so do the nodes that read or write them.
+        host_only = any(n in containers for n in list(node.input) + list(node.output) if n)
         for p in providers:
+            if host_only and not p.on_host:
+                continue
             cls = registry.lookup(node.op_type, domain, opset, p.name)
             if cls is not None:
                 provider = p
@@ -269,8 +271,12 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
                                f"{sorted(attrs)}: {exc}") from None
         except (ValueError, KeyError) as exc:
             raise InvalidModel(f"{label}: node {node_name!r} ({node.op_type}): {exc}") from None
+        if host_only or cls.container_outputs:
+            # Outputs the graph leaves untyped may hold containers too; keep their readers on the host.
+            containers.update(n for n in node.output if n and declared.get(n) != "tensor_type")
         kernel.n_inputs = len(node.input)
         kernel.n_outputs = len(node.output)
+        kernel.output_names = tuple(node.output)
         kernel.node_name = node_name
         inputs = list(node.input)
         outputs = list(node.output)
@@ -305,7 +311,9 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
                     values = (values,)
                 for name, value in zip(outputs, values):
                     if name:
-                        constants[name] = np.asarray(value)
+                        # An empty optional (None) and a sequence are constants as they are.
+                        is_container = value is None or isinstance(value, TensorSequence)
+                        constants[name] = value if is_container else np.asarray(value)
                 local_names.update(n for n in outputs if n)
                 continue
 
@@ -359,10 +367,18 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
     return plan
 
 
+def _declared_kinds(graph):
+    """Each typed name's kind ('tensor_type', 'sequence_type', ...) and the set of sequence/optional names."""
+    kinds = {v.name: v.type.WhichOneof("value")
+             for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    return kinds, {n for n, kind in kinds.items() if kind in ("sequence_type", "optional_type")}
+
+
 def _host_kernel(node, domain, opset, attrs):
     cls = registry.lookup(node.op_type, domain, opset, registry.CPU)
     kernel = cls(**attrs)
     kernel.n_inputs, kernel.n_outputs, kernel.node_name = len(node.input), len(node.output), node.name
+    kernel.output_names = tuple(node.output)
     return kernel
 
 

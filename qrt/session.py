@@ -22,6 +22,7 @@ from .model import (check_model, load_model, model_label, numpy_dtype, opset_imp
                     shape_of, type_string)
 from .plan import Profiler, build_plan
 from .providers import resolve_providers
+from .values import container_feed, to_user
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -155,6 +156,9 @@ class InferenceSession:
         self._input_specs = {a.name: a for a in self._inputs}
         self._expected_dtypes = {i.name: numpy_dtype(i.type.tensor_type.elem_type)
                                  for i in model.graph.input if i.type.WhichOneof("value") == "tensor_type"}
+        # Sequence and optional inputs, fed as lists of arrays / None and checked by qrt.values.
+        self._container_types = {i.name: i.type for i in model.graph.input
+                                 if i.type.WhichOneof("value") in ("sequence_type", "optional_type")}
         self._profiler = Profiler() if self._options.enable_profiling else None
         self._profile_start = time.time()
 
@@ -208,7 +212,7 @@ class InferenceSession:
         values = self._plan.run(feeds, profiler=self._profiler)
         by_name = dict(zip(all_names, values))
         names = output_names or all_names
-        return [_as_array(by_name[n]) for n in names]
+        return [to_user(by_name[n]) for n in names]
 
     def _check_feeds(self, input_feed):
         if not isinstance(input_feed, dict):
@@ -227,6 +231,9 @@ class InferenceSession:
                                   + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self._inputs))
         feeds = {}
         for name, value in input_feed.items():
+            if name in self._container_types:
+                feeds[name] = container_feed(self._label, name, value, self._container_types[name])
+                continue
             spec = expected[name]
             if not isinstance(value, np.ndarray):
                 value = np.asarray(value)
@@ -259,12 +266,6 @@ class InferenceSession:
         _write_atomically(path, json.dumps(events, indent=0).encode())
         self._profiler = Profiler()
         return path
-
-
-def _as_array(value):
-    if isinstance(value, np.ndarray):
-        return value
-    return np.asarray(value)
 
 
 def _write_atomically(path: str, data: bytes):

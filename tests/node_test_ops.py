@@ -23,3 +23,8 @@ RNN NonZero ReduceLogSum
 Hardmax
 GroupNormalization LpPool GlobalLpPool
 """.split()
+
+SEQUENCES = """
+SequenceConstruct SequenceEmpty SequenceAt SequenceInsert SequenceErase SequenceLength SplitToSequence
+ConcatFromSequence SequenceMap Optional OptionalHasElement OptionalGetElement
+""".split()

@@ -21,10 +21,10 @@ import pytest
 from onnx import numpy_helper
 
 import qrt.backend
-from node_test_ops import FLOAT_RUNTIME, INT8, LONG_TAIL
+from node_test_ops import FLOAT_RUNTIME, INT8, LONG_TAIL, SEQUENCES
 
 HERE = os.path.dirname(__file__)
-TARGET_OPS = set(FLOAT_RUNTIME) | set(INT8) | set(LONG_TAIL)
+TARGET_OPS = set(FLOAT_RUNTIME) | set(INT8) | set(LONG_TAIL) | set(SEQUENCES)
 
 
 def _exclusions():
@@ -86,7 +86,7 @@ def test_node(case):
         outputs = rep.run([_array(a) for a in inputs])
         assert len(outputs) == len(expected)
         for got, want in zip(outputs, expected):
-            _assert_same(got, np.asarray(_array(want)), case)
+            _assert_same_value(got, want, case)
 
 
 def _numbered(paths):
@@ -115,6 +115,19 @@ def test_model_set(path):
 def _array(value):
     # Cases with types numpy lacks (bfloat16, float8, int4, ...) store their data as TensorProtos.
     return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+
+
+def _assert_same_value(got, want, case):
+    """Sequences come as lists of arrays, empty optionals as None, as onnx's cases store them."""
+    if want is None:
+        assert got is None, f"expected an empty optional (None), got {type(got).__name__}"
+    elif isinstance(want, list):
+        assert isinstance(got, list), f"expected a sequence (list), got {type(got).__name__}"
+        assert len(got) == len(want), f"sequence of {len(got)}, expected {len(want)}"
+        for got_item, want_item in zip(got, want):
+            _assert_same(got_item, np.asarray(_array(want_item)), case)
+    else:
+        _assert_same(got, np.asarray(_array(want)), case)
 
 
 def _assert_same(got, want, case):

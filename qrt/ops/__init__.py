@@ -7,3 +7,4 @@ from . import conv, normalization, pool, resize  # noqa: F401  (convolution, nor
 from . import quantized  # noqa: F401  (QuantizeLinear family, QLinear*/Integer matmul and conv)
 from . import contrib_quantized  # noqa: F401  (com.microsoft QGemm, QLinearAdd, ... as onnxruntime's quantizer emits)
 from . import fused  # noqa: F401  (com.microsoft FusedConv/FusedGemm from the planner's activation fusion)
+from . import sequence  # noqa: F401  (Sequence*, SplitToSequence, ConcatFromSequence, Optional*)

@@ -10,6 +10,8 @@ The planner sets two instance attributes before the first run:
 * ``n_inputs`` / ``n_outputs``: how many inputs and outputs the node declares (``Split`` and
   ``TopK``-style ops need the output count; trailing optional outputs may be left out).
 * ``node_name``: for error messages.
+* ``output_names``: the node's output names, ``""`` for an omitted optional output (an op whose
+  arithmetic depends on which outputs exist, as onnxruntime's quantized LSTM does, reads it).
 
 A kernel may define ``prepare(self, constants)``: the planner calls it once, before constant folding,
 with one entry per node input — the array when that input is a constant (initializer, folded
@@ -19,6 +21,8 @@ value), else None. Use it to validate scales and zero points and to pre-pack wei
 Class attributes a kernel may override:
 
 * ``deterministic = False`` keeps the node out of plan-time constant folding (random ops).
+* ``container_outputs = True`` says the outputs are sequences or optionals (:mod:`qrt.values`):
+  the planner keeps the nodes that read them on the host.
 * ``uses_outer_scope = True`` makes the planner call ``run(*inputs, scope=values)`` where ``scope``
   maps outer-scope names to arrays; graph attributes arrive in ``__init__`` as built sub-plans
   (:class:`qrt.plan.Plan`).
@@ -34,10 +38,12 @@ class Op:
 
     deterministic = True
     uses_outer_scope = False
+    container_outputs = False
 
     n_inputs = 0
     n_outputs = 1
     node_name = ""
+    output_names: tuple = ()
 
     def __repr__(self):
         return f"{type(self).__name__}({self.node_name!r})"

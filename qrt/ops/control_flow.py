@@ -3,7 +3,9 @@
 Their graph attributes arrive as built sub-plans (:class:`qrt.plan.Plan`). A sub-plan's graph
 inputs (``Plan.input_names``: loop counter, condition, carried values, scan slices) are passed as
 ``feeds`` on every iteration; names the body reads from enclosing graphs come through ``scope``,
-which the planner hands to ops with ``uses_outer_scope``.
+which the planner hands to ops with ``uses_outer_scope``. Branch outputs and loop-carried values
+may be sequences or optionals (:mod:`qrt.values`): they pass through untouched; Loop scan outputs are
+stacked and so must be tensors.
 """
 import numpy as np
 
@@ -96,6 +98,9 @@ class Loop(Op):
         stacked = []
         for j, collected in enumerate(scans):
             if collected:
+                if not all(isinstance(v, np.ndarray) for v in collected):
+                    raise InvalidArgument(f"scan output {j} is not a tensor: Loop stacks its scan outputs, so "
+                                          f"they must be tensors (carry a sequence as a loop-carried value)")
                 shapes = {v.shape for v in collected}
                 if len(shapes) != 1:
                     raise InvalidArgument(f"scan output {j} changes shape between iterations: {sorted(shapes)}")

@@ -47,6 +47,23 @@ def checked_indices(indices, dim, what="indices"):
 # --- Concat / Split ---------------------------------------------------------------------------------------
 
 
+def concat_arrays(inputs, axis, what="input"):
+    """``inputs`` joined along ``axis``; shared by Concat and ConcatFromSequence (``what`` names the parts)."""
+    first = inputs[0]
+    if first.ndim == 0:
+        raise InvalidArgument(f"{what} 0 must have rank >= 1 to be concatenated, got a scalar")
+    axis = normalize_axis(axis, first.ndim)
+    for i, x in enumerate(inputs[1:], 1):
+        if x.dtype != first.dtype:
+            raise InvalidArgument(f"{what} {i} has dtype {x.dtype}, {what} 0 has {first.dtype}")
+        if x.ndim != first.ndim or any(a != b for d, (a, b) in enumerate(zip(x.shape, first.shape)) if d != axis):
+            raise InvalidArgument(f"{what} {i} of shape {list(x.shape)} does not match {what} 0 of shape "
+                                  f"{list(first.shape)} outside axis {axis}")
+    if len(inputs) == 1:
+        return first
+    return np.concatenate(inputs, axis=axis)
+
+
 @register("Concat", 4)
 class Concat(Op):
     def __init__(self, axis=None):
@@ -55,23 +72,10 @@ class Concat(Op):
         self.axis = int(axis)
 
     def run(self, *inputs):
-        first = inputs[0]
-        if first.ndim == 0:
-            raise InvalidArgument("Concat inputs must have rank >= 1, got a scalar")
-        axis = normalize_axis(self.axis, first.ndim)
-        for i, x in enumerate(inputs[1:], 1):
-            if x.dtype != first.dtype:
-                raise InvalidArgument(f"input {i} has dtype {x.dtype}, input 0 has {first.dtype}")
-            if x.ndim != first.ndim or any(a != b for d, (a, b) in enumerate(zip(x.shape, first.shape))
-                                           if d != axis):
-                raise InvalidArgument(f"input {i} of shape {list(x.shape)} does not match input 0 of shape "
-                                      f"{list(first.shape)} outside axis {axis}")
-        if len(inputs) == 1:
-            return first
-        return np.concatenate(inputs, axis=axis)
+        return concat_arrays(inputs, self.axis)
 
 
-def _split(x, axis, sizes, num_outputs, n_outputs):
+def split_array(x, axis, sizes, num_outputs, n_outputs):
     axis = normalize_axis(axis, x.ndim)
     dim = x.shape[axis]
     if sizes is not None:
@@ -108,7 +112,7 @@ class Split(Op):
         self.split = None if split is None else [int(s) for s in split]
 
     def run(self, x):
-        return _split(x, self.axis, self.split, None, self.n_outputs)
+        return split_array(x, self.axis, self.split, None, self.n_outputs)
 
 
 @register("Split", 13)
@@ -118,7 +122,7 @@ class Split13(Op):
 
     def run(self, x, split=None):
         sizes = None if split is None else int_list(split, "split")
-        return _split(x, self.axis, sizes, None, self.n_outputs)
+        return split_array(x, self.axis, sizes, None, self.n_outputs)
 
 
 @register("Split", 18)
@@ -131,7 +135,7 @@ class Split18(Op):
         sizes = None if split is None else int_list(split, "split")
         if sizes is not None and self.num_outputs is not None:
             raise InvalidArgument("Split takes either the 'split' input or 'num_outputs', not both")
-        return _split(x, self.axis, sizes, self.num_outputs, self.n_outputs)
+        return split_array(x, self.axis, sizes, self.num_outputs, self.n_outputs)
 
 
 # --- Slice ------------------------------------------------------------------------------------------------

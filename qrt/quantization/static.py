@@ -14,7 +14,7 @@ from calibration import CalibrationMethod
 from qrt.errors import QuantizationError
 
 from .config import QuantConfig, make_config
-from .feeds import calibration_ranges
+from .feeds import calibration_ranges, with_complete_types
 from .graph import GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
 from .params import QParams, params_for_range
@@ -277,6 +277,9 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
+    model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
+                                                               cfg.input_shapes)
+    notes += [note] if note else []
     g = GraphIndex(model)
     decisions = plan_nodes(g, cfg)
     if not any(d.status == "compute" for d in decisions):

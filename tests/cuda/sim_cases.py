@@ -162,3 +162,28 @@ def test_constants_are_uploaded_once_per_session(monkeypatch):
     sess.run(None, {"x": _rng_feed((1, 1, 8, 8))})
     sess.run(None, {"x": _rng_feed((1, 1, 8, 8))})
     assert uploads == [], uploads
+
+
+def test_sequences_stay_on_the_host_in_a_cuda_session():
+    """Sequence nodes have no device kernel, and Identity (which has one) must not take a sequence to
+    the device: nodes touching a sequence run on the host, tensors taken out of it go to the device."""
+    from onnx import TensorProto, helper
+    F = TensorProto.FLOAT
+    seq_type = helper.make_tensor_sequence_value_info
+    nodes = [helper.make_node("Identity", ["seq"], ["same"]),
+             helper.make_node("SequenceAt", ["same", "zero"], ["first"]),
+             helper.make_node("Relu", ["first"], ["y"])]
+    graph = helper.make_graph(nodes, "seq", [seq_type("seq", F, [None, None])],
+                              [helper.make_tensor_value_info("y", F, [None, None]), seq_type("same", F, [None, None])],
+                              [helper.make_tensor("zero", TensorProto.INT64, [], [-2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    options = qrt.SessionOptions()
+    options.graph_optimization_level = qrt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = qrt.InferenceSession(model, options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    placed = {s.op_type: s.provider for s in session.plan.steps}
+    assert placed["Identity"] == placed["SequenceAt"] == "CPUExecutionProvider"
+    assert placed["Relu"] == "CUDAExecutionProvider"
+    seq = [np.array([[-1.0, 2.0]], np.float32), np.ones((1, 3), np.float32)]
+    y, same = session.run(None, {"seq": seq})
+    np.testing.assert_array_equal(y, [[0.0, 2.0]])
+    assert isinstance(same, list) and all(a is b or np.array_equal(a, b) for a, b in zip(same, seq))

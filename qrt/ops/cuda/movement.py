@@ -53,7 +53,7 @@ class Concat(CudaOp):
 
 
 def split_sizes(dim, axis, sizes, num_outputs, n_outputs):
-    """Chunk lengths of Split, as the CPU op computes them (``qrt.ops.movement._split``)."""
+    """Chunk lengths of Split, as the CPU op computes them (``qrt.ops.movement.split_array``)."""
     if sizes is not None:
         if len(sizes) != n_outputs or any(s < 0 for s in sizes) or sum(sizes) != dim:
             raise InvalidArgument(f"split {sizes} does not divide axis {axis} of size {dim} into {n_outputs} outputs")
