@@ -2,7 +2,10 @@
 
 ``load_model`` accepts a path, serialized bytes or an ``onnx.ModelProto`` and always returns a
 private copy, so nothing qrt does later can touch the caller's object or file.
-``check_model`` runs onnx's checker, inlines model-local functions and infers shapes.
+``check_model`` runs onnx's checker, inlines model-local functions and infers shapes. qrt loads
+what onnxruntime loads: where the checker is stricter than onnxruntime (a graph output typed without
+a shape, nodes out of topological order, ...) qrt warns once and goes on; what onnxruntime refuses
+(dangling inputs, unknown ops, contradicting element types) is an :class:`InvalidModel`.
 """
 from __future__ import annotations
 
