@@ -189,8 +189,12 @@ class Plan:
         exec(compile("\n".join(lines), f"<plan {self.label}>", "exec"), namespace)
         return namespace["walk"]
 
-    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None) -> list:
-        """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values."""
+    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None, observe=None) -> list:
+        """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values.
+
+        ``observe(name, value)``, when given, sees every tensor a step produces, before it can be
+        freed (the quantizer learns tensor types this way where onnx shape inference gives up).
+        """
         env = self._template.copy()
         slots = self._slots
         for name, value in feeds.items():
@@ -200,8 +204,8 @@ class Plan:
         if scope is not None:
             for name, index in self._outer_slots:
                 env[index] = scope[name]
-        if profiler is not None:
-            self._run_profiled(env, profiler)
+        if profiler is not None or observe is not None:
+            self._interpret(env, profiler, observe)
         else:
             failed = self._walk(env)
             if failed is not None:
@@ -210,8 +214,9 @@ class Plan:
                 raise self._node_error(step, [env[i] for i in ins], exc, env) from None
         return [env[i] for i in self._output_slots]
 
-    def _run_profiled(self, env, profiler):
-        """The same walk as :meth:`run`, recording one trace event per step."""
+    def _interpret(self, env, profiler, observe):
+        """The walk :meth:`_generate` unrolls, a step at a time, for the runs that watch it: one
+        profiler event per step, and ``observe`` called on every tensor produced."""
         clock = time.perf_counter
         for run, ins, outs, release, scoped, step in self._program:
             args = [env[i] for i in ins]
@@ -223,11 +228,14 @@ class Plan:
                     results = run(*args, scope={n: env[i] for n, i in scoped}, profiler=profiler)
             except Exception as exc:
                 raise self._node_error(step, args, exc, env) from None
-            profiler.record(step.name, step.op_type, step.provider, start, clock())
+            if profiler is not None:
+                profiler.record(step.name, step.op_type, step.provider, start, clock())
             if not isinstance(results, (tuple, list)):
                 results = (results,)
-            for index, value in zip(outs, results):
+            for name, index, value in zip(step.outputs, outs, results):
                 env[index] = value
+                if observe is not None and name:
+                    observe(name, value)
             for index in release:
                 env[index] = None
 
@@ -334,6 +342,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
             containers.update(n for n in node.output if n and declared.get(n) != "tensor_type")
         kernel.n_inputs = len(node.input)
         kernel.n_outputs = len(node.output)
+        kernel.output_names = tuple(node.output)
         kernel.node_name = node_name
         inputs = list(node.input)
         outputs = list(node.output)
@@ -435,6 +444,7 @@ def _host_kernel(node, domain, opset, attrs):
     cls = registry.lookup(node.op_type, domain, opset, registry.CPU)
     kernel = cls(**attrs)
     kernel.n_inputs, kernel.n_outputs, kernel.node_name = len(node.input), len(node.output), node.name
+    kernel.output_names = tuple(node.output)
     return kernel
 
 

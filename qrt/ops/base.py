@@ -10,6 +10,8 @@ The planner sets two instance attributes before the first run:
 * ``n_inputs`` / ``n_outputs``: how many inputs and outputs the node declares (``Split`` and
   ``TopK``-style ops need the output count; trailing optional outputs may be left out).
 * ``node_name``: for error messages.
+* ``output_names``: the node's output names, ``""`` for an omitted optional output (an op whose
+  arithmetic depends on which outputs exist, as onnxruntime's quantized LSTM does, reads it).
 
 Three stages, each as rare as its inputs allow: ``__init__`` and ``prepare`` once per session,
 *bind* once per input-shape signature and ``run`` on every call. Binding is what depends on shapes
@@ -78,6 +80,7 @@ class Op:
     n_inputs = 0
     n_outputs = 1
     node_name = ""
+    output_names: tuple = ()
 
     def __repr__(self):
         return f"{type(self).__name__}({self.node_name!r})"

@@ -18,8 +18,9 @@ from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
-from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _vector_for, check_scale,
-                        check_zero_point, dynamic_quantize, flip_of, qbounds, scalar_int, shifted)
+from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _DequantizeLinear,
+                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize, flip_of,
+                        qbounds, scalar_int, shifted)
 
 MS = "com.microsoft"
 
@@ -45,6 +46,25 @@ def _data_dtype(constants, index):
 
 def _scalar(value, dtype=np.float32):
     return np.asarray(value, dtype=dtype).reshape(-1)[0]
+
+
+# ------------------------------------------------------------------ QuantizeLinear / DequantizeLinear
+
+@register("QuantizeLinear", 1, domain=MS)
+class QuantizeLinearMS(_QuantizeLinear):
+    """com.microsoft QuantizeLinear (onnxruntime's quantizer writes it with ``UseQDQContribOps``, for
+    16-bit and 4-bit types before ONNX had them): ai.onnx QuantizeLinear-13 with those types."""
+
+    def __init__(self, axis=1):
+        super().__init__(axis=axis)
+
+
+@register("DequantizeLinear", 1, domain=MS)
+class DequantizeLinearMS(_DequantizeLinear):
+    """com.microsoft DequantizeLinear: ai.onnx DequantizeLinear-13 with 16-bit, 4-bit and int32 inputs."""
+
+    def __init__(self, axis=1):
+        super().__init__(axis=axis)
 
 
 # --------------------------------------------------------------------------- GEMM family

@@ -17,15 +17,27 @@ the Affine, ThresholdedRelu and ScaledTanh parameters left out.
 A batch entry whose sequence length is 0 gets zero final states, as onnxruntime returns.
 
 Versions: 7 (the attribute set of today's models) and 14 (adds ``layout``).
+
+com.microsoft ``DynamicQuantizeLSTM`` (what onnxruntime's ``quantize_dynamic`` makes of an LSTM) is
+the same layer with int8/uint8 weights stored transposed, W (num_directions, input, 4 * hidden) and
+R (num_directions, hidden, 4 * hidden), each with a scale and zero point per direction or per
+column. Its activations are quantized to uint8 at run time as onnxruntime quantizes them: X once per
+call over the steps that run (the longest sequence), the hidden state before every recurrent
+product over the whole batch. onnxruntime with more than one intra-op thread quantizes the state
+per block of batch entries instead, so its results depend on its thread count; qrt's are those of
+onnxruntime with one thread. Entries whose sequence has ended enter that range as zeros when the
+node produces Y (onnxruntime reads the state back from Y) and with their last state otherwise.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
+from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import rnn as k
 from ..registry import register
 from .base import Op
+from .quantized import EIGHT_BIT, check_scale, check_zero_point, dynamic_quantize
 
 # name -> (default alpha, default beta), None where the function takes no such parameter.
 _PARAMETERS = {
@@ -125,25 +137,22 @@ class _Recurrent(Op):
 
     def _common(self, x, w, r, b, sequence_lens, initial_h):
         """Time-major input, work dtype, hidden size, packed weights, per-batch lengths, initial state."""
+        x, dtype = self._time_major(x)
+        seq, batch, width = x.shape
+        self._validate_weights(w, r, width)
+        hidden = r.shape[2]
+        lengths = _lengths(sequence_lens, seq, batch)
+        h0 = self._state(initial_h, "initial_h", batch, hidden, dtype)
+        return x, dtype, hidden, self._weights(w, r, b, hidden, dtype), lengths, h0
+
+    def _time_major(self, x):
+        """(X as C-contiguous (seq, batch, input) in the work dtype, the work dtype)."""
         if x.ndim != 3:
             raise InvalidArgument(f"X must be 3-D, got shape {x.shape}")
         dtype = _work_dtype(x.dtype)
         if self.layout == 1:
             x = x.transpose(1, 0, 2)
-        x = np.ascontiguousarray(x, dtype=dtype)
-        seq, batch, width = x.shape
-        self._validate_weights(w, r, width)
-        hidden = r.shape[2]
-        if sequence_lens is None:
-            lengths = np.full(batch, seq, dtype=np.int64)
-        else:
-            lengths = np.asarray(sequence_lens).astype(np.int64).reshape(-1)
-            if lengths.shape != (batch,):
-                raise InvalidArgument(f"sequence_lens has shape {np.shape(sequence_lens)}; expected ({batch},)")
-            if batch and (lengths.min() < 0 or lengths.max() > seq):
-                raise InvalidArgument(f"sequence_lens {lengths.tolist()} must lie in [0, {seq}]")
-        h0 = self._state(initial_h, "initial_h", batch, hidden, dtype)
-        return x, dtype, hidden, self._weights(w, r, b, hidden, dtype), lengths, h0
+        return np.ascontiguousarray(x, dtype=dtype), dtype
 
     def _state(self, value, name, batch, hidden, dtype):
         """A (num_directions, batch, hidden) time-major state, zeros when omitted."""
@@ -179,6 +188,18 @@ class _Recurrent(Op):
         return tuple(results[:max(self.n_outputs, 1)])
 
 
+def _lengths(sequence_lens, seq, batch):
+    """Each batch entry's sequence length as int64, ``seq`` for all when omitted."""
+    if sequence_lens is None:
+        return np.full(batch, seq, dtype=np.int64)
+    lengths = np.asarray(sequence_lens).astype(np.int64).reshape(-1)
+    if lengths.shape != (batch,):
+        raise InvalidArgument(f"sequence_lens has shape {np.shape(sequence_lens)}; expected ({batch},)")
+    if batch and (lengths.min() < 0 or lengths.max() > seq):
+        raise InvalidArgument(f"sequence_lens {lengths.tolist()} must lie in [0, {seq}]")
+    return lengths
+
+
 def _transposed(weights, dtype):
     """(num_directions, rows, cols) -> C-contiguous (num_directions, cols, rows) in ``dtype``."""
     return np.ascontiguousarray(weights.transpose(0, 2, 1), dtype=dtype)
@@ -200,18 +221,22 @@ class _LSTM(_Recurrent):
         summed = np.ascontiguousarray(bias[:, :4 * hidden] + bias[:, 4 * hidden:], dtype=dtype)
         return _transposed(w, dtype), _transposed(r, dtype), summed
 
+    def _peepholes(self, p, hidden, dtype):
+        """P as (num_directions, 3 * hidden), zeros when omitted."""
+        dirs = self.num_directions
+        if p is None:
+            return np.zeros((dirs, 3 * hidden), dtype)
+        if p.shape != (dirs, 3 * hidden):
+            raise InvalidArgument(f"P has shape {p.shape}; expected {(dirs, 3 * hidden)}")
+        return np.ascontiguousarray(p, dtype=dtype)
+
     def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None):
         in_dtype = x.dtype
         x, dtype, hidden, (w_t, r_t, bias), lengths, h0 = self._common(x, w, r, b, sequence_lens, initial_h)
         seq, batch, _ = x.shape
         c0 = self._state(initial_c, "initial_c", batch, hidden, dtype)
         dirs = self.num_directions
-        if p is None:
-            peep = np.zeros((dirs, 3 * hidden), dtype)
-        elif p.shape != (dirs, 3 * hidden):
-            raise InvalidArgument(f"P has shape {p.shape}; expected {(dirs, 3 * hidden)}")
-        else:
-            peep = np.ascontiguousarray(p, dtype=dtype)
+        peep = self._peepholes(p, hidden, dtype)
         y = np.zeros((seq, dirs, batch, hidden), dtype)
         y_h = h0.copy()
         y_c = c0.copy()
@@ -316,3 +341,122 @@ class RNN_7(_RNN):
 @register("RNN", 14)
 class RNN_14(_RNN):
     pass
+
+
+class _QuantizedWeights:
+    """W and R of a DynamicQuantizeLSTM packed for the int8 GEMM, with per-column float32 scales."""
+
+    __slots__ = ("key", "input_size", "hidden", "w_packs", "w_scale", "r_pack", "r_data", "r_scale")
+
+
+def _per_column(value, name, dirs, n, dtype=None):
+    """A per-direction (num_directions,) or per-column (num_directions, n) parameter as (dirs, n)."""
+    value = np.asarray(value)
+    if dtype is not None and value.dtype != dtype:
+        raise InvalidArgument(f"{name} must be {dtype} like its weights, got {value.dtype}")
+    if value.shape == (dirs,):
+        return np.repeat(value.reshape(dirs, 1), n, axis=1)
+    if value.shape == (dirs, n):
+        return value
+    raise InvalidArgument(f"{name} has shape {list(value.shape)}; expected [{dirs}] (per direction) or "
+                          f"[{dirs}, {n}] (per column)")
+
+
+@register("DynamicQuantizeLSTM", 1, domain="com.microsoft")
+class DynamicQuantizeLSTM(_LSTM):
+    """LSTM on int8/uint8 W and R (transposed layout) with dynamically quantized X and H (module doc).
+
+    The products are exact integer sums scaled in float32 (``x_scale * W_scale``, ``h_scale *
+    R_scale``), so results agree with onnxruntime's to float32 rounding of the cell's arithmetic,
+    plus the rare one-step change of a quantized state value that such rounding can tip."""
+
+    def __init__(self, activation_alpha=None, activation_beta=None, activations=None, clip=None,
+                 direction="forward", hidden_size=None, input_forget=0):
+        super().__init__(activation_alpha, activation_beta, activations, clip, direction, hidden_size,
+                         input_forget, 0)
+
+    def prepare(self, constants):
+        constants = list(constants) + [None] * (12 - len(constants))
+        weights = [constants[i] for i in (1, 2, 8, 9, 10, 11)]
+        if all(v is not None for v in weights):
+            try:
+                self._packed = self._pack(*weights)
+            except InvalidArgument as exc:
+                raise InvalidModel(str(exc)) from None
+
+    def _pack(self, w, r, w_scale, w_zero_point, r_scale, r_zero_point):
+        dirs = self.num_directions
+        for name, weight in (("W", w), ("R", r)):
+            if weight.dtype not in EIGHT_BIT or weight.ndim != 3 or weight.shape[0] != dirs:
+                raise InvalidArgument(f"{name} must be a 3-D int8 or uint8 tensor with {dirs} direction(s), got "
+                                      f"{weight.dtype} of shape {list(weight.shape)}")
+        hidden = r.shape[1]
+        n = 4 * hidden
+        if self.hidden_size is not None and self.hidden_size != hidden:
+            raise InvalidArgument(f"hidden_size={self.hidden_size} but R has shape {list(r.shape)}")
+        if w.shape[2] != n or r.shape[2] != n:
+            raise InvalidArgument(f"W has shape {list(w.shape)} and R {list(r.shape)}; expected "
+                                  f"[{dirs}, input_size, {n}] and [{dirs}, {hidden}, {n}]")
+        check_scale(w_scale, "W_scale", InvalidArgument)
+        check_scale(r_scale, "R_scale", InvalidArgument)
+        check_zero_point(w_zero_point, "W_zero_point", w.dtype, error=InvalidArgument)
+        check_zero_point(r_zero_point, "R_zero_point", r.dtype, error=InvalidArgument)
+        packed = _QuantizedWeights()
+        packed.key = (w, r, w_scale, w_zero_point, r_scale, r_zero_point)
+        packed.input_size, packed.hidden = w.shape[1], hidden
+        w_zp = _per_column(w_zero_point, "W_zero_point", dirs, n, w.dtype)
+        r_zp = _per_column(r_zero_point, "R_zero_point", dirs, n, r.dtype)
+        packed.w_scale = np.ascontiguousarray(_per_column(w_scale, "W_scale", dirs, n), np.float32)
+        packed.r_scale = np.ascontiguousarray(_per_column(r_scale, "R_scale", dirs, n), np.float32)
+        packed.w_packs = [kgemm.pack_weights([w[d]], w_zp[d:d + 1]) for d in range(dirs)]
+        # One group per direction: the recurrent kernel indexes packed data, sums and zero points by d.
+        packed.r_pack = kgemm.pack_weights([r[d] for d in range(dirs)], r_zp)
+        packed.r_data = packed.r_pack.data.reshape(dirs, -1)
+        return packed
+
+    def _quantized_weights(self, *weights):
+        packed = self._packed
+        if packed is not None and all(a is b for a, b in zip(packed.key, weights)):
+            return packed
+        return self._pack(*weights)
+
+    def run(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None, W_scale=None,
+            W_zero_point=None, R_scale=None, R_zero_point=None):
+        if x.dtype != np.float32:
+            raise InvalidArgument(f"X must be float32, got {x.dtype}")
+        if any(v is None for v in (W_scale, W_zero_point, R_scale, R_zero_point)):
+            raise InvalidArgument("W_scale, W_zero_point, R_scale and R_zero_point are required")
+        packed = self._quantized_weights(w, r, W_scale, W_zero_point, R_scale, R_zero_point)
+        x, dtype = self._time_major(x)
+        seq, batch, width = x.shape
+        if width != packed.input_size:
+            raise InvalidArgument(f"X has {width} features per step but W has shape {list(w.shape)}")
+        hidden, dirs = packed.hidden, self.num_directions
+        n = 4 * hidden
+        lengths = _lengths(sequence_lens, seq, batch)
+        h0 = self._state(initial_h, "initial_h", batch, hidden, dtype)
+        c0 = self._state(initial_c, "initial_c", batch, hidden, dtype)
+        bias = self._bias(b, hidden, dtype)
+        summed = np.ascontiguousarray(bias[:, :n] + bias[:, n:])
+        peep = self._peepholes(p, hidden, dtype)
+        y = np.zeros((seq, dirs, batch, hidden), dtype)
+        y_h = h0.copy()
+        y_c = c0.copy()
+        steps = int(lengths.max()) if batch else 0
+        if seq and steps:
+            # X is quantized once, over the steps that run: onnxruntime's one input product per direction.
+            rows = steps * batch
+            x_q, x_scale, x_zero_point = dynamic_quantize(x[:steps].reshape(rows, width))
+            za = np.full(rows, x_zero_point, np.int32)
+            xw = np.empty((dirs, rows, n), np.float32)
+            for d in range(dirs):
+                epilogue = kgemm.Epilogue(2, 1, n, fscale=x_scale * packed.w_scale[d])
+                kgemm.matmul(x_q, 0, za, packed.w_packs[d], epilogue, xw[d])
+            r_pack = packed.r_pack
+            mc, n_groups = kgemm.split_work(batch, -(-n // r_pack.nr), r_pack.Kp, r_pack.nr)
+            zero_finished = bool(self.output_names[:1] and self.output_names[0])
+            k.lstm_dynamic_quantized(kgemm.tag_for(r_pack.isa), xw, packed.r_data, r_pack.Kp, r_pack.nr,
+                                     r_pack.koff, r_pack.col_sum, r_pack.zb, packed.r_scale, mc, n_groups, summed,
+                                     peep, p is not None, lengths, h0, c0, self.reverse, self.clip, self.act_codes,
+                                     self.act_alphas, self.act_betas, self.input_forget, zero_finished, y, y_h, y_c)
+        return self._outputs(y, [y_h, y_c], np.float32, lengths)

@@ -8,6 +8,10 @@ The output uses standard ONNX ops only, so any runtime can run it:
 * Conv (group 1): ``DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul`` (+ bias). ConvInteger
   takes one weight zero point, so per-channel Conv weights must be symmetric (zero point 0); with
   asymmetric weights the Conv is quantized per tensor.
+* LSTM with constant W and R: com.microsoft ``DynamicQuantizeLSTM`` (onnxruntime's own contrib op,
+  which qrt runs too), as onnxruntime's quantizer writes it: W and R symmetric int8 (zero point 0),
+  one scale per direction or, with ``per_channel``, per gate column, stored transposed to
+  (num_directions, input, 4 * hidden); B, P and the states stay float.
 * Gather from a constant table (embeddings): the table is stored uint8 (asymmetric, like the
   activations) and the gathered rows pass through ``DequantizeLinear``; a quantized MatMul reading
   them takes the uint8 rows directly.
@@ -23,12 +27,14 @@ from onnx import TensorProto, helper
 from qrt.errors import QuantizationError
 
 from .config import make_config
-from .graph import GraphIndex, attribute, describe, toposort
+from .feeds import with_complete_types
+from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
+from .params import params_for_values, quantize_values
 from .preprocess import preprocess
 from .rewrite import _Rewriter
 from .rules import DEFAULT_DYNAMIC_OP_TYPES
-from .summary import NodeReport, QuantizationSummary
+from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import QuantFormat, QuantType
 
 
@@ -105,6 +111,31 @@ class DynamicRewriter(_Rewriter):
             bias_name = self.add_initializer(bias, f"{node.input[2]}_reshaped")
             self.emit("Add", [scaled, bias_name], [out])
 
+    def lstm(self, node):
+        """LSTM -> com.microsoft DynamicQuantizeLSTM (int8 W and R transposed, float everything else)."""
+        inputs = list(node.input) + [""] * (8 - len(node.input))
+        quantized = []
+        for name in inputs[1:3]:
+            values = np.asarray(self.g.constant(name), np.float32)
+            dirs, rows, cols = values.shape
+            # Scales per direction, or per gate column: the slices along axis 0 of (dirs * 4 * hidden, cols).
+            grouped = values.reshape(dirs * rows, cols) if self.cfg.per_channel else values
+            params = params_for_values(grouped, QuantType.QInt8, symmetric=True, reduce_range=self.cfg.reduce_range,
+                                       axis=0)
+            q = quantize_values(grouped, params).reshape(dirs, rows, cols).transpose(0, 2, 1)
+            shape = (dirs, rows) if self.cfg.per_channel else (dirs,)
+            quantized += [self.add_initializer(np.ascontiguousarray(q), f"{name}_quantized"),
+                          self.add_initializer(params.scale.reshape(shape), f"{name}_scale"),
+                          self.add_initializer(params.zero_point.reshape(shape), f"{name}_zero_point")]
+        w_q, w_scale, w_zero_point, r_q, r_scale, r_zero_point = quantized
+        attrs = [a for a in node.attribute if a.name != "layout"]
+        if attribute(node, "hidden_size", None) is None:
+            attrs.append(helper.make_attribute("hidden_size", int(self.g.shapes[node.input[2]][2])))
+        new = self.emit("DynamicQuantizeLSTM", [inputs[0], w_q, r_q] + inputs[3:8]
+                        + [w_scale, w_zero_point, r_scale, r_zero_point], list(node.output), name=node.name or None,
+                        domain=MS_DOMAIN)
+        new.attribute.extend(attrs)
+
     def gather(self, node):
         table = node.input[0]
         q_table, scale, zero_point, _ = self.weight(table, None, table=True)
@@ -139,6 +170,15 @@ def _reason(g: GraphIndex, node, cfg) -> str:
         return f"input {a!r} is not float32 (or its type is unknown)"
     if not g.is_constant(w) or not g.is_float(w):
         return f"weight {w!r} is not a float32 constant"
+    if op == "LSTM":
+        r = node.input[2]
+        if not g.is_constant(r) or not g.is_float(r):
+            return f"recurrence weight {r!r} is not a float32 constant"
+        if len(g.shapes[w]) != 3 or len(g.shapes[r]) != 3:
+            return "W and R must be 3-D"
+        if attribute(node, "layout", 0) != 0:
+            return "layout=1 (DynamicQuantizeLSTM is time-major only)"
+        return ""
     if op in ("MatMul", "Gemm") and len(g.shapes[w]) != 2:
         return f"weight {w!r} has rank {len(g.shapes[w])}, MatMulInteger needs a 2-D B"
     if op == "Gemm" and attribute(node, "transA", 0):
@@ -168,6 +208,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
+    model, _, note = with_complete_types(model, label, None, cfg.input_shapes)
+    notes += [note] if note else []
     g = GraphIndex(model)
     writer = DynamicRewriter(g, cfg)
     reports = []
@@ -177,14 +219,17 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
         name = node.name or node.output[0]
         if reason:
             writer.nodes.append(node)
-            reports.append(NodeReport(name, node.op_type, "float", reason))
+            reports.append(NodeReport(name, node.op_type, "float", reason,
+                                      shape_computation=is_shape_computation(node, g.elem_types)))
             continue
         detail = {"MatMul": "MatMulInteger", "Gemm": "MatMulInteger", "Conv": "ConvInteger",
-                  "Gather": "int8 Gather + DequantizeLinear"}[node.op_type]
+                  "Gather": "int8 Gather + DequantizeLinear", "LSTM": "DynamicQuantizeLSTM"}[node.op_type]
         if node.op_type == "MatMul":
             writer.matmul(node, 1, False, 1.0, node.output[0])
         elif node.op_type == "Gemm":
             writer.gemm(node)
+        elif node.op_type == "LSTM":
+            writer.lstm(node)
         elif node.op_type == "Conv":
             per_channel_conv = cfg.per_channel and cfg.weight_symmetric
             if cfg.per_channel and not per_channel_conv:

@@ -58,7 +58,7 @@ RULES = {
 }
 
 DEFAULT_STATIC_OP_TYPES = tuple(RULES)
-DEFAULT_DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")
+DEFAULT_DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather", "LSTM")
 
 
 def weight_axis(node, weight_rank: int):

@@ -15,6 +15,10 @@ Activations are coded as ints (see ``ACTIVATIONS``) with their alpha/beta; ``cli
 clipping, otherwise gate pre-activations are clipped to [-clip, clip] before their activation. Gate
 math runs on whole gate vectors, one activation per loop, so the loops vectorize; ``exact`` (float64
 tensors) computes sigmoid and tanh with libm, float32 with a rational tanh accurate to float32.
+
+com.microsoft DynamicQuantizeLSTM (``lstm_dynamic_quantized``) runs the same cell
+(``_lstm_step``) on products computed by the exact u8 x s8 GEMM of :mod:`.qgemm`: the input
+product arrives precomputed, the recurrent one quantizes the state at every step.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ import math
 
 import numpy as np
 from numba import njit
+
+from .qgemm import qgemm
+from .quantize import _quantize_one
 
 ACTIVATIONS = {
     "sigmoid": 0, "tanh": 1, "relu": 2, "affine": 3, "leakyrelu": 4, "thresholdedrelu": 5,
@@ -178,37 +185,85 @@ def _activate_segments(buf, segments, acts, alphas, betas, clip, exact):
 
 
 @njit(cache=True)
-def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas, input_forget,
-         exact, y, y_h, y_c):
-    """LSTM over every direction d (reversed when d == 1 or ``reverse``): per direction, ``w_t`` is
-    (input, 4 * hidden), ``r_t`` (hidden, 4 * hidden), ``bias`` Wb + Rb (4 * hidden) and ``peep`` P
-    (3 * hidden), zeros when ``has_peep`` is false. Gates in ONNX order i, o, f, c. The cell state's
-    activation h(C) is not clipped, as in onnxruntime.
+def _lstm_segments(batch, hidden, has_peep):
+    """(start, length, role: 0 f / 1 g / 2 h, clipped) rows for ``_activate_segments``: on the flat
+    gates before the cell update, on the output gate after it (peepholes see the new cell), and h
+    on the new cell state."""
+    block = batch * hidden
+    if has_peep:
+        before = np.array([[0, block, 0, 1], [2 * block, block, 0, 1], [3 * block, block, 1, 1]], np.int64)
+    else:
+        before = np.array([[0, 3 * block, 0, 1], [3 * block, block, 1, 1]], np.int64)
+    return before, np.array([[block, block, 0, 1]], np.int64), np.array([[0, block, 2, 0]], np.int64)
+
+
+@njit(cache=True)
+def _lstm_step(step, d, backwards, xw, hr3, gate_bias, p, has_peep, seq_lens, h, c, rows, gates, cell, segments,
+               acts, alphas, betas, clip, input_forget, exact, y):
+    """One time step of one direction: the LSTM cell on the products ``xw`` (rows of X W^T, (seq *
+    batch, 4, hidden)) and ``hr3`` (H R^T, (batch, 4, hidden)); updates ``h``, ``c`` and ``y``.
 
     A step's pre-activations are gathered gate-major, (gate, batch, hidden), so each activation runs
     once over every batch entry (i, o and f together when there are no peepholes). Entries whose
     sequence has ended compute from row 0 of the step and their results are dropped. Loops index
     multi-dimensional views with loop counters, which LLVM knows are non-negative, so they vectorize."""
-    seq, batch, width = x.shape
-    hidden = r_t.shape[1]
-    dtype = x.dtype
-    block = batch * hidden
-    # (start, length, role: 0 f / 1 g / 2 h, clipped) on the flat gates before the cell update, on
-    # the output gate after it (peepholes see the new cell), and h on the new cell state.
-    if has_peep:
-        before_segments = np.array([[0, block, 0, 1], [2 * block, block, 0, 1], [3 * block, block, 1, 1]], np.int64)
-    else:
-        before_segments = np.array([[0, 3 * block, 0, 1], [3 * block, block, 1, 1]], np.int64)
-    output_segments = np.array([[block, block, 0, 1]], np.int64)
-    cell_segments = np.array([[0, block, 2, 0]], np.int64)
-    hr = np.empty((batch, 4 * hidden), dtype)
-    gates = np.empty(4 * block, dtype)
-    cell = np.empty(block, dtype)
-    rows = np.empty(batch, np.int64)
-    hr3 = hr.reshape((batch, 4, hidden))
+    batch, hidden = h.shape
+    before_segments, output_segments, cell_segments = segments
     gates3 = gates.reshape((4, batch, hidden))
     gate_i, gate_o, gate_f, gate_c = gates3[0], gates3[1], gates3[2], gates3[3]
     cell2 = cell.reshape((batch, hidden))
+    for b in range(batch):
+        length = seq_lens[b]
+        rows[b] = _time_index(step, length, backwards) if step < length else 0
+        xrow = xw[rows[b] * batch + b]
+        for g in range(4):
+            for j in range(hidden):
+                gates3[g, b, j] = xrow[g, j] + hr3[b, g, j] + gate_bias[g, j]
+        if has_peep:
+            for j in range(hidden):
+                gate_i[b, j] += p[0, j] * c[b, j]
+                gate_f[b, j] += p[2, j] * c[b, j]
+    _activate_segments(gates, before_segments, acts[d], alphas[d], betas[d], clip, exact)
+    for b in range(batch):
+        if input_forget:
+            for j in range(hidden):
+                gate_f[b, j] = 1 - gate_i[b, j]
+        for j in range(hidden):
+            cell2[b, j] = gate_f[b, j] * c[b, j] + gate_i[b, j] * gate_c[b, j]
+        if step < seq_lens[b]:
+            for j in range(hidden):
+                c[b, j] = cell2[b, j]
+        if has_peep:
+            for j in range(hidden):
+                gate_o[b, j] += p[1, j] * cell2[b, j]
+    if has_peep:
+        _activate_segments(gates, output_segments, acts[d], alphas[d], betas[d], clip, exact)
+    _activate_segments(cell, cell_segments, acts[d], alphas[d], betas[d], clip, exact)
+    for b in range(batch):
+        if step < seq_lens[b]:
+            t = rows[b]
+            for j in range(hidden):
+                h_new = gate_o[b, j] * cell2[b, j]
+                h[b, j] = h_new
+                y[t, d, b, j] = h_new
+
+
+@njit(cache=True)
+def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas, input_forget,
+         exact, y, y_h, y_c):
+    """LSTM over every direction d (reversed when d == 1 or ``reverse``): per direction, ``w_t`` is
+    (input, 4 * hidden), ``r_t`` (hidden, 4 * hidden), ``bias`` Wb + Rb (4 * hidden) and ``peep`` P
+    (3 * hidden), zeros when ``has_peep`` is false. Gates in ONNX order i, o, f, c. The cell state's
+    activation h(C) is not clipped, as in onnxruntime; the cell is :func:`_lstm_step`."""
+    seq, batch, width = x.shape
+    hidden = r_t.shape[1]
+    dtype = x.dtype
+    segments = _lstm_segments(batch, hidden, has_peep)
+    hr = np.empty((batch, 4 * hidden), dtype)
+    gates = np.empty(4 * batch * hidden, dtype)
+    cell = np.empty(batch * hidden, dtype)
+    rows = np.empty(batch, np.int64)
+    hr3 = hr.reshape((batch, 4, hidden))
     for d in range(w_t.shape[0]):
         backwards = reverse or d == 1
         xw = np.dot(x.reshape((seq * batch, width)), w_t[d]).reshape((seq * batch, 4, hidden))
@@ -218,40 +273,94 @@ def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, act
         p = peep[d].reshape((3, hidden))
         for step in range(seq):
             recurrent_product(h, r_t[d], hr)
+            _lstm_step(step, d, backwards, xw, hr3, gate_bias, p, has_peep, seq_lens, h, c, rows, gates, cell,
+                       segments, acts, alphas, betas, clip, input_forget, exact, y)
+        _store_state(y_h, d, h)
+        _store_state(y_c, d, c)
+
+
+@njit(cache=True)
+def _quantize_state(h, seq_lens, step, zero_finished, out, row_sum):
+    """Quantizes the (batch, hidden) state to uint8 rows of ``out`` as onnxruntime's quantized LSTM
+    does before each recurrent product: one scale and zero point for the whole batch, from its range
+    widened to contain 0, values rounded half to even. With ``zero_finished`` the entries whose
+    sequence ended before this step count as zeros (onnxruntime reads them from Y, where they are
+    0); otherwise they keep their last state. Returns (scale, zero point); ``row_sum`` receives each
+    row's sum of quantized values."""
+    batch, hidden = h.shape
+    lo = np.float32(0)
+    hi = np.float32(0)
+    for b in range(batch):
+        if zero_finished and step > 0 and seq_lens[b] < step:
+            continue
+        for j in range(hidden):
+            v = h[b, j]
+            lo = min(lo, v)
+            hi = max(hi, v)
+    scale = np.float32(1) if hi == lo else np.float32((hi - lo) / np.float32(255))
+    zero_point = np.float32(np.rint(min(max(np.float32(0) - lo / scale, np.float32(0)), np.float32(255))))
+    for b in range(batch):
+        zeroed = zero_finished and step > 0 and seq_lens[b] < step
+        s = 0
+        for j in range(hidden):
+            q = zero_point if zeroed else _quantize_one(h[b, j], scale, zero_point, 0, 255)
+            out[b, j] = np.uint8(q)
+            s += np.int32(q)
+        row_sum[b] = s
+    return scale, np.int32(zero_point)
+
+
+@njit(cache=True)
+def lstm_dynamic_quantized(tag, xw, r_data, r_kp, r_nr, r_koff, r_col_sum, r_zb, r_scale, mc, n_groups, bias, peep,
+                           has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas, input_forget,
+                           zero_finished, y, y_h, y_c):
+    """com.microsoft DynamicQuantizeLSTM after its input product: ``xw`` (num_directions, seq * batch,
+    4 * hidden) float32 holds X W^T of every step, computed on dynamically quantized X; each step
+    quantizes the state (:func:`_quantize_state`) and multiplies it with the int8 recurrence weights
+    packed for :func:`qrt.kernels.cpu.qgemm.qgemm` (``r_data`` one packed matrix per direction, its
+    column sums and shifted zero points), scaled by ``state scale * r_scale[d]`` in float32 as
+    onnxruntime does. The cell is the float LSTM's."""
+    dirs = xw.shape[0]
+    batch, hidden = h0.shape[1], h0.shape[2]
+    seq = y.shape[0]
+    n = 4 * hidden
+    segments = _lstm_segments(batch, hidden, has_peep)
+    hr = np.empty((batch, n), np.float32)
+    gates = np.empty(4 * batch * hidden, np.float32)
+    cell = np.empty(batch * hidden, np.float32)
+    rows = np.empty(batch, np.int64)
+    hr3 = hr.reshape((batch, 4, hidden))
+    h_q = np.zeros((batch, r_kp), np.uint8)
+    row_sum = np.empty(batch, np.int32)
+    row_za = np.empty(batch, np.int32)
+    row_t = np.empty(batch, np.int32)
+    col_bias = np.zeros(n, np.int32)
+    mult = np.zeros(n, np.float64)
+    fscale = np.empty(n, np.float32)
+    fbias = np.zeros(n, np.float32)
+    no_q = np.empty((0, 0), np.uint8)
+    no_i = np.empty((0, 0), np.int32)
+    steps = 0
+    for b in range(batch):
+        steps = max(steps, seq_lens[b])
+    for d in range(dirs):
+        backwards = reverse or d == 1
+        xw_d = xw[d].reshape((xw.shape[1], 4, hidden))
+        h = h0[d].copy()
+        c = c0[d].copy()
+        gate_bias = bias[d].reshape((4, hidden))
+        p = peep[d].reshape((3, hidden))
+        for step in range(min(seq, steps)):
+            scale, zero_point = _quantize_state(h, seq_lens, step, zero_finished, h_q, row_sum)
+            for j in range(n):
+                fscale[j] = scale * r_scale[d, j]
             for b in range(batch):
-                length = seq_lens[b]
-                rows[b] = _time_index(step, length, backwards) if step < length else 0
-                xrow = xw[rows[b] * batch + b]
-                for g in range(4):
-                    for j in range(hidden):
-                        gates3[g, b, j] = xrow[g, j] + hr3[b, g, j] + gate_bias[g, j]
-                if has_peep:
-                    for j in range(hidden):
-                        gate_i[b, j] += p[0, j] * c[b, j]
-                        gate_f[b, j] += p[2, j] * c[b, j]
-            _activate_segments(gates, before_segments, acts[d], alphas[d], betas[d], clip, exact)
-            for b in range(batch):
-                if input_forget:
-                    for j in range(hidden):
-                        gate_f[b, j] = 1 - gate_i[b, j]
-                for j in range(hidden):
-                    cell2[b, j] = gate_f[b, j] * c[b, j] + gate_i[b, j] * gate_c[b, j]
-                if step < seq_lens[b]:
-                    for j in range(hidden):
-                        c[b, j] = cell2[b, j]
-                if has_peep:
-                    for j in range(hidden):
-                        gate_o[b, j] += p[1, j] * cell2[b, j]
-            if has_peep:
-                _activate_segments(gates, output_segments, acts[d], alphas[d], betas[d], clip, exact)
-            _activate_segments(cell, cell_segments, acts[d], alphas[d], betas[d], clip, exact)
-            for b in range(batch):
-                if step < seq_lens[b]:
-                    t = rows[b]
-                    for j in range(hidden):
-                        h_new = gate_o[b, j] * cell2[b, j]
-                        h[b, j] = h_new
-                        y[t, d, b, j] = h_new
+                row_za[b] = zero_point
+                row_t[b] = row_sum[b] - hidden * zero_point
+            qgemm(tag, h_q.reshape(-1), r_kp, batch, r_kp, hidden, r_data[d], n, r_nr, r_koff, row_za, row_t,
+                  r_col_sum[d], r_zb[d], col_bias, 2, mult, 0, 0, 255, fscale, fbias, no_q, no_i, hr, mc, n_groups)
+            _lstm_step(step, d, backwards, xw_d, hr3, gate_bias, p, has_peep, seq_lens, h, c, rows, gates, cell,
+                       segments, acts, alphas, betas, clip, input_forget, False, y)
         _store_state(y_h, d, h)
         _store_state(y_c, d, c)
 
