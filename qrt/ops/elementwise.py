@@ -1,4 +1,6 @@
 """Element-wise ops: arithmetic, comparison, logic, unary math and activations, with broadcasting."""
+import functools
+
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
@@ -193,7 +195,15 @@ class IsInf(Op):
 
 
 def _scalar(value, like):
-    return np.asarray(value, dtype=like.dtype)
+    """An attribute as a 0-d array of ``like``'s dtype, made once per (value, dtype) and shared (read-only)."""
+    return _typed_scalar(value, like.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _typed_scalar(value, dtype):
+    scalar = np.asarray(value, dtype=dtype)
+    scalar.flags.writeable = False
+    return scalar
 
 
 @register("LeakyRelu", 6)
