@@ -139,6 +139,8 @@ def cold_start(model_path, feeds, threads, cache_dir=None):
         done = subprocess.run([sys.executable, "-c", _COLD_SCRIPT, model_path, feeds_path, str(threads)],
                               capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"  start-up run failed (exit {done.returncode}): {tail}", file=sys.stderr)
         return float("nan")
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -175,7 +177,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--only", nargs="+", help="model names to run (see the table)")
+    parser.add_argument("--only", nargs="+", help="model names to run (see the table); add_chain is the per-node overhead")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
     args = parser.parse_args()
 
