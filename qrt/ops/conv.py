@@ -238,7 +238,7 @@ class Conv(_Window):
         pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
         tiling = conv_tiling(n_images, group, n_out // group, plane, pointwise, threads)
         tile_p, block_m, workers = tiling
-        scratch = (0 if pointwise else c_group * taps * tile_p) + block_m * tile_p
+        scratch = (0 if pointwise else c_group * taps * tile_p) + (block_m * tile_p if tile_p < plane else 0)
         return out_shape, out5_shape, geom, depthwise, tiling, scratch
 
     def run(self, X, W, B=None):

@@ -14,6 +14,7 @@ from onnx import helper
 
 import qrt
 from qrt.errors import InvalidArgument, InvalidModel, QrtError
+from qrt.kernels.cpu.conv import GATHER_BELOW_WIDTH
 from qrt.ops.conv import TILE_COLUMNS, conv_tiling
 
 RNG = np.random.default_rng(20240601)
@@ -91,8 +92,10 @@ def test_conv_matches_onnxruntime(name, with_bias):
 
 # Shapes that exercise the parallel tiled GEMM path (qrt.ops.conv.conv_tiling): planes over
 # TILE_COLUMNS split into column tiles whose boundaries fall mid-row (and mid-depth-slice in 3-D),
-# the shifted im2col (stride 1, output as wide as the input) and the per-segment one, pointwise convs
-# read in place and split into output-channel blocks, groups and images as tasks.
+# pointwise convs read in place and split into output-channel blocks, groups and images as tasks.
+# Outputs at least GATHER_BELOW_WIDTH wide build columns by row segments (the shifted copy for stride
+# 1 and an output as wide as the input, else per output row); narrower ones through a gather table
+# (the "narrow" and "late_layer" cases here, and most of CONV_CASES).
 TILED_CASES = {
     "2d_tiles_shifted": ((1, 4, 40, 41), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
     "2d_tiles_asymmetric_pads": ((2, 4, 30, 37), (6, 4, 3, 3), dict(pads=[1, 2, 0, 1])),
@@ -103,7 +106,8 @@ TILED_CASES = {
     "2d_pointwise_late_layer": ((1, 64, 7, 7), (96, 64, 1, 1), {}),
     "2d_3x3_late_layer": ((1, 32, 7, 7), (40, 32, 3, 3), dict(pads=[1, 1, 1, 1])),
     "1d_tiles": ((2, 3, 700), (5, 3, 5), dict(pads=[2, 1])),
-    "3d_tiles_across_slices": ((1, 2, 6, 12, 13), (4, 2, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1])),
+    "3d_tiles_across_slices": ((1, 2, 4, 6, 30), (4, 2, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1])),
+    "3d_narrow_tiles_across_slices": ((1, 2, 6, 12, 13), (4, 2, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1])),
 }
 
 
@@ -118,6 +122,11 @@ def test_conv_tiled_paths_match_onnxruntime(name, threads):
     options.intra_op_num_threads = threads
     got = qrt.InferenceSession(model, options).run(None, {"x": x})
     assert_close(got[0], want[0])
+
+
+def test_tiled_cases_cover_both_im2col_paths():
+    widths = {name: x[-1] for name, (x, _, _) in TILED_CASES.items()}
+    assert min(widths.values()) < GATHER_BELOW_WIDTH <= widths["3d_tiles_across_slices"] - 2
 
 
 def test_conv_tiling_splits_work_evenly():

@@ -21,6 +21,9 @@ from numba import njit, prange
 
 from .activation import activate
 
+# Output rows narrower than this build column tiles through a gather table (see _im2col_tile_gather).
+GATHER_BELOW_WIDTH = 24
+
 
 @njit(cache=True, inline="always")
 def _valid_range(offset, stride, in_len, out_len):
@@ -83,6 +86,46 @@ def _tile_row_shifted(plane, zd_ok, row_shift, off_w, out_h, out_w, s, dst):
 
 
 @njit(cache=True)
+def _im2col_tile_gather(x, c0, geom, out_h, out_w, p0, cols):
+    """``im2col_tile`` through a table: for each tap and column, the flat input position it reads, or
+    a trailing zero slot where it reads padding. Used for narrow outputs (7x7, 14x14 planes), where
+    the row-segment version spent more time on per-segment bookkeeping than on copying."""
+    rows, count = cols.shape
+    depth, height, width = x.shape[1], x.shape[2], x.shape[3]
+    kd, kh, kw = geom[0], geom[1], geom[2]
+    sd, sh, sw = geom[3], geom[4], geom[5]
+    dd, dh, dw = geom[6], geom[7], geom[8]
+    pd, ph, pw = geom[9], geom[10], geom[11]
+    taps = kd * kh * kw
+    volume = depth * height * width
+    plane_out = out_h * out_w
+    table = np.empty((taps, count), dtype=np.int32)
+    for tap in range(taps):
+        i = tap // (kh * kw)
+        j = (tap // kw) % kh
+        l = tap % kw
+        for q in range(count):
+            p = p0 + q
+            a = p // plane_out
+            b = (p - a * plane_out) // out_w
+            o = p - a * plane_out - b * out_w
+            zd = a * sd - pd + i * dd
+            zh = b * sh - ph + j * dh
+            zw = o * sw - pw + l * dw
+            inside = 0 <= zd < depth and 0 <= zh < height and 0 <= zw < width
+            table[tap, q] = (zd * height + zh) * width + zw if inside else volume
+    padded = np.empty(volume + 1, dtype=x.dtype)
+    padded[volume] = 0
+    for cc in range(rows // taps):
+        _copy(padded[:volume], x[c0 + cc].reshape(volume))
+        for tap in range(taps):
+            dst = cols[cc * taps + tap]
+            index = table[tap]
+            for q in range(count):
+                dst[q] = padded[index[q]]
+
+
+@njit(cache=True)
 def im2col_tile(x, c0, geom, out_d, out_h, out_w, p0, cols):
     """Fill ``cols[(c, i, j, l), q]`` with the input value under tap (i, j, l) of output position
     ``p0 + q`` (flat over (a, b, o)), for channels ``c0 ..`` of one image ``x`` (C, D, H, W);
@@ -94,6 +137,9 @@ def im2col_tile(x, c0, geom, out_d, out_h, out_w, p0, cols):
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
     taps = kd * kh * kw
+    if out_w < GATHER_BELOW_WIDTH:
+        _im2col_tile_gather(x, c0, geom, out_h, out_w, p0, cols)
+        return
     plane_out = out_h * out_w
     shifted = sh == 1 and sw == 1 and out_w == width
     for row in range(rows):
@@ -142,7 +188,8 @@ def im2col_tile(x, c0, geom, out_d, out_h, out_w, p0, cols):
 
 @njit(cache=True, error_model="numpy")
 def _store_tile(result, out3, n, m0, p0, bias, act, alpha, beta):
-    """Epilogue: out3[n, m0 + r, p0 + q] = activation(result[r, q] + bias), while the tile is in cache."""
+    """Epilogue: out3[n, m0 + r, p0 + q] = activation(result[r, q] + bias), while the tile is in cache
+    (``result`` may be that part of ``out3`` itself)."""
     rows, count = result.shape
     has_bias = bias.shape[0] > 0
     for r in range(rows):
@@ -165,10 +212,11 @@ def conv_gemm(x, w3, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta
     with bias and activation applied. ``bias`` may be empty.
 
     ``w3`` is the weight as ``(group, M/group, C/group * kD*kH*kW)``; ``out`` is ``(N, M, OD, OH, OW)``;
-    ``buffers`` is ``(workers, C/group * taps * tile_p + block_m * tile_p)`` of scratch, one row per
-    worker (reused across calls: fresh megabytes per call pay their page faults every time). Tasks
-    are split in equal contiguous runs over the workers, and the channel blocks of one tile run
-    back to back, so a worker builds each column tile once. A 1x1 kernel with unit strides and no
+    ``buffers`` is ``(workers, C/group * taps * tile_p + block_m * tile_p)`` of scratch (no column
+    part for a pointwise conv), one row per worker (reused across calls: fresh megabytes per call
+    pay their page faults every time; no result part when the plane is one tile, as the GEMM then
+    writes the output in place). Tasks are split in equal contiguous runs over the workers, and the
+    channel blocks of one tile run back to back, so a worker builds each column tile once. A 1x1 kernel with unit strides and no
     padding covering the whole plane in one tile reads the image itself as the column matrix.
     GEMM operands are whole C-contiguous arrays: Numba types strided slices as layout 'A', and
     ``np.dot`` on those was 3.5x slower.
@@ -207,9 +255,14 @@ def conv_gemm(x, w3, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta
                     built = tile_key
             m0 = block * block_m
             rows = min(block_m, m_group - m0)
-            result = buffer[col_size:col_size + rows * count].reshape(rows, count)
+            if n_tiles == 1:
+                # The block's rows of the output are contiguous: BLAS writes them in place.
+                result = out3[n][g * m_group + m0:g * m_group + m0 + rows]
+            else:
+                result = buffer[col_size:col_size + rows * count].reshape(rows, count)
             np.dot(w3[g][m0:m0 + rows], cols, result)
-            _store_tile(result, out3, n, g * m_group + m0, p0, bias, act, alpha, beta)
+            if n_tiles > 1 or act != 0 or bias.shape[0] > 0:
+                _store_tile(result, out3, n, g * m_group + m0, p0, bias, act, alpha, beta)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
