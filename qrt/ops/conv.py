@@ -13,7 +13,6 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import conv as k
-from ..kernels.cpu.activation import activate_inplace
 from ..registry import register
 from .base import Op
 
@@ -254,9 +253,7 @@ class Conv(_Window):
         out = np.empty(out5_shape, dtype=dtype)
         act, alpha, beta = self.fused_activation
         if depthwise:
-            k.conv_depthwise(x5, w5, bias, geom, out)
-            if act:
-                activate_inplace(out.reshape(-1), act, alpha, beta)
+            k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
         else:
             tile_p, block_m, workers = tiling
             buffers = _scratch_buffer(workers * scratch, dtype)[:workers * scratch].reshape(workers, scratch)

@@ -276,3 +276,34 @@ def test_conv_transpose_output_shape_with_batch_and_channels():
     b = qrt.InferenceSession(full).run(None, {"x": x, "w": w})[0]
     assert a.shape == (1, 2, 7, 8)
     np.testing.assert_array_equal(a, b)
+
+
+FUSED_EPILOGUE_CASES = {
+    # name: (x shape, w shape, attrs): one per kernel path the activation is stored by
+    "depthwise": ((1, 6, 13, 12), (6, 1, 3, 3), dict(group=6, pads=[1, 1, 1, 1])),
+    "tiled": ((1, 4, 40, 41), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "single_tile": ((1, 8, 7, 7), (10, 8, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "pointwise": ((2, 8, 9, 9), (10, 8, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_EPILOGUE_CASES))
+@pytest.mark.parametrize("activation, params", [("Relu", []), ("LeakyRelu", [0.1]), ("Clip", [-0.5, 0.7]),
+                                                ("HardSigmoid", [0.3, 0.4])])
+def test_fused_conv_epilogue_matches_onnxruntime(name, activation, params):
+    x_shape, w_shape, attrs = FUSED_EPILOGUE_CASES[name]
+    x, w, b = _randn(*x_shape), _randn(*w_shape), _randn(w_shape[0])
+    if params:
+        attrs = dict(attrs, activation_params=params)
+    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y0"], domain="com.microsoft", activation=activation,
+                            **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y0", onnx.TensorProto.FLOAT, ["n", "m", "h", "w"])],
+                              [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    options = qrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    got = qrt.InferenceSession(model, options).run(None, {"x": x})
+    assert_close(got[0], want[0])

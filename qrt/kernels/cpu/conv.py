@@ -266,11 +266,11 @@ def conv_gemm(x, w3, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def conv_depthwise(x, w, bias, geom, out):
+def conv_depthwise(x, w, bias, geom, out, act, alpha, beta):
     """Direct convolution where every group has one input channel (depthwise, with any multiplier).
 
     ``w`` is ``(M, 1, kD, kH, kW)`` with M a multiple of C; output channel m reads input channel
-    m // (M / C).
+    m // (M / C). ``act`` (with ``alpha``/``beta``) is a fused activation applied as the result is stored.
 
     Each (image, channel) plane is first split into zero-padded phase planes: phase (rh, rw) holds
     the padded input at rows u*sH + rh and columns v*sW + rw. In that layout every tap (j, l) of
@@ -330,7 +330,12 @@ def conv_depthwise(x, w, bias, geom, out):
                         for q in range(wide_len):
                             wide[q] += wv * src[q]
             for b in range(out_h):
-                _copy(out[n, m, a, b], wide[b * cols_q:b * cols_q + out_w])
+                if act == 0:
+                    _copy(out[n, m, a, b], wide[b * cols_q:b * cols_q + out_w])
+                else:
+                    row = out[n, m, a, b]
+                    for o in range(out_w):
+                        row[o] = activate(wide[b * cols_q + o], act, alpha, beta)
 
 
 @njit(cache=True, parallel=True)
