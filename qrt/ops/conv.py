@@ -177,6 +177,7 @@ def _num_threads():
 # Column-matrix tiles of about this many output positions: big enough for an efficient GEMM, small
 # enough that a tile's im2col is still in cache when BLAS packs it and that planes split into tasks.
 TILE_COLUMNS = 512
+MAX_CACHED_PLANS = 32
 
 
 def conv_tiling(n_images, group, m_group, plane, pointwise, workers):
@@ -220,6 +221,8 @@ class Conv(_Window):
         key = (X.shape, W.shape, X.dtype, _num_threads())
         plan = self._plans.get(key)
         if plan is None:
+            if len(self._plans) >= MAX_CACHED_PLANS:     # free dims that change every run: don't grow forever
+                self._plans.clear()
             plan = self._plans[key] = self._make_plan(X, W, key[3])
         return plan
 
