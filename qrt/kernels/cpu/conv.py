@@ -216,10 +216,10 @@ def conv_gemm(x, w3, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta
     part for a pointwise conv), one row per worker (reused across calls: fresh megabytes per call
     pay their page faults every time; no result part when the plane is one tile, as the GEMM then
     writes the output in place). Tasks are split in equal contiguous runs over the workers, and the
-    channel blocks of one tile run back to back, so a worker builds each column tile once. A 1x1 kernel with unit strides and no
-    padding covering the whole plane in one tile reads the image itself as the column matrix.
-    GEMM operands are whole C-contiguous arrays: Numba types strided slices as layout 'A', and
-    ``np.dot`` on those was 3.5x slower.
+    channel blocks of one tile run back to back, so a worker builds each column tile once. A 1x1
+    kernel with unit strides and no padding covering the whole plane in one tile reads the image
+    itself as the column matrix. GEMM operands are whole C-contiguous arrays: Numba types strided
+    slices as layout 'A', and ``np.dot`` on those was 3.5x slower.
     """
     n_images, channels, depth, height, width = x.shape
     group, m_group, k_group = w3.shape
