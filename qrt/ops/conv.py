@@ -8,11 +8,12 @@ The window arithmetic here (``window_geometry``, ``spatial_list``) is shared wit
 """
 import threading
 
+import numba
+import numba.np.ufunc.parallel
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import conv as k
-from ..kernels.cpu.activation import activate_inplace
 from ..registry import register
 from .base import Op
 
@@ -164,11 +165,68 @@ class _Window(Op):
         return kernel
 
 
+def _num_threads():
+    """Numba's thread count for the calling thread. ``numba.get_num_threads()`` re-checks the pool's
+    launch on every call (3-4 us, more than a small conv's glue); the pool's own getter, which Numba
+    installs when it launches the pool, answers in under a microsecond."""
+    getter = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)   # set when the pool launches
+    threads = getter() if getter is not None else 0
+    return threads if threads > 0 else numba.get_num_threads()
+
+
+# Column-matrix tiles of about this many output positions: big enough for an efficient GEMM, small
+# enough that a tile's im2col is still in cache when BLAS packs it and that planes split into tasks.
+TILE_COLUMNS = 512
+MAX_CACHED_PLANS = 32
+
+
+def conv_tiling(n_images, group, m_group, plane, pointwise, workers):
+    """``(tile_p, block_m, workers)`` for :func:`qrt.kernels.cpu.conv.conv_gemm`.
+
+    Tasks are (image, group, column tile, channel block), split in equal runs over the workers, so
+    the task count is made a multiple of the workers where possible: column tiles first; then, when
+    images, groups and tiles are too few (late layers with 7x7 planes, batch 1), output-channel
+    blocks. A pointwise conv keeps the whole plane as one tile so BLAS reads the image in place.
+    """
+    tiles = 1
+    if not pointwise:
+        tiles = -(-plane // TILE_COLUMNS)
+        if tiles > 1 or plane >= 64 * workers:
+            tiles = -(-tiles // workers) * workers
+    tile_p = -(-plane // tiles)
+    if tile_p >= 256:     # whole vectors per tile row, at most 6% imbalance; smaller tiles split evenly
+        tile_p = min(plane, -(-tile_p // 16) * 16)
+    tiles = -(-plane // tile_p)
+    base = n_images * group * tiles
+    blocks = 1
+    while (base * blocks) % workers and base * blocks < 4 * workers and blocks < m_group:
+        blocks += 1
+    block_m = -(-m_group // blocks)
+    tasks = base * -(-m_group // block_m)
+    return tile_p, block_m, min(workers, tasks)
+
+
 @register("Conv", 1)
 class Conv(_Window):
     fused_activation = (0, 0.0, 0.0)     # (code, alpha, beta): set by FusedConv
 
-    def run(self, X, W, B=None):
+    def __init__(self, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+        super().__init__(auto_pad, dilations, group, kernel_shape, pads, strides)
+        # Geometry and tiling per (X shape, W shape, dtype, threads): a model runs few shapes, and
+        # recomputing them cost more than a small conv's kernel. Entries are immutable tuples, so
+        # concurrent runs at worst compute one twice.
+        self._plans = {}
+
+    def _plan(self, X, W):
+        key = (X.shape, W.shape, X.dtype, _num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= MAX_CACHED_PLANS:     # free dims that change every run: don't grow forever
+                self._plans.clear()
+            plan = self._plans[key] = self._make_plan(X, W, key[3])
+        return plan
+
+    def _make_plan(self, X, W, threads):
         _check_ranks("Conv", X, W)
         n_axes = X.ndim - 2
         n_images, channels = X.shape[:2]
@@ -180,30 +238,40 @@ class Conv(_Window):
         kernel = self._kernel(W)
         strides = spatial_list(self.strides, n_axes, 1, "strides")
         dilations = spatial_list(self.dilations, n_axes, 1, "dilations")
-        begins, _, out_sizes = window_geometry(X.shape[2:], kernel, strides, dilations, self.auto_pad, self.pads)
+        begins, ends, out_sizes = window_geometry(X.shape[2:], kernel, strides, dilations, self.auto_pad, self.pads)
         if any(o < 1 for o in out_sizes):
             raise InvalidArgument(f"Conv output would be empty: input {X.shape}, kernel {kernel}, strides "
                                   f"{strides}, dilations {dilations}, pads {self.pads}")
-        dtype = compute_dtype(X, "Conv")
+        geom = pack_geometry(kernel, strides, dilations, begins)
         out_shape = (n_images, n_out) + tuple(out_sizes)
+        out5_shape = (n_images, n_out) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes)
+        depthwise = c_group == 1 and group > 1
+        taps, plane = int(np.prod(kernel)), int(np.prod(out_sizes))
+        pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
+        tiling = conv_tiling(n_images, group, n_out // group, plane, pointwise, threads)
+        tile_p, block_m, workers = tiling
+        scratch = (0 if pointwise else c_group * taps * tile_p) + (block_m * tile_p if tile_p < plane else 0)
+        return out_shape, out5_shape, geom, depthwise, tiling, scratch
+
+    def run(self, X, W, B=None):
+        out_shape, out5_shape, geom, depthwise, tiling, scratch = self._plan(X, W)
+        dtype = compute_dtype(X, "Conv")
         if X.size == 0 or W.size == 0:
             return np.zeros(out_shape, dtype=X.dtype) if B is None else \
-                np.broadcast_to(B.reshape((-1,) + (1,) * n_axes), out_shape).astype(X.dtype)
+                np.broadcast_to(B.reshape((-1,) + (1,) * (X.ndim - 2)), out_shape).astype(X.dtype)
+        group = self.group
         x5 = canonical(X, dtype)
         w5 = canonical(W, dtype)
-        bias = _bias(B, n_out, dtype, "Conv")
-        geom = pack_geometry(kernel, strides, dilations, begins)
-        out = np.empty(x5.shape[:2][:1] + (n_out,) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes),
-                       dtype=dtype)
+        bias = _bias(B, out_shape[1], dtype, "Conv")
+        out = np.empty(out5_shape, dtype=dtype)
         act, alpha, beta = self.fused_activation
-        if c_group == 1 and group > 1:
-            k.conv_depthwise(x5, w5, bias, geom, out)
-            if act:
-                activate_inplace(out.reshape(-1), act, alpha, beta)
+        if depthwise:
+            k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
         else:
-            taps = int(np.prod(kernel))
-            col = _scratch_buffer(channels * taps * int(np.prod(out_sizes)), dtype)
-            k.conv_gemm(x5, w5.reshape(n_out, -1), bias, geom, group, col, out, act, alpha, beta)
+            tile_p, block_m, workers = tiling
+            buffers = _scratch_buffer(workers * scratch, dtype)[:workers * scratch].reshape(workers, scratch)
+            k.conv_gemm(x5, w5.reshape(group, out_shape[1] // group, -1), bias, geom, out, tile_p, block_m,
+                        buffers, act, alpha, beta)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
 
 

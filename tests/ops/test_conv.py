@@ -14,6 +14,8 @@ from onnx import helper
 
 import qrt
 from qrt.errors import InvalidArgument, InvalidModel, QrtError
+from qrt.kernels.cpu.conv import GATHER_BELOW_WIDTH
+from qrt.ops.conv import TILE_COLUMNS, conv_tiling
 
 RNG = np.random.default_rng(20240601)
 
@@ -86,6 +88,59 @@ def test_conv_matches_onnxruntime(name, with_bias):
     b = _randn(w_shape[0]) if with_bias else None
     got, want = run_both("Conv", [("x", x), ("w", w), ("b", b)], attrs, 17, [len(x_shape)])
     assert_close(got[0], want[0])
+
+
+# Shapes that exercise the parallel tiled GEMM path (qrt.ops.conv.conv_tiling): planes over
+# TILE_COLUMNS split into column tiles whose boundaries fall mid-row (and mid-depth-slice in 3-D),
+# pointwise convs read in place and split into output-channel blocks, groups and images as tasks.
+# Outputs at least GATHER_BELOW_WIDTH wide build columns by row segments (the shifted copy for stride
+# 1 and an output as wide as the input, else per output row); narrower ones through a gather table
+# (the "narrow" and "late_layer" cases here, and most of CONV_CASES).
+TILED_CASES = {
+    "2d_tiles_shifted": ((1, 4, 40, 41), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "2d_tiles_asymmetric_pads": ((2, 4, 30, 37), (6, 4, 3, 3), dict(pads=[1, 2, 0, 1])),
+    "2d_tiles_strided_dilated": ((1, 3, 61, 70), (5, 3, 3, 3), dict(strides=[2, 1], dilations=[2, 3],
+                                                                    pads=[2, 3, 1, 0])),
+    "2d_tiles_groups_batch": ((3, 6, 25, 26), (9, 2, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
+    "2d_pointwise_batch_groups": ((3, 8, 24, 25), (12, 4, 1, 1), dict(group=2)),
+    "2d_pointwise_late_layer": ((1, 64, 7, 7), (96, 64, 1, 1), {}),
+    "2d_3x3_late_layer": ((1, 32, 7, 7), (40, 32, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "1d_tiles": ((2, 3, 700), (5, 3, 5), dict(pads=[2, 1])),
+    "3d_tiles_across_slices": ((1, 2, 4, 6, 30), (4, 2, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1])),
+    "3d_narrow_tiles_across_slices": ((1, 2, 6, 12, 13), (4, 2, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TILED_CASES))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_tiled_paths_match_onnxruntime(name, threads):
+    x_shape, w_shape, attrs = TILED_CASES[name]
+    x, w, b = _randn(*x_shape), _randn(*w_shape), _randn(w_shape[0])
+    model = _model("Conv", [("x", x), ("w", w), ("b", b)], attrs, 17, [len(x_shape)], initializers=("w", "b"))
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    options = qrt.SessionOptions()
+    options.intra_op_num_threads = threads
+    got = qrt.InferenceSession(model, options).run(None, {"x": x})
+    assert_close(got[0], want[0])
+
+
+def test_tiled_cases_cover_both_im2col_paths():
+    widths = {name: x[-1] for name, (x, _, _) in TILED_CASES.items()}
+    assert min(widths.values()) < GATHER_BELOW_WIDTH <= widths["3d_tiles_across_slices"] - 2
+
+
+def test_conv_tiling_splits_work_evenly():
+    # Large planes: column tiles, a multiple of the workers; the 1x1 reads the whole plane in place.
+    tile_p, block_m, workers = conv_tiling(1, 1, 64, 56 * 56, False, 2)
+    assert -(-56 * 56 // tile_p) % 2 == 0 and tile_p <= TILE_COLUMNS and block_m == 64 and workers == 2
+    assert conv_tiling(1, 1, 256, 56 * 56, True, 2) == (56 * 56, 128, 2)
+    # A 7x7 plane at batch 1 is one tile: the output channels are split instead.
+    assert conv_tiling(1, 1, 512, 49, False, 2) == (49, 256, 2)
+    # Three groups on two workers: six tasks, not three.
+    assert conv_tiling(1, 3, 60, 49, False, 2) == (49, 30, 2)
+    # One worker: no channel blocks, tiles only to bound the column buffer.
+    assert conv_tiling(1, 1, 512, 49, False, 1) == (49, 512, 1)
+    assert conv_tiling(1, 1, 8, 5, False, 2) == (5, 4, 2)
 
 
 def _conv_reference(x, w, b, strides, dilations, pads, group):
@@ -221,3 +276,34 @@ def test_conv_transpose_output_shape_with_batch_and_channels():
     b = qrt.InferenceSession(full).run(None, {"x": x, "w": w})[0]
     assert a.shape == (1, 2, 7, 8)
     np.testing.assert_array_equal(a, b)
+
+
+FUSED_EPILOGUE_CASES = {
+    # name: (x shape, w shape, attrs): one per kernel path the activation is stored by
+    "depthwise": ((1, 6, 13, 12), (6, 1, 3, 3), dict(group=6, pads=[1, 1, 1, 1])),
+    "tiled": ((1, 4, 40, 41), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "single_tile": ((1, 8, 7, 7), (10, 8, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "pointwise": ((2, 8, 9, 9), (10, 8, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_EPILOGUE_CASES))
+@pytest.mark.parametrize("activation, params", [("Relu", []), ("LeakyRelu", [0.1]), ("Clip", [-0.5, 0.7]),
+                                                ("HardSigmoid", [0.3, 0.4])])
+def test_fused_conv_epilogue_matches_onnxruntime(name, activation, params):
+    x_shape, w_shape, attrs = FUSED_EPILOGUE_CASES[name]
+    x, w, b = _randn(*x_shape), _randn(*w_shape), _randn(w_shape[0])
+    if params:
+        attrs = dict(attrs, activation_params=params)
+    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y0"], domain="com.microsoft", activation=activation,
+                            **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y0", onnx.TensorProto.FLOAT, ["n", "m", "h", "w"])],
+                              [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    options = qrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    got = qrt.InferenceSession(model, options).run(None, {"x": x})
+    assert_close(got[0], want[0])

@@ -7,8 +7,10 @@ and 2-D convolutions, so one compiled kernel per dtype serves all ranks.
 ``geom`` packs the window geometry as int64 ``[kD, kH, kW, sD, sH, sW, dD, dH, dW, pD, pH, pW]``
 (kernel, strides, dilations, padding at the start of each axis).
 
-The GEMM is ``np.dot`` on contiguous 2-D blocks (Numba hands it to BLAS). The column buffer is laid
-out ``(C*kD*kH*kW, OD*OH*OW)`` so the product lands directly in NCHW order, with no transpose.
+Conv runs as GEMMs over output tiles: the column matrix ``(C/group*kD*kH*kW, OD*OH*OW)`` is built
+one column tile at a time, and each tile times an output-channel block of the weight is one
+``np.dot`` on contiguous 2-D blocks (Numba hands it to BLAS, kept single-threaded); the tiles are
+the parallel tasks, so Numba's thread pool owns the cores and BLAS never competes for them.
 
 Inner loops run over slices with ``for t in range(n)``: an index that starts at 0 lets LLVM drop
 Numba's negative-index wraparound check and vectorize; ``range(lo, hi)`` with a signed ``lo`` does
@@ -17,7 +19,10 @@ not (measured: 7x slower on a depthwise 3x3).
 import numpy as np
 from numba import njit, prange
 
-from .activation import bias_activate_rows
+from .activation import activate
+
+# Output rows narrower than this build column tiles through a gather table (see _im2col_tile_gather).
+GATHER_BELOW_WIDTH = 24
 
 
 @njit(cache=True, inline="always")
@@ -49,135 +54,223 @@ def _fill(dst, value):
 
 
 @njit(cache=True)
-def _im2col_row_shifted(plane, j, off_w, geom, out_h, out_w, dst):
-    """One column-matrix row for one depth slice when strides are 1 and the output is as wide as the
-    input: output row b reads input row b + j*dH - pH, so the whole slice is one shifted copy of the
-    input plane, after which the few columns that wrapped into a neighbouring row are zeroed."""
+def _tile_row_shifted(plane, zd_ok, row_shift, off_w, out_h, out_w, s, dst):
+    """Columns ``s .. s + len(dst)`` of one depth slice of a column-matrix row, when strides are 1
+    and the output is as wide as the input: output (b, o) reads input (b + row_shift, o + off_w), so
+    the segment is one shifted copy of the flattened input plane, after which the few columns that
+    wrapped into a neighbouring row are zeroed. One copy per row instead of one per output row
+    matters on small planes (7x7, 14x14), where per-row bookkeeping cost as much as the GEMM."""
+    count = dst.shape[0]
+    if not zd_ok:
+        _fill(dst, 0.0)
+        return
     height, width = plane.shape
     flat = plane.reshape(height * width)
-    row_shift = j * geom[7] - geom[10]
     b_lo, b_hi = _valid_range(row_shift, 1, height, out_h)
     shift = row_shift * width + off_w
-    k_lo, k_hi = b_lo * out_w, b_hi * out_w
-    k_start = max(k_lo, -shift)
-    k_end = max(min(k_hi, height * width - shift), k_start)
-    dst[:k_start] = 0
-    dst[k_end:] = 0
-    _copy(dst[k_start:k_end], flat[k_start + shift:k_end + shift])
+    k_lo = max(b_lo * out_w, -shift, s)
+    k_hi = min(b_hi * out_w, height * width - shift, s + count)
+    if k_hi < k_lo:
+        k_hi = k_lo
+    _fill(dst[:k_lo - s], 0.0)
+    _fill(dst[k_hi - s:], 0.0)
+    _copy(dst[k_lo - s:k_hi - s], flat[k_lo + shift:k_hi + shift])
     lo, hi = _valid_range(off_w, 1, width, out_w)
     if lo > 0 or hi < out_w:
-        for b in range(b_lo, b_hi):
-            dst[b * out_w:b * out_w + lo] = 0
-            dst[b * out_w + hi:(b + 1) * out_w] = 0
+        for b in range(max(b_lo, s // out_w), min(b_hi, (s + count - 1) // out_w + 1)):
+            base = b * out_w - s
+            for o in range(max(-base, 0), min(lo, count - base)):
+                dst[base + o] = 0
+            for o in range(max(hi, -base), min(out_w, count - base)):
+                dst[base + o] = 0
 
 
 @njit(cache=True)
-def im2col(x, geom, out_d, out_h, out_w, col):
-    """Fill ``col[(c, i, j, l), (a, b, o)]`` with the input value under tap (i, j, l) of output (a, b, o).
-
-    ``x`` is one image ``(C, D, H, W)``; padding positions become 0. Serial on purpose: it runs at
-    copy speed, and the GEMM that follows owns the threads (BLAS); handing the cores back and forth
-    between Numba's and BLAS's thread pools inside one op costs more than it saves.
-    """
-    channels, depth, height, width = x.shape
+def _im2col_tile_gather(x, c0, geom, out_h, out_w, p0, cols):
+    """``im2col_tile`` through a table: for each tap and column, the flat input position it reads, or
+    a trailing zero slot where it reads padding. Used for narrow outputs (7x7, 14x14 planes), where
+    the row-segment version spent more time on per-segment bookkeeping than on copying."""
+    rows, count = cols.shape
+    depth, height, width = x.shape[1], x.shape[2], x.shape[3]
     kd, kh, kw = geom[0], geom[1], geom[2]
     sd, sh, sw = geom[3], geom[4], geom[5]
     dd, dh, dw = geom[6], geom[7], geom[8]
     pd, ph, pw = geom[9], geom[10], geom[11]
     taps = kd * kh * kw
+    volume = depth * height * width
+    plane_out = out_h * out_w
+    table = np.empty((taps, count), dtype=np.int32)
+    for tap in range(taps):
+        i = tap // (kh * kw)
+        j = (tap // kw) % kh
+        l = tap % kw
+        for q in range(count):
+            p = p0 + q
+            a = p // plane_out
+            b = (p - a * plane_out) // out_w
+            o = p - a * plane_out - b * out_w
+            zd = a * sd - pd + i * dd
+            zh = b * sh - ph + j * dh
+            zw = o * sw - pw + l * dw
+            inside = 0 <= zd < depth and 0 <= zh < height and 0 <= zw < width
+            table[tap, q] = (zd * height + zh) * width + zw if inside else volume
+    padded = np.empty(volume + 1, dtype=x.dtype)
+    padded[volume] = 0
+    for cc in range(rows // taps):
+        _copy(padded[:volume], x[c0 + cc].reshape(volume))
+        for tap in range(taps):
+            dst = cols[cc * taps + tap]
+            index = table[tap]
+            for q in range(count):
+                dst[q] = padded[index[q]]
+
+
+@njit(cache=True)
+def im2col_tile(x, c0, geom, out_d, out_h, out_w, p0, cols):
+    """Fill ``cols[(c, i, j, l), q]`` with the input value under tap (i, j, l) of output position
+    ``p0 + q`` (flat over (a, b, o)), for channels ``c0 ..`` of one image ``x`` (C, D, H, W);
+    padding positions become 0. ``cols`` is one tile of the column matrix, (C_tile * taps, count)."""
+    rows, count = cols.shape
+    depth, height, width = x.shape[1], x.shape[2], x.shape[3]
+    kd, kh, kw = geom[0], geom[1], geom[2]
+    sd, sh, sw = geom[3], geom[4], geom[5]
+    dd, dh, dw = geom[6], geom[7], geom[8]
+    pd, ph, pw = geom[9], geom[10], geom[11]
+    taps = kd * kh * kw
+    if out_w < GATHER_BELOW_WIDTH:
+        _im2col_tile_gather(x, c0, geom, out_h, out_w, p0, cols)
+        return
     plane_out = out_h * out_w
     shifted = sh == 1 and sw == 1 and out_w == width
-    for row in range(channels * taps):
-        c = row // taps
+    for row in range(rows):
+        c = c0 + row // taps
         tap = row % taps
         i = tap // (kh * kw)
         j = (tap // kw) % kh
         l = tap % kw
-        dst = col[row]
+        dst = cols[row]
         off_w = l * dw - pw
         lo, hi = _valid_range(off_w, sw, width, out_w)
-        count = hi - lo
-        for a in range(out_d):
+        q = 0
+        while q < count:
+            p = p0 + q
+            a = p // plane_out
             zd = a * sd - pd + i * dd
-            if zd < 0 or zd >= depth:
-                dst[a * plane_out:(a + 1) * plane_out] = 0
-                continue
+            zd_ok = zd >= 0 and zd < depth
             if shifted:
-                _im2col_row_shifted(x[c, zd], j, off_w, geom, out_h, out_w, dst[a * plane_out:(a + 1) * plane_out])
+                s = p - a * plane_out
+                seg = min(plane_out - s, count - q)
+                _tile_row_shifted(x[c, zd if zd_ok else 0], zd_ok, j * dh - ph, off_w, out_h, out_w, s,
+                                  dst[q:q + seg])
+                q += seg
                 continue
-            for b in range(out_h):
-                zh = b * sh - ph + j * dh
-                base = (a * out_h + b) * out_w
-                segment = dst[base:base + out_w]
-                if zh < 0 or zh >= height:
-                    segment[:] = 0
-                    continue
-                segment[:lo] = 0
-                segment[hi:] = 0
-                start = lo * sw + off_w
+            rem = p - a * plane_out
+            b = rem // out_w
+            o = rem - b * out_w
+            seg = min(out_w - o, count - q)
+            segment = dst[q:q + seg]
+            zh = b * sh - ph + j * dh
+            if not zd_ok or zh < 0 or zh >= height:
+                _fill(segment, 0.0)
+            else:
+                first = max(lo, o) - o
+                last = max(min(hi, o + seg) - o, first)
+                _fill(segment[:first], 0.0)
+                _fill(segment[last:], 0.0)
+                start = (o + first) * sw + off_w
+                n_valid = last - first
                 if sw == 1:
-                    _copy(segment[lo:hi], x[c, zd, zh, start:start + count])
-                else:
-                    _copy(segment[lo:hi], x[c, zd, zh, start:start + (count - 1) * sw + 1:sw])
+                    _copy(segment[first:last], x[c, zd, zh, start:start + n_valid])
+                elif n_valid > 0:
+                    _copy(segment[first:last], x[c, zd, zh, start:start + (n_valid - 1) * sw + 1:sw])
+            q += seg
 
 
-@njit(cache=True)
-def _add_bias(out3, bias):
-    """out3 (N, M, P) += bias[m] per channel. Serial, like im2col: it sits between BLAS calls."""
-    n_images, channels, plane = out3.shape
-    for n in range(n_images):
-        for m in range(channels):
-            b = bias[m]
-            row = out3[n, m]
-            for p in range(plane):
-                row[p] += b
+@njit(cache=True, error_model="numpy")
+def _store_tile(result, out3, n, m0, p0, bias, act, alpha, beta):
+    """Epilogue: out3[n, m0 + r, p0 + q] = activation(result[r, q] + bias), while the tile is in cache
+    (``result`` may be that part of ``out3`` itself)."""
+    rows, count = result.shape
+    has_bias = bias.shape[0] > 0
+    for r in range(rows):
+        b = bias[m0 + r] if has_bias else 0.0
+        src = result[r]
+        dst = out3[n, m0 + r, p0:p0 + count]
+        if act == 0:
+            for q in range(count):
+                dst[q] = src[q] + b
+        else:
+            for q in range(count):
+                dst[q] = activate(src[q] + b, act, alpha, beta)
 
 
-@njit(cache=True)
-def conv_gemm(x, w2, bias, geom, group, col, out, act=0, alpha=0.0, beta=0.0):
-    """Grouped convolution: per image, im2col then one GEMM per group; ``bias`` may be empty.
+@njit(cache=True, parallel=True)
+def conv_gemm(x, w3, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta):
+    """Grouped convolution as GEMMs over output tiles, in parallel: tasks are (image, group, column
+    tile, output-channel block); each builds its tile of the column matrix (im2col) in its worker's
+    scratch, multiplies it by the weight block with single-threaded BLAS, and stores the result
+    with bias and activation applied. ``bias`` may be empty.
 
-    ``w2`` is the weight reshaped to ``(M, C/group * kD*kH*kW)``; ``col`` is a scratch buffer of at
-    least ``C*kD*kH*kW * OD*OH*OW`` elements (reused across calls: a fresh 7 MB buffer per call costs
-    page faults); ``out`` is ``(N, M, OD, OH, OW)``. ``act`` (with ``alpha``/``beta``) is a fused
-    activation from :mod:`qrt.kernels.cpu.activation`, applied with the bias in one pass. GEMM operands are whole C-contiguous arrays
-    (``a[g]`` of a reshaped stack, never ``a[lo:hi]``): Numba types a slice as layout 'A', and
-    ``np.dot`` on those was 3.5x slower than on the same data typed 'C'.
+    ``w3`` is the weight as ``(group, M/group, C/group * kD*kH*kW)``; ``out`` is ``(N, M, OD, OH, OW)``;
+    ``buffers`` is ``(workers, C/group * taps * tile_p + block_m * tile_p)`` of scratch (no column
+    part for a pointwise conv), one row per worker (reused across calls: fresh megabytes per call
+    pay their page faults every time; no result part when the plane is one tile, as the GEMM then
+    writes the output in place). Tasks are split in equal contiguous runs over the workers, and the
+    channel blocks of one tile run back to back, so a worker builds each column tile once. A 1x1
+    kernel with unit strides and no padding covering the whole plane in one tile reads the image
+    itself as the column matrix. GEMM operands are whole C-contiguous arrays: Numba types strided
+    slices as layout 'A', and ``np.dot`` on those was 3.5x slower.
     """
     n_images, channels, depth, height, width = x.shape
-    n_out = w2.shape[0]
+    group, m_group, k_group = w3.shape
     out_d, out_h, out_w = out.shape[2], out.shape[3], out.shape[4]
     plane = out_d * out_h * out_w
     taps = geom[0] * geom[1] * geom[2]
     c_group = channels // group
-    m_group = n_out // group
-    k_group = c_group * taps
-    # A 1x1 kernel with unit strides and no padding reads the image itself as the column matrix.
+    n_tiles = (plane + tile_p - 1) // tile_p
+    n_blocks = (m_group + block_m - 1) // block_m
+    n_tasks = n_images * group * n_tiles * n_blocks
+    workers = buffers.shape[0]
     pointwise = taps == 1 and geom[3] == 1 and geom[4] == 1 and geom[5] == 1 and \
-        geom[9] == 0 and geom[10] == 0 and geom[11] == 0 and plane == depth * height * width
-    weights = w2.reshape(group, m_group, k_group)
-    columns = col[:channels * taps * plane].reshape(channels * taps, plane)
-    out4 = out.reshape(n_images, group, m_group, plane)
-    for n in range(n_images):
-        if pointwise:
-            stacked = x[n].reshape(group, k_group, plane)
-        else:
-            im2col(x[n], geom, out_d, out_h, out_w, columns)
-            stacked = columns.reshape(group, k_group, plane)
-        for g in range(group):
-            np.dot(weights[g], stacked[g], out4[n, g])
-    if act != 0:
-        bias_activate_rows(out.reshape(n_images, n_out, plane), bias, act, alpha, beta)
-    elif bias.shape[0] > 0:
-        _add_bias(out.reshape(n_images, n_out, plane), bias)
+        geom[9] == 0 and geom[10] == 0 and geom[11] == 0 and plane == depth * height * width and n_tiles == 1
+    col_size = 0 if pointwise else k_group * tile_p
+    out3 = out.reshape(n_images, group * m_group, plane)
+    for worker in prange(workers):
+        buffer = buffers[worker]
+        built = -1
+        for task in range(worker * n_tasks // workers, (worker + 1) * n_tasks // workers):
+            tile_key = task // n_blocks
+            block = task - tile_key * n_blocks
+            t = tile_key % n_tiles
+            g = (tile_key // n_tiles) % group
+            n = tile_key // (n_tiles * group)
+            p0 = t * tile_p
+            count = min(tile_p, plane - p0)
+            if pointwise:
+                cols = x[n].reshape(group, k_group, plane)[g]
+            else:
+                cols = buffer[:k_group * count].reshape(k_group, count)
+                if tile_key != built:
+                    im2col_tile(x[n], g * c_group, geom, out_d, out_h, out_w, p0, cols)
+                    built = tile_key
+            m0 = block * block_m
+            rows = min(block_m, m_group - m0)
+            if n_tiles == 1:
+                # The block's rows of the output are contiguous: BLAS writes them in place.
+                result = out3[n][g * m_group + m0:g * m_group + m0 + rows]
+            else:
+                result = buffer[col_size:col_size + rows * count].reshape(rows, count)
+            np.dot(w3[g][m0:m0 + rows], cols, result)
+            if n_tiles > 1 or act != 0 or bias.shape[0] > 0:
+                _store_tile(result, out3, n, g * m_group + m0, p0, bias, act, alpha, beta)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def conv_depthwise(x, w, bias, geom, out):
+def conv_depthwise(x, w, bias, geom, out, act, alpha, beta):
     """Direct convolution where every group has one input channel (depthwise, with any multiplier).
 
     ``w`` is ``(M, 1, kD, kH, kW)`` with M a multiple of C; output channel m reads input channel
-    m // (M / C).
+    m // (M / C). ``act`` (with ``alpha``/``beta``) is a fused activation applied as the result is stored.
 
     Each (image, channel) plane is first split into zero-padded phase planes: phase (rh, rw) holds
     the padded input at rows u*sH + rh and columns v*sW + rw. In that layout every tap (j, l) of
@@ -237,7 +330,12 @@ def conv_depthwise(x, w, bias, geom, out):
                         for q in range(wide_len):
                             wide[q] += wv * src[q]
             for b in range(out_h):
-                _copy(out[n, m, a, b], wide[b * cols_q:b * cols_q + out_w])
+                if act == 0:
+                    _copy(out[n, m, a, b], wide[b * cols_q:b * cols_q + out_w])
+                else:
+                    row = out[n, m, a, b]
+                    for o in range(out_w):
+                        row[o] = activate(wide[b * cols_q + o], act, alpha, beta)
 
 
 @njit(cache=True, parallel=True)
