@@ -127,12 +127,12 @@ class InferenceSession:
                 and all(p.on_host for p in self._providers):
             # Runtime-only fusions, at the level where onnxruntime applies its own FusedConv/FusedGemm.
             # Only the host kernels implement the fused ops, so device sessions keep Conv/Gemm on the device.
-            from .fusion import fuse_activations, fuse_transformer
-            model = fuse_activations(fuse_transformer(model))
-            if int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_ALL:
-                # qrt-only FusedElementwise nodes: like onnxruntime's layout passes at this level, the
-                # saved optimized model then runs on this runtime only.
-                from .fusion import fuse_elementwise
+            # At ORT_ENABLE_ALL the fusions may emit what only qrt runs (FusedElementwise, attention
+            # with a broadcast mask), as onnxruntime's layout passes make its own output hardware-specific.
+            from .fusion import fuse_activations, fuse_elementwise, fuse_transformer
+            qrt_only = int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_ALL
+            model = fuse_activations(fuse_transformer(model, broadcast_masks=qrt_only))
+            if qrt_only:
                 model = fuse_elementwise(model)
         if self._options.optimized_model_filepath:
             _save_atomically(model, self._options.optimized_model_filepath)

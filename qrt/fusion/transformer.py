@@ -172,7 +172,7 @@ def _split_heads(g, name, perm):
     return source, shape[2], shape[3], [t, r]
 
 
-def _attentions(g, replaced, removed):
+def _attentions(g, replaced, removed, broadcast_masks):
     for merge in g.graph.node:
         if merge.op_type != "Reshape" or merge.domain not in ("", "ai.onnx") or id(merge) in removed:
             continue
@@ -223,6 +223,10 @@ def _attentions(g, replaced, removed):
         shape = [int(d) for d in g.constants.get(merge.input[1], np.zeros(0)).reshape(-1)]
         if len(shape) != 3 or shape[2] not in (-1, q[1] * v[2]) or shape[0] not in (0, -1) and shape[0] <= 0:
             continue
+        if mask and not broadcast_masks:
+            mask_dims = g.dims.get(mask) or g.constants.get(mask, np.zeros(0)).shape
+            if len(mask_dims) != 4 or mask_dims[2] == 1 or mask_dims[2] != g.dims[q[0]][1]:
+                continue
         nodes += q[3] + k[3] + v[3]
         if len({id(n) for n in nodes}) != len(nodes) or any(id(n) in removed for n in nodes) \
                 or not g.only_inside(nodes, merge):
@@ -234,11 +238,16 @@ def _attentions(g, replaced, removed):
         removed.update(id(n) for n in nodes if n is not merge)
 
 
-def fuse_transformer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of ``model`` with SkipLayerNormalization and MultiHeadAttention fused in (float32)."""
+def fuse_transformer(model: onnx.ModelProto, broadcast_masks: bool = False) -> onnx.ModelProto:
+    """Return a copy of ``model`` with SkipLayerNormalization and MultiHeadAttention fused in (float32).
+
+    onnxruntime's MultiHeadAttention takes ``attention_bias`` of shape (B | 1, heads | 1, S, L) only;
+    ``broadcast_masks`` also fuses masks broadcast along the query axis (BERT's (B, 1, 1, L)), which
+    qrt's kernel runs but onnxruntime rejects: for models that are qrt-only anyway.
+    """
     g = _Graph(model)
     replaced, removed = {}, set()
-    _attentions(g, replaced, removed)
+    _attentions(g, replaced, removed, broadcast_masks)
     _skip_layer_norms(g, replaced, removed)
     if not replaced:
         return model
