@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qrt
 from qrt.fusion import fuse_elementwise
+from qrt.plan import build_plan
 
 
 def _options(level=qrt.GraphOptimizationLevel.ORT_ENABLE_ALL, profile=False):
@@ -155,3 +156,21 @@ def test_generated_source_lives_in_the_cache_directory():
     path = kernel.module.__file__
     assert os.path.dirname(path) == fe.cache_dir() and os.path.basename(path).startswith("fused_")
     assert "scalar_Neg" in open(path).read()
+
+
+def test_a_constant_of_higher_rank_than_the_input_widens_the_output_as_numpy_does():
+    n = helper.make_node
+    inits = [_const("b", np.linspace(-1, 1, 8).reshape(1, 1, 8)), _const("k", np.full((1, 1, 1), 0.5))]
+    nodes = [n("Add", ["x", "b"], ["a"], name="add"), n("Mul", ["a", "k"], ["y"], name="mul")]
+    # No shapes known when fusing: the kernel finds at run time that (4, 8) broadcasts to (1, 4, 8).
+    model = _model(nodes, [_vi("x", ["n", 8])], [_vi("y", None)], inits)
+    model.graph.value_info.append(_vi("a", None))
+    fused = fuse_elementwise(model)
+    assert [n.op_type for n in fused.graph.node] == ["FusedElementwise"]
+    # (Planned directly: onnx's checker wants every graph output's shape, which is the point here.)
+    plan = build_plan(fused.graph, {"": 17, "qrt": 1})
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": _x((4, 8))})[0]
+    got = plan.run({"x": _x((4, 8))})[0]
+    assert got.shape == want.shape == (1, 4, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

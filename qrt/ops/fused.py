@@ -135,6 +135,8 @@ class FusedElementwise(Op):
         self.arrays = [np.ascontiguousarray(constants[n], dtype=np.float32).reshape(-1)
                        for i, n in enumerate(const_names) if kinds[len(inputs) + i] != fe.SCALAR]
         self.broadcast = next((layouts[n] for n in const_names if layouts[n][0] != fe.SCALAR), None)
+        # A constant of higher rank than the inputs would widen the output: numpy's broadcast, not ours.
+        self.min_rank = max((np.ndim(constants[n]) for n in const_names), default=0)
 
     def _layout(self, shape):
         """(rows, period, channels) of an output of ``shape``, or None when the constants do not fit it."""
@@ -161,7 +163,8 @@ class FusedElementwise(Op):
     def run(self, *xs):
         shape = xs[0].shape if xs else None
         layout = None
-        if shape is not None and all(x.shape == shape and x.dtype == np.float32 for x in xs):
+        if shape is not None and len(shape) >= self.min_rank and \
+                all(x.shape == shape and x.dtype == np.float32 for x in xs):
             layout = self._layout(shape)
         if layout is None:
             return self.body.run(dict(zip(self.body.input_names, xs)))[0]

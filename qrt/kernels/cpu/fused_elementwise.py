@@ -48,7 +48,8 @@ SCALAR_OPS = {
     "Clip": (ew.clip, 1),
 }
 
-# The scalar functions the generated modules import, jitted once from the ufuncs' own Python bodies.
+# The scalar functions the generated modules import, jitted from the ufuncs' own Python bodies. No
+# cache of their own: they compile into each generated kernel, and that kernel is cached.
 _SCALAR_FUNCS = {name: njit(ufunc.__wrapped__) for name, (ufunc, _) in SCALAR_OPS.items()}
 globals().update({f"scalar_{name}": fn for name, fn in _SCALAR_FUNCS.items()})
 
