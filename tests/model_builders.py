@@ -115,9 +115,21 @@ def lstm_model(opset=14, seed=3, input_size=16, hidden=32, direction="bidirectio
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def bert_encoder(opset=17, seed=4, layers=2, d_model=64, heads=4, d_ff=128):
+def _decomposed_layer_norm(x, gamma, beta, out, prefix, epsilon):
+    """LayerNormalization over the last axis as exporters before opset 17 write it (ReduceMean with ``axes``)."""
+    n = helper.make_node
+    p = prefix
+    return [n("ReduceMean", [x], [p + "mean"], axes=[-1]), n("Sub", [x, p + "mean"], [p + "d"]),
+            n("Pow", [p + "d", "two"], [p + "d2"]), n("ReduceMean", [p + "d2"], [p + "var"], axes=[-1]),
+            n("Add", [p + "var", epsilon], [p + "var_eps"]), n("Sqrt", [p + "var_eps"], [p + "std"]),
+            n("Div", [p + "d", p + "std"], [p + "normed"]), n("Mul", [p + "normed", gamma], [p + "scaled"]),
+            n("Add", [p + "scaled", beta], [out])]
+
+
+def bert_encoder(opset=17, seed=4, layers=2, d_model=64, heads=4, d_ff=128, decomposed_layer_norm=False):
     """BERT-style post-norm encoder layers as exported from PyTorch: biased Q/K/V projections, keys transposed
-    with perm [0, 1, 3, 2], scores divided by sqrt(head size), an additive (batch, 1, 1, seq) mask input, Erf-GELU.
+    with perm [0, 1, 3, 2], scores divided by sqrt(head size), an additive (batch, 1, 1, seq) mask input, Erf-GELU;
+    ``decomposed_layer_norm`` writes the layer norms out as exporters before opset 17 did (use opset <= 17).
     BERT-base is ``layers=12, d_model=768, heads=12, d_ff=3072``."""
     rng = np.random.default_rng(seed)
     dh = d_model // heads
@@ -127,9 +139,18 @@ def bert_encoder(opset=17, seed=4, layers=2, d_model=64, heads=4, d_ff=128):
              numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), "sqrt2"),
              numpy_helper.from_array(np.array(1.0, np.float32), "one"),
              numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    if decomposed_layer_norm:
+        inits += [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+                  numpy_helper.from_array(np.array(1e-12, np.float32), "ln_eps")]
     n = helper.make_node
     nodes = []
     x = "x"
+
+    def _layer_norm(x, gamma, beta, out, prefix):
+        if decomposed_layer_norm:
+            return _decomposed_layer_norm(x, gamma, beta, out, prefix, "ln_eps")
+        return [n("LayerNormalization", [x, gamma, beta], [out], axis=-1, epsilon=1e-12)]
+
     for i in range(layers):
         p = f"l{i}_"
         for t in ("q", "k", "v", "o"):
@@ -157,15 +178,17 @@ def bert_encoder(opset=17, seed=4, layers=2, d_model=64, heads=4, d_ff=128):
             n("Reshape", [p + "ctx_t", "merge_heads"], [p + "ctx"]),
             n("MatMul", [p + "ctx", p + "wo"], [p + "attn_mm"]), n("Add", [p + "attn_mm", p + "bo"], [p + "attn"]),
             n("Add", [p + "attn", x], [p + "res1"]),
-            n("LayerNormalization", [p + "res1", p + "g1", p + "be1"], [p + "ln1"], axis=-1, epsilon=1e-12),
+        ]
+        nodes += _layer_norm(p + "res1", p + "g1", p + "be1", p + "ln1", p + "n1_")
+        nodes += [
             n("MatMul", [p + "ln1", p + "w1"], [p + "ff1_mm"]), n("Add", [p + "ff1_mm", p + "b1"], [p + "ff1"]),
             n("Div", [p + "ff1", "sqrt2"], [p + "ff1_s"]), n("Erf", [p + "ff1_s"], [p + "ff1_erf"]),
             n("Add", [p + "ff1_erf", "one"], [p + "ff1_e1"]), n("Mul", [p + "ff1", p + "ff1_e1"], [p + "ff1_g"]),
             n("Mul", [p + "ff1_g", "half"], [p + "gelu"]),
             n("MatMul", [p + "gelu", p + "w2"], [p + "ff2_mm"]), n("Add", [p + "ff2_mm", p + "b2"], [p + "ff2"]),
             n("Add", [p + "ff2", p + "ln1"], [p + "res2"]),
-            n("LayerNormalization", [p + "res2", p + "g2", p + "be2"], [p + "out"], axis=-1, epsilon=1e-12),
         ]
+        nodes += _layer_norm(p + "res2", p + "g2", p + "be2", p + "out", p + "n2_")
         x = p + "out"
     nodes[-1].output[0] = "output"
     for i, node in enumerate(nodes):

@@ -94,3 +94,18 @@ def test_skip_layer_norm_keeps_a_sum_read_elsewhere_as_its_fourth_output():
     want = _ort(model, feeds)[0]
     np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_ort(sess.model, feeds)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_decomposed_layer_norms_of_an_opset_13_export_become_skip_layer_norms():
+    model = bert_encoder(opset=13, layers=2, decomposed_layer_norm=True)
+    feeds = _bert_feeds()
+    want = _ort(model, feeds)[0]
+    for level, attention in ((qrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, 0),
+                             (qrt.GraphOptimizationLevel.ORT_ENABLE_ALL, 2)):
+        sess = qrt.InferenceSession(model, _options(level))
+        ops = [n.op_type for n in sess.model.graph.node]
+        assert ops.count("SkipLayerNormalization") == 4 and ops.count("MultiHeadAttention") == attention
+        assert not {"ReduceMean", "Sqrt", "Pow"} & set(ops)
+        np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-5, atol=1e-5)
+        if attention == 0:
+            np.testing.assert_allclose(_ort(sess.model, feeds)[0], want, rtol=1e-5, atol=1e-5)

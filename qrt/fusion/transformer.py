@@ -1,5 +1,8 @@
 """Plan-time transformer fusions, the ones onnxruntime's own optimizer makes, into com.microsoft ops.
 
+* A LayerNormalization written out as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add, Sqrt, Div, Mul
+  and Add (exports from before opset 17) becomes one LayerNormalization node (below opset 17, the
+  ai.onnx-domain contrib op onnxruntime keeps for such models, which qrt registers too).
 * Add (+ a bias Add before it) -> LayerNormalization over the last axis of 3-D tensors becomes
   SkipLayerNormalization: the sum and the normalization in one pass per row.
 * The attention pattern — per-head Reshape/Transpose of Q, K and V projections, MatMul, a scale
@@ -152,6 +155,75 @@ def _skip_layer_norms(g, replaced, removed):
         removed.update(id(n) for n in nodes if n is not ln)
 
 
+def _last_axis_mean(g, name):
+    """The ReduceMean producing ``name`` if it averages its input over the last axis only, keeping dims."""
+    r = g.node(name, "ReduceMean")
+    if r is None or _attr(r, "keepdims", 1) != 1:
+        return None
+    axes = _attr(r, "axes")
+    if axes is None and len(r.input) > 1 and r.input[1] in g.constants:
+        axes = [int(a) for a in g.constants[r.input[1]].reshape(-1)]
+    rank = len(g.dims.get(r.input[0], []))
+    if axes is None or len(axes) != 1 or axes[0] not in (-1, rank - 1) or rank == 0:
+        return None
+    return r
+
+
+def _operands(node, first):
+    """``node``'s inputs with ``first`` first, or None when ``first`` is not one of them."""
+    a, b = node.input
+    return (a, b) if a == first else (b, a) if b == first else None
+
+
+def _decomposed_layer_norms(g, replaced, removed):
+    for sqrt in g.graph.node:
+        if sqrt.op_type != "Sqrt" or sqrt.domain not in ("", "ai.onnx"):
+            continue
+        add_eps = g.node(sqrt.input[0], "Add")
+        if add_eps is None:
+            continue
+        var_name, eps_name = add_eps.input if g.scalar(add_eps.input[1]) is not None else add_eps.input[::-1]
+        epsilon = g.scalar(eps_name)
+        var = _last_axis_mean(g, var_name)
+        if epsilon is None or var is None:
+            continue
+        square = g.node(var.input[0], "Pow") or g.node(var.input[0], "Mul")
+        if square is None:
+            continue
+        if square.op_type == "Pow" and g.scalar(square.input[1]) != 2.0 or \
+                square.op_type == "Mul" and square.input[0] != square.input[1]:
+            continue
+        sub = g.node(square.input[0], "Sub")
+        mean = _last_axis_mean(g, sub.input[1]) if sub is not None else None
+        if mean is None or mean.input[0] != sub.input[0]:
+            continue
+        x = sub.input[0]
+        divs = [c for c in g.consumers.get(sqrt.output[0], []) if c.op_type == "Div" and c.input[0] == sub.output[0]]
+        if len(divs) != 1:
+            continue
+        div = divs[0]
+        scale_mul = next(iter(g.consumers.get(div.output[0], [])), None)
+        if scale_mul is None or scale_mul.op_type != "Mul":
+            continue
+        gamma = _operands(scale_mul, div.output[0])
+        shift_add = next(iter(g.consumers.get(scale_mul.output[0], [])), None)
+        if gamma is None or shift_add is None or shift_add.op_type != "Add":
+            continue
+        beta = _operands(shift_add, scale_mul.output[0])
+        hidden = (g.dims.get(x) or [None])[-1]
+        params = [gamma[1], beta[1]] if beta is not None else []
+        if not params or not all(n in g.constants and g.constants[n].shape == (hidden,) and
+                                 g.constants[n].dtype == np.float32 for n in params) or not g.is_float(x):
+            continue
+        nodes = [mean, sub, square, var, add_eps, sqrt, div, scale_mul, shift_add]
+        if any(id(n) in removed or id(n) in replaced for n in nodes) or not g.only_inside(nodes, shift_add):
+            continue
+        fused = helper.make_node("LayerNormalization", [x, gamma[1], beta[1]], [shift_add.output[0]],
+                                 name=shift_add.name or div.name, axis=-1, epsilon=epsilon)
+        replaced[id(shift_add)] = fused
+        removed.update(id(n) for n in nodes if n is not shift_add)
+
+
 def _split_heads(g, name, perm):
     """(projection, heads, head_size, nodes) when ``name`` is Transpose(perm)(Reshape(x, [*, *, N, D]))."""
     t = g.node(name, "Transpose")
@@ -246,6 +318,11 @@ def fuse_transformer(model: onnx.ModelProto, broadcast_masks: bool = False) -> o
     qrt's kernel runs but onnxruntime rejects: for models that are qrt-only anyway.
     """
     g = _Graph(model)
+    replaced, removed = {}, set()
+    _decomposed_layer_norms(g, replaced, removed)
+    if replaced:
+        model = _rewrite(model, replaced, removed, False)
+        g = _Graph(model)
     replaced, removed = {}, set()
     _attentions(g, replaced, removed, broadcast_masks)
     _skip_layer_norms(g, replaced, removed)

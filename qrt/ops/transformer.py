@@ -102,6 +102,12 @@ class LayerNormalization(Op):
         return y, mean.astype(self.stash_dtype, copy=False), inv_std.astype(self.stash_dtype, copy=False)
 
 
+@register("LayerNormalization", 1)
+class LayerNormalization1(LayerNormalization):
+    """Before opset 17: onnxruntime's contrib op in the ai.onnx domain (same attributes), which its
+    optimizer and qrt's (:mod:`qrt.fusion.transformer`) emit for decomposed layer norms."""
+
+
 @register("RMSNormalization", 23)
 class RMSNormalization(Op):
     def __init__(self, axis=-1, epsilon=1e-5, stash_type=1):
