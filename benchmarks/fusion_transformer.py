@@ -54,6 +54,9 @@ def main():
               {"x": rng.standard_normal((2, 64, 64)).astype(np.float32)}),
              (f"bert-base {layers} layers s128", bert_encoder(layers=layers, d_model=768, heads=12, d_ff=3072),
               {"x": rng.standard_normal((1, 128, 768)).astype(np.float32), "mask": mask}),
+             (f"bert-base {layers}L s128 opset13 LN split",
+              bert_encoder(opset=13, layers=layers, d_model=768, heads=12, d_ff=3072, decomposed_layer_norm=True),
+              {"x": rng.standard_normal((1, 128, 768)).astype(np.float32), "mask": mask}),
              ("silu convnet 96x96", silu_convnet(), {"x": rng.standard_normal((1, 3, 96, 96)).astype(np.float32)})]
     for threads in (1, 2):
         for name, model, feeds in cases:
