@@ -174,3 +174,14 @@ def test_a_constant_of_higher_rank_than_the_input_widens_the_output_as_numpy_doe
     got = plan.run({"x": _x((4, 8))})[0]
     assert got.shape == want.shape == (1, 4, 8)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_an_unwritable_cache_directory_still_builds_the_session(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("QRT_CACHE_DIR", str(blocked))
+    n = helper.make_node
+    # A group no other test builds, so the kernel is generated (not found in this process's table).
+    nodes = [n("Abs", ["x"], ["a"], name="abs"), n("Sqrt", ["a"], ["y"], name="sqrt")]
+    model = _model(nodes, [_vi("x", ["n", 5])], [_vi("y", ["n", 5])])
+    _check(model, {"x": _x((2, 5))}, ["abs+sqrt"])

@@ -177,14 +177,11 @@ def load(source: str):
         module = _loaded.get(digest)
         if module is not None:
             return module
-        directory = cache_dir()
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"fused_{digest}.py")
-        if not os.path.exists(path):
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(source)
-            os.replace(tmp, path)
+        try:
+            path = _write_once(cache_dir(), digest, source)
+        except OSError:
+            # An unwritable cache (read-only home): compile from a private temporary directory instead.
+            path = _write_once(tempfile.mkdtemp(prefix="qrt-fused-"), digest, source)
         name = f"qrt_fused_{digest}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -192,3 +189,14 @@ def load(source: str):
         spec.loader.exec_module(module)
         _loaded[digest] = module
         return module
+
+
+def _write_once(directory, digest, source):
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"fused_{digest}.py")
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    return path
