@@ -48,6 +48,8 @@ class SessionOptions:
         self.execution_mode = ExecutionMode.ORT_SEQUENTIAL
         self.enable_profiling = False
         self.profile_file_prefix = "qrt_profile"
+        # At ORT_ENABLE_ALL the saved model may hold qrt::FusedElementwise nodes that only qrt runs;
+        # save at ORT_ENABLE_EXTENDED for a model onnxruntime runs too.
         self.optimized_model_filepath = ""
         self.log_severity_level = 2
         self.log_verbosity_level = 0
@@ -147,8 +149,13 @@ class InferenceSession:
                 and all(p.on_host for p in self._providers):
             # Runtime-only fusions, at the level where onnxruntime applies its own FusedConv/FusedGemm.
             # Only the host kernels implement the fused ops, so device sessions keep Conv/Gemm on the device.
-            from .fusion import fuse_activations
-            model = fuse_activations(model)
+            # At ORT_ENABLE_ALL the fusions may emit what only qrt runs (FusedElementwise, attention
+            # with a broadcast mask), as onnxruntime's layout passes make its own output hardware-specific.
+            from .fusion import fuse_activations, fuse_elementwise, fuse_transformer
+            qrt_only = int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_ALL
+            model = fuse_activations(fuse_transformer(model, broadcast_masks=qrt_only))
+            if qrt_only:
+                model = fuse_elementwise(model)
         if self._options.optimized_model_filepath:
             _save_atomically(model, self._options.optimized_model_filepath)
         self.model = model   # the checked, optimized model the plan was built from (inspectable)

@@ -113,3 +113,89 @@ def lstm_model(opset=14, seed=3, input_size=16, hidden=32, direction="bidirectio
          helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [dirs, "batch", hidden]),
          helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [dirs, "batch", hidden])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _decomposed_layer_norm(x, gamma, beta, out, prefix, epsilon):
+    """LayerNormalization over the last axis as exporters before opset 17 write it (ReduceMean with ``axes``)."""
+    n = helper.make_node
+    p = prefix
+    return [n("ReduceMean", [x], [p + "mean"], axes=[-1]), n("Sub", [x, p + "mean"], [p + "d"]),
+            n("Pow", [p + "d", "two"], [p + "d2"]), n("ReduceMean", [p + "d2"], [p + "var"], axes=[-1]),
+            n("Add", [p + "var", epsilon], [p + "var_eps"]), n("Sqrt", [p + "var_eps"], [p + "std"]),
+            n("Div", [p + "d", p + "std"], [p + "normed"]), n("Mul", [p + "normed", gamma], [p + "scaled"]),
+            n("Add", [p + "scaled", beta], [out])]
+
+
+def bert_encoder(opset=17, seed=4, layers=2, d_model=64, heads=4, d_ff=128, decomposed_layer_norm=False):
+    """BERT-style post-norm encoder layers as exported from PyTorch: biased Q/K/V projections, keys transposed
+    with perm [0, 1, 3, 2], scores divided by sqrt(head size), an additive (batch, 1, 1, seq) mask input, Erf-GELU;
+    ``decomposed_layer_norm`` writes the layer norms out as exporters before opset 17 did (use opset <= 17).
+    BERT-base is ``layers=12, d_model=768, heads=12, d_ff=3072``."""
+    rng = np.random.default_rng(seed)
+    dh = d_model // heads
+    inits = [numpy_helper.from_array(np.array([0, 0, heads, dh], np.int64), "split_heads"),
+             numpy_helper.from_array(np.array([0, 0, d_model], np.int64), "merge_heads"),
+             numpy_helper.from_array(np.array(np.sqrt(dh), np.float32), "sqrt_dh"),
+             numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), "sqrt2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    if decomposed_layer_norm:
+        inits += [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+                  numpy_helper.from_array(np.array(1e-12, np.float32), "ln_eps")]
+    n = helper.make_node
+    nodes = []
+    x = "x"
+
+    def _layer_norm(x, gamma, beta, out, prefix):
+        if decomposed_layer_norm:
+            return _decomposed_layer_norm(x, gamma, beta, out, prefix, "ln_eps")
+        return [n("LayerNormalization", [x, gamma, beta], [out], axis=-1, epsilon=1e-12)]
+
+    for i in range(layers):
+        p = f"l{i}_"
+        for t in ("q", "k", "v", "o"):
+            inits += [_init(rng, p + "w" + t, [d_model, d_model], fan_in=d_model, scale=d_model ** -0.5),
+                      _init(rng, p + "b" + t, [d_model], scale=0.02)]
+        inits += [_init(rng, p + "w1", [d_model, d_ff], fan_in=d_model), _init(rng, p + "b1", [d_ff], scale=0.1),
+                  _init(rng, p + "w2", [d_ff, d_model], fan_in=d_ff), _init(rng, p + "b2", [d_model], scale=0.1),
+                  numpy_helper.from_array((1 + 0.1 * rng.standard_normal(d_model)).astype(np.float32), p + "g1"),
+                  numpy_helper.from_array((0.1 * rng.standard_normal(d_model)).astype(np.float32), p + "be1"),
+                  numpy_helper.from_array((1 + 0.1 * rng.standard_normal(d_model)).astype(np.float32), p + "g2"),
+                  numpy_helper.from_array((0.1 * rng.standard_normal(d_model)).astype(np.float32), p + "be2")]
+        for t in ("q", "k", "v"):
+            nodes += [n("MatMul", [x, p + "w" + t], [p + t + "_mm"]),
+                      n("Add", [p + t + "_mm", p + "b" + t], [p + t + "_proj"]),
+                      n("Reshape", [p + t + "_proj", "split_heads"], [p + t + "_4d"]),
+                      n("Transpose", [p + t + "_4d"], [p + t + "_h"], perm=[0, 2, 1, 3])]
+        nodes += [
+            n("Transpose", [p + "k_h"], [p + "k_t"], perm=[0, 1, 3, 2]),
+            n("MatMul", [p + "q_h", p + "k_t"], [p + "scores_raw"]),
+            n("Div", [p + "scores_raw", "sqrt_dh"], [p + "scores"]),
+            n("Add", [p + "scores", "mask"], [p + "scores_masked"]),
+            n("Softmax", [p + "scores_masked"], [p + "probs"], axis=-1),
+            n("MatMul", [p + "probs", p + "v_h"], [p + "ctx_h"]),
+            n("Transpose", [p + "ctx_h"], [p + "ctx_t"], perm=[0, 2, 1, 3]),
+            n("Reshape", [p + "ctx_t", "merge_heads"], [p + "ctx"]),
+            n("MatMul", [p + "ctx", p + "wo"], [p + "attn_mm"]), n("Add", [p + "attn_mm", p + "bo"], [p + "attn"]),
+            n("Add", [p + "attn", x], [p + "res1"]),
+        ]
+        nodes += _layer_norm(p + "res1", p + "g1", p + "be1", p + "ln1", p + "n1_")
+        nodes += [
+            n("MatMul", [p + "ln1", p + "w1"], [p + "ff1_mm"]), n("Add", [p + "ff1_mm", p + "b1"], [p + "ff1"]),
+            n("Div", [p + "ff1", "sqrt2"], [p + "ff1_s"]), n("Erf", [p + "ff1_s"], [p + "ff1_erf"]),
+            n("Add", [p + "ff1_erf", "one"], [p + "ff1_e1"]), n("Mul", [p + "ff1", p + "ff1_e1"], [p + "ff1_g"]),
+            n("Mul", [p + "ff1_g", "half"], [p + "gelu"]),
+            n("MatMul", [p + "gelu", p + "w2"], [p + "ff2_mm"]), n("Add", [p + "ff2_mm", p + "b2"], [p + "ff2"]),
+            n("Add", [p + "ff2", p + "ln1"], [p + "res2"]),
+        ]
+        nodes += _layer_norm(p + "res2", p + "g2", p + "be2", p + "out", p + "n2_")
+        x = p + "out"
+    nodes[-1].output[0] = "output"
+    for i, node in enumerate(nodes):
+        node.name = f"{node.op_type.lower()}_{i}"
+    graph = helper.make_graph(
+        nodes, "bert_encoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", d_model]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 1, 1, "seq"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", "seq", d_model])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

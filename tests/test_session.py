@@ -137,6 +137,8 @@ def test_profiling_writes_one_chrome_trace_event_per_node(tmp_path):
     options = qrt.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / "prof")
+    # Below ORT_ENABLE_ALL nothing fuses: one event per node.
+    options.graph_optimization_level = qrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     sess = qrt.InferenceSession(_model(), options)
     sess.run(None, _feeds())
     sess.run(None, _feeds())
@@ -145,6 +147,16 @@ def test_profiling_writes_one_chrome_trace_event_per_node(tmp_path):
     assert [e["name"] for e in events] == ["scale", "add", "act"] * 2
     assert all(e["dur"] >= 0 and e["args"]["provider"] == "CPUExecutionProvider" for e in events)
     assert [e["args"]["op_name"] for e in events[:3]] == ["Mul", "Add", "Sigmoid"]
+
+
+def test_profiling_names_a_fused_group_after_the_nodes_it_covers(tmp_path):
+    options = qrt.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "prof")
+    sess = qrt.InferenceSession(_model(), options)
+    sess.run(None, _feeds())
+    events = json.load(open(sess.end_profiling()))
+    assert [(e["name"], e["args"]["op_name"]) for e in events] == [("scale+add+act", "FusedElementwise")]
 
 
 def test_run_is_safe_from_several_threads():
@@ -170,7 +182,9 @@ def test_run_is_safe_from_several_threads():
 
 
 def test_intermediates_are_freed_after_last_use():
-    plan = qrt.InferenceSession(_model()).plan
+    options = qrt.SessionOptions()
+    options.graph_optimization_level = qrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED   # keep three steps
+    plan = qrt.InferenceSession(_model(), options).plan
     released = [set(step.release) for step in plan.steps]
     assert released == [set(), {"xw", "y"}, {"s"}] or released[1] >= {"xw"}
     assert all("z" not in r for r in released)

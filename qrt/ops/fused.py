@@ -1,14 +1,23 @@
-"""com.microsoft FusedConv and FusedGemm: a Conv or Gemm with its activation applied in the same pass.
+"""Fused ops the planner's fusions produce.
 
-The planner's activation fusion (:mod:`qrt.fusion.activations`) produces them; onnxruntime's CPU
-provider runs the same ops, so a model saved after fusion stays runnable there.
+* com.microsoft FusedConv and FusedGemm: a Conv or Gemm with its activation applied in the same
+  pass (:mod:`qrt.fusion.activations`); onnxruntime's CPU provider runs the same ops, so a model
+  saved after that fusion stays runnable there.
+* qrt FusedElementwise: a group of float32 element-wise nodes run as one generated kernel
+  (:mod:`qrt.fusion.elementwise`, :mod:`qrt.kernels.cpu.fused_elementwise`). Its ``body`` graph
+  attribute holds the original nodes, so the group stays inspectable; only qrt runs this op.
 """
+import math
+
+import numba
 import numpy as np
 
 from ..errors import InvalidModel
+from ..kernels.cpu import fused_elementwise as fe
 from ..kernels.cpu import gemm as gemm_kernels
 from ..kernels.cpu.activation import ACTIVATION_CODES, activate_inplace
 from ..registry import register
+from .base import Op
 from .conv import Conv
 from .linalg import Gemm11
 
@@ -58,4 +67,112 @@ class FusedGemm(Gemm11):
                                      trans_b=self.trans_b, activation="Relu")
         out = super().run(a, b, c)
         activate_inplace(out.reshape(-1), code, alpha, beta)
+        return out
+
+
+def _program_step(step, operand, constants):
+    """(op, operands, params) of one body step, mirroring what the unfused kernel computes."""
+    kernel, op = step.kernel, step.op_type
+    names = [n for n in step.inputs]
+    if op in ("Max", "Min") and len(names) != 2:
+        raise InvalidModel(f"FusedElementwise fuses two-input {op} only")
+    if op == "Clip":
+        if hasattr(kernel, "min"):   # Clip-6: bounds are attributes
+            return op, [operand(names[0])], (kernel.min, kernel.max)
+        bounds = []
+        for i, default in ((1, -np.inf), (2, np.inf)):
+            name = names[i] if len(names) > i else ""
+            bounds.append(float(np.asarray(constants[name]).reshape(())) if name else default)
+        return op, [operand(names[0])], tuple(bounds)
+    if op == "Gelu":
+        op = "GeluTanh" if kernel.kernel is fe.ew.gelu_tanh else "GeluErf"
+        return op, [operand(names[0])], ()
+    params = {"LeakyRelu": ("alpha",), "Elu": ("alpha",), "HardSigmoid": ("alpha", "beta")}.get(op, ())
+    return op, [operand(n) for n in names], tuple(getattr(kernel, p) for p in params)
+
+
+@register("FusedElementwise", 1, domain="qrt")
+class FusedElementwise(Op):
+    """Runs ``body`` (float32 element-wise nodes, one output) as one generated Numba kernel.
+
+    Inputs whose shapes differ from what the kernel indexes at run time (a broadcast the model's
+    shapes did not show) run through the body's own plan, the unfused kernels, instead.
+    """
+
+    def __init__(self, body):
+        self.body = body
+        constants = body.constants
+        out_type = body.output_types[0].tensor_type if body.output_types else None
+        out_rank = len(out_type.shape.dim) if out_type is not None and out_type.HasField("shape") else None
+        inputs = list(body.input_names)
+        const_names = sorted({n for s in body.steps for n in s.inputs if n and n in constants})
+        layouts = fe.group_layouts({n: np.shape(constants[n]) for n in const_names}, out_rank)
+        if layouts is None:
+            raise InvalidModel("FusedElementwise: constants do not broadcast along one axis group")
+        names = inputs + const_names
+        kinds = [fe.FULL] * len(inputs) + [layouts[n][0] for n in const_names]
+        scalars = {i: float(np.asarray(constants[n]).reshape(())) for i, n in enumerate(names)
+                   if kinds[i] == fe.SCALAR}
+        index = {n: i for i, n in enumerate(names)}
+        produced = {}
+
+        def operand(name):
+            return ("tmp", produced[name]) if name in produced else ("in", index[name])
+
+        program = []
+        for step in body.steps:
+            if step.op_type not in fe.SCALAR_OPS and step.op_type != "Gelu":
+                raise InvalidModel(f"FusedElementwise cannot fuse {step.op_type}")
+            program.append(_program_step(step, operand, constants))
+            produced[step.outputs[0]] = len(program) - 1
+        if not program or body.steps[-1].outputs[0] != body.output_names[0]:
+            raise InvalidModel("FusedElementwise body must end in the op producing its output")
+        self.module = fe.load(fe.generate_source(kinds, scalars, program))
+        # Compile (or load from Numba's cache) the serial variant now, at session creation; the
+        # parallel one compiles on the first output large enough to use it.
+        n_arrays = sum(kind != fe.SCALAR for kind in kinds)
+        self.module.run_serial.compile((fe.FLOAT_VECTOR,) * (n_arrays + 1) + (fe.INDEX,) * 3)
+        self.arrays = [np.ascontiguousarray(constants[n], dtype=np.float32).reshape(-1)
+                       for i, n in enumerate(const_names) if kinds[len(inputs) + i] != fe.SCALAR]
+        self.broadcast = next((layouts[n] for n in const_names if layouts[n][0] != fe.SCALAR), None)
+        # A constant of higher rank than the inputs would widen the output: numpy's broadcast, not ours.
+        self.min_rank = max((np.ndim(constants[n]) for n in const_names), default=0)
+
+    def _layout(self, shape):
+        """(rows, period, channels) of an output of ``shape``, or None when the constants do not fit it."""
+        size = math.prod(shape)
+        if self.broadcast is None:
+            period = 1
+            for d in reversed(shape):
+                period *= d
+                if period >= 1024:
+                    break
+            return (size // period if period else 0), period, 1
+        kind, key = self.broadcast
+        if kind == fe.ROW:
+            if len(shape) < len(key) or tuple(shape[len(shape) - len(key):]) != key:
+                return None
+            period = math.prod(key)
+            return size // period, period, 1
+        channels, ones = key
+        if len(shape) < ones + 1 or shape[-ones - 1] != channels:
+            return None
+        period = math.prod(shape[len(shape) - ones:])
+        return (size // period if period else 0), period, channels
+
+    def run(self, *xs):
+        shape = xs[0].shape if xs else None
+        layout = None
+        if shape is not None and len(shape) >= self.min_rank and \
+                all(x.shape == shape and x.dtype == np.float32 for x in xs):
+            layout = self._layout(shape)
+        if layout is None:
+            return self.body.run(dict(zip(self.body.input_names, xs)))[0]
+        rows, period, channels = layout
+        out = np.empty(shape, dtype=np.float32)
+        if out.size:
+            flat = [np.ascontiguousarray(x).reshape(-1) for x in xs]
+            parallel = out.size >= fe.PARALLEL_MIN_ELEMENTS and rows > 1 and numba.get_num_threads() > 1
+            kernel = self.module.run_parallel if parallel else self.module.run_serial
+            kernel(*flat, *self.arrays, out.reshape(-1), rows, period, channels)
         return out

@@ -1,4 +1,6 @@
-"""Transformer ops: LayerNormalization, RMSNormalization, Attention, RotaryEmbedding and Dropout.
+"""Transformer ops: LayerNormalization, RMSNormalization, Attention, RotaryEmbedding and Dropout, and the
+com.microsoft SkipLayerNormalization and MultiHeadAttention that the planner's transformer fusions
+(:mod:`qrt.fusion.transformer`) emit, as onnxruntime's optimizer does.
 
 The op classes turn ONNX shapes into the kernels' canonical layouts (see
 :mod:`qrt.kernels.cpu.transformer`); float16/bfloat16 tensors are computed in float32 and rounded
@@ -128,6 +130,12 @@ class LayerNormalization(_ConstantParams, Op):
         return y, mean.astype(self.stash_dtype, copy=False), inv_std.astype(self.stash_dtype, copy=False)
 
 
+@register("LayerNormalization", 1)
+class LayerNormalization1(LayerNormalization):
+    """Before opset 17: onnxruntime's contrib op in the ai.onnx domain (same attributes), which its
+    optimizer and qrt's (:mod:`qrt.fusion.transformer`) emit for decomposed layer norms."""
+
+
 @register("RMSNormalization", 23)
 class RMSNormalization(_ConstantParams, Op):
     def __init__(self, axis=-1, epsilon=1e-5, stash_type=1):
@@ -139,6 +147,51 @@ class RMSNormalization(_ConstantParams, Op):
         y, _, _ = _normalize(self.op_type, x, scale, None, self.axis, self.epsilon, rms=True,
                              layouts=self._layouts_for(scale, None))
         return y.astype(scale.dtype, copy=False)
+
+
+@register("SkipLayerNormalization", 1, domain="com.microsoft")
+class SkipLayerNormalization(Op):
+    """com.microsoft SkipLayerNormalization: LayerNormalization(input + skip (+ bias)) over the last axis.
+
+    Outputs: output, mean, inv_std_var (shape (..., 1)) and input_skip_bias_sum, as onnxruntime's.
+    """
+
+    def __init__(self, epsilon=1e-12):
+        self.epsilon = float(epsilon)
+
+    def run(self, x, skip, gamma, beta=None, bias=None):
+        if x.dtype != _FLOAT32:
+            raise InvalidArgument(f"SkipLayerNormalization takes float32 input, got {x.dtype}")
+        if x.ndim < 1:
+            raise InvalidArgument("SkipLayerNormalization input must have rank >= 1")
+        n = x.shape[-1]
+        try:
+            skip_full = np.broadcast_to(skip, x.shape)
+        except ValueError:
+            raise InvalidArgument(f"SkipLayerNormalization skip of shape {skip.shape} does not match input "
+                                  f"{x.shape}") from None
+        for name, param in (("gamma", gamma), ("beta", beta), ("bias", bias)):
+            if param is not None and param.size != n:
+                raise InvalidArgument(f"SkipLayerNormalization {name} of shape {param.shape} does not match "
+                                      f"the hidden size {n}")
+        rows = math.prod(x.shape[:-1])
+        x2 = _as(x, _FLOAT32).reshape(rows, n)
+        skip2 = _as(skip_full, _FLOAT32).reshape(rows, n)
+        flat = [_as(p, _FLOAT32).reshape(-1) if p is not None else np.zeros(1, _FLOAT32)
+                for p in (gamma, beta, bias)]
+        y = np.empty((rows, n), _FLOAT32)
+        total = np.empty((rows, n), _FLOAT32) if self.n_outputs >= 4 else y
+        mean = np.empty(rows, _FLOAT32)
+        inv_std = np.empty(rows, _FLOAT32)
+        if x.size:
+            kernel = k.skip_normalize_rows_parallel if x.size >= k.PARALLEL_MIN_ELEMENTS and rows > 1 \
+                else k.skip_normalize_rows
+            kernel(x2, skip2, flat[2], bias is not None, flat[0], flat[1], beta is not None,
+                   np.float32(self.epsilon), total, y, mean, inv_std)
+        stat_shape = x.shape[:-1] + (1,)
+        results = (y.reshape(x.shape), mean.reshape(stat_shape), inv_std.reshape(stat_shape),
+                   total.reshape(x.shape))
+        return results[0] if self.n_outputs <= 1 else results[:self.n_outputs]
 
 
 # ---------------------------------------------------------------- attention
@@ -290,6 +343,28 @@ class Attention25(_Attention):
     """Adds ``left_window_size`` / ``right_window_size`` (sliding-window attention)."""
 
     has_window = True
+
+
+@register("MultiHeadAttention", 1, domain="com.microsoft")
+class MultiHeadAttention(Op):
+    """com.microsoft MultiHeadAttention with 3-D query/key/value (B, S, heads * D) and an additive
+    ``attention_bias`` broadcastable to (B, heads, S, L); runs the fused attention kernel."""
+
+    def __init__(self, num_heads, mask_filter_value=-10000.0, scale=None, unidirectional=0):
+        self.num_heads = int(num_heads)
+        self.inner = _Attention(is_causal=unidirectional, q_num_heads=self.num_heads,
+                                kv_num_heads=self.num_heads, scale=scale)
+        self.inner.n_outputs = 1
+
+    def run(self, query, key, value, bias=None, key_padding_mask=None, attention_bias=None, past_key=None,
+            past_value=None, *unused):
+        given = [name for name, v in (("bias", bias), ("key_padding_mask", key_padding_mask),
+                                      ("past_key", past_key), ("past_value", past_value)) if v is not None]
+        if given or any(v is not None for v in unused):
+            raise InvalidArgument(f"MultiHeadAttention inputs {given or 'past the eighth'} are not supported by qrt")
+        if key is None or value is None or query.ndim != 3 or key.ndim != 3 or value.ndim != 3:
+            raise InvalidArgument("qrt's MultiHeadAttention takes 3-D query, key and value")
+        return self.inner.run(query, key, value, attn_mask=attention_bias)
 
 
 # ---------------------------------------------------------------- rotary embedding

@@ -69,6 +69,34 @@ def normalize_rows_parallel(x, scale, bias, has_bias, epsilon, rms, y, mean, inv
         mean[r], inv_std[r] = _normalize_row(x[r], s, b, has_bias, epsilon, rms, y[r])
 
 
+@njit(cache=True)
+def _skip_sum_row(x, skip, bias, has_bias, total):
+    # No fast-math: the sum rounds exactly as the Add nodes it replaces, bias first.
+    if has_bias:
+        for i in range(x.shape[0]):
+            total[i] = (x[i] + bias[i]) + skip[i]
+    else:
+        for i in range(x.shape[0]):
+            total[i] = x[i] + skip[i]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def skip_normalize_rows(x, skip, bias, has_bias, scale, beta, has_beta, epsilon, total, y, mean, inv_std):
+    """SkipLayerNormalization of (rows, n) arrays: ``total`` = x (+ bias) + skip, then layer-normalized
+    into ``y`` while the row is still in cache (``total`` may be ``y`` itself)."""
+    for r in range(x.shape[0]):
+        _skip_sum_row(x[r], skip[r], bias, has_bias, total[r])
+        mean[r], inv_std[r] = _normalize_row(total[r], scale, beta, has_beta, epsilon, False, y[r])
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def skip_normalize_rows_parallel(x, skip, bias, has_bias, scale, beta, has_beta, epsilon, total, y, mean,
+                                 inv_std):
+    for r in prange(x.shape[0]):
+        _skip_sum_row(x[r], skip[r], bias, has_bias, total[r])
+        mean[r], inv_std[r] = _normalize_row(total[r], scale, beta, has_beta, epsilon, False, y[r])
+
+
 # ---------------------------------------------------------------- attention
 
 MASK_NONE = 0

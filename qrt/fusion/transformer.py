@@ -1,0 +1,331 @@
+"""Plan-time transformer fusions, the ones onnxruntime's own optimizer makes, into com.microsoft ops.
+
+* A LayerNormalization written out as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add, Sqrt, Div, Mul
+  and Add (exports from before opset 17) becomes one LayerNormalization node (below opset 17, the
+  ai.onnx-domain contrib op onnxruntime keeps for such models, which qrt registers too).
+* Add (+ a bias Add before it) -> LayerNormalization over the last axis of 3-D tensors becomes
+  SkipLayerNormalization: the sum and the normalization in one pass per row.
+* The attention pattern — per-head Reshape/Transpose of Q, K and V projections, MatMul, a scale
+  (Mul or Div by a constant), an optional additive mask, Softmax over the keys, MatMul, and the
+  Transpose/Reshape merging the heads — becomes MultiHeadAttention on the 3-D projections, run by
+  qrt's fused attention kernel (BLAS products, masking and softmax in one pass per score row).
+
+onnxruntime runs both ops, so a model saved after these fusions stays runnable there. Each matched
+node's intermediate results must be read only inside the pattern, or the nodes stay as they are.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+_MS = "com.microsoft"
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class _Graph:
+    """Lookups over one graph: producers, consumers, constants, element types and ranks."""
+
+    def __init__(self, model):
+        graph = model.graph
+        self.graph = graph
+        self.opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
+        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                value = _attr(node, "value")
+                if value is not None:
+                    self.constants[node.output[0]] = numpy_helper.to_array(value)
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.protected = {o.name for o in graph.output}
+        for node in graph.node:
+            for a in node.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    self.protected |= {i for n in g.node for i in n.input}
+        infos = list(graph.input) + list(graph.value_info) + list(graph.output)
+        self.elem = {v.name: v.type.tensor_type.elem_type for v in infos}
+        self.dims = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                              for d in v.type.tensor_type.shape.dim]
+                     for v in infos if v.type.tensor_type.HasField("shape")}
+
+    def node(self, name, op_type):
+        """The producer of ``name`` if it is an ai.onnx ``op_type`` node, else None."""
+        p = self.producer.get(name)
+        return p if p is not None and p.op_type == op_type and p.domain in ("", "ai.onnx") else None
+
+    def only_inside(self, nodes, last):
+        """True when every output of ``nodes`` but ``last``'s is read only by ``nodes``."""
+        ids = {id(n) for n in nodes}
+        for n in nodes:
+            if n is last:
+                continue
+            for out in n.output:
+                if out in self.protected or any(id(c) not in ids for c in self.consumers.get(out, [])):
+                    return False
+        return True
+
+    def is_float(self, name):
+        return self.elem.get(name) == TensorProto.FLOAT or (
+            name in self.constants and self.constants[name].dtype == np.float32)
+
+    def scalar(self, name):
+        value = self.constants.get(name)
+        return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+
+def _rewrite(model, replaced, removed, new_domains):
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    gone = set()
+    for node in model.graph.node:
+        if id(node) in replaced:
+            result.graph.node.append(replaced[id(node)])
+        elif id(node) in removed:
+            gone.update(node.output)
+        else:
+            result.graph.node.append(node)
+    used = {i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for n in result.graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                used |= {i for gn in g.node for i in gn.input}
+    listed = {i.name for i in model.graph.input}
+    inits = [t for t in result.graph.initializer if t.name in used or t.name in listed]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(inits)
+    info = [v for v in result.graph.value_info if v.name not in gone or v.name in used]
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(info)
+    if new_domains and not any(i.domain == _MS for i in result.opset_import):
+        result.opset_import.append(helper.make_opsetid(_MS, 1))
+    return result
+
+
+def _skip_layer_norms(g, replaced, removed):
+    for ln in g.graph.node:
+        if ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or id(ln) in removed:
+            continue
+        if any(o for o in ln.output[1:]) or len(ln.input) < 2:
+            continue
+        add = g.node(ln.input[0], "Add")
+        rank = len(g.dims.get(ln.input[0], []))
+        if add is None or rank != 3 or _attr(ln, "axis", -1) not in (-1, 2) or _attr(ln, "stash_type", 1) != 1:
+            continue
+        hidden = g.dims[ln.input[0]][2]
+        params = [n for n in ln.input[1:] if n]
+        if not all(n in g.constants and g.constants[n].shape == (hidden,) and g.is_float(n) for n in params):
+            continue
+        a, b = add.input
+        if a in g.constants or b in g.constants or g.dims.get(a) != g.dims.get(b) or not g.is_float(a) \
+                or not g.is_float(b):
+            continue
+        nodes = [add, ln]
+        bias = ""
+        for x, skip in ((a, b), (b, a)):
+            # A bias Add feeding the sum (MatMul + bias + residual) folds in as the bias input.
+            bias_add = g.node(x, "Add")
+            if bias_add is None or bias_add.input[1] not in g.constants or id(bias_add) in removed:
+                continue
+            vec = g.constants[bias_add.input[1]]
+            if vec.shape == (hidden,) and vec.dtype == np.float32 and g.only_inside([bias_add, add], add) \
+                    and g.dims.get(bias_add.input[0]) == g.dims.get(x):
+                nodes.insert(0, bias_add)
+                a, b, bias = bias_add.input[0], skip, bias_add.input[1]
+                break
+        outputs = [ln.output[0]]
+        if not g.only_inside([add, ln], ln):
+            outputs += ["", "", add.output[0]]   # the sum is read elsewhere too: output 3 carries it
+        inputs = [a, b, ln.input[1], ln.input[2] if len(ln.input) > 2 else "", bias]
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        fused = helper.make_node("SkipLayerNormalization", inputs, outputs, name=ln.name or add.name,
+                                 domain=_MS, epsilon=float(_attr(ln, "epsilon", 1e-5)))
+        replaced[id(ln)] = fused
+        removed.update(id(n) for n in nodes if n is not ln)
+
+
+def _last_axis_mean(g, name):
+    """The ReduceMean producing ``name`` if it averages its input over the last axis only, keeping dims."""
+    r = g.node(name, "ReduceMean")
+    if r is None or _attr(r, "keepdims", 1) != 1:
+        return None
+    axes = _attr(r, "axes")
+    if axes is None and len(r.input) > 1 and r.input[1] in g.constants:
+        axes = [int(a) for a in g.constants[r.input[1]].reshape(-1)]
+    rank = len(g.dims.get(r.input[0], []))
+    if axes is None or len(axes) != 1 or axes[0] not in (-1, rank - 1) or rank == 0:
+        return None
+    return r
+
+
+def _operands(node, first):
+    """``node``'s inputs with ``first`` first, or None when ``first`` is not one of them."""
+    a, b = node.input
+    return (a, b) if a == first else (b, a) if b == first else None
+
+
+def _decomposed_layer_norms(g, replaced, removed):
+    for sqrt in g.graph.node:
+        if sqrt.op_type != "Sqrt" or sqrt.domain not in ("", "ai.onnx"):
+            continue
+        add_eps = g.node(sqrt.input[0], "Add")
+        if add_eps is None:
+            continue
+        var_name, eps_name = add_eps.input if g.scalar(add_eps.input[1]) is not None else add_eps.input[::-1]
+        epsilon = g.scalar(eps_name)
+        var = _last_axis_mean(g, var_name)
+        if epsilon is None or var is None:
+            continue
+        square = g.node(var.input[0], "Pow") or g.node(var.input[0], "Mul")
+        if square is None:
+            continue
+        if square.op_type == "Pow" and g.scalar(square.input[1]) != 2.0 or \
+                square.op_type == "Mul" and square.input[0] != square.input[1]:
+            continue
+        sub = g.node(square.input[0], "Sub")
+        mean = _last_axis_mean(g, sub.input[1]) if sub is not None else None
+        if mean is None or mean.input[0] != sub.input[0]:
+            continue
+        x = sub.input[0]
+        divs = [c for c in g.consumers.get(sqrt.output[0], []) if c.op_type == "Div" and c.input[0] == sub.output[0]]
+        if len(divs) != 1:
+            continue
+        div = divs[0]
+        scale_mul = next(iter(g.consumers.get(div.output[0], [])), None)
+        if scale_mul is None or scale_mul.op_type != "Mul":
+            continue
+        gamma = _operands(scale_mul, div.output[0])
+        shift_add = next(iter(g.consumers.get(scale_mul.output[0], [])), None)
+        if gamma is None or shift_add is None or shift_add.op_type != "Add":
+            continue
+        beta = _operands(shift_add, scale_mul.output[0])
+        hidden = (g.dims.get(x) or [None])[-1]
+        params = [gamma[1], beta[1]] if beta is not None else []
+        if not params or not all(n in g.constants and g.constants[n].shape == (hidden,) and
+                                 g.constants[n].dtype == np.float32 for n in params) or not g.is_float(x):
+            continue
+        nodes = [mean, sub, square, var, add_eps, sqrt, div, scale_mul, shift_add]
+        if any(id(n) in removed or id(n) in replaced for n in nodes) or not g.only_inside(nodes, shift_add):
+            continue
+        fused = helper.make_node("LayerNormalization", [x, gamma[1], beta[1]], [shift_add.output[0]],
+                                 name=shift_add.name or div.name, axis=-1, epsilon=epsilon)
+        replaced[id(shift_add)] = fused
+        removed.update(id(n) for n in nodes if n is not shift_add)
+
+
+def _split_heads(g, name, perm):
+    """(projection, heads, head_size, nodes) when ``name`` is Transpose(perm)(Reshape(x, [*, *, N, D]))."""
+    t = g.node(name, "Transpose")
+    if t is None or list(_attr(t, "perm", [])) != perm:
+        return None
+    r = g.node(t.input[0], "Reshape")
+    if r is None or _attr(r, "allowzero", 0) or r.input[1] not in g.constants:
+        return None
+    shape = [int(d) for d in g.constants[r.input[1]].reshape(-1)]
+    source = r.input[0]
+    if len(shape) != 4 or shape[2] <= 0 or shape[3] <= 0 or len(g.dims.get(source, [])) != 3:
+        return None
+    hidden = g.dims[source][2]
+    batch, seq = g.dims[source][:2]
+    if hidden != shape[2] * shape[3] or shape[0] not in (0, -1, batch) or not g.is_float(source) or \
+            shape[1] not in (0, seq) and not (shape[1] == -1 and shape[0] != -1):
+        return None
+    return source, shape[2], shape[3], [t, r]
+
+
+def _attentions(g, replaced, removed, broadcast_masks):
+    for merge in g.graph.node:
+        if merge.op_type != "Reshape" or merge.domain not in ("", "ai.onnx") or id(merge) in removed:
+            continue
+        ctx_t = g.node(merge.input[0], "Transpose")
+        if ctx_t is None or list(_attr(ctx_t, "perm", [])) != [0, 2, 1, 3] or _attr(merge, "allowzero", 0):
+            continue
+        pv = g.node(ctx_t.input[0], "MatMul")
+        softmax = g.node(pv.input[0], "Softmax") if pv is not None else None
+        if softmax is None or _attr(softmax, "axis", -1 if g.opset >= 13 else 1) not in (-1, 3):
+            continue
+        nodes = [merge, ctx_t, pv, softmax]
+        scores, mask = softmax.input[0], ""
+        add = g.node(scores, "Add")
+        if add is not None:
+            scores, mask = add.input
+            if g.node(scores, "MatMul") is None and g.node(scores, "Mul") is None and g.node(scores, "Div") is None:
+                scores, mask = mask, scores
+            nodes.append(add)
+            if not g.is_float(mask):
+                continue
+        scale = 1.0
+        scaled = g.node(scores, "Mul") or g.node(scores, "Div")
+        if scaled is not None:
+            a, b = scaled.input
+            if g.scalar(b) is None and scaled.op_type == "Mul":
+                a, b = b, a
+            value = g.scalar(b)
+            if value is None or not g.is_float(b):
+                continue
+            scale = value if scaled.op_type == "Mul" else float(np.float32(1.0) / np.float32(value))
+            scores = a
+            nodes.append(scaled)
+        qk = g.node(scores, "MatMul")
+        if qk is None:
+            continue
+        nodes.append(qk)
+        q = _split_heads(g, qk.input[0], [0, 2, 1, 3])
+        k = _split_heads(g, qk.input[1], [0, 2, 3, 1])
+        if k is None:
+            kt = g.node(qk.input[1], "Transpose")
+            if kt is not None and list(_attr(kt, "perm", [])) == [0, 1, 3, 2]:
+                k = _split_heads(g, kt.input[0], [0, 2, 1, 3])
+                if k is not None:
+                    k = (*k[:3], k[3] + [kt])
+        v = _split_heads(g, pv.input[1], [0, 2, 1, 3])
+        if q is None or k is None or v is None or len({q[1], k[1], v[1]}) != 1 or q[2] != k[2]:
+            continue
+        shape = [int(d) for d in g.constants.get(merge.input[1], np.zeros(0)).reshape(-1)]
+        if len(shape) != 3 or shape[2] not in (-1, q[1] * v[2]) or shape[0] not in (0, -1) and shape[0] <= 0:
+            continue
+        if mask and not broadcast_masks:
+            mask_dims = g.dims.get(mask) or g.constants.get(mask, np.zeros(0)).shape
+            if len(mask_dims) != 4 or mask_dims[2] == 1 or mask_dims[2] != g.dims[q[0]][1]:
+                continue
+        nodes += q[3] + k[3] + v[3]
+        if len({id(n) for n in nodes}) != len(nodes) or any(id(n) in removed for n in nodes) \
+                or not g.only_inside(nodes, merge):
+            continue
+        fused = helper.make_node("MultiHeadAttention", [q[0], k[0], v[0], "", "", mask] if mask else
+                                 [q[0], k[0], v[0]], [merge.output[0]], name=softmax.name or merge.name,
+                                 domain=_MS, num_heads=q[1], scale=float(scale))
+        replaced[id(merge)] = fused
+        removed.update(id(n) for n in nodes if n is not merge)
+
+
+def fuse_transformer(model: onnx.ModelProto, broadcast_masks: bool = False) -> onnx.ModelProto:
+    """Return a copy of ``model`` with SkipLayerNormalization and MultiHeadAttention fused in (float32).
+
+    onnxruntime's MultiHeadAttention takes ``attention_bias`` of shape (B | 1, heads | 1, S, L) only;
+    ``broadcast_masks`` also fuses masks broadcast along the query axis (BERT's (B, 1, 1, L)), which
+    qrt's kernel runs but onnxruntime rejects: for models that are qrt-only anyway.
+    """
+    g = _Graph(model)
+    replaced, removed = {}, set()
+    _decomposed_layer_norms(g, replaced, removed)
+    if replaced:
+        model = _rewrite(model, replaced, removed, False)
+        g = _Graph(model)
+    replaced, removed = {}, set()
+    _attentions(g, replaced, removed, broadcast_masks)
+    _skip_layer_norms(g, replaced, removed)
+    if not replaced:
+        return model
+    return _rewrite(model, replaced, removed, True)
