@@ -155,19 +155,22 @@ def op_changes(model: onnx.ModelProto, source: int, target: int) -> list[OpChang
     return changes
 
 
+def _first_opset(op_type: str) -> int:
+    return min(schema.since_version for schema in onnx.defs.get_all_schemas_with_history()
+               if schema.name == op_type and schema.domain == "")
+
+
 def _check_convertible(model: onnx.ModelProto, target: int, label: str):
     """onnx's converter stops on ops missing at the target with a bare assertion; name them instead."""
-    missing = []
+    missing = {}
     for node in _all_nodes(model.graph):
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if _since_version(node.op_type, target) is None:
-            first = _since_version(node.op_type, onnx.defs.onnx_opset_version())
-            missing.append(f"{node.op_type} (node {node.name or '<unnamed>'!r}, first in opset {first})")
+        if node.domain in ("", "ai.onnx") and _since_version(node.op_type, target) is None:
+            missing.setdefault(node.op_type, []).append(node.name or "<unnamed>")
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise OpsetConversionError(f"{label}: cannot convert to opset {target}: {shown} "
-                                   f"do(es) not exist at opset {target}")
+        what = "; ".join(f"{op} (first in opset {_first_opset(op)}; {len(nodes)} node(s), e.g. {nodes[0]!r})"
+                         for op, nodes in sorted(missing.items()))
+        raise OpsetConversionError(f"{label}: cannot convert to opset {target}: these ops do not exist there: "
+                                   f"{what}")
 
 
 # Ops onnx's converter has no down-adapter for, although the older version computes the same as long
@@ -182,6 +185,9 @@ _SAME_WITHOUT = {
     "Add": (7, {}), "Sub": (7, {}), "Mul": (7, {}), "Div": (7, {}), "Sum": (8, {}), "Concat": (4, {}),
     "Conv": (1, {}), "Transpose": (1, {}), "GlobalAveragePool": (1, {}), "ConstantOfShape": (9, {}),
     "Gemm": (7, {}), "Reshape": (5, {"allowzero": 0}), "Dropout": (12, {}),
+    "Flatten": (9, {}),     # with a non-negative axis (checked below): negative axes came at 11
+    "Constant": (9, {k: None for k in ("sparse_value", "value_float", "value_floats", "value_int", "value_ints",
+                                       "value_string", "value_strings")}),
     "BatchNormalization": (9, {"training_mode": 0}),
     "MaxPool": (8, {"ceil_mode": 0, "dilations": "ones"}),
     "AveragePool": (7, {"ceil_mode": 0, "dilations": "ones"}),
@@ -204,6 +210,8 @@ def _shieldable(node, target: int) -> bool:
         return False
     if node.op_type == "BatchNormalization" and len(node.output) > 1:   # training outputs
         return False
+    if node.op_type == "Flatten" and any(a.name == "axis" and a.i < 0 for a in node.attribute):
+        return False
     newer = entry[1]
     return all(_at_default(a, newer[a.name]) for a in node.attribute if a.name in newer)
 
@@ -215,8 +223,73 @@ def _shield(model: onnx.ModelProto, target: int) -> int:
         if _shieldable(node, target):
             node.domain = _SHIELD_DOMAIN
             count += 1
-    if count:
+    if count and not any(imp.domain == _SHIELD_DOMAIN for imp in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_SHIELD_DOMAIN, 1))
+    return count
+
+
+def _inference_dropouts_to_identity(model: onnx.ModelProto) -> int:
+    """Dropout at opset 12+ takes its ratio as an input, which onnx cannot move back to an attribute;
+    at inference (no training_mode input, no mask output) it is the identity, so it becomes one."""
+    count = 0
+    used = {name for n in _all_nodes(model.graph) for name in n.input} | {o.name for o in model.graph.output}
+    for node in _all_nodes(model.graph):
+        if node.op_type == "Dropout" and node.domain in ("", "ai.onnx") and len(node.input) < 3 \
+                and (len(node.output) < 2 or node.output[1] not in used):
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.output[1:]
+            del node.attribute[:]
+            count += 1
+    if count:   # their ratio Constants now feed nothing
+        used = {name for n in _all_nodes(model.graph) for name in n.input} | {o.name for o in model.graph.output}
+        kept = [n for n in model.graph.node if n.op_type != "Constant" or any(o in used for o in n.output)]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return count
+
+
+def _collapse_coerced_softmax(model: onnx.ModelProto) -> int:
+    """Flatten(x, axis=a) -> Softmax(axis=-1) -> Reshape(to Shape(x)) is how onnx's converter writes an
+    opset<13 Softmax at 13; below 13 it is exactly Softmax(x, axis=a), and onnx's converter cannot take
+    the pattern back apart. Same for LogSoftmax and Hardmax. The collapsed node is shielded."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    outputs = {o.name for o in graph.output}
+    drop, count = set(), 0
+    for node in graph.node:
+        if node.op_type not in ("Softmax", "LogSoftmax", "Hardmax") or node.domain not in ("", "ai.onnx"):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        flatten = producer.get(node.input[0])
+        after = readers.get(node.output[0], [])
+        if flatten is None or flatten.op_type != "Flatten" or axis not in (-1, 1) or len(after) != 1 \
+                or node.output[0] in outputs or len(readers.get(flatten.output[0], [])) != 1:
+            continue
+        reshape = after[0]
+        shape = producer.get(reshape.input[1]) if reshape.op_type == "Reshape" else None
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != flatten.input[0] or shape.attribute:
+            continue
+        flat_axis = next((a.i for a in flatten.attribute if a.name == "axis"), 1)
+        node.input[0] = flatten.input[0]
+        node.output[0] = reshape.output[0]
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("axis", flat_axis))
+        node.domain = _SHIELD_DOMAIN
+        drop.update({id(flatten), id(reshape)})
+        if len(readers.get(shape.output[0], [])) == 1:
+            drop.add(id(shape))
+        count += 1
+    if count:
+        kept = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(kept)
+        if not any(imp.domain == _SHIELD_DOMAIN for imp in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(_SHIELD_DOMAIN, 1))
     return count
 
 
@@ -326,13 +399,25 @@ def convert(model, target_opset: int, feeds: dict | None = None, rtol: float = D
     else:
         _check_convertible(source, target, label)
         staged = load_model(source)
-        shielded = _shield(staged, target) if target < source_opset else 0
+        shielded = dropouts = collapsed = 0
+        if target < source_opset:
+            if target < 12 <= source_opset:
+                dropouts = _inference_dropouts_to_identity(staged)
+            if target < 13 <= source_opset:
+                collapsed = _collapse_coerced_softmax(staged)
+            shielded = _shield(staged, target)
         try:
             converted = version_converter.convert_version(staged, target)
             _unshield(converted)
         except Exception as exc:
             raise OpsetConversionError(f"{label}: onnx's version converter failed from opset {source_opset} "
                                        f"to {target}: {str(exc).strip() or type(exc).__name__}") from None
+        if collapsed:
+            notes.append(f"{collapsed} Flatten -> Softmax -> Reshape chain(s) collapsed back into one opset-"
+                         f"{target} Softmax over the flattened axes (what the chain computes)")
+        if dropouts:
+            notes.append(f"{dropouts} inference Dropout node(s) replaced by Identity (their ratio input "
+                         f"cannot become an attribute again below opset 12)")
         if shielded:
             notes.append(f"{shielded} node(s) moved to opset {target} by qrt, not onnx's converter (it has no "
                          f"down-adapter for ops whose older version computes the same; see qrt.opset)")
