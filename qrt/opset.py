@@ -319,13 +319,12 @@ def _ort_session(model):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _with_outputs(model, names: dict):
+def _with_outputs(model, infos: dict):
+    """A copy of ``model`` that also returns the tensors of ``infos`` (name -> inferred ValueInfoProto)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     present = {o.name for o in copy.graph.output}
-    for name, elem_type in names.items():
-        if name not in present:
-            copy.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+    copy.graph.output.extend(info for name, info in infos.items() if name not in present)
     return copy
 
 
@@ -343,23 +342,23 @@ def _close(a, b, rtol, atol) -> tuple[float, bool]:
     return float(np.nanmax(diff)), bool(np.all(diff <= atol + rtol * np.abs(b64)))
 
 
-def _float_intermediates(model) -> dict:
+def _intermediates(model) -> dict:
+    """Tensor intermediates whose type shape inference knows: {name: ValueInfoProto}."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    return {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info
-            if v.type.WhichOneof("value") == "tensor_type"}
+    return {v.name: v for v in inferred.graph.value_info
+            if v.type.WhichOneof("value") == "tensor_type" and v.type.tensor_type.HasField("shape")}
 
 
 def first_divergence(source: onnx.ModelProto, converted: onnx.ModelProto, feeds: dict,
                      rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL):
     """(node name, op_type, tensor, max |diff|) of the first node of ``converted`` whose output differs
-    from the tensor of the same name in ``source``, or None when every shared tensor agrees."""
-    shared = _float_intermediates(source)
-    theirs = _float_intermediates(converted)
-    shared = {n: t for n, t in shared.items() if theirs.get(n) == t}
-    if not shared:
-        return None
+    from the tensor of the same name in ``source`` (graph outputs and the intermediates whose type
+    both graphs infer), or None when every shared tensor agrees."""
+    ours, theirs = _intermediates(source), _intermediates(converted)
+    shared = {n: v for n, v in ours.items()
+              if n in theirs and theirs[n].type.tensor_type.elem_type == v.type.tensor_type.elem_type}
     a = _run_qrt(source, feeds, shared)
-    b = _run_qrt(converted, feeds, shared)
+    b = _run_qrt(converted, feeds, {n: theirs[n] for n in shared})
     for node in converted.graph.node:
         for out in node.output:
             if out in a and out in b:
@@ -460,7 +459,7 @@ def convert(model, target_opset: int, feeds: dict | None = None, rtol: float = D
         worst = max(result.differences, key=lambda d: d.max_abs_diff)
         where = first_divergence(source, converted, feeds, rtol, atol)
         at = (f"; first diverging node: {where[0]!r} ({where[1]}), output {where[2]!r} differs by {where[3]:.3e}"
-              if where else "; no intermediate tensor is shared by both graphs to locate it")
+              if where else "; no tensor both graphs name differs on its own, so the node is not located")
         raise OpsetConversionError(f"{label}: the opset-{target} model differs from the original: output "
                                    f"{worst.name!r} ({worst.runtime}) by {worst.max_abs_diff:.3e} (rtol={rtol:g}, "
                                    f"atol={atol:g}){at}\n{result}")
