@@ -8,6 +8,7 @@ same raw image. After quantization both models see the same activation ranges, s
 outputs agree to within one output quantization step.
 """
 import json
+import re
 
 import numpy as np
 import onnx
@@ -159,3 +160,20 @@ def test_cli_preprocess_then_run_with_image(tmp_path, capsys):
     assert main(["run", str(dst), "--image", str(tmp_path / "x.jpg")]) == 0
     assert "output: float32[1, 10]" in capsys.readouterr().out
     assert main(["check", str(dst), "--image", str(tmp_path / "x.jpg")]) == 0
+
+
+def test_cli_report_with_images(embedded, tmp_path, capsys):
+    from PIL import Image
+    from qrt.cli import main
+    float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(embedded, float_path)
+    images = _images(8, seed=11)
+    qrt.quantize_static(str(float_path), str(int8_path), [{"input": images[i:i + 4]} for i in (0, 4)])
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(images[i]).save(paths[-1])
+    capsys.readouterr()
+    assert main(["report", str(float_path), str(int8_path), "--images", *paths, "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"samples\s+3\n", out) and "top-1 agree" in out
