@@ -69,7 +69,7 @@ class ExportValidation:
                  f"rtol={self.rtol:g}, atol={self.atol:g}"]
         if self.fixed_batch:
             fixed = ", ".join(f"{n!r} (dim 0 = {v})" for n, v in self.fixed_batch.items())
-            lines.append(f"FIXED BATCH: {fixed} was exported with a fixed batch dimension; re-export with")
+            lines.append(f"FIXED BATCH: {fixed} exported with a fixed batch dimension; re-export with")
             lines.append(f"    torch.onnx.export(..., dynamic_axes={self.dynamic_axes!r})")
         for runtime, batch, message in self.failures:
             lines.append(f"  {runtime} could not run batch {batch}: {message}")
@@ -277,7 +277,7 @@ def validate_export(reference, onnx_model, example_inputs, batch_sizes=(1, 3), r
             try:
                 got = run()
             except Exception as exc:   # qrt's feed check on a fixed dim, or onnxruntime's: reported, not raised
-                report.failures.append((runtime, batch, str(exc).splitlines()[0]))
+                report.failures.append((runtime, batch, " ".join(str(exc).split())[:300]))
                 continue
             for name, a, b in zip(output_names, got, want):
                 worst, mean, ok = _compare(a, b, rtol, atol)
