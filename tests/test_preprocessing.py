@@ -177,3 +177,29 @@ def test_cli_report_with_images(embedded, tmp_path, capsys):
     assert main(["report", str(float_path), str(int8_path), "--images", *paths, "--runs", "1"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"samples\s+3\n", out) and "top-1 agree" in out
+
+
+def _nhwc_cnn(opset):
+    """classic_cnn behind a Transpose: the model itself takes NHWC float input (TensorFlow style)."""
+    model = classic_cnn(opset=opset)
+    model.graph.node.insert(0, onnx.helper.make_node("Transpose", ["input_nhwc"], ["input"], name="to_nchw",
+                                                     perm=[0, 3, 1, 2]))
+    model.graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info("input_nhwc", onnx.TensorProto.FLOAT,
+                                                                    ["batch_size", 32, 32, 3]))
+    return model
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_model_taking_nhwc_with_resize(opset):
+    """No Transpose is added; Resize sizes are built as [batch, H, W, channels] (Split has its opset-11 form)."""
+    model = embed_preprocessing(_nhwc_cnn(opset), layout="NHWC", model_layout="NHWC", color="BGR", resize=(32, 32),
+                                mean=MEAN, std=STD)
+    assert "Transpose" not in [n.op_type for n in model.graph.node if n.name.startswith("qrt_preprocess/")]
+    images = _images(2, 40, 24, seed=opset)
+    got, = qrt.InferenceSession(model).run(None, {"input_nhwc": images})
+    want, = _ort(model).run(None, {"input_nhwc": images})
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    same_size = _images(2, seed=opset)
+    got, = qrt.InferenceSession(model).run(None, {"input_nhwc": same_size})
+    want, = qrt.InferenceSession(classic_cnn(opset=opset)).run(None, {"input": _by_hand(same_size)})
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
