@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import InvalidArgument, InvalidModel
-from .model import load_model
+from .model import load_model, model_label
 
 METADATA_KEY = "qrt.preprocessing"
 _PREFIX = "qrt_preprocess/"
@@ -90,7 +90,7 @@ def embed_preprocessing(model, layout: str = "NHWC", color: str = "BGR", resize=
     Cast to the original input type. ``model`` (path, bytes or ModelProto) is not modified.
     """
     proto = load_model(model)
-    label = getattr(proto.graph, "name", "") or "model"
+    label = model_label(proto, model)
     if preprocessing_of(proto) is not None:
         raise InvalidModel(f"{label}: preprocessing is already embedded ({METADATA_KEY} metadata); "
                            f"embedding it again would apply it twice")
