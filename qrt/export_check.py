@@ -270,6 +270,9 @@ def validate_export(reference, onnx_model, example_inputs, batch_sizes=(1, 3), r
         batch_inputs = _batched(examples, batch, seed)
         feeds = dict(zip(names, batch_inputs))
         want = _as_arrays(_run_reference(reference, batch_inputs), output_names)
+        if len(want) != len(output_names):
+            raise InvalidArgument(f"{label}: the reference returned {len(want)} output(s); the model has "
+                                  f"{len(output_names)}: {output_names}")
         runs = [("qrt", lambda: ours.run(None, feeds))]
         if theirs is not None:
             runs.append(("onnxruntime", lambda: theirs.run(None, feeds)))

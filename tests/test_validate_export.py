@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from qrt.errors import InvalidArgument
 from qrt.export_check import validate_export
 
 RNG = np.random.default_rng(0)
@@ -87,6 +88,11 @@ def test_mismatch_without_intermediates_is_flagged_but_not_located():
 def test_dict_outputs_and_inputs_by_name():
     report = validate_export(lambda x: {"y": reference(x)}, _exported(), {"x": X})
     assert report.passed, str(report)
+
+
+def test_reference_with_the_wrong_number_of_outputs_is_an_error():
+    with pytest.raises(InvalidArgument, match="returned 2 output"):
+        validate_export(lambda x: (reference(x), reference(x)), _exported(), X)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (CI does not install it)")
