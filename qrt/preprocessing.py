@@ -161,20 +161,19 @@ def embed_preprocessing(model, layout: str = "NHWC", color: str = "BGR", resize=
     if resize is not None:
         shape = f"{_PREFIX}shape"
         nodes.append(helper.make_node("Shape", [current], [shape], name=f"{_PREFIX}Shape"))
-        keep = f"{_PREFIX}kept_dims"
         # Batch and channels keep their sizes; the spatial dims take the target size.
         if model_layout == "NCHW":
+            keep = f"{_PREFIX}kept_dims"
             nodes.append(helper.make_node("Slice", [shape, const("zero", np.array([0], np.int64)),
                                                     const("two", np.array([2], np.int64))], [keep],
                                           name=f"{_PREFIX}Slice"))
             sizes_parts = [keep, const("target_size", np.array(resize, np.int64))]
         else:
-            nodes.append(helper.make_node("Gather", [shape, const("batch_channel", np.array([0, 3], np.int64))],
-                                          [keep], name=f"{_PREFIX}GatherDims"))
-            first = f"{_PREFIX}batch"
-            last = f"{_PREFIX}channels"
-            nodes.append(helper.make_node("Split", [keep], [first, last], name=f"{_PREFIX}SplitDims", axis=0,
-                                          **({"split": [1, 1]} if opset < 13 else {})))
+            first, last = f"{_PREFIX}batch", f"{_PREFIX}channels"
+            nodes.append(helper.make_node("Gather", [shape, const("batch_axis", np.array([0], np.int64))], [first],
+                                          name=f"{_PREFIX}GatherBatch"))
+            nodes.append(helper.make_node("Gather", [shape, const("channel_axis", np.array([3], np.int64))], [last],
+                                          name=f"{_PREFIX}GatherChannels"))
             sizes_parts = [first, const("target_size", np.array(resize, np.int64)), last]
         sizes = f"{_PREFIX}sizes"
         nodes.append(helper.make_node("Concat", sizes_parts, [sizes], name=f"{_PREFIX}Concat", axis=0))

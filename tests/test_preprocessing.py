@@ -189,9 +189,9 @@ def _nhwc_cnn(opset):
     return model
 
 
-@pytest.mark.parametrize("opset", [11, 17])
+@pytest.mark.parametrize("opset", [11, 18])
 def test_model_taking_nhwc_with_resize(opset):
-    """No Transpose is added; Resize sizes are built as [batch, H, W, channels] (Split has its opset-11 form)."""
+    """No Transpose is added; Resize sizes are built as [batch, H, W, channels] from the raw input's shape."""
     model = embed_preprocessing(_nhwc_cnn(opset), layout="NHWC", model_layout="NHWC", color="BGR", resize=(32, 32),
                                 mean=MEAN, std=STD)
     assert "Transpose" not in [n.op_type for n in model.graph.node if n.name.startswith("qrt_preprocess/")]
