@@ -43,12 +43,22 @@ def __getattr__(name):
     if name == "check":
         from .validation import check
         return check
+    if name == "convert_opset":
+        from .opset import convert_opset
+        return convert_opset
+    if name == "validate_export":
+        from .export_check import validate_export
+        return validate_export
+    if name == "embed_preprocessing":
+        from .preprocessing import embed_preprocessing
+        return embed_preprocessing
     raise AttributeError(f"module 'qrt' has no attribute {name!r}")
 
 
 __all__ = [
     "InferenceSession", "SessionOptions", "RunOptions", "NodeArg", "ModelMetadata", "GraphOptimizationLevel",
     "ExecutionMode", "get_available_providers", "get_all_providers", "optimize", "check", "quantize_static",
-    "quantize_dynamic", "QuantFormat", "QuantType", "CalibrationMethod", "QrtError", "InvalidModel",
+    "quantize_dynamic", "QuantFormat", "QuantType", "CalibrationMethod", "convert_opset", "validate_export",
+    "embed_preprocessing", "QrtError", "InvalidModel",
     "InvalidArgument", "UnsupportedOperator", "NodeExecutionError", "QuantizationError",
 ]

@@ -1,4 +1,4 @@
-"""The ``qrt`` command: run, check, bench, optimize, quantize, report and demo."""
+"""The ``qrt`` command: run, check, bench, optimize, quantize, report, demo, preprocess and convert."""
 from __future__ import annotations
 
 import argparse
@@ -57,7 +57,63 @@ def _session(args, providers=None):
 def _feeds(args, session):
     from .feeds import load_feeds, random_feeds
 
+    images = _image_feeds(args)
+    if images is not None:
+        return {**images, **(load_feeds(args.input, session) or {})}
     return load_feeds(args.input, session) or random_feeds(session, seed=args.seed, shapes=_shapes(args.shape))
+
+
+def _image_feeds(args):
+    """``--image PATH`` for a model with embedded preprocessing: decoded only, the model does the rest."""
+    if not getattr(args, "image", None):
+        return None
+    from .preprocessing import image_feed
+    return image_feed(args.image, args.model)
+
+
+def _number(text: str) -> float:
+    num, slash, den = text.partition("/")
+    try:
+        return float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+
+
+def _numbers(text: str) -> list:
+    return [_number(t) for t in text.split(",")]
+
+
+def _size(text: str) -> tuple:
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 320x320, got {text!r}")
+    return int(height), int(width)
+
+
+def _cmd_preprocess(args):
+    from .preprocessing import embed_preprocessing
+    from .session import _save_atomically
+
+    model = embed_preprocessing(args.model, layout=args.layout, color="BGR" if args.bgr else "RGB",
+                                resize=args.resize, scale=args.scale, mean=args.mean, std=args.std,
+                                input_dtype=args.input_dtype, interpolation=args.interpolation,
+                                model_layout=args.model_layout)
+    _save_atomically(model, args.output)
+    steps = [n.op_type for n in model.graph.node if n.name.startswith("qrt_preprocess/")]
+    print(f"{args.output}: input {model.graph.input[0].name!r} now takes raw {args.input_dtype} "
+          f"{args.layout.upper()} images; embedded: {' -> '.join(steps)}")
+    return 0
+
+
+def _cmd_convert(args):
+    from .opset import convert
+    from .session import _save_atomically
+
+    result = convert(args.model, args.opset, rtol=args.rtol, atol=args.atol, seed=args.seed)
+    print(result)
+    _save_atomically(result.model, args.output)
+    print(f"written to {args.output}")
+    return 0
 
 
 def _free_dims(specs):
@@ -111,6 +167,7 @@ def build_parser():
     p = sub.add_parser("run", help="run a model (random inputs of the right shape when none are given)")
     p.add_argument("model", help="ONNX model file")
     _add_feed_options(p)
+    p.add_argument("--image", help="an image file, for a model with embedded preprocessing (qrt preprocess)")
     p.add_argument("--output", help="write the outputs to this .npz file")
     p.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
                    help="execution providers in order of preference, e.g. CUDAExecutionProvider "
@@ -120,6 +177,7 @@ def build_parser():
     p = sub.add_parser("check", help="compare qrt with onnxruntime on the same inputs")
     p.add_argument("model", help="ONNX model file")
     _add_feed_options(p)
+    p.add_argument("--image", help="an image file, for a model with embedded preprocessing (qrt preprocess)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance per element (default 1e-3)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance per element (default 1e-5)")
     p.set_defaults(func=_cmd_check)
@@ -131,6 +189,32 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for both runtimes (default: Numba's thread count)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("preprocess", help="embed image preprocessing in the model (it then takes raw images)")
+    p.add_argument("model", help="ONNX model file (never modified)")
+    p.add_argument("output", help="where to write the model with preprocessing embedded (atomically)")
+    p.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw", "NHWC", "NCHW"],
+                   help="layout of the raw images (default nhwc)")
+    p.add_argument("--bgr", action="store_true", help="raw images are BGR (OpenCV); the model wants RGB")
+    p.add_argument("--resize", type=_size, help="HEIGHTxWIDTH the model wants; raw images may be any size")
+    p.add_argument("--interpolation", default="linear", choices=["linear", "nearest", "cubic"],
+                   help="Resize mode used with --resize (default linear)")
+    p.add_argument("--scale", type=_number, default=1 / 255, help="multiplier first, e.g. 1/255 (default)")
+    p.add_argument("--mean", type=_numbers, help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_numbers, help="per-channel std after scaling, e.g. 0.229,0.224,0.225")
+    p.add_argument("--input-dtype", default="uint8", choices=["uint8", "uint16", "float32"],
+                   help="element type of the raw images the new input takes (default uint8)")
+    p.add_argument("--model-layout", default="NCHW", choices=["NCHW", "NHWC"], help="layout the model expects")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("convert", help="convert to another opset, refusing a result that computes differently")
+    p.add_argument("model", help="ONNX model file (never modified)")
+    p.add_argument("output", help="where to write the converted model (atomically, only if it checks out)")
+    p.add_argument("--opset", type=int, required=True, help="target ai.onnx opset version")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the numeric check (default 1e-4)")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the numeric check (default 1e-5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated check inputs (default 0)")
+    p.set_defaults(func=_cmd_convert)
 
     for name, (_, help_) in _DELEGATED.items():
         sub.add_parser(name, help=help_, add_help=False)   # parsed by the sub-command's own main()

@@ -34,7 +34,8 @@ RUNS.append(pytest.param("01_quickstart.ipynb", True, id="01_quickstart.ipynb-wi
 
 
 def test_expected_notebooks_present():
-    assert {"01_quickstart.ipynb", "02_accuracy_size_report.ipynb", "03_layer_debugging.ipynb"} <= set(NOTEBOOKS)
+    assert {"01_quickstart.ipynb", "02_accuracy_size_report.ipynb", "03_layer_debugging.ipynb",
+            "05_deployment_pitfalls.ipynb"} <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -280,6 +280,10 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
     notes += [note] if note else []
+    # Input preprocessing embedded by qrt.preprocessing stays float: it turns raw pixels into the
+    # network's input, and quantizing it would change what the network sees.
+    from qrt.preprocessing import preprocessing_nodes
+    cfg.nodes_to_exclude = cfg.nodes_to_exclude | (preprocessing_nodes(model) & {n.name for n in model.graph.node})
     g = GraphIndex(model)
     decisions = plan_nodes(g, cfg)
     if not any(d.status == "compute" for d in decisions):

@@ -1,4 +1,8 @@
-"""``qrt report float.onnx int8.onnx --data eval.npz [--labels labels.npy] [--html report.html]``."""
+"""``qrt report float.onnx int8.onnx --data eval.npz [--labels labels.npy] [--html report.html]``.
+
+``--images a.jpg b.png ...`` instead of ``--data`` for models with embedded preprocessing (qrt
+preprocess): each image is decoded into the raw input the model takes and is one batch of one.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +14,9 @@ def _parser():
     parser = argparse.ArgumentParser(prog="qrt report", description=__doc__)
     parser.add_argument("float_model", help="the float ONNX model")
     parser.add_argument("int8_model", help="its quantized version")
-    parser.add_argument("--data", required=True, help=".npz (arrays named after the inputs) or a directory of .npy")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=".npz (arrays named after the inputs) or a directory of .npy")
+    source.add_argument("--images", nargs="+", help="image files, for models with embedded preprocessing")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="samples per run when --data is an .npz file (default 32)")
     parser.add_argument("--labels", help=".npy with one integer label per sample")
@@ -25,7 +31,13 @@ def main(argv=None):
     from calibration import as_reader
     from . import compare
 
-    data = as_reader(args.data, batch_size=args.batch_size) if args.data.endswith(".npz") else as_reader(args.data)
+    if args.images:
+        from ..preprocessing import image_feed
+        data = [image_feed(path, args.float_model) for path in args.images]
+    elif args.data.endswith(".npz"):
+        data = as_reader(args.data, batch_size=args.batch_size)
+    else:
+        data = as_reader(args.data)
     labels = np.load(args.labels) if args.labels else None
     report = compare(args.float_model, args.int8_model, data, labels=labels, latency_runs=args.runs)
     print(report)
