@@ -214,9 +214,7 @@ def create_app(config: ServerConfig, models=None):
                              {"Retry-After": str(config.retry_after_s)}) from None
         except asyncio.TimeoutError:
             raise _HTTPError(504, f"model {model.name!r}: no answer within {config.timeout_s} s") from None
-        except InvalidArgument as exc:
-            raise _HTTPError(400, str(exc)) from None
-        except QrtError as exc:
+        except QrtError as exc:     # the feeds fit the model's inputs, so a failure is the model's (500)
             raise _HTTPError(500, str(exc)) from None
         except Exception as exc:    # a kernel bug must not take the server down
             raise _HTTPError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from None
@@ -300,7 +298,7 @@ def create_app(config: ServerConfig, models=None):
         body = await body_of(request)
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _HTTPError(400, f"malformed JSON: {exc}") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), dict):
             raise _HTTPError(400, 'expected {"model": NAME (optional with one model), "inputs": {INPUT: list}}')

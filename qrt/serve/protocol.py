@@ -147,7 +147,7 @@ def parse_infer_request(body: bytes, header_length: str | None):
         json_length = len(body)
     try:
         request = json.loads(bytes(body[:json_length]))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
     if not isinstance(request, dict):
         raise ProtocolError(f"the request must be a JSON object, got {type(request).__name__}")

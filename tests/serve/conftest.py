@@ -26,11 +26,26 @@ def digits_int8(tmp_path_factory, digits_data):
     return path
 
 
+@pytest.fixture(scope="session")
+def fold_model(tmp_path_factory):
+    """Reshape of x [N, 6] to [4, -1]: fails while running (node 'fold_by_four') unless 4 divides 6 N."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="fold_by_four")], "fold",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, None])],
+                              [helper.make_tensor("shape", TensorProto.INT64, [2], [4, -1])])
+    path = str(tmp_path_factory.mktemp("serve") / "fold.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, digits_int8):
-    """Both models, batching on (up to 32 rows, 5 ms), two inference threads."""
-    srv = Server("--model", f"digits={DIGITS}", "--model", f"digits8={digits_int8}", "--max-batch", "32",
-                 "--max-delay-ms", "5", "--workers", "2", tmp_path=tmp_path_factory.mktemp("serve-log"))
+def server(tmp_path_factory, digits_int8, fold_model):
+    """Both digits models and the fold model, batching on (up to 32 rows, 5 ms), two inference threads."""
+    srv = Server("--model", f"digits={DIGITS}", "--model", f"digits8={digits_int8}", "--model", f"fold={fold_model}",
+                 "--max-batch", "32", "--max-delay-ms", "5", "--workers", "2",
+                 tmp_path=tmp_path_factory.mktemp("serve-log"))
     yield srv
     srv.stop()
 

@@ -173,6 +173,22 @@ def test_malformed_requests_get_4xx_naming_the_problem(server, digits_data):
     assert server.process.poll() is None
 
 
+def test_model_failure_is_a_500_naming_the_node_and_serving_goes_on(server):
+    with httpx.Client(timeout=30) as client:
+        meta = client.get(f"{server.url}/v2/models/fold").json()
+        assert meta["parameters"]["batchable"] is False       # its output's first dim is not the batch
+        url = f"{server.url}/v2/models/fold/infer"
+        for _ in range(3):
+            failed = client.post(url, json=infer_json(np.ones((1, 6), np.float32), "x"))
+            assert failed.status_code == 500
+            assert "node 'fold_by_four' (Reshape)" in failed.json()["error"]
+            fine = client.post(url, json=infer_json(np.ones((2, 6), np.float32), "x"))
+            assert fine.status_code == 200 and decode_response(fine)["y"].shape == (4, 3)
+        assert client.get(server.url + "/v2/health/ready").status_code == 200
+        errors = metric_samples(client.get(server.url + "/metrics").text, "qrt_request_errors_total")
+    assert errors[frozenset({("model", "fold"), ("code", "500")})] == 3
+
+
 def _rss_kib(pid):
     with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
