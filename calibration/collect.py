@@ -19,6 +19,7 @@ from qrt.errors import QrtError, QuantizationError
 
 from .observers import CalibrationMethod, Observer, make_observer
 from .readers import as_reader
+from .tensor_types import with_observed_types
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
@@ -49,28 +50,42 @@ def _element_types(model: onnx.ModelProto):
     return types, infos
 
 
-def _select(model, label, tensor_names, types, infos):
+def _wanted(model, label, tensor_names):
+    """The tensors to observe (default: every graph input and node output), checked to exist."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    graph_inputs = [i.name for i in graph.input if i.name not in initializers]
+    produced = [o for node in graph.node for o in node.output if o]
+    if tensor_names is None:
+        return list(dict.fromkeys(graph_inputs + produced))
+    wanted = list(dict.fromkeys(tensor_names))
+    known = set(graph_inputs) | set(produced) | initializers
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise QuantizationError(f"{label}: no tensor(s) named {unknown} in the main graph "
+                                "(tensors inside If/Loop/Scan bodies cannot be calibrated)")
+    return wanted
+
+
+def _untyped(model, wanted, types, infos):
+    """Wanted tensors whose element type is unknown, or whose rank is (a calibrated activation becomes
+    a graph output, and onnx's checker wants a shape on every output)."""
+    graph = model.graph
+    produced = {o for node in graph.node for o in node.output if o}
+    outputs = {o.name for o in graph.output}
+    return [n for n in wanted if n not in types or (n in produced and n not in outputs and n not in infos)]
+
+
+def _select(model, label, tensor_names, wanted, types, infos):
     """(inputs, activations, initializers) to observe: float tensors only."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     graph_inputs = [i.name for i in graph.input if i.name not in initializers]
-    produced = [o for node in graph.node for o in node.output if o]
-    if tensor_names is None:
-        wanted = list(dict.fromkeys(graph_inputs + produced))
-        explicit = False
-    else:
-        wanted = list(dict.fromkeys(tensor_names))
-        known = set(graph_inputs) | set(produced) | set(initializers)
-        unknown = [n for n in wanted if n not in known]
-        if unknown:
-            raise QuantizationError(f"{label}: no tensor(s) named {unknown} in the main graph "
-                                    "(tensors inside If/Loop/Scan bodies cannot be calibrated)")
-        explicit = True
-    outputs = {o.name for o in graph.output}
-    untyped = [n for n in wanted if n not in types or (n in produced and n not in outputs and n not in infos)]
-    if explicit and untyped:
-        raise QuantizationError(f"{label}: the type or rank of tensor(s) {untyped} could not be inferred, "
-                                "so they cannot be added as outputs for calibration")
+    untyped = _untyped(model, wanted, types, infos)
+    if tensor_names is not None and untyped:
+        raise QuantizationError(f"{label}: the type or rank of tensor(s) {untyped} could neither be inferred "
+                                "nor observed in a run on the first batch, so they cannot be added as outputs "
+                                "for calibration")
     floats = [n for n in wanted if types.get(n) in _FLOAT_TYPES and n not in untyped]
     inputs = [n for n in floats if n in graph_inputs]
     inits = [n for n in floats if n in initializers]
@@ -123,17 +138,30 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
     ``method``: a :class:`CalibrationMethod`, onnxruntime's member, its name, or None for MinMax.
     ``providers``: for the session (default CPU).
     ``tensor_names``: the tensors to observe (default: every float graph input and node output of the
-    main graph); tensors whose type is not float are skipped. Raises QuantizationError for an empty
-    reader, a batch with unknown or missing inputs, a feed the session rejects, and NaN/Inf in feeds
-    or activations, naming the batch and tensor.
+    main graph); tensors whose type is not float are skipped. Where onnx shape inference cannot type a
+    wanted tensor, the first batch runs once more to observe its type (:mod:`.tensor_types`).
+    Raises QuantizationError for an empty reader, a batch with unknown or missing inputs, a feed the
+    session rejects, and NaN/Inf in feeds or activations, naming the batch and tensor.
     """
     from qrt import InferenceSession
 
     proto, label = _load(model)
     method = CalibrationMethod.MinMax if method is None else CalibrationMethod.parse(method)
     make_observer(method, **observer_options)   # option errors before any work
+    initializer_names = {t.name for t in proto.graph.initializer}
+    required = [i.name for i in proto.graph.input if i.name not in initializer_names]
+    optional = [i.name for i in proto.graph.input if i.name in initializer_names]
+    reader = as_reader(reader)
+    first = None
     types, infos = _element_types(proto)
-    inputs, activations, initializers = _select(proto, label, tensor_names, types, infos)
+    wanted = _wanted(proto, label, tensor_names)
+    if _untyped(proto, wanted, types, infos):
+        # onnx's inference left holes: the first batch runs once more to show the missing types.
+        first = reader.get_next()
+        if first is not None:
+            proto, _ = with_observed_types(proto, _check_feeds(label, 0, first, required, optional), label)
+            types, infos = _element_types(proto)
+    inputs, activations, initializers = _select(proto, label, tensor_names, wanted, types, infos)
     observers = {n: make_observer(method, **observer_options)
                  for n in inputs + activations + [t.name for t in initializers]}
 
@@ -144,16 +172,14 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
     if activations:
         session = InferenceSession(_with_outputs(proto, activations, infos),
                                    providers=providers or ["CPUExecutionProvider"])
-    initializer_names = {t.name for t in proto.graph.initializer}
-    required = [i.name for i in proto.graph.input if i.name not in initializer_names]
-    optional = [i.name for i in proto.graph.input if i.name in initializer_names]
-
-    reader = as_reader(reader)
     batches = 0
     with tqdm(total=_length(reader), disable=None if progress else True, unit="batch",
               desc=f"calibrating {label}") as bar:
         while True:
-            batch = reader.get_next()
+            if first is not None:
+                batch, first = first, None
+            else:
+                batch = reader.get_next()
             if batch is None:
                 break
             feeds = _check_feeds(label, batches, batch, required, optional)

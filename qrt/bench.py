@@ -54,20 +54,23 @@ def time_runs(fn, runs: int, warmup: int) -> float:
 
 
 def benchmark(model, feeds=None, runs: int = 20, warmup: int = 3, threads: int | None = None,
-              name: str = "model") -> BenchResult:
+              name: str = "model", free_dims: dict | None = None) -> BenchResult:
+    """``free_dims`` fixes symbolic input dimensions by name in both runtimes."""
     import onnxruntime as ort
 
     proto = load_model(model)
     threads = threads or numba.config.NUMBA_NUM_THREADS
-    options = SessionOptions()
+    options, ort_options = SessionOptions(), ort.SessionOptions()
     options.intra_op_num_threads = threads
+    for dim, value in (free_dims or {}).items():
+        options.add_free_dimension_override_by_name(dim, value)
+        ort_options.add_free_dimension_override_by_name(dim, value)
     start = time.perf_counter()
     session = InferenceSession(proto, options)
     feeds = feeds if feeds is not None else random_feeds(session)
     session.run(None, feeds)
     qrt_cold = time.perf_counter() - start
 
-    ort_options = ort.SessionOptions()
     ort_options.intra_op_num_threads = threads
     start = time.perf_counter()
     reference = ort.InferenceSession(proto.SerializeToString(), ort_options, providers=["CPUExecutionProvider"])

@@ -7,16 +7,12 @@ import sys
 
 import numpy as np
 
-from .errors import QrtError
+from .errors import InvalidArgument, QrtError
 
 
 def _cmd_run(args):
-    from .feeds import load_feeds, random_feeds
-    from .session import InferenceSession
-
-    session = InferenceSession(args.model, providers=args.providers)
-    feeds = load_feeds(args.input, session) or random_feeds(session, seed=args.seed, dims=_dims(args.dim))
-    outputs = session.run(None, feeds)
+    session = _session(args, providers=args.providers)
+    outputs = session.run(None, _feeds(args, session))
     for arg, value in zip(session.get_outputs(), outputs):
         print(f"{arg.name}: {value.dtype}{list(value.shape)}")
         with np.printoptions(threshold=20, edgeitems=3, precision=5):
@@ -33,33 +29,71 @@ def _cmd_run(args):
 
 def _cmd_check(args):
     from .validation import check
-    from .feeds import load_feeds
-    from .session import InferenceSession
 
-    feeds = None
-    if args.input:
-        feeds = load_feeds(args.input, InferenceSession(args.model))
-    result = check(args.model, feeds, rtol=args.rtol, atol=args.atol, seed=args.seed)
+    feeds = _feeds(args, _session(args))
+    result = check(args.model, feeds, rtol=args.rtol, atol=args.atol, free_dims=_free_dims(args.free_dim))
     print(result)
     return 0 if result.passed else 1
 
 
 def _cmd_bench(args):
     from .bench import benchmark
-    from .feeds import load_feeds
-    from .session import InferenceSession
 
-    feeds = load_feeds(args.input, InferenceSession(args.model)) if args.input else None
-    print(benchmark(args.model, feeds, runs=args.runs, threads=args.threads, name=os.path.basename(args.model)))
+    feeds = _feeds(args, _session(args))
+    print(benchmark(args.model, feeds, runs=args.runs, threads=args.threads, name=os.path.basename(args.model),
+                    free_dims=_free_dims(args.free_dim)))
     return 0
 
 
-def _dims(specs):
+def _session(args, providers=None):
+    from .session import InferenceSession, SessionOptions
+
+    options = SessionOptions()
+    for name, value in _free_dims(args.free_dim).items():
+        options.add_free_dimension_override_by_name(name, value)
+    return InferenceSession(args.model, options, providers=providers)
+
+
+def _feeds(args, session):
+    from .feeds import load_feeds, random_feeds
+
+    return load_feeds(args.input, session) or random_feeds(session, seed=args.seed, shapes=_shapes(args.shape))
+
+
+def _free_dims(specs):
     dims = {}
     for spec in specs or []:
-        name, _, value = spec.partition("=")
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise InvalidArgument(f"--free-dim {spec!r}: expected NAME=VALUE with a non-negative integer VALUE, "
+                                  "e.g. height=320")
         dims[name] = int(value)
     return dims
+
+
+def _shapes(specs):
+    shapes = {}
+    for spec in specs or []:
+        name, sep, values = spec.rpartition("=")
+        dims = [v.strip() for v in values.split(",")] if values.strip() else []
+        if not sep or not name or not all(d.isdigit() for d in dims):
+            raise InvalidArgument(f"--shape {spec!r}: expected NAME=D0,D1,... with non-negative integers, "
+                                  "e.g. images=1,3,320,320")
+        shapes[name] = tuple(int(d) for d in dims)
+    return shapes
+
+
+def _add_feed_options(p):
+    p.add_argument("--input", action="append", metavar="FILE",
+                   help="input data: x.npy (single-input model), NAME=x.npy or data.npz (repeatable); "
+                        "without it, inputs are random")
+    p.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
+                   help="shape of the random input NAME, e.g. images=1,3,320,320 (repeatable)")
+    p.add_argument("--free-dim", "--dim", dest="free_dim", action="append", metavar="DIM=VALUE",
+                   help="fix the inputs' symbolic dimension DIM, e.g. height=320 (repeatable), as onnxruntime's "
+                        "SessionOptions.add_free_dimension_override_by_name; a free leading (batch) dim is 1 "
+                        "unless given, any other free dim must be given")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
 
 
 _DELEGATED = {
@@ -76,27 +110,27 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a model (random inputs of the right shape when none are given)")
-    p.add_argument("model")
-    p.add_argument("--input", action="append", help="x.npy, NAME=x.npy or data.npz (repeatable)")
-    p.add_argument("--dim", action="append", help="value for a symbolic dimension, NAME=VALUE")
+    p.add_argument("model", help="ONNX model file")
+    _add_feed_options(p)
     p.add_argument("--output", help="write the outputs to this .npz file")
-    p.add_argument("--providers", nargs="+", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
+                   help="execution providers in order of preference, e.g. CUDAExecutionProvider "
+                        "CPUExecutionProvider (default: CPU)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("check", help="compare qrt with onnxruntime on the same inputs")
-    p.add_argument("model")
-    p.add_argument("--input", action="append")
-    p.add_argument("--rtol", type=float, default=1e-3)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("model", help="ONNX model file")
+    _add_feed_options(p)
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance per element (default 1e-3)")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance per element (default 1e-5)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("bench", help="latency of qrt vs onnxruntime in one process")
-    p.add_argument("model")
-    p.add_argument("--input", action="append")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("model", help="ONNX model file")
+    _add_feed_options(p)
+    p.add_argument("--runs", type=int, default=20, help="timed runs per runtime; the median is reported (default 20)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for both runtimes (default: Numba's thread count)")
     p.set_defaults(func=_cmd_bench)
 
     for name, (_, help_) in _DELEGATED.items():

@@ -96,11 +96,15 @@ def run_demo(out_dir: str, quiet: bool = False) -> dict:
     return results
 
 
-def main(argv=None):
+def _parser():
     parser = argparse.ArgumentParser(prog="qrt demo", description=__doc__)
     parser.add_argument("--out", help="directory for the optimized/int8 models and report.html "
                                       "(default: a fresh temporary directory)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     out_dir = args.out or tempfile.mkdtemp(prefix="qrt-demo-")
     os.makedirs(out_dir, exist_ok=True)
     results = run_demo(out_dir)

@@ -8,25 +8,59 @@ import numpy as np
 from .errors import InvalidArgument
 
 
-def _concrete_shape(shape, dims: dict, default_dim: int):
+def _concrete_shape(arg, dims: dict, shapes: dict, default_dim):
+    """The shape to generate for input ``arg``: ``shapes[arg.name]`` if given (checked against the
+    declared shape), else the declared one with each free dim from ``dims``, the leading (batch) dim 1."""
+    declared = arg.shape
+    if arg.name in shapes:
+        shape = tuple(int(d) for d in shapes[arg.name])
+        if declared is not None and (len(shape) != len(declared)
+                                     or any(isinstance(d, int) and d != s for d, s in zip(declared, shape))):
+            raise InvalidArgument(f"shape {list(shape)} given for input {arg.name!r} does not fit its declared "
+                                  f"shape {declared}")
+        return shape
+    if declared is None:
+        raise InvalidArgument(f"input {arg.name!r} has no declared shape: give one with --shape "
+                              f"{arg.name}=D0,D1,... (Python: random_feeds(..., shapes={{{arg.name!r}: ...}}))")
     out = []
-    for d in shape or []:
-        if isinstance(d, int) and d >= 0:
+    for axis, d in enumerate(declared):
+        if isinstance(d, int):
             out.append(d)
         elif isinstance(d, str) and d in dims:
             out.append(int(dims[d]))
+        elif axis == 0:
+            out.append(1)
+        elif default_dim is not None:
+            out.append(int(default_dim))
         else:
-            out.append(default_dim)
+            # Guessing 1 for a spatial dim makes detectors fail deep inside (Concat, Reshape): ask instead.
+            named = f"symbolic dimension {d!r}" if isinstance(d, str) else "a free dimension"
+            flags = (f"--free-dim {d}=N or " if isinstance(d, str) else "") + f"--shape {arg.name}=D0,D1,..."
+            raise InvalidArgument(f"input {arg.name!r} {declared}: {named} (axis {axis}) has no value; "
+                                  f"give one with {flags} (Python: "
+                                  + (f"SessionOptions.add_free_dimension_override_by_name({d!r}, N) or "
+                                     if isinstance(d, str) else "") + "explicit feeds)")
     return tuple(out)
 
 
-def random_feeds(session, seed: int = 0, dims: dict | None = None, default_dim: int = 1) -> dict:
-    """Random inputs matching ``session.get_inputs()``; symbolic dims take ``dims[name]`` or ``default_dim``."""
+def random_feeds(session, seed: int = 0, dims: dict | None = None, shapes: dict | None = None,
+                 default_dim: int | None = None) -> dict:
+    """Random inputs matching ``session.get_inputs()``.
+
+    ``shapes`` maps an input name to its whole shape; otherwise a symbolic dim takes ``dims[name]``,
+    a free leading (batch) dim 1, and any other free dim ``default_dim``; without one that is an
+    InvalidArgument naming the input and the dim.
+    """
     rng = np.random.default_rng(seed)
-    dims = dims or {}
+    dims, shapes = dims or {}, shapes or {}
+    inputs = session.get_inputs()
+    unknown = sorted(set(shapes) - {a.name for a in inputs})
+    if unknown:
+        raise InvalidArgument(f"shape given for unknown input(s) {unknown}; the model's inputs are "
+                              f"{[a.name for a in inputs]}")
     feeds = {}
-    for arg in session.get_inputs():
-        shape = _concrete_shape(arg.shape, dims, default_dim)
+    for arg in inputs:
+        shape = _concrete_shape(arg, dims, shapes, default_dim)
         kind = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else arg.type
         if kind in ("float", "double", "float16"):
             dtype = {"float": np.float32, "double": np.float64, "float16": np.float16}[kind]

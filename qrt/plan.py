@@ -126,8 +126,12 @@ class Plan:
         self.outer_names = outer_names         # names read from an enclosing graph
         self.output_types = ()                 # graph outputs' TypeProtos (Loop/Scan size empty scan outputs)
 
-    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None) -> list:
-        """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values."""
+    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None, observe=None) -> list:
+        """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values.
+
+        ``observe(name, value)``, when given, sees every tensor a step produces, before it can be
+        freed (the quantizer learns tensor types this way where onnx shape inference gives up).
+        """
         constants = self.constants
         env = dict(feeds)
         for step in self.steps:
@@ -171,6 +175,8 @@ class Plan:
             for name, value in zip(step.outputs, results):
                 if name:
                     env[name] = value
+                    if observe is not None:
+                        observe(name, value)
             for name in step.release:
                 env.pop(name, None)
         out = []

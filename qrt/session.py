@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from .errors import InvalidArgument
-from .model import check_model, load_model, model_label, numpy_dtype, opset_imports, shape_of, type_string
+from .model import (check_model, load_model, model_label, numpy_dtype, opset_imports, override_free_dimensions,
+                    shape_of, type_string)
 from .plan import Profiler, build_plan
 from .providers import resolve_providers
 from .values import container_feed, to_user
@@ -52,6 +53,24 @@ class SessionOptions:
         self.logid = ""
         # qrt's own: run DequantizeLinear -> op -> QuantizeLinear groups on integer kernels.
         self.enable_qdq_integer_execution = True
+        self._free_dims_by_name = {}
+        self._free_dims_by_denotation = {}
+
+    def add_free_dimension_override_by_name(self, dim_name: str, dim_value: int):
+        """Fix the inputs' symbolic dimension ``dim_name`` to ``dim_value``: get_inputs() reports the
+        value, shapes are inferred with it, and feeds must match it."""
+        self._free_dims_by_name[str(dim_name)] = _dimension_value(dim_name, dim_value)
+
+    def add_free_dimension_override_by_denotation(self, dim_denotation: str, dim_value: int):
+        """Fix every input dimension whose denotation is ``dim_denotation`` (e.g. 'DATA_BATCH')."""
+        self._free_dims_by_denotation[str(dim_denotation)] = _dimension_value(dim_denotation, dim_value)
+
+
+def _dimension_value(key, value):
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise InvalidArgument(f"free dimension override {key!r}: the value must be a non-negative integer, "
+                              f"got {value!r}")
+    return int(value)
 
 
 class RunOptions:
@@ -108,6 +127,8 @@ class InferenceSession:
         model = load_model(path_or_bytes)
         self._label = model_label(model, path_or_bytes)
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
+        override_free_dimensions(model, self._options._free_dims_by_name, self._options._free_dims_by_denotation,
+                                 self._label)
         model = check_model(model, self._label)
         self._metadata = ModelMetadata(model)
         self._inputs, self._overridable = self._describe_inputs(model.graph)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .feeds import random_feeds
 from .model import load_model
-from .session import InferenceSession
+from .session import InferenceSession, SessionOptions
 
 
 @dataclass
@@ -71,16 +71,24 @@ def compare_outputs(names, ours, theirs, rtol=1e-3, atol=1e-5) -> CheckResult:
 
 
 def check(model, feeds: dict | None = None, rtol: float = 1e-3, atol: float = 1e-5, seed: int = 0,
-          providers=None) -> CheckResult:
-    """Run ``model`` in qrt and onnxruntime on ``feeds`` (random when None) and compare the outputs."""
+          providers=None, free_dims: dict | None = None) -> CheckResult:
+    """Run ``model`` in qrt and onnxruntime on ``feeds`` (random when None) and compare the outputs.
+
+    ``free_dims`` fixes symbolic input dimensions by name in both runtimes
+    (``SessionOptions.add_free_dimension_override_by_name``).
+    """
     import onnxruntime as ort
 
     proto = load_model(model)
-    session = InferenceSession(proto, providers=providers)
+    options, ort_options = SessionOptions(), ort.SessionOptions()
+    for name, value in (free_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, value)
+        ort_options.add_free_dimension_override_by_name(name, value)
+    session = InferenceSession(proto, options, providers=providers)
     if feeds is None:
         feeds = random_feeds(session, seed=seed)
     ours = session.run(None, feeds)
-    reference = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(proto.SerializeToString(), ort_options, providers=["CPUExecutionProvider"])
     theirs = reference.run(None, feeds)
     names = [o.name for o in session.get_outputs()]
     return compare_outputs(names, ours, theirs, rtol=rtol, atol=atol)

@@ -101,7 +101,7 @@ def test_unreadable_and_invalid_models(tmp_path):
         qrt.InferenceSession(str(bad))
     model = _model()
     model.graph.node[1].input[0] = "does_not_exist"
-    with pytest.raises(InvalidModel, match="checker"):
+    with pytest.raises(InvalidModel, match="'does_not_exist' of node .* is not a graph input"):
         qrt.InferenceSession(model)
 
 
@@ -238,3 +238,190 @@ def test_malformed_einsum_is_rejected_instead_of_hanging(equation):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(InvalidModel, match="malformed Einsum equation"):
         qrt.InferenceSession(model)
+
+
+# --- loading what onnxruntime loads ---------------------------------------------------------------
+# onnxruntime is the oracle for what loads, what shapes get_inputs() reports and which feeds are refused.
+
+def _relu_neg(inputs=None, outputs=None, nodes=None, initializer=(), ir_version=8, opsets=(("", 17),)):
+    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
+    outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]
+    nodes = nodes or [helper.make_node("Relu", ["x"], ["t"]), helper.make_node("Neg", ["t"], ["y"])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    model.ir_version = ir_version
+    return model
+
+
+def _ort_session(model, options=None):
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_negative_dim_value_is_a_free_dim_as_in_onnxruntime():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "h", -1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, "h", -1])
+    model = _relu_neg(inputs=[x], outputs=[y])
+    ours, theirs = qrt.InferenceSession(model), _ort_session(model)
+    assert ours.get_inputs()[0].shape == theirs.get_inputs()[0].shape == [None, 3, "h", None]
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 48, 192)).astype(np.float32)}
+    np.testing.assert_array_equal(ours.run(None, feed)[0], theirs.run(None, feed)[0])
+    with pytest.raises(InvalidArgument, match=r"dimension 1 must be 3"):
+        ours.run(None, {"x": np.zeros((2, 4, 48, 192), np.float32)})
+
+
+def test_random_feeds_take_a_batch_of_one_but_never_guess_a_spatial_dim():
+    from qrt.feeds import random_feeds
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "h", -1])
+    sess = qrt.InferenceSession(_relu_neg(inputs=[x], outputs=[helper.make_tensor_value_info("y", 1, [-1, 3, "h", -1])]))
+    with pytest.raises(InvalidArgument, match=r"'x' \[None, 3, 'h', None\]: symbolic dimension 'h' \(axis 2\) "
+                                              r"has no value; give one with --free-dim h=N or --shape x="):
+        random_feeds(sess)
+    with pytest.raises(InvalidArgument, match=r"a free dimension \(axis 3\) has no value; give one with --shape x="):
+        random_feeds(sess, dims={"h": 4})
+    assert random_feeds(sess, dims={"h": 4}, default_dim=5)["x"].shape == (1, 3, 4, 5)
+    assert random_feeds(sess, shapes={"x": (2, 3, 4, 6)})["x"].shape == (2, 3, 4, 6)
+    with pytest.raises(InvalidArgument, match=r"shape \[2, 4, 4, 6\] given for input 'x' does not fit"):
+        random_feeds(sess, shapes={"x": (2, 4, 4, 6)})
+
+
+def _detector_input():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", -1])
+    x.type.tensor_type.shape.dim[0].denotation = "DATA_BATCH"
+    return x
+
+
+@pytest.mark.parametrize("by", ["name", "denotation"])
+def test_free_dimension_overrides_fix_reported_shapes_and_checked_feeds(by):
+    model = _relu_neg(inputs=[_detector_input()], outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    ours, theirs = qrt.SessionOptions(), ort.SessionOptions()
+    for options in (ours, theirs):
+        if by == "name":
+            options.add_free_dimension_override_by_name("h", 5)
+            options.add_free_dimension_override_by_name("batch", 2)
+        else:
+            options.add_free_dimension_override_by_denotation("DATA_BATCH", 2)
+        options.add_free_dimension_override_by_name("not_in_the_model", 7)
+    with pytest.warns(UserWarning, match="field 'shape'"):
+        sess = qrt.InferenceSession(model, ours)
+    reference = _ort_session(model, theirs)
+    assert sess.get_inputs()[0].shape == reference.get_inputs()[0].shape
+    assert sess.get_outputs()[0].shape == reference.get_outputs()[0].shape
+    good = np.ones((2, 3, 5, 7), np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": good})[0], reference.run(None, {"x": good})[0])
+    bad = np.ones((1, 3, 5, 7), np.float32)
+    with pytest.raises(Exception, match="index: 0 Got: 1 Expected: 2"):
+        reference.run(None, {"x": bad})
+    with pytest.raises(InvalidArgument, match=r"dimension 0 must be 2"):
+        sess.run(None, {"x": bad})
+
+
+def test_free_dimension_override_values_are_checked():
+    options = qrt.SessionOptions()
+    with pytest.raises(InvalidArgument, match="non-negative integer"):
+        options.add_free_dimension_override_by_name("h", -3)
+
+
+def _output_without_type():
+    model = _relu_neg()
+    model.graph.output[0].ClearField("type")
+    return model
+
+
+def _named_graph(name):
+    model = _relu_neg()
+    model.graph.name = name
+    return model
+
+
+def _duplicate_metadata():
+    model = _relu_neg()
+    model.metadata_props.add(key="a", value="1")
+    model.metadata_props.add(key="a", value="2")
+    return model
+
+
+_W = helper.make_tensor("w", TensorProto.FLOAT, [2, 3], np.arange(6, dtype=np.float32))
+
+# Models onnx.checker rejects and onnxruntime runs: (model, the field the warning must name).
+TOLERATED = {
+    "output_without_shape": (lambda: _relu_neg(outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+                             "field 'shape'"),
+    "input_without_shape": (lambda: _relu_neg(inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]),
+                            "field 'shape'"),
+    "output_without_type": (_output_without_type, "field 'type'"),
+    "ir_version_unset": (lambda: _relu_neg(ir_version=0), "field 'ir_version'"),
+    "nodes_out_of_order": (lambda: _relu_neg(nodes=[helper.make_node("Neg", ["t"], ["y"]),
+                                                    helper.make_node("Relu", ["x"], ["t"])]), "topological order"),
+    "ir3_initializer_not_an_input": (lambda: _relu_neg(ir_version=3, initializer=[_W], nodes=[
+        helper.make_node("Add", ["x", "w"], ["t"]), helper.make_node("Neg", ["t"], ["y"])]), "graph.input"),
+    "duplicate_metadata_keys": (_duplicate_metadata, "field 'metadata_props'"),
+    "empty_graph_name": (lambda: _named_graph(""), "field 'name'"),
+    "node_domain_ai_onnx": (lambda: _relu_neg(nodes=[helper.make_node("Relu", ["x"], ["t"], domain="ai.onnx"),
+                                                     helper.make_node("Neg", ["t"], ["y"])]), "'ai.onnx'"),
+    "no_default_opset_import": (lambda: _relu_neg(opsets=(("com.example", 1),)), "field 'opset_import'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOLERATED))
+def test_checker_complaints_onnxruntime_ignores_are_one_warning(case):
+    make, field = TOLERATED[case]
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(make())
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)}
+    want = _ort_session(make()).run(None, feed)[0]
+    model = make()
+    with pytest.warns(UserWarning) as record:
+        got = qrt.InferenceSession(model).run(None, feed)[0]
+    messages = [str(w.message) for w in record if "onnx.checker objects to what onnxruntime accepts" in str(w.message)]
+    assert len(messages) == 1 and field in messages[0], messages
+    np.testing.assert_array_equal(got, want)
+    assert model == make(), "the caller's model must not change"
+
+
+def _undefined_elem_type():
+    model = _relu_neg()
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+    return model
+
+
+def _input_without_type():
+    model = _relu_neg()
+    model.graph.input[0].ClearField("type")
+    return model
+
+
+# Models onnxruntime refuses: (model, what qrt's InvalidModel must say).
+BROKEN = {
+    "dangling_input": (lambda: _relu_neg(nodes=[helper.make_node("Relu", ["zz"], ["t"]),
+                                                helper.make_node("Neg", ["t"], ["y"])]),
+                       "input 'zz' of node 'Relu' is not a graph input"),
+    "cycle": (lambda: _relu_neg(nodes=[helper.make_node("Add", ["x", "u"], ["t"]), helper.make_node("Neg", ["t"], ["u"]),
+                                       helper.make_node("Relu", ["u"], ["y"])]), "cycle"),
+    "unknown_op": (lambda: _relu_neg(nodes=[helper.make_node("Relux", ["x"], ["t"]),
+                                            helper.make_node("Neg", ["t"], ["y"])]), "No Op registered for Relux"),
+    "element_type_contradiction": (lambda: _relu_neg(nodes=[helper.make_node("Cast", ["x"], ["t"], to=TensorProto.INT64),
+                                                            helper.make_node("Neg", ["t"], ["y"])]),
+                                   "node Neg: the output is int64 but the model declares it float"),
+    "declared_output_type_wrong": (lambda: _relu_neg(outputs=[helper.make_tensor_value_info("y", TensorProto.INT64,
+                                                                                            [2, 3])]),
+                                   "the output is float but the model declares it int64"),
+    "undefined_element_type": (_undefined_elem_type, "undefined element type"),
+    "input_without_type": (_input_without_type, "graph input 'x' has no type"),
+    "unknown_attribute": (lambda: _relu_neg(nodes=[helper.make_node("Relu", ["x"], ["t"], foo=1),
+                                                   helper.make_node("Neg", ["t"], ["y"])]), "Unrecognized attribute"),
+    "duplicate_output_name": (lambda: _relu_neg(nodes=[helper.make_node("Relu", ["x"], ["y"]),
+                                                       helper.make_node("Neg", ["x"], ["y"])]), "SSA"),
+    "ir_version_too_high": (lambda: _relu_neg(ir_version=99), "ir_version 99"),
+    "unknown_custom_domain_not_imported": (lambda: _relu_neg(nodes=[
+        helper.make_node("Relu", ["x"], ["t"], domain="com.example"), helper.make_node("Neg", ["t"], ["y"])]),
+        "domain 'com.example'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_models_onnxruntime_rejects_are_invalid_models(case):
+    make, message = BROKEN[case]
+    with pytest.raises(Exception):
+        _ort_session(make())
+    with pytest.raises(InvalidModel, match=message):
+        qrt.InferenceSession(make())

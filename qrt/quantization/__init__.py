@@ -32,7 +32,11 @@ weight_scale and zero point 0.
 
 Before rewriting, the model is pre-processed with :mod:`qrt.optimizer` (constant folding, so
 weights in Constant nodes become initializers; BatchNormalization folded into Conv; MatMul+Add
-into Gemm) and shape inference with symbolic dims. Every user error raises
+into Gemm) and shape inference with symbolic dims. Where that inference leaves a tensor's element
+type or rank unknown (ops of domains onnx has no schema for, Reshape targets computed at run time),
+the model runs once in qrt on the first calibration sample, or for ``quantize_dynamic`` on a
+generated feed (``extra_options={"InputShapes": {...}}`` sets its shapes), and the types are taken
+from that run (:mod:`calibration.tensor_types`). Every user error raises
 :class:`qrt.errors.QuantizationError`; the output file is written atomically or not at all, and
 the input file is never modified.
 """

@@ -4,7 +4,8 @@
     qrt quantize bert.onnx bert.int8.onnx --dynamic
 
 ``--calibration`` takes a ``.npz`` file (one array per model input, samples along the first axis)
-or a directory of ``<input>_<i>.npy`` files. Prints the quantization summary.
+or a directory of ``<input>_<i>.npy`` files. Prints the quantization summary (``--verbose``: with
+the reason for every node kept in float).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def _parser():
                         help="onnxruntime extra_options entry, e.g. ActivationSymmetric=true (repeatable)")
     parser.add_argument("--external-data", action="store_true", help="store weights in OUT.data")
     parser.add_argument("--progress", action="store_true", help="show a calibration progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="list every node kept in float with its reason (by default shape-computation "
+                             "nodes are counted and the others grouped by op type and reason)")
     return parser
 
 
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
     except (QrtError, OSError) as exc:
         print(f"qrt quantize: error: {exc}", file=sys.stderr)
         return 1
-    print(summary)
+    print(summary.format(verbose=args.verbose))
     return 0
 
 

@@ -13,6 +13,10 @@
   name a tensor, the override wins).
 * ``CalibTensorRangeSymmetric``, ``CalibMovingAverage``, ``CalibMovingAverageConstant``,
   ``CalibPercentile``, ``CalibNumBins``, ``CalibNumQuantizedBins``: passed to calibration.
+* ``InputShapes`` (qrt's own): ``{input_name: [dims]}``, the shapes of the generated feed the
+  model runs on when onnx shape inference leaves tensor types unknown and no calibration data
+  shows them (always so for ``quantize_dynamic``). Default: symbolic dims 1 on the batch axis, 64
+  elsewhere.
 
 Other onnxruntime keys are accepted and ignored with a warning, so existing calls keep working.
 """
@@ -35,7 +39,7 @@ _CALIBRATION_KEYS = {
     "CalibNumQuantizedBins": "num_quantized_bins",
 }
 _KNOWN_KEYS = {"ActivationSymmetric", "WeightSymmetric", "MatMulConstBOnly", "QDQKeepRemovableActivations",
-               "TensorQuantOverrides"} | set(_CALIBRATION_KEYS)
+               "TensorQuantOverrides", "InputShapes"} | set(_CALIBRATION_KEYS)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class QuantConfig:
     keep_removable_activations: bool
     tensor_ranges: dict = field(default_factory=dict)
     calibration_options: dict = field(default_factory=dict)
+    input_shapes: dict = field(default_factory=dict)
 
 
 def _names(value, what):
@@ -105,6 +110,23 @@ def _overrides(overrides):
     return ranges
 
 
+def _input_shapes(value):
+    if not isinstance(value, dict):
+        raise QuantizationError(f"extra_options['InputShapes'] must be a dict {{input_name: [dims]}}, "
+                                f"got {type(value).__name__}")
+    shapes = {}
+    for name, dims in value.items():
+        try:
+            shape = tuple(int(d) for d in dims)
+        except (TypeError, ValueError):
+            shape = None
+        if shape is None or any(d < 0 for d in shape):
+            raise QuantizationError(f"extra_options['InputShapes'][{name!r}] must be a list of "
+                                    f"non-negative ints, got {dims!r}")
+        shapes[name] = shape
+    return shapes
+
+
 def make_config(*, quant_format, activation_type, weight_type, per_channel, reduce_range,
                 op_types_to_quantize, nodes_to_quantize, nodes_to_exclude, extra_options,
                 tensor_ranges, default_op_types) -> QuantConfig:
@@ -136,4 +158,5 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         keep_removable_activations=bool(extra.get("QDQKeepRemovableActivations", False)),
         tensor_ranges=ranges,
         calibration_options={_CALIBRATION_KEYS[k]: v for k, v in extra.items() if k in _CALIBRATION_KEYS},
+        input_shapes=_input_shapes(extra.get("InputShapes", {})),
     )

@@ -27,13 +27,14 @@ from onnx import TensorProto, helper
 from qrt.errors import QuantizationError
 
 from .config import make_config
+from .feeds import with_complete_types
 from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
 from .params import params_for_values, quantize_values
 from .preprocess import preprocess
 from .rewrite import _Rewriter
 from .rules import DEFAULT_DYNAMIC_OP_TYPES
-from .summary import NodeReport, QuantizationSummary
+from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import QuantFormat, QuantType
 
 
@@ -207,6 +208,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
+    model, _, note = with_complete_types(model, label, None, cfg.input_shapes)
+    notes += [note] if note else []
     g = GraphIndex(model)
     writer = DynamicRewriter(g, cfg)
     reports = []
@@ -216,7 +219,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
         name = node.name or node.output[0]
         if reason:
             writer.nodes.append(node)
-            reports.append(NodeReport(name, node.op_type, "float", reason))
+            reports.append(NodeReport(name, node.op_type, "float", reason,
+                                      shape_computation=is_shape_computation(node, g.elem_types)))
             continue
         detail = {"MatMul": "MatMulInteger", "Gemm": "MatMulInteger", "Conv": "ConvInteger",
                   "Gather": "int8 Gather + DequantizeLinear", "LSTM": "DynamicQuantizeLSTM"}[node.op_type]

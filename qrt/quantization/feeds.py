@@ -7,6 +7,7 @@ never held in memory here.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -92,6 +93,29 @@ def checked_feeds(reader, model: onnx.ModelProto, label: str):
         yield checked
     if count == 0:
         raise QuantizationError(f"{label}: the calibration reader yielded no samples")
+
+
+def with_complete_types(model, label, reader, input_shapes):
+    """(model, reader, note): where onnx shape inference left a tensor's element type or rank unknown,
+    it is taken from one qrt run on the first calibration sample (the reader is given back with that
+    sample still in front) or, without a reader, on a generated feed shaped by ``input_shapes``.
+    The note says what was done ('' when inference was complete and nothing ran)."""
+    from calibration.tensor_types import untyped_tensors, with_observed_types
+
+    if not untyped_tensors(model):
+        return model, reader, ""
+    if reader is not None:
+        samples = checked_feeds(reader, model, label)
+        first = next(samples)
+        reader = itertools.chain([first], samples)
+        source = "the first calibration sample"
+    else:
+        first = None
+        source = "a generated feed"
+    model, count = with_observed_types(model, first, label, input_shapes)
+    note = (f"element type and rank of {count} tensor(s) that onnx shape inference left unknown "
+            f"taken from a qrt run on {source}")
+    return model, reader, note
 
 
 def _dims(dims):

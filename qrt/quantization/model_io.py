@@ -13,7 +13,7 @@ import tempfile
 import onnx
 
 from qrt.errors import InvalidModel, QuantizationError
-from qrt.model import load_model, model_label
+from qrt.model import load_model, model_label, run_checker
 
 from .graph import finish_graph
 
@@ -66,16 +66,18 @@ def serialized_size(model: onnx.ModelProto) -> int:
 
 
 def finish(model, nodes, initializers, label) -> onnx.ModelProto:
-    """The rewritten model, validated by onnx's checker (a failure here is a qrt bug, reported as such)."""
+    """The rewritten model, validated by onnx's checker (a failure here is a qrt bug, reported as such).
+    What the checker objects to in the float model and onnxruntime tolerates is carried over and
+    tolerated the same way (qrt.model.run_checker)."""
     try:
         quantized = finish_graph(model, nodes, initializers)
     except RuntimeError as exc:
         raise QuantizationError(f"{label}: the rewrite produced an invalid graph: {exc}") from None
     try:
         if quantized.ByteSize() < _PROTOBUF_LIMIT:
-            onnx.checker.check_model(quantized)
-    except onnx.checker.ValidationError as exc:
-        raise QuantizationError(f"{label}: the quantized model fails onnx.checker: {exc}") from None
+            quantized = run_checker(quantized, label)
+    except InvalidModel as exc:
+        raise QuantizationError(f"the quantized model fails onnx.checker: {exc}") from None
     return quantized
 
 

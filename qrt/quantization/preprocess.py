@@ -5,7 +5,8 @@ keep BatchNormalization separate from the Conv before it, list weights as graph 
 opset too old for per-axis QuantizeLinear. A quantizer that only looks for initializers then
 quantizes those weights as activations or leaves them in float. Here :mod:`qrt.optimizer` folds
 all of that into plain initializers first, and shape inference (symbolic dims kept) supplies the
-element types the rewrite needs.
+element types the rewrite needs; the holes it leaves are filled afterwards from a qrt run
+(:func:`qrt.quantization.feeds.with_complete_types`).
 """
 from __future__ import annotations
 

@@ -14,14 +14,14 @@ from calibration import CalibrationMethod
 from qrt.errors import QuantizationError
 
 from .config import QuantConfig, make_config
-from .feeds import calibration_ranges
+from .feeds import calibration_ranges, with_complete_types
 from .graph import GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
 from .params import QParams, params_for_range
 from .preprocess import preprocess
 from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
-from .summary import NodeReport, QuantizationSummary
+from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import QuantFormat, QuantType
 
 _PASSTHROUGH_MODES = {"Resize": ("nearest", "linear")}
@@ -230,7 +230,7 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
     return params
 
 
-def _reports(decisions) -> list[NodeReport]:
+def _reports(g, decisions) -> list[NodeReport]:
     reports = []
     for d in decisions:
         name = d.node.name or d.node.output[0]
@@ -239,7 +239,8 @@ def _reports(decisions) -> list[NodeReport]:
         elif d.status == "fused":
             reports.append(NodeReport(name, d.node.op_type, "fused", f"into {d.fused_into}"))
         else:
-            reports.append(NodeReport(name, d.node.op_type, "float", d.reason))
+            reports.append(NodeReport(name, d.node.op_type, "float", d.reason,
+                                      shape_computation=is_shape_computation(d.node, g.elem_types)))
     return reports
 
 
@@ -276,6 +277,9 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
+    model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
+                                                               cfg.input_shapes)
+    notes += [note] if note else []
     g = GraphIndex(model)
     decisions = plan_nodes(g, cfg)
     if not any(d.status == "compute" for d in decisions):
@@ -296,7 +300,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     summary = QuantizationSummary(
         mode=f"static {cfg.quant_format.name}", model_name=label,
         output_path=str(model_output) if model_output is not None else None,
-        size_before=size_before, size_after=serialized_size(quantized), nodes=_reports(decisions),
+        size_before=size_before, size_after=serialized_size(quantized), nodes=_reports(g, decisions),
         preprocessing=notes, warnings=_unknown_names(g, cfg) + writer.warnings,
         ranges={k: tuple(map(float, v)) for k, v in ranges.items()}, model=quantized)
     if model_output is not None:

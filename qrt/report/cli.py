@@ -6,16 +6,21 @@ import argparse
 import numpy as np
 
 
-def main(argv=None):
+def _parser():
     parser = argparse.ArgumentParser(prog="qrt report", description=__doc__)
-    parser.add_argument("float_model")
-    parser.add_argument("int8_model")
+    parser.add_argument("float_model", help="the float ONNX model")
+    parser.add_argument("int8_model", help="its quantized version")
     parser.add_argument("--data", required=True, help=".npz (arrays named after the inputs) or a directory of .npy")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="samples per run when --data is an .npz file (default 32)")
     parser.add_argument("--labels", help=".npy with one integer label per sample")
     parser.add_argument("--html", help="write a self-contained HTML report here")
     parser.add_argument("--runs", type=int, default=20, help="latency repetitions")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
 
     from calibration import as_reader
     from . import compare

@@ -3,7 +3,8 @@
 Each ``light_*.onnx`` stores its weights as ConstantOfShape nodes filled with 0.02, so the passes
 must see through them. Constant weights make every output channel identical (the softmax comes out
 uniform), which would hide wrong fusions; so each model is also checked with random weights, stored
-as Constant nodes, and with the logits before the softmax exposed as an extra output.
+as Constant nodes, and with the logits before the softmax exposed as an extra output. As shipped,
+the models are compared on their logits (see ``_logits_as_outputs``).
 
 Tolerance: 1e-4 relative to each output's largest magnitude. Folding BatchNormalization, Mul and
 Add into convolutions changes float32 rounding in every layer and tens of layers compound it (the
@@ -66,6 +67,21 @@ def _required_inputs(model):
     return [i.SerializeToString() for i in model.graph.input if i.name not in inits]
 
 
+def _logits_as_outputs(model):
+    """The model with each Softmax that makes a graph output removed and its input output instead.
+
+    With the shipped constant weights all 1000 logits are equal (squeezenet: 1.05e10, where a float32
+    ulp is 1024), so the uniform softmax turns into 0 and 1 on a one-ulp difference that convolution
+    algorithms differing by machine can make; the logits compare with the stated tolerance.
+    """
+    outputs = {o.name: o for o in model.graph.output}
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    for node in [n for n in model.graph.node if n.op_type == "Softmax" and n.output[0] in outputs]:
+        outputs[node.output[0]].CopyFrom(inferred[node.input[0]])
+        model.graph.node.remove(node)
+    return model
+
+
 def _randomized(model, rng):
     """The model with each ConstantOfShape weight replaced by a Constant of random values scaled
     for its role, and the softmax input exposed as an output."""
@@ -106,7 +122,7 @@ def _randomized(model, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_zoo_graph_as_shipped(name):
-    model = _load(name)
+    model = _logits_as_outputs(_load(name))
     before = model.SerializeToString()
     optimized = opt.optimize(model)
     assert model.SerializeToString() == before
