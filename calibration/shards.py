@@ -17,25 +17,37 @@ from __future__ import annotations
 
 from qrt.errors import QrtError, QuantizationError
 
-from .collect import _check_feeds, _element_types, _load, _observe, _select, _with_outputs
+from .collect import (_FLOAT_TYPES, _check_feeds, _element_types, _load, _observe, _select, _untyped, _wanted,
+                      _with_outputs)
 from .observers import CalibrationMethod, _as_float_values, _min_max, make_observer
+from .tensor_types import with_observed_types
 
 
 class _ShardRunner:
-    """The tensors ``calibrate`` observes and a session producing them, for one shard's batches."""
+    """The tensors ``calibrate`` observes and a session producing them, for one shard's batches.
 
-    def __init__(self, model, tensor_names, providers):
+    ``first_batch`` is the stream's batch 0 on every shard: where onnx's inference leaves a tensor
+    untyped, ``calibrate`` runs it once to see the types, and every shard must select what it does.
+    """
+
+    def __init__(self, model, tensor_names, providers, first_batch):
         from qrt import InferenceSession
         self.proto, self.label = _load(model)
+        initializer_names = {t.name for t in self.proto.graph.initializer}
+        self.required = [i.name for i in self.proto.graph.input if i.name not in initializer_names]
+        self.optional = [i.name for i in self.proto.graph.input if i.name in initializer_names]
         types, infos = _element_types(self.proto)
-        self.inputs, self.activations, self.initializers = _select(self.proto, self.label, tensor_names, types, infos)
+        wanted = _wanted(self.proto, self.label, tensor_names)
+        if _untyped(self.proto, wanted, types, infos):
+            feeds = _check_feeds(self.label, 0, first_batch, self.required, self.optional)
+            self.proto, _ = with_observed_types(self.proto, feeds, self.label)
+            types, infos = _element_types(self.proto)
+        self.inputs, self.activations, self.initializers = _select(self.proto, self.label, tensor_names, wanted,
+                                                                   types, infos)
         self.session = None
         if self.activations:
             self.session = InferenceSession(_with_outputs(self.proto, self.activations, infos),
                                             providers=providers or ["CPUExecutionProvider"])
-        initializer_names = {t.name for t in self.proto.graph.initializer}
-        self.required = [i.name for i in self.proto.graph.input if i.name not in initializer_names]
-        self.optional = [i.name for i in self.proto.graph.input if i.name in initializer_names]
 
     @property
     def names(self):
@@ -61,9 +73,10 @@ def _extent(value):
     return _min_max(flat) if flat.size else None
 
 
-def extents(model, batches, first_index=0, tensor_names=None, providers=None) -> dict[str, list]:
-    """Pass 1 on one shard: ``{tensor: [(min, max) or None per batch]}`` for ``batches`` (a list of feeds)."""
-    runner = _ShardRunner(model, tensor_names, providers)
+def extents(model, batches, first_index=0, tensor_names=None, providers=None, first_batch=None) -> dict[str, list]:
+    """Pass 1 on one shard: ``{tensor: [(min, max) or None per batch]}`` for ``batches`` (a list of feeds);
+    ``first_batch``: the stream's batch 0 (default: this shard's first)."""
+    runner = _ShardRunner(model, tensor_names, providers, batches[0] if first_batch is None else first_batch)
     result = {name: [] for name in runner.names}
     for offset, batch in enumerate(batches):
         values = runner.values(first_index + offset, batch)
@@ -77,10 +90,10 @@ def extents(model, batches, first_index=0, tensor_names=None, providers=None) ->
 
 
 def observe(model, batches, first_index, stream_extents, method=CalibrationMethod.MinMax, tensor_names=None,
-            providers=None, **observer_options) -> dict:
+            providers=None, first_batch=None, **observer_options) -> dict:
     """Pass 2 on one shard: observers that saw ``batches`` (stream positions ``first_index``...) and skipped
     every other batch of the stream, whose extents ``stream_extents`` (all shards' pass 1, in order) gives."""
-    runner = _ShardRunner(model, tensor_names, providers)
+    runner = _ShardRunner(model, tensor_names, providers, batches[0] if first_batch is None else first_batch)
     observers = {name: make_observer(method, **observer_options) for name in runner.names}
     total = len(next(iter(stream_extents.values()), []))
     own = range(first_index, first_index + len(batches))
@@ -131,7 +144,7 @@ def calibrate_sharded(model, batches, num_shards=2, method=CalibrationMethod.Min
         raise QuantizationError("calibration needs at least one batch")
     run = map_fn or (lambda function, calls: [function(**kwargs) for kwargs in calls])
     shards = _split(batches, num_shards)
-    common = {"model": model, "tensor_names": tensor_names, "providers": providers}
+    common = {"model": model, "tensor_names": tensor_names, "providers": providers, "first_batch": batches[0]}
     parts = run(extents, [{**common, "batches": part, "first_index": first} for first, part in shards])
     stream = {name: [e for part in parts for e in part[name]] for name in parts[0]}
     observed = run(observe, [{**common, "batches": part, "first_index": first, "stream_extents": stream,
@@ -139,8 +152,8 @@ def calibrate_sharded(model, batches, num_shards=2, method=CalibrationMethod.Min
     merged = merge(observed)
 
     proto, label = _load(model)
-    types, infos = _element_types(proto)
-    _, _, initializers = _select(proto, label, tensor_names, types, infos)
+    wanted = _wanted(proto, label, tensor_names)
+    initializers = [t for t in proto.graph.initializer if t.name in wanted and t.data_type in _FLOAT_TYPES]
     for tensor in initializers:
         merged[tensor.name] = make_observer(method, **observer_options)
         _observe(merged, tensor.name, numpy_helper.to_array(tensor), f"{label}: initializer")

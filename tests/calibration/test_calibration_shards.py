@@ -100,3 +100,23 @@ def test_sharded_calibration_of_a_model_equals_collect_ranges(method, options):
     single = collect_ranges(MODEL_PATH, feeds, method=method, progress=False, **options)
     sharded = ranges_of(calibrate_sharded(MODEL_PATH, feeds, num_shards=3, method=method, **options))
     assert sharded == single
+
+
+def test_sharded_calibration_types_what_onnx_inference_cannot_as_calibrate_does():
+    """com.microsoft FusedConv defeats onnx shape inference: calibrate types its output by running the
+    stream's first batch, and every shard must select the same tensors from that same batch."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph(
+        [helper.make_node("FusedConv", ["x", "W"], ["a"], domain="com.microsoft", activation="Relu", pads=[1] * 4),
+         helper.make_node("Sigmoid", ["a"], ["y"])], "untyped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    feeds = [{"x": rng.uniform(-s, s, (2, 2, 6, 6)).astype(np.float32)} for s in (1, 3, 0.5, 6, 2)]
+    single = collect_ranges(model.SerializeToString(), feeds, method="Percentile", progress=False, num_bins=128)
+    assert "a" in single
+    sharded = calibrate_sharded(model.SerializeToString(), feeds, num_shards=2, method="Percentile", num_bins=128)
+    assert ranges_of(sharded) == single
