@@ -53,8 +53,8 @@ class _Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("qrt_requests", "Inference requests received", ["model", "precision", "endpoint"],
-                                registry=r)
+        self.requests = Counter("qrt_requests", "Inference requests to a served model, answered or not",
+                                ["model", "precision", "endpoint"], registry=r)
         self.errors = Counter("qrt_request_errors", "Requests answered with an error, by HTTP status",
                               ["model", "code"], registry=r)
         self.latency = Histogram("qrt_request_latency_seconds", "Time from request to answer, successful "
@@ -220,14 +220,19 @@ def create_app(config: ServerConfig, models=None):
             raise _HTTPError(500, f"model {model.name!r} failed: {type(exc).__name__}: {exc}") from None
 
     def handled(endpoint):
+        """Counts every request to a served model, errors by status, and the latency of answers."""
         def wrap(handler):
-            async def run(request: Request, name: str | None = None):
+            async def run(request: Request):
                 start = time.perf_counter()
-                model_label = name if name in names else ""
                 try:
-                    response, model = await handler(request, name)
+                    response, model = await handler(request, request.path_params.get("name"))
                 except _HTTPError as exc:
-                    metrics.errors.labels(model_label, str(exc.status)).inc()
+                    named = getattr(request.state, "log", {}).get("model")
+                    label = named if named in names else ""     # never a client-chosen label value
+                    loaded = state["models"].get(label)
+                    if loaded is not None:
+                        metrics.requests.labels(label, loaded.precision, endpoint).inc()
+                    metrics.errors.labels(label, str(exc.status)).inc()
                     request.state.log = {**getattr(request.state, "log", {}), "error": exc.message[:500]}
                     return _error(exc.status, exc.message, exc.headers)
                 metrics.requests.labels(model.name, model.precision, endpoint).inc()
