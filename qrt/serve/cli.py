@@ -13,7 +13,7 @@ import sys
 from qrt.errors import QrtError
 
 
-def build_parser():
+def _parser():
     p = argparse.ArgumentParser(prog="qrt serve", description="Serve ONNX models over HTTP (Open Inference "
                                 "Protocol / KServe v2 REST, plus POST /predict and GET /metrics).")
     p.add_argument("model", nargs="*", help="a model file, served under its file name without extension")
@@ -23,16 +23,16 @@ def build_parser():
     precision.add_argument("--int8", action="store_true", help="quantize each model dynamically at start-up")
     precision.add_argument("--quantize", metavar="CALIB", help="quantize each model statically at start-up with "
                            "this calibration data (.npz or a directory of .npy files)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--workers", type=int, default=None, help="inference threads (default: one per core)")
     p.add_argument("--max-batch", type=int, default=32, help="rows stacked into one run; 1 turns batching off")
     p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a request waits for others to "
                    "batch with")
     p.add_argument("--max-queue", type=int, default=256, help="queued requests per model before 503")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request, queueing included (504)")
-    p.add_argument("--max-body-mb", type=float, default=256.0)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--max-body-mb", type=float, default=256.0, help="larger request bodies get 413")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error (JSON lines on stderr)")
     return p
 
 
@@ -62,7 +62,7 @@ def _configure_logging(level):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         import uvicorn
 
