@@ -276,3 +276,26 @@ def test_sigterm_drains_in_flight_requests(tmp_path, digits_data):
         assert '"drained": true' in srv.log()
     finally:
         srv.stop()
+
+
+def test_requests_past_the_timeout_get_504_and_serving_goes_on(tmp_path, digits_data):
+    srv = Server("--model", f"digits={DIGITS}", "--max-batch", "1", "--workers", "1", "--timeout", "0.2",
+                 tmp_path=tmp_path)
+    try:
+        x = np.ascontiguousarray(np.tile(digits_data[1], (8, 1, 1, 1))[:4000])
+        body, headers = infer_binary(x)
+
+        def call(_):
+            with httpx.Client(timeout=60) as client:
+                return client.post(f"{srv.url}/v2/models/digits/infer", content=body, headers=headers)
+
+        # Eight requests run one after another: the last ones wait far past 0.2 s.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(call, range(8), timeout=120))
+        late = [r for r in responses if r.status_code == 504]
+        assert late and {r.status_code for r in responses} <= {200, 504}
+        assert "no answer within 0.2 s" in late[0].json()["error"]
+        small = httpx.post(f"{srv.url}/v2/models/digits/infer", json=infer_json(digits_data[1][:1]), timeout=30)
+        assert small.status_code == 200
+    finally:
+        srv.stop()
