@@ -98,6 +98,43 @@ class Observer:
     def _observe(self, values, lo, hi):
         """Subclasses fold one batch (with its min and max) into their state."""
 
+    def skip(self, lo, hi) -> None:
+        """Advances the state as a batch spanning ``[lo, hi]`` that another shard observes would, without
+        counting its values.
+
+        A shard that calls ``update`` with its own batches and ``skip`` with every other batch of the
+        stream, in stream order, ends on the grid a single pass ends on (growth depends only on the batches' extents),
+        holding exactly its own values' counts on that grid; :meth:`merge` then sums the shards into the
+        single-pass state (see :mod:`calibration.shards`).
+        """
+        self.data_min = min(self.data_min, float(lo))
+        self.data_max = max(self.data_max, float(hi))
+        self._advance(float(lo), float(hi))
+
+    def _advance(self, lo, hi):
+        """Subclasses move what depends only on a batch's extent (grid, moving average)."""
+
+    def merge(self, other: "Observer") -> "Observer":
+        """Folds ``other`` (same class and options) into this observer and returns it.
+
+        Exact: extrema are compared, counts are integers summed. Histograms must share their grid,
+        which shards replaying one stream (:meth:`skip`) do; otherwise QuantizationError.
+        """
+        if type(other) is not type(self) or self._options() != other._options():
+            raise QuantizationError(f"cannot merge {type(other).__name__}{other._options()} into "
+                                    f"{type(self).__name__}{self._options()}")
+        self._merge(other)
+        self.n_updates += other.n_updates
+        self.data_min = min(self.data_min, other.data_min)
+        self.data_max = max(self.data_max, other.data_max)
+        return self
+
+    def _options(self) -> dict:
+        return {}
+
+    def _merge(self, other):
+        """Subclasses merge their own state (before the base counters are)."""
+
     def compute_range(self) -> tuple[float, float]:
         if self.n_updates == 0:
             raise QuantizationError(f"{type(self).__name__}: no values were observed")
@@ -145,6 +182,24 @@ class MinMaxObserver(Observer):
         else:
             self.range_min = min(self.range_min, lo)
             self.range_max = max(self.range_max, hi)
+
+    def _advance(self, lo, hi):
+        self._observe(None, lo, hi)
+
+    def _options(self):
+        return {"symmetric": self.symmetric, "moving_average": self.moving_average,
+                "averaging_constant": self.averaging_constant}
+
+    def _merge(self, other):
+        # Moving averages merge exactly only between shards that replayed the same stream (skip()),
+        # which leaves them all holding the single-pass average; min/max then returns it unchanged.
+        if other.range_min is None:
+            return
+        if self.range_min is None:
+            self.range_min, self.range_max = other.range_min, other.range_max
+        else:
+            self.range_min = min(self.range_min, other.range_min)
+            self.range_max = max(self.range_max, other.range_max)
 
     def _range(self):
         return float(self.range_min), float(self.range_max)
@@ -240,11 +295,29 @@ class HistogramObserver(Observer):
         self.width = factor * w
 
     def _observe(self, values, lo, hi):
-        if self.n_updates == 1:
+        self._advance(lo, hi)
+        self._add(values)
+
+    def _advance(self, lo, hi):
+        if self.width == 0.0:   # no grid yet: this is the first batch of the stream
             self._start(lo, hi)
         else:
             self._grow(lo, hi)
-        self._add(values)
+
+    def _options(self):
+        return {"num_bins": self.num_bins, "layout": self.layout}
+
+    def _merge(self, other):
+        if other.width == 0.0:
+            return
+        if self.width == 0.0:
+            self.lo, self.width = other.lo, other.width
+        elif (self.lo, self.width) != (other.lo, other.width):
+            raise QuantizationError(
+                f"{type(self).__name__}: histograms on different grids (lo {self.lo!r}, width {self.width!r} vs "
+                f"lo {other.lo!r}, width {other.width!r}) cannot merge exactly; collect shards with "
+                "calibration.shards, which replays the whole stream's extents on every shard")
+        self.counts = self.counts + other.counts
 
     def _add(self, values):
         typed = values.dtype.type
@@ -271,6 +344,9 @@ class PercentileObserver(HistogramObserver):
         super().__init__(num_bins)
         self.percentile = float(percentile)
         self.symmetric = bool(symmetric)
+
+    def _options(self):
+        return {**super()._options(), "percentile": self.percentile}
 
     def _quantile(self, fraction):
         cumulative = np.cumsum(self.counts, dtype=np.float64)
@@ -322,6 +398,13 @@ class EntropyObserver(HistogramObserver):
                                     f"got {num_quantized_bins}")
         self.num_quantized_bins = int(num_quantized_bins)
         self.zero_count = 0
+
+    def _options(self):
+        return {**super()._options(), "num_quantized_bins": self.num_quantized_bins}
+
+    def _merge(self, other):
+        super()._merge(other)
+        self.zero_count += other.zero_count
 
     def _add(self, values):
         typed = values.dtype.type
@@ -375,6 +458,15 @@ class DistributionObserver(HistogramObserver):
         self.m2 += batch_m2 + delta * delta * self.count * n / merged
         self.count = merged
 
+    def _merge(self, other):
+        super()._merge(other)
+        if other.count:     # Chan's parallel update: exact up to float64 rounding (the range is exact)
+            merged = self.count + other.count
+            delta = other.mean - self.mean
+            self.mean += delta * other.count / merged
+            self.m2 += other.m2 + delta * delta * self.count * other.count / merged
+            self.count = merged
+
     def compute_distribution(self) -> tuple[float, float]:
         if self.n_updates == 0:
             raise QuantizationError(f"{type(self).__name__}: no values were observed")
@@ -401,6 +493,9 @@ class MSEObserver(HistogramObserver):
             raise QuantizationError(f"num_levels must be >= 2, got {num_levels}")
         self.num_levels = int(num_levels)
         self.symmetric = bool(symmetric)
+
+    def _options(self):
+        return {**super()._options(), "num_levels": self.num_levels}
 
     def _range(self):
         counts = self.counts.astype(np.float64)

@@ -157,6 +157,7 @@ _DELEGATED = {
     "quantize": ("qrt.quantization.cli", "quantize a model to int8"),
     "report": ("qrt.report.cli", "compare a float and an int8 model: accuracy, size, latency"),
     "demo": ("qrt.demo", "optimize, quantize, check and report on the bundled digits CNN"),
+    "serve": ("qrt.serve.cli", "serve models over HTTP (Open Inference Protocol, dynamic batching, metrics)"),
 }
 
 

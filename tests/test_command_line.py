@@ -125,11 +125,12 @@ def _parsers():
     from qrt.optimizer.cli import _parser as optimize_parser
     from qrt.quantization.cli import _parser as quantize_parser
     from qrt.report.cli import _parser as report_parser
+    from qrt.serve.cli import _parser as serve_parser
     top = build_parser()
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     parsers = {f"qrt {name}": p for name, p in sub.choices.items() if p.add_help}
     parsers.update({"qrt quantize": quantize_parser(), "qrt optimize": optimize_parser(),
-                    "qrt report": report_parser(), "qrt demo": demo_parser()})
+                    "qrt report": report_parser(), "qrt demo": demo_parser(), "qrt serve": serve_parser()})
     assert set(parsers) == {f"qrt {name}" for name in sub.choices}
     return parsers
 
