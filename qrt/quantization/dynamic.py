@@ -34,6 +34,7 @@ from .params import params_for_values, quantize_values
 from .preprocess import preprocess
 from .rewrite import _Rewriter
 from .rules import DEFAULT_DYNAMIC_OP_TYPES
+from .static import unchanged
 from .summary import NodeReport, QuantizationSummary
 from .types import QuantFormat, QuantType
 
@@ -239,9 +240,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
             writer.gather(node)
         reports.append(NodeReport(name, node.op_type, "quantized", detail))
     if not any(r.status == "quantized" for r in reports):
-        reasons = sorted({f"{r.op_type}: {r.detail}" for r in reports})
-        raise QuantizationError(f"{label}: nothing to quantize dynamically; no node qualifies.\n  "
-                                + "\n  ".join(reasons[:20]))
+        return unchanged("dynamic", label, source, model_output, size_before, reports, notes,
+                         use_external_data_format)
     quantized = finish(model, writer.nodes, writer.initializers, label)
     summary = QuantizationSummary(
         mode="dynamic", model_name=label, output_path=str(model_output) if model_output is not None else None,

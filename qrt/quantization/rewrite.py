@@ -277,11 +277,18 @@ class QOperatorRewriter(_Rewriter):
             node.input[i] = self.float_form(name)
         if node.op_type == "Pad" and (attribute(node, "mode", b"constant") in (b"constant", "constant")):
             # The pad value must be the quantized form of the float pad value (0.0 -> zero point).
-            value = np.float32(0.0)
-            if len(node.input) > 2 and node.input[2]:
-                value = np.asarray(self.g.constant(d.node.input[2]), np.float32).reshape(())
-            pad_q = quantize_values(value.reshape(()), QParams(params.scale, params.zero_point, params.qtype))
-            pad_name = self.add_initializer(pad_q, f"{node.output[0]}_pad_value")
+            value_name = d.node.input[2] if len(d.node.input) > 2 else ""
+            if value_name and not self.g.is_constant(value_name):
+                # Computed (or fed) at run time: quantize it there, with the data's parameters.
+                scale, zero_point = self.param_inputs(data)
+                pad_name = self.g.unique(f"{node.output[0]}_pad_value")
+                self.emit("QuantizeLinear", [value_name, scale, zero_point], [pad_name])
+            else:
+                value = np.float32(0.0)
+                if value_name:
+                    value = np.asarray(self.g.constant(value_name), np.float32).reshape(())
+                pad_q = quantize_values(value.reshape(()), QParams(params.scale, params.zero_point, params.qtype))
+                pad_name = self.add_initializer(pad_q, f"{node.output[0]}_pad_value")
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = pad_name

@@ -7,11 +7,13 @@ package) -> choose parameters, folding Relu/Clip into the producer's range where
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 from calibration import CalibrationMethod
 
-from qrt.errors import QuantizationError
+from qrt.errors import QuantizationError, QuantizationWarning
 
 from .config import QuantConfig, make_config
 from .feeds import calibration_ranges, with_complete_types
@@ -253,6 +255,20 @@ def _unknown_names(g, cfg) -> list[str]:
     return out
 
 
+def unchanged(mode, label, source, model_output, size_before, reports, notes, use_external_data_format):
+    """As onnxruntime does when no node qualifies: the model is written as given, with a warning."""
+    reasons = sorted({f"{r.op_type}: {r.detail}" for r in reports if r.detail})
+    message = f"{label}: nothing to quantize; no node qualifies, so the model is written unchanged"
+    warnings.warn(message + " (" + "; ".join(reasons[:5]) + ")", QuantizationWarning, stacklevel=3)
+    summary = QuantizationSummary(
+        mode=mode, model_name=label, output_path=str(model_output) if model_output is not None else None,
+        size_before=size_before, size_after=serialized_size(source), nodes=reports, preprocessing=notes,
+        warnings=[message], model=source)
+    if model_output is not None:
+        summary.size_after = save(source, model_output, use_external_data_format)
+    return summary
+
+
 def quantize_static(model_input, model_output, calibration_data_reader=None,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=None, per_channel=False,
                     reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -282,9 +298,8 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     g = GraphIndex(model)
     decisions = plan_nodes(g, cfg)
     if not any(d.status == "compute" for d in decisions):
-        reasons = sorted({f"{d.node.op_type}: {d.reason}" for d in decisions if d.reason})
-        raise QuantizationError(f"{label}: nothing to quantize; no node qualifies.\n  "
-                                + "\n  ".join(reasons[:20]))
+        return unchanged(f"static {cfg.quant_format.name}", label, source, model_output, size_before,
+                         _reports(decisions), notes, use_external_data_format)
 
     wanted = tensors_to_calibrate(g, decisions)
     ranges = calibration_ranges(model, label, calibration_data_reader, wanted, cfg, calibrate_method,
