@@ -205,7 +205,7 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
                       weight_type=weight_type, per_channel=per_channel, reduce_range=reduce_range,
                       op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
                       nodes_to_exclude=nodes_to_exclude, extra_options=extra_options, tensor_ranges=None,
-                      default_op_types=DEFAULT_DYNAMIC_OP_TYPES)
+                      default_op_types=DEFAULT_DYNAMIC_OP_TYPES, dynamic=True)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
@@ -231,7 +231,7 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
         elif node.op_type == "LSTM":
             writer.lstm(node)
         elif node.op_type == "Conv":
-            per_channel_conv = cfg.per_channel and cfg.weight_symmetric
+            per_channel_conv = cfg.per_channel and cfg.weight_symmetric_for(cfg.weight_type)
             if cfg.per_channel and not per_channel_conv:
                 writer.warnings.append(f"{describe(node)}: per-tensor weights (ConvInteger takes one zero "
                                        "point and WeightSymmetric is off)")

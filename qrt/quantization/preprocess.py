@@ -33,8 +33,13 @@ def _weights_out_of_inputs(model: onnx.ModelProto) -> int:
     return removed
 
 
-def preprocess(model: onnx.ModelProto, label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
-    """Returns (float model ready for quantization, notes on what was changed). ``model`` is not modified."""
+def preprocess(model: onnx.ModelProto, label: str = "model", min_opset: int = MIN_OPSET,
+               optimize: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """Returns (float model ready for quantization, notes on what was changed). ``model`` is not modified.
+
+    ``min_opset``: the opset the model is converted to if below (21 for 16-bit and 4-bit types).
+    ``optimize=False`` skips qrt.optimizer's passes (shape inference still runs).
+    """
     from qrt.optimizer import prepare_for_quantization
 
     notes = []
@@ -43,13 +48,13 @@ def preprocess(model: onnx.ModelProto, label: str = "model") -> tuple[onnx.Model
     opset = _default_opset(work)
     if opset is None:
         raise QuantizationError(f"{label}: the model imports no ai.onnx opset")
-    if opset < MIN_OPSET:
+    if opset < min_opset:
         try:
-            work = version_converter.convert_version(work, MIN_OPSET)
+            work = version_converter.convert_version(work, min_opset)
         except Exception as exc:
-            raise QuantizationError(f"{label}: opset {opset} is below {MIN_OPSET}, which per-channel "
+            raise QuantizationError(f"{label}: opset {opset} is below {min_opset}, which the requested "
                                     f"quantization needs, and onnx's version converter failed: {exc}") from None
-        notes.append(f"opset {opset} converted to {MIN_OPSET}")
+        notes.append(f"opset {opset} converted to {min_opset}")
     removed = _weights_out_of_inputs(work)
     if removed:
         notes.append(f"{removed} initializer(s) removed from the graph inputs")
@@ -64,7 +69,7 @@ def preprocess(model: onnx.ModelProto, label: str = "model") -> tuple[onnx.Model
     try:
         # The optimizer's default passes (constant folding, BatchNormalization/Pad/bias into Conv,
         # MatMul+Add into Gemm, eliminations), then shape inference with symbolic dims kept.
-        work = prepare_for_quantization(work)
+        work = prepare_for_quantization(work, passes=None if optimize else [])
     except Exception as exc:
         raise QuantizationError(f"{label}: pre-processing with qrt.optimizer failed: {exc}") from exc
     after = [n.op_type for n in work.graph.node]

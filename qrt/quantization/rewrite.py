@@ -17,8 +17,8 @@ from onnx import helper, numpy_helper
 from qrt.errors import QuantizationError
 
 from .graph import GraphIndex, attribute, describe, node_reads
-from .params import (QParams, params_for_values, quantize_bias, quantize_values, scale_tensor,
-                     zero_point_tensor)
+from .params import (QParams, fixed_params, params_for_range, params_for_values, quantize_bias,
+                     quantize_values, scale_tensor, widened_for_bias, zero_point_tensor)
 from .rules import OpRule
 
 
@@ -71,7 +71,8 @@ class _Rewriter:
             if not self.g.is_constant(name):
                 raise QuantizationError(f"internal: tensor {name!r} has no quantization parameters")
             self.act_params[name] = params_for_values(self.g.constant(name), self.cfg.activation_type,
-                                                      symmetric=self.cfg.activation_symmetric)
+                                                      symmetric=self.cfg.activation_symmetric,
+                                                      min_real_range=self.cfg.min_real_range)
         return self.act_params[name]
 
     def param_inputs(self, name: str, params: QParams | None = None) -> tuple[str, str]:
@@ -94,30 +95,55 @@ class _Rewriter:
             self._weights[key] = (q_name, params)
         return self._weights[key][0]
 
-    def weight(self, name: str, axis: int | None, transposed=False, table=False) -> tuple[str, str, str, QParams]:
+    def weight(self, name: str, axis: int | None, transposed=False, table=False,
+               bias_guard=None) -> tuple[str, str, str, QParams]:
         """(quantized weight, scale, zero point, params) for a weight initializer; shared by its readers.
 
         ``transposed`` quantizes the 2-D weight's transpose (a Gemm's B with transB=1 feeding
         MatMulInteger). ``table`` marks a lookup table (Gather data): its values are activations
         for the ops after the Gather, so it gets the activation type's asymmetric range.
+        ``bias_guard`` = (input scale, float bias): the weight scale grows where input scale *
+        weight scale would push the int32 bias out of range (onnxruntime's QDQ default).
         """
         key = ("weight", name, axis, transposed, table)
         if key not in self._weights:
-            cfg = self.cfg
+            params = self.weight_qparams(name, axis, transposed, table)
+            if bias_guard is not None:
+                params = widened_for_bias(params, *bias_guard)
             values = self.g.constant(name)
             if transposed:
                 values = np.ascontiguousarray(values.T)
                 name = f"{name}_transposed"
-            if table:
-                params = params_for_values(values, cfg.activation_type)
-            else:
-                params = params_for_values(values, cfg.weight_type, symmetric=cfg.weight_symmetric,
-                                           reduce_range=cfg.reduce_range, axis=axis)
             q_name = self.add_initializer(quantize_values(values, params), f"{name}_quantized")
-            scale = self.add_initializer(params.scale, f"{name}_scale")
-            zero_point = self.add_initializer(params.zero_point, f"{name}_zero_point")
+            scale = self.g.unique(f"{name}_scale")
+            zero_point = self.g.unique(f"{name}_zero_point")
+            self.initializers += [scale_tensor(params, scale), zero_point_tensor(params, zero_point)]
             self._weights[key] = (q_name, scale, zero_point, params)
         return self._weights[key]
+
+    def weight_qparams(self, name: str, axis: int | None, transposed=False, table=False) -> QParams:
+        cfg = self.cfg
+        values = self.g.constant(name)
+        if transposed:
+            values = np.ascontiguousarray(values.T)
+        if table:
+            return params_for_values(values, cfg.activation_type, min_real_range=cfg.min_real_range)
+        override = cfg.overrides.get(name)
+        qtype = override.quant_type if override and override.quant_type else cfg.weight_type
+        if override and override.scale is not None:
+            size = values.shape[axis] if axis is not None else None
+            return fixed_params(override.scale, override.zero_point, qtype, axis, size)
+        symmetric = override.symmetric if override and override.symmetric is not None \
+            else cfg.weight_symmetric_for(qtype)
+        reduce_range = cfg.reduce_range or bool(override and override.reduce_range)
+        if override and (override.rmin is not None or override.rmax is not None):
+            other = tuple(i for i in range(values.ndim) if i != axis) if axis is not None else None
+            rmin = values.min(axis=other) if override.rmin is None else override.rmin
+            rmax = values.max(axis=other) if override.rmax is None else override.rmax
+            return params_for_range(np.broadcast_to(rmin, np.shape(rmax)) if axis is not None else rmin, rmax,
+                                    qtype, symmetric, reduce_range, axis=axis, min_real_range=cfg.min_real_range)
+        return params_for_values(values, qtype, symmetric=symmetric, reduce_range=reduce_range, axis=axis,
+                                 min_real_range=cfg.min_real_range)
 
     def weight_params(self, d: Decision) -> QParams:
         """Parameters of a node's B/W input: a weight's, or an activation's when B is computed."""
@@ -125,6 +151,9 @@ class _Rewriter:
         if d.weight is not None:
             return self.weight(name, d.axis)[3]
         return self.params(name)
+
+    def bias_float(self, d: Decision) -> np.ndarray:
+        return np.asarray(self.g.constant(d.node.input[d.bias]), np.float64)
 
     def bias_values(self, d: Decision, input_params: QParams, weight_params: QParams):
         """(int32 bias, its scale, its axis) for a node's bias: scale = input scale * weight scale."""
@@ -309,7 +338,14 @@ class QDQRewriter(_Rewriter):
         super().__init__(g, cfg, act_params)
         self.dequantized: dict[str, str] = {}   # tensor -> name of its Q/DQ'd float form
 
+    def emit_q(self, inputs, outputs, attrs=None):
+        return self.emit("QuantizeLinear", inputs, outputs, domain=self.cfg.qdq_domain, attrs=attrs)
+
+    def emit_dq(self, inputs, outputs, attrs=None):
+        return self.emit("DequantizeLinear", inputs, outputs, domain=self.cfg.qdq_domain, attrs=attrs)
+
     def qdq_input(self, name: str) -> str:
+        """The Q/DQ'd float form of an input; shared by its readers unless DedicatedQDQPair."""
         if name in self.dequantized:
             return self.dequantized[name]
         scale, zero_point = self.param_inputs(name)
@@ -317,33 +353,52 @@ class QDQRewriter(_Rewriter):
             q_name = self.quantized_constant(name)
         else:
             q_name = self.g.unique(f"{name}_quantized")
-            self.emit("QuantizeLinear", [name, scale, zero_point], [q_name])
+            self.emit_q([name, scale, zero_point], [q_name])
         dq_name = self.g.unique(f"{name}_dequantized")
-        self.emit("DequantizeLinear", [q_name, scale, zero_point], [dq_name])
-        self.dequantized[name] = dq_name
+        self.emit_dq([q_name, scale, zero_point], [dq_name])
+        if not self.cfg.dedicated_qdq_pair:
+            self.dequantized[name] = dq_name
         return dq_name
 
     def qdq_output(self, node: onnx.NodeProto, index: int, tensor: str, params: QParams | None = None):
-        """Renames the node's output and routes it through Q/DQ back to the original name."""
+        """Renames the node's output and routes it through Q/DQ back to the original name.
+
+        With DedicatedQDQPair a tensor read by several nodes gets no shared pair here: each
+        quantized reader makes its own (:meth:`qdq_input`), float readers read it unchanged.
+        """
         if params is not None:
             self.act_params[tensor] = params
+        if self.cfg.dedicated_qdq_pair and len(self.g.consumers[tensor]) > 1 \
+                and tensor not in self.g.graph_outputs:
+            return
         scale, zero_point = self.param_inputs(tensor)
         before = self.g.unique(f"{tensor}_float")
         q_name = self.g.unique(f"{tensor}_quantized")
         node.output[index] = before
-        self.emit("QuantizeLinear", [before, scale, zero_point], [q_name])
-        self.emit("DequantizeLinear", [q_name, scale, zero_point], [tensor])
+        self.emit_q([before, scale, zero_point], [q_name])
+        self.emit_dq([q_name, scale, zero_point], [tensor])
         self.dequantized[tensor] = tensor
 
-    def weight_dq(self, name: str, axis):
+    def weight_dq(self, name: str, axis, bias_guard=None):
         key = ("dq", name, axis)
         if key not in self._weights:
-            w_q, w_scale, w_zero_point, params = self.weight(name, axis)
             dq_name = self.g.unique(f"{name}_dequantized")
+            if self.cfg.add_qdq_pair_to_weight:
+                # AddQDQPairToWeight: the float weight stays, a QuantizeLinear quantizes it at run time.
+                params = self.weight_qparams(name, axis)
+                if bias_guard is not None:
+                    params = widened_for_bias(params, *bias_guard)
+                scale, zero_point = self.g.unique(f"{name}_scale"), self.g.unique(f"{name}_zero_point")
+                self.initializers += [scale_tensor(params, scale), zero_point_tensor(params, zero_point)]
+                w_q = self.g.unique(f"{name}_quantized")
+                attrs = [helper.make_attribute("axis", axis)] if params.per_axis else None
+                self.emit_q([name, scale, zero_point], [w_q], attrs=attrs)
+            else:
+                w_q, scale, zero_point, params = self.weight(name, axis, bias_guard=bias_guard)
             attrs = [helper.make_attribute("axis", axis)] if params.per_axis else None
-            self.emit("DequantizeLinear", [w_q, w_scale, w_zero_point], [dq_name], attrs=attrs)
+            self.emit_dq([w_q, scale, zero_point], [dq_name], attrs=attrs)
             self._weights[key] = (dq_name, params)
-        return self._weights[key][0]
+        return self._weights[key]
 
     def run(self, decisions):
         for d in decisions:
@@ -370,15 +425,21 @@ class QDQRewriter(_Rewriter):
         src = d.node
         for i in d.acts:
             node.input[i] = self.qdq_input(src.input[i])
+        quantize_bias = d.bias is not None and self.cfg.quantize_bias
+        weight_params = None
         if d.weight is not None:
-            node.input[d.weight] = self.weight_dq(src.input[d.weight], d.axis)
-        if d.bias is not None:
-            q, scale, axis = self.bias_values(d, self.params(src.input[0]), self.weight_params(d))
+            guard = None
+            if quantize_bias and self.cfg.adjust_weight_for_int32_bias:
+                guard = (self.params(src.input[0]).scale, self.bias_float(d))
+            node.input[d.weight], weight_params = self.weight_dq(src.input[d.weight], d.axis, guard)
+        if quantize_bias:
+            weight_params = weight_params or self.weight_params(d)
+            q, scale, axis = self.bias_values(d, self.params(src.input[0]), weight_params)
             q_name = self.add_initializer(q, f"{src.input[d.bias]}_quantized")
             s_name = self.add_initializer(scale, f"{src.input[d.bias]}_scale")
             dq_name = self.g.unique(f"{src.input[d.bias]}_dequantized")
             attrs = [helper.make_attribute("axis", axis)] if axis is not None else None
-            self.emit("DequantizeLinear", [q_name, s_name], [dq_name], attrs=attrs)
+            self.emit_dq([q_name, s_name], [dq_name], attrs=attrs)
             node.input[d.bias] = dq_name
             if src.op_type == "Gemm":
                 # beta and 1/alpha are folded into the int32 bias (see bias_values).
@@ -386,4 +447,5 @@ class QDQRewriter(_Rewriter):
                 node.attribute.extend(self.gemm_attributes(src, keep_beta=False))
                 node.attribute.append(helper.make_attribute("beta", 1.0))
         self.nodes.append(node)
-        self.qdq_output(node, 0, d.output)
+        if src.op_type not in self.cfg.outputs_not_quantized:
+            self.qdq_output(node, 0, d.output)

@@ -19,12 +19,12 @@ from .config import QuantConfig, make_config
 from .feeds import calibration_ranges, with_complete_types
 from .graph import GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
-from .params import QParams, params_for_range
-from .preprocess import preprocess
+from .params import QParams, fixed_params, params_for_range
+from .preprocess import MIN_OPSET, preprocess
 from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
 from .summary import NodeReport, QuantizationSummary
-from .types import QuantFormat, QuantType
+from .types import FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
 
 _PASSTHROUGH_MODES = {"Resize": ("nearest", "linear")}
 
@@ -95,8 +95,18 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantConfig) -> str:
         return "Gemm with a computed B and a bias"
     d.acts = tuple(acts)
     d.weight, d.bias = weight, bias
-    if weight is not None and cfg.per_channel:
-        d.axis = weight_axis(node, len(g.shapes.get(inputs[weight], [])))
+    if weight is not None:
+        rank = len(g.shapes.get(inputs[weight], []))
+        override = cfg.overrides.get(inputs[weight])
+        if override is not None and override.axis is not None:
+            d.axis = override.axis % max(rank, 1)
+        elif cfg.per_channel:
+            d.axis = weight_axis(node, rank)
+            if node.op_type in cfg.per_channel_axes:
+                d.axis = cfg.per_channel_axes[node.op_type] % max(rank, 1)
+        if d.axis is not None and bias is not None and d.axis != weight_axis(node, rank):
+            return (f"per-channel axis {d.axis} of weight {w!r} is not the output-channel axis, "
+                    "which the int32 bias needs")
     d.output = node.output[0]
     return ""
 
@@ -155,6 +165,9 @@ def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
         if cfg.keep_removable_activations:
             d.reason = "kept (QDQKeepRemovableActivations)"
             continue
+        if producer.node.op_type in cfg.outputs_not_quantized:
+            d.reason = f"the output of {producer.node.op_type} is not quantized (OpTypesToExcludeOutputQuantization)"
+            continue
         tensor = d.node.input[0]
         if tensor in outputs or len(g.consumers[tensor]) != 1:
             d.reason = "its input has other readers"
@@ -168,25 +181,47 @@ def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
     return decisions
 
 
-def tensors_to_calibrate(g: GraphIndex, decisions: list[Decision]) -> list[str]:
+def tensors_to_calibrate(g: GraphIndex, cfg: QuantConfig, decisions: list[Decision]) -> list[str]:
     names = []
     for d in decisions:
+        if d.status == "passthrough-candidate" and cfg.force_quantize_no_input_check:
+            # ForceQuantizeNoInputCheck: the pass-through op quantizes its float input itself.
+            names += [d.node.input[0]] if not g.is_constant(d.node.input[0]) else []
         if d.status != "compute":
             continue
         names += [d.node.input[i] for i in d.acts if not g.is_constant(d.node.input[i])]
-        names.append(d.output)
+        if d.node.op_type not in cfg.outputs_not_quantized:
+            names.append(d.output)
         if d.fusion is not None:
             names.append(d.fusion.node.output[0])
-    return list(dict.fromkeys(names))
+    fixed = {name for name, o in cfg.overrides.items() if o.scale is not None}
+    return [name for name in dict.fromkeys(names) if name not in fixed]
+
+
+def activation_params(cfg: QuantConfig, name: str, ranges, bounds=None) -> QParams:
+    """A tensor's parameters from its range, with its TensorQuantOverrides entry applied.
+
+    ``bounds`` = (low, high) narrows the range (a Relu/Clip folded into the producer).
+    """
+    override = cfg.overrides.get(name)
+    qtype = override.quant_type if override and override.quant_type else cfg.activation_type
+    if override and override.scale is not None:
+        return fixed_params(override.scale, override.zero_point, qtype)
+    rmin, rmax = ranges[name]
+    if override:
+        rmin = override.rmin if override.rmin is not None else rmin
+        rmax = override.rmax if override.rmax is not None else rmax
+    if bounds is not None:
+        rmin, rmax = max(rmin, bounds[0]), min(rmax, bounds[1])
+    symmetric = override.symmetric if override and override.symmetric is not None else cfg.activation_symmetric
+    reduce_range = bool(override and override.reduce_range)
+    return params_for_range(rmin, rmax, qtype, symmetric=symmetric, reduce_range=reduce_range,
+                            min_real_range=cfg.min_real_range, restricted=cfg.activation_restricted_asymmetric)
 
 
 def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[str, QParams]:
     """Activation parameters; decides each Relu/Clip fold and which pass-through ops run in int8."""
-    qtype, symmetric = cfg.activation_type, cfg.activation_symmetric
     params: dict[str, QParams] = {}
-
-    def for_range(rmin, rmax):
-        return params_for_range(rmin, rmax, qtype, symmetric=symmetric)
 
     for d in decisions:
         if d.status != "compute":
@@ -195,7 +230,7 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
             name = d.node.input[i]
             # A tensor written by an earlier compute op already has its (possibly Relu-clamped) params.
             if not g.is_constant(name) and name not in params:
-                params[name] = for_range(*ranges[name])
+                params[name] = activation_params(cfg, name, ranges)
         d.detail = (d.rule.qlinear or f"float {d.node.op_type} on int8 weights") \
             if cfg.quant_format == QuantFormat.QOperator else "QDQ"
         act = d.fusion
@@ -203,8 +238,7 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
         if act is not None:
             low, high = activation_bounds(act.node, lambda n: g.constant(n) if g.is_constant(n) else None)
             out = act.node.output[0]
-            rmin, rmax = ranges[out]
-            candidate = for_range(max(rmin, low), min(rmax, high))
+            candidate = activation_params(cfg, out, ranges, bounds=(low, high))
             lowest, highest = candidate.representable()
             half_step = 0.5 * float(np.max(candidate.scale))
             if lowest >= low - half_step and highest <= high + half_step:
@@ -212,19 +246,23 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
                 act.status, act.fused_into = "fused", d.node.name or describe(d.node)
                 params[out] = candidate
                 continue
-            act.reason = (f"range [{lowest:.4g}, {highest:.4g}] of the {qtype.name} output "
-                          f"(ActivationSymmetric={symmetric}) exceeds the clamp [{low:g}, {high:g}]")
-        params[d.output] = for_range(*ranges[d.output])
+            act.reason = (f"range [{lowest:.4g}, {highest:.4g}] of the {candidate.qtype.name} output "
+                          f"(ActivationSymmetric={cfg.activation_symmetric}) exceeds the clamp [{low:g}, {high:g}]")
+        if d.node.op_type not in cfg.outputs_not_quantized:
+            params[d.output] = activation_params(cfg, d.output, ranges)
 
     int8_ready = {d.output for d in decisions if d.status == "compute"
+                  and d.node.op_type not in cfg.outputs_not_quantized
                   and (cfg.quant_format == QuantFormat.QDQ or d.rule.qlinear is not None)}
     for d in decisions:
         if d.status != "passthrough-candidate":
             continue
         data = d.node.input[0]
         if data not in int8_ready and not g.is_constant(data):
-            d.status, d.reason = "float", "its input is float (pass-through ops follow a quantized producer)"
-            continue
+            if not cfg.force_quantize_no_input_check:
+                d.status, d.reason = "float", "its input is float (pass-through ops follow a quantized producer)"
+                continue
+            params.setdefault(data, activation_params(cfg, data, ranges))
         d.status, d.detail = "passthrough", "runs on int8"
         for out in d.node.output:
             if out:
@@ -253,6 +291,15 @@ def _unknown_names(g, cfg) -> list[str]:
         if missing:
             out.append(f"{what} names no node of the (pre-processed) model: {missing[:10]}")
     return out
+
+
+def needed_opset(cfg: QuantConfig) -> int:
+    """16-bit and 4-bit types need opset 21's QuantizeLinear/DequantizeLinear (onnxruntime raises the
+    opset the same way), unless the com.microsoft ones carry them (UseQDQContribOps)."""
+    types = {cfg.activation_type, cfg.weight_type} | {o.quant_type for o in cfg.overrides.values()}
+    if cfg.qdq_domain or not types & set(SIXTEEN_BIT_TYPES + FOUR_BIT_TYPES):
+        return MIN_OPSET
+    return WIDE_TYPES_OPSET
 
 
 def unchanged(mode, label, source, model_output, size_before, reports, notes, use_external_data_format):
@@ -291,7 +338,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     calibrate_method = CalibrationMethod.parse(calibrate_method)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
-    model, notes = preprocess(source, label)
+    model, notes = preprocess(source, label, min_opset=needed_opset(cfg))
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
     notes += [note] if note else []
@@ -301,7 +348,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
         return unchanged(f"static {cfg.quant_format.name}", label, source, model_output, size_before,
                          _reports(decisions), notes, use_external_data_format)
 
-    wanted = tensors_to_calibrate(g, decisions)
+    wanted = tensors_to_calibrate(g, cfg, decisions)
     ranges = calibration_ranges(model, label, calibration_data_reader, wanted, cfg, calibrate_method,
                                 calibration_providers, calibration_cache_path, progress)
     params = assign_params(g, cfg, decisions, ranges)
