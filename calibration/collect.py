@@ -130,6 +130,16 @@ def _check_feeds(label, index, batch, required, optional):
     return feeds
 
 
+class _EndOfCollection:
+    def __repr__(self):
+        return "END_OF_COLLECTION"
+
+
+# A reader may yield this between batches to close one collection (onnxruntime's collect_data
+# call): MinMax's moving average averages within a collection and merges across them.
+END_OF_COLLECTION = _EndOfCollection()
+
+
 def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax, progress=True,
               providers=None, **observer_options) -> dict[str, Observer]:
     """Observers (see :func:`calibration.make_observer`) fed with every batch of ``reader``.
@@ -182,6 +192,10 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
                 batch = reader.get_next()
             if batch is None:
                 break
+            if batch is END_OF_COLLECTION:
+                for observer in observers.values():
+                    getattr(observer, "end_collection", lambda: None)()
+                continue
             feeds = _check_feeds(label, batches, batch, required, optional)
             for name in inputs:
                 _observe(observers, name, feeds[name], f"{label}: calibration batch {batches}, input")

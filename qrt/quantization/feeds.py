@@ -95,6 +95,27 @@ def checked_feeds(reader, model: onnx.ModelProto, label: str):
         raise QuantizationError(f"{label}: the calibration reader yielded no samples")
 
 
+def strided_feeds(reader, model, label, stride):
+    """CalibStridedMinMax: the reader's samples ``stride`` at a time through its ``set_range``, each
+    stride one collection (onnxruntime's collect_data call), as onnxruntime's quantize_static does."""
+    from calibration.collect import END_OF_COLLECTION
+
+    try:
+        total = len(reader)
+    except (TypeError, NotImplementedError):
+        total = None
+    if total is None or not callable(getattr(reader, "set_range", None)):
+        raise QuantizationError(f"{label}: extra_options['CalibStridedMinMax'] needs a reader with __len__ and "
+                                f"set_range(start_index, end_index), got {type(reader).__name__}")
+    if total % stride:
+        raise QuantizationError(f"{label}: CalibStridedMinMax={stride} does not divide the {total} calibration "
+                                "samples")
+    for start in range(0, total, stride):
+        reader.set_range(start_index=start, end_index=start + stride)
+        yield from checked_feeds(reader, model, label)
+        yield END_OF_COLLECTION
+
+
 def with_complete_types(model, label, reader, input_shapes):
     """(model, reader, note): where onnx shape inference left a tensor's element type or rank unknown,
     it is taken from one qrt run on the first calibration sample (the reader is given back with that
@@ -162,9 +183,10 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
         options = dict(cfg.calibration_options)
         if providers is not None:
             options["providers"] = providers
+        feeds = checked_feeds(reader, model, label) if cfg.calibration_stride is None else \
+            strided_feeds(reader, model, label, cfg.calibration_stride)
         try:
-            collected = collect_ranges(model, checked_feeds(reader, model, label), missing, method,
-                                       progress=progress, **options)
+            collected = collect_ranges(model, feeds, missing, method, progress=progress, **options)
         except QuantizationError:
             raise
         except QrtError as exc:
