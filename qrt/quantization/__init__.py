@@ -40,20 +40,39 @@ from that run (:mod:`calibration.tensor_types`). Every user error raises
 :class:`qrt.errors.QuantizationError`; the output file is written atomically or not at all, and
 the input file is never modified.
 """
-from calibration import CalibrationDataReader, CalibrationMethod
+from calibration import (CalibraterBase, CalibrationDataReader, CalibrationMethod, MinMaxCalibrater, TensorData,
+                         TensorsData, create_calibrator, load_tensors_data, save_tensors_data,
+                         write_calibration_table)
 
+from .configs import DynamicQuantConfig, QuantConfig, StaticQuantConfig, get_qdq_config, quantize
 from .dynamic import quantize_dynamic
+from .preprocess import quant_pre_process
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
-from .types import QuantFormat, QuantType
+from .types import QuantFormat, QuantizationMode, QuantType
 
 __all__ = [
     "quantize_static",
     "quantize_dynamic",
+    "quantize",
+    "QuantConfig",
+    "StaticQuantConfig",
+    "DynamicQuantConfig",
+    "get_qdq_config",
+    "QuantizationMode",
     "QuantFormat",
     "QuantType",
     "CalibrationMethod",
     "CalibrationDataReader",
+    "CalibraterBase",
+    "MinMaxCalibrater",
+    "TensorData",
+    "TensorsData",
+    "create_calibrator",
+    "load_tensors_data",
+    "save_tensors_data",
+    "write_calibration_table",
+    "quant_pre_process",
     "QuantizationSummary",
     "NodeReport",
 ]

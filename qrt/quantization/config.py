@@ -92,7 +92,7 @@ class TensorOverride:
 
 
 @dataclass
-class QuantConfig:
+class QuantSettings:
     quant_format: QuantFormat
     activation_type: QuantType
     weight_type: QuantType
@@ -285,7 +285,7 @@ def _refuse(extra, dynamic, quant_format):
 
 def make_config(*, quant_format, activation_type, weight_type, per_channel, reduce_range,
                 op_types_to_quantize, nodes_to_quantize, nodes_to_exclude, extra_options,
-                tensor_ranges, default_op_types, dynamic=False) -> QuantConfig:
+                tensor_ranges, default_op_types, dynamic=False) -> QuantSettings:
     extra = dict(extra_options or {})
     quant_format = QuantFormat.parse(quant_format)
     weight_qtype = QuantType.parse(weight_type, "weight_type")
@@ -318,7 +318,7 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         if key in extra:
             calibration[_CALIBRATION_KEYS[key]] = _bool(extra, key, False)
     _positive_number(extra, "CalibMaxIntermediateOutputs", integer=True)  # qrt streams: memory is bounded anyway
-    return QuantConfig(
+    return QuantSettings(
         quant_format=quant_format,
         activation_type=activation_qtype,
         weight_type=weight_qtype,

@@ -15,7 +15,7 @@ from calibration import CalibrationMethod
 
 from qrt.errors import QuantizationError, QuantizationWarning
 
-from .config import QuantConfig, make_config
+from .config import QuantSettings, make_config
 from .feeds import calibration_ranges, with_complete_types
 from .graph import GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
@@ -33,7 +33,7 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _filter_reason(node: onnx.NodeProto, cfg: QuantConfig) -> str:
+def _filter_reason(node: onnx.NodeProto, cfg: QuantSettings) -> str:
     if node.domain not in ("", "ai.onnx"):
         return f"op of domain {node.domain!r}"
     if node.op_type not in RULES:
@@ -55,7 +55,7 @@ def _not_float(g: GraphIndex, name: str, what: str) -> str:
     return f"{what} {name!r} is {kind}, only float32 tensors are quantized"
 
 
-def _check_compute(g: GraphIndex, d: Decision, cfg: QuantConfig) -> str:
+def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
     """Fills the decision's input roles; returns why the node cannot be quantized, or ''."""
     node, rule = d.node, d.rule
     inputs = list(node.input)
@@ -124,7 +124,7 @@ def _check_passthrough(g: GraphIndex, node: onnx.NodeProto) -> str:
     return ""
 
 
-def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
+def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
     """One decision per node, in topological order, before any range is known."""
     available = set(g.graph_inputs) | set(g.initializers)
     decisions = [Decision(node, RULES.get(node.op_type)) for node in toposort(list(g.graph.node), available)]
@@ -181,7 +181,7 @@ def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
     return decisions
 
 
-def tensors_to_calibrate(g: GraphIndex, cfg: QuantConfig, decisions: list[Decision]) -> list[str]:
+def tensors_to_calibrate(g: GraphIndex, cfg: QuantSettings, decisions: list[Decision]) -> list[str]:
     names = []
     for d in decisions:
         if d.status == "passthrough-candidate" and cfg.force_quantize_no_input_check:
@@ -198,7 +198,7 @@ def tensors_to_calibrate(g: GraphIndex, cfg: QuantConfig, decisions: list[Decisi
     return [name for name in dict.fromkeys(names) if name not in fixed]
 
 
-def activation_params(cfg: QuantConfig, name: str, ranges, bounds=None) -> QParams:
+def activation_params(cfg: QuantSettings, name: str, ranges, bounds=None) -> QParams:
     """A tensor's parameters from its range, with its TensorQuantOverrides entry applied.
 
     ``bounds`` = (low, high) narrows the range (a Relu/Clip folded into the producer).
@@ -219,7 +219,7 @@ def activation_params(cfg: QuantConfig, name: str, ranges, bounds=None) -> QPara
                             min_real_range=cfg.min_real_range, restricted=cfg.activation_restricted_asymmetric)
 
 
-def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[str, QParams]:
+def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[str, QParams]:
     """Activation parameters; decides each Relu/Clip fold and which pass-through ops run in int8."""
     params: dict[str, QParams] = {}
 
@@ -293,7 +293,7 @@ def _unknown_names(g, cfg) -> list[str]:
     return out
 
 
-def needed_opset(cfg: QuantConfig) -> int:
+def needed_opset(cfg: QuantSettings) -> int:
     """16-bit and 4-bit types need opset 21's QuantizeLinear/DequantizeLinear (onnxruntime raises the
     opset the same way), unless the com.microsoft ones carry them (UseQDQContribOps)."""
     types = {cfg.activation_type, cfg.weight_type} | {o.quant_type for o in cfg.overrides.values()}
