@@ -41,6 +41,12 @@ _METHOD_OPTIONS = {
 _NEUTRAL = {"max_intermediate_outputs": None, "scenario": "same", "per_channel": False}
 
 
+def onnxruntime_defaults(method) -> dict:
+    """The observer options onnxruntime's ``create_calibrator`` uses for ``method`` when none are given
+    (quantize_static passes only the Calib* keys the user set, so these are its defaults too)."""
+    return dict(_METHOD_OPTIONS.get(CalibrationMethod.parse(method), {}))
+
+
 class TensorData:
     """One tensor's calibration result, with onnxruntime's attribute names (lowest, highest, avg, std, ...)."""
 

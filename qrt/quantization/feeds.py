@@ -180,7 +180,9 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
                                     f"{len(missing)} tensor(s): {missing[:8]}")
         from calibration.collect import collect_ranges
 
-        options = dict(cfg.calibration_options)
+        from calibration.calibrator import onnxruntime_defaults
+
+        options = {**onnxruntime_defaults(method), **cfg.calibration_options}
         if providers is not None:
             options["providers"] = providers
         feeds = checked_feeds(reader, model, label) if cfg.calibration_stride is None else \

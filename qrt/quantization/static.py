@@ -17,7 +17,7 @@ from qrt.errors import QuantizationError, QuantizationWarning
 
 from .config import QuantSettings, make_config
 from .feeds import calibration_ranges, with_complete_types
-from .graph import GraphIndex, attribute, describe, toposort
+from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
 from .params import QParams, fixed_params, params_for_range
 from .preprocess import MIN_OPSET, preprocess
@@ -164,6 +164,7 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
             continue
         if cfg.keep_removable_activations:
             d.reason = "kept (QDQKeepRemovableActivations)"
+            _as_qdq_op(d, cfg)
             continue
         if producer.node.op_type in cfg.outputs_not_quantized:
             d.reason = f"the output of {producer.node.op_type} is not quantized (OpTypesToExcludeOutputQuantization)"
@@ -179,6 +180,14 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
         producer.fusion = d
         d.reason = ""
     return decisions
+
+
+def _as_qdq_op(d: Decision, cfg: QuantSettings):
+    """A Relu/Clip that stays after a quantized op is itself a QDQ op in QDQ form (Q/DQ on its input
+    and output, its own range), as onnxruntime writes it; in QOperator form it stays float."""
+    if cfg.quant_format == QuantFormat.QDQ:
+        d.status, d.acts, d.output, d.detail = "compute", (0,), d.node.output[0], "QDQ"
+        d.reason = ""
 
 
 def tensors_to_calibrate(g: GraphIndex, cfg: QuantSettings, decisions: list[Decision]) -> list[str]:
@@ -248,6 +257,7 @@ def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[
                 continue
             act.reason = (f"range [{lowest:.4g}, {highest:.4g}] of the {candidate.qtype.name} output "
                           f"(ActivationSymmetric={cfg.activation_symmetric}) exceeds the clamp [{low:g}, {high:g}]")
+            _as_qdq_op(act, cfg)
         if d.node.op_type not in cfg.outputs_not_quantized:
             params[d.output] = activation_params(cfg, d.output, ranges)
 
@@ -293,13 +303,23 @@ def _unknown_names(g, cfg) -> list[str]:
     return out
 
 
+def _types_used(cfg: QuantSettings) -> set:
+    return {cfg.activation_type, cfg.weight_type} | {o.quant_type for o in cfg.overrides.values()}
+
+
 def needed_opset(cfg: QuantSettings) -> int:
-    """16-bit and 4-bit types need opset 21's QuantizeLinear/DequantizeLinear (onnxruntime raises the
-    opset the same way), unless the com.microsoft ones carry them (UseQDQContribOps)."""
-    types = {cfg.activation_type, cfg.weight_type} | {o.quant_type for o in cfg.overrides.values()}
-    if cfg.qdq_domain or not types & set(SIXTEEN_BIT_TYPES + FOUR_BIT_TYPES):
+    """16-bit types need opset 21's QuantizeLinear/DequantizeLinear: the model's opset is raised, as
+    onnxruntime raises it, unless the com.microsoft ones carry them (UseQDQContribOps)."""
+    if cfg.qdq_domain or not _types_used(cfg) & set(SIXTEEN_BIT_TYPES):
         return MIN_OPSET
     return WIDE_TYPES_OPSET
+
+
+def use_contrib_for_four_bit(cfg: QuantSettings, opset: int):
+    """4-bit types below opset 21 go through com.microsoft QuantizeLinear/DequantizeLinear, as
+    onnxruntime writes them (its opset is not raised for 4-bit types)."""
+    if opset < WIDE_TYPES_OPSET and _types_used(cfg) & set(FOUR_BIT_TYPES):
+        cfg.qdq_domain = MS_DOMAIN
 
 
 def unchanged(mode, label, source, model_output, size_before, reports, notes, use_external_data_format):
@@ -343,6 +363,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
                                                                cfg.input_shapes)
     notes += [note] if note else []
     g = GraphIndex(model)
+    use_contrib_for_four_bit(cfg, g.opset)
     decisions = plan_nodes(g, cfg)
     if not any(d.status == "compute" for d in decisions):
         return unchanged(f"static {cfg.quant_format.name}", label, source, model_output, size_before,
