@@ -496,3 +496,55 @@ def test_parameters_are_stored_as_onnxruntime_stores_them(tmp_path):
     ort_zero = next(t for t in ort_model.graph.initializer if t.name == "x_zero_point")
     qrt_zero = next(t for t in qrt_model.graph.initializer if t.name == "x_zero_point")
     assert qrt_zero.int32_data[0] == ort_zero.int32_data[0]
+
+
+# ---------------------------------------------------------------- 16-bit and 4-bit on bigger models
+def _squeezenet():
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_squeezenet.onnx")
+    if not os.path.exists(path):
+        pytest.skip("onnx's light model zoo is not installed")
+    model = onnx.load(path)
+    initializers = {t.name for t in model.graph.initializer}
+    data = next(i for i in model.graph.input if i.name not in initializers)
+    shape = [d.dim_value for d in data.type.tensor_type.shape.dim]
+
+    def make(n, seed):
+        rng = np.random.default_rng(seed)
+        return [{data.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+    return model, make
+
+
+def _builder(name):
+    import quant_models
+
+    return {"cnn": quant_models.build_cnn, "cnn_bn": quant_models.build_cnn_bn, "mlp": quant_models.build_mlp,
+            "zoo": quant_models.build_zoo, "squeezenet": _squeezenet}[name]()
+
+
+WIDE_CASES = {"uint16-activations": dict(activation_type=oq.QuantType.QUInt16),
+              "int4-weights-per-channel": dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt4,
+                                               per_channel=True)}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+@pytest.mark.parametrize("name", ["cnn", "cnn_bn", "mlp", "zoo", "squeezenet"])
+def test_wide_types_end_to_end(tmp_path, name, case):
+    """16-bit activations and 4-bit weights through both tools on the quantizer test models and
+    onnx's light squeezenet, pre-processed once by quant_pre_process so both tools quantize the same
+    graph (qrt folds BatchNormalization into Conv; onnxruntime's quantizer alone would not).
+
+    qrt's model runs in qrt exactly as in onnxruntime (1e-6: float32 accumulation order), and
+    matches onnxruntime's model within one output step, plus float rounding where an op
+    re-quantizes a value lying on a rounding boundary (2 steps)."""
+    model, make = _builder(name)
+    src, prepared = tmp_path / "float.onnx", tmp_path / "prepared.onnx"
+    onnx.save(model, src)
+    qq.quant_pre_process(str(src), str(prepared))
+    model = onnx.load(prepared)
+    calibration, feed = make(4, 0), make(1, 99)[0]
+    ort_model, qrt_model, summary = static_both(tmp_path, model, reader_feeds=calibration, **WIDE_CASES[case])
+    assert summary.quantized
+    got = qrt.InferenceSession(qrt_model).run(None, feed)[0]
+    np.testing.assert_allclose(got, run_ort(qrt_model, feed)[0], rtol=1e-5, atol=1e-6)
+    step = output_step(ort_model, float(np.ptp(run_ort(model, feed)[0])) / 255)
+    np.testing.assert_allclose(got, run_ort(ort_model, feed)[0], rtol=0, atol=2 * step * 1.0001)
