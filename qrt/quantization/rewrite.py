@@ -233,6 +233,12 @@ class QOperatorRewriter(_Rewriter):
                     self.compute(d)
             elif d.status == "passthrough":
                 self.passthrough(d)
+            elif d.status == "reader":
+                node = onnx.NodeProto()
+                node.CopyFrom(d.node)
+                node.input[0] = self.int8_form(d.node.input[0])
+                self.nodes.append(node)
+                self.float_ready.update(o for o in node.output if o)
             else:
                 for name in node_reads(d.node):
                     self.float_form(name)
@@ -269,6 +275,9 @@ class QOperatorRewriter(_Rewriter):
         elif op in ("Add", "Mul"):
             inputs = self.quantized_input(node.input[0]) + self.quantized_input(node.input[1])
             inputs += [out_scale, out_zero_point]
+        elif op == "Where":
+            inputs = [self.float_form(node.input[0])] + self.quantized_input(node.input[1]) \
+                + self.quantized_input(node.input[2]) + [out_scale, out_zero_point]
         elif op == "Concat":
             inputs = [out_scale, out_zero_point]
             for name in node.input:

@@ -91,6 +91,8 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
         return "all inputs are constants"
     if node.op_type == "AveragePool" and any(v != 1 for v in (attribute(node, "dilations") or [])):
         return "dilated AveragePool has no QLinear form"
+    if node.op_type == "Where" and not cfg.force_quantize_no_input_check:
+        return "Where is quantized only with ForceQuantizeNoInputCheck (as onnxruntime does)"
     if node.op_type == "Gemm" and bias is not None and weight is None:
         return "Gemm with a computed B and a bias"
     d.acts = tuple(acts)
@@ -143,6 +145,10 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
                 d.reason = reason
             else:
                 d.status = "compute"
+        elif kind == "reader":
+            d.reason = _not_float(g, d.node.input[0], "input") if cfg.quant_format == QuantFormat.QOperator \
+                else "QDQ form keeps it on the dequantized tensor, as onnxruntime does"
+            d.status = "reader-candidate" if not d.reason else "float"
         elif kind == "passthrough":
             d.reason = _check_passthrough(g, d.node)
             d.status = "passthrough-candidate" if not d.reason else "float"
@@ -265,6 +271,12 @@ def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[
                   and d.node.op_type not in cfg.outputs_not_quantized
                   and (cfg.quant_format == QuantFormat.QDQ or d.rule.qlinear is not None)}
     for d in decisions:
+        if d.status == "reader-candidate":
+            if d.node.input[0] in int8_ready:
+                d.status, d.detail = "reader", f"{d.node.op_type} on the int8 tensor"
+            else:
+                d.status, d.reason = "float", "its input is float (it reads the int8 tensor of a quantized producer)"
+            continue
         if d.status != "passthrough-candidate":
             continue
         data = d.node.input[0]
@@ -284,7 +296,7 @@ def _reports(decisions) -> list[NodeReport]:
     reports = []
     for d in decisions:
         name = d.node.name or d.node.output[0]
-        if d.status in ("compute", "passthrough"):
+        if d.status in ("compute", "passthrough", "reader"):
             reports.append(NodeReport(name, d.node.op_type, "quantized", d.detail))
         elif d.status == "fused":
             reports.append(NodeReport(name, d.node.op_type, "fused", f"into {d.fused_into}"))

@@ -96,6 +96,20 @@ def large_bias():
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
 
 
+def where_argmax():
+    """Where choosing between two MatMul results, then a MatMul whose output ArgMax reads."""
+    init, inits = _weights(5)
+    nodes = [helper.make_node("MatMul", ["x", init("wa", 6, 4)], ["a"], name="mm_a"),
+             helper.make_node("MatMul", ["x", init("wb", 6, 4)], ["b"], name="mm_b"),
+             helper.make_node("Greater", ["a", "b"], ["c"], name="greater"),
+             helper.make_node("Where", ["c", "a", "b"], ["w"], name="where"),
+             helper.make_node("MatMul", ["w", init("wy", 4, 5)], ["y"], name="mm_y"),
+             helper.make_node("ArgMax", ["y"], ["k"], name="argmax", axis=1, keepdims=0)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5]),
+                   helper.make_tensor_value_info("k", TensorProto.INT64, [3])], inits)
+
+
 def feeds_for(model, n=4, seed=1):
     rng = np.random.default_rng(seed)
     initializers = {t.name for t in model.graph.initializer}
@@ -167,11 +181,13 @@ def static_both(tmp_path, model, *, reader_feeds=None, qrt_reader=None, **kwargs
 def assert_same(ort_model, qrt_model, float_model, steps=1.0):
     assert counts(qrt_model) == counts(ort_model)
     feed = feeds_for(float_model, 1, seed=7)[0]
-    expected = run_ort(ort_model, feed)[0]
-    got = qrt.InferenceSession(qrt_model).run(None, feed)[0]
+    expected = run_ort(ort_model, feed)
+    got = qrt.InferenceSession(qrt_model).run(None, feed)
     reference = run_ort(float_model, feed)[0]
     step = output_step(ort_model, float(np.ptp(reference)) / 255)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=steps * step * 1.0001)
+    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=steps * step * 1.0001)
+    for ours, theirs in zip(got[1:], expected[1:]):   # further outputs: indices (ArgMax)
+        np.testing.assert_array_equal(ours, theirs)
 
 
 # ---------------------------------------------------------------- formats and quant types
@@ -256,6 +272,14 @@ OPTION_CASES = {
     "QDQKeepRemovableActivations": (cnn, dict(), {"QDQKeepRemovableActivations": True}),
     "QDQDisableWeightAdjustForInt32Bias": (cnn, dict(), {"QDQDisableWeightAdjustForInt32Bias": True}),
     "weight-adjust-for-int32-bias": (large_bias, dict(), {}),
+    "Where-ArgMax-QOperator": (where_argmax, dict(quant_format=oq.QuantFormat.QOperator,
+                                                  activation_type=oq.QuantType.QUInt8),
+                               {"ForceQuantizeNoInputCheck": True}),
+    "Where-ArgMax-QOperator-int8": (where_argmax, dict(quant_format=oq.QuantFormat.QOperator),
+                                    {"ForceQuantizeNoInputCheck": True}),
+    "Where-ArgMax-QDQ": (where_argmax, dict(), {"ForceQuantizeNoInputCheck": True}),
+    "Where-not-forced": (where_argmax, dict(quant_format=oq.QuantFormat.QOperator,
+                                            activation_type=oq.QuantType.QUInt8), {}),
     "TensorQuantOverrides-range": (cnn, dict(), {"TensorQuantOverrides": {"x": [{"rmin": np.float32(-4.0), "rmax": np.float32(4.0)}]}}),
     "TensorQuantOverrides-scale": (cnn, dict(activation_type=oq.QuantType.QUInt8),
                                    {"TensorQuantOverrides": {"c2": [{"scale": np.array(0.05, np.float32),
