@@ -88,6 +88,11 @@ def params_for_values(values: np.ndarray, qtype: QuantType, symmetric=False, red
                             axis=axis, min_real_range=min_real_range)
 
 
+def half_scaled(params: QParams) -> QParams:
+    """The parameters of a float16 tensor: the scale rounded to float16, as it is stored."""
+    return QParams(np.asarray(params.scale).astype(np.float16), params.zero_point, params.qtype, params.axis)
+
+
 def fixed_params(scale, zero_point, qtype: QuantType, axis=None, size=None) -> QParams:
     """Parameters given by the user (TensorQuantOverrides' scale and zero_point)."""
     scale = np.asarray(scale, np.float32)
@@ -151,7 +156,7 @@ def quantize_bias(bias: np.ndarray, scale: np.ndarray, axis: int | None):
 
 
 def scale_tensor(params: QParams, name: str):
-    return _parameter_tensor(np.asarray(params.scale, np.float32), params.qtype, name, is_scale=True)
+    return _parameter_tensor(np.asarray(params.scale), params.qtype, name, is_scale=True)
 
 
 def zero_point_tensor(params: QParams, name: str):
@@ -161,7 +166,11 @@ def zero_point_tensor(params: QParams, name: str):
 def _parameter_tensor(values: np.ndarray, qtype: QuantType, name: str, is_scale: bool):
     """A scale or zero point stored as onnxruntime's tool stores it: typed fields (float_data,
     int32_data), not raw_data, so a reader of ``int32_data[0]`` sees the value too."""
-    elem = onnx.TensorProto.FLOAT if is_scale else qtype.tensor_type
     flat = values.reshape(-1)
-    flat = flat.astype(np.float32) if is_scale else flat.astype(np.int32)
+    if not is_scale:
+        elem, flat = qtype.tensor_type, flat.astype(np.int32)
+    elif values.dtype == np.float16:
+        elem = onnx.TensorProto.FLOAT16
+    else:
+        elem, flat = onnx.TensorProto.FLOAT, flat.astype(np.float32)
     return helper.make_tensor(name, elem, list(values.shape), flat.tolist())

@@ -18,7 +18,7 @@ from qrt.errors import QuantizationError
 
 from .graph import GraphIndex, attribute, describe, node_reads
 from .params import (QParams, fixed_params, params_for_range, params_for_values, quantize_bias,
-                     quantize_values, scale_tensor, widened_for_bias, zero_point_tensor)
+                     half_scaled, quantize_values, scale_tensor, widened_for_bias, zero_point_tensor)
 from .rules import OpRule
 
 
@@ -70,10 +70,14 @@ class _Rewriter:
         if name not in self.act_params:
             if not self.g.is_constant(name):
                 raise QuantizationError(f"internal: tensor {name!r} has no quantization parameters")
-            self.act_params[name] = params_for_values(self.g.constant(name), self.cfg.activation_type,
-                                                      symmetric=self.cfg.activation_symmetric,
-                                                      min_real_range=self.cfg.min_real_range)
+            self.act_params[name] = self.as_stored(name, params_for_values(
+                self.g.constant(name), self.cfg.activation_type, symmetric=self.cfg.activation_symmetric,
+                min_real_range=self.cfg.min_real_range))
         return self.act_params[name]
+
+    def as_stored(self, name: str, params: QParams) -> QParams:
+        """float16 tensors keep float16 scales (their DequantizeLinear then writes float16)."""
+        return half_scaled(params) if self.g.elem_types.get(name) == onnx.TensorProto.FLOAT16 else params
 
     def param_inputs(self, name: str, params: QParams | None = None) -> tuple[str, str]:
         """Names of the scale and zero-point initializers of activation ``name``."""
@@ -109,7 +113,7 @@ class _Rewriter:
         if key not in self._weights:
             params = self.weight_qparams(name, axis, transposed, table)
             if bias_guard is not None:
-                params = widened_for_bias(params, *bias_guard)
+                params = self.as_stored(name, widened_for_bias(params, *bias_guard))
             values = self.g.constant(name)
             if transposed:
                 values = np.ascontiguousarray(values.T)
@@ -122,6 +126,9 @@ class _Rewriter:
         return self._weights[key]
 
     def weight_qparams(self, name: str, axis: int | None, transposed=False, table=False) -> QParams:
+        return self.as_stored(name, self._weight_qparams(name, axis, transposed, table))
+
+    def _weight_qparams(self, name: str, axis: int | None, transposed, table) -> QParams:
         cfg = self.cfg
         values = self.g.constant(name)
         if transposed:
@@ -160,11 +167,14 @@ class _Rewriter:
         node = d.node
         bias = np.asarray(self.g.constant(node.input[d.bias]), np.float64)
         scale = np.float32(input_params.scale) * weight_params.scale.astype(np.float32)
+        if weight_params.scale.dtype == np.float16:
+            # A float16 model's bias: its DequantizeLinear must write float16, so the scale is float16.
+            scale = scale.astype(np.float16)
         if node.op_type == "Gemm":
             # QGemm computes alpha * a_scale * b_scale * (A.B + C), so C carries beta / alpha.
             alpha = np.float32(attribute(node, "alpha", 1.0))
             beta = attribute(node, "beta", 1.0)
-            scale = (scale * alpha).astype(np.float32)
+            scale = (scale * alpha).astype(scale.dtype)
             bias = bias * beta
             if scale.ndim == 1 and (bias.ndim == 0 or bias.shape[-1] != scale.size):
                 bias = np.broadcast_to(bias, (bias.shape[:-1] if bias.ndim else ()) + (scale.size,))
@@ -175,7 +185,7 @@ class _Rewriter:
         if clipped:
             self.warnings.append(f"{describe(node)}: {clipped} bias value(s) exceed int32 at scale "
                                  "input_scale*weight_scale and were clipped")
-        return q, np.asarray(scale, np.float32), axis
+        return q, np.asarray(scale), axis
 
     def gemm_attributes(self, node, keep_beta: bool):
         attrs = [a for a in node.attribute if a.name in ("alpha", "transA", "transB")]

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 from calibration import CalibrationMethod
 
 from qrt.errors import QuantizationError, QuantizationWarning
@@ -19,7 +20,7 @@ from .config import QuantSettings, make_config
 from .feeds import calibration_ranges, with_complete_types
 from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
-from .params import QParams, fixed_params, params_for_range
+from .params import QParams, fixed_params, half_scaled, params_for_range
 from .preprocess import MIN_OPSET, preprocess
 from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
@@ -47,12 +48,16 @@ def _filter_reason(node: onnx.NodeProto, cfg: QuantSettings) -> str:
     return ""
 
 
-def _not_float(g: GraphIndex, name: str, what: str) -> str:
-    if g.is_float(name):
-        return ""
+def _not_float(g: GraphIndex, cfg: QuantSettings, name: str, what: str) -> str:
     elem = g.elem_types.get(name)
+    if elem == TensorProto.FLOAT:
+        return ""
+    if elem == TensorProto.FLOAT16:
+        # float16 scales exist for QuantizeLinear/DequantizeLinear (opset 19), not for the QLinear ops.
+        return "" if cfg.quant_format == QuantFormat.QDQ else \
+            f"{what} {name!r} is float16, which only QuantFormat.QDQ quantizes (QLinear ops take float32 scales)"
     kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "of unknown type"
-    return f"{what} {name!r} is {kind}, only float32 tensors are quantized"
+    return f"{what} {name!r} is {kind}, only float32 and float16 tensors are quantized"
 
 
 def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
@@ -61,7 +66,7 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
     inputs = list(node.input)
     if len(node.output) != 1 or not node.output[0]:
         return "expected exactly one output"
-    reason = _not_float(g, node.output[0], "output")
+    reason = _not_float(g, cfg, node.output[0], "output")
     if reason:
         return reason
     acts = [i for i, name in enumerate(inputs) if name] if rule.activations is None else \
@@ -84,7 +89,7 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
             return f"bias {inputs[rule.bias]!r} is not a constant"
         bias = rule.bias
     for i in acts + [j for j in (weight, bias) if j is not None]:
-        reason = _not_float(g, inputs[i], "input")
+        reason = _not_float(g, cfg, inputs[i], "input")
         if reason:
             return reason
     if node.op_type in ("Add", "Mul", "Concat") and all(g.is_constant(inputs[i]) for i in acts):
@@ -113,10 +118,10 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
     return ""
 
 
-def _check_passthrough(g: GraphIndex, node: onnx.NodeProto) -> str:
+def _check_passthrough(g: GraphIndex, cfg: QuantSettings, node: onnx.NodeProto) -> str:
     if not node.input or not node.input[0]:
         return "no data input"
-    reason = _not_float(g, node.input[0], "input")
+    reason = _not_float(g, cfg, node.input[0], "input")
     if reason:
         return reason
     if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
@@ -146,11 +151,11 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
             else:
                 d.status = "compute"
         elif kind == "reader":
-            d.reason = _not_float(g, d.node.input[0], "input") if cfg.quant_format == QuantFormat.QOperator \
+            d.reason = _not_float(g, cfg, d.node.input[0], "input") if cfg.quant_format == QuantFormat.QOperator \
                 else "QDQ form keeps it on the dequantized tensor, as onnxruntime does"
             d.status = "reader-candidate" if not d.reason else "float"
         elif kind == "passthrough":
-            d.reason = _check_passthrough(g, d.node)
+            d.reason = _check_passthrough(g, cfg, d.node)
             d.status = "passthrough-candidate" if not d.reason else "float"
         else:
             d.status = "activation-candidate"
@@ -289,7 +294,8 @@ def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[
         for out in d.node.output:
             if out:
                 int8_ready.add(out)
-    return params
+    return {name: half_scaled(p) if g.elem_types.get(name) == TensorProto.FLOAT16 else p
+            for name, p in params.items()}
 
 
 def _reports(decisions) -> list[NodeReport]:
@@ -315,16 +321,30 @@ def _unknown_names(g, cfg) -> list[str]:
     return out
 
 
+HALF_SCALE_OPSET = 19
+
+
 def _types_used(cfg: QuantSettings) -> set:
     return {cfg.activation_type, cfg.weight_type} | {o.quant_type for o in cfg.overrides.values()}
 
 
-def needed_opset(cfg: QuantSettings) -> int:
+def needed_opset(cfg: QuantSettings, model=None) -> int:
     """16-bit types need opset 21's QuantizeLinear/DequantizeLinear: the model's opset is raised, as
-    onnxruntime raises it, unless the com.microsoft ones carry them (UseQDQContribOps)."""
-    if cfg.qdq_domain or not _types_used(cfg) & set(SIXTEEN_BIT_TYPES):
-        return MIN_OPSET
-    return WIDE_TYPES_OPSET
+    onnxruntime raises it, unless the com.microsoft ones carry them (UseQDQContribOps). float16
+    tensors in QDQ form need float16 scales, which QuantizeLinear takes from opset 19 (onnxruntime
+    writes them into the model's opset even below 19, which its own checker then rejects)."""
+    if not cfg.qdq_domain and _types_used(cfg) & set(SIXTEEN_BIT_TYPES):
+        return WIDE_TYPES_OPSET
+    if model is not None and cfg.quant_format == QuantFormat.QDQ and _has_half(model):
+        return HALF_SCALE_OPSET
+    return MIN_OPSET
+
+
+def _has_half(model) -> bool:
+    graph = model.graph
+    infos = list(graph.input) + list(graph.output) + list(graph.value_info)
+    return any(t.data_type == TensorProto.FLOAT16 for t in graph.initializer) or \
+        any(i.type.tensor_type.elem_type == TensorProto.FLOAT16 for i in infos)
 
 
 def use_contrib_for_four_bit(cfg: QuantSettings, opset: int):
@@ -370,7 +390,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     calibrate_method = CalibrationMethod.parse(calibrate_method)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
-    model, notes = preprocess(source, label, min_opset=needed_opset(cfg))
+    model, notes = preprocess(source, label, min_opset=needed_opset(cfg, source))
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
     notes += [note] if note else []

@@ -572,3 +572,57 @@ def test_wide_types_end_to_end(tmp_path, name, case):
     np.testing.assert_allclose(got, run_ort(qrt_model, feed)[0], rtol=1e-5, atol=1e-6)
     step = output_step(ort_model, float(np.ptp(run_ort(model, feed)[0])) / 255)
     np.testing.assert_allclose(got, run_ort(ort_model, feed)[0], rtol=0, atol=2 * step * 1.0001)
+
+
+# ---------------------------------------------------------------- float16 models
+def half_cnn(opset):
+    """A float16 model: float16 weights, inputs and outputs."""
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float16), name)
+             for name, shape in (("w", (4, 3, 3, 3)), ("b", (4,)), ("w2", (4, 5)))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w2"], ["y"], name="mm")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 8, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 5])], inits, opset)
+
+
+def _half_feeds(n, seed):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float16)} for _ in range(n)]
+
+
+def test_float16_model_in_qdq(tmp_path):
+    """float16 tensors quantized with float16 scales (opset 19 QuantizeLinear), as onnxruntime does.
+
+    Tolerance: one output step; qrt's float16 QuantizeLinear divides in float16 as the ONNX reference
+    does, onnxruntime in float32, so a value on a rounding boundary can land one step apart."""
+    model = half_cnn(19)
+    ort_model, qrt_model, summary = static_both(tmp_path, model, reader_feeds=_half_feeds(4, 0))
+    assert counts(qrt_model) == counts(ort_model)
+    scales = {t.name: t.data_type for t in qrt_model.graph.initializer if t.name.endswith("scale")}
+    assert set(scales.values()) == {TensorProto.FLOAT16}
+    feed = _half_feeds(1, 9)[0]
+    got = qrt.InferenceSession(qrt_model).run(None, feed)[0]
+    expected = run_ort(ort_model, feed)[0]
+    assert got.dtype == np.float16
+    # rtol 2**-10: both dequantized outputs are rounded to float16 (11-bit significand).
+    np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=2 ** -10,
+                               atol=output_step(ort_model, 0.0) * 1.001)
+
+
+def test_float16_model_below_opset_19_and_in_qoperator(tmp_path):
+    """Deliberate differences: below opset 19 onnxruntime writes float16 scales that its own checker
+    rejects; qrt raises the opset to 19. QLinear ops take float32 scales only, so QOperator leaves a
+    float16 model unchanged (with the warning) where onnxruntime writes an invalid model."""
+    summary = qq.quantize_static(half_cnn(17), None, _half_feeds(4, 0))
+    assert [o.version for o in summary.model.opset_import if o.domain == ""] == [19]
+    feed = _half_feeds(1, 9)[0]
+    np.testing.assert_allclose(qrt.InferenceSession(summary.model).run(None, feed)[0].astype(np.float32),
+                               run_ort(summary.model, feed)[0].astype(np.float32), rtol=2 ** -10,
+                               atol=output_step(summary.model, 0.0) * 1.001)
+    with pytest.warns(QuantizationWarning, match="float16, which only QuantFormat.QDQ quantizes"):
+        unchanged = qq.quantize_static(half_cnn(17), None, _half_feeds(4, 0), quant_format=qq.QuantFormat.QOperator)
+    assert counts(unchanged.model) == counts(half_cnn(17))
