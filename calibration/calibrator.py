@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 
 import numpy as np
 import onnx
@@ -224,28 +225,42 @@ class MinMaxCalibrater(CalibraterBase):
                          moving_average=moving_average, averaging_constant=averaging_constant)
 
 
-def save_tensors_data(tensors_data: TensorsData, path) -> None:
-    """Writes calibration results as JSON (onnxruntime's ``save_tensors_data`` layout)."""
-    payload = {"calibration_method": tensors_data.calibration_method.name,
-               "data": {k: v.to_dict() for k, v in tensors_data.items()}}
-    with open(os.fspath(path), "w") as f:
-        json.dump(payload, f, default=_json_default)
+def save_tensors_data(tensors_data: TensorsData, path, *, smooth_quant=False) -> None:
+    """Writes calibration results atomically in onnxruntime's JSON layout (``save_tensors_data``),
+    so either tool reads the other's calibration cache."""
+    path = os.fspath(path)
+    payload = {"CLS": "TensorsData", "data": tensors_data.data,
+               "calibration_method": tensors_data.calibration_method, "smooth_quant": bool(smooth_quant)}
+    fd, staged = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".calibcache_")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, default=_json_default)
+        os.replace(staged, path)
+    except BaseException:
+        if os.path.exists(staged):
+            os.unlink(staged)
+        raise
 
 
 def load_tensors_data(path) -> TensorsData:
-    """Reads what :func:`save_tensors_data` wrote."""
-    with open(os.fspath(path)) as f:
-        payload = json.load(f)
+    """Reads a file written by :func:`save_tensors_data` (qrt's or onnxruntime's)."""
+    try:
+        with open(os.fspath(path)) as f:
+            payload = json.load(f)
+        method = payload["calibration_method"]
+        if isinstance(method, dict):
+            method = method["value"].split(".")[-1]
 
-    def value(v):
-        if isinstance(v, dict) and v.get("CLS") == "numpy.array":
-            return np.array(v["data"], dtype=v["dtype"])
-        return np.float32(v) if isinstance(v, float) else v
+        def value(v):
+            if isinstance(v, dict) and v.get("CLS") == "numpy.array":
+                return np.array(v["data"], dtype=v["dtype"])
+            return np.array(v, np.float32) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
-    data = {name: TensorData(**{k: value(v) for k, v in entry.items() if k != "CLS"})
-            for name, entry in payload["data"].items()}
-    method = payload["calibration_method"]
-    return TensorsData(method.get("value", "").split(".")[-1] if isinstance(method, dict) else method, data)
+        data = {name: TensorData(**{k: value(v) for k, v in entry.items() if k != "CLS"})
+                for name, entry in payload["data"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise QuantizationError(f"calibration cache {os.fspath(path)} is unreadable: {exc}") from None
+    return TensorsData(method, data)
 
 
 def create_calibrator(model, op_types_to_calibrate=None, augmented_model_path="augmented_model.onnx",
@@ -306,7 +321,7 @@ def _json_default(obj):
     if isinstance(obj, np.floating):
         return float(obj)
     if isinstance(obj, CalibrationMethod):
-        return {"CLS": type(obj).__name__, "value": str(obj)}
+        return {"CLS": "CalibrationMethod", "value": f"CalibrationMethod.{obj.name}"}
     raise TypeError(f"cannot write {type(obj).__name__} to a calibration table")
 
 

@@ -626,3 +626,24 @@ def test_float16_model_below_opset_19_and_in_qoperator(tmp_path):
     with pytest.warns(QuantizationWarning, match="float16, which only QuantFormat.QDQ quantizes"):
         unchanged = qq.quantize_static(half_cnn(17), None, _half_feeds(4, 0), quant_format=qq.QuantFormat.QOperator)
     assert counts(unchanged.model) == counts(half_cnn(17))
+
+
+def test_calibration_cache_is_shared_with_onnxruntime(tmp_path):
+    """quantize_static's calibration_cache_path and save/load_tensors_data use onnxruntime's file layout:
+    a cache either tool writes, the other reads, and the same ranges give the same model."""
+    model = cnn()
+    src = tmp_path / "float.onnx"
+    onnx.save(model, src)
+    ort_cache, qrt_cache = tmp_path / "ort.json", tmp_path / "qrt.json"
+    oq.quantize_static(str(src), str(tmp_path / "ort.onnx"), Reader(feeds_for(model)), calibration_cache_path=ort_cache)
+    qq.quantize_static(src, tmp_path / "qrt.onnx", Reader(feeds_for(model)), calibration_cache_path=qrt_cache)
+    from_ort = qq.quantize_static(src, None, None, calibration_cache_path=ort_cache)
+    assert_same(onnx.load(tmp_path / "ort.onnx"), from_ort.model, model)
+    oq.quantize_static(str(src), str(tmp_path / "ort_from_qrt.onnx"), None, calibration_cache_path=qrt_cache)
+    assert_same(onnx.load(tmp_path / "ort_from_qrt.onnx"), onnx.load(tmp_path / "qrt.onnx"), model)
+    ranges = qq.load_tensors_data(ort_cache)
+    assert isinstance(ranges, qq.TensorsData) and ranges.calibration_method == qq.CalibrationMethod.MinMax
+    qq.save_tensors_data(ranges, tmp_path / "again.json")
+    assert oq.load_tensors_data(tmp_path / "again.json").keys() == oq.load_tensors_data(ort_cache).keys()
+    with pytest.raises(QuantizationError, match="made with MinMax"):
+        qq.quantize_static(src, None, None, calibration_cache_path=ort_cache, calibrate_method="Entropy")
