@@ -20,6 +20,7 @@ from .graph import GraphIndex, attribute, describe, node_reads
 from .params import (QParams, fixed_params, params_for_range, params_for_values, quantize_bias,
                      half_scaled, quantize_values, scale_tensor, widened_for_bias, zero_point_tensor)
 from .rules import OpRule
+from .types import QuantFormat
 
 
 @dataclass
@@ -140,8 +141,15 @@ class _Rewriter:
         if override and override.scale is not None:
             size = values.shape[axis] if axis is not None else None
             return fixed_params(override.scale, override.zero_point, qtype, axis, size)
-        symmetric = override.symmetric if override and override.symmetric is not None \
-            else cfg.weight_symmetric_for(qtype)
+        # QDQ per-channel weights default to symmetric, as onnxruntime writes them; unlike onnxruntime,
+        # an explicit WeightSymmetric=False is honoured for them too.
+        per_channel_qdq = axis is not None and cfg.quant_format == QuantFormat.QDQ
+        if override and override.symmetric is not None:
+            symmetric = override.symmetric
+        elif cfg.weight_symmetric is not None:
+            symmetric = cfg.weight_symmetric
+        else:
+            symmetric = per_channel_qdq or cfg.weight_symmetric_for(qtype)
         reduce_range = cfg.reduce_range or bool(override and override.reduce_range)
         if override and (override.rmin is not None or override.rmax is not None):
             other = tuple(i for i in range(values.ndim) if i != axis) if axis is not None else None

@@ -202,6 +202,13 @@ TYPE_CASES = {
     "int4-weights-per-channel": dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt4,
                                      per_channel=True),
     "uint4-weights": dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QUInt4),
+    "uint8-weights-per-channel": dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QUInt8,
+                                      per_channel=True),
+    "uint4-weights-per-channel": dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QUInt4,
+                                      per_channel=True),
+    "qoperator-uint8-weights-per-channel": dict(quant_format=oq.QuantFormat.QOperator,
+                                                activation_type=oq.QuantType.QUInt8,
+                                                weight_type=oq.QuantType.QUInt8, per_channel=True),
     "uint16-activations-int4-weights": dict(activation_type=oq.QuantType.QUInt16, weight_type=oq.QuantType.QInt4),
 }
 
