@@ -19,12 +19,12 @@ Static only: ``ActivationRestrictedAsymmetric``, ``ForceQuantizeNoInputCheck``,
 ``CalibMaxIntermediateOutputs``), ``QDQKeepRemovableActivations``, and the QDQ-only keys
 ``AddQDQPairToWeight``, ``OpTypesToExcludeOutputQuantization``, ``DedicatedQDQPair``,
 ``QDQOpTypePerChannelSupportToAxis``, ``QuantizeBias``, ``UseQDQContribOps``,
-``QDQDisableWeightAdjustForInt32Bias``.
+``QDQDisableWeightAdjustForInt32Bias``, ``BlockSize`` (blocked rank-2 weights along the per-channel
+axis, else axis 0, as onnxruntime; the opset is raised to 21; nodes with a bias stay float).
 
 Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``SmoothQuant=True``
 (needs Intel neural-compressor's transform, which qrt does not ship), ``extra.Sigmoid.nnapi=True``
-(an NNAPI-only fixed Sigmoid range), ``BlockSize`` (blocked weights: qrt writes per-tensor or
-per-channel 4-bit weights), ``TensorQuantOverrides`` ``convert`` entries, a QDQ-only key with
+(an NNAPI-only fixed Sigmoid range), ``TensorQuantOverrides`` ``convert`` entries, a QDQ-only key with
 ``QuantFormat.QOperator``, and any key onnxruntime does not document.
 """
 from __future__ import annotations
@@ -120,6 +120,7 @@ class QuantSettings:
     quantize_bias: bool = True
     qdq_domain: str = ""                               # "com.microsoft" with UseQDQContribOps
     adjust_weight_for_int32_bias: bool = True
+    block_size: int = 0                                # BlockSize: blocked rank-2 weights (opset 21)
 
     def weight_symmetric_for(self, qtype: QuantType) -> bool:
         return self.weight_symmetric if self.weight_symmetric is not None else qtype in SIGNED_TYPES
@@ -269,9 +270,6 @@ def _refuse(extra, dynamic, quant_format):
     if _bool(extra, "extra.Sigmoid.nnapi", False):
         raise QuantizationError("extra_options['extra.Sigmoid.nnapi']=True: the NNAPI-only fixed Sigmoid output "
                                 "range is not supported by qrt")
-    if extra.get("BlockSize"):
-        raise QuantizationError("extra_options['BlockSize']: blocked weight quantization is not supported by "
-                                "qrt's quantizer; 4-bit weights are per tensor or per channel (per_channel=True)")
     if dynamic and _bool(extra, "ActivationSymmetric", False):
         raise QuantizationError("extra_options['ActivationSymmetric']=True with quantize_dynamic: "
                                 "DynamicQuantizeLinear computes asymmetric uint8 parameters at run time")
@@ -346,4 +344,5 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         quantize_bias=_bool(extra, "QuantizeBias", True),
         qdq_domain="com.microsoft" if contrib else "",
         adjust_weight_for_int32_bias=not _bool(extra, "QDQDisableWeightAdjustForInt32Bias", False),
+        block_size=_positive_number(extra, "BlockSize", integer=True) or 0,
     )

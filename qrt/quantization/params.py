@@ -26,10 +26,17 @@ class QParams:
     zero_point: np.ndarray
     qtype: QuantType
     axis: int | None = None
+    block_size: int = 0     # blocked (opset 21): the scale has ceil(n / block_size) entries along axis
 
     @property
     def per_axis(self) -> bool:
         return self.scale.ndim == 1
+
+    def axis_attributes(self) -> dict:
+        """The ``axis`` / ``block_size`` attributes of the DequantizeLinear that reads these parameters."""
+        if self.block_size:
+            return {"axis": self.axis, "block_size": self.block_size}
+        return {"axis": self.axis} if self.per_axis else {}
 
     def representable(self) -> tuple[float, float]:
         """The smallest and largest real values the quantized type can hold with these parameters."""
@@ -90,7 +97,8 @@ def params_for_values(values: np.ndarray, qtype: QuantType, symmetric=False, red
 
 def half_scaled(params: QParams) -> QParams:
     """The parameters of a float16 tensor: the scale rounded to float16, as it is stored."""
-    return QParams(np.asarray(params.scale).astype(np.float16), params.zero_point, params.qtype, params.axis)
+    return QParams(np.asarray(params.scale).astype(np.float16), params.zero_point, params.qtype, params.axis,
+                   params.block_size)
 
 
 def fixed_params(scale, zero_point, qtype: QuantType, axis=None, size=None) -> QParams:
@@ -134,7 +142,23 @@ def widened_for_bias(params: QParams, input_scale, bias) -> QParams:
 
 def quantize_values(values: np.ndarray, params: QParams) -> np.ndarray:
     return qmath.quantize(np.asarray(values, np.float32), params.scale, params.zero_point,
-                          params.qtype.tensor_type, axis=params.axis)
+                          params.qtype.tensor_type, axis=params.axis, block_size=params.block_size)
+
+
+def params_for_blocks(values: np.ndarray, qtype: QuantType, axis: int, block_size: int, symmetric: bool) -> QParams:
+    """Blocked parameters of a rank-2 weight: one scale per ``block_size`` consecutive values along
+    ``axis`` (onnxruntime's BlockSize; ranges include 0, a block of zeros gets scale 1)."""
+    values = np.asarray(values, np.float32)
+    moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    n_blocks = -(-moved.shape[0] // block_size)
+    padded = np.zeros((n_blocks * block_size, moved.shape[1]), np.float32)
+    padded[:moved.shape[0]] = moved
+    blocks = padded.reshape(n_blocks, block_size, -1)
+    rmin, rmax = blocks.min(axis=1), blocks.max(axis=1)
+    params = params_for_range(rmin, rmax, qtype, symmetric=symmetric)
+    scale = np.moveaxis(params.scale.reshape(n_blocks, -1), 0, axis)
+    zero_point = np.moveaxis(params.zero_point.reshape(n_blocks, -1), 0, axis)
+    return QParams(np.ascontiguousarray(scale), np.ascontiguousarray(zero_point), qtype, axis, block_size)
 
 
 def quantize_bias(bias: np.ndarray, scale: np.ndarray, axis: int | None):

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from qrt.errors import QuantizationError
 
 from .graph import GraphIndex, attribute, describe, node_reads
-from .params import (QParams, fixed_params, params_for_range, params_for_values, quantize_bias,
+from .params import (QParams, fixed_params, params_for_blocks, params_for_range, params_for_values, quantize_bias,
                      half_scaled, quantize_values, scale_tensor, widened_for_bias, zero_point_tensor)
 from .rules import OpRule
 from .types import QuantFormat
@@ -33,12 +33,17 @@ class Decision:
     reason: str = ""               # why it stays float
     acts: tuple = ()               # input indices quantized as activations
     weight: int | None = None      # input index of a weight
-    axis: int | None = None        # per-channel axis of the weight
+    axis: int | None = None        # per-channel (or blocked) axis of the weight
+    block_size: int = 0            # BlockSize: blocked weight along ``axis``
     bias: int | None = None        # input index of the bias
     output: str | None = None      # compute: the tensor whose quantized form the node produces
     fusion: "Decision | None" = None   # compute: a Relu/Clip candidate reading the output
     fused_into: str = ""           # fused: the producer's name
     detail: str = ""               # what the node became
+
+
+def _attributes(params: QParams):
+    return [helper.make_attribute(k, v) for k, v in params.axis_attributes().items()] or None
 
 
 class _Rewriter:
@@ -101,7 +106,7 @@ class _Rewriter:
         return self._weights[key][0]
 
     def weight(self, name: str, axis: int | None, transposed=False, table=False,
-               bias_guard=None) -> tuple[str, str, str, QParams]:
+               bias_guard=None, block_size=0) -> tuple[str, str, str, QParams]:
         """(quantized weight, scale, zero point, params) for a weight initializer; shared by its readers.
 
         ``transposed`` quantizes the 2-D weight's transpose (a Gemm's B with transB=1 feeding
@@ -110,9 +115,9 @@ class _Rewriter:
         ``bias_guard`` = (input scale, float bias): the weight scale grows where input scale *
         weight scale would push the int32 bias out of range (onnxruntime's QDQ default).
         """
-        key = ("weight", name, axis, transposed, table)
+        key = ("weight", name, axis, transposed, table, block_size)
         if key not in self._weights:
-            params = self.weight_qparams(name, axis, transposed, table)
+            params = self.weight_qparams(name, axis, transposed, table, block_size)
             if bias_guard is not None:
                 params = self.as_stored(name, widened_for_bias(params, *bias_guard))
             values = self.g.constant(name)
@@ -126,10 +131,10 @@ class _Rewriter:
             self._weights[key] = (q_name, scale, zero_point, params)
         return self._weights[key]
 
-    def weight_qparams(self, name: str, axis: int | None, transposed=False, table=False) -> QParams:
-        return self.as_stored(name, self._weight_qparams(name, axis, transposed, table))
+    def weight_qparams(self, name: str, axis: int | None, transposed=False, table=False, block_size=0) -> QParams:
+        return self.as_stored(name, self._weight_qparams(name, axis, transposed, table, block_size))
 
-    def _weight_qparams(self, name: str, axis: int | None, transposed, table) -> QParams:
+    def _weight_qparams(self, name: str, axis: int | None, transposed, table, block_size) -> QParams:
         cfg = self.cfg
         values = self.g.constant(name)
         if transposed:
@@ -143,13 +148,16 @@ class _Rewriter:
             return fixed_params(override.scale, override.zero_point, qtype, axis, size)
         # QDQ per-channel weights default to symmetric, as onnxruntime writes them; unlike onnxruntime,
         # an explicit WeightSymmetric=False is honoured for them too.
-        per_channel_qdq = axis is not None and cfg.quant_format == QuantFormat.QDQ
+        per_channel_qdq = axis is not None and cfg.quant_format == QuantFormat.QDQ \
+            and (cfg.per_channel or not block_size)
         if override and override.symmetric is not None:
             symmetric = override.symmetric
         elif cfg.weight_symmetric is not None:
             symmetric = cfg.weight_symmetric
         else:
             symmetric = per_channel_qdq or cfg.weight_symmetric_for(qtype)
+        if block_size:
+            return params_for_blocks(values, qtype, axis, block_size, symmetric)
         reduce_range = cfg.reduce_range or bool(override and override.reduce_range)
         if override and (override.rmin is not None or override.rmax is not None):
             other = tuple(i for i in range(values.ndim) if i != axis) if axis is not None else None
@@ -406,24 +414,22 @@ class QDQRewriter(_Rewriter):
         self.emit_dq([q_name, scale, zero_point], [tensor])
         self.dequantized[tensor] = tensor
 
-    def weight_dq(self, name: str, axis, bias_guard=None):
-        key = ("dq", name, axis)
+    def weight_dq(self, name: str, axis, bias_guard=None, block_size=0):
+        key = ("dq", name, axis, block_size)
         if key not in self._weights:
             dq_name = self.g.unique(f"{name}_dequantized")
             if self.cfg.add_qdq_pair_to_weight:
                 # AddQDQPairToWeight: the float weight stays, a QuantizeLinear quantizes it at run time.
-                params = self.weight_qparams(name, axis)
+                params = self.weight_qparams(name, axis, block_size=block_size)
                 if bias_guard is not None:
                     params = widened_for_bias(params, *bias_guard)
                 scale, zero_point = self.g.unique(f"{name}_scale"), self.g.unique(f"{name}_zero_point")
                 self.initializers += [scale_tensor(params, scale), zero_point_tensor(params, zero_point)]
                 w_q = self.g.unique(f"{name}_quantized")
-                attrs = [helper.make_attribute("axis", axis)] if params.per_axis else None
-                self.emit_q([name, scale, zero_point], [w_q], attrs=attrs)
+                self.emit_q([name, scale, zero_point], [w_q], attrs=_attributes(params))
             else:
-                w_q, scale, zero_point, params = self.weight(name, axis, bias_guard=bias_guard)
-            attrs = [helper.make_attribute("axis", axis)] if params.per_axis else None
-            self.emit_dq([w_q, scale, zero_point], [dq_name], attrs=attrs)
+                w_q, scale, zero_point, params = self.weight(name, axis, bias_guard=bias_guard, block_size=block_size)
+            self.emit_dq([w_q, scale, zero_point], [dq_name], attrs=_attributes(params))
             self._weights[key] = (dq_name, params)
         return self._weights[key]
 
@@ -458,7 +464,7 @@ class QDQRewriter(_Rewriter):
             guard = None
             if quantize_bias and self.cfg.adjust_weight_for_int32_bias:
                 guard = (self.params(src.input[0]).scale, self.bias_float(d))
-            node.input[d.weight], weight_params = self.weight_dq(src.input[d.weight], d.axis, guard)
+            node.input[d.weight], weight_params = self.weight_dq(src.input[d.weight], d.axis, guard, d.block_size)
         if quantize_bias:
             weight_params = weight_params or self.weight_params(d)
             q, scale, axis = self.bias_values(d, self.params(src.input[0]), weight_params)

@@ -111,7 +111,14 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
             d.axis = weight_axis(node, rank)
             if node.op_type in cfg.per_channel_axes:
                 d.axis = cfg.per_channel_axes[node.op_type] % max(rank, 1)
-        if d.axis is not None and bias is not None and d.axis != weight_axis(node, rank):
+        if cfg.block_size:
+            if rank != 2:
+                return f"BlockSize: blocked quantization needs a rank-2 weight, {w!r} has rank {rank}"
+            if bias is not None:
+                return "BlockSize: the int32 bias needs one weight scale per output channel, not per block"
+            d.axis = 0 if d.axis is None else d.axis
+            d.block_size = cfg.block_size
+        elif d.axis is not None and bias is not None and d.axis != weight_axis(node, rank):
             return (f"per-channel axis {d.axis} of weight {w!r} is not the output-channel axis, "
                     "which the int32 bias needs")
     d.output = node.output[0]
@@ -333,7 +340,7 @@ def needed_opset(cfg: QuantSettings, model=None) -> int:
     onnxruntime raises it, unless the com.microsoft ones carry them (UseQDQContribOps). float16
     tensors in QDQ form need float16 scales, which QuantizeLinear takes from opset 19 (onnxruntime
     writes them into the model's opset even below 19, which its own checker then rejects)."""
-    if not cfg.qdq_domain and _types_used(cfg) & set(SIXTEEN_BIT_TYPES):
+    if cfg.block_size or (not cfg.qdq_domain and _types_used(cfg) & set(SIXTEEN_BIT_TYPES)):
         return WIDE_TYPES_OPSET
     if model is not None and cfg.quant_format == QuantFormat.QDQ and _has_half(model):
         return HALF_SCALE_OPSET

@@ -110,6 +110,14 @@ def where_argmax():
                    helper.make_tensor_value_info("k", TensorProto.INT64, [3])], inits)
 
 
+def wide_matmul():
+    """A MatMul whose rank-2 weight has 40 rows: blocks of 16 leave a partial last block."""
+    init, inits = _weights(7)
+    nodes = [helper.make_node("MatMul", ["x", init("w", 40, 8)], ["y"], name="mm")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 40])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+
+
 def feeds_for(model, n=4, seed=1):
     rng = np.random.default_rng(seed)
     initializers = {t.name for t in model.graph.initializer}
@@ -287,6 +295,13 @@ OPTION_CASES = {
     "Where-ArgMax-QDQ": (where_argmax, dict(), {"ForceQuantizeNoInputCheck": True}),
     "Where-not-forced": (where_argmax, dict(quant_format=oq.QuantFormat.QOperator,
                                             activation_type=oq.QuantType.QUInt8), {}),
+    "BlockSize-int4": (wide_matmul, dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt4),
+                       {"BlockSize": 16}),
+    "BlockSize-uint4-per-channel": (wide_matmul, dict(activation_type=oq.QuantType.QUInt8,
+                                                      weight_type=oq.QuantType.QUInt4, per_channel=True),
+                                    {"BlockSize": 16}),
+    "BlockSize-uint8": (wide_matmul, dict(activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QUInt8),
+                        {"BlockSize": 16}),
     "TensorQuantOverrides-range": (cnn, dict(), {"TensorQuantOverrides": {"x": [{"rmin": np.float32(-4.0), "rmax": np.float32(4.0)}]}}),
     "TensorQuantOverrides-scale": (cnn, dict(activation_type=oq.QuantType.QUInt8),
                                    {"TensorQuantOverrides": {"c2": [{"scale": np.array(0.05, np.float32),
@@ -327,7 +342,7 @@ def test_weight_adjust_for_int32_bias_keeps_the_bias(tmp_path):
     ({"EnableSubgraph": True}, "QDQ", "EnableSubgraph"),
     ({"SmoothQuant": True}, "QDQ", "SmoothQuant"),
     ({"extra.Sigmoid.nnapi": True}, "QOperator", "extra.Sigmoid.nnapi"),
-    ({"BlockSize": 32}, "QDQ", "BlockSize"),
+    ({"BlockSize": 0.5}, "QDQ", "BlockSize"),
     ({"AddQDQPairToWeight": True}, "QOperator", "AddQDQPairToWeight.*QDQ only"),
     ({"NoSuchOption": 1}, "QDQ", "NoSuchOption"),
     ({"TensorQuantOverrides": {"x": [{"convert": {"quant_type": "QUInt16"}}]}}, "QDQ", "convert"),
@@ -349,6 +364,22 @@ def test_matmul_const_b_only_in_qdq():
     by_name = {r.name: r for r in summary.nodes}
     assert by_name["mm_const"].status == "quantized"
     assert by_name["mm_input"].status == "float" and "MatMulConstBOnly" in by_name["mm_input"].detail
+
+
+def test_block_size_leaves_other_weights_float(tmp_path):
+    """Deliberate difference: onnxruntime raises NotImplementedError on a rank-4 (Conv) weight with
+    BlockSize; qrt keeps such nodes, and those with a bias, in float and says why."""
+    model = cnn()
+    src = tmp_path / "float.onnx"
+    onnx.save(model, src)
+    with pytest.raises(NotImplementedError):
+        oq.quantize_static(str(src), str(tmp_path / "o.onnx"), Reader(feeds_for(model)),
+                           weight_type=oq.QuantType.QInt4, extra_options={"BlockSize": 16})
+    summary = qq.quantize_static(src, None, Reader(feeds_for(model)), weight_type=qq.QuantType.QInt4,
+                                 extra_options={"BlockSize": 16})
+    by_name = {r.name: r for r in summary.nodes}
+    assert by_name["conv1"].status == "float" and "rank-2" in by_name["conv1"].detail
+    assert by_name["gemm"].status == "float" and "bias" in by_name["gemm"].detail
 
 
 def test_folded_relu_range_is_narrowed_to_the_clamp(tmp_path):
