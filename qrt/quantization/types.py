@@ -95,11 +95,11 @@ def check_static_types(quant_format: "QuantFormat", activation: QuantType, weigh
         raise QuantizationError("activation_type=QInt8 with weight_type=QUInt8 is not supported "
                                 "(onnxruntime refuses it too); use QUInt8/QInt8 or QInt8/QInt8")
     if QuantType.QFLOAT8E4M3FN in (activation, weight):
-        # onnxruntime derives float8 scales from a Distribution calibration's standard deviation
-        # and has no CPU kernel for the float8 QDQ graph it writes; qrt does not write it.
-        raise QuantizationError(f"activation_type={activation.name}, weight_type={weight.name}: qrt does not "
-                                "quantize to QFLOAT8E4M3FN (integer types only: QInt8, QUInt8, QInt16, "
-                                "QUInt16, QInt4, QUInt4)")
+        # onnxruntime scales float8 tensors by their standard deviation (Distribution calibration),
+        # keeps biases float behind a Cast; qrt's quantizer does not write that form yet.
+        raise QuantizationError(f"activation_type={activation.name}, weight_type={weight.name}: qrt's quantizer "
+                                "does not write QFLOAT8E4M3FN yet (integer types: QInt8, QUInt8, QInt16, "
+                                "QUInt16, QInt4, QUInt4); onnxruntime's quantize_static does")
     wide = [t for t in (activation, weight) if t in SIXTEEN_BIT_TYPES + FOUR_BIT_TYPES]
     if wide and quant_format != QuantFormat.QDQ:
         raise QuantizationError(f"{wide[0].name} needs quant_format=QuantFormat.QDQ; QOperator's QLinear ops "
