@@ -24,7 +24,8 @@ axis, else axis 0, as onnxruntime; the opset is raised to 21; nodes with a bias 
 
 Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``SmoothQuant=True``
 (needs Intel neural-compressor's transform, which qrt does not ship), ``extra.Sigmoid.nnapi=True``
-(an NNAPI-only fixed Sigmoid range), ``TensorQuantOverrides`` ``convert`` entries, a QDQ-only key with
+(an NNAPI-only fixed Sigmoid range), ``DefaultTensorType`` (qrt observes untyped tensors' types by
+running the model instead of assuming one), ``TensorQuantOverrides`` ``convert`` entries, a QDQ-only key with
 ``QuantFormat.QOperator``, and any key onnxruntime does not document.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ EXTRA_OPTIONS = {
     "ForceQuantizeNoInputCheck": "both",
     "InputShapes": "both",
     "extra.Sigmoid.nnapi": "both",
+    "DefaultTensorType": "both",
     "ActivationRestrictedAsymmetric": "static",
     "TensorQuantOverrides": "static",
     "CalibStridedMinMax": "static",
@@ -270,6 +272,10 @@ def _refuse(extra, dynamic, quant_format):
     if _bool(extra, "extra.Sigmoid.nnapi", False):
         raise QuantizationError("extra_options['extra.Sigmoid.nnapi']=True: the NNAPI-only fixed Sigmoid output "
                                 "range is not supported by qrt")
+    if "DefaultTensorType" in extra:
+        raise QuantizationError("extra_options['DefaultTensorType']: qrt does not guess the element type of "
+                                "tensors onnx shape inference leaves untyped; it runs the model to observe them "
+                                "(extra_options['InputShapes'] sets the generated feed's shapes)")
     if dynamic and _bool(extra, "ActivationSymmetric", False):
         raise QuantizationError("extra_options['ActivationSymmetric']=True with quantize_dynamic: "
                                 "DynamicQuantizeLinear computes asymmetric uint8 parameters at run time")

@@ -347,6 +347,7 @@ def test_weight_adjust_for_int32_bias_keeps_the_bias(tmp_path):
     ({"BlockSize": 0.5}, "QDQ", "BlockSize"),
     ({"AddQDQPairToWeight": True}, "QOperator", "AddQDQPairToWeight.*QDQ only"),
     ({"NoSuchOption": 1}, "QDQ", "NoSuchOption"),
+    ({"DefaultTensorType": TensorProto.FLOAT}, "QDQ", "DefaultTensorType"),
     ({"TensorQuantOverrides": {"x": [{"convert": {"quant_type": "QUInt16"}}]}}, "QDQ", "convert"),
     ({"TensorQuantOverrides": {"x": [{"scale": 0.1}]}}, "QDQ", "scale.*zero_point.*together"),
     ({"CalibStridedMinMax": 3}, "QDQ", "CalibStridedMinMax=3 does not divide the 4"),
