@@ -24,8 +24,6 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from qrt.errors import QuantizationError
-
 from .config import make_config
 from .feeds import with_complete_types
 from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort

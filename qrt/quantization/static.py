@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto
 from calibration import CalibrationMethod
 
-from qrt.errors import QuantizationError, QuantizationWarning
+from qrt.errors import QuantizationWarning
 
 from .config import QuantSettings, make_config
 from .feeds import calibration_ranges, with_complete_types
