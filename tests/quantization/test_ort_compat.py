@@ -591,28 +591,34 @@ WIDE_CASES = {"uint16-activations": dict(activation_type=oq.QuantType.QUInt16),
                                                per_channel=True)}
 
 
-@pytest.mark.parametrize("case", sorted(WIDE_CASES))
-@pytest.mark.parametrize("name", ["cnn", "cnn_bn", "mlp", "zoo", "squeezenet"])
-def test_wide_types_end_to_end(tmp_path, name, case):
-    """16-bit activations and 4-bit weights through both tools on the quantizer test models and
-    onnx's light squeezenet, pre-processed once by quant_pre_process so both tools quantize the same
-    graph (qrt folds BatchNormalization into Conv; onnxruntime's quantizer alone would not).
+def check_wide_types(tmp_path, model, make, **kwargs):
+    """Both tools on ``model`` (pre-processed once by quant_pre_process, so both quantize the same
+    graph: qrt folds BatchNormalization into Conv, onnxruntime's quantizer alone would not).
 
-    qrt's model runs in qrt exactly as in onnxruntime (1e-6: float32 accumulation order), and
-    matches onnxruntime's model within one output step, plus float rounding where an op
-    re-quantizes a value lying on a rounding boundary (2 steps)."""
-    model, make = _builder(name)
+    qrt's model runs in qrt as in onnxruntime (rtol 1e-5, atol 1e-6: float32 accumulation order) and
+    matches onnxruntime's model within one output step, plus float rounding where an op re-quantizes
+    a value lying on a rounding boundary (2 steps). Usable for any model with a ``make(n, seed)``
+    feed maker (the real-model corpus)."""
     src, prepared = tmp_path / "float.onnx", tmp_path / "prepared.onnx"
     onnx.save(model, src)
     qq.quant_pre_process(str(src), str(prepared))
     model = onnx.load(prepared)
     calibration, feed = make(4, 0), make(1, 99)[0]
-    ort_model, qrt_model, summary = static_both(tmp_path, model, reader_feeds=calibration, **WIDE_CASES[case])
+    ort_model, qrt_model, summary = static_both(tmp_path, model, reader_feeds=calibration, **kwargs)
     assert summary.quantized
     got = qrt.InferenceSession(qrt_model).run(None, feed)[0]
     np.testing.assert_allclose(got, run_ort(qrt_model, feed)[0], rtol=1e-5, atol=1e-6)
     step = output_step(ort_model, float(np.ptp(run_ort(model, feed)[0])) / 255)
     np.testing.assert_allclose(got, run_ort(ort_model, feed)[0], rtol=0, atol=2 * step * 1.0001)
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+@pytest.mark.parametrize("name", ["cnn", "cnn_bn", "mlp", "zoo", "squeezenet"])
+def test_wide_types_end_to_end(tmp_path, name, case):
+    """16-bit activations and 4-bit weights through both tools on the quantizer test models and
+    onnx's light squeezenet."""
+    model, make = _builder(name)
+    check_wide_types(tmp_path, model, make, **WIDE_CASES[case])
 
 
 # ---------------------------------------------------------------- float16 models
