@@ -267,6 +267,8 @@ OPTION_CASES = {
     "EnableSubgraph": (cnn, dict(), {"EnableSubgraph": False}),
     "ForceQuantizeNoInputCheck": (pool_first, dict(), {"ForceQuantizeNoInputCheck": True}),
     "ForceQuantizeNoInputCheck-off": (pool_first, dict(), {"ForceQuantizeNoInputCheck": False}),
+    "DedicatedQDQPair-uint16": (cnn, dict(activation_type=oq.QuantType.QUInt16), {"DedicatedQDQPair": True}),
+    "AddQDQPairToWeight-per-channel": (cnn, dict(per_channel=True), {"AddQDQPairToWeight": True}),
     "MatMulConstBOnly": (matmuls, dict(quant_format=oq.QuantFormat.QOperator, activation_type=oq.QuantType.QUInt8),
                          {"MatMulConstBOnly": True}),
     "MatMulConstBOnly-off": (matmuls, dict(), {"MatMulConstBOnly": False}),
@@ -367,6 +369,25 @@ def test_matmul_const_b_only_in_qdq():
     by_name = {r.name: r for r in summary.nodes}
     assert by_name["mm_const"].status == "quantized"
     assert by_name["mm_input"].status == "float" and "MatMulConstBOnly" in by_name["mm_input"].detail
+
+
+def test_force_quantize_no_input_check_in_qoperator(tmp_path):
+    """Deliberate difference: onnxruntime's QOperator quantizer forces a pass-through op only when its
+    input is a float initializer (it checks ``is_valid_quantize_weight``), so a MaxPool on the graph
+    input stays float there; qrt does what the option documents and runs the MaxPool on int8."""
+    model = pool_first()
+    kwargs = dict(quant_format=oq.QuantFormat.QOperator, activation_type=oq.QuantType.QUInt8,
+                  extra_options={"ForceQuantizeNoInputCheck": True})
+    ort_model, qrt_model, _ = static_both(tmp_path, model, **kwargs)
+    reads = {n.op_type: list(n.input) for n in qrt_model.graph.node}
+    assert reads["MaxPool"] == ["x_quantized"]
+    assert {n.op_type: list(n.input) for n in ort_model.graph.node}["MaxPool"] == ["x"]
+    feed = feeds_for(model, 1, seed=7)[0]
+    got = qrt.InferenceSession(qrt_model).run(None, feed)[0]
+    np.testing.assert_array_equal(got, run_ort(qrt_model, feed)[0])
+    # Both are within a few output steps of the float model; qrt's int8 MaxPool uses x's (wider) range.
+    step = output_step(qrt_model, 0.0)
+    assert np.abs(got - run_ort(model, feed)[0]).max() < 4 * step
 
 
 def test_block_size_leaves_other_weights_float(tmp_path):
