@@ -117,6 +117,9 @@ class TensorsData:
     def items(self):
         return self.data.items()
 
+    def to_dict(self):
+        return {"CLS": type(self).__name__, "data": self.data, "calibration_method": self.calibration_method}
+
     def ranges(self) -> dict[str, tuple[float, float]]:
         """``{name: (rmin, rmax)}``, the form ``quantize_static(tensor_ranges=...)`` takes."""
         return {k: (float(np.asarray(v.lowest).reshape(-1)[0]), float(np.asarray(v.highest).reshape(-1)[0]))
@@ -229,8 +232,7 @@ def save_tensors_data(tensors_data: TensorsData, path, *, smooth_quant=False) ->
     """Writes calibration results atomically in onnxruntime's JSON layout (``save_tensors_data``),
     so either tool reads the other's calibration cache."""
     path = os.fspath(path)
-    payload = {"CLS": "TensorsData", "data": tensors_data.data,
-               "calibration_method": tensors_data.calibration_method, "smooth_quant": bool(smooth_quant)}
+    payload = {**tensors_data.to_dict(), "smooth_quant": bool(smooth_quant)}
     fd, staged = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".calibcache_")
     try:
         with os.fdopen(fd, "w") as f:
@@ -330,9 +332,8 @@ def write_calibration_table(calibration_cache, dir="."):  # noqa: A002 - onnxrun
     ``calibration.flatbuffers`` and ``calibration.cache`` (``name max(|lowest|..highest)``: onnxruntime
     writes max(highest, lowest) per tensor, and so does qrt)."""
     entries = _table_entries(calibration_cache)
-    data = calibration_cache.data if isinstance(calibration_cache, TensorsData) else dict(calibration_cache)
     with open(os.path.join(dir, "calibration.json"), "w") as f:
-        f.write(json.dumps(data, default=_json_default))
+        f.write(json.dumps(calibration_cache, default=_json_default))
     with open(os.path.join(dir, "calibration.flatbuffers"), "wb") as f:
         f.write(_trt_table(entries))
     with open(os.path.join(dir, "calibration.cache"), "w") as f:
