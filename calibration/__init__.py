@@ -6,6 +6,8 @@
 Readers follow onnxruntime's ``CalibrationDataReader`` protocol; observers keep fixed-size state
 (histograms re-bin instead of storing activations), so memory does not grow with the data.
 """
+from .calibrator import (CalibraterBase, MinMaxCalibrater, TensorData, TensorsData, create_calibrator,
+                         load_tensors_data, save_tensors_data, write_calibration_table)
 from .collect import calibrate, collect_ranges
 from .observers import (KNOWN_OPTIONS, CalibrationMethod, DistributionObserver, EntropyObserver,
                         HistogramObserver, MinMaxObserver, MSEObserver, Observer, PercentileObserver,
@@ -17,5 +19,6 @@ __all__ = [
     "calibrate", "collect_ranges", "CalibrationMethod", "make_observer", "KNOWN_OPTIONS", "Observer",
     "MinMaxObserver", "HistogramObserver", "PercentileObserver", "EntropyObserver",
     "DistributionObserver", "MSEObserver", "CalibrationDataReader", "as_reader", "IterableReader",
-    "NpzReader", "NpyDirReader", "ObjectReader",
+    "NpzReader", "NpyDirReader", "ObjectReader", "CalibraterBase", "MinMaxCalibrater", "TensorData",
+    "TensorsData", "create_calibrator", "load_tensors_data", "save_tensors_data", "write_calibration_table",
 ]

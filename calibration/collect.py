@@ -130,8 +130,18 @@ def _check_feeds(label, index, batch, required, optional):
     return feeds
 
 
+class _EndOfCollection:
+    def __repr__(self):
+        return "END_OF_COLLECTION"
+
+
+# A reader may yield this between batches to close one collection (onnxruntime's collect_data
+# call): MinMax's moving average averages within a collection and merges across them.
+END_OF_COLLECTION = _EndOfCollection()
+
+
 def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax, progress=True,
-              providers=None, **observer_options) -> dict[str, Observer]:
+              providers=None, observers=None, **observer_options) -> dict[str, Observer]:
     """Observers (see :func:`calibration.make_observer`) fed with every batch of ``reader``.
 
     ``model``: path, bytes or ModelProto. ``reader``: anything :func:`calibration.as_reader` accepts.
@@ -140,6 +150,8 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
     ``tensor_names``: the tensors to observe (default: every float graph input and node output of the
     main graph); tensors whose type is not float are skipped. Where onnx shape inference cannot type a
     wanted tensor, the first batch runs once more to observe its type (:mod:`.tensor_types`).
+    ``observers``: observers of an earlier call to continue (onnxruntime's repeated collect_data);
+    the dict is updated in place and returned.
     Raises QuantizationError for an empty reader, a batch with unknown or missing inputs, a feed the
     session rejects, and NaN/Inf in feeds or activations, naming the batch and tensor.
     """
@@ -162,11 +174,13 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
             proto, _ = with_observed_types(proto, _check_feeds(label, 0, first, required, optional), label)
             types, infos = _element_types(proto)
     inputs, activations, initializers = _select(proto, label, tensor_names, wanted, types, infos)
-    observers = {n: make_observer(method, **observer_options)
-                 for n in inputs + activations + [t.name for t in initializers]}
+    observers = {} if observers is None else observers
+    fresh = [n for n in inputs + activations + [t.name for t in initializers] if n not in observers]
+    observers.update({n: make_observer(method, **observer_options) for n in fresh})
 
     for tensor in initializers:
-        _observe(observers, tensor.name, numpy_helper.to_array(tensor), f"{label}: initializer")
+        if tensor.name in fresh:
+            _observe(observers, tensor.name, numpy_helper.to_array(tensor), f"{label}: initializer")
 
     session = None
     if activations:
@@ -182,6 +196,10 @@ def calibrate(model, reader, tensor_names=None, method=CalibrationMethod.MinMax,
                 batch = reader.get_next()
             if batch is None:
                 break
+            if batch is END_OF_COLLECTION:
+                for observer in observers.values():
+                    getattr(observer, "end_collection", lambda: None)()
+                continue
             feeds = _check_feeds(label, batches, batch, required, optional)
             for name in inputs:
                 _observe(observers, name, feeds[name], f"{label}: calibration batch {batches}, input")

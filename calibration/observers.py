@@ -150,11 +150,14 @@ class Observer:
 
 
 class MinMaxObserver(Observer):
-    """Global minimum and maximum, or their exponential moving average over batches.
+    """Global minimum and maximum, or (``moving_average``) onnxruntime's averaged range.
 
-    With ``moving_average`` each batch moves the range by ``averaging_constant`` of the way to the
-    batch's own range (the first batch sets it), as onnxruntime merges successive ranges. With
-    ``symmetric`` each batch contributes ``(-absmax, absmax)``.
+    onnxruntime's MinMax calibrater averages the batches' minima and maxima over one
+    ``collect_data`` call and merges successive calls by an exponential moving average
+    (``averaging_constant`` of the way to the new call's range). Here one collection runs until
+    :meth:`end_collection` (qrt's quantizer calls it between CalibStridedMinMax strides), so a
+    single pass over the data gives the plain mean, as in onnxruntime. With ``symmetric`` the
+    (averaged) range becomes ``(-absmax, absmax)``.
     """
 
     method = CalibrationMethod.MinMax
@@ -166,22 +169,38 @@ class MinMaxObserver(Observer):
         self.symmetric = bool(symmetric)
         self.moving_average = bool(moving_average)
         self.averaging_constant = float(averaging_constant)
-        self.range_min = None
-        self.range_max = None
+        self.merged = None              # the range of the collections already ended
+        self._sums = [0.0, 0.0, 0]      # minima, maxima, batches of the open collection
 
     def _observe(self, values, lo, hi):
-        if self.symmetric:
-            absmax = max(abs(lo), abs(hi))
-            lo, hi = -absmax, absmax
-        if self.range_min is None:
-            self.range_min, self.range_max = lo, hi
-        elif self.moving_average:
-            c = self.averaging_constant
-            self.range_min += c * (lo - self.range_min)
-            self.range_max += c * (hi - self.range_max)
+        self._sums[0] += lo
+        self._sums[1] += hi
+        self._sums[2] += 1
+
+    def _symmetric(self, lo, hi):
+        if not self.symmetric:
+            return lo, hi
+        absmax = max(abs(lo), abs(hi))
+        return -absmax, absmax
+
+    def _merged_with_open(self):
+        total_lo, total_hi, count = self._sums
+        if not count:
+            return self.merged
+        if self.moving_average:
+            current = self._symmetric(total_lo / count, total_hi / count)
         else:
-            self.range_min = min(self.range_min, lo)
-            self.range_max = max(self.range_max, hi)
+            current = self._symmetric(self.data_min, self.data_max)
+        if self.merged is None or not self.moving_average:
+            return current
+        c = self.averaging_constant
+        return (self.merged[0] + c * (current[0] - self.merged[0]),
+                self.merged[1] + c * (current[1] - self.merged[1]))
+
+    def end_collection(self):
+        """Closes one collection (one onnxruntime ``collect_data`` call)."""
+        self.merged = self._merged_with_open()
+        self._sums = [0.0, 0.0, 0]
 
     def _advance(self, lo, hi):
         self._observe(None, lo, hi)
@@ -202,7 +221,8 @@ class MinMaxObserver(Observer):
             self.range_max = max(self.range_max, other.range_max)
 
     def _range(self):
-        return float(self.range_min), float(self.range_max)
+        lo, hi = self._merged_with_open()
+        return float(lo), float(hi)
 
 
 class HistogramObserver(Observer):

@@ -33,3 +33,7 @@ class NodeExecutionError(QrtError):
 
 class QuantizationError(QrtError):
     """Quantization or calibration could not proceed (bad calibration data, nothing to quantize, ...)."""
+
+
+class QuantizationWarning(UserWarning):
+    """The quantizer did something the caller may not expect (e.g. wrote a model with nothing quantized)."""

@@ -359,6 +359,39 @@ class QLinearLeakyRelu(_TableOp):
                                    np.float32(qmin), np.float32(qmax), dtype == np.int8)
 
 
+@register("QLinearWhere", 1, domain=MS)
+class QLinearWhere(Op):
+    """``Z = condition ? requantize(X) : requantize(Y)`` with numpy broadcasting; each 8-bit input is
+    mapped to Z's scale and zero point through a 256-entry table (float32, round half to even), as
+    onnxruntime's kernel does."""
+
+    def run(self, condition, X, x_scale, x_zero_point, Y, y_scale, y_zero_point, z_scale, z_zero_point):
+        if X.dtype not in EIGHT_BIT or Y.dtype != X.dtype:
+            raise InvalidArgument(f"X and Y must be both int8 or both uint8, got {X.dtype} and {Y.dtype}")
+        if condition.dtype != np.bool_:
+            raise InvalidArgument(f"condition must be bool, got {condition.dtype}")
+        _check_pairs((("X", x_scale, x_zero_point), ("Y", y_scale, y_zero_point), ("Z", z_scale, z_zero_point)),
+                     InvalidArgument, X.dtype)
+        try:
+            shape = np.broadcast_shapes(condition.shape, X.shape, Y.shape)
+        except ValueError:
+            raise InvalidArgument(f"shapes {list(condition.shape)}, {list(X.shape)} and {list(Y.shape)} "
+                                  "do not broadcast") from None
+        qmin, qmax = qbounds(X.dtype)
+        signed = X.dtype == np.int8
+        tables = [kq.requantize_table(np.float32(_scalar(scale)), np.float32(scalar_int(zp)),
+                                      np.float32(_scalar(z_scale)), np.float32(scalar_int(z_zero_point)),
+                                      np.float32(qmin), np.float32(qmax), signed)
+                  for scale, zp in ((x_scale, x_zero_point), (y_scale, y_zero_point))]
+
+        def flat(a):
+            return np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1)
+        out = np.empty(shape, X.dtype)
+        kq.select_tables(flat(condition), flat(X).view(np.uint8), tables[0], flat(Y).view(np.uint8), tables[1],
+                         out.reshape(-1).view(np.uint8))
+        return out
+
+
 # --------------------------------------------------------------------------- pooling
 
 def _unary_params(X, x_scale, x_zp, y_scale, y_zp):

@@ -1,6 +1,11 @@
-"""Static and dynamic int8 quantization of ONNX models, with onnxruntime.quantization's API.
+"""Static and dynamic quantization of ONNX models, with onnxruntime.quantization's API.
 
-Switching from onnxruntime is a change of import::
+Every public name of ``onnxruntime.quantization`` users call is here under the same name and
+arguments (``quantize`` with ``StaticQuantConfig``/``DynamicQuantConfig``, ``get_qdq_config``,
+``create_calibrator``, ``write_calibration_table``, ``quant_pre_process``, the enums); every
+documented ``extra_options`` key is honoured or refused by name (:mod:`.config`); the README's
+"onnxruntime.quantization API in qrt" section has the table, ``tests/quantization/test_ort_compat.py``
+the checks against onnxruntime's tool. Switching from onnxruntime is a change of import::
 
     from qrt.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
 
@@ -25,6 +30,11 @@ Formats:
 * ``QuantFormat.QDQ`` (onnxruntime's default): QuantizeLinear/DequantizeLinear pairs on
   activations, int8 weight initializers with a DequantizeLinear (per-axis when ``per_channel``),
   int32 bias initializers with a DequantizeLinear: the layout onnxruntime and TensorRT fuse.
+  QDQ also carries QInt16/QUInt16 (opset raised to 21) and QInt4/QUInt4 weights (com.microsoft
+  Q/DQ below opset 21), and float16 models (float16 scales, opset 19), as onnxruntime writes them.
+* Where becomes com.microsoft QLinearWhere (QOperator) or a QDQ op, with ForceQuantizeNoInputCheck
+  as in onnxruntime; ArgMax reads the int8 tensor in QOperator form.
+* No node qualifies: the model is written unchanged with a :class:`qrt.errors.QuantizationWarning`.
 
 Per-channel weights use each op's output-channel axis: Conv 0, ConvTranspose 1, MatMul 1 (the
 columns of a 2-D B), Gemm 0 with transB else 1. Biases are int32 with scale input_scale *
@@ -40,20 +50,39 @@ from that run (:mod:`calibration.tensor_types`). Every user error raises
 :class:`qrt.errors.QuantizationError`; the output file is written atomically or not at all, and
 the input file is never modified.
 """
-from calibration import CalibrationDataReader, CalibrationMethod
+from calibration import (CalibraterBase, CalibrationDataReader, CalibrationMethod, MinMaxCalibrater, TensorData,
+                         TensorsData, create_calibrator, load_tensors_data, save_tensors_data,
+                         write_calibration_table)
 
+from .configs import DynamicQuantConfig, QuantConfig, StaticQuantConfig, get_qdq_config, quantize
 from .dynamic import quantize_dynamic
+from .preprocess import quant_pre_process
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
-from .types import QuantFormat, QuantType
+from .types import QuantFormat, QuantizationMode, QuantType
 
 __all__ = [
     "quantize_static",
     "quantize_dynamic",
+    "quantize",
+    "QuantConfig",
+    "StaticQuantConfig",
+    "DynamicQuantConfig",
+    "get_qdq_config",
+    "QuantizationMode",
     "QuantFormat",
     "QuantType",
     "CalibrationMethod",
     "CalibrationDataReader",
+    "CalibraterBase",
+    "MinMaxCalibrater",
+    "TensorData",
+    "TensorsData",
+    "create_calibrator",
+    "load_tensors_data",
+    "save_tensors_data",
+    "write_calibration_table",
+    "quant_pre_process",
     "QuantizationSummary",
     "NodeReport",
 ]

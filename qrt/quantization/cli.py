@@ -16,7 +16,8 @@ import sys
 from qrt.errors import QrtError, QuantizationError
 
 _METHODS = ["minmax", "entropy", "percentile", "distribution", "mse"]
-_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "qint8": "QInt8", "quint8": "QUInt8"}
+_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "qint8": "QInt8", "quint8": "QUInt8", "int16": "QInt16",
+          "uint16": "QUInt16", "int4": "QInt4", "uint4": "QUInt4"}
 
 
 def _parser():

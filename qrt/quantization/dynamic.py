@@ -24,8 +24,6 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from qrt.errors import QuantizationError
-
 from .config import make_config
 from .feeds import with_complete_types
 from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
@@ -34,6 +32,7 @@ from .params import params_for_values, quantize_values
 from .preprocess import preprocess
 from .rewrite import _Rewriter
 from .rules import DEFAULT_DYNAMIC_OP_TYPES
+from .static import unchanged
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import QuantFormat, QuantType
 
@@ -204,7 +203,7 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
                       weight_type=weight_type, per_channel=per_channel, reduce_range=reduce_range,
                       op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
                       nodes_to_exclude=nodes_to_exclude, extra_options=extra_options, tensor_ranges=None,
-                      default_op_types=DEFAULT_DYNAMIC_OP_TYPES)
+                      default_op_types=DEFAULT_DYNAMIC_OP_TYPES, dynamic=True)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
@@ -231,7 +230,7 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
         elif node.op_type == "LSTM":
             writer.lstm(node)
         elif node.op_type == "Conv":
-            per_channel_conv = cfg.per_channel and cfg.weight_symmetric
+            per_channel_conv = cfg.per_channel and cfg.weight_symmetric_for(cfg.weight_type)
             if cfg.per_channel and not per_channel_conv:
                 writer.warnings.append(f"{describe(node)}: per-tensor weights (ConvInteger takes one zero "
                                        "point and WeightSymmetric is off)")
@@ -240,9 +239,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
             writer.gather(node)
         reports.append(NodeReport(name, node.op_type, "quantized", detail))
     if not any(r.status == "quantized" for r in reports):
-        reasons = sorted({f"{r.op_type}: {r.detail}" for r in reports})
-        raise QuantizationError(f"{label}: nothing to quantize dynamically; no node qualifies.\n  "
-                                + "\n  ".join(reasons[:20]))
+        return unchanged("dynamic", label, source, model_output, size_before, reports, notes,
+                         use_external_data_format)
     quantized = finish(model, writer.nodes, writer.initializers, label)
     summary = QuantizationSummary(
         mode="dynamic", model_name=label, output_path=str(model_output) if model_output is not None else None,

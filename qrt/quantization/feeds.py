@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 
 import numpy as np
 import onnx
+
+from calibration.observers import CalibrationMethod
 
 from qrt.errors import QrtError, QuantizationError
 from qrt.model import numpy_dtype
@@ -95,6 +96,27 @@ def checked_feeds(reader, model: onnx.ModelProto, label: str):
         raise QuantizationError(f"{label}: the calibration reader yielded no samples")
 
 
+def strided_feeds(reader, model, label, stride):
+    """CalibStridedMinMax: the reader's samples ``stride`` at a time through its ``set_range``, each
+    stride one collection (onnxruntime's collect_data call), as onnxruntime's quantize_static does."""
+    from calibration.collect import END_OF_COLLECTION
+
+    try:
+        total = len(reader)
+    except (TypeError, NotImplementedError):
+        total = None
+    if total is None or not callable(getattr(reader, "set_range", None)):
+        raise QuantizationError(f"{label}: extra_options['CalibStridedMinMax'] needs a reader with __len__ and "
+                                f"set_range(start_index, end_index), got {type(reader).__name__}")
+    if total % stride:
+        raise QuantizationError(f"{label}: CalibStridedMinMax={stride} does not divide the {total} calibration "
+                                "samples")
+    for start in range(0, total, stride):
+        reader.set_range(start_index=start, end_index=start + stride)
+        yield from checked_feeds(reader, model, label)
+        yield END_OF_COLLECTION
+
+
 def with_complete_types(model, label, reader, input_shapes):
     """(model, reader, note): where onnx shape inference left a tensor's element type or rank unknown,
     it is taken from one qrt run on the first calibration sample (the reader is given back with that
@@ -122,27 +144,38 @@ def _dims(dims):
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
-def _load_cache(path):
+def _load_cache(path, method):
+    """{tensor: (rmin, rmax)} from a calibration cache in onnxruntime's layout (``save_tensors_data``)
+    or qrt's earlier ``{tensor: [rmin, rmax]}``; a cache made by another method is an error, as in
+    onnxruntime."""
+    from calibration.calibrator import load_tensors_data
+
     if path is None or not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
             data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise QuantizationError(f"calibration cache {path} is unreadable: {exc}") from None
+    if isinstance(data, dict) and data.get("CLS") == "TensorsData":
+        cached = load_tensors_data(path)
+        if cached.calibration_method != method:
+            raise QuantizationError(f"calibration cache {path} was made with {cached.calibration_method.name}, "
+                                    f"this call calibrates with {method.name}; delete the cache or pass "
+                                    "the matching calibrate_method")
+        return cached.ranges()
+    try:
         return {k: (float(v[0]), float(v[1])) for k, v in data.items()}
-    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise QuantizationError(f"calibration cache {path} is unreadable: {exc}") from None
 
 
-def _save_cache(path, ranges):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".qrt-ranges-", dir=folder)
+def _save_cache(path, ranges, method):
+    from calibration.calibrator import TensorsData, save_tensors_data
+
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: [float(v[0]), float(v[1])] for k, v in ranges.items()}, f, indent=1)
-        os.replace(tmp, path)
+        save_tensors_data(TensorsData(method, {k: (v[0], v[1]) for k, v in ranges.items()}), path)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise QuantizationError(f"cannot write calibration cache {path}: {exc}") from None
 
 
@@ -150,7 +183,7 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
     """{tensor: (rmin, rmax)} for every name in ``wanted``: overrides, then the cache, then calibration."""
     ranges = {name: cfg.tensor_ranges[name] for name in wanted if name in cfg.tensor_ranges}
     cache_path = os.fspath(cache_path) if cache_path is not None else None
-    cached = _load_cache(cache_path)
+    cached = _load_cache(cache_path, CalibrationMethod.parse(method))
     ranges.update({name: cached[name] for name in wanted if name in cached and name not in ranges})
     missing = [name for name in wanted if name not in ranges]
     if missing:
@@ -159,12 +192,15 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
                                     f"{len(missing)} tensor(s): {missing[:8]}")
         from calibration.collect import collect_ranges
 
-        options = dict(cfg.calibration_options)
+        from calibration.calibrator import onnxruntime_defaults
+
+        options = {**onnxruntime_defaults(method), **cfg.calibration_options}
         if providers is not None:
             options["providers"] = providers
+        feeds = checked_feeds(reader, model, label) if cfg.calibration_stride is None else \
+            strided_feeds(reader, model, label, cfg.calibration_stride)
         try:
-            collected = collect_ranges(model, checked_feeds(reader, model, label), missing, method,
-                                       progress=progress, **options)
+            collected = collect_ranges(model, feeds, missing, method, progress=progress, **options)
         except QuantizationError:
             raise
         except QrtError as exc:
@@ -182,5 +218,5 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
                                         "the float model produces NaN/Inf on the calibration data")
             ranges[name] = (rmin, rmax)
         if cache_path is not None:
-            _save_cache(cache_path, {**cached, **{n: ranges[n] for n in missing}})
+            _save_cache(cache_path, {**cached, **{n: ranges[n] for n in missing}}, CalibrationMethod.parse(method))
     return ranges

@@ -9,6 +9,8 @@ Three kinds of op:
 * ``passthrough``: moves or selects values without arithmetic (MaxPool, Reshape, Slice, ...). It
   runs on the int8 tensor of its producer and its output keeps the producer's scale and zero
   point, so it is quantized only when its data input already is.
+* ``reader``: ArgMax. Its output is an index, not a value; in QOperator form it reads the int8
+  tensor of a quantized producer directly (the order of values survives quantization).
 * ``activation``: Relu and Clip. After a compute op they disappear into the producer's output
   range when that range cannot represent anything the activation would remove.
 """
@@ -42,6 +44,7 @@ RULES = {
     "LeakyRelu": OpRule("compute", qlinear="QLinearLeakyRelu", domain=MS_DOMAIN),
     "Concat": OpRule("compute", activations=None, qlinear="QLinearConcat", domain=MS_DOMAIN),
     "Softmax": OpRule("compute", qlinear="QLinearSoftmax", domain=MS_DOMAIN),
+    "Where": OpRule("compute", activations=(1, 2), qlinear="QLinearWhere", domain=MS_DOMAIN),
     "MaxPool": OpRule("passthrough"),
     "Reshape": OpRule("passthrough"),
     "Transpose": OpRule("passthrough"),
@@ -53,6 +56,7 @@ RULES = {
     "Slice": OpRule("passthrough"),
     "Gather": OpRule("passthrough"),
     "Pad": OpRule("passthrough"),
+    "ArgMax": OpRule("reader"),
     "Relu": OpRule("activation"),
     "Clip": OpRule("activation"),
 }

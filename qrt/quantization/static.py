@@ -7,22 +7,25 @@ package) -> choose parameters, folding Relu/Clip into the producer's range where
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
+from onnx import TensorProto
 from calibration import CalibrationMethod
 
-from qrt.errors import QuantizationError
+from qrt.errors import QuantizationWarning
 
-from .config import QuantConfig, make_config
+from .config import QuantSettings, make_config
 from .feeds import calibration_ranges, with_complete_types
-from .graph import GraphIndex, attribute, describe, toposort
+from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
-from .params import QParams, params_for_range
-from .preprocess import preprocess
+from .params import QParams, fixed_params, half_scaled, params_for_range
+from .preprocess import MIN_OPSET, preprocess
 from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
-from .types import QuantFormat, QuantType
+from .types import FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
 
 _PASSTHROUGH_MODES = {"Resize": ("nearest", "linear")}
 
@@ -31,7 +34,7 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _filter_reason(node: onnx.NodeProto, cfg: QuantConfig) -> str:
+def _filter_reason(node: onnx.NodeProto, cfg: QuantSettings) -> str:
     if node.domain not in ("", "ai.onnx"):
         return f"op of domain {node.domain!r}"
     if node.op_type not in RULES:
@@ -45,21 +48,25 @@ def _filter_reason(node: onnx.NodeProto, cfg: QuantConfig) -> str:
     return ""
 
 
-def _not_float(g: GraphIndex, name: str, what: str) -> str:
-    if g.is_float(name):
-        return ""
+def _not_float(g: GraphIndex, cfg: QuantSettings, name: str, what: str) -> str:
     elem = g.elem_types.get(name)
+    if elem == TensorProto.FLOAT:
+        return ""
+    if elem == TensorProto.FLOAT16:
+        # float16 scales exist for QuantizeLinear/DequantizeLinear (opset 19), not for the QLinear ops.
+        return "" if cfg.quant_format == QuantFormat.QDQ else \
+            f"{what} {name!r} is float16, which only QuantFormat.QDQ quantizes (QLinear ops take float32 scales)"
     kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "of unknown type"
-    return f"{what} {name!r} is {kind}, only float32 tensors are quantized"
+    return f"{what} {name!r} is {kind}, only float32 and float16 tensors are quantized"
 
 
-def _check_compute(g: GraphIndex, d: Decision, cfg: QuantConfig) -> str:
+def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
     """Fills the decision's input roles; returns why the node cannot be quantized, or ''."""
     node, rule = d.node, d.rule
     inputs = list(node.input)
     if len(node.output) != 1 or not node.output[0]:
         return "expected exactly one output"
-    reason = _not_float(g, node.output[0], "output")
+    reason = _not_float(g, cfg, node.output[0], "output")
     if reason:
         return reason
     acts = [i for i, name in enumerate(inputs) if name] if rule.activations is None else \
@@ -82,27 +89,46 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantConfig) -> str:
             return f"bias {inputs[rule.bias]!r} is not a constant"
         bias = rule.bias
     for i in acts + [j for j in (weight, bias) if j is not None]:
-        reason = _not_float(g, inputs[i], "input")
+        reason = _not_float(g, cfg, inputs[i], "input")
         if reason:
             return reason
     if node.op_type in ("Add", "Mul", "Concat") and all(g.is_constant(inputs[i]) for i in acts):
         return "all inputs are constants"
     if node.op_type == "AveragePool" and any(v != 1 for v in (attribute(node, "dilations") or [])):
         return "dilated AveragePool has no QLinear form"
+    if node.op_type == "Where" and not cfg.force_quantize_no_input_check:
+        return "Where is quantized only with ForceQuantizeNoInputCheck (as onnxruntime does)"
     if node.op_type == "Gemm" and bias is not None and weight is None:
         return "Gemm with a computed B and a bias"
     d.acts = tuple(acts)
     d.weight, d.bias = weight, bias
-    if weight is not None and cfg.per_channel:
-        d.axis = weight_axis(node, len(g.shapes.get(inputs[weight], [])))
+    if weight is not None:
+        rank = len(g.shapes.get(inputs[weight], []))
+        override = cfg.overrides.get(inputs[weight])
+        if override is not None and override.axis is not None:
+            d.axis = override.axis % max(rank, 1)
+        elif cfg.per_channel:
+            d.axis = weight_axis(node, rank)
+            if node.op_type in cfg.per_channel_axes:
+                d.axis = cfg.per_channel_axes[node.op_type] % max(rank, 1)
+        if cfg.block_size:
+            if rank != 2:
+                return f"BlockSize: blocked quantization needs a rank-2 weight, {w!r} has rank {rank}"
+            if bias is not None:
+                return "BlockSize: the int32 bias needs one weight scale per output channel, not per block"
+            d.axis = 0 if d.axis is None else d.axis
+            d.block_size = cfg.block_size
+        elif d.axis is not None and bias is not None and d.axis != weight_axis(node, rank):
+            return (f"per-channel axis {d.axis} of weight {w!r} is not the output-channel axis, "
+                    "which the int32 bias needs")
     d.output = node.output[0]
     return ""
 
 
-def _check_passthrough(g: GraphIndex, node: onnx.NodeProto) -> str:
+def _check_passthrough(g: GraphIndex, cfg: QuantSettings, node: onnx.NodeProto) -> str:
     if not node.input or not node.input[0]:
         return "no data input"
-    reason = _not_float(g, node.input[0], "input")
+    reason = _not_float(g, cfg, node.input[0], "input")
     if reason:
         return reason
     if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
@@ -112,7 +138,7 @@ def _check_passthrough(g: GraphIndex, node: onnx.NodeProto) -> str:
     return ""
 
 
-def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
+def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
     """One decision per node, in topological order, before any range is known."""
     available = set(g.graph_inputs) | set(g.initializers)
     decisions = [Decision(node, RULES.get(node.op_type)) for node in toposort(list(g.graph.node), available)]
@@ -131,8 +157,12 @@ def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
                 d.reason = reason
             else:
                 d.status = "compute"
+        elif kind == "reader":
+            d.reason = _not_float(g, cfg, d.node.input[0], "input") if cfg.quant_format == QuantFormat.QOperator \
+                else "QDQ form keeps it on the dequantized tensor, as onnxruntime does"
+            d.status = "reader-candidate" if not d.reason else "float"
         elif kind == "passthrough":
-            d.reason = _check_passthrough(g, d.node)
+            d.reason = _check_passthrough(g, cfg, d.node)
             d.status = "passthrough-candidate" if not d.reason else "float"
         else:
             d.status = "activation-candidate"
@@ -152,6 +182,10 @@ def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
             continue
         if cfg.keep_removable_activations:
             d.reason = "kept (QDQKeepRemovableActivations)"
+            _as_qdq_op(d, cfg)
+            continue
+        if producer.node.op_type in cfg.outputs_not_quantized:
+            d.reason = f"the output of {producer.node.op_type} is not quantized (OpTypesToExcludeOutputQuantization)"
             continue
         tensor = d.node.input[0]
         if tensor in outputs or len(g.consumers[tensor]) != 1:
@@ -166,25 +200,55 @@ def plan_nodes(g: GraphIndex, cfg: QuantConfig) -> list[Decision]:
     return decisions
 
 
-def tensors_to_calibrate(g: GraphIndex, decisions: list[Decision]) -> list[str]:
+def _as_qdq_op(d: Decision, cfg: QuantSettings):
+    """A Relu/Clip that stays after a quantized op is itself a QDQ op in QDQ form (Q/DQ on its input
+    and output, its own range), as onnxruntime writes it; in QOperator form it stays float."""
+    if cfg.quant_format == QuantFormat.QDQ:
+        d.status, d.acts, d.output, d.detail = "compute", (0,), d.node.output[0], "QDQ"
+        d.reason = ""
+
+
+def tensors_to_calibrate(g: GraphIndex, cfg: QuantSettings, decisions: list[Decision]) -> list[str]:
     names = []
     for d in decisions:
+        if d.status == "passthrough-candidate" and cfg.force_quantize_no_input_check:
+            # ForceQuantizeNoInputCheck: the pass-through op quantizes its float input itself.
+            names += [d.node.input[0]] if not g.is_constant(d.node.input[0]) else []
         if d.status != "compute":
             continue
         names += [d.node.input[i] for i in d.acts if not g.is_constant(d.node.input[i])]
-        names.append(d.output)
+        if d.node.op_type not in cfg.outputs_not_quantized:
+            names.append(d.output)
         if d.fusion is not None:
             names.append(d.fusion.node.output[0])
-    return list(dict.fromkeys(names))
+    fixed = {name for name, o in cfg.overrides.items() if o.scale is not None}
+    return [name for name in dict.fromkeys(names) if name not in fixed]
 
 
-def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[str, QParams]:
+def activation_params(cfg: QuantSettings, name: str, ranges, bounds=None) -> QParams:
+    """A tensor's parameters from its range, with its TensorQuantOverrides entry applied.
+
+    ``bounds`` = (low, high) narrows the range (a Relu/Clip folded into the producer).
+    """
+    override = cfg.overrides.get(name)
+    qtype = override.quant_type if override and override.quant_type else cfg.activation_type
+    if override and override.scale is not None:
+        return fixed_params(override.scale, override.zero_point, qtype)
+    rmin, rmax = ranges[name]
+    if override:
+        rmin = override.rmin if override.rmin is not None else rmin
+        rmax = override.rmax if override.rmax is not None else rmax
+    if bounds is not None:
+        rmin, rmax = max(rmin, bounds[0]), min(rmax, bounds[1])
+    symmetric = override.symmetric if override and override.symmetric is not None else cfg.activation_symmetric
+    reduce_range = bool(override and override.reduce_range)
+    return params_for_range(rmin, rmax, qtype, symmetric=symmetric, reduce_range=reduce_range,
+                            min_real_range=cfg.min_real_range, restricted=cfg.activation_restricted_asymmetric)
+
+
+def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[str, QParams]:
     """Activation parameters; decides each Relu/Clip fold and which pass-through ops run in int8."""
-    qtype, symmetric = cfg.activation_type, cfg.activation_symmetric
     params: dict[str, QParams] = {}
-
-    def for_range(rmin, rmax):
-        return params_for_range(rmin, rmax, qtype, symmetric=symmetric)
 
     for d in decisions:
         if d.status != "compute":
@@ -193,7 +257,7 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
             name = d.node.input[i]
             # A tensor written by an earlier compute op already has its (possibly Relu-clamped) params.
             if not g.is_constant(name) and name not in params:
-                params[name] = for_range(*ranges[name])
+                params[name] = activation_params(cfg, name, ranges)
         d.detail = (d.rule.qlinear or f"float {d.node.op_type} on int8 weights") \
             if cfg.quant_format == QuantFormat.QOperator else "QDQ"
         act = d.fusion
@@ -201,8 +265,7 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
         if act is not None:
             low, high = activation_bounds(act.node, lambda n: g.constant(n) if g.is_constant(n) else None)
             out = act.node.output[0]
-            rmin, rmax = ranges[out]
-            candidate = for_range(max(rmin, low), min(rmax, high))
+            candidate = activation_params(cfg, out, ranges, bounds=(low, high))
             lowest, highest = candidate.representable()
             half_step = 0.5 * float(np.max(candidate.scale))
             if lowest >= low - half_step and highest <= high + half_step:
@@ -210,31 +273,43 @@ def assign_params(g: GraphIndex, cfg: QuantConfig, decisions, ranges) -> dict[st
                 act.status, act.fused_into = "fused", d.node.name or describe(d.node)
                 params[out] = candidate
                 continue
-            act.reason = (f"range [{lowest:.4g}, {highest:.4g}] of the {qtype.name} output "
-                          f"(ActivationSymmetric={symmetric}) exceeds the clamp [{low:g}, {high:g}]")
-        params[d.output] = for_range(*ranges[d.output])
+            act.reason = (f"range [{lowest:.4g}, {highest:.4g}] of the {candidate.qtype.name} output "
+                          f"(ActivationSymmetric={cfg.activation_symmetric}) exceeds the clamp [{low:g}, {high:g}]")
+            _as_qdq_op(act, cfg)
+        if d.node.op_type not in cfg.outputs_not_quantized:
+            params[d.output] = activation_params(cfg, d.output, ranges)
 
     int8_ready = {d.output for d in decisions if d.status == "compute"
+                  and d.node.op_type not in cfg.outputs_not_quantized
                   and (cfg.quant_format == QuantFormat.QDQ or d.rule.qlinear is not None)}
     for d in decisions:
+        if d.status == "reader-candidate":
+            if d.node.input[0] in int8_ready:
+                d.status, d.detail = "reader", f"{d.node.op_type} on the int8 tensor"
+            else:
+                d.status, d.reason = "float", "its input is float (it reads the int8 tensor of a quantized producer)"
+            continue
         if d.status != "passthrough-candidate":
             continue
         data = d.node.input[0]
         if data not in int8_ready and not g.is_constant(data):
-            d.status, d.reason = "float", "its input is float (pass-through ops follow a quantized producer)"
-            continue
+            if not cfg.force_quantize_no_input_check:
+                d.status, d.reason = "float", "its input is float (pass-through ops follow a quantized producer)"
+                continue
+            params.setdefault(data, activation_params(cfg, data, ranges))
         d.status, d.detail = "passthrough", "runs on int8"
         for out in d.node.output:
             if out:
                 int8_ready.add(out)
-    return params
+    return {name: half_scaled(p) if g.elem_types.get(name) == TensorProto.FLOAT16 else p
+            for name, p in params.items()}
 
 
 def _reports(g, decisions) -> list[NodeReport]:
     reports = []
     for d in decisions:
         name = d.node.name or d.node.output[0]
-        if d.status in ("compute", "passthrough"):
+        if d.status in ("compute", "passthrough", "reader"):
             reports.append(NodeReport(name, d.node.op_type, "quantized", d.detail))
         elif d.status == "fused":
             reports.append(NodeReport(name, d.node.op_type, "fused", f"into {d.fused_into}"))
@@ -252,6 +327,53 @@ def _unknown_names(g, cfg) -> list[str]:
         if missing:
             out.append(f"{what} names no node of the (pre-processed) model: {missing[:10]}")
     return out
+
+
+HALF_SCALE_OPSET = 19
+
+
+def _types_used(cfg: QuantSettings) -> set:
+    return {cfg.activation_type, cfg.weight_type} | {o.quant_type for o in cfg.overrides.values()}
+
+
+def needed_opset(cfg: QuantSettings, model=None) -> int:
+    """16-bit types need opset 21's QuantizeLinear/DequantizeLinear: the model's opset is raised, as
+    onnxruntime raises it, unless the com.microsoft ones carry them (UseQDQContribOps). float16
+    tensors in QDQ form need float16 scales, which QuantizeLinear takes from opset 19 (onnxruntime
+    writes them into the model's opset even below 19, which its own checker then rejects)."""
+    if cfg.block_size or (not cfg.qdq_domain and _types_used(cfg) & set(SIXTEEN_BIT_TYPES)):
+        return WIDE_TYPES_OPSET
+    if model is not None and cfg.quant_format == QuantFormat.QDQ and _has_half(model):
+        return HALF_SCALE_OPSET
+    return MIN_OPSET
+
+
+def _has_half(model) -> bool:
+    graph = model.graph
+    infos = list(graph.input) + list(graph.output) + list(graph.value_info)
+    return any(t.data_type == TensorProto.FLOAT16 for t in graph.initializer) or \
+        any(i.type.tensor_type.elem_type == TensorProto.FLOAT16 for i in infos)
+
+
+def use_contrib_for_four_bit(cfg: QuantSettings, opset: int):
+    """4-bit types below opset 21 go through com.microsoft QuantizeLinear/DequantizeLinear, as
+    onnxruntime writes them (its opset is not raised for 4-bit types)."""
+    if opset < WIDE_TYPES_OPSET and _types_used(cfg) & set(FOUR_BIT_TYPES):
+        cfg.qdq_domain = MS_DOMAIN
+
+
+def unchanged(mode, label, source, model_output, size_before, reports, notes, use_external_data_format):
+    """As onnxruntime does when no node qualifies: the model is written as given, with a warning."""
+    reasons = sorted({f"{r.op_type}: {r.detail}" for r in reports if r.detail})
+    message = f"{label}: nothing to quantize; no node qualifies, so the model is written unchanged"
+    warnings.warn(message + " (" + "; ".join(reasons[:5]) + ")", QuantizationWarning, stacklevel=3)
+    summary = QuantizationSummary(
+        mode=mode, model_name=label, output_path=str(model_output) if model_output is not None else None,
+        size_before=size_before, size_after=serialized_size(source), nodes=reports, preprocessing=notes,
+        warnings=[message], model=source)
+    if model_output is not None:
+        summary.size_after = save(source, model_output, use_external_data_format)
+    return summary
 
 
 def quantize_static(model_input, model_output, calibration_data_reader=None,
@@ -276,7 +398,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     calibrate_method = CalibrationMethod.parse(calibrate_method)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
-    model, notes = preprocess(source, label)
+    model, notes = preprocess(source, label, min_opset=needed_opset(cfg, source))
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
     notes += [note] if note else []
@@ -285,13 +407,13 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     from qrt.preprocessing import preprocessing_nodes
     cfg.nodes_to_exclude = cfg.nodes_to_exclude | (preprocessing_nodes(model) & {n.name for n in model.graph.node})
     g = GraphIndex(model)
+    use_contrib_for_four_bit(cfg, g.opset)
     decisions = plan_nodes(g, cfg)
     if not any(d.status == "compute" for d in decisions):
-        reasons = sorted({f"{d.node.op_type}: {d.reason}" for d in decisions if d.reason})
-        raise QuantizationError(f"{label}: nothing to quantize; no node qualifies.\n  "
-                                + "\n  ".join(reasons[:20]))
+        return unchanged(f"static {cfg.quant_format.name}", label, source, model_output, size_before,
+                         _reports(g, decisions), notes, use_external_data_format)
 
-    wanted = tensors_to_calibrate(g, decisions)
+    wanted = tensors_to_calibrate(g, cfg, decisions)
     ranges = calibration_ranges(model, label, calibration_data_reader, wanted, cfg, calibrate_method,
                                 calibration_providers, calibration_cache_path, progress)
     params = assign_params(g, cfg, decisions, ranges)

@@ -75,8 +75,54 @@ _SHORT_NAMES = {
     QuantType.QUInt4: "uint4",
 }
 
-# The 8-bit types are the ones both rewrites and onnxruntime's QLinear kernels agree on.
-SUPPORTED_QUANT_TYPES = (QuantType.QInt8, QuantType.QUInt8)
+# The 8-bit types are the ones both rewrites and onnxruntime's QLinear kernels agree on; QDQ also
+# carries the 16-bit and 4-bit integer types (opset 21 QuantizeLinear/DequantizeLinear, or the
+# com.microsoft ones with UseQDQContribOps).
+EIGHT_BIT_TYPES = (QuantType.QInt8, QuantType.QUInt8)
+SIXTEEN_BIT_TYPES = (QuantType.QInt16, QuantType.QUInt16)
+FOUR_BIT_TYPES = (QuantType.QInt4, QuantType.QUInt4)
+SIGNED_TYPES = (QuantType.QInt8, QuantType.QInt16, QuantType.QInt4, QuantType.QFLOAT8E4M3FN)
+# The opset whose QuantizeLinear/DequantizeLinear accept 16-bit and 4-bit integers.
+WIDE_TYPES_OPSET = 21
+
+
+def check_static_types(quant_format: "QuantFormat", activation: QuantType, weight: QuantType):
+    """Refuses the combinations onnxruntime's quantize_static refuses, and the one qrt cannot write.
+
+    Error texts name the argument and the values, as onnxruntime's ValueError does.
+    """
+    if activation == QuantType.QInt8 and weight == QuantType.QUInt8:
+        raise QuantizationError("activation_type=QInt8 with weight_type=QUInt8 is not supported "
+                                "(onnxruntime refuses it too); use QUInt8/QInt8 or QInt8/QInt8")
+    if QuantType.QFLOAT8E4M3FN in (activation, weight):
+        # onnxruntime scales float8 tensors by their standard deviation (Distribution calibration),
+        # keeps biases float behind a Cast; qrt's quantizer does not write that form yet.
+        raise QuantizationError(f"activation_type={activation.name}, weight_type={weight.name}: qrt's quantizer "
+                                "does not write QFLOAT8E4M3FN yet (integer types: QInt8, QUInt8, QInt16, "
+                                "QUInt16, QInt4, QUInt4); onnxruntime's quantize_static does")
+    wide = [t for t in (activation, weight) if t in SIXTEEN_BIT_TYPES + FOUR_BIT_TYPES]
+    if wide and quant_format != QuantFormat.QDQ:
+        raise QuantizationError(f"{wide[0].name} needs quant_format=QuantFormat.QDQ; QOperator's QLinear ops "
+                                "take 8-bit tensors only (onnxruntime refuses 16-bit QOperator too)")
+
+
+class QuantizationMode(enum.Enum):
+    """onnxruntime's name for what the two entry points write: IntegerOps (quantize_dynamic) and
+    QLinearOps (quantize_static)."""
+
+    IntegerOps = 0
+    QLinearOps = 1
+
+    def __str__(self):
+        return self.name
+
+    @staticmethod
+    def from_string(text: str) -> "QuantizationMode":
+        try:
+            return QuantizationMode[text]
+        except KeyError:
+            raise QuantizationError(f"unknown QuantizationMode {text!r}; expected IntegerOps or QLinearOps") \
+                from None
 
 
 class QuantFormat(enum.Enum):

@@ -39,15 +39,20 @@ def test_minmax_is_exact():
     assert _feed(C.MinMaxObserver(symmetric=True), batches).compute_range() == (-absmax, absmax)
 
 
-def test_minmax_moving_average_follows_the_batches():
+def test_minmax_moving_average_is_onnxruntimes():
+    """onnxruntime's MinMaxCalibrater: within one collect_data call the batch minima and maxima are
+    averaged; successive calls merge by an exponential moving average."""
     batches = _growing_batches(6)
     c = 0.25
-    lo, hi = float(batches[0].min()), float(batches[0].max())
-    for b in batches[1:]:
-        lo += c * (float(b.min()) - lo)
-        hi += c * (float(b.max()) - hi)
+    mean = (float(np.mean([float(b.min()) for b in batches])), float(np.mean([float(b.max()) for b in batches])))
     got = _feed(C.MinMaxObserver(moving_average=True, averaging_constant=c), batches).compute_range()
-    assert got == pytest.approx((lo, hi), rel=1e-12)
+    assert got == pytest.approx(mean, rel=1e-12)
+    observer = _feed(C.MinMaxObserver(moving_average=True, averaging_constant=c), batches[:3])
+    observer.end_collection()
+    first = (float(np.mean([float(b.min()) for b in batches[:3]])), float(np.mean([float(b.max()) for b in batches[:3]])))
+    second = (float(np.mean([float(b.min()) for b in batches[3:]])), float(np.mean([float(b.max()) for b in batches[3:]])))
+    expected = tuple(f + c * (s - f) for f, s in zip(first, second))
+    assert _feed(observer, batches[3:]).compute_range() == pytest.approx(expected, rel=1e-12)
     with pytest.raises(QuantizationError, match="averaging_constant"):
         C.MinMaxObserver(moving_average=True, averaging_constant=1.5)
 

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qrt import qmath
-from qrt.errors import QuantizationError
+from qrt.errors import QuantizationError, QuantizationWarning
 from qrt.quantization import QuantFormat, QuantType, quantize_static
 from quant_models import OPSET, reference_ranges, run_ort, sqnr_db
 
@@ -107,8 +107,9 @@ def test_matmul_const_b_only():
     ranges = {"a": (-1, 1), "b": (-1, 1), "y": (-3, 3)}
     both = quantize_static(model, None, None, quant_format=QuantFormat.QOperator, tensor_ranges=ranges)
     assert [n.op_type for n in both.model.graph.node].count("QLinearMatMul") == 1
-    with pytest.raises(QuantizationError, match="MatMulConstBOnly"):
-        quantize_static(model, None, None, tensor_ranges=ranges, extra_options={"MatMulConstBOnly": True})
+    with pytest.warns(QuantizationWarning, match="MatMulConstBOnly"):
+        only_const = quantize_static(model, None, None, tensor_ranges=ranges, extra_options={"MatMulConstBOnly": True})
+    assert [n.op_type for n in only_const.model.graph.node] == ["MatMul"]
     onnx.checker.check_model(both.model)
 
 
@@ -125,8 +126,13 @@ def test_summary_prints_what_happened(cnn_setup):
 
 
 def test_unsupported_types_are_rejected(cnn_setup):
-    with pytest.raises(QuantizationError, match="QInt16 is not supported"):
+    """The combinations onnxruntime's quantize_static refuses, and float8, which qrt does not write."""
+    with pytest.raises(QuantizationError, match="QInt16 needs quant_format=QuantFormat.QDQ"):
         quantize(cnn_setup, weight_type=QuantType.QInt16)
+    with pytest.raises(QuantizationError, match="activation_type=QInt8 with weight_type=QUInt8"):
+        quantize(cnn_setup, fmt=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QUInt8)
+    with pytest.raises(QuantizationError, match="QFLOAT8E4M3FN"):
+        quantize(cnn_setup, fmt=QuantFormat.QDQ, weight_type=QuantType.QFLOAT8E4M3FN)
     with pytest.raises(QuantizationError, match="unknown quant_format"):
         quantize(cnn_setup, fmt="QNNX")
     with pytest.raises(QuantizationError, match="range for tensor 'x'"):

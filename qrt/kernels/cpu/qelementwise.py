@@ -167,6 +167,27 @@ def leaky_relu_table(x_scale, x_zero, y_scale, y_zero, alpha, qmin, qmax, signed
 
 
 @njit(cache=True)
+def requantize_table(x_scale, x_zero, y_scale, y_zero, qmin, qmax, signed):
+    """Table indexed by the uint8 bit pattern of x: quantize(dequantize(x)) to the output's parameters,
+    in float32 as onnxruntime's lookup tables compute it."""
+    table = np.empty(256, np.uint8)
+    for bits in range(256):
+        v = bits - 256 if signed and bits >= 128 else bits
+        x = np.float32(np.float32(v - x_zero) * x_scale)
+        q = np.rint(x / y_scale) + y_zero
+        q = min(max(q, qmin), qmax)
+        table[bits] = np.uint8(np.int64(q) & 255)
+    return table
+
+
+@njit(cache=True)
+def select_tables(condition, x, x_table, y, y_table, out):
+    """``out[i] = x_table[x[i]] if condition[i] else y_table[y[i]]`` on flat views of one shape."""
+    for i in range(out.size):
+        out[i] = x_table[x[i]] if condition[i] else y_table[y[i]]
+
+
+@njit(cache=True)
 def apply_table(x, table, out):
     """``out[i] = table[x[i]]`` on flat uint8 views."""
     n = x.size
