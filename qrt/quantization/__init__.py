@@ -46,10 +46,12 @@ from .dynamic import quantize_dynamic
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
 from .types import QuantFormat, QuantType
+from .weight_only import quantize_weight_only
 
 __all__ = [
     "quantize_static",
     "quantize_dynamic",
+    "quantize_weight_only",
     "QuantFormat",
     "QuantType",
     "CalibrationMethod",

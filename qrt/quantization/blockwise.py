@@ -22,6 +22,7 @@ returns ``(codes [N, K_padded] uint8, scale [N, k_blocks] float32, zero [N, k_bl
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 from numba import njit
 
 # Columns of k between GPTQ's batched updates of the remaining weights (a multiple of the block).
@@ -112,20 +113,26 @@ def gptq(w_t, hinv, block_size, bits, symmetric):
 
 
 def gptq_inverse_hessian(hessian, damp=0.01):
-    """Upper Cholesky factor of the dampened ``H^-1``, and the k whose inputs were always zero."""
+    """Upper Cholesky factor ``R`` of the dampened ``H^-1 = R^T R``, and the k whose inputs were always zero.
+
+    With ``P`` the reversal of k, ``P H P = L L^T`` gives ``H^-1 = (P L^-1 P)^T (P L^-1 P)`` and
+    ``P L^-1 P`` is upper triangular: one Cholesky and one triangular inverse, no full inverse.
+    """
     h = np.array(hessian, dtype=np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
-    lower = np.linalg.cholesky(h)
-    inverse = np.linalg.inv(lower)
-    h_inv = inverse.T @ inverse
-    return np.ascontiguousarray(np.linalg.cholesky(h_inv).T), dead
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    lower_inv, info = scipy.linalg.lapack.dtrtri(lower, lower=1)
+    if info:
+        raise np.linalg.LinAlgError(f"triangular inverse failed (info {info})")
+    return np.ascontiguousarray(lower_inv[::-1, ::-1]), dead
 
 
-def gptq_quantize(w, hessian, block_size, bits, symmetric, damp=0.01):
-    """GPTQ of a MatMul weight ``w`` ``[K, N]`` with the Hessian ``X^T X`` of its inputs."""
-    hinv, dead = gptq_inverse_hessian(hessian, damp)
+def gptq_quantize(w, hessian, block_size, bits, symmetric, damp=0.01, hinv=None):
+    """GPTQ of a MatMul weight ``w`` ``[K, N]`` with the Hessian ``X^T X`` of its inputs (or its
+    :func:`gptq_inverse_hessian` when several weights share one input)."""
+    hinv, dead = gptq_inverse_hessian(hessian, damp) if hinv is None else hinv
     w_t = np.ascontiguousarray(w.T, dtype=np.float64)
     w_t[:, dead] = 0.0
     return gptq(w_t, hinv, block_size, bits, symmetric)

@@ -104,7 +104,7 @@ def quantize_weight_only(model_input, model_output=None, bits=4, block_size=32, 
         wanted = sorted({n.input[0] for i, n in enumerate(graph.node) if i in plans and n.op_type == "MatMul"})
         hessians = _input_hessians(source, label, wanted, reader)
 
-    nodes, new_initializers = [], []
+    nodes, new_initializers, inverse_hessians = [], [], {}
     for index, node in enumerate(graph.node):
         weight = plans.get(index)
         if weight is None:
@@ -112,8 +112,11 @@ def quantize_weight_only(model_input, model_output=None, bits=4, block_size=32, 
             continue
         name = node.name or node.output[0]
         if node.op_type == "MatMul":
+            if algorithm == "gptq" and node.input[0] not in inverse_hessians:  # q, k and v share theirs
+                inverse_hessians[node.input[0]] = blockwise.gptq_inverse_hessian(hessians.pop(node.input[0]),
+                                                                                 gptq_damp)
             nodes.append(_matmul_nbits(node, weight, bits, block_size, symmetric, algorithm,
-                                       hessians.get(node.input[0]), accuracy_level, gptq_damp, new_initializers))
+                                       inverse_hessians.get(node.input[0]), accuracy_level, new_initializers))
             detail = f"MatMulNBits ({bits}-bit {algorithm}, block {block_size})"
         else:
             nodes.append(_gather_block_quantized(node, weight, block_size, symmetric, new_initializers))
@@ -189,12 +192,12 @@ def _add(initializers, name, array):
     return name
 
 
-def _matmul_nbits(node, weight, bits, block_size, symmetric, algorithm, hessian, accuracy_level, damp,
+def _matmul_nbits(node, weight, bits, block_size, symmetric, algorithm, inverse_hessian, accuracy_level,
                   initializers):
     K, N = weight.shape
     w32 = weight.astype(np.float32)
     if algorithm == "gptq":
-        codes, scale, zero = blockwise.gptq_quantize(w32, hessian, block_size, bits, symmetric, damp)
+        codes, scale, zero = blockwise.gptq_quantize(w32, None, block_size, bits, symmetric, hinv=inverse_hessian)
     elif algorithm == "hqq":
         codes, scale, zero = blockwise.hqq_quantize(w32, block_size, bits)
     else:
