@@ -43,8 +43,13 @@ _INT4_IR_VERSION = 10
 
 def quantize_weight_only(model_input, model_output=None, bits=4, block_size=32, symmetric=False, algorithm="rtn",
                          reader=None, nodes_to_exclude=(), quantize_embeddings=True, accuracy_level=0,
-                         gptq_damp=0.01, use_external_data_format=False) -> QuantizationSummary:
+                         gptq_damp=0.1, use_external_data_format=False) -> QuantizationSummary:
     """Quantizes the constant weights of MatMul (and Gather) nodes of ``model_input`` blockwise.
+
+    ``gptq_damp`` is GPTQ's dampening of the Hessian, relative to its mean diagonal. It defaults to
+    0.1 rather than the paper's 0.01: a calibration set of a few hundred tokens leaves the Hessian of
+    a 1536-wide input rank-deficient (on all-MiniLM-L6-v2 with 12 sentences, 4-bit block 32: minimum
+    sentence-embedding cosine 0.972 at 0.01, 0.981 at 0.1).
 
     ``model_input`` is a path, bytes or ModelProto; ``model_output`` a path, or None to get the model
     only in the returned summary's ``model``. The summary lists the MatMul and Gather nodes, each

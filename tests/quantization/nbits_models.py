@@ -58,40 +58,69 @@ def _merge(b, x, prefix, hidden):
     return b.op("Reshape", [t, b.const(f"{prefix}.merge_shape", np.array([0, 0, hidden], np.int64))], f"{prefix}.merged")
 
 
-def bert_encoder(layers=2, hidden=768, heads=12, ffn=3072, vocab=30522, seq=16, seed=0):
+# Hugging Face's Linear layers store weight [out, in]; MatMul takes [in, out].
+_LINEAR_WEIGHTS = ("query.weight", "key.weight", "value.weight", "dense.weight")
+
+
+def bert_encoder(layers=2, hidden=768, heads=12, ffn=3072, vocab=30522, seed=0, weights=None):
+    """BERT's encoder with Hugging Face's parameter names; ``weights`` (name -> array, as in a BertModel
+    checkpoint) gives pretrained values, random ones otherwise. Input ``input_ids [batch, seq]``, one
+    unpadded sequence length per batch; output ``last_hidden_state``."""
     b = _Builder(seed)
     dh = hidden // heads
-    words = b.op("Gather", [b.weight("embeddings.word", [vocab, hidden], outliers=0), "input_ids"], "emb.words")
-    positions = b.op("Gather", [b.weight("embeddings.position", [512, hidden], outliers=0),
-                                b.const("position_ids", np.arange(seq, dtype=np.int64))], "emb.positions")
+
+    def param(name, shape, std=0.02, outliers=4):
+        if weights is None:
+            return b.weight(name, shape, std=std, outliers=outliers)
+        value = np.asarray(weights[name], np.float32)
+        return b.const(name, value.T.copy() if name.endswith(_LINEAR_WEIGHTS) else value)
+
+    def vector(name, size, fill):
+        return b.const(name, np.asarray(weights[name], np.float32) if weights is not None
+                       else np.full(size, fill, np.float32))
+
+    def linear(x, name, k, n):
+        y = b.op("MatMul", [x, param(f"{name}.weight", [k, n])], f"{name}.mm")
+        return b.op("Add", [y, vector(f"{name}.bias", n, 0.01)], f"{name}.out")
+
+    def layer_norm(x, name, output):
+        return b.op("LayerNormalization", [x, vector(f"{name}.weight", hidden, 1.0),
+                                           vector(f"{name}.bias", hidden, 0.0)], output, epsilon=1e-12)
+
+    seq_len = b.op("Slice", [b.op("Shape", ["input_ids"], "ids_shape"), b.const("one_i", np.array([1], np.int64)),
+                             b.const("two_i", np.array([2], np.int64))], "seq_len")
+    position_ids = b.op("Slice", [b.const("all_positions", np.arange(512, dtype=np.int64)),
+                                  b.const("zero_i", np.array([0], np.int64)), seq_len], "position_ids")
+    words = b.op("Gather", [param("embeddings.word_embeddings.weight", [vocab, hidden], outliers=0), "input_ids"],
+                 "emb.words")
+    positions = b.op("Gather", [param("embeddings.position_embeddings.weight", [512, hidden], outliers=0),
+                                position_ids], "emb.positions")
     x = b.op("Add", [words, positions], "emb.sum")
-    x = b.op("LayerNormalization", [x, b.const("emb.ln.g", np.ones(hidden, np.float32)),
-                                    b.const("emb.ln.b", np.zeros(hidden, np.float32))], "emb.out", epsilon=1e-12)
+    if weights is not None:  # every token of type 0
+        x = b.op("Add", [x, b.const("token_type_0", np.asarray(weights["embeddings.token_type_embeddings.weight"][0],
+                                                                np.float32))], "emb.typed")
+    x = layer_norm(x, "embeddings.LayerNorm", "emb.out")
     scale = b.const("attn.scale", np.array(dh ** -0.5, np.float32))
     for i in range(layers):
-        p = f"layer{i}"
-        q = _heads(b, b.linear(x, f"{p}.q", hidden, hidden), f"{p}.q", heads, dh, [0, 2, 1, 3])
-        k = _heads(b, b.linear(x, f"{p}.k", hidden, hidden), f"{p}.k", heads, dh, [0, 2, 3, 1])
-        v = _heads(b, b.linear(x, f"{p}.v", hidden, hidden), f"{p}.v", heads, dh, [0, 2, 1, 3])
+        p = f"encoder.layer.{i}"
+        q = _heads(b, linear(x, f"{p}.attention.self.query", hidden, hidden), f"{p}.q", heads, dh, [0, 2, 1, 3])
+        k = _heads(b, linear(x, f"{p}.attention.self.key", hidden, hidden), f"{p}.k", heads, dh, [0, 2, 3, 1])
+        v = _heads(b, linear(x, f"{p}.attention.self.value", hidden, hidden), f"{p}.v", heads, dh, [0, 2, 1, 3])
         scores = b.op("Mul", [b.op("MatMul", [q, k], f"{p}.qk"), scale], f"{p}.scores")
         ctx = b.op("MatMul", [b.op("Softmax", [scores], f"{p}.probs", axis=-1), v], f"{p}.ctx")
-        attn = b.linear(_merge(b, ctx, p, hidden), f"{p}.o", hidden, hidden)
-        x = b.op("LayerNormalization", [b.op("Add", [x, attn], f"{p}.res1"),
-                                        b.const(f"{p}.ln1.g", np.ones(hidden, np.float32)),
-                                        b.const(f"{p}.ln1.b", np.zeros(hidden, np.float32))], f"{p}.ln1", epsilon=1e-12)
-        h = b.linear(x, f"{p}.ffn1", hidden, ffn)
+        attn = linear(_merge(b, ctx, p, hidden), f"{p}.attention.output.dense", hidden, hidden)
+        x = layer_norm(b.op("Add", [x, attn], f"{p}.res1"), f"{p}.attention.output.LayerNorm", f"{p}.ln1")
+        h = linear(x, f"{p}.intermediate.dense", hidden, ffn)
         erf = b.op("Erf", [b.op("Div", [h, b.const(f"{p}.sqrt2", np.array(np.sqrt(2), np.float32))], f"{p}.hs")],
                    f"{p}.erf")
         gelu = b.op("Mul", [b.op("Mul", [h, b.op("Add", [erf, b.const(f"{p}.one", np.array(1, np.float32))],
                                                 f"{p}.erf1")], f"{p}.hg"),
                             b.const(f"{p}.half", np.array(0.5, np.float32))], f"{p}.gelu")
-        out = b.linear(gelu, f"{p}.ffn2", ffn, hidden)
-        x = b.op("LayerNormalization", [b.op("Add", [x, out], f"{p}.res2"),
-                                        b.const(f"{p}.ln2.g", np.ones(hidden, np.float32)),
-                                        b.const(f"{p}.ln2.b", np.zeros(hidden, np.float32))],
-                 "last_hidden_state" if i == layers - 1 else f"{p}.ln2", epsilon=1e-12)
-    return b.model("bert_encoder", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])],
-                   [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", seq, hidden])])
+        out = linear(gelu, f"{p}.output.dense", ffn, hidden)
+        x = layer_norm(b.op("Add", [x, out], f"{p}.res2"), f"{p}.output.LayerNorm",
+                       "last_hidden_state" if i == layers - 1 else f"{p}.ln2")
+    return b.model("bert_encoder", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+                   [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])])
 
 
 def _rms_norm(b, x, name, dim):
