@@ -8,14 +8,17 @@ kernel reads one layout. The float weight is never materialised:
 
 * few rows (batch-1 decoding, small batches): :func:`matmul_nbits_rows` streams the packed bytes
   once, parallel over column tiles, and folds the zero point out of the inner loop,
-  ``y[m, n] = sum_blk scale * (sum_k q_k a[m, k] - zero * sum_k a[m, k])``; the inner loop reads
-  nibbles and A only, so it runs at the speed of reading ``B`` (half a byte per weight);
-* many rows: :func:`matmul_nbits_panels` dequantizes one tile of ``PANEL`` columns (``K x PANEL``
-  floats, L2-resident) per task and multiplies it with single-threaded BLAS (``np.dot``), parallel
-  over tiles;
+  ``y[m, n] = sum_blk scale * (sum_k q_k a[m, k] - zero * sum_k a[m, k])``; A is first copied into
+  the order of the packed bit fields (:func:`_split_rows`) so the inner loop reads codes and
+  activations at unit stride and vectorizes; it runs at the speed of reading ``B``;
+* many rows: :func:`matmul_nbits_panels` dequantizes ``PANEL`` columns at a time (``PANEL x K``
+  floats, L2-resident) per task and multiplies them with single-threaded BLAS (``np.dot``),
+  parallel over panels;
 * ``accuracy_level=4`` (few rows): :func:`matmul_nbits_rows_int8` quantizes each block of A to
   int8 (symmetric, ``amax / 127``, round half to even) and accumulates exact int32 products of
-  codes and int8 activations per block, as onnxruntime's ``CompInt8`` path does.
+  codes and int8 activations per block, as onnxruntime's ``CompInt8`` path does. It is plain Numba
+  integer arithmetic, which LLVM vectorizes; qrt's VNNI micro-kernel (:mod:`qgemm`) sums over all
+  of K, not per block, so it does not serve here.
 """
 from __future__ import annotations
 
@@ -25,74 +28,79 @@ from numba import njit, prange
 # Output columns per task of the streaming kernels, and per dequantized panel of the BLAS kernel.
 COLUMN_TILE = 16
 PANEL = 64
-
-
-@njit(cache=True, inline="always")
-def _code(b, n, blk, kk, bits):
-    per_byte = 8 // bits
-    byte = np.int32(b[n, blk, kk // per_byte])
-    return (byte >> ((kk % per_byte) * bits)) & ((1 << bits) - 1)
+_FAST = {"reassoc", "contract", "nsz"}
 
 
 @njit(cache=True)
-def _block_sums(a, K, block_size, k_blocks):
-    """sum_k a[m, k] over each block of K, float32 [M, k_blocks]."""
+def _split_rows(a, K, block_size, k_blocks, per_byte, dtype):
+    """``[M, k_blocks, per_byte, blob]`` copy of A in the order of the packed codes: ``[m, blk, j, i]``
+    is ``a[m, blk * block_size + i * per_byte + j]``, the activation that meets bit field ``j`` of
+    byte ``i``; so the dot products read bytes and activations at unit stride (zeros pad K)."""
     M = a.shape[0]
-    sums = np.zeros((M, k_blocks), np.float32)
+    blob = block_size // per_byte
+    split = np.zeros((M, k_blocks, per_byte, blob), dtype)
+    for m in range(M):
+        for k in range(K):
+            kk = k % block_size
+            split[m, k // block_size, kk % per_byte, kk // per_byte] = a[m, k]
+    return split
+
+
+@njit(cache=True)
+def _block_sums(a, K, block_size, k_blocks, dtype):
+    M = a.shape[0]
+    sums = np.zeros((M, k_blocks), dtype)
     for m in range(M):
         for k in range(K):
             sums[m, k // block_size] += a[m, k]
     return sums
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=_FAST)
 def matmul_nbits_rows(a, b, scale, zero, bits, block_size, K, bias, out):
     M = a.shape[0]
     N = out.shape[1]
-    k_blocks = b.shape[1]
-    a_sums = _block_sums(a, K, block_size, k_blocks)
+    k_blocks, blob = b.shape[1], b.shape[2]
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    split = _split_rows(a, K, block_size, k_blocks, per_byte, np.float32)
+    a_sums = _block_sums(a, K, block_size, k_blocks, np.float32)
     tiles = (N + COLUMN_TILE - 1) // COLUMN_TILE
     for t in prange(tiles):
-        acc = np.zeros(M, np.float32)
         for n in range(t * COLUMN_TILE, min(N, (t + 1) * COLUMN_TILE)):
-            acc[:] = 0.0
-            for blk in range(k_blocks):
-                k0 = blk * block_size
-                width = min(block_size, K - k0)
-                s = scale[n, blk]
-                z = zero[n, blk]
-                for m in range(M):
-                    dot = np.float32(0.0)
-                    if bits == 4:
-                        for i in range(width // 2):
-                            byte = np.int32(b[n, blk, i])
-                            dot += np.float32(byte & 15) * a[m, k0 + 2 * i] + np.float32(byte >> 4) * a[m, k0 + 2 * i + 1]
-                        if width % 2:
-                            dot += np.float32(np.int32(b[n, blk, width // 2]) & 15) * a[m, k0 + width - 1]
-                    else:
-                        for kk in range(width):
-                            dot += np.float32(_code(b, n, blk, kk, bits)) * a[m, k0 + kk]
-                    acc[m] += s * (dot - z * a_sums[m, blk])
             for m in range(M):
-                out[m, n] = acc[m] + bias[n]
+                acc = np.float32(0.0)
+                for blk in range(k_blocks):
+                    dot = np.float32(0.0)
+                    for j in range(per_byte):
+                        shift = j * bits
+                        for i in range(blob):
+                            dot += np.float32((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
+                    acc += scale[n, blk] * (dot - zero[n, blk] * a_sums[m, blk])
+                out[m, n] = acc + bias[n]
 
 
-@njit(cache=True)
-def _dequantize_panel(b, scale, zero, bits, block_size, K, n0, cols, panel):
-    """panel[k, j] = dequantized B[k, n0 + j] for j < cols, 0 beyond."""
-    k_blocks = b.shape[1]
-    for j in range(panel.shape[1]):
-        if j >= cols:
-            for k in range(K):
-                panel[k, j] = 0.0
-            continue
+@njit(cache=True, fastmath=_FAST)
+def _dequantize_columns(b, scale, zero, bits, block_size, K, n0, cols, panel):
+    """panel[j, k] = dequantized B[k, n0 + j] for j < cols (one contiguous row per column)."""
+    k_blocks, blob = b.shape[1], b.shape[2]
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    for j in range(cols):
         n = n0 + j
         for blk in range(k_blocks):
-            k0 = blk * block_size
             s = scale[n, blk]
-            z = zero[n, blk]
-            for kk in range(min(block_size, K - k0)):
-                panel[k0 + kk, j] = (np.float32(_code(b, n, blk, kk, bits)) - z) * s
+            zs = zero[n, blk] * s
+            k0 = blk * block_size
+            if bits == 4 and k0 + block_size <= K:
+                for i in range(blob):
+                    byte = np.int32(b[n, blk, i])
+                    panel[j, k0 + 2 * i] = np.float32(byte & 15) * s - zs
+                    panel[j, k0 + 2 * i + 1] = np.float32(byte >> 4) * s - zs
+            else:
+                for kk in range(min(block_size, K - k0)):
+                    byte = np.int32(b[n, blk, kk // per_byte])
+                    panel[j, k0 + kk] = np.float32((byte >> ((kk % per_byte) * bits)) & mask) * s - zs
 
 
 @njit(cache=True, parallel=True)
@@ -103,10 +111,10 @@ def matmul_nbits_panels(a, b, scale, zero, bits, block_size, K, bias, out):
     for t in prange(tiles):
         n0 = t * PANEL
         cols = min(PANEL, N - n0)
-        panel = np.empty((K, PANEL), np.float32)
-        _dequantize_panel(b, scale, zero, bits, block_size, K, n0, cols, panel)
+        panel = np.zeros((PANEL, K), np.float32)
+        _dequantize_columns(b, scale, zero, bits, block_size, K, n0, cols, panel)
         tile = np.empty((M, PANEL), np.float32)
-        np.dot(a, panel, tile)
+        np.dot(a, panel.T, tile)
         for m in range(M):
             for j in range(cols):
                 out[m, n0 + j] = tile[m, j] + bias[n0 + j]
@@ -114,7 +122,8 @@ def matmul_nbits_panels(a, b, scale, zero, bits, block_size, K, bias, out):
 
 @njit(cache=True)
 def quantize_rows_int8(a, K, block_size, k_blocks):
-    """Per-block symmetric int8 activations: (codes [M, k_blocks * block_size], scales, code sums)."""
+    """Per-block symmetric int8 activations ``[M, k_blocks * block_size]`` (zeros pad K), their scales
+    ``amax / 127`` and code sums."""
     M = a.shape[0]
     codes = np.zeros((M, k_blocks * block_size), np.int8)
     scales = np.zeros((M, k_blocks), np.float32)
@@ -126,9 +135,8 @@ def quantize_rows_int8(a, K, block_size, k_blocks):
             amax = np.float32(0.0)
             for k in range(k0, k1):
                 amax = max(amax, abs(a[m, k]))
-            s = amax / np.float32(127.0)
+            scales[m, blk] = amax / np.float32(127.0)
             inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
-            scales[m, blk] = s
             total = 0
             for k in range(k0, k1):
                 q = np.int32(np.rint(a[m, k] * inv))
@@ -142,32 +150,24 @@ def quantize_rows_int8(a, K, block_size, k_blocks):
 def matmul_nbits_rows_int8(a, b, scale, zero, bits, block_size, K, bias, out):
     M = a.shape[0]
     N = out.shape[1]
-    k_blocks = b.shape[1]
+    k_blocks, blob = b.shape[1], b.shape[2]
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
     codes, a_scale, a_sums = quantize_rows_int8(a, K, block_size, k_blocks)
+    split = _split_rows(codes, k_blocks * block_size, block_size, k_blocks, per_byte, np.int32)
     tiles = (N + COLUMN_TILE - 1) // COLUMN_TILE
     for t in prange(tiles):
-        acc = np.zeros(M, np.float32)
         for n in range(t * COLUMN_TILE, min(N, (t + 1) * COLUMN_TILE)):
-            acc[:] = 0.0
-            for blk in range(k_blocks):
-                k0 = blk * block_size
-                width = min(block_size, K - k0)
-                s = scale[n, blk]
-                z = zero[n, blk]
-                for m in range(M):
-                    dot = np.int32(0)
-                    if bits == 4:
-                        for i in range(width // 2):
-                            byte = np.int32(b[n, blk, i])
-                            dot += (byte & 15) * np.int32(codes[m, k0 + 2 * i]) + (byte >> 4) * np.int32(codes[m, k0 + 2 * i + 1])
-                        if width % 2:
-                            dot += (np.int32(b[n, blk, width // 2]) & 15) * np.int32(codes[m, k0 + width - 1])
-                    else:
-                        for kk in range(width):
-                            dot += _code(b, n, blk, kk, bits) * np.int32(codes[m, k0 + kk])
-                    acc[m] += s * a_scale[m, blk] * (np.float32(dot) - z * np.float32(a_sums[m, blk]))
             for m in range(M):
-                out[m, n] = acc[m] + bias[n]
+                acc = np.float32(0.0)
+                for blk in range(k_blocks):
+                    dot = 0  # exact: |sum| <= block_size * 255 * 128
+                    for j in range(per_byte):
+                        shift = j * bits
+                        for i in range(blob):
+                            dot += ((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
+                    acc += scale[n, blk] * a_scale[m, blk] * (np.float32(dot) - zero[n, blk] * np.float32(a_sums[m, blk]))
+                out[m, n] = acc + bias[n]
 
 
 @njit(cache=True)
