@@ -6,7 +6,7 @@ Models (built like the tests' ones, tests/quantization/nbits_models.py): a Llama
 (hidden 2048, FFN 5632, 2 layers) run on one token (the decoding step, where reading the weights
 bounds the time), the same stack on 16 tokens, and a BERT-base-shaped encoder (2 layers) on 128
 tokens. For each: float and 4-bit sizes, latency of qrt float, qrt 4-bit and onnxruntime 4-bit
-(same file, same thread count, median of ``repeat`` runs after warm-up), and the 4-bit output's SQNR
+(same file, same thread count, median of ``repeat`` interleaved runs after warm-up), and the 4-bit output's SQNR
 and minimum cosine (per output row) against float.
 """
 from __future__ import annotations
@@ -23,15 +23,19 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "quantization"))
 
 
-def _median_ms(run, repeat):
-    run()
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def _medians_ms(runs, repeat):
+    """Median latency of each callable, timed in interleaved rounds so that load from other processes
+    falls on all of them alike."""
+    for run in runs:
         run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        run()
+    times = [[] for _ in runs]
+    for _ in range(repeat):
+        for run, samples in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(samples) for samples in times]
 
 
 def main(argv=None):
@@ -74,9 +78,8 @@ def main(argv=None):
         flat_ref, flat_got = ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
         cos = np.sum(flat_ref * flat_got, 1) / np.linalg.norm(flat_ref, axis=1) / np.linalg.norm(flat_got, axis=1)
         sqnr = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((got - ref).astype(np.float64) ** 2))
-        t_float = _median_ms(lambda: float_qrt.run(None, feeds), args.repeat)
-        t_qrt = _median_ms(lambda: q_qrt.run(None, feeds), args.repeat)
-        t_ort = _median_ms(lambda: q_ort.run(None, feeds), args.repeat)
+        t_float, t_qrt, t_ort = _medians_ms([lambda: float_qrt.run(None, feeds), lambda: q_qrt.run(None, feeds),
+                                             lambda: q_ort.run(None, feeds)], args.repeat)
         print(f"{name:32s} {quantized.ByteSize() / model.ByteSize():6.3f}x {t_float:8.2f}ms {t_qrt:7.2f}ms "
               f"{t_ort:7.2f}ms {t_qrt / t_ort:7.2f}x {t_qrt / t_float:7.2f}x {sqnr:6.1f}dB {cos.min():8.4f}",
               flush=True)
