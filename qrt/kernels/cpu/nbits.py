@@ -72,10 +72,15 @@ def matmul_nbits_rows(a, b, scale, zero, bits, block_size, K, bias, out):
                 acc = np.float32(0.0)
                 for blk in range(k_blocks):
                     dot = np.float32(0.0)
-                    for j in range(per_byte):
-                        shift = j * bits
+                    if bits == 4:  # one loop, one reduction per block
                         for i in range(blob):
-                            dot += np.float32((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
+                            byte = np.int32(b[n, blk, i])
+                            dot += np.float32(byte & 15) * split[m, blk, 0, i] + np.float32(byte >> 4) * split[m, blk, 1, i]
+                    else:
+                        for j in range(per_byte):
+                            shift = j * bits
+                            for i in range(blob):
+                                dot += np.float32((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
                     acc += scale[n, blk] * (dot - zero[n, blk] * a_sums[m, blk])
                 out[m, n] = acc + bias[n]
 
@@ -162,10 +167,15 @@ def matmul_nbits_rows_int8(a, b, scale, zero, bits, block_size, K, bias, out):
                 acc = np.float32(0.0)
                 for blk in range(k_blocks):
                     dot = 0  # exact: |sum| <= block_size * 255 * 128
-                    for j in range(per_byte):
-                        shift = j * bits
+                    if bits == 4:
                         for i in range(blob):
-                            dot += ((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
+                            byte = np.int32(b[n, blk, i])
+                            dot += (byte & 15) * split[m, blk, 0, i] + (byte >> 4) * split[m, blk, 1, i]
+                    else:
+                        for j in range(per_byte):
+                            shift = j * bits
+                            for i in range(blob):
+                                dot += ((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
                     acc += scale[n, blk] * a_scale[m, blk] * (np.float32(dot) - zero[n, blk] * np.float32(a_sums[m, blk]))
                 out[m, n] = acc + bias[n]
 
