@@ -86,8 +86,9 @@ def matmul_nbits_rows(a, b, scale, zero, bits, block_size, K, bias, out):
 
 
 @njit(cache=True, fastmath=_FAST)
-def _dequantize_columns(b, scale, zero, bits, block_size, K, n0, cols, panel):
-    """panel[j, k] = dequantized B[k, n0 + j] for j < cols (one contiguous row per column)."""
+def _dequantize_columns(b, scale, zero, bits, n0, cols, panel):
+    """panel[j] = dequantized column n0 + j of B, k in the order of :func:`_split_rows` (bit field
+    by bit field within each block, so reads and writes are contiguous), padded blocks included."""
     k_blocks, blob = b.shape[1], b.shape[2]
     per_byte = 8 // bits
     mask = (1 << bits) - 1
@@ -96,30 +97,29 @@ def _dequantize_columns(b, scale, zero, bits, block_size, K, n0, cols, panel):
         for blk in range(k_blocks):
             s = scale[n, blk]
             zs = zero[n, blk] * s
-            k0 = blk * block_size
-            if bits == 4 and k0 + block_size <= K:
+            for f in range(per_byte):
+                base = (blk * per_byte + f) * blob
+                shift = f * bits
                 for i in range(blob):
-                    byte = np.int32(b[n, blk, i])
-                    panel[j, k0 + 2 * i] = np.float32(byte & 15) * s - zs
-                    panel[j, k0 + 2 * i + 1] = np.float32(byte >> 4) * s - zs
-            else:
-                for kk in range(min(block_size, K - k0)):
-                    byte = np.int32(b[n, blk, kk // per_byte])
-                    panel[j, k0 + kk] = np.float32((byte >> ((kk % per_byte) * bits)) & mask) * s - zs
+                    panel[j, base + i] = np.float32((np.int32(b[n, blk, i]) >> shift) & mask) * s - zs
 
 
 @njit(cache=True, parallel=True)
 def matmul_nbits_panels(a, b, scale, zero, bits, block_size, K, bias, out):
     M = a.shape[0]
     N = out.shape[1]
+    k_blocks = b.shape[1]
+    per_byte = 8 // bits
+    # A in the panels' k order; its zeros on padded k cancel whatever codes pad the last block
+    split = _split_rows(a, K, block_size, k_blocks, per_byte, np.float32).reshape(M, k_blocks * block_size)
     tiles = (N + PANEL - 1) // PANEL
     for t in prange(tiles):
         n0 = t * PANEL
         cols = min(PANEL, N - n0)
-        panel = np.zeros((PANEL, K), np.float32)
-        _dequantize_columns(b, scale, zero, bits, block_size, K, n0, cols, panel)
+        panel = np.zeros((PANEL, k_blocks * block_size), np.float32)
+        _dequantize_columns(b, scale, zero, bits, n0, cols, panel)
         tile = np.empty((M, PANEL), np.float32)
-        np.dot(a, panel.T, tile)
+        np.dot(split, panel.T, tile)
         for m in range(M):
             for j in range(cols):
                 out[m, n0 + j] = tile[m, j] + bias[n0 + j]
