@@ -53,7 +53,7 @@ def quantize_weight_only(model_input, model_output=None, bits=4, block_size=32, 
 
     ``model_input`` is a path, bytes or ModelProto; ``model_output`` a path, or None to get the model
     only in the returned summary's ``model``. The summary lists the MatMul and Gather nodes, each
-    quantized or kept in float with the reason.
+    quantized or kept in float with the reason. Nodes inside If/Loop/Scan bodies are left in float.
     """
     bits, block_size, accuracy_level = _check_arguments(bits, block_size, algorithm, reader, accuracy_level,
                                                         gptq_damp)
