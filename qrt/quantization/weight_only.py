@@ -249,5 +249,5 @@ def _four_bit(name, values, elem):
     flat = (np.asarray(values).reshape(-1).astype(np.int16) & 15).astype(np.uint8)
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
-    return helper.make_tensor(name, elem, list(values.shape), (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes(),
-                              raw=True)
+    packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+    return helper.make_tensor(name, elem, list(values.shape), packed.tobytes(), raw=True)

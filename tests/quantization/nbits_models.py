@@ -55,7 +55,8 @@ def _heads(b, x, prefix, heads, dh, transpose_perm):
 
 def _merge(b, x, prefix, hidden):
     t = b.op("Transpose", [x], f"{prefix}.merged_t", perm=[0, 2, 1, 3])
-    return b.op("Reshape", [t, b.const(f"{prefix}.merge_shape", np.array([0, 0, hidden], np.int64))], f"{prefix}.merged")
+    shape = b.const(f"{prefix}.merge_shape", np.array([0, 0, hidden], np.int64))
+    return b.op("Reshape", [t, shape], f"{prefix}.merged")
 
 
 # Hugging Face's Linear layers store weight [out, in]; MatMul takes [in, out].

@@ -75,7 +75,8 @@ def matmul_nbits_rows(a, b, scale, zero, bits, block_size, K, bias, out):
                     if bits == 4:  # one loop, one reduction per block
                         for i in range(blob):
                             byte = np.int32(b[n, blk, i])
-                            dot += np.float32(byte & 15) * split[m, blk, 0, i] + np.float32(byte >> 4) * split[m, blk, 1, i]
+                            dot += (np.float32(byte & 15) * split[m, blk, 0, i]
+                                    + np.float32(byte >> 4) * split[m, blk, 1, i])
                     else:
                         for j in range(per_byte):
                             shift = j * bits
@@ -176,7 +177,8 @@ def matmul_nbits_rows_int8(a, b, scale, zero, bits, block_size, K, bias, out):
                             shift = j * bits
                             for i in range(blob):
                                 dot += ((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
-                    acc += scale[n, blk] * a_scale[m, blk] * (np.float32(dot) - zero[n, blk] * np.float32(a_sums[m, blk]))
+                    centered = np.float32(dot) - zero[n, blk] * np.float32(a_sums[m, blk])
+                    acc += scale[n, blk] * a_scale[m, blk] * centered
                 out[m, n] = acc + bias[n]
 
 
