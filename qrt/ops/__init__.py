@@ -8,3 +8,4 @@ from . import quantized  # noqa: F401  (QuantizeLinear family, QLinear*/Integer 
 from . import contrib_quantized  # noqa: F401  (com.microsoft QGemm, QLinearAdd, ... as onnxruntime's quantizer emits)
 from . import fused  # noqa: F401  (com.microsoft FusedConv/FusedGemm from the planner's activation fusion)
 from . import sequence  # noqa: F401  (Sequence*, SplitToSequence, ConcatFromSequence, Optional*)
+from . import nbits  # noqa: F401  (com.microsoft MatMulNBits, GatherBlockQuantized: blockwise 4-bit weights)

@@ -60,6 +60,7 @@ from .preprocess import quant_pre_process
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
 from .types import QuantFormat, QuantizationMode, QuantType
+from .weight_only import quantize_weight_only
 
 __all__ = [
     "quantize_static",
@@ -70,6 +71,7 @@ __all__ = [
     "DynamicQuantConfig",
     "get_qdq_config",
     "QuantizationMode",
+    "quantize_weight_only",
     "QuantFormat",
     "QuantType",
     "CalibrationMethod",

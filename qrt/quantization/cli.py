@@ -2,6 +2,7 @@
 
     qrt quantize model.onnx out.onnx --calibration data.npz --format qdq --per-channel --method entropy
     qrt quantize bert.onnx bert.int8.onnx --dynamic
+    qrt quantize llm.onnx llm.q4.onnx --weight-only 4 --extra algorithm=gptq --calibration data.npz
 
 ``--calibration`` takes a ``.npz`` file (one array per model input, samples along the first axis)
 or a directory of ``<input>_<i>.npy`` files. Prints the quantization summary (``--verbose``: with
@@ -16,6 +17,7 @@ import sys
 from qrt.errors import QrtError, QuantizationError
 
 _METHODS = ["minmax", "entropy", "percentile", "distribution", "mse"]
+_WEIGHT_ONLY_OPTIONS = {"algorithm", "block_size", "symmetric", "accuracy_level", "quantize_embeddings", "gptq_damp"}
 _TYPES = {"int8": "QInt8", "uint8": "QUInt8", "qint8": "QInt8", "quint8": "QUInt8", "int16": "QInt16",
           "uint16": "QUInt16", "int4": "QInt4", "uint4": "QUInt4"}
 
@@ -26,6 +28,10 @@ def _parser():
     parser.add_argument("output", help="where to write the quantized model")
     parser.add_argument("--dynamic", action="store_true",
                         help="dynamic quantization: int8 weights, activations quantized at run time")
+    parser.add_argument("--weight-only", type=int, choices=[2, 4, 8], metavar="BITS",
+                        help="blockwise weight-only quantization (MatMulNBits, GatherBlockQuantized); "
+                             "--extra algorithm=rtn|gptq|hqq, block_size=32, symmetric=false, accuracy_level=0, "
+                             "quantize_embeddings=true; gptq reads --calibration")
     parser.add_argument("--calibration", help="calibration data: .npz file or directory of <input>_<i>.npy")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per calibration batch (.npz)")
     parser.add_argument("--format", default="qdq", choices=["qdq", "qoperator"], help="static format (default qdq)")
@@ -89,7 +95,19 @@ def main(argv=None) -> int:
                       weight_type=_TYPES[args.weight_type], op_types_to_quantize=_split(args.op_types),
                       nodes_to_quantize=_split(args.nodes), nodes_to_exclude=_split(args.exclude),
                       use_external_data_format=args.external_data, extra_options=_extra(args.extra))
-        if args.dynamic:
+        if args.weight_only:
+            from . import quantize_weight_only
+            from calibration import as_reader
+
+            options = _extra(args.extra)
+            unknown = sorted(set(options) - _WEIGHT_ONLY_OPTIONS)
+            if unknown:
+                raise QuantizationError(f"--weight-only takes --extra {sorted(_WEIGHT_ONLY_OPTIONS)}, not {unknown}")
+            reader = as_reader(args.calibration, batch_size=args.batch_size) if args.calibration else None
+            summary = quantize_weight_only(args.input, args.output, bits=args.weight_only, reader=reader,
+                                           nodes_to_exclude=_split(args.exclude) or (),
+                                           use_external_data_format=args.external_data, **options)
+        elif args.dynamic:
             if args.calibration or args.range:
                 raise QuantizationError("--dynamic takes no --calibration or --range: activations are "
                                         "quantized at run time")

@@ -178,6 +178,13 @@ def op_cases(scale=1, seed=0):
     cases.append(Case("QLinearGlobalAveragePool channels_last", "QLinearGlobalAveragePool",
                       [u8(2, 4, 5, 3), F32(0.05), np.uint8(3), F32(0.01), np.uint8(4)], consts=(1, 2, 3, 4),
                       domain=MS, opset=1, attrs={"channels_last": 1}, exact=True))
+    # 4-bit blocks of 16 over K = 40 (a partial last block), packed zero points, and 8-bit without
+    n_cols = 5 * s
+    cases.append(Case("MatMulNBits 4-bit", "MatMulNBits",
+                      [f(2, 3, 40), u8(n_cols, 3, 8), np.abs(f(n_cols * 3)) * F32(0.1), u8(n_cols * 2)],
+                      consts=(1, 2, 3), domain=MS, opset=1, attrs={"K": 40, "N": n_cols, "bits": 4, "block_size": 16}))
+    cases.append(Case("MatMulNBits 8-bit", "MatMulNBits", [f(3, 32), u8(n_cols, 2, 16), np.abs(f(n_cols * 2))],
+                      consts=(1, 2), domain=MS, opset=1, attrs={"K": 32, "N": n_cols, "bits": 8, "block_size": 16}))
     return cases
 
 
