@@ -185,6 +185,8 @@ class MinMaxObserver(Observer):
 
     def _merged_with_open(self):
         total_lo, total_hi, count = self._sums
+        if not self.moving_average and self.data_min <= self.data_max:
+            return self._symmetric(self.data_min, self.data_max)
         if not count:
             return self.merged
         if self.moving_average:
@@ -210,15 +212,17 @@ class MinMaxObserver(Observer):
                 "averaging_constant": self.averaging_constant}
 
     def _merge(self, other):
-        # Moving averages merge exactly only between shards that replayed the same stream (skip()),
-        # which leaves them all holding the single-pass average; min/max then returns it unchanged.
-        if other.range_min is None:
+        # Plain min/max merges through data_min/data_max (the base class). Moving averages merge exactly
+        # only between shards that replayed one stream (skip()): each then holds the single-pass average.
+        if other.merged is None and not other._sums[2]:
             return
-        if self.range_min is None:
-            self.range_min, self.range_max = other.range_min, other.range_max
-        else:
-            self.range_min = min(self.range_min, other.range_min)
-            self.range_max = max(self.range_max, other.range_max)
+        if self.merged is None and not self._sums[2]:
+            self.merged, self._sums = other.merged, list(other._sums)
+        elif not self.moving_average:
+            self._sums = [a + b for a, b in zip(self._sums, other._sums)]
+        elif (self.merged, self._sums) != (other.merged, other._sums):
+            raise QuantizationError("moving-average MinMax ranges merge exactly only between shards that "
+                                    "replayed the same stream (Observer.skip); these saw different batches")
 
     def _range(self):
         lo, hi = self._merged_with_open()

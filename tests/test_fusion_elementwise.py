@@ -185,3 +185,24 @@ def test_an_unwritable_cache_directory_still_builds_the_session(tmp_path, monkey
     nodes = [n("Abs", ["x"], ["a"], name="abs"), n("Sqrt", ["a"], ["y"], name="sqrt")]
     model = _model(nodes, [_vi("x", ["n", 5])], [_vi("y", ["n", 5])])
     _check(model, {"x": _x((2, 5))}, ["abs+sqrt"])
+
+
+def test_division_by_zero_gives_inf_and_nan_as_the_unfused_ops_do():
+    # A LayerNorm's Sqrt -> Reciprocal on a zero variance (magika's quantized model hit it): numpy's
+    # error model, as the ufuncs have, never a ZeroDivisionError.
+    nodes = [helper.make_node("Sqrt", ["x"], ["s"], name="sqrt"),
+             helper.make_node("Reciprocal", ["s"], ["r"], name="recip"),
+             helper.make_node("Div", ["x", "s"], ["y0"], name="div"),
+             helper.make_node("Add", ["r", "y0"], ["y"], name="add")]
+    model = _model(nodes, [_vi("x", [2, 4])], [_vi("y", [2, 4])])
+    x = np.array([[0.0, 1.0, 4.0, 0.0], [9.0, 0.0, 2.0, 16.0]], np.float32)
+    sess = qrt.InferenceSession(model, _options())
+    assert [n.op_type for n in sess.model.graph.node] == ["FusedElementwise"]
+    with np.errstate(all="ignore"):
+        got, = sess.run(None, {"x": x})
+        unfused, = qrt.InferenceSession(model, _options(qrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)).run(
+            None, {"x": x})
+    want, = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(got, unfused)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(got)], want[~np.isnan(want)])

@@ -49,8 +49,9 @@ SCALAR_OPS = {
 }
 
 # The scalar functions the generated modules import, jitted from the ufuncs' own Python bodies. No
-# cache of their own: they compile into each generated kernel, and that kernel is cached.
-_SCALAR_FUNCS = {name: njit(ufunc.__wrapped__) for name, (ufunc, _) in SCALAR_OPS.items()}
+# cache of their own: they compile into each generated kernel, and that kernel is cached. numpy's
+# error model, as the ufuncs have: x / 0 is inf or nan, never a ZeroDivisionError.
+_SCALAR_FUNCS = {name: njit(error_model="numpy")(ufunc.__wrapped__) for name, (ufunc, _) in SCALAR_OPS.items()}
 globals().update({f"scalar_{name}": fn for name, fn in _SCALAR_FUNCS.items()})
 
 # Elements from which the parallel variant runs (a prange launch costs a few microseconds).
@@ -149,7 +150,7 @@ def generate_source(kinds, scalars, program) -> str:
         body.append(f"t{j} = np.float32(scalar_{op}({', '.join(args)}))")
     signature = ", ".join([f"x{k}" for k in arrays] + ["out", "rows", "period", "channels"])
     for name, loop in (("run_serial", "range"), ("run_parallel", "prange")):
-        lines += ["", "", f"@njit(cache=True{', parallel=True' if loop == 'prange' else ''})",
+        lines += ["", "", f"@njit(cache=True, error_model='numpy'{', parallel=True' if loop == 'prange' else ''})",
                   f"def {name}({signature}):", f"    for r in {loop}(rows):", "        base = r * period"]
         lines += [f"        c{k} = x{k}[r % channels]" for k in arrays if kinds[k] == CHANNEL]
         lines += ["        for j in range(period):", "            i = base + j"]
