@@ -49,11 +49,8 @@ SCALAR_OPS = {
 }
 
 # The scalar functions the generated modules import, jitted from the ufuncs' own Python bodies. No
-# cache of their own: they compile into each generated kernel, and that kernel is cached. Numba's
-# @vectorize compiles with numpy's error model (1/0 is inf, 0/0 nan); plain njit would raise
-# ZeroDivisionError there instead, so the fused copies take the same model as the unfused ufuncs.
-_SCALAR_JIT_OPTIONS = {"error_model": "numpy"}
-_SCALAR_FUNCS = {name: njit(ufunc.__wrapped__, **_SCALAR_JIT_OPTIONS) for name, (ufunc, _) in SCALAR_OPS.items()}
+# cache of their own: they compile into each generated kernel, and that kernel is cached.
+_SCALAR_FUNCS = {name: njit(ufunc.__wrapped__) for name, (ufunc, _) in SCALAR_OPS.items()}
 globals().update({f"scalar_{name}": fn for name, fn in _SCALAR_FUNCS.items()})
 
 # Elements from which the parallel variant runs (a prange launch costs a few microseconds).
@@ -164,7 +161,7 @@ def generate_source(kinds, scalars, program) -> str:
 def _source_version() -> str:
     # Numba's cache only watches the generated file: fold the scalar functions' sources into the
     # name so a change to any of them yields a new module instead of stale machine code.
-    return repr(_SCALAR_JIT_OPTIONS) + "".join(inspect.getsource(ufunc.__wrapped__) for ufunc, _ in SCALAR_OPS.values())
+    return "".join(inspect.getsource(ufunc.__wrapped__) for ufunc, _ in SCALAR_OPS.values())
 
 
 _VERSION = hashlib.sha256(_source_version().encode()).hexdigest()[:12]
