@@ -35,6 +35,25 @@ def _weights_out_of_inputs(model: onnx.ModelProto) -> int:
     return removed
 
 
+def _restate_stale_output_ranks(model: onnx.ModelProto) -> list[str]:
+    """Graph outputs whose declared rank shape inference contradicts get the inferred shape; returns their
+    names. Exporters leave such stale annotations (ddddocr's common.onnx declares [1, seqlen] for a rank-3
+    output), and raising the opset can let inference see through to the contradiction, which onnx's
+    checker then reports as an error of the quantized model."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for output in probe.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    restated = []
+    for declared, found in zip(model.graph.output, inferred.graph.output):
+        want, got = declared.type.tensor_type, found.type.tensor_type
+        if want.HasField("shape") and got.HasField("shape") and len(want.shape.dim) != len(got.shape.dim):
+            want.shape.CopyFrom(got.shape)
+            restated.append(declared.name)
+    return restated
+
+
 def preprocess(model: onnx.ModelProto, label: str = "model", min_opset: int = MIN_OPSET,
                optimize: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """Returns (float model ready for quantization, notes on what was changed). ``model`` is not modified.
@@ -74,6 +93,10 @@ def preprocess(model: onnx.ModelProto, label: str = "model", min_opset: int = MI
         work = prepare_for_quantization(work, passes=None if optimize else [])
     except Exception as exc:
         raise QuantizationError(f"{label}: pre-processing with qrt.optimizer failed: {exc}") from exc
+    restated = _restate_stale_output_ranks(work)
+    if restated:
+        notes.append(f"declared shape of output(s) {', '.join(map(repr, restated))} replaced by the inferred one "
+                     f"(the declared rank was wrong)")
     after = [n.op_type for n in work.graph.node]
     if "Constant" in before and "Constant" not in after:
         notes.append("Constant nodes folded into initializers")

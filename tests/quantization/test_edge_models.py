@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qrt.quantization import QuantFormat, quantize_static
+from qrt.quantization import QuantFormat, QuantType, quantize_static
 from quant_models import reference_ranges, run_ort, sqnr_db
 
 RNG = np.random.default_rng(21)
@@ -99,3 +99,21 @@ def test_subgraph_reading_a_quantized_tensor():
         summary = quantize_both(model, feeds)[QuantFormat.QOperator]
         producers = {o: n.op_type for n in summary.model.graph.node for o in n.output}
         assert producers["c"] == "DequantizeLinear"
+
+
+def test_stale_declared_output_rank_is_restated():
+    """ddddocr's common.onnx declares its rank-3 output as [1, seqlen]; once its opset is raised to 21 for
+    16-bit activations, inference sees the real rank and onnx's full check rejected the quantized model."""
+    w = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1] * 4),
+             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, 4, -1]))),
+             helper.make_node("Reshape", ["c", "shape"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seqlen"])], {"W": w}, opset=12)
+    feeds = [{"x": RNG.standard_normal((1, 2, 5, 5)).astype(np.float32)} for _ in range(4)]
+    summary = quantize_static(model, None, None, activation_type=QuantType.QUInt16,
+                              tensor_ranges=reference_ranges(model, feeds))
+    onnx.checker.check_model(summary.model, full_check=True)
+    assert "declared shape of output(s) 'y' replaced by the inferred one" in " ".join(summary.preprocessing)
+    assert [d.dim_value for d in summary.model.graph.output[0].type.tensor_type.shape.dim] == [1, 4, 25]
+    assert sqnr_db(run_ort(model, feeds)[0], run_ort(summary.model, feeds)[0]) > 30
