@@ -8,6 +8,34 @@ from __future__ import annotations
 import heapq
 
 import onnx
+from onnx import helper
+
+
+def attr(node, name, default=None):
+    """The value of ``node``'s attribute ``name``, or ``default`` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def consumers_by_name(graph_proto):
+    """Tensor name -> the nodes of ``graph_proto`` reading it, in graph order (once per read)."""
+    consumers: dict[str, list] = {}
+    for node in graph_proto.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def subgraph_node_inputs(graph_proto):
+    """Every name the nodes of ``graph_proto``'s direct subgraphs read: what a rewrite of the outer
+    graph must leave in place."""
+    reads = set()
+    for node in graph_proto.node:
+        for g in node_subgraphs(node):
+            reads |= {i for n in g.node for i in n.input}
+    return reads
 
 
 def node_subgraphs(node):

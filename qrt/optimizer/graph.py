@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from ..graphs import node_subgraph_free_names, node_subgraphs, stable_topological_order
+from ..graphs import attr, node_subgraph_free_names, node_subgraphs, stable_topological_order
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -46,13 +46,6 @@ class TensorInfo:
         if self.dims is None or not all(isinstance(d, int) for d in self.dims):
             return None
         return tuple(self.dims)
-
-
-def attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def set_attr(node, name, value):
