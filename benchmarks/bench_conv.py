@@ -5,16 +5,14 @@ own 1->2 thread speed-up. Run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZ
 Usage: python benchmarks/bench_conv.py [--runs N] [--only NAME...]
 """
 import argparse
-import glob
 import os
-import statistics
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 import qrt
+from qrt.bench import time_runs
 from qrt.feeds import random_feeds
 
 ZOO = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
@@ -26,17 +24,6 @@ def load(name):
         from qrt.demo import MODEL_PATH
         return onnx.load(MODEL_PATH)
     return onnx.load(os.path.join(ZOO, f"light_{name}.onnx"))
-
-
-def median_ms(fn, runs):
-    fn()
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main():
@@ -63,8 +50,8 @@ def main():
             # Interleave qrt and ort repeats so machine noise hits both alike.
             q, o = [], []
             for _ in range(2):
-                q.append(median_ms(lambda: session.run(None, feeds), args.runs // 2))
-                o.append(median_ms(lambda: reference.run(None, feeds), args.runs // 2))
+                q.append(time_runs(lambda: session.run(None, feeds), args.runs // 2, warmup=2))
+                o.append(time_runs(lambda: reference.run(None, feeds), args.runs // 2, warmup=2))
             row[threads] = (min(q), min(o))
         (q1, o1), (q2, o2) = row[1], row[2]
         print(f"{name:<14} {q1:>8.2f} {o1:>8.2f} {q1 / o1:>5.2f} {q2:>8.2f} {o2:>8.2f} {q2 / o2:>5.2f} "

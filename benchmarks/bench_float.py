@@ -15,7 +15,6 @@ import glob
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import onnxruntime as ort  # noqa: E402
 
 import qrt  # noqa: E402
+from qrt.bench import time_runs  # noqa: E402
 from qrt.feeds import random_feeds  # noqa: E402
 
 # Symbolic dimensions other than the batch, by name.
@@ -93,17 +93,6 @@ def make_feeds(session, model, batch):
     return random_feeds(session, seed=0, dims=dims)
 
 
-def median_ms(fn, runs, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def qrt_session(model_bytes, threads):
     options = qrt.SessionOptions()
     options.intra_op_num_threads = threads
@@ -150,8 +139,8 @@ def per_node_overhead(runs):
     model_bytes = add_chain().SerializeToString()
     session, reference = qrt_session(model_bytes, 1), ort_session(model_bytes, 1)
     feeds = {"x": np.ones((1, 16), np.float32)}
-    qrt_ms = median_ms(lambda: session.run(None, feeds), runs)
-    ort_ms = median_ms(lambda: reference.run(None, feeds), runs)
+    qrt_ms = time_runs(lambda: session.run(None, feeds), runs, warmup=3)
+    ort_ms = time_runs(lambda: reference.run(None, feeds), runs, warmup=3)
     return qrt_ms * 1e3 / 200, ort_ms * 1e3 / 200
 
 
@@ -203,8 +192,8 @@ def main():
                 reference = ort_session(model_bytes, threads)
                 reference.run(None, feeds)
                 ort_start = time.perf_counter() - start
-                qrt_ms = median_ms(lambda: session.run(None, feeds), args.runs)
-                ort_ms = median_ms(lambda: reference.run(None, feeds), args.runs)
+                qrt_ms = time_runs(lambda: session.run(None, feeds), args.runs, warmup=3)
+                ort_ms = time_runs(lambda: reference.run(None, feeds), args.runs, warmup=3)
                 ratios.append(qrt_ms / ort_ms)
                 warm = cold = float("nan")
                 if not args.no_cold and batch == 1 and threads == args.threads[0]:

@@ -4,13 +4,13 @@ Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python benchmarks
 Prints medians of 20 runs (ms) and qrt/onnxruntime ratios at 1 and 2 threads.
 """
 import sys
-import time
 
 import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, "tests")
 import qrt  # noqa: E402
+from qrt.bench import time_runs  # noqa: E402
 from model_builders import bert_encoder, transformer_block  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -36,16 +36,6 @@ def silu_convnet(channels=(16, 32, 64, 64), size=96, seed=5):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def median_ms(fn, runs=20):
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
-
-
 def main():
     layers = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     rng = np.random.default_rng(0)
@@ -63,13 +53,13 @@ def main():
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             o = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            row = [median_ms(lambda: o.run(None, feeds))]
+            row = [time_runs(lambda: o.run(None, feeds), runs=20, warmup=1)]
             for level in (qrt.GraphOptimizationLevel.ORT_ENABLE_BASIC, qrt.GraphOptimizationLevel.ORT_ENABLE_ALL):
                 qo = qrt.SessionOptions()
                 qo.intra_op_num_threads = threads
                 qo.graph_optimization_level = level
                 s = qrt.InferenceSession(model, qo)
-                row.append(median_ms(lambda: s.run(None, feeds)))
+                row.append(time_runs(lambda: s.run(None, feeds), runs=20, warmup=1))
             print(f"{threads}t {name:32s} ort {row[0]:8.2f} ms | qrt unfused {row[1]:8.2f} ({row[1] / row[0]:.2f}x)"
                   f" | qrt fused {row[2]:8.2f} ({row[2] / row[0]:.2f}x)", flush=True)
 

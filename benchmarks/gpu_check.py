@@ -14,25 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-
-def _median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _torch_cnn(weights, device):
@@ -78,6 +66,7 @@ def main(argv=None):
         config.GEMM_TM = config.GEMM_TN = 2
 
     import qrt
+    from qrt.bench import time_runs
     from qrt.kernels.cuda import checks
     from qrt.kernels.cuda.device import SIMULATED
 
@@ -152,8 +141,8 @@ def main(argv=None):
             data = model.SerializeToString()
             gpu = qrt.InferenceSession(data, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             cpu = qrt.InferenceSession(data, providers=["CPUExecutionProvider"])
-            t_gpu = _median_ms(lambda: gpu.run(None, feeds), repeat)
-            t_cpu = _median_ms(lambda: cpu.run(None, feeds), repeat)
+            t_gpu = time_runs(lambda: gpu.run(None, feeds), repeat, warmup=1)
+            t_cpu = time_runs(lambda: cpu.run(None, feeds), repeat, warmup=1)
             t_torch = ""
             if torch_device is not None and mirror is not None:
                 import torch
@@ -163,7 +152,7 @@ def main(argv=None):
                 def torch_run():
                     with torch.no_grad():
                         run(x).cpu()
-                t_torch = f"{_median_ms(torch_run, repeat):.3f}"
+                t_torch = f"{time_runs(torch_run, repeat, warmup=1):.3f}"
             status = "OK" if ok and not fallbacks else "FAIL"
             failures += status != "OK"
             extra = f" (CPU nodes: {', '.join(on_cpu)})" if on_cpu else ""

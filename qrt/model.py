@@ -9,7 +9,6 @@ a shape, nodes out of topological order, ...) qrt warns once and goes on; what o
 """
 from __future__ import annotations
 
-import heapq
 import os
 import re
 import warnings
@@ -19,6 +18,7 @@ import onnx
 from onnx import TensorProto
 
 from .errors import InvalidArgument, InvalidModel
+from .graphs import node_subgraph_free_names, node_subgraphs, stable_topological_order
 
 # TensorProto element type -> numpy dtype for the types qrt can hold in numpy arrays.
 _ONNX_TO_NUMPY = {
@@ -317,55 +317,24 @@ def _sort_nodes(graph, outer_names, label):
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
     reads = []
     for i, node in enumerate(graph.node):
-        names = [n for n in node.input if n]
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                names.extend(_outer_reads(sub))
+        names = [n for n in node.input if n] + sorted(node_subgraph_free_names(node))
         for name in names:
             if name not in defined and name not in producer:
                 raise InvalidModel(f"{label}: input {name!r} of node {node.name or node.op_type!r} is not a graph "
                                    "input, an initializer or the output of any node")
-        reads.append({producer[n] for n in names if n in producer and n not in defined} - {i})
-    users = [[] for _ in graph.node]
-    for i, deps in enumerate(reads):
-        for d in deps:
-            users[d].append(i)
-    waiting = [len(deps) for deps in reads]
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
+        reads.append({producer[n] for n in names if n in producer and n not in defined})
+    order = stable_topological_order(reads)
     if len(order) != len(graph.node):
-        stuck = [graph.node[i].name or graph.node[i].op_type for i, w in enumerate(waiting) if w]
+        emitted = set(order)
+        stuck = [node.name or node.op_type for i, node in enumerate(graph.node) if i not in emitted]
         raise InvalidModel(f"{label}: the graph has a cycle through nodes {stuck[:5]}")
     nodes = [graph.node[i] for i in order]
     del graph.node[:]
     graph.node.extend(nodes)
     visible = defined | set(producer)
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _sort_nodes(sub, visible, label)
-
-
-def _outer_reads(graph):
-    """Names a subgraph reads that it does not define itself (its enclosing graphs must)."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    reads = set()
-    for node in graph.node:
-        reads.update(n for n in node.input if n)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                reads |= _outer_reads(sub)
-        defined.update(n for n in node.output if n)
-    reads.update(o.name for o in graph.output)
-    return reads - defined
+        for sub in node_subgraphs(node):
+            _sort_nodes(sub, visible, label)
 
 
 # onnx.checker complaints that onnxruntime loads the model despite (each checked against

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from . import registry
 from .errors import InvalidModel, NodeExecutionError, QrtError, UnsupportedOperator
+from .graphs import subgraph_free_names
 from .providers import CPUProvider
 from .values import TensorSequence, describe
 
@@ -256,21 +257,6 @@ class Plan:
         return err
 
 
-def _subgraph_free_names(graph: onnx.GraphProto) -> set:
-    """Names a graph (and its nested subgraphs) reads but neither defines nor receives as inputs."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    defined |= {t.values.name for t in graph.sparse_initializer}
-    used = set()
-    for node in graph.node:
-        used.update(n for n in node.input if n)
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                used |= _subgraph_free_names(g)
-        defined.update(n for n in node.output if n)
-    used.update(o.name for o in graph.output)
-    return used - defined
-
-
 def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str = "model",
                outer_names=frozenset(), outer_constants=None, fold_constants: bool = True) -> Plan:
     """Build the plan of ``graph``; ``outer_names`` are the names an enclosing graph makes visible."""
@@ -360,7 +346,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
         for attr in node.attribute:
             if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                 for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    outer_inputs |= _subgraph_free_names(g)
+                    outer_inputs |= subgraph_free_names(g)
 
         foldable = (fold_constants and kernel.deterministic and not kernel.uses_outer_scope
                     and all((not n) or n in visible_constants for n in inputs))

@@ -12,22 +12,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graphs import attr, consumers_by_name, subgraph_node_inputs
+
 _FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}
 _MS = "com.microsoft"
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _activation_params(act, constants, opset):
     """The activation's parameters as FusedConv's ``activation_params``, or None when they are not constant."""
     if act.op_type == "Clip":
         if opset < 11:
-            return [float(_attr(act, "min", -3.402823e38)), float(_attr(act, "max", 3.402823e38))]
+            return [float(attr(act, "min", -3.402823e38)), float(attr(act, "max", 3.402823e38))]
         bounds = []
         for i, default in ((1, -np.inf), (2, np.inf)):
             name = act.input[i] if len(act.input) > i else ""
@@ -39,9 +34,9 @@ def _activation_params(act, constants, opset):
                 return None
         return bounds
     if act.op_type == "LeakyRelu":
-        return [float(_attr(act, "alpha", 0.01))]
+        return [float(attr(act, "alpha", 0.01))]
     if act.op_type == "HardSigmoid":
-        return [float(_attr(act, "alpha", 0.2)), float(_attr(act, "beta", 0.5))]
+        return [float(attr(act, "alpha", 0.2)), float(attr(act, "beta", 0.5))]
     return []
 
 
@@ -52,18 +47,11 @@ def fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name}
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
-            value = _attr(node, "value")
+            value = attr(node, "value")
             if value is not None:
                 constants[node.output[0]] = numpy_helper.to_array(value)
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    subgraph_reads = set()
-    for node in graph.node:
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                subgraph_reads |= {i for n in g.node for i in n.input}
+    consumers = consumers_by_name(graph)
+    subgraph_reads = subgraph_node_inputs(graph)
     outputs = {o.name for o in graph.output}
     float_tensors = {v.name for v in list(graph.value_info) + list(graph.output)
                      if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..graphs import attr, consumers_by_name, subgraph_node_inputs
 from ..kernels.cpu import fused_elementwise as fe
 
 DOMAIN = "qrt"
@@ -28,13 +29,6 @@ _BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
 # no legacy ``broadcast``/``consumed_inputs`` attributes).
 _SINCE = {**{op: 6 for op in _UNARY}, **{op: 7 for op in _BINARY}, "Max": 8, "Min": 8, "Clip": 6, "Gelu": 20,
           "Erf": 9, "HardSwish": 14, "Mish": 18}
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _dims(value_info):
@@ -67,7 +61,7 @@ def fuse_elementwise(model: onnx.ModelProto) -> onnx.ModelProto:
     constant_nodes = {}
     for node in graph.node:
         if node.op_type == "Constant" and node.output and node.domain in ("", "ai.onnx"):
-            value = _attr(node, "value")
+            value = attr(node, "value")
             if value is not None:
                 constants[node.output[0]] = numpy_helper.to_array(value)
                 constant_nodes[node.output[0]] = node
@@ -75,15 +69,8 @@ def fuse_elementwise(model: onnx.ModelProto) -> onnx.ModelProto:
     elem = {name: v.type.tensor_type.elem_type for name, v in infos.items()}
     elem.update({name: helper.np_dtype_to_tensor_dtype(a.dtype) for name, a in constants.items()})
     dims = {name: _dims(v) for name, v in infos.items()}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    subgraph_reads = set()
-    for node in graph.node:
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                subgraph_reads |= {i for n in g.node for i in n.input}
+    consumers = consumers_by_name(graph)
+    subgraph_reads = subgraph_node_inputs(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: node for node in graph.node for o in node.output if o}
 
@@ -91,7 +78,7 @@ def fuse_elementwise(model: onnx.ModelProto) -> onnx.ModelProto:
         op = node.op_type
         if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or opset < _SINCE.get(op, 10 ** 6):
             return False
-        if op == "Gelu" and _attr(node, "approximate", "none") not in ("none", "tanh"):
+        if op == "Gelu" and attr(node, "approximate", "none") not in ("none", "tanh"):
             return False
         tensors = [n for n in node.input if n] + [node.output[0]]
         if any(elem.get(n) != TensorProto.FLOAT for n in tensors):

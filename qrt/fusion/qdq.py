@@ -40,6 +40,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graphs import attr
+
 MS_DOMAIN = "com.microsoft"
 _EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 
@@ -83,9 +85,9 @@ class _Fuser:
         self.constants = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         for node in self.graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
+                for a in node.attribute:
+                    if a.name == "value":
+                        self.constants[node.output[0]] = numpy_helper.to_array(a.t)
         self.graph_outputs = {o.name for o in self.graph.output}
         self.new_inits = []
         self.used_ms = False
@@ -105,18 +107,12 @@ class _Fuser:
                 if name:
                     self.consumers[name].append(node)
 
-    def _attr(self, node, name, default=None):
-        for attr in node.attribute:
-            if attr.name == name:
-                return helper.get_attribute_value(attr)
-        return default
-
     def _qparams(self, node):
         """Constant parameters of a (De)QuantizeLinear node in ai.onnx, or None."""
         if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("DequantizeLinear",
                                                                                       "QuantizeLinear"):
             return None
-        if self._attr(node, "block_size", 0):
+        if attr(node, "block_size", 0):
             return None
         if len(node.input) < 2 or node.input[1] not in self.constants:
             return None
@@ -134,7 +130,7 @@ class _Fuser:
                 return None         # a run-time input without zero point: its type is unknown here
         else:
             data = node.output[0]
-            out_dtype = self._attr(node, "output_dtype", 0)
+            out_dtype = attr(node, "output_dtype", 0)
             dtype = (np.asarray(self.constants[zero_name]).dtype if zero_name
                      else (np.dtype(helper.tensor_dtype_to_np_dtype(out_dtype)) if out_dtype else np.dtype(np.uint8)))
         dtype = np.dtype(dtype)
@@ -143,7 +139,7 @@ class _Fuser:
         zero = np.asarray(self.constants[zero_name]) if zero_name else np.zeros(scale.shape, dtype)
         if zero.shape != scale.shape and zero.size != scale.size:
             return None
-        return _QParams(node, data, scale, zero, dtype, int(self._attr(node, "axis", 1)), node.input[1], zero_name)
+        return _QParams(node, data, scale, zero, dtype, int(attr(node, "axis", 1)), node.input[1], zero_name)
 
     def _bias_dq(self, name):
         """(int32 values, scale) of a constant int32 tensor's DequantizeLinear with zero point 0."""
@@ -154,7 +150,7 @@ class _Fuser:
             return None
         values = np.asarray(self.constants[node.input[0]])
         scale = np.asarray(self.constants[node.input[1]])
-        if values.dtype != np.int32 or scale.dtype != np.float32 or self._attr(node, "block_size", 0):
+        if values.dtype != np.int32 or scale.dtype != np.float32 or attr(node, "block_size", 0):
             return None
         if len(node.input) > 2 and node.input[2]:
             zero = self.constants.get(node.input[2])
@@ -209,7 +205,7 @@ class _Fuser:
 
     def _clip_bounds(self, node):
         if self.opset < 11:
-            return self._attr(node, "min", -np.inf), self._attr(node, "max", np.inf)
+            return attr(node, "min", -np.inf), attr(node, "max", np.inf)
         bounds = []
         for i, default in ((1, -np.inf), (2, np.inf)):
             if len(node.input) > i and node.input[i]:
@@ -394,9 +390,9 @@ class _Fuser:
         b = self._dq_of(node.input[1])
         if a is None or b is None or not a.per_tensor or b.data not in self.constants:
             return None
-        alpha = float(self._attr(node, "alpha", 1.0))
-        beta = float(self._attr(node, "beta", 1.0))
-        trans_a, trans_b = int(self._attr(node, "transA", 0)), int(self._attr(node, "transB", 0))
+        alpha = float(attr(node, "alpha", 1.0))
+        beta = float(attr(node, "beta", 1.0))
+        trans_a, trans_b = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
         weights = np.asarray(self.constants[b.data])
         if weights.ndim != 2:
             return None
@@ -462,21 +458,21 @@ class _Fuser:
         return self._unary(node, "QLinearSigmoid")
 
     def _fuse_LeakyRelu(self, node):
-        return self._unary(node, "QLinearLeakyRelu", alpha=float(self._attr(node, "alpha", 0.01)))
+        return self._unary(node, "QLinearLeakyRelu", alpha=float(attr(node, "alpha", 0.01)))
 
     def _fuse_Relu(self, node):
         return self._unary(node, "QLinearLeakyRelu", alpha=0.0)
 
     def _fuse_Softmax(self, node):
         default_axis = -1 if self.opset >= 13 else 1
-        return self._unary(node, "QLinearSoftmax", axis=int(self._attr(node, "axis", default_axis)),
+        return self._unary(node, "QLinearSoftmax", axis=int(attr(node, "axis", default_axis)),
                            opset=self.opset)
 
     def _fuse_GlobalAveragePool(self, node):
         return self._unary(node, "QLinearGlobalAveragePool", channels_last=0)
 
     def _fuse_AveragePool(self, node):
-        dilations = self._attr(node, "dilations")
+        dilations = attr(node, "dilations")
         if dilations is not None and any(d != 1 for d in dilations):
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "dilations"}
@@ -498,7 +494,7 @@ class _Fuser:
         if q is None or q.dtype != params[0].dtype:
             return None
         base = node.name or node.output[0]
-        axis = int(self._attr(node, "axis"))
+        axis = int(attr(node, "axis"))
         if all(p.same_as(q) for p in params):
             return [helper.make_node("Concat", [p.data for p in params], [q.data], name=base + "_quant",
                                      axis=axis)], self._removed(q, activation, node)
@@ -516,11 +512,11 @@ class _Fuser:
             return None
         if node.op_type == "MaxPool" and (self.opset < 12 or len(node.output) > 1 and node.output[1]):
             return None
-        if node.op_type == "Resize" and self._attr(node, "mode", b"nearest") not in (b"nearest", "nearest"):
+        if node.op_type == "Resize" and attr(node, "mode", b"nearest") not in (b"nearest", "nearest"):
             return None
         pad_value = None
         if node.op_type == "Pad":
-            mode = self._attr(node, "mode", b"constant")
+            mode = attr(node, "mode", b"constant")
             if mode in (b"constant", "constant"):
                 pad_value = self._pad_value(node)
                 if pad_value is False:
@@ -550,7 +546,7 @@ class _Fuser:
         """The quantized constant pad value: False when it is not a constant."""
         x = self._dq_of(node.input[0])
         if self.opset < 11:
-            value = float(self._attr(node, "value", 0.0))
+            value = float(attr(node, "value", 0.0))
         elif len(node.input) > 2 and node.input[2]:
             if node.input[2] not in self.constants:
                 return False
@@ -577,9 +573,9 @@ def _graph_reads(graph):
     names = set()
     for node in graph.node:
         names.update(node.input)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                names |= _graph_reads(attr.g)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _graph_reads(a.g)
     return names
 
 

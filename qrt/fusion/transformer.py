@@ -19,14 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..graphs import attr, consumers_by_name, subgraph_node_inputs
+
 _MS = "com.microsoft"
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 class _Graph:
@@ -39,19 +34,12 @@ class _Graph:
         self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name}
         for node in graph.node:
             if node.op_type == "Constant" and node.output:
-                value = _attr(node, "value")
+                value = attr(node, "value")
                 if value is not None:
                     self.constants[node.output[0]] = numpy_helper.to_array(value)
         self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.consumers: dict[str, list] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.protected = {o.name for o in graph.output}
-        for node in graph.node:
-            for a in node.attribute:
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    self.protected |= {i for n in g.node for i in n.input}
+        self.consumers = consumers_by_name(graph)
+        self.protected = {o.name for o in graph.output} | subgraph_node_inputs(graph)
         infos = list(graph.input) + list(graph.value_info) + list(graph.output)
         self.elem = {v.name: v.type.tensor_type.elem_type for v in infos}
         self.dims = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
@@ -120,7 +108,7 @@ def _skip_layer_norms(g, replaced, removed):
             continue
         add = g.node(ln.input[0], "Add")
         rank = len(g.dims.get(ln.input[0], []))
-        if add is None or rank != 3 or _attr(ln, "axis", -1) not in (-1, 2) or _attr(ln, "stash_type", 1) != 1:
+        if add is None or rank != 3 or attr(ln, "axis", -1) not in (-1, 2) or attr(ln, "stash_type", 1) != 1:
             continue
         hidden = g.dims[ln.input[0]][2]
         params = [n for n in ln.input[1:] if n]
@@ -150,7 +138,7 @@ def _skip_layer_norms(g, replaced, removed):
         while inputs and not inputs[-1]:
             inputs.pop()
         fused = helper.make_node("SkipLayerNormalization", inputs, outputs, name=ln.name or add.name,
-                                 domain=_MS, epsilon=float(_attr(ln, "epsilon", 1e-5)))
+                                 domain=_MS, epsilon=float(attr(ln, "epsilon", 1e-5)))
         replaced[id(ln)] = fused
         removed.update(id(n) for n in nodes if n is not ln)
 
@@ -158,9 +146,9 @@ def _skip_layer_norms(g, replaced, removed):
 def _last_axis_mean(g, name):
     """The ReduceMean producing ``name`` if it averages its input over the last axis only, keeping dims."""
     r = g.node(name, "ReduceMean")
-    if r is None or _attr(r, "keepdims", 1) != 1:
+    if r is None or attr(r, "keepdims", 1) != 1:
         return None
-    axes = _attr(r, "axes")
+    axes = attr(r, "axes")
     if axes is None and len(r.input) > 1 and r.input[1] in g.constants:
         axes = [int(a) for a in g.constants[r.input[1]].reshape(-1)]
     rank = len(g.dims.get(r.input[0], []))
@@ -227,10 +215,10 @@ def _decomposed_layer_norms(g, replaced, removed):
 def _split_heads(g, name, perm):
     """(projection, heads, head_size, nodes) when ``name`` is Transpose(perm)(Reshape(x, [*, *, N, D]))."""
     t = g.node(name, "Transpose")
-    if t is None or list(_attr(t, "perm", [])) != perm:
+    if t is None or list(attr(t, "perm", [])) != perm:
         return None
     r = g.node(t.input[0], "Reshape")
-    if r is None or _attr(r, "allowzero", 0) or r.input[1] not in g.constants:
+    if r is None or attr(r, "allowzero", 0) or r.input[1] not in g.constants:
         return None
     shape = [int(d) for d in g.constants[r.input[1]].reshape(-1)]
     source = r.input[0]
@@ -249,11 +237,11 @@ def _attentions(g, replaced, removed, broadcast_masks):
         if merge.op_type != "Reshape" or merge.domain not in ("", "ai.onnx") or id(merge) in removed:
             continue
         ctx_t = g.node(merge.input[0], "Transpose")
-        if ctx_t is None or list(_attr(ctx_t, "perm", [])) != [0, 2, 1, 3] or _attr(merge, "allowzero", 0):
+        if ctx_t is None or list(attr(ctx_t, "perm", [])) != [0, 2, 1, 3] or attr(merge, "allowzero", 0):
             continue
         pv = g.node(ctx_t.input[0], "MatMul")
         softmax = g.node(pv.input[0], "Softmax") if pv is not None else None
-        if softmax is None or _attr(softmax, "axis", -1 if g.opset >= 13 else 1) not in (-1, 3):
+        if softmax is None or attr(softmax, "axis", -1 if g.opset >= 13 else 1) not in (-1, 3):
             continue
         nodes = [merge, ctx_t, pv, softmax]
         scores, mask = softmax.input[0], ""
@@ -285,7 +273,7 @@ def _attentions(g, replaced, removed, broadcast_masks):
         k = _split_heads(g, qk.input[1], [0, 2, 3, 1])
         if k is None:
             kt = g.node(qk.input[1], "Transpose")
-            if kt is not None and list(_attr(kt, "perm", [])) == [0, 1, 3, 2]:
+            if kt is not None and list(attr(kt, "perm", [])) == [0, 1, 3, 2]:
                 k = _split_heads(g, kt.input[0], [0, 2, 1, 3])
                 if k is not None:
                     k = (*k[:3], k[3] + [kt])

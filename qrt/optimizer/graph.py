@@ -17,13 +17,14 @@ result back. The rules every pass relies on live here, so each pass stays short:
 """
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
+
+from ..graphs import attr, node_subgraph_free_names, node_subgraphs, stable_topological_order
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -45,13 +46,6 @@ class TensorInfo:
         if self.dims is None or not all(isinstance(d, int) for d in self.dims):
             return None
         return tuple(self.dims)
-
-
-def attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def set_attr(node, name, value):
@@ -112,34 +106,6 @@ def _constant_of_shape_fill(node):
         return np.dtype(np.float32), np.float32(0)
     arr = numpy_helper.to_array(value)
     return arr.dtype, arr.reshape(-1)[0]
-
-
-def subgraph_free_names(graph_proto):
-    """Names a subgraph reads from enclosing scopes (recursively through nested subgraphs)."""
-    defined = {i.name for i in graph_proto.input} | {t.name for t in graph_proto.initializer}
-    defined |= {t.values.name for t in graph_proto.sparse_initializer}
-    used = set()
-    for node in graph_proto.node:
-        defined.update(node.output)
-        used.update(node.input)
-        used |= node_subgraph_free_names(node)
-    used.update(o.name for o in graph_proto.output)
-    return used - defined - {""}
-
-
-def node_subgraphs(node):
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            yield a.g
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            yield from a.graphs
-
-
-def node_subgraph_free_names(node):
-    names = set()
-    for g in node_subgraphs(node):
-        names |= subgraph_free_names(g)
-    return names
 
 
 def _all_names(graph_proto, into):
@@ -509,24 +475,9 @@ class Graph:
             for name in node.output:
                 if name:
                     producer_pos[name] = pos
-        waiting = [0] * len(nodes)
-        dependents = [[] for _ in nodes]
-        for pos, node in enumerate(nodes):
-            deps = {producer_pos[n] for n in list(node.input) + list(self._implicit.get(id(node), ()))
-                    if n in producer_pos and producer_pos[n] != pos}
-            waiting[pos] = len(deps)
-            for d in deps:
-                dependents[d].append(pos)
-        ready = [pos for pos, count in enumerate(waiting) if count == 0]
-        heapq.heapify(ready)
-        order = []
-        while ready:
-            pos = heapq.heappop(ready)
-            order.append(pos)
-            for nxt in dependents[pos]:
-                waiting[nxt] -= 1
-                if waiting[nxt] == 0:
-                    heapq.heappush(ready, nxt)
+        deps = [{producer_pos[n] for n in list(node.input) + list(self._implicit.get(id(node), ()))
+                 if n in producer_pos} for node in nodes]
+        order = stable_topological_order(deps)
         if len(order) != len(nodes):  # a cycle means the input was not a valid graph: keep its order
             return nodes
         return [nodes[pos] for pos in order]

@@ -5,44 +5,22 @@ emit a new node list, which :func:`finish_graph` then sorts, prunes and type-ann
 """
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..graphs import node_subgraphs, stable_topological_order, subgraph_free_names
+
 MS_DOMAIN = "com.microsoft"
-
-
-def _subgraph_free_names(graph: onnx.GraphProto) -> set:
-    """Names a subgraph reads from its enclosing scopes."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    used = set()
-    for node in graph.node:
-        used.update(n for n in node.input if n)
-        for attr in node.attribute:
-            for sub in _graphs_of(attr):
-                used |= _subgraph_free_names(sub)
-        defined.update(node.output)
-    used.update(o.name for o in graph.output)
-    return used - defined
-
-
-def _graphs_of(attr: onnx.AttributeProto):
-    if attr.type == onnx.AttributeProto.GRAPH:
-        return [attr.g]
-    if attr.type == onnx.AttributeProto.GRAPHS:
-        return list(attr.graphs)
-    return []
 
 
 def node_reads(node: onnx.NodeProto) -> list[str]:
     """Every tensor a node reads: its inputs and the outer-scope names its subgraphs use."""
     names = [n for n in node.input if n]
-    for attr in node.attribute:
-        for sub in _graphs_of(attr):
-            names.extend(sorted(_subgraph_free_names(sub)))
+    for sub in node_subgraphs(node):
+        names.extend(sorted(subgraph_free_names(sub)))
     return names
 
 
@@ -127,27 +105,14 @@ def toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Node
         for out in node.output:
             if out:
                 produced_by[out] = i
-    waiting = [0] * len(nodes)
-    users = defaultdict(list)
-    for i, node in enumerate(nodes):
-        deps = {produced_by[n] for n in node_reads(node) if n in produced_by and n not in available}
-        deps.discard(i)
-        waiting[i] = len(deps)
-        for d in deps:
-            users[d].append(i)
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for u in users[i]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
-        stuck = [nodes[i].name or nodes[i].op_type for i, w in enumerate(waiting) if w > 0]
+    deps = [{produced_by[n] for n in node_reads(node) if n in produced_by and n not in available}
+            for node in nodes]
+    positions = stable_topological_order(deps)
+    if len(positions) != len(nodes):
+        emitted = set(positions)
+        stuck = [node.name or node.op_type for i, node in enumerate(nodes) if i not in emitted]
         raise RuntimeError(f"the rewritten graph has a cycle through {stuck[:5]}")
+    order = [nodes[i] for i in positions]
     return order
 
 
