@@ -28,13 +28,12 @@ def consumers_by_name(graph_proto):
     return consumers
 
 
-def subgraph_node_inputs(graph_proto):
-    """Every name the nodes of ``graph_proto``'s direct subgraphs read: what a rewrite of the outer
-    graph must leave in place."""
+def names_read_by_subgraphs(graph_proto):
+    """Every outer-scope name the subgraphs of ``graph_proto``'s nodes read, nested subgraphs included:
+    what a rewrite of the outer graph must leave in place."""
     reads = set()
     for node in graph_proto.node:
-        for g in node_subgraphs(node):
-            reads |= {i for n in g.node for i in n.input}
+        reads |= node_subgraph_free_names(node)
     return reads
 
 

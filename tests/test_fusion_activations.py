@@ -78,3 +78,34 @@ def test_basic_level_does_not_fuse():
     options.graph_optimization_level = qrt.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = qrt.InferenceSession(_model("Conv", "Relu", {}, []), options)
     assert [n.op_type for n in sess.model.graph.node] == ["Conv", "Relu"]
+
+
+def test_output_read_only_inside_a_nested_subgraph_is_kept():
+    # 't' is read only by an If nested inside another If's branch: fusing Gemm+Relu would delete it.
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b")]
+    vi = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+    def leaf(out, op, read="t"):
+        return helper.make_graph([helper.make_node(op, [read], [out])], f"g_{out}", [], [vi(out)])
+    inner = helper.make_node("If", ["cond"], ["inner_out"], then_branch=leaf("leaf_a", "Identity"),
+                             else_branch=leaf("leaf_b", "Neg"))
+    outer = helper.make_node("If", ["cond"], ["z"],
+                             then_branch=helper.make_graph([inner], "then", [], [vi("inner_out")]),
+                             else_branch=leaf("leaf_c", "Abs", read="x"))
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["t"], name="producer", transB=1),
+             helper.make_node("Relu", ["t"], ["y"], name="act"), outer]
+    graph = helper.make_graph(nodes, "nested", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5]),
+                                                helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8]), vi("z")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    import onnx
+    typed = onnx.shape_inference.infer_shapes(model)
+    assert [n.op_type for n in fuse_activations(typed).graph.node] == ["Gemm", "Relu", "If"]
+    options = qrt.SessionOptions()
+    options.graph_optimization_level = qrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    feeds = {"x": rng.standard_normal((3, 5)).astype(np.float32), "cond": np.array(True)}
+    got = qrt.InferenceSession(model, options).run(None, feeds)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

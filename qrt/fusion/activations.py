@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, subgraph_node_inputs
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs
 
 _FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}
 _MS = "com.microsoft"
@@ -51,7 +51,7 @@ def fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
             if value is not None:
                 constants[node.output[0]] = numpy_helper.to_array(value)
     consumers = consumers_by_name(graph)
-    subgraph_reads = subgraph_node_inputs(graph)
+    subgraph_reads = names_read_by_subgraphs(graph)
     outputs = {o.name for o in graph.output}
     float_tensors = {v.name for v in list(graph.value_info) + list(graph.output)
                      if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}

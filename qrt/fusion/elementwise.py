@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, subgraph_node_inputs
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs
 from ..kernels.cpu import fused_elementwise as fe
 
 DOMAIN = "qrt"
@@ -70,7 +70,7 @@ def fuse_elementwise(model: onnx.ModelProto) -> onnx.ModelProto:
     elem.update({name: helper.np_dtype_to_tensor_dtype(a.dtype) for name, a in constants.items()})
     dims = {name: _dims(v) for name, v in infos.items()}
     consumers = consumers_by_name(graph)
-    subgraph_reads = subgraph_node_inputs(graph)
+    subgraph_reads = names_read_by_subgraphs(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: node for node in graph.node for o in node.output if o}
 

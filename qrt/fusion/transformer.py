@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, subgraph_node_inputs
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs
 
 _MS = "com.microsoft"
 
@@ -39,7 +39,7 @@ class _Graph:
                     self.constants[node.output[0]] = numpy_helper.to_array(value)
         self.producer = {o: n for n in graph.node for o in n.output if o}
         self.consumers = consumers_by_name(graph)
-        self.protected = {o.name for o in graph.output} | subgraph_node_inputs(graph)
+        self.protected = {o.name for o in graph.output} | names_read_by_subgraphs(graph)
         infos = list(graph.input) + list(graph.value_info) + list(graph.output)
         self.elem = {v.name: v.type.tensor_type.elem_type for v in infos}
         self.dims = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
