@@ -23,7 +23,7 @@ from .model import (check_model, load_model, model_label, numpy_dtype, opset_imp
                     shape_of, type_string)
 from .plan import Profiler, build_plan
 from .providers import resolve_providers
-from .values import container_feed, to_user
+from .values import TensorSequence, container_feed, to_user
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -116,6 +116,37 @@ def _optimization_passes(level):
     return passes_for_level(int(level))
 
 
+def _memory_owner(array):
+    """The object at the end of ``array``'s ``base`` chain: the owner of the memory it views."""
+    owner = array
+    while (base := getattr(owner, "base", None)) is not None:
+        owner = base
+    return owner
+
+
+def _arrays(value):
+    """The arrays a plan value holds: itself, or a sequence's elements."""
+    if isinstance(value, np.ndarray):
+        return (value,)
+    if isinstance(value, (list, tuple, TensorSequence)):
+        return [a for a in value if isinstance(a, np.ndarray)]
+    return ()
+
+
+def _constant_roots(plan) -> dict:
+    """id -> owner of the memory of every constant of ``plan`` and its subplans. The plan keeps the
+    owners alive, so their ids stay theirs for the session's life."""
+    roots, pending = {}, [plan]
+    while pending:
+        current = pending.pop()
+        for value in current.constants.values():
+            for array in _arrays(value):
+                owner = _memory_owner(array)
+                roots[id(owner)] = owner
+        pending.extend(current.subplans)
+    return roots
+
+
 def _has_qdq(model) -> bool:
     ops = {n.op_type for n in model.graph.node}
     return "DequantizeLinear" in ops and "QuantizeLinear" in ops
@@ -161,6 +192,7 @@ class InferenceSession:
         self.model = model   # the checked, optimized model the plan was built from (inspectable)
 
         self._plan = build_plan(model.graph, opset_imports(model), self._providers, label=self._label)
+        self._constant_roots = _constant_roots(self._plan)
         self._input_specs = {a.name: a for a in self._inputs}
         self._expected_dtypes = {i.name: numpy_dtype(i.type.tensor_type.elem_type)
                                  for i in model.graph.input if i.type.WhichOneof("value") == "tensor_type"}
@@ -220,10 +252,29 @@ class InferenceSession:
             if num_threads() != threads:    # the count is per calling thread; setting it costs 1 us
                 numba.set_num_threads(threads)
         values = self._plan.run(feeds, profiler=self._profiler)
-        if not output_names:
-            return [to_user(v) for v in values]
-        by_name = dict(zip(all_names, values))
-        return [to_user(by_name[n]) for n in output_names]
+        if output_names:
+            by_name = dict(zip(all_names, values))
+            values = [by_name[n] for n in output_names]
+        return self._unaliased([to_user(v) for v in values], feeds)
+
+    def _unaliased(self, outputs, feeds):
+        """``outputs`` with a fresh copy of every array that shares memory with a constant, a feed or
+        an earlier output, so a caller writing into a result cannot corrupt later runs or its own
+        feeds (onnxruntime returns fresh arrays). Kernel results own fresh buffers, so the common
+        case costs a walk up each output's ``base`` chain and a set lookup."""
+        constants = self._constant_roots
+        taken = {id(_memory_owner(a)) for value in feeds.values() for a in _arrays(value)}
+
+        def fresh(array):
+            if not isinstance(array, np.ndarray):
+                return array
+            owner = id(_memory_owner(array))
+            if owner in constants or owner in taken:
+                return array.copy()
+            taken.add(owner)
+            return array
+
+        return [[fresh(a) for a in v] if isinstance(v, list) else fresh(v) for v in outputs]
 
     def _check_feeds(self, input_feed):
         if not isinstance(input_feed, dict):
