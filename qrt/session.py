@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,13 +18,19 @@ import numba
 import numpy as np
 import onnx
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, RunTerminated
 from .kernels.cpu.threads import num_threads
 from .model import (check_model, load_model, model_label, numpy_dtype, opset_imports, override_free_dimensions,
                     shape_of, type_string)
 from .plan import Profiler, build_plan
 from .providers import resolve_providers
-from .values import TensorSequence, container_feed, to_user
+from .values import TensorSequence, container_feed, describe, to_user
+
+
+log = logging.getLogger("qrt.session")
+
+# onnxruntime's severities (0 verbose, 1 info, 2 warning, 3 error, 4 fatal) as logging levels.
+_LOGGING_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.CRITICAL}
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -39,7 +46,14 @@ class ExecutionMode(enum.IntEnum):
 
 
 class SessionOptions:
-    """The subset of onnxruntime's SessionOptions that qrt honours, with the same names."""
+    """The subset of onnxruntime's SessionOptions that qrt honours, with the same names.
+
+    qrt runs a graph's nodes one after another, so ``inter_op_num_threads`` must be 0 or 1 and
+    ``execution_mode`` ORT_SEQUENTIAL; a session refuses other values rather than ignore them.
+    Messages go to the ``qrt.session`` logger when at least as severe as ``log_severity_level``
+    (0 verbose .. 4 fatal); at 0, each run is logged, and with ``log_verbosity_level`` >= 1 every
+    tensor it produces too.
+    """
 
     def __init__(self):
         self.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -77,8 +91,13 @@ def _dimension_value(key, value):
 
 
 class RunOptions:
+    """Per-run options: ``terminate`` set (from any thread) stops the run at the next node with
+    :class:`qrt.errors.RunTerminated`; ``log_severity_level``/``log_verbosity_level``/``logid``
+    govern the run's messages as the session options do the session's."""
+
     def __init__(self):
         self.log_severity_level = 2
+        self.log_verbosity_level = 0
         self.logid = ""
         self.terminate = False
 
@@ -109,11 +128,40 @@ class ModelMetadata:
 def _optimization_passes(level):
     if int(level) <= 0:
         return None
-    try:
-        from .optimizer import passes_for_level
-    except ImportError:
-        return None
+    from .optimizer import passes_for_level
     return passes_for_level(int(level))
+
+
+def _check_options(options, providers, provider_options, kwargs):
+    """Refuse, naming it, every option qrt would otherwise accept and not honour."""
+    if kwargs:
+        raise InvalidArgument(f"InferenceSession got unsupported keyword argument(s) {sorted(kwargs)}; qrt "
+                              f"takes path_or_bytes, sess_options, providers and provider_options")
+    if options.inter_op_num_threads not in (0, 1):
+        raise InvalidArgument(f"SessionOptions.inter_op_num_threads={options.inter_op_num_threads!r}: qrt runs "
+                              f"a graph's nodes one at a time, so only 0 or 1 can be honoured "
+                              f"(intra_op_num_threads sets the threads inside each node)")
+    if options.execution_mode != ExecutionMode.ORT_SEQUENTIAL:
+        raise InvalidArgument(f"SessionOptions.execution_mode={options.execution_mode!r}: qrt runs a graph's "
+                              f"nodes one at a time; only ExecutionMode.ORT_SEQUENTIAL can be honoured")
+    _check_log_levels("SessionOptions", options)
+    entries = [(e[0], e[1]) for e in providers or () if isinstance(e, (tuple, list)) and len(e) > 1]
+    if provider_options is not None:
+        if providers is None or len(provider_options) != len(providers):
+            raise InvalidArgument("provider_options must be a list with one dict per entry of providers")
+        entries += list(zip(providers, provider_options))
+    for provider, settings in entries:
+        if settings:
+            raise InvalidArgument(f"provider options {dict(settings)!r} for {provider!r}: qrt's providers take "
+                                  f"no options")
+
+
+def _check_log_levels(owner, options):
+    severity, verbosity = options.log_severity_level, options.log_verbosity_level
+    if isinstance(severity, bool) or severity not in _LOGGING_LEVELS:
+        raise InvalidArgument(f"{owner}.log_severity_level={severity!r}: must be 0 (verbose) .. 4 (fatal)")
+    if isinstance(verbosity, bool) or not isinstance(verbosity, int) or verbosity < 0:
+        raise InvalidArgument(f"{owner}.log_verbosity_level={verbosity!r}: must be a non-negative integer")
 
 
 def _memory_owner(array):
@@ -158,6 +206,7 @@ class InferenceSession:
     def __init__(self, path_or_bytes, sess_options: SessionOptions | None = None, providers=None,
                  provider_options=None, **kwargs):
         self._options = sess_options or SessionOptions()
+        _check_options(self._options, providers, provider_options, kwargs)
         model = load_model(path_or_bytes)
         self._label = model_label(model, path_or_bytes)
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
@@ -201,6 +250,12 @@ class InferenceSession:
                                  if i.type.WhichOneof("value") in ("sequence_type", "optional_type")}
         self._profiler = Profiler() if self._options.enable_profiling else None
         self._profile_start = time.time()
+        self._log(self._options, logging.INFO, "session ready: providers %s, optimization level %d, %d steps",
+                  self.get_providers(), int(self._options.graph_optimization_level), len(self._plan.steps))
+
+    def _log(self, options, level, message, *args):
+        if level >= _LOGGING_LEVELS[options.log_severity_level]:
+            log.log(level, "%s%s: " + message, options.logid and f"[{options.logid}] ", self._label, *args)
 
     @staticmethod
     def _describe_inputs(graph):
@@ -251,11 +306,43 @@ class InferenceSession:
             threads = min(threads, numba.config.NUMBA_NUM_THREADS)
             if num_threads() != threads:    # the count is per calling thread; setting it costs 1 us
                 numba.set_num_threads(threads)
-        values = self._plan.run(feeds, profiler=self._profiler)
+        values = self._run_plan(feeds, run_options)
         if output_names:
             by_name = dict(zip(all_names, values))
             values = [by_name[n] for n in output_names]
         return self._unaliased([to_user(v) for v in values], feeds)
+
+    def _run_plan(self, feeds, run_options):
+        if run_options is None:
+            options = self._options
+            verbose = options.log_severity_level == 0
+            if not verbose:
+                return self._plan.run(feeds, profiler=self._profiler)
+        else:
+            if not isinstance(run_options, RunOptions):
+                raise InvalidArgument(f"{self._label}: run_options must be a qrt.RunOptions, "
+                                      f"got {type(run_options).__name__}")
+            _check_log_levels("RunOptions", run_options)
+            options = run_options
+            verbose = options.log_severity_level == 0
+        tensors = verbose and options.log_verbosity_level >= 1
+
+        def watch(name, value):
+            # Checked after every node: a terminate set by another thread stops the run at the next one.
+            if run_options is not None and run_options.terminate:
+                raise RunTerminated(f"{self._label}: run stopped after producing {name!r}: "
+                                    f"RunOptions.terminate is set")
+            if tensors:
+                self._log(options, logging.DEBUG, "produced %s %s", name, describe(value))
+
+        if run_options is not None and run_options.terminate:
+            raise RunTerminated(f"{self._label}: run not started: RunOptions.terminate is set")
+        start = time.perf_counter()
+        values = self._plan.run(feeds, profiler=self._profiler, observe=watch)
+        if verbose:
+            self._log(options, logging.DEBUG, "ran on feeds %s in %.3f ms",
+                      {n: describe(v) for n, v in feeds.items()}, 1e3 * (time.perf_counter() - start))
+        return values
 
     def _unaliased(self, outputs, feeds):
         """``outputs`` with a fresh copy of every array that shares memory with a constant, a feed or

@@ -1,4 +1,6 @@
 """A session's results are the caller's own, and its options are honoured or refused, never ignored."""
+import logging
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -51,3 +53,92 @@ def test_writing_into_results_never_changes_feeds_or_later_runs(level):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
     named = sess.run(["c_flat", "c"], {"x": feed})
     assert not np.shares_memory(named[0], named[1])
+
+
+def _tiny():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    nodes = [helper.make_node("Neg", ["x"], ["n"], name="neg"), helper.make_node("Abs", ["n"], ["y"], name="abs")]
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def _options(**settings):
+    options = qrt.SessionOptions()
+    for name, value in settings.items():
+        setattr(options, name, value)
+    return options
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda: qrt.InferenceSession(_tiny(), _options(inter_op_num_threads=4)), "inter_op_num_threads"),
+    (lambda: qrt.InferenceSession(_tiny(), _options(execution_mode=qrt.ExecutionMode.ORT_PARALLEL)),
+     "execution_mode"),
+    (lambda: qrt.InferenceSession(_tiny(), _options(log_severity_level=7)), "log_severity_level"),
+    (lambda: qrt.InferenceSession(_tiny(), _options(log_verbosity_level=-1)), "log_verbosity_level"),
+    (lambda: qrt.InferenceSession(_tiny(), disabled_optimizers=["ConstantFolding"]), "disabled_optimizers"),
+    (lambda: qrt.InferenceSession(_tiny(), providers=["CPUExecutionProvider"],
+                                  provider_options=[{"arena_extend_strategy": "kSameAsRequested"}]),
+     "arena_extend_strategy"),
+    (lambda: qrt.InferenceSession(_tiny(), providers=[("CPUExecutionProvider", {"use_arena": "0"})]), "use_arena"),
+    (lambda: qrt.InferenceSession(_tiny(), provider_options=[{}]), "provider_options"),
+])
+def test_options_qrt_cannot_honour_are_refused_by_name(make, named):
+    with pytest.raises(InvalidArgument, match=named):
+        make()
+
+
+def test_options_qrt_honours_are_accepted():
+    options = _options(inter_op_num_threads=1, execution_mode=qrt.ExecutionMode.ORT_SEQUENTIAL)
+    sess = qrt.InferenceSession(_tiny(), options, providers=["CPUExecutionProvider"], provider_options=[{}])
+    x = np.array([[1, -2, 3], [-4, 5, -6]], dtype=np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.abs(x))
+
+
+def test_run_options_terminate_stops_the_run_and_the_session_recovers():
+    # Unoptimized, so Neg and Abs stay two nodes and the run can stop between them.
+    sess = qrt.InferenceSession(_tiny(), _options(graph_optimization_level=qrt.GraphOptimizationLevel.ORT_DISABLE_ALL))
+    x = np.ones((2, 3), np.float32)
+    run_options = qrt.RunOptions()
+    run_options.terminate = True
+    with pytest.raises(qrt.RunTerminated, match="terminate"):
+        sess.run(None, {"x": x}, run_options)
+
+    class StopAfterFirstNode(qrt.RunOptions):
+        """Sets terminate as the first node's output is seen, as another thread would mid-run."""
+        reads = 0
+
+        @property
+        def terminate(self):
+            self.reads += 1
+            return self.reads > 1
+
+        @terminate.setter
+        def terminate(self, value):
+            pass
+
+    with pytest.raises(qrt.RunTerminated, match="after producing 'n'"):
+        sess.run(None, {"x": x}, StopAfterFirstNode())
+    np.testing.assert_array_equal(sess.run(None, {"x": x}, qrt.RunOptions())[0], x)
+    with pytest.raises(InvalidArgument, match="run_options"):
+        sess.run(None, {"x": x}, {"terminate": True})
+
+
+def test_log_severity_levels_govern_the_qrt_session_logger(caplog):
+    x = np.ones((2, 3), np.float32)
+    with caplog.at_level(logging.DEBUG, logger="qrt.session"):
+        quiet = qrt.InferenceSession(_tiny())
+        quiet.run(None, {"x": x})
+        assert not caplog.records                       # default severity 2: nothing to warn about
+        chatty = qrt.InferenceSession(_tiny(), _options(log_severity_level=0, log_verbosity_level=1, logid="me"))
+        chatty.run(None, {"x": x})
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("[me]" in m and "session ready" in m for m in messages)
+        assert any("produced y" in m for m in messages) and any("ran on feeds" in m for m in messages)
+        caplog.clear()
+        run_options = qrt.RunOptions()
+        run_options.log_severity_level = 0
+        quiet.run(None, {"x": x}, run_options)          # a run may be verbose in a quiet session
+        assert [r for r in caplog.records if "ran on feeds" in r.getMessage()]
+        assert not [r for r in caplog.records if "produced" in r.getMessage()]
