@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .errors import InvalidArgument, RunTerminated
-from .kernels.cpu.threads import num_threads
+from .kernels.cpu.threads import num_threads, require_threadsafe_layer
 from .model import (check_model, load_model, model_label, numpy_dtype, opset_imports, override_free_dimensions,
                     shape_of, type_string)
 from .plan import Profiler, build_plan
@@ -207,6 +207,7 @@ class InferenceSession:
                  provider_options=None, **kwargs):
         self._options = sess_options or SessionOptions()
         _check_options(self._options, providers, provider_options, kwargs)
+        require_threadsafe_layer()
         model = load_model(path_or_bytes)
         self._label = model_label(model, path_or_bytes)
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
@@ -302,11 +303,18 @@ class InferenceSession:
             if unknown:
                 raise InvalidArgument(f"{self._label}: unknown output name(s) {unknown}; outputs are {all_names}")
         threads = int(self._options.intra_op_num_threads or 0)
+        caller_threads = num_threads()
         if threads > 0:
             threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-            if num_threads() != threads:    # the count is per calling thread; setting it costs 1 us
-                numba.set_num_threads(threads)
-        values = self._run_plan(feeds, run_options)
+        if threads > 0 and caller_threads != threads:
+            # The count is per calling thread: set it for the run, and give the caller's back after.
+            numba.set_num_threads(threads)
+            try:
+                values = self._run_plan(feeds, run_options)
+            finally:
+                numba.set_num_threads(caller_threads)
+        else:
+            values = self._run_plan(feeds, run_options)
         if output_names:
             by_name = dict(zip(all_names, values))
             values = [by_name[n] for n in output_names]

@@ -1,5 +1,8 @@
 """A session's results are the caller's own, and its options are honoured or refused, never ignored."""
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -142,3 +145,31 @@ def test_log_severity_levels_govern_the_qrt_session_logger(caplog):
         quiet.run(None, {"x": x}, run_options)          # a run may be verbose in a quiet session
         assert [r for r in caplog.records if "ran on feeds" in r.getMessage()]
         assert not [r for r in caplog.records if "produced" in r.getMessage()]
+
+
+def test_intra_op_threads_do_not_leak_into_the_callers_thread():
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a Numba thread pool of 2 or more")
+    numba.set_num_threads(2)
+    sess = qrt.InferenceSession(_tiny(), _options(intra_op_num_threads=1))
+    sess.run(None, {"x": np.ones((2, 3), np.float32)})
+    assert numba.get_num_threads() == 2
+
+
+def test_numba_runs_on_a_thread_safe_layer_or_sessions_refuse(tmp_path):
+    code = ("import numpy as np, numba, qrt\n"
+            "from test_session_reliability import _tiny\n"
+            "try:\n"
+            "    qrt.InferenceSession(_tiny())\n"
+            "    print('layer', numba.threading_layer())\n"
+            "except qrt.QrtError as exc:\n"
+            "    print('refused', exc)\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here] + sys.path))
+    env.pop("NUMBA_THREADING_LAYER", None)
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert default.stdout.split()[:2] in (["layer", "omp"], ["layer", "tbb"]), default.stdout + default.stderr
+    env["NUMBA_THREADING_LAYER"] = "workqueue"
+    forced = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert forced.stdout.startswith("refused") and "'workqueue'" in forced.stdout, forced.stdout + forced.stderr
