@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import onnx
 
-from .errors import InvalidArgument, RunTerminated
+from .errors import InvalidArgument, InvalidModel, RunTerminated
 from .kernels.cpu.threads import num_threads, require_threadsafe_layer
 from .model import (check_model, load_model, model_label, numpy_dtype, opset_imports, override_free_dimensions,
                     shape_of, type_string)
@@ -195,6 +195,31 @@ def _constant_roots(plan) -> dict:
     return roots
 
 
+def _check_initializer_sizes(graph, label):
+    """Refuse initializers of unknown type or whose stored data does not fill their dims, before the
+    optimizer and the fusions read them (their numpy conversions fail with bare KeyErrors/ValueErrors)."""
+    for tensor in graph.initializer:
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            raise InvalidModel(f"{label}: initializer {tensor.name!r} has unknown data type "
+                               f"{tensor.data_type}") from None
+        problem = None
+        if any(d < 0 for d in tensor.dims):
+            problem = f"negative dims {list(tensor.dims)}"
+        elif (tensor.HasField("raw_data") and tensor.data_location != onnx.TensorProto.EXTERNAL
+              and tensor.data_type not in _SUB_BYTE_TYPES and tensor.data_type != onnx.TensorProto.STRING):
+            expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+            if len(tensor.raw_data) != expected:
+                problem = f"{len(tensor.raw_data)} bytes of data for dims {list(tensor.dims)} ({expected} expected)"
+        if problem:
+            raise InvalidModel(f"{label}: initializer {tensor.name!r} has {problem}")
+
+
+_SUB_BYTE_TYPES = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1")
+                   if hasattr(onnx.TensorProto, n)}
+
+
 def _has_qdq(model) -> bool:
     ops = {n.op_type for n in model.graph.node}
     return "DequantizeLinear" in ops and "QuantizeLinear" in ops
@@ -214,6 +239,7 @@ class InferenceSession:
         override_free_dimensions(model, self._options._free_dims_by_name, self._options._free_dims_by_denotation,
                                  self._label)
         model = check_model(model, self._label)
+        _check_initializer_sizes(model.graph, self._label)
         self._metadata = ModelMetadata(model)
         self._inputs, self._overridable = self._describe_inputs(model.graph)
         self._outputs = [NodeArg(o.name, shape_of(o.type), type_string(o.type)) for o in model.graph.output]
