@@ -172,6 +172,17 @@ def _memory_owner(array):
     return owner
 
 
+def _fresh(array, constants, taken):
+    """``array``, or a copy when its memory belongs to a constant or to something in ``taken``."""
+    if not isinstance(array, np.ndarray):
+        return array
+    owner = id(_memory_owner(array))
+    if owner in constants or owner in taken:
+        return array.copy()
+    taken.add(owner)
+    return array
+
+
 def _arrays(value):
     """The arrays a plan value holds: itself, or a sequence's elements."""
     if isinstance(value, np.ndarray):
@@ -329,9 +340,9 @@ class InferenceSession:
             if unknown:
                 raise InvalidArgument(f"{self._label}: unknown output name(s) {unknown}; outputs are {all_names}")
         threads = int(self._options.intra_op_num_threads or 0)
-        caller_threads = num_threads()
         if threads > 0:
             threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+            caller_threads = num_threads()
         if threads > 0 and caller_threads != threads:
             # The count is per calling thread: set it for the run, and give the caller's back after.
             numba.set_num_threads(threads)
@@ -385,17 +396,12 @@ class InferenceSession:
         case costs a walk up each output's ``base`` chain and a set lookup."""
         constants = self._constant_roots
         taken = {id(_memory_owner(a)) for value in feeds.values() for a in _arrays(value)}
-
-        def fresh(array):
-            if not isinstance(array, np.ndarray):
-                return array
-            owner = id(_memory_owner(array))
-            if owner in constants or owner in taken:
-                return array.copy()
-            taken.add(owner)
-            return array
-
-        return [[fresh(a) for a in v] if isinstance(v, list) else fresh(v) for v in outputs]
+        for index, value in enumerate(outputs):
+            if isinstance(value, np.ndarray):
+                outputs[index] = _fresh(value, constants, taken)
+            elif isinstance(value, list):
+                outputs[index] = [_fresh(a, constants, taken) for a in value]
+        return outputs
 
     def _check_feeds(self, input_feed):
         if not isinstance(input_feed, dict):
