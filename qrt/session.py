@@ -45,7 +45,18 @@ class ExecutionMode(enum.IntEnum):
     ORT_PARALLEL = 1
 
 
-class SessionOptions:
+class _Options:
+    """Options objects that refuse a setting they do not know, as onnxruntime's do, rather than keep
+    an attribute nothing reads (``enable_mem_pattern``, say, set on qrt would change nothing)."""
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_") and name not in self._known:
+            raise AttributeError(f"qrt.{type(self).__name__} has no option {name!r}; qrt honours "
+                                 f"{', '.join(sorted(self._known))}")
+        object.__setattr__(self, name, value)
+
+
+class SessionOptions(_Options):
     """The subset of onnxruntime's SessionOptions that qrt honours, with the same names.
 
     qrt runs a graph's nodes one after another, so ``inter_op_num_threads`` must be 0 or 1 and
@@ -73,6 +84,10 @@ class SessionOptions:
         self._free_dims_by_name = {}
         self._free_dims_by_denotation = {}
 
+    _known = frozenset(("graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads",
+                        "execution_mode", "enable_profiling", "profile_file_prefix", "optimized_model_filepath",
+                        "log_severity_level", "log_verbosity_level", "logid", "enable_qdq_integer_execution"))
+
     def add_free_dimension_override_by_name(self, dim_name: str, dim_value: int):
         """Fix the inputs' symbolic dimension ``dim_name`` to ``dim_value``: get_inputs() reports the
         value, shapes are inferred with it, and feeds must match it."""
@@ -90,7 +105,7 @@ def _dimension_value(key, value):
     return int(value)
 
 
-class RunOptions:
+class RunOptions(_Options):
     """Per-run options: ``terminate`` set (from any thread) stops the run at the next node with
     :class:`qrt.errors.RunTerminated`; ``log_severity_level``/``log_verbosity_level``/``logid``
     govern the run's messages as the session options do the session's."""
@@ -100,6 +115,8 @@ class RunOptions:
         self.log_verbosity_level = 0
         self.logid = ""
         self.terminate = False
+
+    _known = frozenset(("log_severity_level", "log_verbosity_level", "logid", "terminate"))
 
 
 class NodeArg:

@@ -92,6 +92,12 @@ def test_options_qrt_cannot_honour_are_refused_by_name(make, named):
         make()
 
 
+@pytest.mark.parametrize("options", [qrt.SessionOptions, qrt.RunOptions])
+def test_options_qrt_does_not_know_are_refused_when_set(options):
+    with pytest.raises(AttributeError, match="enable_mem_pattern"):
+        options().enable_mem_pattern = False
+
+
 def test_options_qrt_honours_are_accepted():
     options = _options(inter_op_num_threads=1, execution_mode=qrt.ExecutionMode.ORT_SEQUENTIAL)
     sess = qrt.InferenceSession(_tiny(), options, providers=["CPUExecutionProvider"], provider_options=[{}])
@@ -108,14 +114,15 @@ def test_run_options_terminate_stops_the_run_and_the_session_recovers():
     with pytest.raises(qrt.RunTerminated, match="terminate"):
         sess.run(None, {"x": x}, run_options)
 
+    reads = []
+
     class StopAfterFirstNode(qrt.RunOptions):
         """Sets terminate as the first node's output is seen, as another thread would mid-run."""
-        reads = 0
 
         @property
         def terminate(self):
-            self.reads += 1
-            return self.reads > 1
+            reads.append(1)
+            return len(reads) > 1
 
         @terminate.setter
         def terminate(self, value):
