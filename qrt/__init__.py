@@ -24,7 +24,7 @@ def _single_threaded_blas():
 _single_threaded_blas()
 
 from .errors import (InvalidArgument, InvalidModel, NodeExecutionError, QrtError, QuantizationError,
-                     UnsupportedOperator)
+                     RunTerminated, UnsupportedOperator)
 from .providers import get_all_providers, get_available_providers
 from .session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg,
                       RunOptions, SessionOptions)
@@ -60,5 +60,5 @@ __all__ = [
     "ExecutionMode", "get_available_providers", "get_all_providers", "optimize", "check", "quantize_static",
     "quantize_dynamic", "QuantFormat", "QuantType", "CalibrationMethod", "convert_opset", "validate_export",
     "embed_preprocessing", "QrtError", "InvalidModel",
-    "InvalidArgument", "UnsupportedOperator", "NodeExecutionError", "QuantizationError",
+    "InvalidArgument", "UnsupportedOperator", "NodeExecutionError", "QuantizationError", "RunTerminated",
 ]

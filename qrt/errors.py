@@ -31,6 +31,10 @@ class NodeExecutionError(QrtError):
     """A kernel failed while running a node; the message names the node and its inputs."""
 
 
+class RunTerminated(QrtError):
+    """A run stopped because its RunOptions.terminate was set."""
+
+
 class QuantizationError(QrtError):
     """Quantization or calibration could not proceed (bad calibration data, nothing to quantize, ...)."""
 

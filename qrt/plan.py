@@ -136,6 +136,7 @@ class Plan:
         self.steps = steps
         self.outer_names = outer_names         # names read from an enclosing graph
         self.output_types = ()                 # graph outputs' TypeProtos (Loop/Scan size empty scan outputs)
+        self.subplans = []                     # plans of this graph's subgraphs (If/Loop/Scan bodies)
         self._compile()
 
     def _compile(self):
@@ -280,12 +281,16 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
     where = {name: host.name for name in input_names}   # provider holding each tensor
     declared, containers = _declared_kinds(graph)
 
+    subplans = []
+
     def make_subplan_factory(node):
         def make_subplan(subgraph):
             visible = frozenset(outer_names) | local_names | set(visible_constants)
-            return build_plan(subgraph, opsets, providers, label=f"{label}/{node.name or node.op_type}",
-                              outer_names=visible, outer_constants=visible_constants,
-                              fold_constants=fold_constants)
+            subplan = build_plan(subgraph, opsets, providers, label=f"{label}/{node.name or node.op_type}",
+                                 outer_names=visible, outer_constants=visible_constants,
+                                 fold_constants=fold_constants)
+            subplans.append(subplan)
+            return subplan
         return make_subplan
 
     for index, node in enumerate(graph.node):
@@ -415,6 +420,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
     if missing:
         raise InvalidModel(f"{label}: tensor(s) {missing} are used but never produced")
     plan = Plan(label, input_names, output_names, constants, steps, frozenset(outer_used))
+    plan.subplans = subplans
     plan.output_types = tuple(o.type for o in graph.output)
     return plan
 

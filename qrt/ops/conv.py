@@ -282,7 +282,7 @@ class ConvTranspose(_Window):
         super().__init__(auto_pad, dilations, group, kernel_shape, pads, strides)
         self.output_padding = output_padding
         self.output_shape = None if output_shape is None else [int(v) for v in output_shape]
-        self._packed = (None, None)
+        self._packed = None     # the constant weight, regrouped once by prepare()
 
     def _geometry(self, in_sizes, kernel, strides, dilations):
         """Begin pads and output sizes, from output_shape, auto_pad or explicit pads, as the spec orders them."""
@@ -306,18 +306,18 @@ class ConvTranspose(_Window):
         pads = spatial_list(self.pads, 2 * n_axes, 0, "pads")
         return pads[:n_axes], [full[i] - pads[i] - pads[n_axes + i] for i in range(n_axes)]
 
+    def prepare(self, constants):
+        W = constants[1]
+        if isinstance(W, np.ndarray) and W.ndim >= 3 and W.shape[0] % self.group == 0 and (
+                W.dtype.kind == "f" or W.dtype.name == "bfloat16"):
+            self._packed = self._regrouped_weight(W, compute_dtype(W, "ConvTranspose"))
+
     def _regrouped_weight(self, W, dtype):
-        """The weight as ``(group, M/group * taps, C/group)`` for the per-group GEMM, cached per weight array."""
-        source, packed = self._packed
-        if source is W and packed.dtype == dtype:
-            return packed
+        """The weight as ``(group, M/group * taps, C/group)`` for the per-group GEMM."""
         channels, m_group = W.shape[:2]
         c_group = channels // self.group
         taps = int(np.prod(W.shape[2:]))
-        packed = np.ascontiguousarray(
-            W.reshape(self.group, c_group, m_group * taps).transpose(0, 2, 1), dtype=dtype)
-        self._packed = (W, packed)
-        return packed
+        return np.ascontiguousarray(W.reshape(self.group, c_group, m_group * taps).transpose(0, 2, 1), dtype=dtype)
 
     def run(self, X, W, B=None):
         _check_ranks("ConvTranspose", X, W)
@@ -344,6 +344,8 @@ class ConvTranspose(_Window):
         else:
             geom = pack_geometry(kernel, strides, dilations, begins)
             cols = _scratch_buffer(n_out * int(np.prod(kernel)) * int(np.prod(X.shape[2:])), dtype)
-            k.conv_transpose_gemm(canonical(X, dtype), self._regrouped_weight(W, dtype), bias, geom, group, cols,
-                                  out)
+            packed = self._packed
+            if packed is None or packed.dtype != dtype:    # a weight fed at run time, or another X dtype
+                packed = self._regrouped_weight(W, dtype)
+            k.conv_transpose_gemm(canonical(X, dtype), packed, bias, geom, group, cols, out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)

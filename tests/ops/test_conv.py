@@ -278,6 +278,22 @@ def test_conv_transpose_output_shape_with_batch_and_channels():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("weight_is_initializer", [False, True])
+def test_conv_transpose_weight_packing_follows_the_weight(weight_is_initializer):
+    # A fed weight changed in place between runs must be read afresh; an initializer is packed once.
+    x, w = _randn(1, 4, 5, 5), _randn(4, 3, 3, 3)
+    model = _model("ConvTranspose", [("x", x), ("w", w)], dict(strides=[2, 2], group=2, pads=[1, 1, 1, 1]), 17,
+                   [4], initializers={"w"} if weight_is_initializer else ())
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = qrt.InferenceSession(model)
+    feeds = {"x": x} if weight_is_initializer else {"x": x, "w": w}
+    for _ in range(3):
+        assert_close(sess.run(None, feeds)[0], ref.run(None, feeds)[0])
+        if not weight_is_initializer:
+            w *= -0.5
+        feeds["x"] = _randn(1, 4, 5, 5)
+
+
 FUSED_EPILOGUE_CASES = {
     # name: (x shape, w shape, attrs): one per kernel path the activation is stored by
     "depthwise": ((1, 6, 13, 12), (6, 1, 3, 3), dict(group=6, pads=[1, 1, 1, 1])),

@@ -23,6 +23,7 @@ What :meth:`CudaOp.run` receives and returns:
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -113,13 +114,18 @@ class CudaOp:
     def _host_fallback(self, inputs, why):
         if self._cpu_class is None:
             raise QrtError(f"{self.op_type} has no device kernel for this case ({why}) and no host kernel")
-        if not self.host_fallbacks:
+        with _fallback_count_lock:      # sessions run from several threads; += is not atomic
+            first = not self.host_fallbacks
+            self.host_fallbacks += 1
+        if first:
             log.info("qrt: node %r (%s) runs on the host: %s", self.node_name, self.op_type, why)
-        self.host_fallbacks += 1
         results = self._cpu_class.run(self, *[self.host(x) if dev.is_device(x) else x for x in inputs])
         if isinstance(results, (tuple, list)):
             return tuple(_to_device(r) for r in results)
         return _to_device(results)
+
+
+_fallback_count_lock = threading.Lock()
 
 
 def _to_device(value):

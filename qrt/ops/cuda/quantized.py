@@ -26,18 +26,22 @@ _F32 = np.dtype(np.float32)
 
 
 class _Memo:
-    """Device values derived from host arrays, recomputed only when the arrays are other objects."""
+    """Device values derived from host arrays, recomputed only when the arrays are other objects.
+
+    The key, the arrays (held so their ids cannot be reused) and the value live in one tuple,
+    written and read once per call: a thread never pairs one run's key with another's value.
+    """
 
     def __init__(self):
-        self._key = None
-        self._value = None
+        self._entry = None      # (ids, arrays, value)
 
     def get(self, arrays, build):
         key = tuple(id(a) for a in arrays)
-        if self._key != key or self._value is None:
-            self._value = (tuple(arrays), build())
-            self._key = key
-        return self._value[1]
+        entry = self._entry
+        if entry is None or entry[0] != key:
+            entry = (key, tuple(arrays), build())
+            self._entry = entry
+        return entry[2]
 
 
 def _per_axis_layout(x, scale, axis):
