@@ -90,3 +90,18 @@ def stable_topological_order(deps):
             if waiting[nxt] == 0:
                 heapq.heappush(ready, nxt)
     return order
+
+
+def prune_after_rewrite(model, used, dropped, domain=None):
+    """Finish a fusion pass on ``model`` in place: drop initializers nothing in ``used`` reads (graph
+    inputs stay listed), value_info of ``dropped`` names no longer read, and import ``domain``."""
+    graph = model.graph
+    listed = {i.name for i in graph.input}
+    initializers = [t for t in graph.initializer if t.name in used or t.name in listed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    info = [v for v in graph.value_info if v.name not in dropped or v.name in used]
+    del graph.value_info[:]
+    graph.value_info.extend(info)
+    if domain is not None and not any(i.domain == domain for i in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))

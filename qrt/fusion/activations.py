@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, names_read_by_subgraphs
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
 
 _FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}
 _MS = "com.microsoft"
@@ -98,14 +98,5 @@ def fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         result.graph.node.append(fused_nodes.get(id(node), node))
     used = {i for n in result.graph.node for i in n.input} | subgraph_reads | outputs
-    listed_inputs = {i.name for i in graph.input}
-    kept_inits = [t for t in result.graph.initializer if t.name in used or t.name in listed_inputs]
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(kept_inits)
-    dropped = {n.output[0] for n in graph.node if id(n) in fused_nodes}
-    kept_info = [v for v in result.graph.value_info if v.name not in dropped]
-    del result.graph.value_info[:]
-    result.graph.value_info.extend(kept_info)
-    if not any(i.domain == _MS for i in result.opset_import):
-        result.opset_import.append(helper.make_opsetid(_MS, 1))
+    prune_after_rewrite(result, used, {n.output[0] for n in graph.node if id(n) in fused_nodes}, _MS)
     return result

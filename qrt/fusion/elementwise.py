@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, names_read_by_subgraphs
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
 from ..kernels.cpu import fused_elementwise as fe
 
 DOMAIN = "qrt"
@@ -152,15 +152,7 @@ def fuse_elementwise(model: onnx.ModelProto) -> onnx.ModelProto:
                   if not (n.op_type == "Constant" and n.output[0] in constant_nodes and n.output[0] not in used)]
     del result.graph.node[:]
     result.graph.node.extend(kept_nodes)
-    listed_inputs = {i.name for i in graph.input}
-    kept_inits = [t for t in result.graph.initializer if t.name in used or t.name in listed_inputs]
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(kept_inits)
-    kept_info = [v for v in result.graph.value_info if v.name not in internal]
-    del result.graph.value_info[:]
-    result.graph.value_info.extend(kept_info)
-    if not any(i.domain == DOMAIN for i in result.opset_import):
-        result.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    prune_after_rewrite(result, used, internal, DOMAIN)
     return result
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, names_read_by_subgraphs
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
 
 _MS = "com.microsoft"
 
@@ -83,20 +83,9 @@ def _rewrite(model, replaced, removed, new_domains):
             gone.update(node.output)
         else:
             result.graph.node.append(node)
-    used = {i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for n in result.graph.node:
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                used |= {i for gn in g.node for i in gn.input}
-    listed = {i.name for i in model.graph.input}
-    inits = [t for t in result.graph.initializer if t.name in used or t.name in listed]
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(inits)
-    info = [v for v in result.graph.value_info if v.name not in gone or v.name in used]
-    del result.graph.value_info[:]
-    result.graph.value_info.extend(info)
-    if new_domains and not any(i.domain == _MS for i in result.opset_import):
-        result.opset_import.append(helper.make_opsetid(_MS, 1))
+    used = ({i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
+            | names_read_by_subgraphs(result.graph))
+    prune_after_rewrite(result, used, gone, _MS if new_domains else None)
     return result
 
 
