@@ -8,12 +8,11 @@ The window arithmetic here (``window_geometry``, ``spatial_list``) is shared wit
 """
 import threading
 
-import numba
-import numba.np.ufunc.parallel
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import conv as k
+from ..kernels.cpu.threads import num_threads
 from ..registry import register
 from .base import Op
 
@@ -165,15 +164,6 @@ class _Window(Op):
         return kernel
 
 
-def _num_threads():
-    """Numba's thread count for the calling thread. ``numba.get_num_threads()`` re-checks the pool's
-    launch on every call (3-4 us, more than a small conv's glue); the pool's own getter, which Numba
-    installs when it launches the pool, answers in under a microsecond."""
-    getter = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)   # set when the pool launches
-    threads = getter() if getter is not None else 0
-    return threads if threads > 0 else numba.get_num_threads()
-
-
 # Column-matrix tiles of about this many output positions: big enough for an efficient GEMM, small
 # enough that a tile's im2col is still in cache when BLAS packs it and that planes split into tasks.
 TILE_COLUMNS = 512
@@ -218,7 +208,7 @@ class Conv(_Window):
         self._plans = {}
 
     def _plan(self, X, W):
-        key = (X.shape, W.shape, X.dtype, _num_threads())
+        key = (X.shape, W.shape, X.dtype, num_threads())
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= MAX_CACHED_PLANS:     # free dims that change every run: don't grow forever
