@@ -1,10 +1,13 @@
-"""Reports: float vs int8 accuracy, per-layer error, size and latency.
+"""Reports: float vs int8 accuracy (metrics chosen per output kind), per-layer error, size, latency, coverage.
 
     from qrt.report import compare
     r = compare("model.onnx", "model.int8.onnx", data=reader, labels=y)
     r; r.plot(); r.to_html("report.html")
 """
 from .compare import LayerError, OutputError, Report, compare
-from .metrics import cosine_similarity, sqnr_db, top1_agreement
+from .coverage import Coverage, node_coverage
+from .kinds import KINDS, output_kind
+from .metrics import cosine_similarity, exact_agreement, sqnr_db, top1_agreement, topk_agreement
 
-__all__ = ["compare", "Report", "LayerError", "OutputError", "sqnr_db", "cosine_similarity", "top1_agreement"]
+__all__ = ["compare", "Report", "LayerError", "OutputError", "output_kind", "KINDS", "node_coverage", "Coverage",
+           "sqnr_db", "cosine_similarity", "top1_agreement", "topk_agreement", "exact_agreement"]

@@ -1,15 +1,17 @@
 """``compare``: what int8 costs and buys, float model vs int8 model, on the same data.
 
-Per output: max/mean abs error, SQNR, cosine similarity, top-1 agreement and accuracy against labels.
+Per output, metrics chosen by the output's kind (:mod:`qrt.report.kinds`): class scores get top-1/top-5
+agreement, boxes/regression/feature maps/embeddings SQNR, max abs error and cosine, integer outputs the
+share of equal values; accuracy against labels when given.
 Per layer: SQNR of every tensor the int8 model carries in int8 against its float counterpart, matched
 by name the way onnxruntime's qdq_loss_debug does (``T`` in the float model is ``T_quantized`` with
 ``T_scale``/``T_zero_point`` in a QOperator model, or ``T_dequantized`` / ``T_DequantizeLinear_Output``
 in a QDQ model). Size: file bytes and weight bytes by dtype. Latency: qrt and onnxruntime, float and
-int8, medians. Coverage: which compute nodes run in int8 and which stayed float.
+int8, medians. Coverage (:mod:`qrt.report.coverage`): which compute nodes run in int8, which stayed float,
+and the shape arithmetic counted apart from both. Rendering (text and HTML) lives in :mod:`qrt.report.render`.
 """
 from __future__ import annotations
 
-import html
 import os
 from dataclasses import dataclass, field
 
@@ -20,24 +22,23 @@ from onnx import numpy_helper
 from ..bench import time_runs
 from ..model import load_model
 from ..session import InferenceSession
-from .metrics import cosine_similarity, sqnr_db, top1_agreement
-
-_QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
-                  "QLinearLeakyRelu", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
-                  "QLinearSoftmax", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
-                  "DynamicQuantizeMatMul"}
-_COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Sigmoid", "LeakyRelu", "Softmax",
-                "GlobalAveragePool", "AveragePool", "Concat", "LSTM", "GRU", "Attention", "Einsum"}
-
+from ..errors import InvalidArgument
+from .coverage import node_coverage
+from .kinds import check_kind, output_kind
+from .metrics import cosine_similarity, exact_agreement, sqnr_db, topk_agreement
 
 @dataclass
 class OutputError:
+    """int8 vs float on one model output. Metrics that mean nothing for the output's kind are None."""
     name: str
+    kind: str                       # "scores", "regression" or "indices" (see qrt.report.kinds)
     max_abs: float
     mean_abs: float
     sqnr_db: float
     cosine: float
-    top1_agreement: float
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    exact_agreement: float | None = None
 
 
 @dataclass
@@ -45,6 +46,7 @@ class LayerError:
     tensor: str
     op_type: str
     sqnr_db: float
+    position: int = 0               # index of the producing node in the float graph
 
 
 @dataclass
@@ -61,33 +63,25 @@ class Report:
     weight_bytes_float: dict = field(default_factory=dict)
     weight_bytes_int8: dict = field(default_factory=dict)
     latency_ms: dict = field(default_factory=dict)      # {"qrt float": ms, "qrt int8": ms, "onnxruntime ...": ms}
-    quantized_nodes: list = field(default_factory=list)
-    float_nodes: list = field(default_factory=list)
+    quantized_nodes: list = field(default_factory=list)  # [(name, op_type)] computing in int8
+    float_nodes: list = field(default_factory=list)      # compute nodes left in float
+    shape_nodes: list = field(default_factory=list)      # shape arithmetic, neither int8 nor float compute
 
-    # --- rendering -----------------------------------------------------------------------------
+    @property
+    def int8_share(self) -> float:
+        """int8 compute nodes over all compute nodes, shape arithmetic excluded."""
+        compute = len(self.quantized_nodes) + len(self.float_nodes)
+        return len(self.quantized_nodes) / compute if compute else 1.0
+
+    def verdict(self):
+        """(level, reason): "good", "fair" or "poor", from the weakest output (see qrt.report.render)."""
+        from .render import verdict
+        return verdict(self)
+
     def rows(self):
-        """(section, [(label, value), ...]) blocks shared by the text and HTML renderings."""
-        summary = [("samples", str(self.samples))]
-        if self.accuracy_float is not None:
-            summary += [("accuracy float", f"{self.accuracy_float:.2%}"), ("accuracy int8", f"{self.accuracy_int8:.2%}"),
-                        ("accuracy change", f"{(self.accuracy_int8 - self.accuracy_float) * 100:+.2f} points")]
-        summary += [("file size float", _size(self.size_float)), ("file size int8", _size(self.size_int8)),
-                    ("int8 / float size", f"{self.size_int8 / max(self.size_float, 1):.1%}")]
-        outputs = [(o.name, f"max|err| {o.max_abs:.4g}  mean|err| {o.mean_abs:.4g}  SQNR {o.sqnr_db:.1f} dB  "
-                            f"cos {o.cosine:.5f}  top-1 agree {o.top1_agreement:.2%}") for o in self.outputs]
-        latency = []
-        base = self.latency_ms.get("qrt float")
-        for name, ms in self.latency_ms.items():
-            ratio = f"  ({base / ms:.2f}x vs qrt float)" if base and ms else ""
-            latency.append((name, f"{ms:.3f} ms{ratio}"))
-        layers = [(f"{l.tensor} ({l.op_type})", f"{l.sqnr_db:.1f} dB") for l in self.layers[:10]]
-        coverage = [("int8 compute nodes", str(len(self.quantized_nodes))),
-                    ("float compute nodes", ", ".join(f"{n} ({op})" for n, op in self.float_nodes) or "none")]
-        weights = [(f"weights {dtype}", f"float model {_size(self.weight_bytes_float.get(dtype, 0))}, "
-                                        f"int8 model {_size(self.weight_bytes_int8.get(dtype, 0))}")
-                   for dtype in sorted(set(self.weight_bytes_float) | set(self.weight_bytes_int8))]
-        return [("Summary", summary), ("Outputs (int8 vs float)", outputs), ("Latency (median)", latency),
-                ("Worst layers (SQNR, lowest first)", layers), ("Size by dtype", weights), ("Coverage", coverage)]
+        """(section, [(label, value), ...]) blocks of the text rendering."""
+        from .render import text_rows
+        return text_rows(self)
 
     def __str__(self):
         lines = [f"qrt report: {self.float_model} vs {self.int8_model}"]
@@ -100,70 +94,21 @@ class Report:
     __repr__ = __str__
 
     def _repr_html_(self):
-        parts = [f"<h3>qrt report: {html.escape(self.float_model)} vs {html.escape(self.int8_model)}</h3>"]
-        for title, rows in self.rows():
-            parts.append(f"<h4>{html.escape(title)}</h4><table>")
-            parts += [f"<tr><td>{html.escape(label)}</td><td>{html.escape(value)}</td></tr>" for label, value in rows]
-            parts.append("</table>")
-        return "\n".join(parts)
+        from .render import html_fragment
+        return html_fragment(self)
 
     def plot(self):
-        """Per-layer SQNR, weight bytes by dtype and latency, as one matplotlib figure."""
-        import matplotlib
-        if not os.environ.get("DISPLAY") and "ipykernel" not in matplotlib.get_backend().lower() \
-                and "inline" not in matplotlib.get_backend().lower():
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        layers = self.layers[:15][::-1]
-        axes[0].barh([l.tensor for l in layers], [min(l.sqnr_db, 80) for l in layers], color="tab:orange")
-        axes[0].set_xlabel("SQNR (dB), int8 vs float")
-        axes[0].set_title("Worst layers")
-        dtypes = sorted(set(self.weight_bytes_float) | set(self.weight_bytes_int8))
-        x = np.arange(2)
-        bottom = np.zeros(2)
-        for dtype in dtypes:
-            values = np.array([self.weight_bytes_float.get(dtype, 0), self.weight_bytes_int8.get(dtype, 0)]) / 1024
-            axes[1].bar(x, values, bottom=bottom, label=dtype)
-            bottom += values
-        axes[1].set_xticks(x, ["float", "int8"])
-        axes[1].set_ylabel("weights (KiB)")
-        axes[1].set_title("Size by dtype")
-        axes[1].legend()
-        names = list(self.latency_ms)
-        axes[2].bar(names, [self.latency_ms[n] for n in names],
-                    color=["tab:blue", "tab:orange", "tab:gray", "tab:gray"][:len(names)])
-        axes[2].set_ylabel("median latency (ms)")
-        axes[2].set_title("Latency")
-        axes[2].tick_params(axis="x", rotation=20)
-        fig.tight_layout()
-        return fig
+        """Per-layer SQNR along the graph, weight bytes by dtype and latency, as one matplotlib figure."""
+        from .render import summary_figure
+        return summary_figure(self)
 
     def to_html(self, path):
-        """Write the report, with its plot embedded, as one self-contained HTML file (atomically)."""
-        import base64
-        import io
-
+        """Write the report as one self-contained HTML file (inline CSS and SVG, no scripts), atomically."""
         from ..session import _write_atomically
+        from .render import html_page
 
-        fig = self.plot()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90)
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-        image = base64.b64encode(buffer.getvalue()).decode()
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qrt report</title></head><body>"
-                f"{self._repr_html_()}<img src='data:image/png;base64,{image}'/></body></html>")
-        _write_atomically(os.fspath(path), page.encode())
+        _write_atomically(os.fspath(path), html_page(self).encode())
         return path
-
-
-def _size(n):
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def _model_bytes(model, source) -> int:
@@ -239,34 +184,41 @@ def _batches(data):
 
 
 def compare(float_model, int8_model, data, labels=None, latency_runs: int = 20, layers: bool = True,
-            onnxruntime: bool = True) -> Report:
-    """Compare a float model with its int8 version on ``data`` (reader, iterable of feeds or .npz)."""
+            onnxruntime: bool = True, output_kinds: dict | None = None) -> Report:
+    """Compare a float model with its int8 version on ``data`` (reader, iterable of feeds or .npz).
+
+    ``output_kinds`` ({output name: "scores" | "regression" | "indices"}) overrides the kind
+    :func:`qrt.report.kinds.output_kind` guesses, which picks the metrics shown for that output.
+    ``labels`` (one class per sample) are scored against the first output of kind "scores".
+    """
     f_proto, q_proto = load_model(float_model), load_model(int8_model)
     batches = _batches(data)
     report = Report(float_model=_label(float_model, f_proto), int8_model=_label(int8_model, q_proto),
                     samples=sum(next(iter(b.values())).shape[0] for b in batches) if batches else 0)
     report.size_float, report.size_int8 = _model_bytes(f_proto, float_model), _model_bytes(q_proto, int8_model)
     report.weight_bytes_float, report.weight_bytes_int8 = _weight_bytes(f_proto), _weight_bytes(q_proto)
-    for node in q_proto.graph.node:
-        if node.op_type in _QUANTIZED_OPS:
-            report.quantized_nodes.append((node.name, node.op_type))
-        elif node.op_type in _COMPUTE_OPS:
-            report.float_nodes.append((node.name, node.op_type))
+    coverage = node_coverage(q_proto)
+    report.quantized_nodes, report.float_nodes, report.shape_nodes = coverage.int8, coverage.float, coverage.shape
 
     float_sess, int8_sess = InferenceSession(f_proto), InferenceSession(q_proto)
     output_names = [o.name for o in float_sess.get_outputs()]
     f_outs = [float_sess.run(None, b) for b in batches]
     q_outs = [int8_sess.run(None, b) for b in batches]
+    output_kinds = dict(output_kinds or {})
+    unknown = set(output_kinds) - set(output_names)
+    if unknown:
+        raise InvalidArgument(f"output_kinds names {sorted(unknown)}, which are not outputs of "
+                              f"{report.float_model} (outputs: {output_names})")
     for i, name in enumerate(output_names):
-        f = np.concatenate([o[i] for o in f_outs])
-        q = np.concatenate([o[i] for o in q_outs])
-        diff = np.abs(f.astype(np.float64) - q.astype(np.float64))
-        report.outputs.append(OutputError(name, float(diff.max()), float(diff.mean()), sqnr_db(f, q),
-                                          cosine_similarity(f, q), top1_agreement(f, q)))
+        f = _joined([o[i] for o in f_outs])
+        q = _joined([o[i] for o in q_outs])
+        kind = check_kind(name, output_kinds[name]) if name in output_kinds else output_kind(name, f)
+        report.outputs.append(_output_error(name, kind, f, q))
     if labels is not None:
         labels = np.asarray(labels).ravel()
-        f = np.concatenate([o[0] for o in f_outs]).reshape(len(labels), -1)
-        q = np.concatenate([o[0] for o in q_outs]).reshape(len(labels), -1)
+        scored = next((i for i, o in enumerate(report.outputs) if o.kind == "scores"), 0)
+        f = np.concatenate([o[scored] for o in f_outs]).reshape(len(labels), -1)
+        q = np.concatenate([o[scored] for o in q_outs]).reshape(len(labels), -1)
         report.accuracy_float = float(np.mean(f.argmax(1) == labels))
         report.accuracy_int8 = float(np.mean(q.argmax(1) == labels))
 
@@ -286,6 +238,29 @@ def compare(float_model, int8_model, data, labels=None, latency_runs: int = 20, 
                     continue
                 report.latency_ms[key] = time_runs(lambda: ref.run(None, feed), latency_runs, 2)
     return report
+
+
+def _joined(arrays):
+    """One output over all batches: stacked on the batch axis, or flattened where batches differ in shape
+    (a sequence length that follows the input), which every metric of a flat tensor accepts."""
+    if all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays)
+    return np.concatenate([a.ravel() for a in arrays])
+
+
+def _output_error(name, kind, f, q):
+    if f.shape != q.shape:
+        raise InvalidArgument(f"output {name!r}: the float model gives shape {f.shape}, the int8 model {q.shape}")
+    diff = np.abs(f.astype(np.float64) - q.astype(np.float64))
+    error = OutputError(name, kind, float(diff.max()) if diff.size else 0.0, float(diff.mean()) if diff.size else 0.0,
+                        sqnr_db(f, q), cosine_similarity(f, q))
+    if kind == "scores":
+        error.top1_agreement = topk_agreement(f, q, 1)
+        if f.ndim and f.shape[-1] > 5:
+            error.top5_agreement = topk_agreement(f, q, 5)
+    elif kind == "indices":
+        error.exact_agreement = exact_agreement(f, q)
+    return error
 
 
 def _layer_errors(f_proto, q_proto, batches):
@@ -310,11 +285,12 @@ def _layer_errors(f_proto, q_proto, batches):
                 scale, zp = match[2], match[3]
                 q = (q.astype(np.float32) - zp.astype(np.float32)) * scale
             errors[name].append((f, q))
+    position = {name: i for i, node in enumerate(f_proto.graph.node) for name in node.output}
     result = []
     for name, pairs in errors.items():
         f = np.concatenate([p[0].ravel() for p in pairs])
         q = np.concatenate([p[1].ravel() for p in pairs])
-        result.append(LayerError(name, float_tensors[name][0], sqnr_db(f, q)))
+        result.append(LayerError(name, float_tensors[name][0], sqnr_db(f, q), position.get(name, 0)))
     result.sort(key=lambda l: l.sqnr_db)
     return result
 

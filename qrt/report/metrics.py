@@ -26,8 +26,28 @@ def cosine_similarity(a, b) -> float:
 
 def top1_agreement(a, b) -> float:
     """Share of rows whose arg-max over the last axis agrees (classification outputs)."""
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.ndim < 2:
-        return float(np.argmax(a) == np.argmax(b))
-    return float(np.mean(a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1)))
+    return topk_agreement(a, b, 1)
+
+
+def topk_agreement(reference, test, k: int) -> float:
+    """Share of rows where the reference's top class is among the test's ``k`` highest scores (last axis)."""
+    reference = np.asarray(reference)
+    test = np.asarray(test)
+    classes = reference.shape[-1] if reference.ndim else 1
+    ref_rows = reference.reshape(-1, classes)
+    test_rows = test.reshape(-1, classes)
+    top = ref_rows.argmax(-1)
+    if k == 1:
+        return float(np.mean(top == test_rows.argmax(-1)))
+    k = min(k, classes)
+    best_k = np.argpartition(-test_rows, k - 1, axis=-1)[:, :k]
+    return float(np.mean((best_k == top[:, None]).any(-1)))
+
+
+def exact_agreement(reference, test) -> float:
+    """Share of elements that are equal (integer outputs: labels, token ids, decoded paths)."""
+    reference = np.asarray(reference)
+    test = np.asarray(test)
+    if reference.shape != test.shape:
+        return 0.0
+    return float(np.mean(reference == test)) if reference.size else 1.0
