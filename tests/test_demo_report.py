@@ -50,7 +50,9 @@ def test_demo_report_contents(demo):
     text = str(report)
     assert "Worst layers" in text and "accuracy int8" in text
     html = (out / "report.html").read_text()
-    assert "<table>" in html and "data:image/png;base64," in html
+    assert "<table>" in html and "<svg " in html and "<style>" in html
+    assert report.outputs[0].kind == "scores" and report.outputs[0].top5_agreement >= report.outputs[0].top1_agreement
+    assert report.verdict()[0] == "good" and not report.shape_nodes
 
 
 def test_compare_without_labels_on_a_reader():

@@ -22,6 +22,10 @@ def _parser():
     parser.add_argument("--labels", help=".npy with one integer label per sample")
     parser.add_argument("--html", help="write a self-contained HTML report here")
     parser.add_argument("--runs", type=int, default=20, help="latency repetitions")
+    parser.add_argument("--output-kind", action="append", default=[], metavar="NAME=KIND",
+                        help="metrics for output NAME: scores (top-1/top-5 agreement), regression (SQNR, max "
+                             "error, cosine) or indices (equal values); guessed from name, shape and values "
+                             "when not given (repeatable)")
     return parser
 
 
@@ -29,6 +33,8 @@ def main(argv=None):
     args = _parser().parse_args(argv)
 
     from calibration import as_reader
+
+    from ..errors import InvalidArgument
     from . import compare
 
     if args.images:
@@ -39,7 +45,14 @@ def main(argv=None):
     else:
         data = as_reader(args.data)
     labels = np.load(args.labels) if args.labels else None
-    report = compare(args.float_model, args.int8_model, data, labels=labels, latency_runs=args.runs)
+    kinds = {}
+    for item in args.output_kind:
+        name, sep, kind = item.rpartition("=")
+        if not sep or not name:
+            raise InvalidArgument(f"--output-kind {item!r}: expected NAME=KIND, e.g. boxes=regression")
+        kinds[name] = kind
+    report = compare(args.float_model, args.int8_model, data, labels=labels, latency_runs=args.runs,
+                     output_kinds=kinds)
     print(report)
     if args.html:
         report.to_html(args.html)

@@ -11,7 +11,9 @@ Every node falls in one of four groups:
 - ``shape``: shape arithmetic — Shape/Size and the integer or bool nodes computed only from them and from
   constants (Gather/Concat/Mul/Unsqueeze on int64 in an exporter's reshape logic). Quantization leaves these
   alone by nature: they carry sizes, not activations, so they are neither int8 nor float compute.
-- ``other``: data movement and glue (Reshape, Transpose, Slice, Cast, Q/DQ themselves, ...).
+- ``other``: data movement and glue (Reshape, Transpose, Slice, Cast, Q/DQ themselves, ...), including the
+  float Mul/Add that rescale an integer accumulator in a dynamically quantized model (ConvInteger -> Cast ->
+  Mul by input scale x weight scale -> Add bias): they are the int8 node's dequantization, not float compute.
 
 A node's element types come from the model's value_info plus onnx shape inference, best effort: contrib
 ops that onnx cannot infer leave their outputs untyped, which only matters for the shape group, whose
@@ -75,6 +77,7 @@ def node_coverage(model: onnx.ModelProto) -> Coverage:
     index = GraphIndex(_typed(model))
     shape_tensors = {name for name, tensor in index.initializers.items()
                      if tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)}
+    glue = _dequantization_glue(index)
     coverage = Coverage()
     for node in index.graph.node:
         inputs = [name for name in node.input if name]
@@ -89,6 +92,8 @@ def node_coverage(model: onnx.ModelProto) -> Coverage:
                 inputs and all(name in shape_tensors for name in inputs) and integer_out):
             shape_tensors.update(outputs)
             coverage.shape.append(entry)
+        elif id(node) in glue:
+            coverage.other.append(entry)
         elif node.op_type in QUANTIZED_OPS or _runs_in_qdq(node, index):
             coverage.int8.append(entry)
         elif node.op_type in COMPUTE_OPS:
@@ -105,19 +110,48 @@ _INTEGER = frozenset({onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.Tensor
 _INDEX = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.BOOL})
 
 
+_ACCUMULATOR_OPS = frozenset({"ConvInteger", "MatMulInteger"})
+
+
+def _dequantization_glue(index: GraphIndex) -> set:
+    """ids of the nodes that turn an integer accumulator back into float (see the module docstring)."""
+    scales = {node.output[1] for node in index.graph.node
+              if node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1}
+    accumulators = {out for node in index.graph.node if node.op_type in _ACCUMULATOR_OPS for out in node.output}
+    glue = set()
+    for node in index.graph.node:
+        inputs = [name for name in node.input if name]
+        constant_or_scale = [name in index.initializers or name in scales for name in inputs]
+        if node.op_type == "Mul" and inputs and all(constant_or_scale):
+            scales.update(node.output)      # input scale x weight scale
+            glue.add(id(node))
+        elif (node.op_type in ("Cast", "Reshape") and inputs and inputs[0] in accumulators) or (
+                node.op_type in ("Mul", "Add") and len(inputs) == 2 and any(n in accumulators for n in inputs)
+                and any(constant_or_scale)):
+            accumulators.update(node.output)
+            glue.add(id(node))
+    return glue
+
+
+# Ops whose inputs after the first are settings (Resize's roi/scales/sizes, Clip's bounds, axes), not operands:
+# a QDQ unit dequantizes only the data input of these.
+_SETTINGS_AFTER_FIRST = frozenset({"Resize", "Clip", "ReduceMean", "ReduceSum", "ReduceMax", "Softmax",
+                                   "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+
+
 def _runs_in_qdq(node, index: GraphIndex) -> bool:
-    """A QDQ node unit: every float input dequantized, the output quantized again."""
+    """A QDQ node unit: every operand dequantized, the output quantized again."""
     if node.op_type not in COMPUTE_OPS:
         return False
-    inputs = [name for name in node.input if name]
-    if not inputs:
+    inputs = list(node.input[:1]) if node.op_type in _SETTINGS_AFTER_FIRST else [n for n in node.input if n]
+    if not inputs or not inputs[0]:
         return False
     for name in inputs:
         producer = index.producer.get(name)
         if producer is not None and producer.op_type == "DequantizeLinear":
             continue
         if name in index.initializers and index.elem_types.get(name) != onnx.TensorProto.FLOAT:
-            continue  # integer attributes-as-inputs (Clip bounds aside): axes, sizes
+            continue  # integer settings passed as inputs (axes)
         return False
     outputs = [name for name in node.output if name]
     return bool(outputs) and all(

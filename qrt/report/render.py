@@ -184,6 +184,7 @@ summary { cursor: pointer; color: var(--accent); }
 .kind { display: inline-block; font-size: .75rem; padding: 1px 7px; border-radius: 9px; border: 1px solid var(--line);
   color: var(--muted); margin-left: 6px; white-space: nowrap; }
 p.note { color: var(--muted); font-size: .9rem; }
+.metric { display: inline-block; white-space: nowrap; margin-right: 1.1em; }
 svg.narrow { display: none; }
 @media (max-width: 640px) {
   main { padding: 16px 12px 32px; }
@@ -250,7 +251,7 @@ def _outputs_section(report):
     for o in report.outputs:
         metrics = _output_metrics(o)
         level, _ = _output_verdict(o, report)
-        cells = " &middot; ".join(f"{_e(k)} <strong>{_e(v)}</strong>" for k, v in metrics)
+        cells = " ".join(f"<span class='metric'>{_e(k)} <strong>{_e(v)}</strong></span>" for k, v in metrics)
         rows.append([f"<span class='mono'>{_e(o.name)}</span><span class='kind'>{_e(o.kind)}</span>",
                      f"<span class='{level}'>{_e(level)}</span>", cells])
     note = ("Metrics follow each output's kind: class scores by top-1/top-5 agreement, regression outputs "
