@@ -136,63 +136,73 @@ def _dtypes(report):
 
 # ---- HTML --------------------------------------------------------------------------------------------
 
+# Every rule is scoped to .qrt-report, so the fragment can sit in a Jupyter page without restyling it.
 _CSS = """
-:root { --fg:#1f2328; --muted:#59636e; --bg:#ffffff; --panel:#f6f8fa; --line:#d1d9e0; --accent:#0969da;
-  --good:#1a7f37; --good-bg:#dafbe1; --fair:#9a6700; --fair-bg:#fff8c5; --poor:#cf222e; --poor-bg:#ffebe9; }
-@media (prefers-color-scheme: dark) {
-  :root { --fg:#e6edf3; --muted:#9198a1; --bg:#0d1117; --panel:#151b23; --line:#3d444d; --accent:#4493f8;
-    --good:#3fb950; --good-bg:#12261e; --fair:#d29922; --fair-bg:#272115; --poor:#f85149; --poor-bg:#2c1417; } }
-* { box-sizing: border-box; }
-html { -webkit-text-size-adjust: 100%; }
-body { margin: 0; background: var(--bg); color: var(--fg); line-height: 1.45;
+.qrt-report { --fg:#1f2328; --muted:#59636e; --bg:#ffffff; --panel:#f6f8fa; --line:#d1d9e0; --accent:#0969da;
+  --good:#1a7f37; --good-bg:#dafbe1; --fair:#9a6700; --fair-bg:#fff8c5; --poor:#cf222e; --poor-bg:#ffebe9;
+  color: var(--fg); background: var(--bg); line-height: 1.45; max-width: 1120px;
   font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 20px 48px; }
-h1 { font-size: 1.5rem; margin: 0 0 4px; }
-h2 { font-size: 1.15rem; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-.sub { color: var(--muted); margin: 0 0 18px; overflow-wrap: anywhere; }
-code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.88em; }
-.verdict { border-radius: 10px; padding: 14px 16px; margin: 0 0 16px; border: 1px solid var(--line);
+.qrt-report * { box-sizing: border-box; }
+.qrt-report h1 { font-size: 1.5rem; margin: 0 0 4px; }
+.qrt-report h2 { font-size: 1.15rem; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+.qrt-report h3 { font-size: 1rem; margin: 20px 0 8px; }
+.qrt-report .sub { color: var(--muted); margin: 0 0 18px; overflow-wrap: anywhere; }
+.qrt-report .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.88em; }
+.qrt-report .verdict { border-radius: 10px; padding: 14px 16px; margin: 0 0 16px; border: 1px solid var(--line);
   overflow-wrap: anywhere; }
-.verdict strong { text-transform: uppercase; letter-spacing: .04em; margin-right: .5em; }
-.good { color: var(--good); } .fair { color: var(--fair); } .poor { color: var(--poor); }
-.verdict.good { background: var(--good-bg); border-color: var(--good); }
-.verdict.fair { background: var(--fair-bg); border-color: var(--fair); }
-.verdict.poor { background: var(--poor-bg); border-color: var(--poor); }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; }
-.card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 12px 14px;
-  min-width: 0; }
-.card .label { color: var(--muted); font-size: .82rem; text-transform: uppercase; letter-spacing: .04em; }
-.card .value { font-size: 1.55rem; font-weight: 600; margin: 2px 0; overflow-wrap: anywhere; }
-.card .note { color: var(--muted); font-size: .88rem; overflow-wrap: anywhere; }
-.scroll { overflow-x: auto; max-width: 100%; border: 1px solid var(--line); border-radius: 8px; }
-table { border-collapse: collapse; width: 100%; font-size: .92rem; }
-th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { background: var(--panel); font-weight: 600; white-space: nowrap; }
-tr:last-child td { border-bottom: 0; }
-td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.name { overflow-wrap: anywhere; min-width: 10ch; }
-.bar { height: 10px; border-radius: 5px; background: var(--line); min-width: 60px; }
-.bar > span { display: block; height: 100%; border-radius: 5px; }
-.bar .good { background: var(--good); } .bar .fair { background: var(--fair); } .bar .poor { background: var(--poor); }
-.bar .plain { background: var(--accent); }
-figure { margin: 0; }
-figure svg, img { display: block; width: 100%; max-width: 100%; height: auto; }
-figcaption { color: var(--muted); font-size: .88rem; margin-top: 4px; }
-.chart { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 10px; }
-details { margin-top: 10px; }
-summary { cursor: pointer; color: var(--accent); }
-.kind { display: inline-block; font-size: .75rem; padding: 1px 7px; border-radius: 9px; border: 1px solid var(--line);
-  color: var(--muted); margin-left: 6px; white-space: nowrap; }
-p.note { color: var(--muted); font-size: .9rem; }
-.metric { display: inline-block; white-space: nowrap; margin-right: 1.1em; }
-svg.narrow { display: none; }
+.qrt-report .verdict strong { text-transform: uppercase; letter-spacing: .04em; margin-right: .5em; }
+.qrt-report .good { color: var(--good); } .qrt-report .fair { color: var(--fair); }
+.qrt-report .poor { color: var(--poor); }
+.qrt-report .verdict.good { background: var(--good-bg); border-color: var(--good); }
+.qrt-report .verdict.fair { background: var(--fair-bg); border-color: var(--fair); }
+.qrt-report .verdict.poor { background: var(--poor-bg); border-color: var(--poor); }
+.qrt-report .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; }
+.qrt-report .card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px;
+  padding: 12px 14px; min-width: 0; }
+.qrt-report .card .label { color: var(--muted); font-size: .82rem; text-transform: uppercase; letter-spacing: .04em; }
+.qrt-report .card .value { font-size: 1.55rem; font-weight: 600; margin: 2px 0; overflow-wrap: anywhere; }
+.qrt-report .card .note { color: var(--muted); font-size: .88rem; overflow-wrap: anywhere; }
+.qrt-report .scroll { overflow-x: auto; max-width: 100%; border: 1px solid var(--line); border-radius: 8px; }
+.qrt-report table { border-collapse: collapse; width: 100%; font-size: .92rem; margin: 0; }
+.qrt-report th, .qrt-report td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line);
+  vertical-align: top; }
+.qrt-report th { background: var(--panel); font-weight: 600; white-space: nowrap; }
+.qrt-report tr:last-child td { border-bottom: 0; }
+.qrt-report td.num, .qrt-report th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+.qrt-report td.name { overflow-wrap: anywhere; min-width: 10ch; }
+.qrt-report .bar { height: 10px; border-radius: 5px; background: var(--line); min-width: 60px; margin-top: 5px; }
+.qrt-report .bar > span { display: block; height: 100%; border-radius: 5px; }
+.qrt-report .bar .good { background: var(--good); } .qrt-report .bar .fair { background: var(--fair); }
+.qrt-report .bar .poor { background: var(--poor); } .qrt-report .bar .plain { background: var(--accent); }
+.qrt-report figure { margin: 0; }
+.qrt-report figure svg { display: block; width: 100%; max-width: 100%; height: auto; color: var(--fg); }
+.qrt-report figcaption { color: var(--muted); font-size: .88rem; margin-top: 4px; }
+.qrt-report .chart { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 10px; }
+.qrt-report details { margin-top: 10px; }
+.qrt-report summary { cursor: pointer; color: var(--accent); }
+.qrt-report .kind { display: inline-block; font-size: .75rem; padding: 1px 7px; border-radius: 9px;
+  border: 1px solid var(--line); color: var(--muted); margin-left: 6px; white-space: nowrap; font-family: inherit; }
+.qrt-report p.note { color: var(--muted); font-size: .9rem; }
+.qrt-report .metric { display: inline-block; white-space: nowrap; margin-right: 1.1em; }
+.qrt-report svg.narrow { display: none; }
 @media (max-width: 640px) {
-  main { padding: 16px 12px 32px; }
-  svg.wide, .barcol { display: none; }
-  svg.narrow { display: block; }
-  .card .value { font-size: 1.3rem; }
-  th, td { padding: 5px 7px; }
+  .qrt-report svg.wide, .qrt-report .barcol { display: none; }
+  .qrt-report svg.narrow { display: block; }
+  .qrt-report .card .value { font-size: 1.3rem; }
+  .qrt-report th, .qrt-report td { padding: 5px 7px; }
 }
+"""
+
+# The stand-alone page only: the page around the report, and a dark scheme where the reader's system asks.
+_PAGE_CSS = """
+html { -webkit-text-size-adjust: 100%; }
+body { margin: 0; background: #ffffff; }
+main.qrt-report { margin: 0 auto; padding: 24px 20px 48px; }
+@media (max-width: 640px) { main.qrt-report { padding: 16px 12px 32px; } }
+@media (prefers-color-scheme: dark) {
+  body { background: #0d1117; }
+  .qrt-report { --fg:#e6edf3; --muted:#9198a1; --bg:#0d1117; --panel:#151b23; --line:#3d444d; --accent:#4493f8;
+    --good:#3fb950; --good-bg:#12261e; --fair:#d29922; --fair-bg:#272115; --poor:#f85149; --poor-bg:#2c1417; } }
 """
 
 
@@ -308,7 +318,7 @@ def _layer_chart(layers, width, height):
     return "".join(parts)
 
 
-def _layers_section(report, worst=15):
+def _layers_section(report, narrow_chart, worst=15):
     if not report.layers:
         return ("<h2>Layers</h2><p class='note'>No int8 tensor of the int8 model could be matched to a float "
                 "tensor by name (T_quantized, T_dequantized or T_DequantizeLinear_Output).</p>")
@@ -322,8 +332,8 @@ def _layers_section(report, worst=15):
                 for l in layers]
 
     header, classes = ["node #", "tensor", "op", "SQNR", ""], ["num", "name", "", "num", "barcol"]
-    chart = (f"<figure class='chart'>{_layer_chart(report.layers, 900, 250)}"
-             f"{_layer_chart(report.layers, 400, 260)}<figcaption>Where the error enters: each dot "
+    narrow = _layer_chart(report.layers, 400, 260) if narrow_chart else ""
+    chart = (f"<figure class='chart'>{_layer_chart(report.layers, 900, 250)}{narrow}<figcaption>Where the error enters: each dot "
              f"is one int8 tensor against its float counterpart (hover for its name); dashed lines at "
              f"{_SQNR_FAIR:.0f} and {_SQNR_GOOD:.0f} dB.</figcaption></figure>")
     every = sorted(report.layers, key=lambda l: l.position)
@@ -351,7 +361,7 @@ def _size_section(report):
              _bar(report.weight_bytes_int8.get(dtype, 0) / largest, "plain")] for dtype in _dtypes(report)]
     rows.append(["<strong>file</strong>", f"<strong>{_size(report.size_float)}</strong>",
                  f"<strong>{_size(report.size_int8)}</strong>", _bar(report.size_int8 / max(report.size_float, 1))])
-    return ("<h2>Size</h2>" + _table(["weights", "float model", "int8 model", "int8 model share"], rows,
+    return ("<h2>Size</h2>" + _table(["weights", "float model", "int8 model", "int8 model, to scale"], rows,
                                       ["", "num", "num", "barcol"]))
 
 
@@ -371,20 +381,25 @@ def _coverage_section(report):
             + f"<p class='note'>{_e(note)}</p>")
 
 
-def html_fragment(report):
-    """The report's body (for Jupyter's rich display and the page)."""
+def _body(report, narrow_chart):
     return (f"<h1>qrt report</h1><p class='sub'><span class='mono'>{_e(report.float_model)}</span> (float) vs "
             f"<span class='mono'>{_e(report.int8_model)}</span> (int8), {report.samples} samples</p>"
-            + _summary_cards(report) + _outputs_section(report) + _layers_section(report)
+            + _summary_cards(report) + _outputs_section(report) + _layers_section(report, narrow_chart)
             + _latency_section(report) + _size_section(report) + _coverage_section(report))
+
+
+def html_fragment(report):
+    """The report for Jupyter's rich display: its scoped style, then the body. One chart, drawn wide: a
+    notebook is not read on a phone, and a viewer that drops styles (GitHub's) would otherwise show both."""
+    return f"<div class='qrt-report'><style>{_CSS}</style>{_body(report, narrow_chart=False)}</div>"
 
 
 def html_page(report):
     title = f"qrt report: {report.float_model} vs {report.int8_model}"
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
-            + html_fragment(report) + "</main></body></html>\n")
+            f"<title>{_e(title)}</title><style>{_CSS}{_PAGE_CSS}</style></head><body><main class='qrt-report'>"
+            + _body(report, narrow_chart=True) + "</main></body></html>\n")
 
 
 # ---- matplotlib --------------------------------------------------------------------------------------
