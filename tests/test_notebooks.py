@@ -2,9 +2,13 @@
 
 Each notebook asserts its own key numbers (accuracy within a point of float, qrt vs onnxruntime within 1e-5, the
 SQNR gain of the layer-debugging fix, ...), so executing it is the test. Execution happens on a copy in a temporary
-directory (the kernel's working directory and TMPDIR), so nothing executed is written into the repository; the
-committed notebooks must carry no outputs. 01_quickstart runs twice where torch is installed: once exporting with
-torch, once with QRT_NOTEBOOK_NO_TORCH=1 forcing the onnx.helper path that machines without torch take.
+directory (the kernel's working directory and TMPDIR), so nothing executed here is written into the repository.
+01_quickstart runs twice where torch is installed: once exporting with torch, once with QRT_NOTEBOOK_NO_TORCH=1
+forcing the onnx.helper path that machines without torch take.
+
+The committed notebooks carry their outputs (text and plots, readable where the repository is browsed), saved by
+scripts/refresh_notebooks.py: executed top to bottom in one kernel, no errors, no stderr, at least one plot, no
+widget state or timing metadata, no temporary paths, small.
 """
 import importlib.util
 import json
@@ -38,16 +42,31 @@ def test_expected_notebooks_present():
             "05_deployment_pitfalls.ipynb"} <= set(NOTEBOOKS)
 
 
+MAX_NOTEBOOK_BYTES = 1_500_000   # scripts/refresh_notebooks.py refuses to save more
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_is_clean(name):
-    """Saved without outputs or execution counts, on the python3 kernel, as valid nbformat."""
-    notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+def test_committed_notebook_is_executed(name):
+    """Saved by scripts/refresh_notebooks.py: every code cell ran, in order, in one kernel, and shows its outputs."""
+    path = NOTEBOOK_DIR / name
+    notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
     assert notebook.metadata.get("kernelspec", {}).get("name") == "python3"
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"{name} cell {index} has saved outputs"
-            assert cell.execution_count is None, f"{name} cell {index} has an execution count"
+    counts = [cell.execution_count for cell in notebook.cells if cell.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), \
+        f"{name}: execution counts {counts}; refresh it with python scripts/refresh_notebooks.py {name}"
+    errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+              if output.output_type == "error"]
+    assert not errors, f"{name} was saved with an error output"
+    assert not _stderr_text(notebook).strip(), f"{name} was saved with stderr output"
+    assert _png_count(notebook) >= 1, f"{name} was saved without its plots"
+    assert "widgets" not in notebook.metadata and not any(
+        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+    assert not any("execution" in cell.metadata for cell in notebook.cells), f"{name} carries timing metadata"
+    saved = path.read_text(encoding="utf-8")
+    assert "qrt-notebook-" not in saved, f"{name} shows the refresh's temporary directory"
+    assert len(saved.encode()) <= MAX_NOTEBOOK_BYTES, f"{name} is {len(saved.encode())} bytes with outputs"
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
     assert "%matplotlib inline" in code, f"{name} does not set up inline plots"
 

@@ -230,3 +230,25 @@ def test_real_ocr_model_with_symbolic_width(tmp_path):
     # dynamic quantization's rescaling Mul/Add and the shape Muls are not float compute; SiLU's Mul is
     assert len([1 for _, op in report.float_nodes if op == "Mul"]) == 11
     assert "ConvInteger" in {op for _, op in report.quantized_nodes}
+
+
+def test_verdict_follows_the_weakest_output():
+    from qrt.report import OutputError, Report
+
+    def verdict(*outputs, accuracy=None):
+        report = Report("f.onnx", "q.onnx", 10, outputs=list(outputs))
+        if accuracy:
+            report.accuracy_float, report.accuracy_int8 = accuracy
+        return report.verdict()
+
+    scores = OutputError("logits", "scores", 0.1, 0.01, 35.0, 0.999, top1_agreement=0.995)
+    assert verdict(scores)[0] == "good"
+    assert verdict(scores, accuracy=(0.95, 0.92))[0] == "poor"          # 3 points of accuracy lost
+    drifting = OutputError("logits", "scores", 5.0, 1.0, 15.4, 0.98, top1_agreement=1.0)
+    level, reason = verdict(drifting)
+    assert level == "fair" and "15.4 dB" in reason                     # same classes, drifting probabilities
+    boxes = OutputError("boxes", "regression", 1.5, 0.1, 10.3, 0.95)
+    level, reason = verdict(scores, boxes)
+    assert level == "poor" and reason.startswith("boxes: SQNR 10.3 dB")
+    ids = OutputError("ids", "indices", 1.0, 0.01, 30.0, 0.99, exact_agreement=0.96)
+    assert verdict(scores, ids)[0] == "fair"

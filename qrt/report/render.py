@@ -8,7 +8,8 @@ their kind calls for, then the layers, latency, size and coverage in detail.
 
 Verdict, per output, the weakest one deciding (thresholds are conventions, stated so readers can disagree):
 - scores: top-1 agreement with float >= 99% good, >= 97% fair, else poor; with labels, an accuracy
-  drop over 0.5 points is at best fair and over 2 points poor;
+  drop over 0.5 points is at best fair and over 2 points poor; scores whose SQNR is under 20 dB are at
+  best fair even when every top class agrees (the probabilities a caller thresholds have drifted);
 - regression: SQNR >= 30 dB good (noise power 0.1% of the signal's), >= 20 dB fair, else poor;
 - indices: equal values >= 99% good, >= 95% fair, else poor.
 """
@@ -34,6 +35,9 @@ def _output_verdict(output, report):
             by_accuracy = "good" if drop <= 0.5 else "fair" if drop <= 2.0 else "poor"
             level = max(level, by_accuracy, key=_LEVELS.index)
             reason += f"; accuracy {report.accuracy_int8:.2%} vs float {report.accuracy_float:.2%}"
+        if output.sqnr_db < _SQNR_FAIR:
+            level = max(level, "fair", key=_LEVELS.index)
+            reason += f"; the scores themselves drift (SQNR {_db(output.sqnr_db)})"
         return level, reason
     if output.kind == "indices":
         agree = output.exact_agreement
