@@ -23,6 +23,7 @@ import re
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,20 @@ def test_demo_report_fits(width, tmp_path_factory):
     found = layout(out / "report.html", width)
     assert found["scrollWidth"] <= found["clientWidth"] and not found["offenders"], found
     screenshot(out / "report.html", width, 3000, "demo")
+
+
+@pytest.mark.slow
+def test_real_model_report_fits(tmp_path):
+    """ddddocr's OCR model (symbolic width, int64 shape arithmetic), float against qrt's dynamic int8 version."""
+    import qrt
+    import real_models as rm
+    from qrt.report import compare
+    path = rm.model_path("ddddocr==1.6.1", "ddddocr/common.onnx")
+    int8_path = str(tmp_path / "common.dynamic.onnx")
+    qrt.quantize_dynamic(path, int8_path)
+    feeds = [{"input1": rm.ocr_input(rm.captcha_image(seed))} for seed in (0, 1)]
+    page = Path(compare(path, int8_path, feeds, latency_runs=2).to_html(tmp_path / "ocr.html"))
+    for width in WIDTHS:
+        found = layout(page, width)
+        assert found["scrollWidth"] <= found["clientWidth"] and not found["offenders"], (width, found)
+        screenshot(page, width, 2600, "ocr")

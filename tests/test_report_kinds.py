@@ -252,3 +252,19 @@ def test_verdict_follows_the_weakest_output():
     assert level == "poor" and reason.startswith("boxes: SQNR 10.3 dB")
     ids = OutputError("ids", "indices", 1.0, 0.01, 30.0, 0.99, exact_agreement=0.96)
     assert verdict(scores, ids)[0] == "fair"
+
+
+def test_cli_output_kind_flag(kinds_report, tmp_path, capsys):
+    from qrt.cli import main
+    _, float_path, int8_path, _ = kinds_report
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=np.concatenate([f["x"] for f in _feeds(count=2)]))
+    page = tmp_path / "report.html"
+    assert main(["report", float_path, int8_path, "--data", str(data), "--runs", "0", "--html", str(page),
+                 "--output-kind", "logits=regression", "--output-kind", "class_ids=indices"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"logits \[regression\] +SQNR", text) and re.search(r"class_ids \[indices\] +equal", text)
+    assert "boxes [regression]" in text
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert main(["report", float_path, int8_path, "--data", str(data), "--output-kind", "logits"]) != 0
+    assert "expected NAME=KIND" in capsys.readouterr().err
