@@ -23,7 +23,7 @@ from ..bench import time_runs
 from ..model import load_model
 from ..session import InferenceSession
 from ..errors import InvalidArgument
-from .coverage import node_coverage
+from .coverage import int8_share, node_coverage
 from .kinds import check_kind, output_kind
 from .metrics import cosine_similarity, exact_agreement, sqnr_db, topk_agreement
 
@@ -70,8 +70,7 @@ class Report:
     @property
     def int8_share(self) -> float:
         """int8 compute nodes over all compute nodes, shape arithmetic excluded."""
-        compute = len(self.quantized_nodes) + len(self.float_nodes)
-        return len(self.quantized_nodes) / compute if compute else 1.0
+        return int8_share(self.quantized_nodes, self.float_nodes)
 
     def verdict(self):
         """(level, reason): "good", "fair" or "poor", from the weakest output (see qrt.report.render)."""

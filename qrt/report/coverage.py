@@ -55,14 +55,18 @@ class Coverage:
 
     @property
     def int8_share(self) -> float:
-        """int8 compute nodes over all compute nodes (int8 + float); 1.0 for a model with none."""
-        compute = len(self.int8) + len(self.float)
-        return len(self.int8) / compute if compute else 1.0
+        return int8_share(self.int8, self.float)
 
-    @staticmethod
-    def op_counts(nodes) -> list:
-        """[(op_type, count)], most frequent first."""
-        return Counter(op for _, op in nodes).most_common()
+
+def int8_share(int8_nodes, float_nodes) -> float:
+    """int8 compute nodes over all compute nodes (shape arithmetic excluded); 1.0 for a model with none."""
+    compute = len(int8_nodes) + len(float_nodes)
+    return len(int8_nodes) / compute if compute else 1.0
+
+
+def op_counts(nodes) -> list:
+    """[(op_type, count)] of [(name, op_type)], most frequent first, ties by name."""
+    return sorted(Counter(op for _, op in nodes).items(), key=lambda item: (-item[1], item[0]))
 
 
 def _typed(model: onnx.ModelProto) -> onnx.ModelProto:

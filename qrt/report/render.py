@@ -18,6 +18,8 @@ from __future__ import annotations
 import html
 import math
 
+from .coverage import op_counts
+
 _LEVELS = ("good", "fair", "poor")
 _SQNR_GOOD, _SQNR_FAIR = 30.0, 20.0
 _CHART_CLAMP_DB = 80.0   # identical tensors have infinite SQNR; the chart draws them at the top
@@ -94,10 +96,7 @@ def _output_metrics(o):
 
 
 def _op_counts(nodes):
-    counts = {}
-    for _, op in nodes:
-        counts[op] = counts.get(op, 0) + 1
-    return ", ".join(f"{op} x{c}" for op, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ", ".join(f"{op} x{count}" for op, count in op_counts(nodes))
 
 
 # ---- text --------------------------------------------------------------------------------------------
@@ -294,8 +293,9 @@ def _layer_chart(layers, width, height):
         db = top_db if not math.isfinite(db) or db > top_db else max(db, 0.0)
         return top + plot_h * (1 - db / top_db)
 
-    parts = [f"<svg class='{'wide' if width > 600 else 'narrow'}' viewBox='0 0 {width} {height}' xmlns='http://www.w3.org/2000/svg' role='img' "
-             f"aria-label='SQNR per layer in graph order' font-family='system-ui, sans-serif' font-size='12'>"]
+    parts = [f"<svg class='{'wide' if width > 600 else 'narrow'}' viewBox='0 0 {width} {height}' "
+             f"xmlns='http://www.w3.org/2000/svg' role='img' aria-label='SQNR per layer in graph order' "
+             f"font-family='system-ui, sans-serif' font-size='12'>"]
     step = 10 if top_db <= 60 else 20
     for db in range(0, int(top_db) + 1, step):
         parts.append(f"<line x1='{left}' x2='{width - right}' y1='{y(db):.1f}' y2='{y(db):.1f}' "
@@ -337,9 +337,9 @@ def _layers_section(report, narrow_chart, worst=15):
 
     header, classes = ["node #", "tensor", "op", "SQNR", ""], ["num", "name", "", "num", "barcol"]
     narrow = _layer_chart(report.layers, 400, 260) if narrow_chart else ""
-    chart = (f"<figure class='chart'>{_layer_chart(report.layers, 900, 250)}{narrow}<figcaption>Where the error enters: each dot "
-             f"is one int8 tensor against its float counterpart (hover for its name); dashed lines at "
-             f"{_SQNR_FAIR:.0f} and {_SQNR_GOOD:.0f} dB.</figcaption></figure>")
+    chart = (f"<figure class='chart'>{_layer_chart(report.layers, 900, 250)}{narrow}<figcaption>Where the "
+             f"error enters: each dot is one int8 tensor against its float counterpart (hover for its name); "
+             f"dashed lines at {_SQNR_FAIR:.0f} and {_SQNR_GOOD:.0f} dB.</figcaption></figure>")
     every = sorted(report.layers, key=lambda l: l.position)
     return ("<h2>Layer by layer</h2>" + chart
             + f"<h3>Worst {min(worst, len(report.layers))} of {len(report.layers)}</h3>"
