@@ -250,7 +250,9 @@ def _summary_cards(report):
     if speed:
         q, f, ratio = speed
         faster = f"{ratio:.2f}x faster than float" if ratio >= 1 else f"{1 / ratio:.2f}x slower than float"
-        cards.append(_card("latency int8 (qrt)", f"{q:.2f} ms", f"float {f:.2f} ms: {faster}"))
+        ort = report.latency_ms.get("onnxruntime int8")
+        reference = f"; onnxruntime int8 {ort:.2f} ms" if ort else ""
+        cards.append(_card("latency int8 (qrt)", f"{q:.2f} ms", f"float {f:.2f} ms: {faster}{reference}"))
     compute = len(report.quantized_nodes) + len(report.float_nodes)
     cards.append(_card("int8 compute nodes", f"{report.int8_share:.0%}",
                        f"{len(report.quantized_nodes)} of {compute}; {len(report.shape_nodes)} shape-computation "
@@ -413,6 +415,7 @@ def summary_figure(report):
     import os
 
     import matplotlib
+    import matplotlib.ticker
     if not os.environ.get("DISPLAY") and "ipykernel" not in matplotlib.get_backend().lower() \
             and "inline" not in matplotlib.get_backend().lower():
         matplotlib.use("Agg")
@@ -429,6 +432,7 @@ def summary_figure(report):
     axes[0].axhline(_SQNR_GOOD, color="tab:green", linestyle="--", linewidth=1)
     axes[0].axhline(_SQNR_FAIR, color="tab:red", linestyle="--", linewidth=1)
     axes[0].set_xlabel("int8 tensors in graph order")
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0].set_ylabel("SQNR (dB), int8 vs float")
     axes[0].set_title("Layer by layer")
     dtypes = _dtypes(report)
