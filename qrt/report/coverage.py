@@ -28,10 +28,11 @@ import onnx
 
 from ..quantization.graph import GraphIndex
 
+# MatMulNBits (4-bit weights, float activations) counts as quantized: its weights are, which is its point.
 QUANTIZED_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSoftmax", "QLinearReduceMean",
-    "QLinearWhere", "QLinearSoftmax", "QAttention", "QEmbedLayerNormalization", "MatMulInteger", "ConvInteger",
+    "QLinearWhere", "QAttention", "QEmbedLayerNormalization", "MatMulInteger", "ConvInteger",
     "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulNBits"})
 
 COMPUTE_OPS = frozenset({
