@@ -24,6 +24,7 @@ from .params import QParams, fixed_params, half_scaled, params_for_range
 from .preprocess import MIN_OPSET, preprocess
 from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
+from .smoothquant import smooth_for_quantization
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
 
@@ -401,6 +402,9 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     model, notes = preprocess(source, label, min_opset=needed_opset(cfg, source))
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
+    notes += [note] if note else []
+    model, calibration_data_reader, note = smooth_for_quantization(model, label, calibration_data_reader, cfg,
+                                                                   progress, calibration_providers)
     notes += [note] if note else []
     # Input preprocessing embedded by qrt.preprocessing stays float: it turns raw pixels into the
     # network's input, and quantizing it would change what the network sees.
