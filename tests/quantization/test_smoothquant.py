@@ -234,8 +234,9 @@ def test_per_row_pattern_is_integer_exact_in_qrt_and_onnxruntime(weight_type, ge
     exposed = [by_op["MatMulInteger"].input[0], by_op["Sub"].output[0]]   # uint8 X, corrected int32 sums
     probe = onnx.ModelProto()
     probe.CopyFrom(quantized)
-    probe.graph.output.extend([helper.make_tensor_value_info(exposed[0], TensorProto.UINT8, None),
-                               helper.make_tensor_value_info(exposed[1], TensorProto.INT32, None)])
+    leading = ["m"] if gemm else ["b", "s"]
+    probe.graph.output.extend([helper.make_tensor_value_info(exposed[0], TensorProto.UINT8, leading + [32]),
+                               helper.make_tensor_value_info(exposed[1], TensorProto.INT32, leading + [24])])
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 6, 32) if not gemm else (12, 32)).astype(np.float32)
     rows = x.reshape(-1, 32)
