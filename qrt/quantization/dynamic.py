@@ -70,6 +70,8 @@ class DynamicRewriter(_Rewriter):
     def __init__(self, g, cfg):
         super().__init__(g, cfg, {})
         self._dynamic: dict[str, tuple[str, str, str]] = {}
+        self._per_row: dict[str, tuple[str, str, str]] = {}
+        self._constants: dict[tuple, str] = {}
 
     def dynamic_input(self, name: str):
         """(uint8 tensor, scale, zero point) from one DynamicQuantizeLinear per activation."""
@@ -94,10 +96,10 @@ class DynamicRewriter(_Rewriter):
 
     def constant(self, value, base: str) -> str:
         """A scalar constant initializer, shared by every per-row pattern of the graph."""
-        key = ("constant", np.asarray(value).dtype.str, float(value))
-        if key not in self._dynamic:
-            self._dynamic[key] = self.add_initializer(np.asarray(value), base)
-        return self._dynamic[key]
+        key = (np.asarray(value).dtype.str, float(value))
+        if key not in self._constants:
+            self._constants[key] = self.add_initializer(np.asarray(value), base)
+        return self._constants[key]
 
     def reduce(self, op_type, name, out):
         """ReduceMin/ReduceMax over the last axis, keepdims (axes moved from attribute to input in opset 18)."""
@@ -111,8 +113,7 @@ class DynamicRewriter(_Rewriter):
         """(uint8 tensor, per-row scale, per-row int32 zero point): DynamicQuantizeLinear's arithmetic per row.
 
         Each intermediate is [..., 1] except the quantized tensor; see the module docstring."""
-        key = ("per_row", name)
-        if key not in self._dynamic:
+        if name not in self._per_row:
             u = self.g.unique
             zero = self.constant(np.float32(0.0), "per_row_zero")
             qmax = self.constant(np.float32(255.0), "per_row_qmax")
@@ -141,8 +142,8 @@ class DynamicRewriter(_Rewriter):
             quantized, zp_int = u(f"{name}_row_quantized"), u(f"{name}_row_zero_point")
             self.emit("Cast", [clipped], [quantized], attrs=[helper.make_attribute("to", TensorProto.UINT8)])
             self.emit("Cast", [zp], [zp_int], attrs=[helper.make_attribute("to", TensorProto.INT32)])
-            self._dynamic[key] = (quantized, scale, zp_int)
-        return self._dynamic[key]
+            self._per_row[name] = (quantized, scale, zp_int)
+        return self._per_row[name]
 
     def per_row_matmul(self, node, b_index, transposed, alpha, out_name):
         """MatMulInteger on per-row uint8 activations and per-channel weights, zero points corrected in int32."""
@@ -160,6 +161,7 @@ class DynamicRewriter(_Rewriter):
         self.rescale(accumulator, a_scale, params.scale * np.float32(alpha), out_name)
 
     def matmul(self, node, b_index, transposed, alpha, out_name):
+        # Rows gathered from a uint8 embedding table are quantized already (one scale for the table).
         if self.cfg.per_row_activations and node.input[0] not in self._dynamic:
             return self.per_row_matmul(node, b_index, transposed, alpha, out_name)
         a_q, a_scale, a_zero_point = self.dynamic_input(node.input[0])

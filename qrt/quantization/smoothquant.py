@@ -63,7 +63,8 @@ class SmoothedGroup:
     """One smoothed activation: the nodes reading it, where ``1 / s`` went and the effect on its range.
 
     ``folded_into``: ``"LayerNormalization"``, ``"MatMul"``, ``"Gemm"``, ``"MatMul+Add"`` (the
-    producer whose constants absorbed ``1 / s``) or ``"Mul"`` (an inserted node). ``channel_spread_*``:
+    producer whose constants absorbed ``1 / s``) or ``"Mul"`` (an inserted node); ``producer``: that
+    node's name (the inserted Mul's for ``"Mul"``; the Add's for ``"MatMul+Add"``). ``channel_spread_*``:
     the largest over the median per-channel max |x| before and after, the outlier measure that per-tensor
     quantization suffers from.
     """
