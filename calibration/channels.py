@@ -35,8 +35,9 @@ class ChannelAbsMaxObserver(Observer):
             values = values.reshape(1)
         per_channel = np.abs(values.reshape(-1, values.shape[-1]).astype(np.float32, copy=False)).max(axis=0)
         if not np.isfinite(per_channel).all():
-            raise QuantizationError(f"tensor contains NaN or infinite values in {int((~np.isfinite(per_channel)).sum())} "
-                                    f"of its {per_channel.size} channels; calibration needs finite data")
+            bad = int((~np.isfinite(per_channel)).sum())
+            raise QuantizationError(f"tensor contains NaN or infinite values in {bad} of its {per_channel.size} "
+                                    "channels; calibration needs finite data")
         if self.channel_abs_max is None:
             self.channel_abs_max = per_channel
         elif self.channel_abs_max.shape != per_channel.shape:

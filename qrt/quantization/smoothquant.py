@@ -248,7 +248,7 @@ def smooth_quant_details(model, reader, alpha=DEFAULT_ALPHA, *, folding=True, no
                                     f"calibration data, its MatMul weights {channels} input rows")
         weight_max = np.zeros(channels, np.float32)
         for _, w, axis in members:
-            weight_max = np.maximum(weight_max, np.abs(g.constant(w)).max(axis=1 - axis))
+            weight_max = np.maximum(weight_max, np.abs(values.get(w, g.constant(w))).max(axis=1 - axis))
         s = smoothing_scales(act_max, weight_max, alpha)
         for w in dict.fromkeys(w for _, w, _ in members):
             axis = next(a for _, name, a in members if name == w)
@@ -261,19 +261,21 @@ def smooth_quant_details(model, reader, alpha=DEFAULT_ALPHA, *, folding=True, no
                 value = current(name)
                 if axis is None or axis == "bias":
                     if value.ndim == 0 or value.shape[-1] == 1:
-                        value = values[name] = np.broadcast_to(value, value.shape[:-1] + (channels,)).astype(np.float32)
+                        value = values[name] = np.broadcast_to(value, value.shape[:-1] + (channels,)).copy()
                     value /= s
                 else:
                     value /= s.reshape((-1, 1) if axis == 0 else (1, -1))
             where = producer.name or producer.output[0]
         else:
             kind = "Mul"
-            inverse = numpy_helper.from_array((np.float32(1.0) / s).astype(np.float32), g.unique(f"{activation}_smooth_inverse_scale"))
+            inverse = numpy_helper.from_array((np.float32(1.0) / s).astype(np.float32),
+                                              g.unique(f"{activation}_smooth_inverse_scale"))
             work.graph.initializer.append(inverse)
             smoothed = g.unique(f"{activation}_smoothed")
             where = g.unique(f"{activation}_smooth")
             first = min(positions[id(node)] for node, _, _ in members)
-            new_nodes.setdefault(first, []).append(helper.make_node("Mul", [activation, inverse.name], [smoothed], name=where))
+            new_nodes.setdefault(first, []).append(helper.make_node("Mul", [activation, inverse.name], [smoothed],
+                                                                    name=where))
             for node, _, _ in members:
                 node.input[0] = smoothed
             info = infos.get(activation)

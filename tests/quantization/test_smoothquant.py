@@ -5,8 +5,9 @@ encoder whose hidden state carries two channels 50x larger than the rest (LayerN
 and the input, multiplied by 50 there; the rows of the weights reading them divided by 50, so the
 network computes what a well-conditioned one would while its activations have the outliers pretrained
 transformers show; the attention-output and FFN-output weights are scaled by 6 so that the quantized
-branches, not the float residual, carry most of each layer's output, as in trained models). Per-tensor dynamic int8 loses those other channels' bits; SmoothQuant and per-row
-scales win them back. Every int8 model runs in onnxruntime and in qrt.
+branches, not the float residual, carry most of each layer's output, as in trained models). Per-tensor
+dynamic int8 loses those other channels' bits; SmoothQuant and per-row scales win them back. Every int8
+model runs in onnxruntime and in qrt.
 """
 import numpy as np
 import onnx
@@ -175,7 +176,8 @@ def test_smoothing_folds_where_it_can_and_keeps_the_float_output():
     x_group = next(g for g in groups if g.activation == "x")
     assert x_group.channel_spread_before > 10 > x_group.channel_spread_after
     tied = {t.name: numpy_helper.to_array(t) for t in smoothed.graph.initializer}["wt"]
-    np.testing.assert_array_equal(tied, numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "wt")))
+    original = next(t for t in model.graph.initializer if t.name == "wt")
+    np.testing.assert_array_equal(tied, numpy_helper.to_array(original))
     onnx.checker.check_model(smoothed)
     for seed in (10, 11):
         feed = _chain_feed(seed)
