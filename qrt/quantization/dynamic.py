@@ -160,9 +160,13 @@ class DynamicRewriter(_Rewriter):
         self.emit("Sub", [raw, correction], [accumulator])
         self.rescale(accumulator, a_scale, params.scale * np.float32(alpha), out_name)
 
+    def per_row_applies(self, activation: str) -> bool:
+        """Per-row scales are on, and the activation is not rows gathered from a uint8 embedding table
+        (those are quantized already, with the table's one scale)."""
+        return self.cfg.per_row_activations and activation not in self._dynamic
+
     def matmul(self, node, b_index, transposed, alpha, out_name):
-        # Rows gathered from a uint8 embedding table are quantized already (one scale for the table).
-        if self.cfg.per_row_activations and node.input[0] not in self._dynamic:
+        if self.per_row_applies(node.input[0]):
             return self.per_row_matmul(node, b_index, transposed, alpha, out_name)
         a_q, a_scale, a_zero_point = self.dynamic_input(node.input[0])
         axis = 1 if self.cfg.per_channel else None
@@ -343,6 +347,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
             continue
         detail = {"MatMul": "MatMulInteger", "Gemm": "MatMulInteger", "Conv": "ConvInteger",
                   "Gather": "int8 Gather + DequantizeLinear", "LSTM": "DynamicQuantizeLSTM"}[node.op_type]
+        if node.op_type in ("MatMul", "Gemm") and writer.per_row_applies(node.input[0]):
+            detail = "MatMulInteger, per-row activations, per-channel weights"
         if node.op_type == "MatMul":
             writer.matmul(node, 1, False, 1.0, node.output[0])
         elif node.op_type == "Gemm":
