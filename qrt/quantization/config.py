@@ -135,6 +135,7 @@ class QuantSettings:
     smooth_quant_alpha: float | None = None            # SmoothQuant: None = off
     smooth_quant_folding: bool = True
     per_row_activations: bool = False                  # PerRowActivations (quantize_dynamic)
+    smoothing_nodes: frozenset = frozenset()           # Muls SmoothQuant inserted: kept float
 
     def weight_symmetric_for(self, qtype: QuantType) -> bool:
         return self.weight_symmetric if self.weight_symmetric is not None else qtype in SIGNED_TYPES

@@ -339,5 +339,5 @@ def smooth_for_quantization(model: onnx.ModelProto, label: str, reader, cfg, pro
                                             providers=providers)
     note = describe_groups(groups) if groups else "SmoothQuant: no MatMul/Gemm with a constant weight to smooth"
     # An inserted Mul stays float: quantizing its input would put back the per-tensor range it removes.
-    cfg.nodes_to_exclude = cfg.nodes_to_exclude | {g.producer for g in groups if g.folded_into == "Mul"}
+    cfg.smoothing_nodes = frozenset(g.producer for g in groups if g.folded_into == "Mul")
     return smoothed, batches, note

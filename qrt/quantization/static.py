@@ -42,6 +42,8 @@ def _filter_reason(node: onnx.NodeProto, cfg: QuantSettings) -> str:
         return f"qrt has no quantized form of {node.op_type}"
     if node.name in cfg.nodes_to_exclude:
         return "listed in nodes_to_exclude"
+    if node.name in cfg.smoothing_nodes:
+        return "SmoothQuant's smoothing Mul: quantizing its input would bring back the outliers it divides away"
     if cfg.nodes_to_quantize is not None and node.name not in cfg.nodes_to_quantize:
         return "not listed in nodes_to_quantize"
     if node.op_type not in cfg.op_types:

@@ -117,6 +117,8 @@ def test_smoothquant_before_static_quantization_raises_cosine(encoder):
     smoothed = quantize_static(model, None, CALIBRATION, per_channel=True,
                                extra_options={"SmoothQuant": True, "SmoothQuantAlpha": 0.5})
     assert any(note.startswith("SmoothQuant:") for note in smoothed.preprocessing)
+    muls = [r for r in smoothed.nodes if r.op_type == "Mul" and r.name.endswith("_smooth")]
+    assert muls and all(r.status == "float" and "SmoothQuant" in r.detail for r in muls)
     before = min_cosine([run_ort(plain, f)[0] for f in TESTS], references)
     after = min_cosine([run_ort(smoothed.model, f)[0] for f in TESTS], references)
     session = qrt.InferenceSession(smoothed.model)
