@@ -104,7 +104,9 @@ class DynamicRewriter(_Rewriter):
     def reduce(self, op_type, name, out):
         """ReduceMin/ReduceMax over the last axis, keepdims (axes moved from attribute to input in opset 18)."""
         if self.g.opset >= 18:
-            axes = self.add_initializer(np.array([-1], np.int64), f"{name}_last_axis")
+            if ("last_axis",) not in self._constants:
+                self._constants[("last_axis",)] = self.add_initializer(np.array([-1], np.int64), "per_row_last_axis")
+            axes = self._constants[("last_axis",)]
             return self.emit(op_type, [name, axes], [out], attrs=[helper.make_attribute("keepdims", 1)])
         return self.emit(op_type, [name], [out], attrs=[helper.make_attribute("axes", [-1]),
                                                         helper.make_attribute("keepdims", 1)])

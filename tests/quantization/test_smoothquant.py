@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import qrt
 from model_builders import bert_encoder
@@ -325,3 +325,18 @@ def test_pretrained_minilm_sentence_embeddings_reach_cosine_099():
     quantized = quantize_dynamic(model, None, per_row=True).model
     assert np.sum(embeddings(ort_session(quantized)) * reference, axis=1).min() >= 0.99
     assert np.sum(embeddings(qrt.InferenceSession(quantized)) * reference, axis=1).min() >= 0.99
+
+
+def test_per_row_at_opset_18_passes_reduce_axes_as_an_input():
+    """ReduceMin/ReduceMax took ``axes`` as an attribute before opset 18 and as an input from it."""
+    model = version_converter.convert_version(_single_matmul(), 18)
+    quantized = quantize_dynamic(model, None, per_row=True).model
+    reduce_min = next(n for n in quantized.graph.node if n.op_type == "ReduceMin")
+    assert len(reduce_min.input) == 2 and not any(a.name == "axes" for a in reduce_min.attribute)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32)).astype(np.float32)
+    theirs = run_ort(quantized, {"x": x})[0]
+    # float32 rescaling of exact integers: a fused kernel may round the two scale products in another order.
+    np.testing.assert_allclose(qrt.InferenceSession(quantized).run(None, {"x": x})[0], theirs, rtol=1e-6,
+                               atol=1e-6 * np.abs(theirs).max())
+    reference = run_ort(model, {"x": x})[0]
+    assert np.abs(theirs - reference).max() < 0.02 * np.abs(reference).max()
