@@ -57,6 +57,7 @@ from calibration import (CalibraterBase, CalibrationDataReader, CalibrationMetho
 from .configs import DynamicQuantConfig, QuantConfig, StaticQuantConfig, get_qdq_config, quantize
 from .dynamic import quantize_dynamic
 from .preprocess import quant_pre_process
+from .smoothquant import SmoothedGroup, smooth_quant, smooth_quant_details
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
 from .types import QuantFormat, QuantizationMode, QuantType
@@ -85,6 +86,9 @@ __all__ = [
     "save_tensors_data",
     "write_calibration_table",
     "quant_pre_process",
+    "smooth_quant",
+    "smooth_quant_details",
+    "SmoothedGroup",
     "QuantizationSummary",
     "NodeReport",
 ]

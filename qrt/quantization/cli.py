@@ -2,6 +2,7 @@
 
     qrt quantize model.onnx out.onnx --calibration data.npz --format qdq --per-channel --method entropy
     qrt quantize bert.onnx bert.int8.onnx --dynamic
+    qrt quantize bert.onnx bert.int8.onnx --dynamic --per-row --smooth-quant 0.5 --calibration data.npz
     qrt quantize llm.onnx llm.q4.onnx --weight-only 4 --extra algorithm=gptq --calibration data.npz
 
 ``--calibration`` takes a ``.npz`` file (one array per model input, samples along the first axis)
@@ -37,6 +38,11 @@ def _parser():
     parser.add_argument("--format", default="qdq", choices=["qdq", "qoperator"], help="static format (default qdq)")
     parser.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
     parser.add_argument("--reduce-range", action="store_true", help="7-bit weights")
+    parser.add_argument("--smooth-quant", nargs="?", type=float, const=0.5, default=None, metavar="ALPHA",
+                        help="SmoothQuant before quantizing: move activation outliers into the weights with "
+                             "migration strength ALPHA (default 0.5); reads --calibration, also with --dynamic")
+    parser.add_argument("--per-row", action="store_true",
+                        help="--dynamic: per-row (per-token) activation scales and per-channel weights for MatMul")
     parser.add_argument("--method", default="minmax", choices=_METHODS, help="calibration method")
     parser.add_argument("--activation-type", default="int8", choices=sorted(_TYPES), help="default int8")
     parser.add_argument("--weight-type", default="int8", choices=sorted(_TYPES), help="default int8")
@@ -95,8 +101,17 @@ def main(argv=None) -> int:
                       weight_type=_TYPES[args.weight_type], op_types_to_quantize=_split(args.op_types),
                       nodes_to_quantize=_split(args.nodes), nodes_to_exclude=_split(args.exclude),
                       use_external_data_format=args.external_data, extra_options=_extra(args.extra))
+        if args.smooth_quant is not None:
+            common["extra_options"].update(SmoothQuant=True, SmoothQuantAlpha=args.smooth_quant)
+        if args.per_row:
+            if not args.dynamic:
+                raise QuantizationError("--per-row applies to --dynamic quantization")
+            common["extra_options"]["PerRowActivations"] = True
         if args.weight_only:
             from . import quantize_weight_only
+            if args.smooth_quant is not None:
+                raise QuantizationError("--smooth-quant applies to static and --dynamic quantization, "
+                                        "not --weight-only")
             from calibration import as_reader
 
             options = _extra(args.extra)
@@ -108,10 +123,15 @@ def main(argv=None) -> int:
                                            nodes_to_exclude=_split(args.exclude) or (),
                                            use_external_data_format=args.external_data, **options)
         elif args.dynamic:
-            if args.calibration or args.range:
-                raise QuantizationError("--dynamic takes no --calibration or --range: activations are "
-                                        "quantized at run time")
-            summary = quantize_dynamic(args.input, args.output, **common)
+            if args.range or (args.calibration and args.smooth_quant is None):
+                raise QuantizationError("--dynamic takes no --range, and --calibration only with --smooth-quant: "
+                                        "activations are quantized at run time")
+            reader = None
+            if args.calibration:
+                from calibration import as_reader
+                reader = as_reader(args.calibration, batch_size=args.batch_size)
+            summary = quantize_dynamic(args.input, args.output, calibration_data_reader=reader,
+                                       progress=args.progress, **common)
         else:
             reader = None
             if args.calibration:

@@ -24,6 +24,7 @@ from .params import QParams, fixed_params, half_scaled, params_for_range
 from .preprocess import MIN_OPSET, preprocess
 from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
+from .smoothquant import smooth_for_quantization
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
 
@@ -41,6 +42,8 @@ def _filter_reason(node: onnx.NodeProto, cfg: QuantSettings) -> str:
         return f"qrt has no quantized form of {node.op_type}"
     if node.name in cfg.nodes_to_exclude:
         return "listed in nodes_to_exclude"
+    if node.name in cfg.smoothing_nodes:
+        return "SmoothQuant's smoothing Mul: quantizing its input would bring back the outliers it divides away"
     if cfg.nodes_to_quantize is not None and node.name not in cfg.nodes_to_quantize:
         return "not listed in nodes_to_quantize"
     if node.op_type not in cfg.op_types:
@@ -401,6 +404,9 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     model, notes = preprocess(source, label, min_opset=needed_opset(cfg, source))
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
+    notes += [note] if note else []
+    model, calibration_data_reader, note = smooth_for_quantization(model, label, calibration_data_reader, cfg,
+                                                                   progress, calibration_providers)
     notes += [note] if note else []
     # Input preprocessing embedded by qrt.preprocessing stays float: it turns raw pixels into the
     # network's input, and quantizing it would change what the network sees.
