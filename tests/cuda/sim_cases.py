@@ -187,3 +187,35 @@ def test_sequences_stay_on_the_host_in_a_cuda_session():
     y, same = session.run(None, {"seq": seq})
     np.testing.assert_array_equal(y, [[0.0, 2.0]])
     assert isinstance(same, list) and all(a is b or np.array_equal(a, b) for a, b in zip(same, seq))
+
+
+class _Reader:
+    def __init__(self, feeds):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+_HEAVY = {"QLinearConv", "QGemm", "QLinearSigmoid", "QLinearMul", "QLinearLeakyRelu", "QLinearAdd", "QLinearConcat",
+          "QLinearGlobalAveragePool"}
+
+
+@pytest.mark.parametrize("quant_format, options", [("QOperator", {}), ("QDQ", {}),
+                                                   ("QOperator", {"per_channel": True, "activation_type": "QUInt8"})],
+                         ids=["qoperator-default", "qdq-default", "qoperator-per-channel-u8"])
+def test_quantized_cnn_runs_every_heavy_node_on_cuda(quant_format, options):
+    """A CNN quantized by qrt with default settings: every node (conv, gemm, the QLinear element-wise
+    and table ops, QDQ groups once fused) is placed on the device, with the CPU provider's bytes."""
+    from qrt.quantization import QuantType, quantize_static
+    model, feeds = checks.quantizable_cnn()
+    if "activation_type" in options:
+        options = dict(options, activation_type=getattr(QuantType, options["activation_type"]))
+    quantized = quantize_static(model, None, _Reader(feeds(3)), quant_format=quant_format, **options).model
+    got, expected, placement, fallbacks = checks.compare_sessions(quantized, feeds(1, feed_seed=7, batch=2)[0])
+    np.testing.assert_array_equal(got[0], expected[0])
+    computed = {name: p for name, p in placement.items() if not name.startswith("copy ")}
+    assert set(computed.values()) == {"CUDAExecutionProvider"}, placement
+    assert fallbacks == 0
+    session = qrt.InferenceSession(quantized.SerializeToString(), providers=["CUDAExecutionProvider"])
+    assert _HEAVY <= {step.op_type for step in session._plan.steps}    # the quantizer made every family

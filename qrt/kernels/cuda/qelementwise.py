@@ -4,6 +4,8 @@
 * ``qadd`` / ``qmul`` (QLinearAdd / QLinearMul, with broadcasting): the CPU ufuncs' float32
   formulas, ``saturate(rint((a - za) * ra + (b - zb) * rb) + zc)`` and
   ``saturate(rint((a - za) * (b - zb) * r) + zc)``, with 8-bit values widened to int32 first.
+* ``apply_table`` (the unary QLinear ops: QLinearSigmoid, QLinearLeakyRelu, ...): ``out[i] =
+  table[bits of x[i]]`` with the CPU op's 256-entry table, held in the output's type.
 * ``global_average`` (QLinearGlobalAveragePool): one block per row, an exact int64 sum of
   ``x - zx`` as a shared-memory tree, then ``saturate(rint(float64(sum) * mult) + zy)``.
 """
@@ -114,4 +116,26 @@ def global_average(x, out, outer, length, inner, zx, mult, zy, qmin, qmax):
         threads = config.REDUCE_THREADS
         dev.launch(_global_average(threads), rows, threads, dev.flat(x), dev.flat(out), int(rows), int(length),
                    int(inner), np.int64(zx), float(mult), float(zy), float(qmin), float(qmax))
+    return out
+
+
+@dev.kernel_factory
+def _apply_table():
+    @cuda.jit
+    def kernel(x, table, out, n):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < n:
+            out[i] = table[np.int32(x[i]) & 255]
+            i += step
+
+    return kernel
+
+
+def apply_table(x, table, out):
+    """``out[i] = table[x[i] & 255]``: ``x`` 8-bit, ``table`` 256 entries of ``out``'s type (the CPU
+    table's bit patterns viewed as int8 for int8 outputs)."""
+    n = out.size
+    if n:
+        dev.launch(_apply_table(), dev.blocks_for(n), config.THREADS, dev.flat(x), table, dev.flat(out), n)
     return out

@@ -4,9 +4,10 @@
 ``acc[m, n] = sum_k (a[m, k] - za) * (b[k, n] - zb[n])`` accumulates in int32. Constant weights
 are centered once (``b - zb`` as int16, :func:`center_columns`), so the B loader is one load;
 activations are centered as they are loaded. 8-bit values are widened to int32 before any
-arithmetic (the simulator would otherwise wrap them like numpy). The epilogue writes either the
-int32 sum (MatMulInteger, ConvInteger) or, like the CPU kernels,
-``saturate(rint(float64(acc + bias[c]) * mult[c]) + zy)`` into the 8-bit output.
+arithmetic (the simulator would otherwise wrap them like numpy). The epilogue writes the
+int32 sum (MatMulInteger, ConvInteger), or like the CPU kernels either
+``saturate(rint(float64(acc + bias[c]) * mult[c]) + zy)`` into an 8-bit output or
+``float32(acc + bias[c]) * scale[c]`` into a float32 one (QGemm without ``y_scale``).
 """
 from __future__ import annotations
 
@@ -54,9 +55,23 @@ def _store_matmul_i32(out, go, e0, e1, fe, z, m, n, acc):
     out[(z * go[0] + m) * go[1] + n] = acc
 
 
+@cuda.jit(device=True)
+def _store_matmul_f32(out, go, e0, e1, fe, z, m, n, acc):
+    # e1: float32 scale per column (a_scale * b_scale[n] * alpha, computed as the CPU twin does)
+    out[(z * go[0] + m) * go[1] + n] = np.float32(np.int32(acc + e0[n])) * e1[n]
+
+
+_STORES = {"int32": _store_matmul_i32, "requantized": _store_matmul_q, "float32": _store_matmul_f32}
+
+
+def _epilogue_kind(out):
+    dtype = np.dtype(out.dtype)
+    return dtype.name if dtype.name in ("int32", "float32") else "requantized"
+
+
 @dev.kernel_factory
-def _qmatmul(requantized, bm, bn, bk, tm, tn):
-    store = _store_matmul_q if requantized else _store_matmul_i32
+def _qmatmul(kind, bm, bn, bk, tm, tn):
+    store = _STORES[kind]
     return build_tiled(_load_centered_a, _load_centered_b, store, "int32", bm, bn, bk, tm, tn)
 
 
@@ -85,15 +100,16 @@ def center_columns(b, zb, cols):
 def matmul(a, za, b_centered, out, batch, a_batch, b_batch, M, N, K, bias=None, mult=None, zy=0, qmin=0,
            qmax=255):
     """``out[z] = epilogue((a[z] - za) @ b_centered[z])``; int32 ``out`` gets the sums, an 8-bit
-    ``out`` the requantized values (``bias`` int32 and ``mult`` float64 per column)."""
+    ``out`` the requantized values (``bias`` int32 and ``mult`` float64 per column), a float32
+    ``out`` the scaled sums (``mult`` is then the float32 scale per column)."""
     from .gemm import batch_offsets
     count = int(np.prod(batch, dtype=np.int64))
-    requantized = np.dtype(out.dtype) != np.int32
+    kind = _epilogue_kind(out)
     a_off = device_constant(batch_offsets(a_batch, batch, M * K))
     b_off = device_constant(batch_offsets(b_batch, batch, K * N))
     e0 = bias if bias is not None else device_constant(np.zeros(N, np.int32), np.int32)
     e1 = mult if mult is not None else device_constant([0.0], np.float64)
-    kernel = _qmatmul(int(requantized), *tile_config())
+    kernel = _qmatmul(kind, *tile_config())
     launch_tiled(kernel, count, M, N, K, dev.flat(a), pad8((K, za)), a_off, dev.flat(b_centered), pad8((N,)), b_off,
                  dev.flat(out), pad8((M, N)), e0, e1, (float(zy), float(qmin), float(qmax)))
     return out
