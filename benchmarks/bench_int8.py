@@ -103,20 +103,18 @@ def _time(session, feeds, runs):
     return time_runs(lambda: session.run(None, feeds), runs, warmup=3)
 
 
-def measure(model, kind, threads, runs):
-    """{label: (qrt ms, onnxruntime ms)} for "float" and each quantized model, one thread count."""
+def measure(model, kind, threads_list, runs):
+    """{threads: {label: (qrt ms, onnxruntime ms)}} for "float" and each quantized model."""
     model_bytes = model.SerializeToString()
     feeds = _feeds(model, model_bytes)
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"float": model_bytes}
         for label, path in quantized_models(model, feeds, kind, tmp).items():
             with open(path, "rb") as f:
                 models[label] = f.read()
-        for label, data in models.items():
-            results[label] = (_time(bf.qrt_session(data, threads), feeds, runs),
-                              _time(bf.ort_session(data, threads), feeds, runs))
-    return results
+    return {threads: {label: (_time(bf.qrt_session(data, threads), feeds, runs),
+                              _time(bf.ort_session(data, threads), feeds, runs)) for label, data in models.items()}
+            for threads in threads_list}
 
 
 def _geomean(values):
@@ -145,12 +143,12 @@ def benchmark(only, threads_list, runs, out=sys.stdout):
             continue
         if kind == "static" and not any(node.op_type == "Conv" for node in model.graph.node):
             continue
-        for threads in threads_list:
-            try:
-                r = measure(model, kind, threads, runs)
-            except Exception as exc:     # a model qrt cannot quantize or run is reported, not fatal
-                print(f"{name:<18} {threads:>3} failed: {type(exc).__name__}: {str(exc)[:200]}", file=out, flush=True)
-                continue
+        try:
+            by_threads = measure(model, kind, threads_list, runs)
+        except Exception as exc:     # a model qrt cannot quantize or run is reported, not fatal
+            print(f"{name:<18} failed: {type(exc).__name__}: {str(exc)[:200]}", file=out, flush=True)
+            continue
+        for threads, r in by_threads.items():
             (qf, of) = r["float"]
             (qq, oq) = r["dyn"] if kind == "dynamic" else r["qop"]
             qdq = ""
