@@ -219,3 +219,30 @@ def test_quantized_cnn_runs_every_heavy_node_on_cuda(quant_format, options):
     assert fallbacks == 0
     session = qrt.InferenceSession(quantized.SerializeToString(), providers=["CUDAExecutionProvider"])
     assert _HEAVY <= {step.op_type for step in session._plan.steps}    # the quantizer made every family
+
+
+_INTEGER_PRODUCTS = [c for c in CASES if c.op_type in ("QLinearConv", "QLinearMatMul", "QGemm")]
+
+
+@pytest.mark.parametrize("k_step", [4, 8])
+@pytest.mark.parametrize("case", _INTEGER_PRODUCTS, ids=[c.name for c in _INTEGER_PRODUCTS])
+def test_dp4a_path_matches_cpu_twin(case, k_step, monkeypatch):
+    """The dp4a kernels (raw activation bytes, zero point in the bias; the simulator runs the
+    instruction's arithmetic in plain code) give the CPU twin's bytes, with 1 and 2 words per K step."""
+    from qrt.kernels.cuda import qconv, qgemm
+    monkeypatch.setattr(config, "USE_DP4A", True)
+    monkeypatch.setattr(config, "GEMM_BK", k_step)
+    launched = []
+    for module, factory in ((qgemm, "_qmatmul_dp4a"), (qconv, "_qconv_dp4a")):
+        real = getattr(module, factory)
+        monkeypatch.setattr(module, factory, lambda *p, real=real: launched.append(p) or real(*p))
+    worst, allowed, fallbacks, message = checks.run_case(case)
+    assert worst is not None and worst <= allowed, f"{case.name}: {message}"
+    assert fallbacks == 0
+    if "depthwise" not in case.name:
+        assert launched, "the dp4a kernel was not used"
+
+
+def test_dp4a_is_off_in_the_simulator_by_default():
+    from qrt.kernels.cuda.gemm import use_dp4a
+    assert config.USE_DP4A is None and not use_dp4a()

@@ -24,7 +24,7 @@ from ..quantized import EIGHT_BIT, _column_zero_points, _vector_for, check_scale
 from .base import CudaOp
 from .elementwise import broadcast_shape
 from .movement import concatenate
-from .quantized import _Memo
+from .quantized import _Memo, dp4a_biases, dp4a_weight_sums
 
 MS = "com.microsoft"
 
@@ -145,9 +145,11 @@ class QGemm(CudaOp):
         if not (c is None or c.size == 1 or (c.shape[-1] == N and c.size == N)):
             raise dev.Unsupported(f"a C of shape {list(c.shape)} (not one value per column)")
         memo = self.__dict__.setdefault("_memos", {})
-        centered = memo.setdefault("b", _Memo()).get((B, b_zero_point), lambda: self._centered(B, zb, N))
+        centered, sums = memo.setdefault("b", _Memo()).get((B, b_zero_point), lambda: self._centered(B, zb, N))
         bias = memo.setdefault("c", _Memo()).get((C,), lambda: dev.upload(
             np.zeros(N, np.int32) if c is None else np.broadcast_to(c.reshape(-1), (N,)).astype(np.int32)))
+        if sums is not None:
+            bias = dp4a_biases(self).get(bias, scalar_int(za), sums)
         # The CPU twin's float32 arithmetic, so both providers scale by the same numbers.
         scale_ab = (np.float32(self.alpha) * np.asarray(a_scale_h, np.float32).reshape(())
                     * _vector_for(b_scale_h, N, "b_scale", InvalidArgument, "column of B").astype(np.float32))
@@ -155,20 +157,22 @@ class QGemm(CudaOp):
         if y_scale is None:
             scale = memo.setdefault("scale", _Memo()).get((a_scale, b_scale), lambda: dev.upload(scale_ab))
             out = dev.empty((M, N), np.float32)
-            return kg.matmul(x, scalar_int(za), centered, out, (), (), (), M, N, K, bias=bias, mult=scale)
+            return kg.matmul(x, scalar_int(za), centered, out, (), (), (), M, N, K, bias=bias, mult=scale,
+                             dp4a=sums is not None)
         out_dtype = np.dtype(np.uint8) if zy is None else zy.dtype
         qmin, qmax = qbounds(out_dtype)
         mult = memo.setdefault("mult", _Memo()).get((a_scale, b_scale, y_scale), lambda: dev.upload(
             (scale_ab / np.asarray(y_scale_h, np.float32).reshape(())).astype(np.float64)))
         out = dev.empty((M, N), out_dtype)
         return kg.matmul(x, scalar_int(za), centered, out, (), (), (), M, N, K, bias=bias, mult=mult,
-                         zy=scalar_int(zy), qmin=qmin, qmax=qmax)
+                         zy=scalar_int(zy), qmin=qmin, qmax=qmax, dp4a=sums is not None)
 
     def _centered(self, B, zb, N):
         b = self.host(B)
         b_matrix = np.ascontiguousarray(b.T if self.transB else b)
-        return kg.center_columns(dev.upload(b_matrix), dev.upload(_column_zero_points(zb, N, b.dtype,
-                                                                                      InvalidArgument)), N)
+        centered = kg.center_columns(dev.upload(b_matrix), dev.upload(_column_zero_points(zb, N, b.dtype,
+                                                                                          InvalidArgument)), N)
+        return centered, dp4a_weight_sums(centered, rows_last=True)
 
 
 # --------------------------------------------------------------------------- table ops
