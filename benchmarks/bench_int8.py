@@ -162,7 +162,8 @@ def benchmark(only, threads_list, runs, out=sys.stdout):
                   f"{qq:>8.3f} {oq:>8.3f} {qq / oq:>9.2f} {qq / qf:>9.2f} {oq / of:>9.2f} {qf / of:>9.2f} {qdq}",
                   file=out, flush=True)
     for threads, columns in sorted(conv.items()):
-        summary = ", ".join(f"{key} {_geomean(values):.2f} (worst {max(values):.2f})" for key, values in columns.items())
+        summary = ", ".join(f"{key} {_geomean(values):.2f} (worst {max(values):.2f})"
+                            for key, values in columns.items())
         print(f"geometric mean over {len(columns['qrtQ/ortQ'])} conv nets, {threads} thread(s): {summary}", file=out)
 
 
