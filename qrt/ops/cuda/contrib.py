@@ -50,6 +50,7 @@ class _QBinary(CudaOp):
     def __init__(self, **attrs):
         if attrs:
             raise TypeError(f"unexpected attributes {sorted(attrs)}")
+        super().__init__()      # the CPU twin's per-op state (its host fallback and prepare use it)
 
     def run_device(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point=None):
         if A.dtype not in EIGHT_BIT or B.dtype != A.dtype:
@@ -207,6 +208,7 @@ def _register_table_ops():
 
 
 _register_table_ops()
+
 
 
 # --------------------------------------------------------------------------- QLinearConcat
