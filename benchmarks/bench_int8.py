@@ -6,7 +6,7 @@ activations, MinMax calibration on a few random feeds), each timed in qrt and in
 same file and the same feed, batch 1, at 1 and 2 threads. For the BERT-shaped encoder
 (transformer_block, d_model 768, sequence 128) and an LSTM, the model quantize_dynamic makes. Columns
 are medians in ms and the ratios the issue asks about; the geometric means over the conv nets close
-the table. ``--profile MODEL`` prints a per-op profile of one model (qrt, 2 threads) instead.
+the table. On a shared machine the ratios move by tens of percent between runs: repeat it. ``--profile MODEL`` prints a per-op profile of one model (qrt, 2 threads) instead.
 
 Run it without this environment's OpenBLAS throttle, as users run:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_int8.py [--only squeezenet lstm]
@@ -17,6 +17,7 @@ import collections
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_float as bf  # noqa: E402  (also puts tests/ on sys.path)
 import qrt  # noqa: E402
-from qrt.bench import time_runs  # noqa: E402
+from qrt.bench import run_times  # noqa: E402
 from qrt.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static  # noqa: E402
 
 DYNAMIC_MODELS = ("bert_base_block", "lstm")
@@ -99,8 +100,19 @@ def quantized_models(model, feeds, kind, directory):
     return paths
 
 
-def _time(session, feeds, runs):
-    return time_runs(lambda: session.run(None, feeds), runs, warmup=3)
+ROUNDS = 3
+
+
+def _times(qrt_session, ort_session, feeds, runs):
+    """Medians (ms) of qrt and onnxruntime, timed in ``ROUNDS`` alternating blocks (one engine's pool
+    at a time, as in bench_float) so that load from other processes drifting in and out of the
+    machine weighs on both engines alike."""
+    qrt_times, ort_times = [], []
+    per_round = max(1, -(-runs // ROUNDS))
+    for _ in range(ROUNDS):
+        qrt_times += run_times(lambda: qrt_session.run(None, feeds), per_round, warmup=2)
+        ort_times += run_times(lambda: ort_session.run(None, feeds), per_round, warmup=2)
+    return statistics.median(qrt_times) * 1e3, statistics.median(ort_times) * 1e3
 
 
 def measure(model, kind, threads_list, runs):
@@ -112,8 +124,8 @@ def measure(model, kind, threads_list, runs):
         for label, path in quantized_models(model, feeds, kind, tmp).items():
             with open(path, "rb") as f:
                 models[label] = f.read()
-    return {threads: {label: (_time(bf.qrt_session(data, threads), feeds, runs),
-                              _time(bf.ort_session(data, threads), feeds, runs)) for label, data in models.items()}
+    return {threads: {label: _times(bf.qrt_session(data, threads), bf.ort_session(data, threads), feeds, runs)
+                      for label, data in models.items()}
             for threads in threads_list}
 
 
