@@ -18,9 +18,9 @@ import numpy as np
 from ...errors import InvalidArgument, InvalidModel
 from ...kernels.cuda import device as dev
 from ...kernels.cuda import qconv as kc
-from ...kernels.cuda.gemm import use_dp4a
 from ...kernels.cuda import qgemm as kg
 from ...kernels.cuda import quantize as kq
+from ...kernels.cuda.gemm import use_dp4a
 from ..conv import pack_geometry
 from ..quantized import (EIGHT_BIT, _column_zero_points, _conv_weight_zero_points, _per_channel, _vector_for,
                          qbounds, requant_multiplier, scalar_int)
