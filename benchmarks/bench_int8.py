@@ -37,12 +37,13 @@ from qrt.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_
 
 DYNAMIC_MODELS = ("bert_base_block", "lstm")
 CALIBRATION_FEEDS = 3
+LSTM_INPUT, LSTM_HIDDEN, LSTM_STEPS = 64, 128, 32
 
 
 def lstm_model():
-    """A bidirectional LSTM (input 64, hidden 128), sequence 32: a speech-sized recurrent model."""
+    """A bidirectional LSTM (input 64, hidden 128), run on 32 steps: a speech-sized recurrent model."""
     from model_builders import lstm_model as build
-    return build(input_size=64, hidden=128)
+    return build(input_size=LSTM_INPUT, hidden=LSTM_HIDDEN)
 
 
 def int8_model_set():
@@ -65,9 +66,9 @@ class _Reader:
 
 def _feeds(model, model_bytes):
     session = bf.qrt_session(model_bytes, 1)
-    if any(i.name == "seq_lens" for i in model.graph.input):   # the LSTM: sequence 32, batch 1
-        return {"x": np.random.default_rng(0).standard_normal((32, 1, 64)).astype(np.float32),
-                "seq_lens": np.array([32], np.int32)}
+    if any(i.name == "seq_lens" for i in model.graph.input):   # the LSTM: whole sequences, batch 1
+        return {"x": np.random.default_rng(0).standard_normal((LSTM_STEPS, 1, LSTM_INPUT)).astype(np.float32),
+                "seq_lens": np.array([LSTM_STEPS], np.int32)}
     return bf.make_feeds(session, model, 1)
 
 
