@@ -197,7 +197,8 @@ class _Reader:
         return next(self._feeds, None)
 
 
-_HEAVY = {"QLinearConv", "QGemm", "QLinearAdd", "QLinearConcat", "QLinearGlobalAveragePool"}
+_HEAVY = {"QLinearConv", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearAveragePool",
+          "QLinearGlobalAveragePool"}
 _TABLES = {"QLinearSigmoid", "QLinearLeakyRelu"}
 
 

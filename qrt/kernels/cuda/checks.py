@@ -194,6 +194,14 @@ def op_cases(scale=1, seed=0):
                       [F32(0.05), np.uint8(120), u8(2, 3, 4), F32(0.03), np.uint8(110), u8(2, 2, 4), F32(0.05),
                        np.uint8(120), u8(2, 1, 4), F32(0.08), np.uint8(128)], consts=(0, 1, 3, 4, 6, 7, 9, 10),
                       attrs={"axis": 1}, domain=MS, opset=1, exact=True))
+    cases.append(Case("QLinearAveragePool padded strided", "QLinearAveragePool",
+                      [u8(2, 3, 5, 6), F32(0.05), np.uint8(120), F32(0.04), np.uint8(110)], consts=(1, 2, 3, 4),
+                      attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 0]}, domain=MS, opset=1,
+                      exact=True))
+    cases.append(Case("QLinearAveragePool int8 count_include_pad ceil", "QLinearAveragePool",
+                      [i8(1, 2, 7), F32(0.05), np.int8(-3), F32(0.03), np.int8(2)], consts=(1, 2, 3, 4),
+                      attrs={"kernel_shape": [3], "strides": [2], "pads": [1, 1], "count_include_pad": 1,
+                             "ceil_mode": 1}, domain=MS, opset=1, exact=True))
     cases.append(Case("QLinearGlobalAveragePool", "QLinearGlobalAveragePool",
                       [i8(2, 3, 4, 5), F32(0.05), np.int8(-3), F32(0.01), np.int8(4)], consts=(1, 2, 3, 4), domain=MS,
                       opset=1, exact=True))
@@ -339,7 +347,7 @@ def int8_cnn(channels=4, size=8, classes=5, seed=0):
 
 def quantizable_cnn(channels=4, size=6, classes=3, seed=0):
     """A float CNN with the ops a quantizer turns into every int8 kernel family: Conv (+Relu), MaxPool,
-    SiLU (Sigmoid, Mul), LeakyRelu, a residual Add, Concat, GlobalAveragePool, Flatten, Gemm.
+    SiLU (Sigmoid, Mul), LeakyRelu, a residual Add, Concat, AveragePool, GlobalAveragePool, Flatten, Gemm.
     Returns (model, calibration feeds generator ``feeds(count, seed)``), input ``x`` (N, 1, size, size)."""
     rng = np.random.default_rng(seed)
     c = channels
@@ -360,7 +368,8 @@ def quantizable_cnn(channels=4, size=6, classes=3, seed=0):
              n("LeakyRelu", ["c3"], ["l3"], name="leaky", alpha=0.1),
              n("Add", ["l3", "p1"], ["a3"], name="residual"),
              n("Concat", ["a3", "m2"], ["cat"], name="concat", axis=1),
-             n("GlobalAveragePool", ["cat"], ["g"], name="gap"),
+             n("AveragePool", ["cat"], ["avg"], name="avgpool", kernel_shape=[2, 2]),
+             n("GlobalAveragePool", ["avg"], ["g"], name="gap"),
              n("Flatten", ["g"], ["f"], name="flatten"),
              n("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1)]
     graph = helper.make_graph(nodes, "quantizable_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,

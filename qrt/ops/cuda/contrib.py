@@ -1,5 +1,5 @@
 """com.microsoft quantized ops on the device: QGemm (:mod:`qrt.kernels.cuda.qgemm`), QLinearAdd,
-QLinearMul, QLinearGlobalAveragePool, QLinearConcat and the table ops (QLinearSigmoid, QLinearLeakyRelu and every
+QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearConcat and the table ops (QLinearSigmoid, QLinearLeakyRelu and every
 other unary op whose CPU kernel is a 256-entry table; :mod:`qrt.kernels.cuda.qelementwise`). They
 are registered for CUDA whether or not a CPU kernel exists; a CPU kernel of the same name, when
 there is one, serves the host fallback.
@@ -105,6 +105,37 @@ class QLinearGlobalAveragePool(CudaOp):
         qmin, qmax = qbounds(X.dtype)
         out = dev.empty(out_shape, X.dtype)
         return k.global_average(x, out, outer, length, inner, zx, sx / (sy * length), zy, qmin, qmax)
+
+
+@_contrib("QLinearAveragePool")
+class QLinearAveragePool(CudaOp):
+    """(N, C, spatial...) inputs with 1 to 3 spatial axes; the geometry is the CPU twin's. A
+    channels-last input runs the CPU twin."""
+
+    def run_device(self, X, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+        if X.dtype not in EIGHT_BIT:
+            raise InvalidArgument(f"X must be int8 or uint8, got {X.dtype}")
+        params = [self.host(v) for v in (x_scale, x_zero_point, y_scale, y_zero_point)]
+        _check_pairs((("x", params[0], params[1]), ("y", params[2], params[3])), InvalidArgument, X.dtype)
+        if self.channels_last:
+            raise dev.Unsupported("channels_last")
+        if X.ndim < 3 or X.ndim > 5:
+            raise InvalidArgument(f"X must have 1 to 3 spatial axes, got shape {list(X.shape)}")
+        strides, begins, ends, outs = self._geometry(list(X.shape[2:]))
+        n, channels = X.shape[:2]
+
+        def pad3(values, fill):
+            return [fill] * (3 - len(values)) + list(values)
+
+        x = self.device(0, X)
+        planes = x.reshape((n * channels,) + tuple(pad3(list(X.shape[2:]), 1)))
+        out = dev.empty((n, channels) + tuple(outs), X.dtype)
+        ratio = float(np.float32(params[0].reshape(-1)[0])) / float(np.float32(params[2].reshape(-1)[0]))
+        qmin, qmax = qbounds(X.dtype)
+        k.average_pool(planes, scalar_int(params[1]), pad3(self.kernel_shape, 1), pad3(strides, 1), pad3(begins, 0),
+                       pad3(ends, 0), pad3(outs, 1), self.count_include_pad, ratio, scalar_int(params[3]), qmin, qmax,
+                       out)
+        return out
 
 
 # --------------------------------------------------------------------------- QGemm
