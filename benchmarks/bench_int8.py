@@ -6,7 +6,8 @@ activations, MinMax calibration on a few random feeds), each timed in qrt and in
 same file and the same feed, batch 1, at 1 and 2 threads. For the BERT-shaped encoder
 (transformer_block, d_model 768, sequence 128) and an LSTM, the model quantize_dynamic makes. Columns
 are medians in ms and the ratios the issue asks about; the geometric means over the conv nets close
-the table. On a shared machine the ratios move by tens of percent between runs: repeat it. ``--profile MODEL`` prints a per-op profile of one model (qrt, 2 threads) instead.
+the table. On a shared machine the ratios move by tens of percent between runs: repeat it.
+``--profile MODEL`` prints a per-op profile of one model (qrt, 2 threads) instead.
 
 Run it without this environment's OpenBLAS throttle, as users run:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_int8.py [--only squeezenet lstm]

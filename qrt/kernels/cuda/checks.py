@@ -166,7 +166,8 @@ def op_cases(scale=1, seed=0):
                       exact=True))
     cases.append(Case("QLinearConv int8 activations", "QLinearConv",
                       [i8(1, 3, 4 * s, 4 * s), F32(0.02), np.int8(-5),
-                       rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8), F32(0.004), np.int8(2), F32(0.3), np.int8(5), rng.integers(-500, 500, 4).astype(np.int32)],
+                       rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8), F32(0.004), np.int8(2), F32(0.3),
+                       np.int8(5), rng.integers(-500, 500, 4).astype(np.int32)],
                       consts=(1, 2, 3, 4, 5, 6, 7, 8), attrs={"pads": [0, 1, 1, 0]}, exact=True))
     cases.append(Case("ConvInteger", "ConvInteger", [u8(1, 4, 4, 4), i8(6, 2, 3, 3), np.uint8(120), np.int8(1)],
                       consts=(1, 2, 3), attrs={"group": 2}, exact=True))

@@ -1,8 +1,8 @@
 """com.microsoft quantized ops on the device: QGemm (:mod:`qrt.kernels.cuda.qgemm`), QLinearAdd,
-QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearConcat and the table ops (QLinearSigmoid, QLinearLeakyRelu and every
-other unary op whose CPU kernel is a 256-entry table; :mod:`qrt.kernels.cuda.qelementwise`). They
-are registered for CUDA whether or not a CPU kernel exists; a CPU kernel of the same name, when
-there is one, serves the host fallback.
+QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearConcat and the table ops
+(QLinearSigmoid, QLinearLeakyRelu and every other unary op whose CPU kernel is a 256-entry table;
+:mod:`qrt.kernels.cuda.qelementwise`). They are registered for CUDA whether or not a CPU kernel
+exists; a CPU kernel of the same name, when there is one, serves the host fallback.
 
 The table ops build their table with the CPU twin's code (at plan time when the parameters are
 constants) and upload it once, so both providers give the same bytes by construction. QLinearConcat
