@@ -1,22 +1,23 @@
 """Numba kernels for the quantized element-wise, pooling and normalisation ops.
 
-* Unary ops on 8-bit data (QLinearSigmoid, QLinearLeakyRelu) are a 256-entry lookup table:
-  ``table[v] = quantize(f(dequantize(v)))`` computed once per (scale, zero point) set, then one
-  gather per element. 8-bit data is indexed through its uint8 bit pattern.
-* Binary ops (QLinearAdd, QLinearMul) and requantization (QLinearConcat) are flat loops over
-  operands the caller has broadcast to the output shape, computing in float32 as onnxruntime does,
-  rounding half to even and saturating.
+* Element-wise functions of one 8-bit tensor (QLinearSigmoid, QLinearLeakyRelu, and the
+  ``qrt::QLinearTable`` groups of :mod:`qrt.fusion.qtables`) are a 256-entry lookup table indexed
+  by the uint8 bit pattern of the input: one gather per element.
+* Binary ops (QLinearAdd, QLinearMul) compute in float32 as onnxruntime does, rounding half to even
+  and saturating, over a 3-D strided view of the broadcast the op binds once per input shape.
+  Requantization (QLinearConcat) is a flat loop.
 * Pooling and softmax work on integer sums of ``x - zero_point``, exact until the final scaling.
 
-These loops are memory-bound and cheap next to the convolutions and matrix products around them,
-so they are serial: ``parallel=True`` would triple their compile time for little gain.
+The table and binary kernels have ``parallel=True`` twins (distinct names: Numba's cache is keyed by
+function name) for tensors large enough to pay for waking the thread pool; the other loops are
+memory-bound and cheap next to the convolutions around them, so they stay serial.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, vectorize
+from numba import njit, prange, vectorize
 
 
 # --------------------------------------------------------------------------- reductions
@@ -75,35 +76,124 @@ def divide_clamp(x, scale, lo, hi):
     return v
 
 
+# Binary kernels take each operand as a flat byte array plus element strides over a 3-D view of
+# the output (dims, strides); a stride of 0 broadcasts. The caller collapses the broadcast once per
+# input shape, so the common forms (same shape, a scalar, one value per channel) become rows whose
+# inner loop reads both operands contiguously or one of them as a constant, and vectorizes.
+# Work is split into tasks of up to BINARY_CHUNK elements of one row.
+BINARY_CHUNK = 1 << 14
+
+
+@njit(cache=True, inline="always")
+def _saturate_byte(v, zc, qmin, qmax, flip):
+    v = np.float32(np.rint(v)) + zc
+    v = min(max(v, qmin), qmax)
+    return np.uint8(np.int32(v)) ^ flip
+
+
+@njit(cache=True, inline="always")
+def _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    d1, d2 = dims[1], dims[2]
+    chunks = (d2 + BINARY_CHUNK - 1) // BINARY_CHUNK
+    row = task // chunks
+    lo = (task - row * chunks) * BINARY_CHUNK
+    hi = min(d2, lo + BINARY_CHUNK)
+    i0 = row // d1
+    i1 = row - i0 * d1
+    ia = i0 * sa[0] + i1 * sa[1]
+    ib = i0 * sb[0] + i1 * sb[1]
+    io = row * d2
+    s2a, s2b = sa[2], sb[2]
+    if s2a == 1 and s2b == 1:
+        for i in range(lo, hi):
+            v = (np.float32(np.int32(a[ia + i] ^ flip) - za) * ratio_a
+                 + np.float32(np.int32(b[ib + i] ^ flip) - zb) * ratio_b)
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    elif s2b == 0 and s2a == 1:
+        tb = np.float32(np.int32(b[ib] ^ flip) - zb) * ratio_b
+        for i in range(lo, hi):
+            v = np.float32(np.int32(a[ia + i] ^ flip) - za) * ratio_a + tb
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    elif s2a == 0 and s2b == 1:
+        ta = np.float32(np.int32(a[ia] ^ flip) - za) * ratio_a
+        for i in range(lo, hi):
+            v = ta + np.float32(np.int32(b[ib + i] ^ flip) - zb) * ratio_b
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    else:
+        for i in range(lo, hi):
+            v = (np.float32(np.int32(a[ia + i * s2a] ^ flip) - za) * ratio_a
+                 + np.float32(np.int32(b[ib + i * s2b] ^ flip) - zb) * ratio_b)
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+
+
+@njit(cache=True, inline="always")
+def _qmul_task(task, a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out):
+    d1, d2 = dims[1], dims[2]
+    chunks = (d2 + BINARY_CHUNK - 1) // BINARY_CHUNK
+    row = task // chunks
+    lo = (task - row * chunks) * BINARY_CHUNK
+    hi = min(d2, lo + BINARY_CHUNK)
+    i0 = row // d1
+    i1 = row - i0 * d1
+    ia = i0 * sa[0] + i1 * sa[1]
+    ib = i0 * sb[0] + i1 * sb[1]
+    io = row * d2
+    s2a, s2b = sa[2], sb[2]
+    if s2a == 1 and s2b == 1:
+        for i in range(lo, hi):
+            v = np.float32((np.int32(a[ia + i] ^ flip) - za) * (np.int32(b[ib + i] ^ flip) - zb)) * ratio
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    elif s2b == 0 and s2a == 1:
+        fb = np.int32(b[ib] ^ flip) - zb
+        for i in range(lo, hi):
+            v = np.float32((np.int32(a[ia + i] ^ flip) - za) * fb) * ratio
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    elif s2a == 0 and s2b == 1:
+        fa = np.int32(a[ia] ^ flip) - za
+        for i in range(lo, hi):
+            v = np.float32(fa * (np.int32(b[ib + i] ^ flip) - zb)) * ratio
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    else:
+        for i in range(lo, hi):
+            v = np.float32((np.int32(a[ia + i * s2a] ^ flip) - za)
+                           * (np.int32(b[ib + i * s2b] ^ flip) - zb)) * ratio
+            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+
+
+@njit(cache=True, inline="always")
+def binary_tasks(dims):
+    """How many tasks the binary kernels split an output of 3-D ``dims`` into."""
+    return dims[0] * dims[1] * ((dims[2] + BINARY_CHUNK - 1) // BINARY_CHUNK)
+
+
 @njit(cache=True)
-def qadd(a, b, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
-    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 on flat byte arrays.
+def qadd(a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 on byte arrays.
 
     8-bit data arrives as uint8 bit patterns; ``flip`` (0x80 for int8) turns them into uint8 values,
     and the zero points and bounds are given in that shifted domain.
     """
-    n = out.size
-    chunk = 1 << 14
-    for c in range((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            v = (np.float32(np.int32(a[i] ^ flip) - za) * ratio_a
-                 + np.float32(np.int32(b[i] ^ flip) - zb) * ratio_b)
-            v = np.float32(np.rint(v)) + zc
-            v = min(max(v, qmin), qmax)
-            out[i] = np.uint8(np.int32(v)) ^ flip
+    for task in range(binary_tasks(dims)):
+        _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
+
+
+@njit(cache=True, parallel=True)
+def qadd_parallel(a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    for task in prange(binary_tasks(dims)):
+        _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
 
 
 @njit(cache=True)
-def qmul(a, b, flip, za, zb, ratio, zc, qmin, qmax, out):
+def qmul(a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out):
     """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32; layout as :func:`qadd`."""
-    n = out.size
-    chunk = 1 << 14
-    for c in range((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            v = np.float32((np.int32(a[i] ^ flip) - za) * (np.int32(b[i] ^ flip) - zb)) * ratio
-            v = np.float32(np.rint(v)) + zc
-            v = min(max(v, qmin), qmax)
-            out[i] = np.uint8(np.int32(v)) ^ flip
+    for task in range(binary_tasks(dims)):
+        _qmul_task(task, a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out)
+
+
+@njit(cache=True, parallel=True)
+def qmul_parallel(a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out):
+    for task in prange(binary_tasks(dims)):
+        _qmul_task(task, a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out)
 
 
 @njit(cache=True)
@@ -187,13 +277,21 @@ def select_tables(condition, x, x_table, y, y_table, out):
         out[i] = x_table[x[i]] if condition[i] else y_table[y[i]]
 
 
+TABLE_CHUNK = 1 << 14
+
+
 @njit(cache=True)
 def apply_table(x, table, out):
     """``out[i] = table[x[i]]`` on flat uint8 views."""
+    for i in range(x.size):
+        out[i] = table[x[i]]
+
+
+@njit(cache=True, parallel=True)
+def apply_table_parallel(x, table, out):
     n = x.size
-    chunk = 1 << 14
-    for c in range((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+    for c in prange((n + TABLE_CHUNK - 1) // TABLE_CHUNK):
+        for i in range(c * TABLE_CHUNK, min(n, (c + 1) * TABLE_CHUNK)):
             out[i] = table[x[i]]
 
 
