@@ -47,6 +47,13 @@ _MS_OPS = {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "Qu
 # Ops that keep their input's element type.
 _SAME_TYPE = {"Abs", "Neg", "Relu", "Clip", "Max", "Min", "Identity", "Sign", "QLinearAdd", "QLinearMul",
               "QLinearSigmoid", "QLinearLeakyRelu"}
+# Ops whose output has their first input's element type (for typing what shape inference left untyped).
+_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "MaxPool",
+             "Resize", "Pad", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "GlobalMaxPool"}
+# Index of the output zero point of the quantized ops (its type is the output's; uint8 when omitted).
+_OUTPUT_ZERO_POINT = {"QLinearConv": 7, "QLinearMatMul": 7, "QLinearAdd": 7, "QLinearMul": 7, "QLinearSigmoid": 4,
+                      "QLinearLeakyRelu": 4, "QLinearSoftmax": 4, "QLinearGlobalAveragePool": 4,
+                      "QLinearAveragePool": 4, "QLinearConcat": 1, "QLinearWhere": 8, "QGemm": 8}
 # Left alone: a group of one op that is a table already, or of integer min/max ops (vectorized).
 _TABLE_ALREADY = {"QLinearSigmoid", "QLinearLeakyRelu"}
 _MIN_MAX = {"Clip", "Relu", "Max", "Min", "Identity"}
@@ -80,18 +87,37 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
         return node.op_type != "Gelu" or attr(node, "approximate", "none") in ("none", "tanh")
 
     def output_type(node):
-        """The element type of ``node``'s output where the inputs' types decide it, else 0."""
+        """The element type of ``node``'s first output where its inputs decide it, else 0.
+
+        onnx's shape inference stops at the first com.microsoft op, so everything downstream of a
+        QLinearAdd would be untyped without this.
+        """
         op = node.op_type
-        if op in _SAME_TYPE:
+        if not node.input:
+            return 0
+        if op in _SAME_TYPE or op in _MOVEMENT:
             return elem.get(node.input[0], 0)
         if op == "Cast":
             return attr(node, "to", 0)
+        zp = None
         if op == "QuantizeLinear":
             zp = node.input[2] if len(node.input) > 2 else ""
-            if zp in constants:
-                return helper.np_dtype_to_tensor_dtype(constants[zp].dtype)
-            return attr(node, "output_dtype", 0) or (TensorProto.UINT8 if not zp else 0)
+            if not zp:
+                return attr(node, "output_dtype", 0) or TensorProto.UINT8
+        elif op in _OUTPUT_ZERO_POINT:
+            index = _OUTPUT_ZERO_POINT[op]
+            zp = node.input[index] if len(node.input) > index else ""
+            if not zp:
+                return TensorProto.UINT8
+        if zp in constants:
+            return helper.np_dtype_to_tensor_dtype(constants[zp].dtype)
         return 0
+
+    for node in graph.node:
+        if node.output and node.output[0] and node.output[0] not in elem:
+            t = output_type(node)
+            if t:
+                elem[node.output[0]] = t
 
     # root[name]: the 8-bit tensor whose element-wise function ``name`` is; member nodes in graph order.
     root, members = {}, []
@@ -122,10 +148,6 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         root[node.output[0]] = source
         members.append(node)
-        if node.output[0] not in elem:
-            t = output_type(node)
-            if t:
-                elem[node.output[0]] = t
     if not members:
         return model
 
