@@ -27,8 +27,6 @@ from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache
                         qbounds, scalar_int, shifted)
 
 MS = "com.microsoft"
-# Element count from which the element-wise kernels run on the thread pool.
-PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
 def _check_pairs(pairs, error, data_dtype=None):
@@ -342,7 +340,7 @@ class _Binary(Op):
         b = np.ascontiguousarray(B).view(np.uint8).reshape(-1)
         out = np.empty(shape, A.dtype)
         if out.size:
-            kernel = kernels[1] if out.size >= PARALLEL_MIN_ELEMENTS and num_threads() > 1 else kernels[0]
+            kernel = kernels[1] if out.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1 else kernels[0]
             kernel(a, b, dims, sa, sb, flip, za, zb, *ratios, zc, lo, hi, out.reshape(-1).view(np.uint8))
         return out
 
@@ -377,7 +375,9 @@ def lookup(X, table, out_dtype):
     """``table[X]`` for 8-bit ``X`` (indexed by its uint8 bit pattern), as an array of ``out_dtype``."""
     x = np.ascontiguousarray(X).view(np.uint8).reshape(-1)
     out = np.empty(X.shape, out_dtype)
-    if x.size >= PARALLEL_MIN_ELEMENTS and num_threads() > 1:
+    if kq.TABLE_VBMI:   # memory-bound at one thread
+        kq.apply_table_vbmi(x, table, out.reshape(-1).view(np.uint8))
+    elif x.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1:
         kq.apply_table_parallel(x, table, out.reshape(-1).view(np.uint8))
     else:
         kq.apply_table(x, table, out.reshape(-1).view(np.uint8))

@@ -218,7 +218,7 @@ class _QuantizeLinear(Op):
             _, _, s, z, lo, hi, dtype = flat
             y = np.empty(x.shape, dtype)
             if y.size:
-                kernel = kquant.quantize_flat_parallel if y.size >= qmath.PARALLEL_MIN_ELEMENTS \
+                kernel = kquant.quantize_flat_parallel if y.size >= kq.PARALLEL_MIN_ELEMENTS \
                     and num_threads() > 1 else kquant.quantize_flat
                 kernel(np.ascontiguousarray(x).reshape(-1), s, z, lo, hi, y.reshape(-1))
             return y
@@ -352,7 +352,7 @@ class _DequantizeLinear(Op):
             _, _, s, z, _ = flat
             y = np.empty(x.shape, np.float32)
             if y.size:
-                kernel = kquant.dequantize_flat_parallel if y.size >= qmath.PARALLEL_MIN_ELEMENTS \
+                kernel = kquant.dequantize_flat_parallel if y.size >= kq.PARALLEL_MIN_ELEMENTS \
                     and num_threads() > 1 else kquant.dequantize_flat
                 kernel(np.ascontiguousarray(x).reshape(-1), s, z, y.reshape(-1))
             return y
