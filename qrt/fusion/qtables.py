@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
 
@@ -63,12 +63,13 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` with every element-wise function of one 8-bit tensor as a table node."""
     graph = model.graph
     opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name}
+    # name -> TensorProto; only shapes and types are read here, values never.
+    constants = {t.name: t for t in graph.initializer if t.name}
     for node in graph.node:
         if node.op_type == "Constant" and node.output and node.domain in ("", "ai.onnx"):
             value = attr(node, "value")
             if value is not None:
-                constants[node.output[0]] = numpy_helper.to_array(value)
+                constants[node.output[0]] = value
     infos = {v.name: v for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
     elem = {name: v.type.tensor_type.elem_type for name, v in infos.items()
             if v.type.WhichOneof("value") == "tensor_type" and v.type.tensor_type.elem_type}
@@ -109,9 +110,7 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             zp = node.input[index] if len(node.input) > index else ""
             if not zp:
                 return TensorProto.UINT8
-        if zp in constants:
-            return helper.np_dtype_to_tensor_dtype(constants[zp].dtype)
-        return 0
+        return constants[zp].data_type if zp in constants else 0
 
     for node in graph.node:
         if node.output and node.output[0] and node.output[0] not in elem:
@@ -130,7 +129,7 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
             if name in constants:
                 value = constants[name]
-                fits = value.size == 1 and value.dtype != object
+                fits = int(np.prod(value.dims)) == 1 and value.data_type != TensorProto.STRING
             elif name in root:
                 sources.add(root[name])
             elif elem.get(name) in _EIGHT_BIT:
@@ -144,7 +143,7 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
         source = sources.pop()
         # A constant of higher rank than the source would widen the output (the op checks at run time
         # when the source's rank is unknown).
-        if source in rank and any(np.ndim(constants[n]) > rank[source] for n in node.input if n in constants):
+        if source in rank and any(len(constants[n].dims) > rank[source] for n in node.input if n in constants):
             continue
         root[node.output[0]] = source
         members.append(node)
@@ -209,8 +208,11 @@ def _table_node(out, source, covered, constants, infos, elem, order):
     initializers = {}
     for m in covered:
         for name in m.input:
-            if name in constants:
-                initializers.setdefault(name, numpy_helper.from_array(np.asarray(constants[name]), name))
+            if name in constants and name not in initializers:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(constants[name])
+                tensor.name = name
+                initializers[name] = tensor
     produced = {m.output[0] for m in covered}
 
     def info(name):
