@@ -122,6 +122,20 @@ def test_decomposed_hardswish_is_one_table_and_one_profile_event(tmp_path):
         [("add3+clip+mul+dq+div+q", "QLinearTable")]
 
 
+def test_float_hardswish_between_dequantize_and_quantize():
+    # The QDQ form: x * clip(x + 3, 0, 6) / 6 in float between one DequantizeLinear and one QuantizeLinear.
+    nodes = [helper.make_node("DequantizeLinear", ["x", "x_s", "x_z"], ["xf"], name="dq"),
+             helper.make_node("Add", ["xf", "three"], ["a"], name="add"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["c"], name="clip"),
+             helper.make_node("Mul", ["xf", "c"], ["m"], name="mul"),
+             helper.make_node("Div", ["m", "six"], ["d"], name="div"),
+             helper.make_node("QuantizeLinear", ["d", "y_s", "y_z"], ["y"], name="q")]
+    inits = (_qparams("x", 0.061, 117) + _qparams("y", 0.027, 14)
+             + [_f("three", 3.0), _f("zero", 0.0), _f("six", 6.0)])
+    model = _model(nodes, [_vi("x")], [_vi("y")], inits)
+    _check(model, {"x": _every_byte()}, ["dq+add+clip+mul+div+q"])
+
+
 def test_int8_gelu_between_dequantize_and_quantize():
     # The Erf GELU: x * 0.5 * (1 + erf(x / sqrt 2)), in float between int8 DequantizeLinear and QuantizeLinear.
     nodes = [helper.make_node("DequantizeLinear", ["x", "x_s", "x_z"], ["xf"], name="dq"),
