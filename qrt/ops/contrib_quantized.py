@@ -299,12 +299,11 @@ class _Binary(Op):
             self._params_cache.put(params, {d: self._params(d, *params) for d in dtypes})
 
     def _params(self, dtype, A_scale, A_zero_point, B_scale, B_zero_point, C_scale, C_zero_point):
-        """(flip, za, zb, ratios, zc, qmin, qmax) in the uint8 domain the kernels compute in."""
+        """(za, zb, ratios, zc, qmin, qmax) as the kernels take them."""
         qmin, qmax = qbounds(dtype)
-        shift = 128 if dtype == np.int8 else 0
-        return (np.uint8(flip_of(dtype)), np.int32(scalar_int(A_zero_point) + shift),
-                np.int32(scalar_int(B_zero_point) + shift), self._ratios(A_scale, B_scale, C_scale),
-                np.float32(scalar_int(C_zero_point) + shift), np.float32(qmin + shift), np.float32(qmax + shift))
+        return (np.int32(scalar_int(A_zero_point)), np.int32(scalar_int(B_zero_point)),
+                self._ratios(A_scale, B_scale, C_scale), np.float32(scalar_int(C_zero_point)), np.float32(qmin),
+                np.float32(qmax))
 
     def _run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point, kernels):
         if A.dtype not in EIGHT_BIT or B.dtype != A.dtype:
@@ -316,7 +315,7 @@ class _Binary(Op):
             _check_pairs((("A", A_scale, A_zero_point), ("B", B_scale, B_zero_point), ("C", C_scale, C_zero_point)),
                          InvalidArgument, A.dtype)
             params = self._params(A.dtype, *arrays)
-        flip, za, zb, ratios, zc, lo, hi = params
+        za, zb, ratios, zc, lo, hi = params
         key = (A.shape, B.shape)
         layout = self._layouts.get(key)
         if layout is None:
@@ -336,12 +335,11 @@ class _Binary(Op):
         if copy:
             A = np.broadcast_to(A, shape)
             B = np.broadcast_to(B, shape)
-        a = np.ascontiguousarray(A).view(np.uint8).reshape(-1)
-        b = np.ascontiguousarray(B).view(np.uint8).reshape(-1)
         out = np.empty(shape, A.dtype)
         if out.size:
             kernel = kernels[1] if out.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1 else kernels[0]
-            kernel(a, b, dims, sa, sb, flip, za, zb, *ratios, zc, lo, hi, out.reshape(-1).view(np.uint8))
+            kernel(np.ascontiguousarray(A).reshape(-1), np.ascontiguousarray(B).reshape(-1), dims, sa, sb, za, zb,
+                   *ratios, zc, lo, hi, out.reshape(-1))
         return out
 
 

@@ -84,23 +84,25 @@ def divide_clamp(x, scale, lo, hi):
 # run their parallel twins: they are memory-bound, so a second thread pays only on large tensors.
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
-# Binary kernels take each operand as a flat byte array plus element strides over a 3-D view of
-# the output (dims, strides); a stride of 0 broadcasts. The caller collapses the broadcast once per
-# input shape, so the common forms (same shape, a scalar, one value per channel) become rows whose
-# inner loop reads both operands contiguously or one of them as a constant, and vectorizes.
-# Work is split into tasks of up to BINARY_CHUNK elements of one row.
+# Binary kernels take each operand as a flat uint8 or int8 array plus element strides over a 3-D
+# view of the output (dims, strides); a stride of 0 broadcasts. The caller collapses the broadcast
+# once per input shape, so the common forms (same shape, a scalar, one value per channel) become
+# rows whose inner loop reads both operands contiguously (through slices, so LLVM sees unit-stride
+# loads it can vectorize) or one of them as a constant. Work is split into tasks of up to
+# BINARY_CHUNK elements of one row. Zero points and bounds are in the data's own type (no bit flip:
+# an xor in the loop keeps LLVM from vectorizing the conversions).
 BINARY_CHUNK = 1 << 14
 
 
 @njit(cache=True, inline="always")
-def _saturate_byte(v, zc, qmin, qmax, flip):
-    v = np.float32(np.rint(v)) + zc
-    v = min(max(v, qmin), qmax)
-    return np.uint8(np.int32(v)) ^ flip
+def _saturate(v, zc, qmin, qmax):
+    r = np.float32(np.rint(v)) + zc
+    return np.int32(min(max(r, qmin), qmax))
 
 
 @njit(cache=True, inline="always")
-def _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+def _task_span(task, dims, sa, sb):
+    """(row offset of A, of B, of the output, first and end element in the row) of one task."""
     d1, d2 = dims[1], dims[2]
     chunks = (d2 + BINARY_CHUNK - 1) // BINARY_CHUNK
     row = task // chunks
@@ -108,64 +110,64 @@ def _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmi
     hi = min(d2, lo + BINARY_CHUNK)
     i0 = row // d1
     i1 = row - i0 * d1
-    ia = i0 * sa[0] + i1 * sa[1]
-    ib = i0 * sb[0] + i1 * sb[1]
-    io = row * d2
-    s2a, s2b = sa[2], sb[2]
-    if s2a == 1 and s2b == 1:
-        for i in range(lo, hi):
-            v = (np.float32(np.int32(a[ia + i] ^ flip) - za) * ratio_a
-                 + np.float32(np.int32(b[ib + i] ^ flip) - zb) * ratio_b)
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
-    elif s2b == 0 and s2a == 1:
-        tb = np.float32(np.int32(b[ib] ^ flip) - zb) * ratio_b
-        for i in range(lo, hi):
-            v = np.float32(np.int32(a[ia + i] ^ flip) - za) * ratio_a + tb
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
-    elif s2a == 0 and s2b == 1:
-        ta = np.float32(np.int32(a[ia] ^ flip) - za) * ratio_a
-        for i in range(lo, hi):
-            v = ta + np.float32(np.int32(b[ib + i] ^ flip) - zb) * ratio_b
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
-    else:
-        for i in range(lo, hi):
-            v = (np.float32(np.int32(a[ia + i * s2a] ^ flip) - za) * ratio_a
-                 + np.float32(np.int32(b[ib + i * s2b] ^ flip) - zb) * ratio_b)
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+    return i0 * sa[0] + i1 * sa[1], i0 * sb[0] + i1 * sb[1], row * d2, lo, hi
 
 
 @njit(cache=True, inline="always")
-def _qmul_task(task, a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out):
-    d1, d2 = dims[1], dims[2]
-    chunks = (d2 + BINARY_CHUNK - 1) // BINARY_CHUNK
-    row = task // chunks
-    lo = (task - row * chunks) * BINARY_CHUNK
-    hi = min(d2, lo + BINARY_CHUNK)
-    i0 = row // d1
-    i1 = row - i0 * d1
-    ia = i0 * sa[0] + i1 * sa[1]
-    ib = i0 * sb[0] + i1 * sb[1]
-    io = row * d2
+def _qadd_task(task, a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    ia, ib, io, lo, hi = _task_span(task, dims, sa, sb)
+    n = hi - lo
+    o = out[io + lo:io + hi]
     s2a, s2b = sa[2], sb[2]
     if s2a == 1 and s2b == 1:
-        for i in range(lo, hi):
-            v = np.float32((np.int32(a[ia + i] ^ flip) - za) * (np.int32(b[ib + i] ^ flip) - zb)) * ratio
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
-    elif s2b == 0 and s2a == 1:
-        fb = np.int32(b[ib] ^ flip) - zb
-        for i in range(lo, hi):
-            v = np.float32((np.int32(a[ia + i] ^ flip) - za) * fb) * ratio
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+        av = a[ia + lo:ia + hi]
+        bv = b[ib + lo:ib + hi]
+        for i in range(n):
+            v = np.float32(np.int32(av[i]) - za) * ratio_a + np.float32(np.int32(bv[i]) - zb) * ratio_b
+            o[i] = _saturate(v, zc, qmin, qmax)
+    elif s2a == 1 and s2b == 0:
+        av = a[ia + lo:ia + hi]
+        tb = np.float32(np.int32(b[ib]) - zb) * ratio_b
+        for i in range(n):
+            o[i] = _saturate(np.float32(np.int32(av[i]) - za) * ratio_a + tb, zc, qmin, qmax)
     elif s2a == 0 and s2b == 1:
-        fa = np.int32(a[ia] ^ flip) - za
-        for i in range(lo, hi):
-            v = np.float32(fa * (np.int32(b[ib + i] ^ flip) - zb)) * ratio
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+        bv = b[ib + lo:ib + hi]
+        ta = np.float32(np.int32(a[ia]) - za) * ratio_a
+        for i in range(n):
+            o[i] = _saturate(ta + np.float32(np.int32(bv[i]) - zb) * ratio_b, zc, qmin, qmax)
     else:
         for i in range(lo, hi):
-            v = np.float32((np.int32(a[ia + i * s2a] ^ flip) - za)
-                           * (np.int32(b[ib + i * s2b] ^ flip) - zb)) * ratio
-            out[io + i] = _saturate_byte(v, zc, qmin, qmax, flip)
+            v = (np.float32(np.int32(a[ia + i * s2a]) - za) * ratio_a
+                 + np.float32(np.int32(b[ib + i * s2b]) - zb) * ratio_b)
+            o[i - lo] = _saturate(v, zc, qmin, qmax)
+
+
+@njit(cache=True, inline="always")
+def _qmul_task(task, a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out):
+    ia, ib, io, lo, hi = _task_span(task, dims, sa, sb)
+    n = hi - lo
+    o = out[io + lo:io + hi]
+    s2a, s2b = sa[2], sb[2]
+    if s2a == 1 and s2b == 1:
+        av = a[ia + lo:ia + hi]
+        bv = b[ib + lo:ib + hi]
+        for i in range(n):
+            v = np.float32((np.int32(av[i]) - za) * (np.int32(bv[i]) - zb)) * ratio
+            o[i] = _saturate(v, zc, qmin, qmax)
+    elif s2a == 1 and s2b == 0:
+        av = a[ia + lo:ia + hi]
+        fb = np.int32(b[ib]) - zb
+        for i in range(n):
+            o[i] = _saturate(np.float32((np.int32(av[i]) - za) * fb) * ratio, zc, qmin, qmax)
+    elif s2a == 0 and s2b == 1:
+        bv = b[ib + lo:ib + hi]
+        fa = np.int32(a[ia]) - za
+        for i in range(n):
+            o[i] = _saturate(np.float32(fa * (np.int32(bv[i]) - zb)) * ratio, zc, qmin, qmax)
+    else:
+        for i in range(lo, hi):
+            v = np.float32((np.int32(a[ia + i * s2a]) - za) * (np.int32(b[ib + i * s2b]) - zb)) * ratio
+            o[i - lo] = _saturate(v, zc, qmin, qmax)
 
 
 @njit(cache=True, inline="always")
@@ -175,33 +177,29 @@ def binary_tasks(dims):
 
 
 @njit(cache=True)
-def qadd(a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
-    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 on byte arrays.
-
-    8-bit data arrives as uint8 bit patterns; ``flip`` (0x80 for int8) turns them into uint8 values,
-    and the zero points and bounds are given in that shifted domain.
-    """
+def qadd(a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 (layout: see above)."""
     for task in range(binary_tasks(dims)):
-        _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
+        _qadd_task(task, a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
 
 
 @njit(cache=True, parallel=True)
-def qadd_parallel(a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+def qadd_parallel(a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
     for task in prange(binary_tasks(dims)):
-        _qadd_task(task, a, b, dims, sa, sb, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
+        _qadd_task(task, a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
 
 
 @njit(cache=True)
-def qmul(a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out):
-    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32; layout as :func:`qadd`."""
+def qmul(a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32 (layout: see above)."""
     for task in range(binary_tasks(dims)):
-        _qmul_task(task, a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out)
+        _qmul_task(task, a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out)
 
 
 @njit(cache=True, parallel=True)
-def qmul_parallel(a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out):
+def qmul_parallel(a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out):
     for task in prange(binary_tasks(dims)):
-        _qmul_task(task, a, b, dims, sa, sb, flip, za, zb, ratio, zc, qmin, qmax, out)
+        _qmul_task(task, a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out)
 
 
 @njit(cache=True)
