@@ -179,7 +179,7 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
     if not tables:
         return model
 
-    replaced = {id(producer[out]): _table_node(out, root[out], covered, constants, infos, elem, order)
+    replaced = {id(producer[out]): _table_node(out, root[out], covered, constants, elem, order)
                 for out, covered in tables.items()}
     # Keep a covered node only while something that stays reads one of its outputs.
     nodes = [replaced.get(id(n), n) for n in graph.node]
@@ -203,7 +203,7 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def _table_node(out, source, covered, constants, infos, elem, order):
+def _table_node(out, source, covered, constants, elem, order):
     """The QLinearTable node computing ``out`` from ``source``, its body holding ``covered`` unchanged."""
     initializers = {}
     for m in covered:
