@@ -158,13 +158,11 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             return True
         return any(id(c) not in member_ids or root.get(c.output[0]) != root[name] for c in consumers.get(name, []))
 
-    tables = {}   # endpoint name -> covered nodes in graph order
     order = {id(n): i for i, n in enumerate(graph.node)}
-    for node in members:
-        out = node.output[0]
-        if elem.get(out) not in _EIGHT_BIT or not read_outside(out):
-            continue
-        covered, stack, seen = [], [node], set()
+
+    def covered_by(out):
+        """The member nodes computing ``out`` from its root, in graph order; None where a table would not pay."""
+        covered, stack, seen = [], [producer[out]], set()
         while stack:
             m = stack.pop()
             if id(m) in seen:
@@ -172,29 +170,48 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             seen.add(id(m))
             covered.append(m)
             stack.extend(producer[n] for n in m.input if n in producer and n != root[out])
-        if (len(covered) == 1 and node.op_type in _TABLE_ALREADY) or all(m.op_type in _MIN_MAX for m in covered):
-            continue
-        covered.sort(key=lambda m: order[id(m)])
-        tables[out] = covered
-    if not tables:
-        return model
+        if (len(covered) == 1 and covered[0].op_type in _TABLE_ALREADY) or all(m.op_type in _MIN_MAX for m in covered):
+            return None
+        return sorted(covered, key=lambda m: order[id(m)])
 
-    replaced = {id(producer[out]): _table_node(out, root[out], covered, constants, elem, order)
-                for out, covered in tables.items()}
-    # Keep a covered node only while something that stays reads one of its outputs.
-    nodes = [replaced.get(id(n), n) for n in graph.node]
+    # Endpoints: 8-bit member outputs read outside their chain. Walking back from the graph outputs, a
+    # member that must still run (its float output is read elsewhere, e.g. a final DequantizeLinear)
+    # makes each 8-bit member output it reads an endpoint too, so it reads a table instead of a chain.
+    tables = {}   # endpoint name -> covered nodes in graph order
+    for node in members:
+        out = node.output[0]
+        if elem.get(out) in _EIGHT_BIT and read_outside(out):
+            covered = covered_by(out)
+            if covered:
+                tables[out] = covered
     needed = set(protected)
     kept = []
-    for node in reversed(nodes):
-        if id(node) in member_ids and not any(o in needed for o in node.output):
-            continue
+    for node in reversed(graph.node):
+        if id(node) in member_ids:
+            out = node.output[0]
+            if out not in needed:
+                continue
+            if out in tables:
+                needed.add(root[out])
+                kept.append(node)
+                continue
+            for name in node.input:
+                if name in producer and name not in tables and elem.get(name) in _EIGHT_BIT:
+                    covered = covered_by(name)
+                    if covered:
+                        tables[name] = covered
         kept.append(node)
         needed.update(n for n in node.input if n)
+    if not tables:
+        return model
     kept.reverse()
+    replaced = {id(producer[out]): _table_node(out, root[out], covered, constants, elem, order)
+                for out, covered in tables.items()}
+    kept = [replaced.get(id(n), n) for n in kept]
     result = onnx.ModelProto()
     result.CopyFrom(model)
     del result.graph.node[:]
-    used = needed | {n for t in replaced.values() for n in t.input}
+    used = needed
     kept = [n for n in kept if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")
                                     and n.output[0] not in used)]
     result.graph.node.extend(kept)
