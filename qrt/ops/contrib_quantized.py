@@ -7,6 +7,9 @@ QLinearConcat and QLinearSoftmax follow onnxruntime's contrib-op definitions: de
 float op, quantize (round half to even, saturate), computed on integer sums where that is exact
 and in float32 where onnxruntime computes in float32, so results agree to within one quantization
 step (a rounding tie decided the other way).
+
+Beside them, qrt's own ``qrt::QLinearTable`` (what :mod:`qrt.fusion.qtables` turns element-wise
+functions of one 8-bit tensor into) shares the table lookup of QLinearSigmoid and QLinearLeakyRelu.
 """
 from __future__ import annotations
 
