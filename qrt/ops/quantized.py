@@ -23,11 +23,15 @@ from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qconv as kconv
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import quantize as kquant
+from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
 
 _U8, _I8 = np.dtype(np.uint8), np.dtype(np.int8)
+# Types Quantize/DequantizeLinear's flat per-tensor kernels handle (exact in float32).
+_FLAT_QTYPES = (_U8, _I8, np.dtype(np.uint16), np.dtype(np.int16))
 EIGHT_BIT = (_U8, _I8)
 _INT_QTYPES = {
     TensorProto.UINT8: _U8, TensorProto.INT8: _I8,
@@ -197,9 +201,27 @@ class _QuantizeLinear(Op):
     def prepare(self, constants):
         x, scale = constants[0], constants[1]
         zero_point = constants[2] if len(constants) > 2 else None
-        self._check(x, None if scale is None else np.asarray(scale), zero_point, InvalidModel)
+        out = self._check(x, None if scale is None else np.asarray(scale), zero_point, InvalidModel)
+        # Constant per-tensor float32 parameters to 8 or 16 bits (what quantizers emit): checked here,
+        # converted once; ``run`` recognises them by identity and goes straight to the flat kernel.
+        self._flat = None
+        if isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == 1 and not self.block_size \
+                and self.precision in (0, TensorProto.FLOAT) and out in _FLAT_QTYPES \
+                and (len(constants) < 3 or zero_point is not None):
+            lo, hi = qbounds(out)
+            self._flat = (scale, zero_point, scale.reshape(-1)[0], np.float32(scalar_int(zero_point)), np.float32(lo),
+                          np.float32(hi), out)
 
     def run(self, x, y_scale, y_zero_point=None):
+        flat = self._flat
+        if flat is not None and y_scale is flat[0] and y_zero_point is flat[1] and x.dtype == np.float32:
+            _, _, s, z, lo, hi, dtype = flat
+            y = np.empty(x.shape, dtype)
+            if y.size:
+                kernel = kquant.quantize_flat_parallel if y.size >= kq.PARALLEL_MIN_ELEMENTS \
+                    and num_threads() > 1 else kquant.quantize_flat
+                kernel(np.ascontiguousarray(x).reshape(-1), s, z, lo, hi, y.reshape(-1))
+            return y
         scale = np.asarray(y_scale)
         out = self._check(x, scale, y_zero_point, InvalidArgument)
         if self.precision:
@@ -315,8 +337,25 @@ class _DequantizeLinear(Op):
         x, scale = constants[0], constants[1]
         zero_point = constants[2] if len(constants) > 2 else None
         self._check(x, None if scale is None else np.asarray(scale), zero_point, InvalidModel)
+        # Constant per-tensor float32 parameters (see QuantizeLinear): the flat kernel, no per-call checks.
+        self._flat = None
+        zdt = None if zero_point is None else np.asarray(zero_point).dtype
+        if isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == 1 and not self.block_size \
+                and self.output_dtype in (None, np.float32) and (zdt is None or zdt in _FLAT_QTYPES) \
+                and (len(constants) < 3 or zero_point is not None):
+            self._flat = (scale, zero_point, scale.reshape(-1)[0], np.float32(scalar_int(zero_point)),
+                          (zdt,) if zdt is not None else _FLAT_QTYPES)
 
     def run(self, x, x_scale, x_zero_point=None):
+        flat = self._flat
+        if flat is not None and x_scale is flat[0] and x_zero_point is flat[1] and x.dtype in flat[4]:
+            _, _, s, z, _ = flat
+            y = np.empty(x.shape, np.float32)
+            if y.size:
+                kernel = kquant.dequantize_flat_parallel if y.size >= kq.PARALLEL_MIN_ELEMENTS \
+                    and num_threads() > 1 else kquant.dequantize_flat
+                kernel(np.ascontiguousarray(x).reshape(-1), s, z, y.reshape(-1))
+            return y
         scale = np.asarray(x_scale)
         self._check(x, scale, x_zero_point, InvalidArgument)
         zp = None if x_zero_point is None else np.asarray(x_zero_point)
