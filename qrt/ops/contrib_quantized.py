@@ -19,8 +19,8 @@ from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
 from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _DequantizeLinear,
-                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize, flip_of,
-                        qbounds, scalar_int, shifted)
+                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize,
+                        dynamic_quantize_rows, flip_of, qbounds, scalar_int, shifted)
 
 MS = "com.microsoft"
 
@@ -205,12 +205,22 @@ class DynamicQuantizeMatMul(Op):
         check_scale(b_scale, "b_scale", InvalidArgument)
         if A.dtype != np.float32:
             raise InvalidArgument(f"A must be float32, got {A.dtype}")
-        a_q, a_scale, a_zp = dynamic_quantize(A)
         N = B.shape[-1] if B.ndim > 1 else 1
-        fscale = a_scale * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
+        b_scale = _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
         fbias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (N,))
+        K = B.shape[0] if B.ndim == 2 else 0
+        if K and B.dtype in EIGHT_BIT and A.ndim >= 1 and A.shape[-1] == K:
+            # A is quantized straight into the GEMM's row buffer, its row sums taken in the same pass.
+            packed = self._mm.packed(B, b_zero_point, InvalidArgument)
+            rows, row_sum, a_scale, a_zp = dynamic_quantize_rows(np.ascontiguousarray(A).reshape(-1, K), packed.Kp)
+            out = np.empty((rows.shape[0], N), np.float32)
+            kgemm.matmul_rows(rows, K, row_sum, int(a_zp), packed,
+                              kgemm.Epilogue(2, 1, N, fscale=a_scale * b_scale, fbias=fbias), out)
+            return out.reshape(A.shape[:-1] + (N,))
+        a_q, a_scale, a_zp = dynamic_quantize(A)
         return self._mm.compute(a_q, np.asarray(a_zp), B, b_zero_point,
-                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=fscale, fbias=fbias), np.float32)
+                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=a_scale * b_scale, fbias=fbias),
+                                np.float32)
 
 
 @register("QLinearConv", 1, domain=MS)

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from .. import qmath
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qconv as kconv
+from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu.ufunc import call
@@ -367,22 +368,53 @@ class DequantizeLinear23(_DequantizeLinear):
 
 # --------------------------------------------------------------------------- DynamicQuantizeLinear
 
-def dynamic_quantize(x):
-    """ONNX DynamicQuantizeLinear on float32 ``x``: (uint8 y, float32 scale, uint8 zero point)."""
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    if x32.size:
-        lo, hi = kq.min_max(x32.reshape(-1))
+def dynamic_range(x2):
+    """(scale float32, zero point uint8) of ONNX DynamicQuantizeLinear for the float32 rows ``x2``."""
+    if x2.size == 0:
+        lo = hi = np.float32(0)
     else:
-        lo, hi = 0.0, 0.0
+        bits = x2.reshape(-1).view(np.int32)
+        if x2.size >= kdyn.PARALLEL_MIN_ELEMENTS:
+            lo_key, hi_key = kdyn.range_keys_parallel(bits, min(64, x2.size // 4096))
+        else:
+            lo_key, hi_key = kdyn.range_keys(bits)
+        if lo_key < _NEG_INF_KEY or hi_key > _POS_INF_KEY:     # a NaN: the range is NaN, as np.min's
+            lo = hi = np.float32(np.nan)
+        else:
+            keys = np.array([lo_key, hi_key], np.int32)
+            lo, hi = (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(np.float32)    # the key map is its own inverse
     maxx = np.float32(max(0.0, hi)) if hi == hi else np.float32(hi)
     minx = np.float32(min(0.0, lo)) if lo == lo else np.float32(lo)
     # The spec's float32 arithmetic: scale = (max - min) / 255, zero point = rint(clip(-min / scale)).
     span = np.float32(1.0) if maxx == minx else np.float32(maxx - minx)
     scale = np.float32(span / np.float32(255))
     zp = np.rint(np.clip(np.float32(0) - minx / scale, 0, 255)) if scale == scale else np.float32(0)
-    zero_point = np.uint8(zp)
-    y = qmath.quantize(x32, scale, np.asarray(zero_point), qtype=np.uint8)
-    return y, scale, zero_point
+    return scale, np.uint8(zp)
+
+
+_POS_INF_KEY = int(np.array(np.inf, np.float32).view(np.int32))
+_NEG_INF_KEY = int(np.array(-np.inf, np.float32).view(np.int32)) ^ 0x7FFFFFFF
+
+
+def dynamic_quantize_rows(x2, Kp):
+    """DynamicQuantizeLinear of float32 ``x2`` (M, K) in the int8 GEMM's row form.
+
+    Returns (rows (M, Kp) uint8 zero-padded past K, their int32 sums, scale, zero point).
+    """
+    scale, zero_point = dynamic_range(x2)
+    rows = np.empty((x2.shape[0], Kp), np.uint8)
+    row_sum = np.empty(x2.shape[0], np.int32)
+    quantize = kdyn.quantize_rows_parallel if x2.size >= kdyn.PARALLEL_MIN_ELEMENTS else kdyn.quantize_rows
+    quantize(x2, scale, np.float32(zero_point), rows, row_sum)
+    return rows, row_sum, scale, zero_point
+
+
+def dynamic_quantize(x):
+    """ONNX DynamicQuantizeLinear on float32 ``x``: (uint8 y, float32 scale, uint8 zero point)."""
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    K = x32.shape[-1] if x32.ndim else 1
+    rows, _, scale, zero_point = dynamic_quantize_rows(x32.reshape(-1, K) if K else x32.reshape(0, 0), K)
+    return rows.reshape(x32.shape), scale, zero_point
 
 
 @register("DynamicQuantizeLinear", 11)
