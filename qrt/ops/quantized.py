@@ -388,8 +388,9 @@ def dynamic_range(x2):
     # The spec's float32 arithmetic: scale = (max - min) / 255, zero point = rint(clip(-min / scale)).
     span = np.float32(1.0) if maxx == minx else np.float32(maxx - minx)
     scale = np.float32(span / np.float32(255))
-    zp = np.rint(np.clip(np.float32(0) - minx / scale, 0, 255)) if scale == scale else np.float32(0)
-    return scale, np.uint8(zp)
+    with np.errstate(invalid="ignore"):     # an infinite range: -inf / inf, a NaN zero point cast to 0
+        zp = np.rint(np.clip(np.float32(0) - minx / scale, 0, 255)) if scale == scale else np.float32(0)
+        return scale, np.uint8(zp)
 
 
 _POS_INF_KEY = int(np.array(np.inf, np.float32).view(np.int32))
@@ -411,7 +412,9 @@ def dynamic_quantize_rows(x2, Kp):
 
 def dynamic_quantize(x):
     """ONNX DynamicQuantizeLinear on float32 ``x``: (uint8 y, float32 scale, uint8 zero point)."""
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    x32 = np.asarray(x, dtype=np.float32)
+    if not x32.flags.c_contiguous:
+        x32 = x32.copy()   # (np.ascontiguousarray would make a 0-d input 1-d)
     K = x32.shape[-1] if x32.ndim else 1
     rows, _, scale, zero_point = dynamic_quantize_rows(x32.reshape(-1, K) if K else x32.reshape(0, 0), K)
     return rows.reshape(x32.shape), scale, zero_point
