@@ -368,46 +368,20 @@ class DequantizeLinear23(_DequantizeLinear):
 
 # --------------------------------------------------------------------------- DynamicQuantizeLinear
 
-def dynamic_range(x2):
-    """(scale float32, zero point uint8) of ONNX DynamicQuantizeLinear for the float32 rows ``x2``."""
-    if x2.size == 0:
-        lo = hi = np.float32(0)
-    else:
-        bits = x2.reshape(-1).view(np.int32)
-        if x2.size >= kdyn.PARALLEL_MIN_ELEMENTS:
-            lo_key, hi_key = kdyn.range_keys_parallel(bits, min(64, x2.size // 4096))
-        else:
-            lo_key, hi_key = kdyn.range_keys(bits)
-        if lo_key < _NEG_INF_KEY or hi_key > _POS_INF_KEY:     # a NaN: the range is NaN, as np.min's
-            lo = hi = np.float32(np.nan)
-        else:
-            keys = np.array([lo_key, hi_key], np.int32)
-            lo, hi = (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(np.float32)    # the key map is its own inverse
-    maxx = np.float32(max(0.0, hi)) if hi == hi else np.float32(hi)
-    minx = np.float32(min(0.0, lo)) if lo == lo else np.float32(lo)
-    # The spec's float32 arithmetic: scale = (max - min) / 255, zero point = rint(clip(-min / scale)).
-    span = np.float32(1.0) if maxx == minx else np.float32(maxx - minx)
-    scale = np.float32(span / np.float32(255))
-    with np.errstate(invalid="ignore"):     # an infinite range: -inf / inf, a NaN zero point cast to 0
-        zp = np.rint(np.clip(np.float32(0) - minx / scale, 0, 255)) if scale == scale else np.float32(0)
-        return scale, np.uint8(zp)
-
-
-_POS_INF_KEY = int(np.array(np.inf, np.float32).view(np.int32))
-_NEG_INF_KEY = int(np.array(-np.inf, np.float32).view(np.int32)) ^ 0x7FFFFFFF
-
-
 def dynamic_quantize_rows(x2, Kp):
-    """DynamicQuantizeLinear of float32 ``x2`` (M, K) in the int8 GEMM's row form.
+    """DynamicQuantizeLinear of float32 ``x2`` (M, K), C-contiguous, in the int8 GEMM's row form.
 
-    Returns (rows (M, Kp) uint8 zero-padded past K, their int32 sums, scale, zero point).
+    Returns (rows (M, Kp) uint8 zero-padded past K, their int32 sums, float32 scale, uint8 zero point).
     """
-    scale, zero_point = dynamic_range(x2)
     rows = np.empty((x2.shape[0], Kp), np.uint8)
     row_sum = np.empty(x2.shape[0], np.int32)
-    quantize = kdyn.quantize_rows_parallel if x2.size >= kdyn.PARALLEL_MIN_ELEMENTS else kdyn.quantize_rows
-    quantize(x2, scale, np.float32(zero_point), rows, row_sum)
-    return rows, row_sum, scale, zero_point
+    if x2.size < kdyn.PARALLEL_MIN_ELEMENTS:
+        scale, zero_point = kdyn.quantize_small(x2, rows, row_sum) if x2.size else (np.float32(1 / 255), 0.0)
+    else:
+        lo, hi = kdyn.range_keys_parallel(x2.reshape(-1).view(np.int32), min(64, x2.size // 4096))
+        scale, zero_point = kdyn.quantization_params(lo, hi)
+        kdyn.quantize_rows_parallel(x2, scale, zero_point, rows, row_sum)
+    return rows, row_sum, np.float32(scale), np.uint8(zero_point)
 
 
 def dynamic_quantize(x):

@@ -617,3 +617,16 @@ def matmul_rows(a_rows, K, row_sum, za, packed: PackedB, epi: Epilogue, out):
           packed.koff, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0], epi.zy,
           epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
     return out
+
+
+def float_epilogue(fscale, fbias, zeros):
+    """A mode-2 :class:`Epilogue` over ready (1, N) float32 ``fscale`` and ``fbias``, without copies.
+
+    ``zeros`` is the (int32 bias, float64 multiplier) pair of (1, N) zero arrays mode 2 ignores,
+    kept by the caller across calls (building them per call costs more than a small product).
+    """
+    epi = Epilogue.__new__(Epilogue)
+    epi.mode, epi.zy, epi.qmin, epi.qmax = 2, 0, 0, 255
+    epi.bias, epi.mult = zeros
+    epi.fscale, epi.fbias = fscale, fbias
+    return epi
