@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
@@ -215,9 +216,16 @@ class MatMulIntegerToFloat(Op):
             check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
             rows = int(np.prod(A.shape[:-1], dtype=np.int64))
             out = np.empty((rows, w.N), np.float32)
-            kgemm.matmul(np.ascontiguousarray(A).reshape(rows, w.K), 0,
-                         np.full(rows, int(a_zero_point.reshape(-1)[0]), np.int32), w.packed,
-                         w.epilogue(a_scale.reshape(-1)[0]), out)
+            a2 = np.ascontiguousarray(A).reshape(rows, w.K)
+            za = int(a_zero_point.reshape(-1)[0])
+            if kamx.usable(w.packed):
+                # Rows copied into a buffer the AMX driver can read in whole blocks, sums taken on the way.
+                a_rows = kamx.padded_rows(rows, w.packed.Kp)
+                row_sum = np.empty(rows, np.int32)
+                kgemm.prepare_a(a2, np.uint8(0), w.packed.Kp, a_rows, row_sum)
+                kgemm.matmul_rows(a_rows, w.K, row_sum, za, w.packed, w.epilogue(a_scale.reshape(-1)[0]), out)
+            else:
+                kgemm.matmul(a2, 0, np.full(rows, za, np.int32), w.packed, w.epilogue(a_scale.reshape(-1)[0]), out)
             return out.reshape(A.shape[:-1] + (w.N,))
         check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
         check_scale(b_scale, "b_scale", InvalidArgument)

@@ -24,6 +24,7 @@ from ..kernels.cpu import qconv as kconv
 from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
@@ -373,7 +374,7 @@ def dynamic_quantize_rows(x2, Kp):
 
     Returns (rows (M, Kp) uint8 zero-padded past K, their int32 sums, float32 scale, uint8 zero point).
     """
-    rows = np.empty((x2.shape[0], Kp), np.uint8)
+    rows = kamx.padded_rows(x2.shape[0], Kp)
     row_sum = np.empty(x2.shape[0], np.int32)
     if x2.size < kdyn.PARALLEL_MIN_ELEMENTS:
         scale, zero_point = kdyn.quantize_small(x2, rows, row_sum) if x2.size else (np.float32(1 / 255), 0.0)
