@@ -24,6 +24,8 @@ import qrt
 from model_builders import transformer_block
 from qrt.fusion import fuse_dynamic_matmuls
 from qrt.kernels.cpu import qelementwise as kq
+from qrt.kernels.cpu import qgemm as kgemm
+from qrt.kernels.cpu import qgemm_amx as kamx
 from qrt.ops.quantized import dynamic_quantize
 from qrt.quantization import QuantType, quantize_dynamic
 
@@ -218,3 +220,29 @@ def test_fusion_leaves_other_graphs_alone():
     model = transformer_block(d_model=16, heads=2, d_ff=32)
     assert fuse_dynamic_matmuls(model) is model
     assert isinstance(fuse_dynamic_matmuls(onnx.ModelProto()), onnx.ModelProto)
+
+
+@pytest.mark.skipif(not kamx.AVAILABLE, reason="the host has no AMX-INT8 (or Linux refused the tile state)")
+@pytest.mark.parametrize("M", [1, 16, 17, 40])
+@pytest.mark.parametrize("K, N", [(64, 32), (192, 70)])
+@pytest.mark.parametrize("mode", [0, 2])
+def test_amx_driver_equals_vnni_driver(M, K, N, mode):
+    """The AMX tiles sum exactly like the VNNI micro-kernel: int32 sums (mode 0) and the float epilogue (mode 2)
+    equal for row tails of 1, 16 and 17 rows of a block, a column tail, and nonzero weight zero points."""
+    rng = np.random.default_rng(M * 1000 + K + N)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    packed = kgemm.pack_weights([b], rng.integers(-4, 5, (1, N)))
+    assert kamx.usable(packed) and packed.zb_nonzero
+    a = kamx.padded_rows(M, K)
+    a[:] = rng.integers(0, 256, (M, K), dtype=np.uint8)
+    row_sum = a.astype(np.int64).sum(axis=1).astype(np.int32)
+    epi = kgemm.Epilogue(mode, 1, N, fscale=rng.uniform(1e-4, 1e-2, N).astype(F32),
+                         fbias=rng.standard_normal(N).astype(F32))
+    dtype = np.int32 if mode == 0 else F32
+    got, want = np.empty((M, N), dtype), np.empty((M, N), dtype)
+    kgemm.matmul_rows(a, K, row_sum, 77, packed, epi, got)
+    kgemm.matmul(np.ascontiguousarray(a), 0, np.full(M, 77, np.int32), packed, epi, want)
+    np.testing.assert_array_equal(got, want)
+    if mode == 0:
+        exact = (a.astype(np.int64) - 77) @ (b.astype(np.int64) - packed.zb[0].astype(np.int64))
+        np.testing.assert_array_equal(got, exact)
