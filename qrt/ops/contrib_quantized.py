@@ -154,12 +154,13 @@ class _ConstantWeights:
     same constant objects to ``prepare`` and ``run``; an omitted input is None in both).
     """
 
-    __slots__ = ("b", "b_scale", "b_zero_point", "bias", "packed", "K", "N", "scale", "fbias", "zeros")
+    __slots__ = ("b", "b_scale", "b_zero_point", "bias", "packed", "K", "N", "scale", "fbias", "zeros", "zb_nonzero")
 
     def __init__(self, mm, b, b_scale, b_zero_point, bias):
         self.b, self.b_scale, self.b_zero_point, self.bias = b, b_scale, b_zero_point, bias
         self.K, self.N = b.shape
         self.packed = mm.packed(b, b_zero_point, InvalidModel)
+        self.zb_nonzero = self.packed.zb_nonzero
         self.scale = _vector_for(b_scale, self.N, "b_scale", InvalidModel, "column of B").astype(np.float32)
         fbias = np.zeros(self.N, np.float32) if bias is None else np.broadcast_to(
             np.asarray(bias, np.float32).reshape(-1), (self.N,))
@@ -213,7 +214,9 @@ class MatMulIntegerToFloat(Op):
         if w is not None and w.matches(B, b_scale, b_zero_point, bias) and A.dtype == np.uint8 and A.ndim >= 1 \
                 and A.shape[-1] == w.K and a_scale.dtype == np.float32 and a_scale.size == 1 \
                 and a_zero_point is not None and a_zero_point.dtype == np.uint8 and a_zero_point.size == 1:
-            check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
+            s = float(a_scale.reshape(-1)[0])
+            if not 0 < s < np.inf:
+                check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)    # raises, naming the value
             rows = int(np.prod(A.shape[:-1], dtype=np.int64))
             out = np.empty((rows, w.N), np.float32)
             a2 = np.ascontiguousarray(A).reshape(rows, w.K)
@@ -223,9 +226,9 @@ class MatMulIntegerToFloat(Op):
                 a_rows = kamx.padded_rows(rows, w.packed.Kp)
                 row_sum = np.empty(rows, np.int32)
                 kgemm.prepare_a(a2, np.uint8(0), w.packed.Kp, a_rows, row_sum)
-                kgemm.matmul_rows(a_rows, w.K, row_sum, za, w.packed, w.epilogue(a_scale.reshape(-1)[0]), out)
+                kgemm.matmul_rows(a_rows, w.K, row_sum, za, w.packed, w.epilogue(s), out, w.zb_nonzero)
             else:
-                kgemm.matmul(a2, 0, np.full(rows, za, np.int32), w.packed, w.epilogue(a_scale.reshape(-1)[0]), out)
+                kgemm.matmul(a2, 0, np.full(rows, za, np.int32), w.packed, w.epilogue(s), out)
             return out.reshape(A.shape[:-1] + (w.N,))
         check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
         check_scale(b_scale, "b_scale", InvalidArgument)
@@ -270,7 +273,7 @@ class DynamicQuantizeMatMul(Op):
             x2 = (A if A.flags.c_contiguous else np.ascontiguousarray(A)).reshape(-1, w.K)
             rows, row_sum, a_scale, a_zp = dynamic_quantize_rows(x2, w.packed.Kp)
             out = np.empty((rows.shape[0], w.N), np.float32)
-            kgemm.matmul_rows(rows, w.K, row_sum, int(a_zp), w.packed, w.epilogue(a_scale), out)
+            kgemm.matmul_rows(rows, w.K, row_sum, int(a_zp), w.packed, w.epilogue(a_scale), out, w.zb_nonzero)
             return out.reshape(A.shape[:-1] + (w.N,))
         check_scale(b_scale, "b_scale", InvalidArgument)
         N = B.shape[-1] if B.ndim > 1 else 1

@@ -26,6 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import qgemm
+from .threads import num_threads
 
 _I8, _I16, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(64)
 _VOID = ir.VoidType()
@@ -146,48 +147,77 @@ _block32 = _make_block(True)
 _block16 = _make_block(False)
 
 
-@njit(cache=True, parallel=True)
-def qgemm_amx(a, lda, M, Kp, K, bp, N, koff, row_za, row_t, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax,
-              fscale, fbias, out_q, out_i, out_f, mc, n_groups):
-    """:func:`qrt.kernels.cpu.qgemm.qgemm` (same arguments but the ISA tag and ``nr``, which is 32) on AMX tiles."""
+@njit(cache=True, inline="always")
+def _task(task, a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax,
+          fscale, fbias, out_q, out_i, out_f, mc, n_groups):
     nr = 32
     n_panels = (N + nr - 1) // nr
-    n_chunks = (M + mc - 1) // mc
     kblocks = Kp // 64
     per_group = (n_panels + n_groups - 1) // n_groups
-    for task in prange(n_chunks * n_groups):
-        chunk = task // n_groups
-        group = task - chunk * n_groups
-        tile = np.empty((32, 32), np.int32)
-        _configure()
-        m_start = chunk * mc
-        m_end = min(M, m_start + mc)
-        for p in range(group * per_group, min(n_panels, (group + 1) * per_group)):
-            n0 = p * nr
-            n1 = min(N, n0 + nr)
-            cs, czb, cb = col_sum[n0:n1], col_zb[n0:n1], col_bias[n0:n1]
-            cm, cf, cfb = mult[n0:n1], fscale[n0:n1], fbias[n0:n1]
-            m0 = m_start
-            while m0 < m_end:
-                rows = min(32, m_end - m0)
-                if rows > 16:
-                    _block32(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
-                else:
-                    _block16(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
-                qgemm._epilogue(tile, rows, n1 - n0, row_za, row_t, m0, cs, czb, cb, mode, cm, zy, qmin, qmax, cf,
-                                cfb, out_q, out_i, out_f, False, m0, n0, qgemm._NO_STAGE_U8, qgemm._NO_STAGE_I32,
-                                qgemm._NO_STAGE_F32)
-                m0 += rows
-        _release()
+    chunk = task // n_groups
+    group = task - chunk * n_groups
+    tile = np.empty((32, 32), np.int32)
+    _configure()
+    m_start = chunk * mc
+    m_end = min(M, m_start + mc)
+    for p in range(group * per_group, min(n_panels, (group + 1) * per_group)):
+        n0 = p * nr
+        n1 = min(N, n0 + nr)
+        cs, czb, cb = col_sum[n0:n1], col_zb[n0:n1], col_bias[n0:n1]
+        cm, cf, cfb = mult[n0:n1], fscale[n0:n1], fbias[n0:n1]
+        m0 = m_start
+        while m0 < m_end:
+            rows = min(32, m_end - m0)
+            if rows > 16:
+                _block32(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+            else:
+                _block16(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+            qgemm._epilogue(tile, rows, n1 - n0, row_za, row_t, m0, cs, czb, cb, mode, cm, zy, qmin, qmax, cf, cfb,
+                            out_q, out_i, out_f, False, m0, n0, qgemm._NO_STAGE_U8, qgemm._NO_STAGE_I32,
+                            qgemm._NO_STAGE_F32)
+            m0 += rows
+    _release()
 
 
-def split_work(rows, n_panels, depth):
+@njit(cache=True, parallel=True)
+def qgemm_amx(a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax, fscale,
+              fbias, out_q, out_i, out_f, mc, n_groups):
+    """:func:`qrt.kernels.cpu.qgemm.qgemm` (same arguments but the ISA tag, ``nr`` (32) and ``koff``) on AMX tiles."""
+    for task in prange(((M + mc - 1) // mc) * n_groups):
+        _task(task, a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax,
+              fscale, fbias, out_q, out_i, out_f, mc, n_groups)
+
+
+@njit(cache=True)
+def qgemm_amx_serial(a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax,
+                     fscale, fbias, out_q, out_i, out_f):
+    """:func:`qgemm_amx` on the calling thread, for products smaller than a parallel launch."""
+    _task(0, a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bias, mode, mult, zy, qmin, qmax,
+          fscale, fbias, out_q, out_i, out_f, max(M, 1), 1)
+
+
+# Below this many multiply-adds, and weights this small, one thread finishes before others start.
+SERIAL_MAX_MACS = 1 << 22
+SERIAL_MAX_WEIGHT_BYTES = 1 << 18
+
+
+def split_work(rows, n_panels, depth, threads):
     """(rows per task, panel groups): :func:`qgemm.split_work` on 32-row blocks."""
-    from .threads import num_threads
-    threads = num_threads()
     blocks = -(-rows // ROWS)
     if blocks >= 2 * threads:
         per = -(-blocks // (2 * threads))
         return per * ROWS, 1
     chunks = blocks
     return ROWS, min(n_panels, max(1, -(-2 * threads // chunks)))
+
+
+def matmul(a_rows, M, K, za_rows, row_t, packed, epi, out_q, out_i, out_f):
+    """Runs the product on the calling thread when it is small, else over the session's threads."""
+    Kp, N = packed.Kp, packed.N
+    threads = num_threads()
+    args = (a_rows, Kp, M, Kp, K, packed.data, N, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0],
+            epi.mode, epi.mult[0], epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f)
+    if threads == 1 or (M * Kp * N <= SERIAL_MAX_MACS and Kp * N <= SERIAL_MAX_WEIGHT_BYTES):
+        qgemm_amx_serial(*args)
+    else:
+        qgemm_amx(*args, *split_work(M, (N + 31) // 32, Kp, threads))
