@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -38,6 +39,8 @@ DEPTH = 64           # bytes of k per tile row
 
 def _request_tile_state() -> bool:
     """Ask Linux for the AMX tile data state (needed once per process before any tile instruction)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18
