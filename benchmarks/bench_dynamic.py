@@ -12,11 +12,11 @@ per session (3 rounds, best block median) instead of interleaving the four sessi
 PROFILE=1 adds qrt's per-op profile (median per node). Run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
 unset, as users do.
 """
-import sys, os, time, json, collections, tempfile
+import sys, os, time, json, collections
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = os.environ.get("ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT + "/benchmarks"); sys.path.insert(0, ROOT + "/tests"); sys.path.insert(0, ROOT + "/tests/quantization")
-import numpy as np, onnx, onnxruntime as ort
+import numpy as np, onnx
 import qrt, bench_float as bf
 from qrt.quantization import quantize_dynamic
 from model_builders import transformer_block, lstm_model
