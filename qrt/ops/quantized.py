@@ -25,6 +25,7 @@ from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
+from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
@@ -376,7 +377,7 @@ def dynamic_quantize_rows(x2, Kp):
     """
     rows = kamx.padded_rows(x2.shape[0], Kp)
     row_sum = np.empty(x2.shape[0], np.int32)
-    if x2.size < kdyn.PARALLEL_MIN_ELEMENTS:
+    if x2.size < kdyn.PARALLEL_MIN_ELEMENTS or num_threads() == 1:
         scale, zero_point = kdyn.quantize_small(x2, rows, row_sum) if x2.size else (np.float32(1 / 255), 0.0)
     else:
         lo, hi = kdyn.range_keys_parallel(x2.reshape(-1).view(np.int32), min(64, x2.size // 4096))

@@ -14,7 +14,7 @@ so it is two passes over the input, both parallel over row chunks for large tens
 
 * :func:`quantization_params` turns the range into the spec's float32 scale and zero point.
 
-:func:`quantize_small` does all three in one call for tensors too small to split (one Python-to-Numba
+:func:`quantize_small` does all three in one call for tensors too small to split, or on one thread (one Python-to-Numba
 crossing instead of three, and no numpy scalar arithmetic in between). Serial and ``parallel=True``
 variants have distinct names (Numba caches by function name).
 """
