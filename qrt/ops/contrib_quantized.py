@@ -21,13 +21,14 @@ from onnx import TensorProto, helper
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op, ShapeCache
 from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _DequantizeLinear,
-                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize, flip_of,
-                        qbounds, scalar_int, shifted)
+                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize,
+                        dynamic_quantize_rows, flip_of, qbounds, scalar_int, shifted)
 
 MS = "com.microsoft"
 
@@ -152,12 +153,49 @@ class QGemm(Op):
         return call(kq.scale_sum, acc, C, scale_ab, dtype=np.float32)
 
 
+class _ConstantWeights:
+    """A constant 2-D B with constant scale, zero point and bias, packed once with the float epilogue's
+    per-column arrays, so a run on them does no validation, broadcasting or allocation beyond its output.
+
+    ``matches`` compares the run's arrays by identity with the ones prepared (the planner passes the
+    same constant objects to ``prepare`` and ``run``; an omitted input is None in both).
+    """
+
+    __slots__ = ("b", "b_scale", "b_zero_point", "bias", "packed", "K", "N", "scale", "fbias", "zeros", "zb_nonzero")
+
+    def __init__(self, mm, b, b_scale, b_zero_point, bias):
+        self.b, self.b_scale, self.b_zero_point, self.bias = b, b_scale, b_zero_point, bias
+        self.K, self.N = b.shape
+        self.packed = mm.packed(b, b_zero_point, InvalidModel)
+        self.zb_nonzero = self.packed.zb_nonzero
+        self.scale = _vector_for(b_scale, self.N, "b_scale", InvalidModel, "column of B").astype(np.float32)
+        fbias = np.zeros(self.N, np.float32) if bias is None else np.broadcast_to(
+            np.asarray(bias, np.float32).reshape(-1), (self.N,))
+        self.fbias = np.ascontiguousarray(fbias).reshape(1, self.N)
+        self.zeros = (np.zeros((1, self.N), np.int32), np.zeros((1, self.N), np.float64))
+
+    @staticmethod
+    def of(mm, b, b_scale, b_zero_point, bias):
+        if b is None or b_scale is None or b.ndim != 2 or b.dtype not in EIGHT_BIT or not b.shape[0]:
+            return None
+        if bias is not None and (np.asarray(bias).dtype != np.float32 or np.asarray(bias).size != b.shape[1]):
+            return None
+        return _ConstantWeights(mm, b, b_scale, b_zero_point, bias)
+
+    def matches(self, b, b_scale, b_zero_point, bias):
+        return b is self.b and b_scale is self.b_scale and b_zero_point is self.b_zero_point and bias is self.bias
+
+    def epilogue(self, a_scale):
+        return kgemm.float_epilogue((np.float32(a_scale) * self.scale).reshape(1, self.N), self.fbias, self.zeros)
+
+
 @register("MatMulIntegerToFloat", 1, domain=MS)
 class MatMulIntegerToFloat(Op):
     """``Y = (A - za)(B - zb) * a_scale * b_scale + bias`` in float (int32 sums, float32 scaling)."""
 
     def __init__(self):
         self._mm = QuantizedMatMul()
+        self._weights = None
 
     def prepare(self, constants):
         a, b, a_scale, b_scale = constants[:4]
@@ -175,8 +213,30 @@ class MatMulIntegerToFloat(Op):
             if b_scale is not None and np.asarray(b_scale).size > 1:
                 _vector_for(b_scale, b.shape[-1], "b_scale", InvalidModel, "column of B")
             self._mm.prepare_b(b, b_zp)
+            bias = constants[6] if len(constants) > 6 else None
+            self._weights = _ConstantWeights.of(self._mm, b, b_scale, b_zp, bias)
 
     def run(self, A, B, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
+        w = self._weights
+        if w is not None and w.matches(B, b_scale, b_zero_point, bias) and A.dtype == np.uint8 and A.ndim >= 1 \
+                and A.shape[-1] == w.K and a_scale.dtype == np.float32 and a_scale.size == 1 \
+                and a_zero_point is not None and a_zero_point.dtype == np.uint8 and a_zero_point.size == 1:
+            s = float(a_scale.reshape(-1)[0])
+            if not 0 < s < np.inf:
+                check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)    # raises, naming the value
+            rows = int(np.prod(A.shape[:-1], dtype=np.int64))
+            out = np.empty((rows, w.N), np.float32)
+            a2 = np.ascontiguousarray(A).reshape(rows, w.K)
+            za = int(a_zero_point.reshape(-1)[0])
+            if kamx.usable(w.packed):
+                # Rows copied into a buffer the AMX driver can read in whole blocks, sums taken on the way.
+                a_rows = kamx.padded_rows(rows, w.packed.Kp)
+                row_sum = np.empty(rows, np.int32)
+                kgemm.prepare_a(a2, np.uint8(0), w.packed.Kp, a_rows, row_sum)
+                kgemm.matmul_rows(a_rows, w.K, row_sum, za, w.packed, w.epilogue(s), out, w.zb_nonzero)
+            else:
+                kgemm.matmul(a2, 0, np.full(rows, za, np.int32), w.packed, w.epilogue(s), out)
+            return out.reshape(A.shape[:-1] + (w.N,))
         check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
         check_scale(b_scale, "b_scale", InvalidArgument)
         out_dtype = np.asarray(a_scale).dtype
@@ -195,6 +255,7 @@ class DynamicQuantizeMatMul(Op):
 
     def __init__(self):
         self._mm = QuantizedMatMul()
+        self._weights = None
 
     def prepare(self, constants):
         b, b_scale = constants[1], constants[2]
@@ -207,17 +268,28 @@ class DynamicQuantizeMatMul(Op):
             if b_scale is not None and np.asarray(b_scale).size > 1:
                 _vector_for(b_scale, b.shape[-1], "b_scale", InvalidModel, "column of B")
             self._mm.prepare_b(b, b_zp)
+            bias = constants[4] if len(constants) > 4 else None
+            self._weights = _ConstantWeights.of(self._mm, b, b_scale, b_zp, bias)
 
     def run(self, A, B, b_scale, b_zero_point=None, bias=None):
-        check_scale(b_scale, "b_scale", InvalidArgument)
         if A.dtype != np.float32:
             raise InvalidArgument(f"A must be float32, got {A.dtype}")
-        a_q, a_scale, a_zp = dynamic_quantize(A)
+        w = self._weights
+        if w is not None and w.matches(B, b_scale, b_zero_point, bias) and A.ndim >= 1 and A.shape[-1] == w.K:
+            # A is quantized straight into the GEMM's row buffer, its row sums taken in the same pass.
+            x2 = (A if A.flags.c_contiguous else np.ascontiguousarray(A)).reshape(-1, w.K)
+            rows, row_sum, a_scale, a_zp = dynamic_quantize_rows(x2, w.packed.Kp)
+            out = np.empty((rows.shape[0], w.N), np.float32)
+            kgemm.matmul_rows(rows, w.K, row_sum, int(a_zp), w.packed, w.epilogue(a_scale), out, w.zb_nonzero)
+            return out.reshape(A.shape[:-1] + (w.N,))
+        check_scale(b_scale, "b_scale", InvalidArgument)
         N = B.shape[-1] if B.ndim > 1 else 1
-        fscale = a_scale * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
+        b_scale = _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
         fbias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (N,))
+        a_q, a_scale, a_zp = dynamic_quantize(A)
         return self._mm.compute(a_q, np.asarray(a_zp), B, b_zero_point,
-                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=fscale, fbias=fbias), np.float32)
+                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=a_scale * b_scale, fbias=fbias),
+                                np.float32)
 
 
 @register("QLinearConv", 1, domain=MS)

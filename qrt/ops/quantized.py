@@ -21,8 +21,10 @@ from onnx import TensorProto, helper
 from .. import qmath
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qconv as kconv
+from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu import quantize as kquant
 from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
@@ -406,22 +408,30 @@ class DequantizeLinear23(_DequantizeLinear):
 
 # --------------------------------------------------------------------------- DynamicQuantizeLinear
 
+def dynamic_quantize_rows(x2, Kp):
+    """DynamicQuantizeLinear of float32 ``x2`` (M, K), C-contiguous, in the int8 GEMM's row form.
+
+    Returns (rows (M, Kp) uint8 zero-padded past K, their int32 sums, float32 scale, uint8 zero point).
+    """
+    rows = kamx.padded_rows(x2.shape[0], Kp)
+    row_sum = np.empty(x2.shape[0], np.int32)
+    if x2.size < kdyn.PARALLEL_MIN_ELEMENTS or num_threads() == 1:
+        scale, zero_point = kdyn.quantize_small(x2, rows, row_sum) if x2.size else (np.float32(1 / 255), 0.0)
+    else:
+        lo, hi = kdyn.range_keys_parallel(x2.reshape(-1).view(np.int32), min(64, x2.size // 4096))
+        scale, zero_point = kdyn.quantization_params(lo, hi)
+        kdyn.quantize_rows_parallel(x2, scale, zero_point, rows, row_sum)
+    return rows, row_sum, np.float32(scale), np.uint8(zero_point)
+
+
 def dynamic_quantize(x):
     """ONNX DynamicQuantizeLinear on float32 ``x``: (uint8 y, float32 scale, uint8 zero point)."""
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    if x32.size:
-        lo, hi = kq.min_max(x32.reshape(-1))
-    else:
-        lo, hi = 0.0, 0.0
-    maxx = np.float32(max(0.0, hi)) if hi == hi else np.float32(hi)
-    minx = np.float32(min(0.0, lo)) if lo == lo else np.float32(lo)
-    # The spec's float32 arithmetic: scale = (max - min) / 255, zero point = rint(clip(-min / scale)).
-    span = np.float32(1.0) if maxx == minx else np.float32(maxx - minx)
-    scale = np.float32(span / np.float32(255))
-    zp = np.rint(np.clip(np.float32(0) - minx / scale, 0, 255)) if scale == scale else np.float32(0)
-    zero_point = np.uint8(zp)
-    y = qmath.quantize(x32, scale, np.asarray(zero_point), qtype=np.uint8)
-    return y, scale, zero_point
+    x32 = np.asarray(x, dtype=np.float32)
+    if not x32.flags.c_contiguous:
+        x32 = x32.copy()   # (np.ascontiguousarray would make a 0-d input 1-d)
+    K = x32.shape[-1] if x32.ndim else 1
+    rows, _, scale, zero_point = dynamic_quantize_rows(x32.reshape(-1, K) if K else x32.reshape(0, 0), K)
+    return rows.reshape(x32.shape), scale, zero_point
 
 
 @register("DynamicQuantizeLinear", 11)
