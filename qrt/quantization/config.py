@@ -22,6 +22,9 @@ Static only: ``ActivationRestrictedAsymmetric``, ``ForceQuantizeNoInputCheck``,
 ``QDQDisableWeightAdjustForInt32Bias``, ``BlockSize`` (blocked rank-2 weights along the per-channel
 axis, else axis 0, as onnxruntime; the opset is raised to 21; nodes with a bias stay float).
 
+qrt's own, static only: ``CrossLayerEqualization`` (:mod:`.equalization`, before calibrating) and
+``BiasCorrection`` (:mod:`.bias_correction`, after choosing the parameters).
+
 Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``SmoothQuant=True``
 (needs Intel neural-compressor's transform, which qrt does not ship), ``extra.Sigmoid.nnapi=True``
 (an NNAPI-only fixed Sigmoid range), ``DefaultTensorType`` (qrt observes untyped tensors' types by
@@ -62,6 +65,8 @@ EXTRA_OPTIONS = {
     "CalibStridedMinMax": "static",
     "CalibMaxIntermediateOutputs": "static",
     "QDQKeepRemovableActivations": "static",
+    "CrossLayerEqualization": "static",
+    "BiasCorrection": "static",
     "SmoothQuant": "static",
     "SmoothQuantAlpha": "static",
     "SmoothQuantFolding": "static",
@@ -123,6 +128,8 @@ class QuantSettings:
     qdq_domain: str = ""                               # "com.microsoft" with UseQDQContribOps
     adjust_weight_for_int32_bias: bool = True
     block_size: int = 0                                # BlockSize: blocked rank-2 weights (opset 21)
+    equalize: bool = False                             # CrossLayerEqualization (qrt's own key)
+    bias_correction: bool = False                      # BiasCorrection (qrt's own key)
 
     def weight_symmetric_for(self, qtype: QuantType) -> bool:
         return self.weight_symmetric if self.weight_symmetric is not None else qtype in SIGNED_TYPES
@@ -351,4 +358,6 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         qdq_domain="com.microsoft" if contrib else "",
         adjust_weight_for_int32_bias=not _bool(extra, "QDQDisableWeightAdjustForInt32Bias", False),
         block_size=_positive_number(extra, "BlockSize", integer=True) or 0,
+        equalize=_bool(extra, "CrossLayerEqualization", False),
+        bias_correction=_bool(extra, "BiasCorrection", False),
     )

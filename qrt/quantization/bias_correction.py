@@ -1,0 +1,193 @@
+"""Empirical bias correction (Nagel et al., "Data-Free Quantization Through Weight Equalization and
+Bias Correction", ICCV 2019, section 4.2; measured on calibration data instead of derived from
+BatchNormalization statistics).
+
+Quantizing a layer's weights (and the activations before it) shifts the mean of its output: with
+W~ = W + e, E[W~ x] - E[W x] = e E[x] is not zero per channel, and a biased error does not average
+out downstream the way rounding noise does. For every quantized Conv/Gemm with a float bias, the
+per-output-channel mean of (quantized layer output - float layer output) over the calibration data
+is subtracted from the bias. Both are measured before the layer's activation function (a folded
+Relu clips, which would hide the shift of negative pre-activations): the quantized model is
+simulated in QDQ form, where each layer's output before its QuantizeLinear is that pre-activation
+with quantized inputs, weights and bias. Both models run in qrt's runtime.
+
+A correction upstream changes what the layers downstream see, so the corrections are found by a few
+rounds (``iterations``) of measure-and-correct over all layers at once; each round runs the
+quantized simulation over the calibration data once, the float model's means are measured once.
+The activation ranges (calibrated on the float model) and the weights are left as they are; only
+the float biases change, and with them the int32 biases the rewrite writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qrt.errors import QrtError, QuantizationError
+
+from .graph import GraphIndex, attribute, describe, finish_graph
+from .types import QuantFormat
+
+CORRECTED_OPS = ("Conv", "Gemm")
+DEFAULT_ITERATIONS = 2
+
+
+def with_zero_biases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """(copy, count): every float Conv with a constant weight and no bias gets a zero bias, so that
+    bias correction has a bias to correct (the float output is unchanged)."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    g = GraphIndex(work)
+    added = 0
+    for node in work.graph.node:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        if len(node.input) > 2 and node.input[2]:
+            continue
+        weight = node.input[1]
+        if not g.is_constant(weight) or g.elem_types.get(weight) != TensorProto.FLOAT:
+            continue
+        name = g.unique(f"{weight}_bias")
+        work.graph.initializer.append(numpy_helper.from_array(np.zeros(g.shapes[weight][0], np.float32), name))
+        if len(node.input) == 2:
+            node.input.append(name)
+        else:
+            node.input[2] = name
+        added += 1
+    return work, added
+
+
+def _channel_axis(node: onnx.NodeProto) -> int:
+    return 1 if node.op_type == "Conv" else -1
+
+
+def correctable(g: GraphIndex, decisions) -> list:
+    """The quantized Conv/Gemm decisions whose float bias (read by that node only) can be corrected."""
+    chosen = []
+    for d in decisions:
+        if d.status != "compute" or d.node.op_type not in CORRECTED_OPS or d.bias is None or d.weight is None:
+            continue
+        bias = d.node.input[d.bias]
+        if g.elem_types.get(bias) != TensorProto.FLOAT or len(g.consumers.get(bias, [])) != 1:
+            continue
+        if d.node.op_type == "Gemm" and not attribute(d.node, "beta", 1.0):
+            continue
+        shape = g.shapes.get(bias, [])
+        if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
+            continue
+        chosen.append(d)
+    return chosen
+
+
+class _ChannelMeans:
+    """Streaming per-channel means of several tensors."""
+
+    def __init__(self, axes: dict[str, int]):
+        self.axes = axes
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: np.ndarray):
+        value = np.asarray(value, np.float64)
+        axis = self.axes[name] % value.ndim
+        moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+        self.sums[name] = self.sums.get(name, 0.0) + moved.sum(axis=1)
+        self.counts[name] = self.counts.get(name, 0) + moved.shape[1]
+
+    def mean(self, name: str) -> np.ndarray:
+        return self.sums[name] / max(self.counts[name], 1)
+
+
+def _means(model: onnx.ModelProto, outputs: dict[str, str], axes: dict[str, int], ranks: dict[str, int],
+           feeds, label, what):
+    """{key: per-channel mean of tensor outputs[key]} of ``model`` run in qrt over ``feeds``; ``ranks``
+    (by key) give the added graph outputs a shape of unknown dims, as onnx's checker wants one."""
+    from qrt import InferenceSession
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * ranks[key])
+                              for key, name in outputs.items() if name not in existing)
+    names = list(dict.fromkeys(outputs.values()))
+    means = _ChannelMeans({outputs[k]: axes[k] for k in outputs})
+    try:
+        session = InferenceSession(probe, providers=["CPUExecutionProvider"])
+        for feed in feeds:
+            for name, value in zip(names, session.run(names, feed)):
+                means.add(name, value)
+    except QrtError as exc:
+        raise QuantizationError(f"{label}: bias correction runs the {what} in qrt's runtime, which failed: "
+                                f"{exc}") from exc
+    return {key: means.mean(name) for key, name in outputs.items()}
+
+
+def _simulation(model, cfg, decisions, params, label):
+    """(QDQ model of the decisions, {decision output: the float tensor before its QuantizeLinear})."""
+    from .rewrite import QDQRewriter
+
+    g = GraphIndex(model)
+    sim_cfg = dataclasses.replace(cfg, quant_format=QuantFormat.QDQ, dedicated_qdq_pair=False,
+                                  add_qdq_pair_to_weight=False, outputs_not_quantized=frozenset(),
+                                  quantize_bias=True)
+    writer = QDQRewriter(g, sim_cfg, dict(params))
+    nodes = writer.run(decisions)
+    try:
+        sim = finish_graph(model, nodes, writer.initializers, keep_value_info=False)
+    except RuntimeError as exc:
+        raise QuantizationError(f"{label}: bias correction's QDQ simulation is an invalid graph: {exc}") from None
+    producers = {out: node for node in sim.graph.node for out in node.output if out}
+    before = {}
+    for d in decisions:
+        dq = producers.get(d.output)
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            before[d.output] = q.input[0]
+    return sim, before
+
+
+def correct_biases(model: onnx.ModelProto, cfg, decisions, params, feeds, label: str = "model",
+                   iterations: int = DEFAULT_ITERATIONS) -> tuple[onnx.ModelProto, list[str]]:
+    """(model with corrected float biases, notes). ``model`` is the pre-processed float model the
+    ``decisions`` (:func:`qrt.quantization.static.plan_nodes`) were made on, ``params`` the activation
+    parameters chosen for it, ``feeds`` a re-iterable collection of calibration feeds. The
+    decisions stay valid for the returned model (same nodes and tensor names, new bias values)."""
+    g = GraphIndex(model)
+    targets = correctable(g, decisions)
+    if not targets:
+        return model, ["bias correction: no quantized Conv/Gemm with a float bias"]
+    axes = {d.output: _channel_axis(d.node) for d in targets}
+    # Conv writes (N, C, spatial...): the rank of its weight; Gemm writes (M, N).
+    ranks = {d.output: len(g.shapes[d.node.input[d.weight]]) if d.node.op_type == "Conv" else 2 for d in targets}
+    reference = _means(model, {d.output: d.node.output[0] for d in targets}, axes, ranks, feeds, label,
+                       "float model")
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    tensors = {t.name: t for t in work.graph.initializer}
+    biases = {d.output: numpy_helper.to_array(tensors[d.node.input[d.bias]]).astype(np.float64) for d in targets}
+    shift = 0.0
+    for _ in range(iterations):
+        sim, before = _simulation(work, cfg, decisions, params, label)
+        measured = [d for d in targets if d.output in before]
+        if not measured:
+            return model, ["bias correction: no corrected layer has a quantized output to measure"]
+        quantized = _means(sim, {d.output: before[d.output] for d in measured}, axes, ranks, feeds, label,
+                           "quantized model (QDQ simulation)")
+        shift = 0.0
+        for d in measured:
+            # Gemm adds beta * C: the bias moves by the error over beta.
+            beta = float(attribute(d.node, "beta", 1.0)) if d.node.op_type == "Gemm" else 1.0
+            error = (quantized[d.output] - reference[d.output]) / beta
+            if error.shape[0] != biases[d.output].size:
+                raise QuantizationError(f"{label}: bias correction: {describe(d.node)} writes {error.shape[0]} "
+                                        f"channels, its bias {d.node.input[d.bias]!r} has {biases[d.output].size}")
+            bias = biases[d.output]
+            biases[d.output] = (bias.reshape(-1) - error).reshape(bias.shape)
+            scale = max(float(np.sqrt(np.mean(reference[d.output] ** 2))), 1e-12)
+            shift = max(shift, float(np.max(np.abs(error * beta))) / scale)
+            name = d.node.input[d.bias]
+            tensors[name].CopyFrom(numpy_helper.from_array(biases[d.output].astype(np.float32), name))
+    return work, [f"bias correction: {len(targets)} Conv/Gemm bias(es) corrected in {iterations} round(s); "
+                  f"largest mean shift left before the last round {shift:.3g} of the layer's RMS channel mean"]
