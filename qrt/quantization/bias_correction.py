@@ -2,18 +2,25 @@
 Bias Correction", ICCV 2019, section 4.2; measured on calibration data instead of derived from
 BatchNormalization statistics).
 
-Quantizing a layer's weights (and the activations before it) shifts the mean of its output: with
-W~ = W + e, E[W~ x] - E[W x] = e E[x] is not zero per channel, and a biased error does not average
-out downstream the way rounding noise does. For every quantized Conv/Gemm with a float bias, the
-per-output-channel mean of (quantized layer output - float layer output) over the calibration data
-is subtracted from the bias. Both are measured before the layer's activation function (a folded
-Relu clips, which would hide the shift of negative pre-activations): the quantized model is
-simulated in QDQ form, where each layer's output before its QuantizeLinear is that pre-activation
-with quantized inputs, weights and bias. Both models run in qrt's runtime.
+Quantization shifts the mean of a layer's output: with W~ = W + e, E[W~ x] - E[W x] = e E[x] is not
+zero per channel, activation clipping and rounding add their own shifts, and a biased error does not
+average out downstream the way rounding noise does. For every quantized Conv/Gemm with a float bias,
+the per-output-channel mean of (quantized model's layer output - float model's layer output) over
+the calibration data is subtracted from the bias. Both are measured before the layer's activation
+function (a folded Relu clips, which would hide the shift of negative pre-activations): the
+quantized model is simulated in QDQ form, where each layer's output before its QuantizeLinear is
+that pre-activation with quantized inputs, weights and bias. Both models run in qrt's runtime.
 
-A correction upstream changes what the layers downstream see, so the corrections are found by a few
-rounds (``iterations``) of measure-and-correct over all layers at once; each round runs the
-quantized simulation over the calibration data once, the float model's means are measured once.
+A correction upstream changes what every layer downstream sees, so layers are corrected in order:
+level by level, a level being the layers with no corrected layer between them (the first Conv is
+level 1, a Conv reading it level 2, ...; parallel branches share a level). Each level costs one run
+of the quantized simulation over the calibration data, pruned to the part of the graph that level
+needs; the float model runs once. Correcting every layer at once from one measurement instead
+double-counts (each layer also corrects the shift its upstream corrections remove) and, on
+ddddocr's 55-level detector, turned 11.6 dB into -4.9 dB; correcting only each layer's own weight
+error (the float layer on the quantized model's input as the reference) lowered it to 10.9 dB. The
+level-by-level correction raises it to 14.5 dB.
+
 The activation ranges (calibrated on the float model) and the weights are left as they are; only
 the float biases change, and with them the int32 biases the rewrite writes.
 """
@@ -27,11 +34,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qrt.errors import QrtError, QuantizationError
 
-from .graph import GraphIndex, attribute, describe, finish_graph
+from .graph import GraphIndex, attribute, describe, finish_graph, node_reads, toposort
 from .types import QuantFormat
 
 CORRECTED_OPS = ("Conv", "Gemm")
-DEFAULT_ITERATIONS = 2
 
 
 def with_zero_biases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -100,21 +106,14 @@ class _ChannelMeans:
         return self.sums[name] / max(self.counts[name], 1)
 
 
-def _means(model: onnx.ModelProto, outputs: dict[str, str], axes: dict[str, int], ranks: dict[str, int],
-           feeds, label, what):
-    """{key: per-channel mean of tensor outputs[key]} of ``model`` run in qrt over ``feeds``; ``ranks``
-    (by key) give the added graph outputs a shape of unknown dims, as onnx's checker wants one."""
+def _means(model: onnx.ModelProto, outputs: dict, axes: dict, feeds, label, what):
+    """{key: per-channel mean of graph output outputs[key]} of ``model`` run in qrt over ``feeds``."""
     from qrt import InferenceSession
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * ranks[key])
-                              for key, name in outputs.items() if name not in existing)
     names = list(dict.fromkeys(outputs.values()))
     means = _ChannelMeans({outputs[k]: axes[k] for k in outputs})
     try:
-        session = InferenceSession(probe, providers=["CPUExecutionProvider"])
+        session = InferenceSession(model, providers=["CPUExecutionProvider"])
         for feed in feeds:
             for name, value in zip(names, session.run(names, feed)):
                 means.add(name, value)
@@ -124,8 +123,39 @@ def _means(model: onnx.ModelProto, outputs: dict[str, str], axes: dict[str, int]
     return {key: means.mean(name) for key, name in outputs.items()}
 
 
-def _simulation(model, cfg, decisions, params, label):
-    """(QDQ model of the decisions, {decision output: the float tensor before its QuantizeLinear})."""
+def _levels(model: onnx.ModelProto, targets) -> dict[str, int]:
+    """{decision output: level}: 1 + the highest level of a target upstream of it."""
+    by_node = {id(d.node): d for d in targets}
+    available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    level_of: dict[str, int] = {}
+    levels = {}
+    for node in toposort(list(model.graph.node), available):
+        level = max([level_of.get(name, 0) for name in node_reads(node)] or [0])
+        d = by_node.get(id(node))
+        if d is not None:
+            level += 1
+            levels[d.output] = level
+        for out in node.output:
+            if out:
+                level_of[out] = level
+    return levels
+
+
+def _with_outputs(model: onnx.ModelProto, names_and_ranks) -> onnx.ModelProto:
+    """A copy whose graph outputs are just these tensors (a shape of unknown dims, as onnx's checker
+    wants one)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank)
+                              for name, rank in dict(names_and_ranks).items())
+    return probe
+
+
+def _simulation(model, cfg, decisions, targets, ranks, params, label):
+    """(QDQ model of the decisions whose outputs are the targets' quantized layer outputs, pruned to
+    what they need; {decision output: that tensor}). The quantized layer output is the float tensor
+    before the target's output QuantizeLinear."""
     from .rewrite import QDQRewriter
 
     g = GraphIndex(model)
@@ -134,60 +164,64 @@ def _simulation(model, cfg, decisions, params, label):
                                   quantize_bias=True)
     writer = QDQRewriter(g, sim_cfg, dict(params))
     nodes = writer.run(decisions)
-    try:
-        sim = finish_graph(model, nodes, writer.initializers, keep_value_info=False)
-    except RuntimeError as exc:
-        raise QuantizationError(f"{label}: bias correction's QDQ simulation is an invalid graph: {exc}") from None
-    producers = {out: node for node in sim.graph.node for out in node.output if out}
+    producers = {out: node for node in nodes for out in node.output if out}
     before = {}
-    for d in decisions:
+    for d in targets:
         dq = producers.get(d.output)
         q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if q is not None and q.op_type == "QuantizeLinear":
             before[d.output] = q.input[0]
+    base = _with_outputs(model, [(before[d.output], ranks[d.output]) for d in targets if d.output in before])
+    try:
+        sim = finish_graph(base, nodes, writer.initializers, keep_value_info=False)
+    except RuntimeError as exc:
+        raise QuantizationError(f"{label}: bias correction's QDQ simulation is an invalid graph: {exc}") from None
     return sim, before
 
 
-def correct_biases(model: onnx.ModelProto, cfg, decisions, params, feeds, label: str = "model",
-                   iterations: int = DEFAULT_ITERATIONS) -> tuple[onnx.ModelProto, list[str]]:
+def correct_biases(model: onnx.ModelProto, cfg, decisions, params, feeds,
+                   label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
     """(model with corrected float biases, notes). ``model`` is the pre-processed float model the
     ``decisions`` (:func:`qrt.quantization.static.plan_nodes`) were made on, ``params`` the activation
-    parameters chosen for it, ``feeds`` a re-iterable collection of calibration feeds. The
-    decisions stay valid for the returned model (same nodes and tensor names, new bias values)."""
+    parameters chosen for it, ``cfg`` the call's settings, ``feeds`` a re-iterable collection of
+    calibration feeds. The decisions stay valid for the returned model (same nodes and tensor
+    names, new bias values)."""
     g = GraphIndex(model)
     targets = correctable(g, decisions)
     if not targets:
         return model, ["bias correction: no quantized Conv/Gemm with a float bias"]
-    axes = {d.output: _channel_axis(d.node) for d in targets}
     # Conv writes (N, C, spatial...): the rank of its weight; Gemm writes (M, N).
     ranks = {d.output: len(g.shapes[d.node.input[d.weight]]) if d.node.op_type == "Conv" else 2 for d in targets}
-    reference = _means(model, {d.output: d.node.output[0] for d in targets}, axes, ranks, feeds, label,
-                       "float model")
+    axes = {d.output: _channel_axis(d.node) for d in targets}
+    levels = _levels(model, targets)
+    probe = _with_outputs(model, [(d.node.output[0], ranks[d.output]) for d in targets])
+    reference = _means(probe, {d.output: d.node.output[0] for d in targets}, axes, feeds, label, "float model")
     work = onnx.ModelProto()
     work.CopyFrom(model)
     tensors = {t.name: t for t in work.graph.initializer}
-    biases = {d.output: numpy_helper.to_array(tensors[d.node.input[d.bias]]).astype(np.float64) for d in targets}
-    shift = 0.0
-    for _ in range(iterations):
-        sim, before = _simulation(work, cfg, decisions, params, label)
-        measured = [d for d in targets if d.output in before]
-        if not measured:
-            return model, ["bias correction: no corrected layer has a quantized output to measure"]
-        quantized = _means(sim, {d.output: before[d.output] for d in measured}, axes, ranks, feeds, label,
-                           "quantized model (QDQ simulation)")
-        shift = 0.0
-        for d in measured:
+    largest, corrected = 0.0, 0
+    for level in sorted(set(levels.values())):
+        batch = [d for d in targets if levels[d.output] == level]
+        sim, before = _simulation(work, cfg, decisions, batch, ranks, params, label)
+        batch = [d for d in batch if d.output in before]
+        if not batch:
+            continue
+        measured = _means(sim, {d.output: before[d.output] for d in batch}, axes, feeds, label,
+                          "quantized model (QDQ simulation)")
+        for d in batch:
+            name = d.node.input[d.bias]
+            bias = numpy_helper.to_array(tensors[name]).astype(np.float64)
+            error = measured[d.output] - reference[d.output]
+            if error.shape[0] != bias.size:
+                raise QuantizationError(f"{label}: bias correction: {describe(d.node)} writes {error.shape[0]} "
+                                        f"channels, its bias {name!r} has {bias.size}")
             # Gemm adds beta * C: the bias moves by the error over beta.
             beta = float(attribute(d.node, "beta", 1.0)) if d.node.op_type == "Gemm" else 1.0
-            error = (quantized[d.output] - reference[d.output]) / beta
-            if error.shape[0] != biases[d.output].size:
-                raise QuantizationError(f"{label}: bias correction: {describe(d.node)} writes {error.shape[0]} "
-                                        f"channels, its bias {d.node.input[d.bias]!r} has {biases[d.output].size}")
-            bias = biases[d.output]
-            biases[d.output] = (bias.reshape(-1) - error).reshape(bias.shape)
-            scale = max(float(np.sqrt(np.mean(reference[d.output] ** 2))), 1e-12)
-            shift = max(shift, float(np.max(np.abs(error * beta))) / scale)
-            name = d.node.input[d.bias]
-            tensors[name].CopyFrom(numpy_helper.from_array(biases[d.output].astype(np.float32), name))
-    return work, [f"bias correction: {len(targets)} Conv/Gemm bias(es) corrected in {iterations} round(s); "
-                  f"largest mean shift left before the last round {shift:.3g} of the layer's RMS channel mean"]
+            new = (bias.reshape(-1) - error / beta).reshape(bias.shape)
+            tensors[name].CopyFrom(numpy_helper.from_array(new.astype(np.float32), name))
+            spread = max(float(np.sqrt(np.mean(reference[d.output] ** 2))), 1e-12)
+            largest = max(largest, float(np.max(np.abs(error))) / spread)
+            corrected += 1
+    return work, [f"bias correction: {corrected} Conv/Gemm bias(es) corrected, {len(set(levels.values()))} "
+                  f"level(s) in order; largest per-channel mean error removed: {largest:.3g} of the layer's RMS "
+                  "channel mean"]

@@ -120,6 +120,24 @@ def _consumer(g: GraphIndex, node: onnx.NodeProto, tensor: str, kind: str):
     return None
 
 
+def _absorb_bias_add(g: GraphIndex, producer: _Producer, tensor: str) -> str:
+    """A MatMul's bias is the constant of the Add after it (exports too deep for Gemm write MatMul + Add):
+    when that Add is its only reader and the constant is one value per output feature, it becomes
+    the producer's bias and the walk continues after the Add."""
+    reader = _only_reader(g, tensor)
+    if reader is None or reader.op_type != "Add" or reader.domain not in ("", "ai.onnx"):
+        return tensor
+    others = [name for name in reader.input if name != tensor]
+    if len(others) != 1 or list(reader.input).count(tensor) != 1 or not _float_constant(g, others[0]):
+        return tensor
+    n_out = g.shapes[producer.weight][producer.out_axis]
+    shape = g.shapes.get(others[0], [])
+    if not shape or shape[-1] != n_out or any(d != 1 for d in shape[:-1]):
+        return tensor
+    producer.bias = others[0]
+    return reader.output[0]
+
+
 def find_pairs(g: GraphIndex):
     """[(producer, [consumers])] of every equalizable pair in the graph."""
     pairs = []
@@ -129,6 +147,8 @@ def find_pairs(g: GraphIndex):
             continue
         producer, kind = found
         tensor = node.output[0]
+        if node.op_type == "MatMul":
+            tensor = _absorb_bias_add(g, producer, tensor)
         # Walk single-reader homogeneous functions (Relu, LeakyRelu, PRelu, MaxPool) to the joining tensor.
         while True:
             reader = _only_reader(g, tensor)
