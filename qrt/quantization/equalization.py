@@ -77,10 +77,15 @@ def _only_reader(g: GraphIndex, name: str):
     return readers[0]
 
 
-def _float_constant(g: GraphIndex, name: str, readers: int = 1) -> bool:
+def _float_constant(g: GraphIndex, name: str) -> bool:
     """A float32 initializer that no other node reads (it can be rewritten freely)."""
     return bool(name) and g.is_constant(name) and g.elem_types.get(name) == TensorProto.FLOAT \
-        and len(g.consumers.get(name, [])) == readers
+        and len(g.consumers.get(name, [])) == 1
+
+
+def _per_feature(shape: list, n_out: int) -> bool:
+    """A bias of one value per output feature ([N], [1, N]) or one for all ([], [1], [1, 1])."""
+    return all(d == 1 for d in shape) or (shape[-1] == n_out and all(d == 1 for d in shape[:-1]))
 
 
 def _producer(g: GraphIndex, node: onnx.NodeProto):
@@ -97,9 +102,7 @@ def _producer(g: GraphIndex, node: onnx.NodeProto):
             and len(g.shapes.get(inputs[1], [])) == 2:
         bias = inputs[2] if node.op_type == "Gemm" and len(inputs) > 2 and inputs[2] else None
         n_out = g.shapes[inputs[1]][0 if attribute(node, "transB", 0) else 1]
-        if bias is not None and (not _float_constant(g, bias) or
-                                 np.asarray(g.constant(bias)).size not in (1, n_out) or
-                                 len(g.shapes.get(bias, [])) > 2):
+        if bias is not None and (not _float_constant(g, bias) or not _per_feature(g.shapes[bias], n_out)):
             return None
         return _Producer(node, inputs[1], 0 if attribute(node, "transB", 0) else 1, bias), _DENSE
     return None
@@ -131,8 +134,8 @@ def _absorb_bias_add(g: GraphIndex, producer: _Producer, tensor: str) -> str:
     if len(others) != 1 or list(reader.input).count(tensor) != 1 or not _float_constant(g, others[0]):
         return tensor
     n_out = g.shapes[producer.weight][producer.out_axis]
-    shape = g.shapes.get(others[0], [])
-    if not shape or shape[-1] != n_out or any(d != 1 for d in shape[:-1]):
+    shape = g.shapes[others[0]]
+    if not shape or shape[-1] != n_out or not _per_feature(shape, n_out):
         return tensor
     producer.bias = others[0]
     return reader.output[0]

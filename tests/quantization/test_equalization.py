@@ -240,6 +240,16 @@ def test_bias_correction_of_gemm_with_beta(quant_format):
     assert sqnr_db(reference, corrected) > sqnr_db(reference, plain)
 
 
+def test_broadcast_gemm_bias_is_left_as_it_is():
+    """A Gemm bias of one value for all columns has no per-column value to correct: it is skipped, the
+    other Gemm's bias is corrected."""
+    model = outlier_dense()
+    bias = _initializer(model, "b2")
+    bias.CopyFrom(numpy_helper.from_array(np.array([0.05], np.float32), "b2"))
+    summary = quantize_static(model, None, _dense_feeds(4, 42), bias_correction=True)
+    assert any(note.startswith("bias correction: 1 Conv/Gemm") for note in summary.preprocessing)
+
+
 def test_equalize_then_correct_keeps_the_equalization_gain():
     model = depthwise_chain()
     calibration, test = _images(8, 20), _images(4, 21)
