@@ -32,7 +32,8 @@ FLOAT_TOLERANCE = 1e-5
 
 def _model(nodes, weights, inputs):
     rank = len(inputs[0].type.tensor_type.shape.dim)
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * rank)],
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * rank)
+    graph = helper.make_graph(nodes, "g", inputs, [output],
                               [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
