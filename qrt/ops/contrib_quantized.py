@@ -222,18 +222,14 @@ class QLinearConvMS(Op):
         from .quantized import QLinearConv
         self.channels_last = int(channels_last)
         self._inner = QLinearConv(auto_pad, dilations, group, kernel_shape, pads, strides)
+        # The kernel reads and writes channels-last tensors as they are: no transposes.
+        self._inner.conv.channels_last = bool(self.channels_last)
 
     def prepare(self, constants):
-        constants = list(constants)
-        if self.channels_last and constants[0] is not None:
-            constants[0] = np.moveaxis(constants[0], -1, 1)
         self._inner.prepare(constants)
 
     def run(self, x, *rest):
-        if self.channels_last:
-            x = np.moveaxis(x, -1, 1)
-        y = self._inner.run(x, *rest)
-        return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if self.channels_last else y
+        return self._inner.run(x, *rest)
 
 
 # --------------------------------------------------------------------------- element-wise
