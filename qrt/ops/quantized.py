@@ -740,9 +740,8 @@ class QuantizedConv:
         self._packs.put((w, wz), self._pack(w, wz, error))
 
     def prepare_epilogue(self, arrays, epilogue_for, w_shape):
-        """Builds the epilogue once when ``arrays`` (the inputs it is made from) are all constants."""
-        if all(a is not None for a in arrays):
-            self._epilogues.put(arrays, self._epilogue(epilogue_for, w_shape))
+        """Builds the epilogue once; ``arrays`` are the inputs it is made from, all constants."""
+        self._epilogues.put(arrays, self._epilogue(epilogue_for, w_shape))
 
     def has_epilogue(self, arrays):
         return self._epilogues.get(arrays) is not None
@@ -905,7 +904,8 @@ class QLinearConv(Op):
             params = self._params(list(constants[:9]) + [None] * (9 - len(constants)))
             if len(constants) < 9:
                 params = params[:-1] + (_NO_BIAS,)
-            self.conv.prepare_epilogue(params, self._epilogue_for(*params[1:], M=w.shape[0]), w.shape)
+            if all(p is not None for p in params):
+                self.conv.prepare_epilogue(params, self._epilogue_for(*params[1:], M=w.shape[0]), w.shape)
 
     @staticmethod
     def _params(inputs):
@@ -935,9 +935,10 @@ class QLinearConv(Op):
                         InvalidArgument)
         if w_zero_point is not None and np.asarray(w_zero_point).dtype != w.dtype:
             raise InvalidArgument(f"w_zero_point has type {np.asarray(w_zero_point).dtype} but w has type {w.dtype}")
-        return self.conv.compute(x, x_zero_point, w, w_zero_point,
-                                 self._epilogue_for(x_scale, w_scale, y_scale, y_zero_point, B, w.shape[0]),
-                                 np.asarray(y_zero_point).dtype, params)
+        def epilogue_for(groups, n):     # only called when the parameters are not the prepared constants
+            return self._epilogue_for(x_scale, w_scale, y_scale, y_zero_point, B, w.shape[0])(groups, n)
+
+        return self.conv.compute(x, x_zero_point, w, w_zero_point, epilogue_for, y_zero_point.dtype, params)
 
 
 # A stand-in for an omitted bias, so that "no bias" is a constant the epilogue cache can key on.
