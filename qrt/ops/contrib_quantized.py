@@ -505,12 +505,17 @@ class QLinearAveragePool(_UnaryQ):
 
 @register("QLinearConcat", 1, domain=MS)
 class QLinearConcat(Op):
-    """Concatenation of (tensor, scale, zero point) triples, each requantized to (Y_scale, Y_zero_point)."""
+    """Concatenation of (tensor, scale, zero point) triples, each requantized to (Y_scale, Y_zero_point).
+
+    An input whose scale and zero point are Y's is copied as it is. With constant parameters (the
+    usual case) the per-input choice is made once in ``prepare`` and a run is one concatenation.
+    """
 
     def __init__(self, axis=None):
         if axis is None:
             raise InvalidModel("axis is required")
         self.axis = int(axis)
+        self._plans = _ConstantCache()
 
     def prepare(self, constants):
         if (len(constants) - 2) % 3 or len(constants) < 5:
@@ -519,31 +524,54 @@ class QLinearConcat(Op):
         _check_pairs((("Y", constants[0], constants[1]),), InvalidModel)
         for i in range(2, len(constants), 3):
             _check_pairs(((f"input {(i - 2) // 3}", constants[i + 1], constants[i + 2]),), InvalidModel)
+        params = self._params(constants)
+        if all(p is not None for p in params):
+            self._plans.put(params, self._plan(*params))
+
+    @staticmethod
+    def _params(inputs):
+        return (inputs[0], inputs[1]) + tuple(v for i in range(2, len(inputs), 3) for v in inputs[i + 1:i + 3])
+
+    @staticmethod
+    def _plan(Y_scale, Y_zero_point, *pairs):
+        """Y's dtype and, per input, None (a plain copy) or the arguments of its requantization."""
+        dtype = np.asarray(Y_zero_point).dtype
+        qmin, qmax = qbounds(dtype)
+        sy = np.float32(_scalar(Y_scale))
+        zy = scalar_int(Y_zero_point)
+        shift = 128 if dtype == np.int8 else 0
+        steps = []
+        for sx, zx in zip(pairs[::2], pairs[1::2]):
+            if np.float32(_scalar(sx)) == sy and scalar_int(zx) == zy:
+                steps.append(None)
+            else:
+                steps.append((np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift),
+                              np.float32(np.float32(_scalar(sx)) / sy), np.float32(zy + shift),
+                              np.float32(qmin + shift), np.float32(qmax + shift)))
+        return dtype, steps
 
     def run(self, Y_scale, Y_zero_point, *triples):
         if len(triples) % 3 or not triples:
             raise InvalidArgument(f"expected (tensor, scale, zero point) triples, got {len(triples)} inputs")
-        dtype = np.asarray(Y_zero_point).dtype
-        _check_pairs((("Y", Y_scale, Y_zero_point),), InvalidArgument)
-        qmin, qmax = qbounds(dtype)
-        sy = np.float32(_scalar(Y_scale))
-        zy = scalar_int(Y_zero_point)
+        params = self._params((Y_scale, Y_zero_point) + triples)
+        plan = self._plans.get(params)
+        if plan is None:
+            _check_pairs((("Y", Y_scale, Y_zero_point),), InvalidArgument)
+            for i in range(0, len(triples), 3):
+                _check_pairs(((f"input {i // 3}", triples[i + 1], triples[i + 2]),), InvalidArgument,
+                             np.asarray(Y_zero_point).dtype)
+            plan = self._plan(*params)
+        dtype, steps = plan
         parts = []
-        for i in range(0, len(triples), 3):
-            x, sx, zx = triples[i], triples[i + 1], triples[i + 2]
+        for i, step in enumerate(steps):
+            x = triples[3 * i]
             if x.dtype != dtype:
-                raise InvalidArgument(f"input {i // 3} has type {x.dtype}; Y_zero_point is {dtype}")
-            _check_pairs(((f"input {i // 3}", sx, zx),), InvalidArgument, dtype)
-            if np.float32(_scalar(sx)) == sy and scalar_int(zx) == zy:
+                raise InvalidArgument(f"input {i} has type {x.dtype}; Y_zero_point is {dtype}")
+            if step is None:
                 parts.append(x)
             else:
-                ratio = np.float32(np.float32(_scalar(sx)) / sy)
-                shift = 128 if dtype == np.int8 else 0
-                flat = np.ascontiguousarray(x).view(np.uint8).reshape(-1)
                 part = np.empty(x.shape, dtype)
-                kq.requantize(flat, np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift), ratio,
-                              np.float32(zy + shift), np.float32(qmin + shift), np.float32(qmax + shift),
-                              part.reshape(-1).view(np.uint8))
+                kq.requantize(np.ascontiguousarray(x).view(np.uint8).reshape(-1), *step, part.reshape(-1).view(np.uint8))
                 parts.append(part)
         rank = parts[0].ndim
         if not -rank <= self.axis < rank:
