@@ -91,7 +91,8 @@ def test_convolution_exact(isa):
             xp = kconv.fill_buffer(bound, x_in.reshape(bound.x5_shape).view(np.uint8), 0x80, zx + 128,
                                    np.empty(bound.buffer_size, np.uint8))
             out = np.empty(bound.out3_shape, np.int32)
-            kconv.run_conv(bound, xp, zx + 128, packed, kgemm.Epilogue(0, group, per), channels_last, cgp, out)
+            kconv.run_conv(bound, xp, zx + 128, packed, packed.zb_nonzero, kgemm.Epilogue(0, group, per), channels_last,
+                           cgp, out)
             got = out.reshape(2, oh, ow, m).transpose(0, 3, 1, 2) if channels_last else out.reshape(want.shape)
             np.testing.assert_array_equal(got, want, err_msg=f"{isa} c={c} m={m} k={k} channels_last={channels_last}")
 

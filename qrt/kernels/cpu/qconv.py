@@ -376,16 +376,17 @@ def fill_buffer(b, x5, flip, zx, buffer):
     return xp
 
 
-def run_conv(b, xp, zx, packed, epi, channels_last, cgp, out3):
+def run_conv(b, xp, zx, packed, need_rowsum, epi, channels_last, cgp, out3):
     """The GEMM convolution of the buffer ``xp`` (from :func:`fill_buffer`) into ``out3``
-    ((N, Cout, P), or (N, P, Cout) ``channels_last``; uint8 view for 8-bit outputs)."""
+    ((N, Cout, P), or (N, P, Cout) ``channels_last``; uint8 view for 8-bit outputs); ``need_rowsum``
+    when a weight zero point is not 0 (``packed.zb_nonzero``, asked once by the caller)."""
     if b.empty:
         return out3
     OD, OH, OW, sd, sh, sw = b.grid
     if b.flat:
         xp = xp.reshape(xp.shape[0], 1, 1, OW, xp.shape[-1])
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
-    qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), packed.zb_nonzero, packed.data,
+    qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), need_rowsum, packed.data,
           packed.Kp, packed.K, packed.N, packed.nr, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy,
           epi.qmin, epi.qmax, epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.lines_per_task, b.seg,
           b.n_groups)
