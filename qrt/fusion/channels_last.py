@@ -25,7 +25,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from ..graphs import attr, names_read_by_subgraphs, prune_after_rewrite
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
 
 _MS = "com.microsoft"
 TO_NHWC = [0, 2, 3, 1]
@@ -46,12 +46,22 @@ def _weight_rank(node, shapes):
     return len(shapes[node.input[3]]) if node.input[3] in shapes else None
 
 
+def _is_conv2d(node, shapes):
+    return (_is(node, "QLinearConv", "") or _is(node, "QLinearConv", _MS) and not attr(node, "channels_last", 0)) \
+        and len(node.input) > 3 and _weight_rank(node, shapes) == 4
+
+
+def _may_take_nhwc(node, shapes):
+    """Whether ``node`` can read a channels-last input, if its other inputs allow."""
+    return _is_conv2d(node, shapes) or _is(node, "MaxPool", "") or node.domain == _MS and node.op_type in (
+        {"QLinearConcat", "QLinearGlobalAveragePool"} | ELEMENTWISE_UNARY | ELEMENTWISE_BINARY)
+
+
 def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` with its 2-D QLinearConv chains channels-last (module doc)."""
     graph = model.graph
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
-    if not any(_is(n, "QLinearConv", "") or _is(n, "QLinearConv", _MS) and not attr(n, "channels_last", 0)
-               for n in graph.node if len(n.input) > 3 and len(shapes.get(n.input[3], ())) == 4):
+    if not any(_is_conv2d(n, shapes) for n in graph.node):
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -91,10 +101,14 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     def nhwc(name):
         return name in produced_nhwc
 
+    readers = consumers_by_name(graph)
+
     for node in graph.node:
         ins = list(node.input)
-        if (_is(node, "QLinearConv", "") or _is(node, "QLinearConv", _MS) and not attr(node, "channels_last", 0)) \
-                and _weight_rank(node, shapes) == 4:
+        if _is_conv2d(node, shapes) and (nhwc(ins[0]) or any(_may_take_nhwc(r, shapes) for r in readers.get(
+                node.output[0], ()))):
+            # (A convolution between two layout-sensitive ops stays NCHW: its kernel converts on the
+            # fly more cheaply than two Transposes.)
             emit(node, "QLinearConv", _MS, [to_nhwc(ins[0], node)] + ins[1:], **attrs_of(node, ("channels_last",)),
                  channels_last=1)
         elif _is(node, "MaxPool", "") and nhwc(ins[0]) and len(node.output) == 1:
