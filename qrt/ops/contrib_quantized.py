@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qmovement as kmove
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
@@ -507,8 +508,9 @@ class QLinearAveragePool(_UnaryQ):
 class QLinearConcat(Op):
     """Concatenation of (tensor, scale, zero point) triples, each requantized to (Y_scale, Y_zero_point).
 
-    An input whose scale and zero point are Y's is copied as it is. With constant parameters (the
-    usual case) the per-input choice is made once in ``prepare`` and a run is one concatenation.
+    An input whose scale and zero point are Y's is copied as it is, any other is mapped through a
+    256-byte requantization table; with constant parameters (the usual case) the tables are built
+    once in ``prepare`` and a run is one pass over the output (:mod:`qrt.kernels.cpu.qmovement`).
     """
 
     def __init__(self, axis=None):
@@ -534,21 +536,23 @@ class QLinearConcat(Op):
 
     @staticmethod
     def _plan(Y_scale, Y_zero_point, *pairs):
-        """Y's dtype and, per input, None (a plain copy) or the arguments of its requantization."""
+        """Y's dtype and, per input, None (a plain copy) or its 256-byte requantization table."""
         dtype = np.asarray(Y_zero_point).dtype
         qmin, qmax = qbounds(dtype)
         sy = np.float32(_scalar(Y_scale))
         zy = scalar_int(Y_zero_point)
         shift = 128 if dtype == np.int8 else 0
-        steps = []
+        tables = []
         for sx, zx in zip(pairs[::2], pairs[1::2]):
             if np.float32(_scalar(sx)) == sy and scalar_int(zx) == zy:
-                steps.append(None)
-            else:
-                steps.append((np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift),
-                              np.float32(np.float32(_scalar(sx)) / sy), np.float32(zy + shift),
-                              np.float32(qmin + shift), np.float32(qmax + shift)))
-        return dtype, steps
+                tables.append(None)
+                continue
+            table = np.empty(256, np.uint8)
+            kq.requantize(_ALL_BYTES, np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift),
+                          np.float32(np.float32(_scalar(sx)) / sy), np.float32(zy + shift), np.float32(qmin + shift),
+                          np.float32(qmax + shift), table)
+            tables.append(table)
+        return dtype, tables
 
     def run(self, Y_scale, Y_zero_point, *triples):
         if len(triples) % 3 or not triples:
@@ -561,25 +565,33 @@ class QLinearConcat(Op):
                 _check_pairs(((f"input {i // 3}", triples[i + 1], triples[i + 2]),), InvalidArgument,
                              np.asarray(Y_zero_point).dtype)
             plan = self._plan(*params)
-        dtype, steps = plan
-        parts = []
-        for i, step in enumerate(steps):
-            x = triples[3 * i]
+        dtype, tables = plan
+        parts = triples[::3]
+        for i, x in enumerate(parts):
             if x.dtype != dtype:
                 raise InvalidArgument(f"input {i} has type {x.dtype}; Y_zero_point is {dtype}")
-            if step is None:
-                parts.append(x)
-            else:
-                part = np.empty(x.shape, dtype)
-                kq.requantize(np.ascontiguousarray(x).view(np.uint8).reshape(-1), *step, part.reshape(-1).view(np.uint8))
-                parts.append(part)
-        rank = parts[0].ndim
+        first = parts[0].shape
+        rank = len(first)
         if not -rank <= self.axis < rank:
             raise InvalidArgument(f"axis={self.axis} is out of range for rank {rank}")
-        try:
-            return np.concatenate(parts, axis=self.axis)
-        except ValueError as exc:
-            raise InvalidArgument(f"cannot concatenate shapes {[list(p.shape) for p in parts]}: {exc}") from None
+        axis = self.axis % rank
+        if any(len(x.shape) != rank or x.shape[:axis] != first[:axis] or x.shape[axis + 1:] != first[axis + 1:]
+               for x in parts):
+            raise InvalidArgument(f"cannot concatenate shapes {[list(x.shape) for x in parts]} on axis {self.axis}")
+        out = np.empty(first[:axis] + (sum(x.shape[axis] for x in parts),) + first[axis + 1:], dtype)
+        outer = int(np.prod(first[:axis], dtype=np.int64))
+        if out.size == 0:
+            return out
+        flat = out.reshape(outer, -1).view(np.uint8)
+        offset = 0
+        for x, table in zip(parts, tables):
+            block = np.ascontiguousarray(x).reshape(outer, -1).view(np.uint8)
+            kmove.concat_block(block, _ALL_BYTES if table is None else table, table is not None, flat, offset)
+            offset += block.shape[1]
+        return out
+
+
+_ALL_BYTES = np.arange(256, dtype=np.uint8)
 
 
 @register("QLinearSoftmax", 1, domain=MS)

@@ -141,3 +141,41 @@ def test_nhwc_max_pool_matches_onnxruntime(dtype, attrs):
     model = _pool_model(x.shape, dtype, **attrs)
     got = run_qrt(model, {"x": x})[0]
     np.testing.assert_array_equal(got, run_ort(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("axis", [1, 3, -1, 0])
+def test_qlinear_concat_tables_equal_elementwise_requantization(dtype, axis):
+    """Each input through its 256-byte table gives exactly the per-element requantization."""
+    from qrt.kernels.cpu import qelementwise as kq
+    rng = np.random.default_rng(stable_seed("concat", axis, np.dtype(dtype).name))
+    sizes = (3, 1, 4)
+    shapes = [[2, 5, 4, 6] for _ in sizes]
+    for shape, c in zip(shapes, sizes):
+        shape[axis] = c
+    xs = [random_q(rng, s, dtype) for s in shapes]
+    scales = [np.float32(0.05), np.float32(0.02), np.float32(0.031)]
+    zps = [dtype(3), dtype(-2 if dtype == np.int8 else 200), dtype(9)]
+    y_s, y_z = np.float32(0.031), dtype(9)                 # input 2 is on the output grid already
+    inits = [numpy_helper.from_array(np.array(y_s), "ys"), numpy_helper.from_array(np.array(y_z), "yz")]
+    inputs = ["ys", "yz"]
+    for i in range(3):
+        inits += [numpy_helper.from_array(np.array(scales[i]), f"s{i}"), numpy_helper.from_array(np.array(zps[i]), f"z{i}")]
+        inputs += [f"x{i}", f"s{i}", f"z{i}"]
+    elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
+    node = helper.make_node("QLinearConcat", inputs, ["y"], domain=MS, axis=axis)
+    graph = helper.make_graph([node], "cat", [helper.make_tensor_value_info(f"x{i}", elem, s) for i, s in enumerate(shapes)],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)])
+    got = run_qrt(model, {f"x{i}": x for i, x in enumerate(xs)})[0]
+    shift = 128 if dtype == np.int8 else 0
+    info = np.iinfo(dtype)
+    parts = []
+    for x, s, z in zip(xs, scales, zps):
+        part = np.empty_like(x)
+        kq.requantize(x.reshape(-1).view(np.uint8), np.uint8(shift), np.int32(int(z) + shift), np.float32(s / y_s),
+                      np.float32(int(y_z) + shift), np.float32(info.min + shift), np.float32(info.max + shift),
+                      part.reshape(-1).view(np.uint8))
+        parts.append(part)
+    np.testing.assert_array_equal(got, np.concatenate(parts, axis=axis))
+    np.testing.assert_array_equal(got.take(range(sizes[0] + sizes[1], sum(sizes)), axis=axis), xs[2])
