@@ -6,8 +6,9 @@ The pass only moves bytes, so a model run through it must give exactly what the 
 run it too and agree with itself on the original graph within one output step (its requantization
 rounds in float32, qrt's in float64, so a tie may land one step apart).
 """
+import json
+
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -57,14 +58,15 @@ def test_pass_converts_chain_and_reorders_only_at_its_edges():
     assert {n.name for n in model.graph.node} <= names
 
 
-def test_profile_names_every_original_node():
+def test_profile_names_every_original_node(tmp_path):
     model = qrt_quantized("zoo", "QOperator", "QUInt8", per_channel=True)
     so = qrt.SessionOptions()
     so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "prof")
     sess = qrt.InferenceSession(model.SerializeToString(), so)
     sess.run(None, {"input": eval_input("zoo")})
-    import json
-    events = json.load(open(sess.end_profiling()))
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
     profiled = {e["name"] for e in events if e.get("cat") == "Node"}
     assert {n.name for n in model.graph.node} <= profiled
 
