@@ -47,14 +47,21 @@ class _WindowPool(Op):
                 raise InvalidModel(f"{name} must be >= 1, got {list(values)}")
         self._geometries = ShapeCache()
 
-    def _bound_geometry(self, shape):
-        """:meth:`_geometry` of an (N, C, spatial...) shape, worked out once per shape (the kernels only read it)."""
+    def _bound_geometry(self, x):
+        """:meth:`_geometry`, worked out once per input shape (the kernels only read it)."""
+        return self._bound_shape_geometry(x.shape)
+
+    def _bound_shape_geometry(self, shape):
         bound = self._geometries.get(shape)
         if bound is None:
-            bound = self._geometries.put(shape, self._geometry(shape))
+            bound = self._geometries.put(shape, self._shape_geometry(shape))
         return bound
 
-    def _geometry(self, shape):
+    def _geometry(self, x):
+        return self._shape_geometry(x.shape)
+
+    def _shape_geometry(self, shape):
+        """(geom, pads_end, output sizes) of an (N, C, spatial...) input shape."""
         n_axes = len(shape) - 2
         if len(self.kernel_shape) != n_axes:
             raise InvalidArgument(f"kernel_shape {self.kernel_shape} does not fit input {shape}")
@@ -91,7 +98,7 @@ class _MaxPool(_WindowPool):
         self.storage_order = int(storage_order)
 
     def run(self, X):
-        geom, _, outs = self._bound_geometry(X.shape)
+        geom, _, outs = self._bound_geometry(X)
         dtype = _max_pool_dtype(X)
         out_shape = X.shape[:2] + outs
         if X.size == 0:
@@ -141,7 +148,7 @@ class NhwcMaxPool(_WindowPool):
             raise InvalidArgument(f"NhwcMaxPool input has shape {x.shape}; qrt supports (N, spatial..., C) with "
                                   f"1 to {MAX_SPATIAL_AXES} spatial axes")
         n, C = x.shape[0], x.shape[-1]
-        geom, _, outs = self._bound_geometry((n, C) + x.shape[1:-1])
+        geom, _, outs = self._bound_shape_geometry((n, C) + x.shape[1:-1])
         lead = (1,) * (MAX_SPATIAL_AXES - len(outs))
         out = np.empty((n,) + lead + outs + (C,), x.dtype)
         if out.size:
@@ -162,7 +169,7 @@ class _SumPool(_WindowPool):
         self.p = _lp_exponent(p)
 
     def run(self, X):
-        geom, ends, outs = self._bound_geometry(X.shape)
+        geom, ends, outs = self._bound_geometry(X)
         dtype = compute_dtype(X, self.op_type)
         out_shape = X.shape[:2] + outs
         if X.size == 0:
