@@ -79,6 +79,7 @@ class QGemm(Op):
         self.transA = int(transA)
         self.transB = int(transB)
         self._mm = QuantizedMatMul()
+        self._epilogues = _ConstantCache()
 
     def _b_matrix(self, b):
         return b.T if self.transB else b
@@ -107,14 +108,53 @@ class QGemm(Op):
             b_m = self._b_matrix(b)
             self._b_view = (b, b_m)
             self._mm.prepare_b(b_m, constants[5])
+            # A C, y_scale or y_zero_point that is not a constant keys as omitted here, but a run with
+            # it passes the array itself, which never matches: such runs take the checked path.
+            params = self._params(list(constants) + [None] * (9 - len(constants)))
+            if all(p is not None for p in params):
+                epi = self._column_epilogue(b_m.shape[1], *params[1:])
+                if epi is not None:
+                    self._epilogues.put(params, epi)
+
+    @staticmethod
+    def _params(inputs):
+        """What the epilogue is made from: B, the scales, C and Y's zero point (``_NONE`` when omitted)."""
+        A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp = inputs
+        return (B, a_scale, b_scale, _NONE if C is None else C, _NONE if y_scale is None else y_scale,
+                _NONE if y_zp is None else y_zp)
+
+    def _column_epilogue(self, N, a_scale, b_scale, C, y_scale, y_zero_point):
+        """The fused epilogue (bias per column or none), or None when C needs a separate pass."""
+        C = None if C is _NONE else C
+        scale_ab = (np.float32(self.alpha) * np.asarray(a_scale, np.float32).reshape(())
+                    * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32))
+        if C is not None and (C.dtype != np.int32 or not (C.size == 1 or (C.shape[-1] == N and C.size == N))):
+            return None
+        bias = None if C is None else np.broadcast_to(C.reshape(-1), (N,))
+        if y_scale is _NONE:
+            return np.dtype(np.float32), kgemm.Epilogue(2, 1, N, bias=bias, fscale=scale_ab)
+        out_dtype = np.dtype(np.uint8) if y_zero_point is _NONE else np.asarray(y_zero_point).dtype
+        qmin, qmax = qbounds(out_dtype)
+        mult = (scale_ab / np.asarray(y_scale, np.float32).reshape(())).astype(np.float64)
+        return out_dtype, kgemm.Epilogue(1, 1, N, bias=bias, mult=mult,
+                                         zy=scalar_int(None if y_zero_point is _NONE else y_zero_point),
+                                         qmin=qmin, qmax=qmax)
 
     def run(self, A, a_scale, a_zero_point, B, b_scale, b_zero_point, C=None, y_scale=None, y_zero_point=None):
+        cached = getattr(self, "_b_view", None)
+        prepared = self._epilogues.get(self._params((A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale,
+                                                     y_zero_point)))
+        if prepared is not None and A.ndim == 2 and A.dtype in EIGHT_BIT and (
+                a_zero_point is None or np.asarray(a_zero_point).dtype == A.dtype):
+            # Constant parameters, checked and turned into the epilogue at prepare: only A is new.
+            out_dtype, epi = prepared
+            return self._mm.compute(A.T if self.transA else A, a_zero_point, cached[1], b_zero_point,
+                                    lambda r, n, i: epi, out_dtype)
         self._check((A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale, y_zero_point),
                     InvalidArgument)
         if A.ndim != 2:
             raise InvalidArgument(f"A must be 2-D, got shape {list(A.shape)}")
         a_m = A.T if self.transA else A
-        cached = getattr(self, "_b_view", None)
         b_m = cached[1] if cached is not None and cached[0] is B else self._b_matrix(B)
         N = b_m.shape[1]
         scale_ab = (np.float32(self.alpha) * np.asarray(a_scale, np.float32).reshape(())
@@ -592,6 +632,8 @@ class QLinearConcat(Op):
 
 
 _ALL_BYTES = np.arange(256, dtype=np.uint8)
+# A stand-in for an omitted optional input, so that "omitted" is a constant a cache can key on.
+_NONE = np.zeros(0, np.float32)
 
 
 @register("QLinearSoftmax", 1, domain=MS)
