@@ -31,11 +31,12 @@ _MS = "com.microsoft"
 TO_NHWC = [0, 2, 3, 1]
 TO_NCHW = [0, 3, 1, 2]
 
-# com.microsoft element-wise ops of one 8-bit tensor (plus constant scales and zero points): they
-# compute the same values in any layout. An op added to the int8 element-wise family is listed here.
-ELEMENTWISE_UNARY = {"QLinearSigmoid", "QLinearLeakyRelu"}
+# Element-wise ops of one 8-bit tensor (input 0; the others are constant scales, zero points or a
+# table's body): they compute the same values in any layout. (domain, op_type); an op added to the
+# int8 element-wise family is listed here. qrt::QLinearTable is the int8 table fusion's node.
+ELEMENTWISE_UNARY = {(_MS, "QLinearSigmoid"), (_MS, "QLinearLeakyRelu"), ("qrt", "QLinearTable")}
 # Element-wise ops of two 8-bit tensors at input positions 0 and 3.
-ELEMENTWISE_BINARY = {"QLinearAdd", "QLinearMul"}
+ELEMENTWISE_BINARY = {(_MS, "QLinearAdd"), (_MS, "QLinearMul")}
 
 
 def _is(node, op_type, domain):
@@ -53,8 +54,9 @@ def _is_conv2d(node, shapes):
 
 def _may_take_nhwc(node, shapes):
     """Whether ``node`` can read a channels-last input, if its other inputs allow."""
-    return _is_conv2d(node, shapes) or _is(node, "MaxPool", "") or node.domain == _MS and node.op_type in (
-        {"QLinearConcat", "QLinearGlobalAveragePool"} | ELEMENTWISE_UNARY | ELEMENTWISE_BINARY)
+    kind = (node.domain, node.op_type)
+    return _is_conv2d(node, shapes) or _is(node, "MaxPool", "") or kind in ELEMENTWISE_UNARY \
+        or kind in ELEMENTWISE_BINARY or kind in ((_MS, "QLinearConcat"), (_MS, "QLinearGlobalAveragePool"))
 
 
 def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -84,9 +86,8 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node("Transpose", [twin[name]], [name], name=f"{for_node}/to_nchw",
                                           perm=TO_NCHW))
 
-    def emit(node, op_type, domain, inputs, **attrs):
-        new = helper.make_node(op_type, inputs, [f"{o}_nhwc" for o in node.output], name=node.name, domain=domain,
-                               **attrs)
+    def publish(node, new):
+        """Appends ``new``, which computes ``node``'s outputs channels-last under ``<name>_nhwc``."""
         for o in node.output:
             twin[o] = f"{o}_nhwc"
             produced_nhwc.add(o)
@@ -94,6 +95,20 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
         for o in node.output:
             if o in must_be_nchw:
                 need_nchw(o, node.name)
+
+    def emit(node, op_type, domain, inputs, **attrs):
+        publish(node, helper.make_node(op_type, inputs, [f"{o}_nhwc" for o in node.output], name=node.name,
+                                       domain=domain, **attrs))
+
+    def rename(node, inputs):
+        """``node`` itself (attributes, subgraphs and all) on channels-last inputs and outputs."""
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        for i, name in inputs.items():
+            new.input[i] = name
+        for i, o in enumerate(node.output):
+            new.output[i] = f"{o}_nhwc"
+        publish(node, new)
 
     def attrs_of(node, drop=()):
         return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
@@ -119,11 +134,10 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
                  axis=3)
         elif _is(node, "QLinearGlobalAveragePool", _MS) and not attr(node, "channels_last", 0) and nhwc(ins[0]):
             emit(node, "QLinearGlobalAveragePool", _MS, [twin[ins[0]]] + ins[1:], channels_last=1)
-        elif node.domain == _MS and node.op_type in ELEMENTWISE_BINARY and nhwc(ins[0]) and nhwc(ins[3]):
-            emit(node, node.op_type, _MS, [twin[n] if i in (0, 3) else n for i, n in enumerate(ins)],
-                 **attrs_of(node))
-        elif node.domain == _MS and node.op_type in ELEMENTWISE_UNARY and nhwc(ins[0]):
-            emit(node, node.op_type, _MS, [twin[ins[0]]] + ins[1:], **attrs_of(node))
+        elif (node.domain, node.op_type) in ELEMENTWISE_BINARY and nhwc(ins[0]) and nhwc(ins[3]):
+            rename(node, {0: twin[ins[0]], 3: twin[ins[3]]})
+        elif (node.domain, node.op_type) in ELEMENTWISE_UNARY and nhwc(ins[0]):
+            rename(node, {0: twin[ins[0]]})
         else:
             for name in ins:
                 need_nchw(name, node.name)
