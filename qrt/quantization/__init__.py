@@ -59,6 +59,7 @@ from .dynamic import quantize_dynamic
 from .preprocess import quant_pre_process
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
+from .tune import TuneResult, TuneStep, tune
 from .types import QuantFormat, QuantizationMode, QuantType
 from .weight_only import quantize_weight_only
 
@@ -87,4 +88,7 @@ __all__ = [
     "quant_pre_process",
     "QuantizationSummary",
     "NodeReport",
+    "tune",
+    "TuneResult",
+    "TuneStep",
 ]

@@ -1,0 +1,600 @@
+"""Accuracy-aware post-training quantization: int8 everywhere the target allows, more where it does not.
+
+    from qrt.quantization import tune
+    result = tune("model.onnx", reader, "model.int8.onnx", target=30.0)            # SQNR >= 30 dB
+    result = tune("enc.onnx", reader, "enc.int8.onnx", objective="cosine", target=0.99)
+    result = tune("cls.onnx", reader, "cls.int8.onnx", metric=top1, target=0.75, eval_reader=labelled)
+    print(result)      # each step: the change, the metric after it, kept or not; share, size, speed
+
+How it works (everything runs in qrt's own runtime; onnxruntime is never the engine):
+
+1. The model is pre-processed once as ``quantize_static`` does, and calibrated once: one pass over
+   the calibration data feeds MinMax, Percentile and Entropy observers of every float tensor
+   together, so every later candidate is a rewrite with fixed ranges (``tensor_ranges``), which
+   takes milliseconds, plus a run of the eval feeds.
+2. The baseline is ``quantize_static``'s default (MinMax, per-tensor weights, all int8). If it
+   meets the target, it is the result.
+3. Sensitivity: one node at a time is kept float while the rest stays int8, and the metric gain is
+   measured. Nodes are visited in the order of a free estimate (how far MinMax stretches the node's
+   activation ranges past their 99.99th percentile, and the per-tensor quantization error of its
+   weight), so when ``max_seconds`` cuts the scan short, the likeliest nodes were measured first.
+4. Greedy choice, cheapest kind of change first, each kept only when it raises the metric:
+   model-wide changes that keep every node int8 (cross-layer equalization when
+   :mod:`qrt.quantization.equalization` is present, per-channel weights, Percentile or Entropy
+   ranges); then per node, most sensitive first, its own calibration method and per-channel weight;
+   then 16-bit activations or float for the most sensitive nodes, one node at a time, until the
+   target is met. Last, every non-int8 choice is undone again where the target still holds
+   without it, so the result has the fewest non-int8 nodes the search found.
+
+"int8 share" counts the compute nodes (Conv, MatMul, Gemm, Add, ... : rule kind ``compute``) the
+default quantization quantizes; a node is int8 when it is quantized and none of the activations it
+reads or writes is 16-bit. Metrics are higher-is-better: SQNR is the minimum over outputs of
+10 log10(signal / noise) over all eval samples, cosine the minimum over samples and outputs of the
+cosine similarity of the flattened outputs, and a user ``metric(float_outputs, quantized_outputs)``
+receives one list of output arrays per eval sample for each.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from calibration import CalibrationMethod
+from calibration.calibrator import onnxruntime_defaults
+from calibration.observers import Observer, make_observer
+
+from qrt.errors import QuantizationError
+
+from .feeds import checked_feeds
+from .graph import GraphIndex, toposort
+from .model_io import check_output, load, save, serialized_size
+from .preprocess import preprocess
+from .rules import RULES, weight_axis
+from .static import quantize_static
+from .types import SIGNED_TYPES, QuantFormat, QuantType
+
+_METHODS = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
+_OBJECTIVES = ("sqnr", "cosine")
+
+
+def _find_equalizer():
+    """``qrt.quantization.equalization.equalize`` where that module exists, else None."""
+    try:
+        from .equalization import equalize
+    except ImportError:
+        return None
+    return equalize
+
+
+class _EveryMethod(Observer):
+    """Feeds one batch to a MinMax, a Percentile and an Entropy observer, so one calibration pass
+    gives every range the search may choose."""
+
+    def __init__(self):
+        super().__init__()
+        self.observers = {m: make_observer(m, **onnxruntime_defaults(m)) for m in _METHODS}
+
+    def update(self, array) -> None:
+        for observer in self.observers.values():
+            observer.update(array)
+        self.n_updates = self.observers[CalibrationMethod.MinMax].n_updates
+
+
+def _calibrate_every_method(model, feeds, label):
+    """{method: {tensor: (rmin, rmax)}} for every float tensor of ``model``, in one pass."""
+    from calibration.collect import calibrate
+
+    observers = {}
+    types = _float_tensors(model)
+    for name in types:
+        observers[name] = _EveryMethod()
+    try:
+        calibrate(model, iter(feeds), list(types), progress=False, observers=observers)
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        raise QuantizationError(f"{label}: calibration failed: {type(exc).__name__}: {exc}") from exc
+    ranges = {m: {} for m in _METHODS}
+    for name, every in observers.items():
+        if not every.n_updates:
+            continue
+        for method, observer in every.observers.items():
+            ranges[method][name] = tuple(float(v) for v in observer.compute_range())
+    return ranges
+
+
+def _float_tensors(model):
+    g = GraphIndex(model)
+    names = [i for i in g.graph_inputs] + [o for n in model.graph.node for o in n.output if o]
+    return {n: True for n in dict.fromkeys(names) if g.elem_types.get(n) == TensorProto.FLOAT}
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node gets a unique name (nodes_to_exclude and the report need one)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
+# ---- metrics --------------------------------------------------------------------------------------
+
+def sqnr_db(reference: list, approx: list) -> float:
+    """Minimum over outputs of the SQNR (dB) of ``approx`` against ``reference`` over all samples
+    (both: one list of output arrays per sample)."""
+    worst = math.inf
+    for i in range(len(reference[0])):
+        signal = sum(float(np.sum(np.square(r[i], dtype=np.float64))) for r in reference)
+        noise = sum(float(np.sum(np.square(np.asarray(r[i], np.float64) - a[i]))) for r, a in zip(reference, approx))
+        worst = min(worst, 10 * math.log10(max(signal, 1e-30) / max(noise, 1e-30)))
+    return worst
+
+
+def min_cosine(reference: list, approx: list) -> float:
+    """Minimum over samples and outputs of the cosine similarity of the flattened outputs."""
+    worst = 1.0
+    for ref, app in zip(reference, approx):
+        for r, a in zip(ref, app):
+            r, a = np.asarray(r, np.float64).ravel(), np.asarray(a, np.float64).ravel()
+            norm = float(np.linalg.norm(r) * np.linalg.norm(a))
+            worst = min(worst, float(r @ a) / norm if norm else float(np.array_equal(r, a)))
+    return worst
+
+
+# ---- what one candidate is ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    equalized: bool = False
+    per_channel: bool = False
+    method: CalibrationMethod = CalibrationMethod.MinMax
+    node_methods: tuple = ()          # ((node, method), ...)
+    node_per_channel: frozenset = frozenset()
+    wide_nodes: frozenset = frozenset()
+    float_nodes: frozenset = frozenset()
+
+    def with_(self, **changes):
+        values = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        values.update(changes)
+        return _Plan(**values)
+
+
+@dataclass
+class TuneStep:
+    change: str
+    metric: float
+    kept: bool
+    reason: str = ""
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` chose and what it cost. ``model`` is the chosen ModelProto."""
+
+    model_name: str
+    output_path: str | None
+    objective: str
+    target: float
+    default_metric: float
+    metric: float
+    met: bool
+    steps: list = field(default_factory=list)
+    sensitivity: dict = field(default_factory=dict)   # node -> metric with that node alone in float
+    choices: dict = field(default_factory=dict)       # node or "model" -> what was chosen
+    int8_nodes: int = 0
+    compute_nodes: int = 0
+    size_float: int = 0
+    size_after: int = 0
+    latency_ratio: float = float("nan")               # qrt latency of the result / all-int8 default
+    seconds: float = 0.0
+    sensitivity_note: str = ""
+    model: object = None
+
+    @property
+    def int8_share(self) -> float:
+        return self.int8_nodes / self.compute_nodes if self.compute_nodes else 1.0
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_after / self.size_float if self.size_float else float("nan")
+
+    def __str__(self):
+        return self.format()
+
+    def format(self) -> str:
+        unit = " dB" if self.objective == "sqnr" else ""
+        lines = [f"qrt tune of {self.model_name}" + (f" -> {self.output_path}" if self.output_path else ""),
+                 f"  target {self.objective} >= {self.target:g}{unit}: "
+                 + ("met" if self.met else "NOT met") + f" ({self.metric:.4g}{unit}; default int8 "
+                 f"{self.default_metric:.4g}{unit})",
+                 f"  int8 compute nodes: {self.int8_nodes}/{self.compute_nodes} ({100 * self.int8_share:.1f}%), "
+                 f"size {100 * self.size_ratio:.1f}% of float, qrt latency x{self.latency_ratio:.2f} "
+                 f"of all-int8, tuned in {self.seconds:.1f} s",
+                 f"  sensitivity: {self.sensitivity_note}"]
+        if self.sensitivity:
+            top = sorted(self.sensitivity.items(), key=lambda kv: -kv[1])[:5]
+            lines.append("    most sensitive (metric with the node swapped): "
+                         + ", ".join(f"{name} {value:.4g}" for name, value in top))
+        if self.choices:
+            lines.append("  chosen:")
+            lines.extend(f"    {where}: {what}" for where, what in self.choices.items())
+        lines.append("  steps (change -> metric):")
+        for step in self.steps:
+            mark = "kept" if step.kept else "dropped"
+            lines.append(f"    {step.change} -> {step.metric:.4g}{unit} ({mark}"
+                         + (f": {step.reason}" if step.reason else "") + ")")
+        return "\n".join(lines)
+
+
+# ---- the search -----------------------------------------------------------------------------------
+
+class _Tuner:
+    def __init__(self, model, label, calib_feeds, eval_feeds, evaluate, quant_format, activation_type,
+                 weight_type, extra_options, deadline):
+        self.model, self.label = model, label
+        self.calib_feeds, self.eval_feeds = calib_feeds, eval_feeds
+        self.evaluate_outputs = evaluate
+        self.quant_format, self.activation_type, self.weight_type = quant_format, activation_type, weight_type
+        self.extra_options = dict(extra_options or {})
+        self.deadline = deadline
+        self.wide_type = QuantType.QInt16 if activation_type in SIGNED_TYPES else QuantType.QUInt16
+        self.bases = {False: (model, _calibrate_every_method(model, calib_feeds, label))}
+        self.g = GraphIndex(model)
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.cache = {}
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def base(self, equalized):
+        if equalized not in self.bases:
+            equalized_model = _named(_find_equalizer()(self.model))
+            self.bases[True] = (equalized_model, _calibrate_every_method(equalized_model, self.calib_feeds,
+                                                                         self.label))
+        return self.bases[equalized]
+
+    def node_tensors(self, name):
+        """The activations a node reads and writes (see :meth:`output_tensors`)."""
+        node = self.nodes[name]
+        return [t for t in node.input if t and not self.g.is_constant(t)] + self.output_tensors(name)
+
+    def output_tensors(self, name):
+        """What a node writes, with a sole Relu/Clip reader's output (it may be folded into the node's
+        output range, and then that is the tensor quantized)."""
+        tensors = []
+        for out in self.nodes[name].output:
+            tensors.append(out)
+            readers = self.g.consumers.get(out, [])
+            if len(readers) == 1 and readers[0].op_type in ("Relu", "Clip"):
+                tensors.append(readers[0].output[0])
+        return tensors
+
+    def weight_of(self, name):
+        node = self.nodes[name]
+        rule = RULES.get(node.op_type)
+        if rule is None or rule.weight is None or rule.weight >= len(node.input):
+            return None
+        w = node.input[rule.weight]
+        return w if w and self.g.is_constant(w) else None
+
+    def build(self, plan: _Plan) -> onnx.ModelProto:
+        model, ranges = self.base(plan.equalized)
+        chosen = dict(ranges[plan.method])
+        for node, method in plan.node_methods:
+            for t in self.node_tensors(node):
+                if t in ranges[method]:
+                    chosen[t] = ranges[method][t]
+        overrides = {k: [dict(e) for e in v] for k, v in
+                     (self.extra_options.get("TensorQuantOverrides") or {}).items()}
+        for node in plan.node_per_channel:
+            w = self.weight_of(node)
+            if w is not None:
+                axis = weight_axis(self.nodes[node], len(self.g.shapes.get(w, [])))
+                overrides.setdefault(w, [{}])[0]["axis"] = axis
+        for node in plan.wide_nodes:
+            for t in self.output_tensors(node):
+                overrides.setdefault(t, [{}])[0]["quant_type"] = self.wide_type
+        extra = {**self.extra_options, "TensorQuantOverrides": overrides} if overrides else self.extra_options
+        summary = quantize_static(model, None, iter(self.calib_feeds), quant_format=self.quant_format,
+                                  per_channel=plan.per_channel, activation_type=self.activation_type,
+                                  weight_type=self.weight_type, nodes_to_exclude=sorted(plan.float_nodes),
+                                  extra_options=extra, tensor_ranges=chosen)
+        return summary
+
+    def score(self, plan: _Plan) -> float:
+        if plan not in self.cache:
+            summary = self.build(plan)
+            self.cache[plan] = (self.evaluate_outputs(summary.model), summary)
+        return self.cache[plan][0]
+
+
+def _compute_nodes(summary) -> list[str]:
+    return [r.name for r in summary.nodes
+            if r.status == "quantized" and RULES.get(r.op_type) is not None and RULES[r.op_type].kind == "compute"]
+
+
+def _non_int8(tuner: _Tuner, plan: _Plan, compute: list[str]) -> set:
+    """Compute nodes that are float, or read or write a 16-bit activation (through pass-through ops)."""
+    wide = {t for node in plan.wide_nodes for t in tuner.output_tensors(node)}
+    g = tuner.g
+    available = set(g.graph_inputs) | set(g.initializers)
+    for node in toposort(list(g.graph.node), available):
+        rule = RULES.get(node.op_type)
+        if rule is not None and rule.kind == "passthrough" and node.input and node.input[0] in wide:
+            wide.update(o for o in node.output if o)
+    out = set(plan.float_nodes) & set(compute)
+    for name in compute:
+        node = tuner.nodes[name]
+        if any(t in wide for t in list(node.input) + list(node.output)):
+            out.add(name)
+    return out
+
+
+def _estimate(tuner: _Tuner, compute: list[str]) -> dict:
+    """A free sensitivity estimate per node: outlier stretch of its activations (MinMax span over the
+    99.99th-percentile span) and the per-tensor int8 error of its weight (1 / SQNR)."""
+    _, ranges = tuner.base(False)
+    minmax, pct = ranges[CalibrationMethod.MinMax], ranges[CalibrationMethod.Percentile]
+    scores = {}
+    for name in compute:
+        stretch = 1.0
+        for t in tuner.node_tensors(name):
+            if t in minmax and t in pct:
+                span = pct[t][1] - pct[t][0]
+                stretch = max(stretch, (minmax[t][1] - minmax[t][0]) / span if span > 0 else 1.0)
+        w = tuner.weight_of(name)
+        weight_noise = 0.0
+        if w is not None:
+            values = np.asarray(tuner.g.constant(w), np.float64)
+            step = max(np.abs(values).max(), 1e-12) / 127.0
+            noise = np.mean(np.square(values - np.round(values / step) * step))
+            weight_noise = noise / max(np.mean(np.square(values)), 1e-30)
+        scores[name] = math.log(stretch) + math.sqrt(weight_noise) * 10.0
+    return scores
+
+
+def _materialize(reader, model, label, what):
+    if reader is None:
+        return None
+    feeds = list(checked_feeds(reader, model, label))
+    if not feeds:
+        raise QuantizationError(f"{label}: the {what} reader yielded no samples")
+    return feeds
+
+
+def _run_all(session, feeds):
+    return [session.run(None, feed) for feed in feeds]
+
+
+def _latency(model, feeds, repeats=3) -> float:
+    from qrt import InferenceSession
+
+    session = InferenceSession(model.SerializeToString())
+    _run_all(session, feeds[:1])
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _run_all(session, feeds)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def tune(model_input, calibration_data_reader, model_output, metric=None, target: float = 30.0,
+         eval_reader=None, max_seconds: float = 600.0, quant_format=QuantFormat.QDQ,
+         objective: str = "sqnr", activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+         extra_options=None, allow_wide: bool = True, allow_float: bool = True,
+         verbose: bool = True) -> TuneResult:
+    """Quantizes ``model_input`` to int8 and spends extra precision only where the target needs it.
+
+    ``calibration_data_reader``: a CalibrationDataReader or iterable of feed dicts (held in memory:
+    the search re-reads it). ``eval_reader``: feeds the metric is computed on (default: the
+    calibration feeds). ``metric``: ``metric(float_outputs, quantized_outputs) -> float``, higher is
+    better (one list of output arrays per eval sample); without it ``objective`` is ``"sqnr"`` (dB)
+    or ``"cosine"``. ``target``: the value the metric must reach. ``max_seconds`` bounds the search
+    (calibration and the final timing excepted); the best plan found in time is written.
+    ``allow_wide``/``allow_float``: whether 16-bit activations (QDQ only) and float nodes may be used.
+    ``model_output`` is written atomically (None: not written; the model is in ``result.model``).
+    Prints the result when ``verbose``; returns a :class:`TuneResult`.
+    """
+    from qrt import InferenceSession
+
+    started = time.perf_counter()
+    quant_format = QuantFormat.parse(quant_format)
+    activation_type = QuantType.parse(activation_type, "activation_type")
+    if metric is None and objective not in _OBJECTIVES:
+        raise QuantizationError(f"objective={objective!r}: expected one of {_OBJECTIVES} (or pass metric=)")
+    if not (isinstance(target, (int, float)) and math.isfinite(target)):
+        raise QuantizationError(f"target must be a finite number, got {target!r}")
+    if not max_seconds > 0:
+        raise QuantizationError(f"max_seconds must be positive, got {max_seconds!r}")
+    if metric is not None and not callable(metric):
+        raise QuantizationError(f"metric must be callable(float_outputs, quantized_outputs), got {type(metric).__name__}")
+    objective = "metric" if metric is not None else objective
+    score_outputs = metric or (sqnr_db if objective == "sqnr" else min_cosine)
+    check_output(model_input, model_output)
+    source, label, size_float = load(model_input)
+    model, _ = preprocess(source, label)
+    model = _named(model)
+    calib_feeds = _materialize(calibration_data_reader, model, label, "calibration")
+    if calib_feeds is None:
+        raise QuantizationError(f"{label}: tune needs calibration data")
+    eval_feeds = _materialize(eval_reader, model, label, "eval") or calib_feeds
+    reference = _run_all(InferenceSession(model.SerializeToString()), eval_feeds)
+
+    def evaluate(quantized):
+        outputs = _run_all(InferenceSession(quantized.SerializeToString()), eval_feeds)
+        try:
+            return float(score_outputs(reference, outputs))
+        except Exception as exc:
+            raise QuantizationError(f"{label}: the metric raised {type(exc).__name__}: {exc}") from exc
+
+    deadline = started + max_seconds
+    tuner = _Tuner(model, label, calib_feeds, eval_feeds, evaluate, quant_format, activation_type,
+                   weight_type, extra_options, deadline)
+    plan = _Plan()
+    default_metric = tuner.score(plan)
+    baseline = tuner.cache[plan][1]
+    compute = _compute_nodes(baseline)
+    steps, sensitivity, note = [], {}, "not needed: the default meets the target"
+    current = default_metric
+
+    def met(value):
+        return value >= target
+
+    # A kept change must beat noise: 0.1 dB of SQNR, 1e-5 of cosine, any gain of a user metric.
+    min_gain = {"sqnr": 0.1, "cosine": 1e-5}.get(objective, 0.0)
+
+    def attempt(candidate, change):
+        nonlocal plan, current
+        value = tuner.score(candidate)
+        better = value > current + min_gain
+        steps.append(TuneStep(change, value, better, "" if better else "no gain"))
+        if better:
+            plan, current = candidate, value
+        return better
+
+    if not met(current):
+        # Model-wide changes that keep every node int8.
+        global_changes = []
+        if _find_equalizer() is not None:
+            global_changes.append((lambda p: p.with_(equalized=True), "cross-layer equalization"))
+        global_changes.append((lambda p: p.with_(per_channel=True), "per-channel weights everywhere"))
+        for method in _METHODS[1:]:
+            global_changes.append((lambda p, m=method: p.with_(method=m), f"{method.name} ranges everywhere"))
+        for make, change in global_changes:
+            if met(current) or tuner.out_of_time():
+                break
+            attempt(make(plan), change)
+
+    wide_ok = allow_wide and quant_format == QuantFormat.QDQ
+    order = []
+    if not met(current) and not tuner.out_of_time():
+        estimate = _estimate(tuner, compute)
+        ranked = sorted(compute, key=lambda n: -estimate[n])
+        for name in ranked:
+            # Half the time bound at most goes to measuring; the rest to choosing.
+            if time.perf_counter() > started + 0.5 * max_seconds:
+                break
+            # The node's whole share of the error: its weight in float and its output in 16 bits
+            # (in QDQ form a float node's output is still quantized for its int8 readers).
+            swap = plan.with_(float_nodes=plan.float_nodes | {name},
+                              wide_nodes=plan.wide_nodes | ({name} if wide_ok else set()))
+            sensitivity[name] = tuner.score(swap)
+        measured = sorted(sensitivity, key=lambda n: -sensitivity[n])
+        order = measured + [n for n in ranked if n not in sensitivity]
+        note = (f"{len(sensitivity)} of {len(compute)} compute nodes measured one swap at a time (the node float"
+                + (f", its output {tuner.wide_type.name}" if wide_ok else "") + ", the rest int8)"
+                + ("" if len(sensitivity) == len(compute) else
+                   "; the time bound stopped the scan, the rest follow the outlier/weight-error estimate"))
+
+    # Nodes whose swap helped, most first; unmeasured ones keep the estimate's order after them.
+    gap = target - current
+    helpful = [n for n in order if n not in sensitivity or sensitivity[n] > current + min_gain]
+    # Per node, where its swap recovers a tenth of the gap at least (else the three most sensitive):
+    # its own calibration method and per-channel weight, both still int8.
+    strong = [n for n in helpful if n in sensitivity and sensitivity[n] - current >= 0.1 * gap] or helpful[:3]
+    for name in strong:
+        if met(current) or tuner.out_of_time():
+            break
+        for method in _METHODS:
+            if method == plan.method or met(current) or tuner.out_of_time():
+                continue
+            methods = tuple((n, m) for n, m in plan.node_methods if n != name) + ((name, method),)
+            attempt(plan.with_(node_methods=methods), f"{name}: {method.name} ranges")
+        if tuner.weight_of(name) is not None and not plan.per_channel and not met(current) \
+                and not tuner.out_of_time():
+            attempt(plan.with_(node_per_channel=plan.node_per_channel | {name}), f"{name}: per-channel weight")
+
+    # 16-bit output or float, one node at a time, most sensitive first. An option that meets the
+    # target with fewer non-int8 nodes wins; otherwise the higher metric.
+    for name in helpful:
+        if met(current) or tuner.out_of_time():
+            break
+        options = []
+        if wide_ok:
+            options.append((plan.with_(wide_nodes=plan.wide_nodes | {name}),
+                            f"{name}: {tuner.wide_type.name} output"))
+        if allow_float:
+            options.append((plan.with_(float_nodes=plan.float_nodes | {name}), f"{name}: float"))
+        scored = []
+        for candidate, change in options:
+            if tuner.out_of_time():
+                break
+            cost = len(_non_int8(tuner, candidate, compute))
+            scored.append((tuner.score(candidate), cost, candidate, change))
+        if not scored:
+            break
+        meeting = [s for s in scored if met(s[0])]
+        value, _, candidate, change = min(meeting, key=lambda s: (s[1], -s[0])) if meeting else \
+            max(scored, key=lambda s: s[0])
+        for other in scored:
+            if other[3] != change:
+                steps.append(TuneStep(other[3], other[0], False, f"{change} chosen"))
+        attempt(candidate, change)
+
+    # Fewest non-int8 nodes: undo each non-int8 choice the target does not need.
+    if met(current) and not tuner.out_of_time():
+        for name in sorted(plan.wide_nodes | plan.float_nodes, key=lambda n: sensitivity.get(n, -math.inf)):
+            if tuner.out_of_time():
+                break
+            candidate = plan.with_(wide_nodes=plan.wide_nodes - {name}, float_nodes=plan.float_nodes - {name})
+            value = tuner.score(candidate)
+            keep_int8 = met(value)
+            steps.append(TuneStep(f"{name}: back to int8", value, keep_int8,
+                                  "target still met" if keep_int8 else "target needs it"))
+            if keep_int8:
+                plan, current = candidate, value
+
+    final = tuner.cache[plan][1]
+    quantized = final.model
+    non_int8 = _non_int8(tuner, plan, compute)
+    result = TuneResult(
+        model_name=label, output_path=str(model_output) if model_output is not None else None,
+        objective=objective, target=float(target), default_metric=default_metric, metric=current,
+        met=met(current), steps=steps, sensitivity=sensitivity, choices=_choices(plan, tuner),
+        int8_nodes=len(compute) - len(non_int8), compute_nodes=len(compute), size_float=size_float,
+        size_after=serialized_size(quantized), sensitivity_note=note, model=quantized)
+    result.seconds = time.perf_counter() - started
+    if plan == _Plan():
+        result.latency_ratio = 1.0
+    else:
+        timing_feeds = eval_feeds[:2]
+        result.latency_ratio = _latency(quantized, timing_feeds) / _latency(baseline.model, timing_feeds)
+    if model_output is not None:
+        result.size_after = save(quantized, model_output)
+    if verbose:
+        print(result)
+    return result
+
+
+def _choices(plan: _Plan, tuner: _Tuner) -> dict:
+    choices = {}
+    model_wide = []
+    if plan.equalized:
+        model_wide.append("cross-layer equalization")
+    if plan.per_channel:
+        model_wide.append("per-channel weights")
+    if plan.method != CalibrationMethod.MinMax:
+        model_wide.append(f"{plan.method.name} ranges")
+    if model_wide:
+        choices["model"] = ", ".join(model_wide)
+    per_node = {}
+    for name, method in plan.node_methods:
+        per_node.setdefault(name, []).append(f"{method.name} ranges")
+    for name in plan.node_per_channel:
+        per_node.setdefault(name, []).append("per-channel weight")
+    for name in plan.wide_nodes:
+        per_node.setdefault(name, []).append(f"{tuner.wide_type.name} activations")
+    for name in plan.float_nodes:
+        per_node.setdefault(name, []).append("float")
+    choices.update({name: ", ".join(what) for name, what in sorted(per_node.items())})
+    return choices
