@@ -159,7 +159,8 @@ class _Plan:
     method: CalibrationMethod = CalibrationMethod.MinMax
     node_methods: tuple = ()          # ((node, method), ...)
     node_per_channel: frozenset = frozenset()
-    wide_nodes: frozenset = frozenset()
+    wide_nodes: frozenset = frozenset()          # 16-bit output activation
+    wide_weight_nodes: frozenset = frozenset()   # 16-bit weight
     float_nodes: frozenset = frozenset()
 
     def with_(self, **changes):
@@ -303,6 +304,10 @@ class _Tuner:
         for node in plan.wide_nodes:
             for t in self.output_tensors(node):
                 overrides.setdefault(t, [{}])[0]["quant_type"] = self.wide_type
+        for node in plan.wide_weight_nodes:
+            w = self.weight_of(node)
+            if w is not None:
+                overrides.setdefault(w, [{}])[0]["quant_type"] = QuantType.QInt16
         extra = {**self.extra_options, "TensorQuantOverrides": overrides} if overrides else self.extra_options
         summary = quantize_static(model, None, iter(self.calib_feeds), quant_format=self.quant_format,
                                   per_channel=plan.per_channel, activation_type=self.activation_type,
@@ -331,12 +336,22 @@ def _non_int8(tuner: _Tuner, plan: _Plan, compute: list[str]) -> set:
         rule = RULES.get(node.op_type)
         if rule is not None and rule.kind == "passthrough" and node.input and node.input[0] in wide:
             wide.update(o for o in node.output if o)
-    out = set(plan.float_nodes) & set(compute)
+    out = (set(plan.float_nodes) | set(plan.wide_weight_nodes)) & set(compute)
     for name in compute:
         node = tuner.nodes[name]
         if any(t in wide for t in list(node.input) + list(node.output)):
             out.add(name)
     return out
+
+
+def _without_int8(plan: _Plan, name: str, tuner: _Tuner, wide_ok: bool) -> _Plan:
+    """The sensitivity swap: the node's whole share of the error removed. In QDQ form its weight and
+    output go to 16 bits (a float node's output would still be quantized for its int8 readers);
+    in QOperator form the node goes float."""
+    if not wide_ok:
+        return plan.with_(float_nodes=plan.float_nodes | {name})
+    weight = {name} if tuner.weight_of(name) is not None else set()
+    return plan.with_(wide_nodes=plan.wide_nodes | {name}, wide_weight_nodes=plan.wide_weight_nodes | weight)
 
 
 def _estimate(tuner: _Tuner, compute: list[str]) -> dict:
@@ -484,15 +499,12 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
             # Half the time bound at most goes to measuring; the rest to choosing.
             if time.perf_counter() > started + 0.5 * max_seconds:
                 break
-            # The node's whole share of the error: its weight in float and its output in 16 bits
-            # (in QDQ form a float node's output is still quantized for its int8 readers).
-            swap = plan.with_(float_nodes=plan.float_nodes | {name},
-                              wide_nodes=plan.wide_nodes | ({name} if wide_ok else set()))
+            swap = _without_int8(plan, name, tuner, wide_ok)
             sensitivity[name] = tuner.score(swap)
         measured = sorted(sensitivity, key=lambda n: -sensitivity[n])
         order = measured + [n for n in ranked if n not in sensitivity]
-        note = (f"{len(sensitivity)} of {len(compute)} compute nodes measured one swap at a time (the node float"
-                + (f", its output {tuner.wide_type.name}" if wide_ok else "") + ", the rest int8)"
+        note = (f"{len(sensitivity)} of {len(compute)} compute nodes measured one swap at a time ("
+                + ("its weight and output 16-bit" if wide_ok else "the node float") + ", the rest int8)"
                 + ("" if len(sensitivity) == len(compute) else
                    "; the time bound stopped the scan, the rest follow the outlier/weight-error estimate"))
 
@@ -514,39 +526,46 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
                 and not tuner.out_of_time():
             attempt(plan.with_(node_per_channel=plan.node_per_channel | {name}), f"{name}: per-channel weight")
 
-    # 16-bit output or float, one node at a time, most sensitive first. An option that meets the
-    # target with fewer non-int8 nodes wins; otherwise the higher metric.
+    # 16-bit weight, 16-bit output or float, one node at a time, most sensitive first. Among the
+    # options that meet the target the one with the fewest non-int8 nodes wins, else the highest
+    # metric; ties go to the earlier option. 16-bit weights come before float because onnxruntime
+    # (>= 1.20, its WeightBiasQuantization pass) re-quantizes the float weights of a Conv, MatMul or
+    # Gemm that reads a DequantizeLinear to int8, so "float" holds there only with that pass disabled.
     for name in helpful:
         if met(current) or tuner.out_of_time():
             break
         options = []
+        if wide_ok and tuner.weight_of(name) is not None:
+            options.append((plan.with_(wide_weight_nodes=plan.wide_weight_nodes | {name}), f"{name}: QInt16 weight"))
         if wide_ok:
             options.append((plan.with_(wide_nodes=plan.wide_nodes | {name}),
                             f"{name}: {tuner.wide_type.name} output"))
         if allow_float:
             options.append((plan.with_(float_nodes=plan.float_nodes | {name}), f"{name}: float"))
         scored = []
-        for candidate, change in options:
+        for rank, (candidate, change) in enumerate(options):
             if tuner.out_of_time():
                 break
             cost = len(_non_int8(tuner, candidate, compute))
-            scored.append((tuner.score(candidate), cost, candidate, change))
+            scored.append((tuner.score(candidate), cost, rank, candidate, change))
         if not scored:
             break
         meeting = [s for s in scored if met(s[0])]
-        value, _, candidate, change = min(meeting, key=lambda s: (s[1], -s[0])) if meeting else \
-            max(scored, key=lambda s: s[0])
+        value, _, _, candidate, change = min(meeting, key=lambda s: (s[1], s[2])) if meeting else \
+            max(scored, key=lambda s: (s[0], -s[2]))
         for other in scored:
-            if other[3] != change:
-                steps.append(TuneStep(other[3], other[0], False, f"{change} chosen"))
+            if other[4] != change:
+                steps.append(TuneStep(other[4], other[0], False, f"{change} chosen"))
         attempt(candidate, change)
 
     # Fewest non-int8 nodes: undo each non-int8 choice the target does not need.
     if met(current) and not tuner.out_of_time():
-        for name in sorted(plan.wide_nodes | plan.float_nodes, key=lambda n: sensitivity.get(n, -math.inf)):
+        changed = plan.wide_nodes | plan.wide_weight_nodes | plan.float_nodes
+        for name in sorted(changed, key=lambda n: sensitivity.get(n, -math.inf)):
             if tuner.out_of_time():
                 break
-            candidate = plan.with_(wide_nodes=plan.wide_nodes - {name}, float_nodes=plan.float_nodes - {name})
+            candidate = plan.with_(wide_nodes=plan.wide_nodes - {name}, float_nodes=plan.float_nodes - {name},
+                                   wide_weight_nodes=plan.wide_weight_nodes - {name})
             value = tuner.score(candidate)
             keep_int8 = met(value)
             steps.append(TuneStep(f"{name}: back to int8", value, keep_int8,
@@ -592,8 +611,10 @@ def _choices(plan: _Plan, tuner: _Tuner) -> dict:
         per_node.setdefault(name, []).append(f"{method.name} ranges")
     for name in plan.node_per_channel:
         per_node.setdefault(name, []).append("per-channel weight")
+    for name in plan.wide_weight_nodes:
+        per_node.setdefault(name, []).append("QInt16 weight")
     for name in plan.wide_nodes:
-        per_node.setdefault(name, []).append(f"{tuner.wide_type.name} activations")
+        per_node.setdefault(name, []).append(f"{tuner.wide_type.name} output")
     for name in plan.float_nodes:
         per_node.setdefault(name, []).append("float")
     choices.update({name: ", ".join(what) for name, what in sorted(per_node.items())})
