@@ -189,7 +189,8 @@ class TuneResult:
     metric: float
     met: bool
     steps: list = field(default_factory=list)
-    sensitivity: dict = field(default_factory=dict)   # node -> metric with that node alone in float
+    sensitivity: dict = field(default_factory=dict)   # node -> metric with that node alone swapped
+    sensitivity_base: float = float("nan")            # the metric of the plan the swaps were made on
     choices: dict = field(default_factory=dict)       # node or "model" -> what was chosen
     int8_nodes: int = 0
     compute_nodes: int = 0
@@ -223,7 +224,7 @@ class TuneResult:
                  f"  sensitivity: {self.sensitivity_note}"]
         if self.sensitivity:
             top = sorted(self.sensitivity.items(), key=lambda kv: -kv[1])[:5]
-            lines.append("    most sensitive (metric with the node swapped): "
+            lines.append(f"    most sensitive (metric with the node swapped, from {self.sensitivity_base:.4g}): "
                          + ", ".join(f"{name} {value:.4g}" for name, value in top))
         if self.choices:
             lines.append("  chosen:")
@@ -315,11 +316,187 @@ class _Tuner:
                                   extra_options=extra, tensor_ranges=chosen)
         return summary
 
-    def score(self, plan: _Plan) -> float:
+    def key(self, plan: _Plan) -> tuple:
+        """(metric, tie-breaker) of a plan, built and run once."""
         if plan not in self.cache:
             summary = self.build(plan)
             self.cache[plan] = (self.evaluate_outputs(summary.model), summary)
         return self.cache[plan][0]
+
+    def score(self, plan: _Plan) -> float:
+        return self.key(plan)[0]
+
+
+class _Search:
+    """The greedy search of :func:`tune`, in rounds: each round measures the sensitivity of the nodes
+    still int8 on the current plan, then changes nodes most sensitive first, cheapest change first.
+    A round that keeps no change, or the time bound, ends the search."""
+
+    def __init__(self, tuner, plan, target, objective, compute, wide_ok, allow_float, started, max_seconds):
+        self.tuner, self.plan, self.target = tuner, plan, target
+        self.compute, self.wide_ok, self.allow_float = compute, wide_ok, allow_float
+        self.started, self.max_seconds = started, max_seconds
+        self.current = tuner.score(plan)
+        self.steps, self.sensitivity = [], {}
+        self.sensitivity_base = float("nan")
+        self.note = "not needed: the default meets the target"
+        # A kept change must beat noise: 0.1 dB of SQNR, 1e-5 of cosine; a user metric any gain (or,
+        # at an equal value, 0.1 dB more output SQNR).
+        self.min_gain = {"sqnr": 0.1, "cosine": 1e-5}.get(objective, 0.0)
+        self.tie_gain = 0.1 if objective == "metric" else math.inf
+
+    def met(self, value=None) -> bool:
+        return (self.current if value is None else value) >= self.target
+
+    def done(self) -> bool:
+        return self.met() or self.tuner.out_of_time()
+
+    def better(self, key, than) -> bool:
+        return key[0] > than[0] + self.min_gain or (key[0] >= than[0] and key[1] > than[1] + self.tie_gain)
+
+    def attempt(self, candidate, change) -> bool:
+        key = self.tuner.key(candidate)
+        better = self.better(key, self.tuner.key(self.plan))
+        self.steps.append(TuneStep(change, key[0], better, "" if better else "no gain"))
+        if better:
+            self.plan, self.current = candidate, key[0]
+        return better
+
+    def run(self):
+        if self.met():
+            return
+        self.model_wide()
+        rounds = 0
+        while not self.done():
+            rounds += 1
+            kept = len([s for s in self.steps if s.kept])
+            order, helpful = self.scan(rounds)
+            if not helpful:
+                break
+            self.int8_options(order, helpful)
+            self.wider_options(helpful)
+            if len([s for s in self.steps if s.kept]) == kept:
+                break
+        self.fewest_non_int8()
+
+    def model_wide(self):
+        """Changes that keep every node int8: equalization, per-channel weights, calibration method."""
+        changes = []
+        if _find_equalizer() is not None:
+            changes.append((self.plan.with_(equalized=True), "cross-layer equalization"))
+        changes.append((None, "per-channel weights everywhere"))
+        changes += [(m, f"{m.name} ranges everywhere") for m in _METHODS[1:]]
+        for change, text in changes:
+            if self.done():
+                return
+            if isinstance(change, _Plan):
+                candidate = change
+            elif change is None:
+                candidate = self.plan.with_(per_channel=True)
+            else:
+                candidate = self.plan.with_(method=change)
+            self.attempt(candidate, text)
+
+    def scan(self, rounds):
+        """Sensitivity of every compute node still int8, one swap at a time; at most half the time
+        left goes to it, visiting nodes in the order of the free estimate."""
+        tuner, plan = self.tuner, self.plan
+        changed = plan.wide_nodes | plan.wide_weight_nodes | plan.float_nodes
+        candidates = [n for n in self.compute if n not in changed]
+        estimate = _estimate(tuner, candidates)
+        ranked = sorted(candidates, key=lambda n: -estimate[n])
+        stop = time.perf_counter() + 0.5 * (self.started + self.max_seconds - time.perf_counter())
+        self.sensitivity, self.sensitivity_base = {}, self.current
+        keys = {}
+        for name in ranked:
+            if time.perf_counter() > stop:
+                break
+            keys[name] = tuner.key(_without_int8(plan, name, tuner, self.wide_ok))
+            self.sensitivity[name] = keys[name][0]
+        measured = sorted(keys, key=lambda n: (-keys[n][0], -keys[n][1]))
+        order = measured + [n for n in ranked if n not in keys]
+        base = tuner.key(plan)
+        helpful = [n for n in order if n not in keys or self.better(keys[n], base)]
+        self.note = (f"{len(keys)} of {len(candidates)} int8 compute nodes measured one swap at a time ("
+                     + ("weight and output 16-bit" if self.wide_ok else "the node float") + ", the rest as chosen)"
+                     + (f" in round {rounds}" if rounds > 1 else "")
+                     + ("" if len(keys) == len(candidates) else
+                        "; the time bound stopped the scan, the rest follow the outlier/weight-error estimate"))
+        return order, helpful
+
+    def int8_options(self, order, helpful):
+        """Per node whose swap recovers a tenth of the gap at least (else the three most sensitive):
+        its own calibration method and per-channel weight, both still int8."""
+        gap = self.target - self.current
+        strong = [n for n in helpful if n in self.sensitivity and self.sensitivity[n] - self.current >= 0.1 * gap]
+        for name in strong or helpful[:3]:
+            if self.done():
+                return
+            for method in _METHODS:
+                if method == self.plan.method or self.done():
+                    continue
+                methods = tuple((n, m) for n, m in self.plan.node_methods if n != name) + ((name, method),)
+                self.attempt(self.plan.with_(node_methods=methods), f"{name}: {method.name} ranges")
+            if self.tuner.weight_of(name) is not None and not self.plan.per_channel and not self.done():
+                self.attempt(self.plan.with_(node_per_channel=self.plan.node_per_channel | {name}),
+                             f"{name}: per-channel weight")
+
+    def wider_options(self, helpful):
+        """16-bit weight, 16-bit output or float, one node at a time, most sensitive first. Among the
+        options that meet the target the one with the fewest non-int8 nodes wins, else the best
+        metric; ties go to the earlier option. 16-bit weights come before float because onnxruntime
+        (>= 1.20, its WeightBiasQuantization pass) re-quantizes to int8 the float weights of a Conv,
+        MatMul or Gemm that reads a DequantizeLinear, so "float" holds there only with that pass off."""
+        tuner = self.tuner
+        for name in helpful:
+            if self.done():
+                return
+            plan = self.plan
+            options = []
+            if self.wide_ok and tuner.weight_of(name) is not None:
+                options.append((plan.with_(wide_weight_nodes=plan.wide_weight_nodes | {name}),
+                                f"{name}: QInt16 weight"))
+            if self.wide_ok:
+                options.append((plan.with_(wide_nodes=plan.wide_nodes | {name}),
+                                f"{name}: {tuner.wide_type.name} output"))
+            if self.allow_float:
+                options.append((plan.with_(float_nodes=plan.float_nodes | {name}), f"{name}: float"))
+            scored = []
+            for rank, (candidate, change) in enumerate(options):
+                if tuner.out_of_time():
+                    break
+                cost = len(_non_int8(tuner, candidate, self.compute))
+                scored.append((tuner.key(candidate), cost, rank, candidate, change))
+            if not scored:
+                return
+            meeting = [s for s in scored if self.met(s[0][0])]
+            if meeting:
+                chosen = min(meeting, key=lambda s: (s[1], s[2]))
+            else:
+                chosen = max(scored, key=lambda s: (s[0], -s[2]))
+            for other in scored:
+                if other is not chosen:
+                    self.steps.append(TuneStep(other[4], other[0][0], False, f"{chosen[4]} chosen"))
+            self.attempt(chosen[3], chosen[4])
+
+    def fewest_non_int8(self):
+        """Undoes each non-int8 choice the target does not need, least sensitive first."""
+        if not self.met():
+            return
+        plan = self.plan
+        changed = plan.wide_nodes | plan.wide_weight_nodes | plan.float_nodes
+        for name in sorted(changed, key=lambda n: self.sensitivity.get(n, -math.inf)):
+            if self.tuner.out_of_time():
+                return
+            candidate = self.plan.with_(wide_nodes=self.plan.wide_nodes - {name},
+                                        float_nodes=self.plan.float_nodes - {name},
+                                        wide_weight_nodes=self.plan.wide_weight_nodes - {name})
+            value = self.tuner.score(candidate)
+            keep_int8 = self.met(value)
+            self.steps.append(TuneStep(f"{name}: back to int8", value, keep_int8,
+                                       "target still met" if keep_int8 else "target needs it"))
+            if keep_int8:
+                self.plan, self.current = candidate, value
 
 
 def _compute_nodes(summary) -> list[str]:
@@ -390,17 +567,21 @@ def _run_all(session, feeds):
     return [session.run(None, feed) for feed in feeds]
 
 
-def _latency(model, feeds, repeats=3) -> float:
+def _latency_ratio(model, baseline, feeds, repeats=5) -> float:
+    """Best-of-``repeats`` qrt latency of ``model`` over that of ``baseline``, the two timed in
+    alternation so that load from other processes hits both alike."""
     from qrt import InferenceSession
 
-    session = InferenceSession(model.SerializeToString())
-    _run_all(session, feeds[:1])
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
+    sessions = [InferenceSession(m.SerializeToString()) for m in (model, baseline)]
+    for session in sessions:
         _run_all(session, feeds)
-        best = min(best, time.perf_counter() - start)
-    return best
+    best = [math.inf, math.inf]
+    for _ in range(repeats):
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            _run_all(session, feeds)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] / best[1]
 
 
 def tune(model_input, calibration_data_reader, model_output, metric=None, target: float = 30.0,
@@ -446,11 +627,14 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     reference = _run_all(InferenceSession(model.SerializeToString()), eval_feeds)
 
     def evaluate(quantized):
+        """(metric, tie-breaker): a user metric that moves in steps (top-1 over a few inputs) gets
+        the output SQNR as a gradient to follow between its steps."""
         outputs = _run_all(InferenceSession(quantized.SerializeToString()), eval_feeds)
         try:
-            return float(score_outputs(reference, outputs))
+            value = float(score_outputs(reference, outputs))
         except Exception as exc:
             raise QuantizationError(f"{label}: the metric raised {type(exc).__name__}: {exc}") from exc
+        return value, (sqnr_db(reference, outputs) if metric is not None else value)
 
     deadline = started + max_seconds
     tuner = _Tuner(model, label, calib_feeds, eval_feeds, evaluate, quant_format, activation_type,
@@ -459,119 +643,10 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     default_metric = tuner.score(plan)
     baseline = tuner.cache[plan][1]
     compute = _compute_nodes(baseline)
-    steps, sensitivity, note = [], {}, "not needed: the default meets the target"
-    current = default_metric
-
-    def met(value):
-        return value >= target
-
-    # A kept change must beat noise: 0.1 dB of SQNR, 1e-5 of cosine, any gain of a user metric.
-    min_gain = {"sqnr": 0.1, "cosine": 1e-5}.get(objective, 0.0)
-
-    def attempt(candidate, change):
-        nonlocal plan, current
-        value = tuner.score(candidate)
-        better = value > current + min_gain
-        steps.append(TuneStep(change, value, better, "" if better else "no gain"))
-        if better:
-            plan, current = candidate, value
-        return better
-
-    if not met(current):
-        # Model-wide changes that keep every node int8.
-        global_changes = []
-        if _find_equalizer() is not None:
-            global_changes.append((lambda p: p.with_(equalized=True), "cross-layer equalization"))
-        global_changes.append((lambda p: p.with_(per_channel=True), "per-channel weights everywhere"))
-        for method in _METHODS[1:]:
-            global_changes.append((lambda p, m=method: p.with_(method=m), f"{method.name} ranges everywhere"))
-        for make, change in global_changes:
-            if met(current) or tuner.out_of_time():
-                break
-            attempt(make(plan), change)
-
     wide_ok = allow_wide and quant_format == QuantFormat.QDQ
-    order = []
-    if not met(current) and not tuner.out_of_time():
-        estimate = _estimate(tuner, compute)
-        ranked = sorted(compute, key=lambda n: -estimate[n])
-        for name in ranked:
-            # Half the time bound at most goes to measuring; the rest to choosing.
-            if time.perf_counter() > started + 0.5 * max_seconds:
-                break
-            swap = _without_int8(plan, name, tuner, wide_ok)
-            sensitivity[name] = tuner.score(swap)
-        measured = sorted(sensitivity, key=lambda n: -sensitivity[n])
-        order = measured + [n for n in ranked if n not in sensitivity]
-        note = (f"{len(sensitivity)} of {len(compute)} compute nodes measured one swap at a time ("
-                + ("its weight and output 16-bit" if wide_ok else "the node float") + ", the rest int8)"
-                + ("" if len(sensitivity) == len(compute) else
-                   "; the time bound stopped the scan, the rest follow the outlier/weight-error estimate"))
-
-    # Nodes whose swap helped, most first; unmeasured ones keep the estimate's order after them.
-    gap = target - current
-    helpful = [n for n in order if n not in sensitivity or sensitivity[n] > current + min_gain]
-    # Per node, where its swap recovers a tenth of the gap at least (else the three most sensitive):
-    # its own calibration method and per-channel weight, both still int8.
-    strong = [n for n in helpful if n in sensitivity and sensitivity[n] - current >= 0.1 * gap] or helpful[:3]
-    for name in strong:
-        if met(current) or tuner.out_of_time():
-            break
-        for method in _METHODS:
-            if method == plan.method or met(current) or tuner.out_of_time():
-                continue
-            methods = tuple((n, m) for n, m in plan.node_methods if n != name) + ((name, method),)
-            attempt(plan.with_(node_methods=methods), f"{name}: {method.name} ranges")
-        if tuner.weight_of(name) is not None and not plan.per_channel and not met(current) \
-                and not tuner.out_of_time():
-            attempt(plan.with_(node_per_channel=plan.node_per_channel | {name}), f"{name}: per-channel weight")
-
-    # 16-bit weight, 16-bit output or float, one node at a time, most sensitive first. Among the
-    # options that meet the target the one with the fewest non-int8 nodes wins, else the highest
-    # metric; ties go to the earlier option. 16-bit weights come before float because onnxruntime
-    # (>= 1.20, its WeightBiasQuantization pass) re-quantizes the float weights of a Conv, MatMul or
-    # Gemm that reads a DequantizeLinear to int8, so "float" holds there only with that pass disabled.
-    for name in helpful:
-        if met(current) or tuner.out_of_time():
-            break
-        options = []
-        if wide_ok and tuner.weight_of(name) is not None:
-            options.append((plan.with_(wide_weight_nodes=plan.wide_weight_nodes | {name}), f"{name}: QInt16 weight"))
-        if wide_ok:
-            options.append((plan.with_(wide_nodes=plan.wide_nodes | {name}),
-                            f"{name}: {tuner.wide_type.name} output"))
-        if allow_float:
-            options.append((plan.with_(float_nodes=plan.float_nodes | {name}), f"{name}: float"))
-        scored = []
-        for rank, (candidate, change) in enumerate(options):
-            if tuner.out_of_time():
-                break
-            cost = len(_non_int8(tuner, candidate, compute))
-            scored.append((tuner.score(candidate), cost, rank, candidate, change))
-        if not scored:
-            break
-        meeting = [s for s in scored if met(s[0])]
-        value, _, _, candidate, change = min(meeting, key=lambda s: (s[1], s[2])) if meeting else \
-            max(scored, key=lambda s: (s[0], -s[2]))
-        for other in scored:
-            if other[4] != change:
-                steps.append(TuneStep(other[4], other[0], False, f"{change} chosen"))
-        attempt(candidate, change)
-
-    # Fewest non-int8 nodes: undo each non-int8 choice the target does not need.
-    if met(current) and not tuner.out_of_time():
-        changed = plan.wide_nodes | plan.wide_weight_nodes | plan.float_nodes
-        for name in sorted(changed, key=lambda n: sensitivity.get(n, -math.inf)):
-            if tuner.out_of_time():
-                break
-            candidate = plan.with_(wide_nodes=plan.wide_nodes - {name}, float_nodes=plan.float_nodes - {name},
-                                   wide_weight_nodes=plan.wide_weight_nodes - {name})
-            value = tuner.score(candidate)
-            keep_int8 = met(value)
-            steps.append(TuneStep(f"{name}: back to int8", value, keep_int8,
-                                  "target still met" if keep_int8 else "target needs it"))
-            if keep_int8:
-                plan, current = candidate, value
+    search = _Search(tuner, plan, target, objective, compute, wide_ok, allow_float, started, max_seconds)
+    search.run()
+    plan, current, steps, sensitivity = search.plan, search.current, search.steps, search.sensitivity
 
     final = tuner.cache[plan][1]
     quantized = final.model
@@ -579,15 +654,15 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     result = TuneResult(
         model_name=label, output_path=str(model_output) if model_output is not None else None,
         objective=objective, target=float(target), default_metric=default_metric, metric=current,
-        met=met(current), steps=steps, sensitivity=sensitivity, choices=_choices(plan, tuner),
-        int8_nodes=len(compute) - len(non_int8), compute_nodes=len(compute), size_float=size_float,
-        size_after=serialized_size(quantized), sensitivity_note=note, model=quantized)
+        met=current >= target, steps=steps, sensitivity=sensitivity, sensitivity_base=search.sensitivity_base,
+        choices=_choices(plan, tuner), int8_nodes=len(compute) - len(non_int8), compute_nodes=len(compute),
+        size_float=size_float, size_after=serialized_size(quantized), sensitivity_note=search.note,
+        model=quantized)
     result.seconds = time.perf_counter() - started
     if plan == _Plan():
         result.latency_ratio = 1.0
     else:
-        timing_feeds = eval_feeds[:2]
-        result.latency_ratio = _latency(quantized, timing_feeds) / _latency(baseline.model, timing_feeds)
+        result.latency_ratio = _latency_ratio(quantized, baseline.model, eval_feeds[:2])
     if model_output is not None:
         result.size_after = save(quantized, model_output)
     if verbose:
