@@ -317,11 +317,11 @@ class _Tuner:
         return summary
 
     def key(self, plan: _Plan) -> tuple:
-        """(metric, tie-breaker) of a plan, built and run once."""
+        """(metric, tie-breaker) of a plan, built and run once. Only the numbers are kept: a model per
+        plan would hold hundreds of copies of a large model's weights; the chosen plan is rebuilt."""
         if plan not in self.cache:
-            summary = self.build(plan)
-            self.cache[plan] = (self.evaluate_outputs(summary.model), summary)
-        return self.cache[plan][0]
+            self.cache[plan] = self.evaluate_outputs(self.build(plan).model)
+        return self.cache[plan]
 
     def score(self, plan: _Plan) -> float:
         return self.key(plan)[0]
@@ -595,8 +595,9 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     the search re-reads it). ``eval_reader``: feeds the metric is computed on (default: the
     calibration feeds). ``metric``: ``metric(float_outputs, quantized_outputs) -> float``, higher is
     better (one list of output arrays per eval sample); without it ``objective`` is ``"sqnr"`` (dB)
-    or ``"cosine"``. ``target``: the value the metric must reach. ``max_seconds`` bounds the search
-    (calibration and the final timing excepted); the best plan found in time is written.
+    or ``"cosine"``. ``target``: the value the metric must reach. ``max_seconds`` bounds the search,
+    calibration included (the candidate under evaluation when time runs out finishes; the final
+    latency timing comes after); the best plan found in time is written.
     ``allow_wide``/``allow_float``: whether 16-bit activations (QDQ only) and float nodes may be used.
     ``model_output`` is written atomically (None: not written; the model is in ``result.model``).
     Prints the result when ``verbose``; returns a :class:`TuneResult`.
@@ -640,16 +641,15 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     tuner = _Tuner(model, label, calib_feeds, eval_feeds, evaluate, quant_format, activation_type,
                    weight_type, extra_options, deadline)
     plan = _Plan()
+    baseline = tuner.build(plan)
     default_metric = tuner.score(plan)
-    baseline = tuner.cache[plan][1]
     compute = _compute_nodes(baseline)
     wide_ok = allow_wide and quant_format == QuantFormat.QDQ
     search = _Search(tuner, plan, target, objective, compute, wide_ok, allow_float, started, max_seconds)
     search.run()
     plan, current, steps, sensitivity = search.plan, search.current, search.steps, search.sensitivity
 
-    final = tuner.cache[plan][1]
-    quantized = final.model
+    quantized = tuner.build(plan).model
     non_int8 = _non_int8(tuner, plan, compute)
     result = TuneResult(
         model_name=label, output_path=str(model_output) if model_output is not None else None,
