@@ -342,7 +342,7 @@ class _Search:
         self.compute, self.wide_ok, self.allow_float = compute, wide_ok, allow_float
         self.started, self.max_seconds = started, max_seconds
         self.current = tuner.score(plan)
-        self.steps, self.sensitivity = [], {}
+        self.steps, self.sensitivity, self.losers = [], {}, []
         self.sensitivity_base = float("nan")
         self.note = "not needed: the default meets the target"
         # A kept change must beat noise: 0.1 dB of SQNR, 1e-5 of cosine; a user metric any gain (or,
@@ -376,11 +376,10 @@ class _Search:
             rounds += 1
             kept = len([s for s in self.steps if s.kept])
             order, helpful = self.scan(rounds)
-            if not helpful:
-                break
-            self.int8_options(order, helpful)
-            self.wider_options(helpful)
-            if len([s for s in self.steps if s.kept]) == kept:
+            if helpful:
+                self.int8_options(order, helpful)
+                self.wider_options(helpful)
+            if len([s for s in self.steps if s.kept]) == kept and not self.groups():
                 break
         self.fewest_non_int8()
 
@@ -409,6 +408,7 @@ class _Search:
         changed = plan.wide_nodes | plan.wide_weight_nodes | plan.float_nodes
         candidates = [n for n in self.compute if n not in changed]
         estimate = _attribution(tuner, plan, candidates)
+        self.losers = sorted(candidates, key=lambda n: -estimate[n])
         ranked = sorted(candidates, key=lambda n: -estimate[n])[:_MAX_SWAPS_PER_ROUND]
         stop = time.perf_counter() + 0.5 * (self.started + self.max_seconds - time.perf_counter())
         self.sensitivity, self.sensitivity_base = {}, self.current
@@ -429,6 +429,27 @@ class _Search:
                         ", the ones losing the most SQNR in one exposed run first"
                         + ("; the time bound stopped the scan" if len(keys) < len(ranked) else "")))
         return order, helpful
+
+    def groups(self) -> bool:
+        """When no single node's swap pays (the loss is spread over many nodes), the 2, 4, 8, ...
+        nodes losing the most SQNR are swapped together, until a group meets the target or gains
+        nothing more; the last pass then gives back every node the target does not need. True
+        when a group was kept."""
+        kept = False
+        size = 2
+        while size <= len(self.losers) * 2 and not self.done():
+            group = self.losers[:size]
+            candidate = self.plan
+            for name in group:
+                candidate = _without_int8(candidate, name, self.tuner, self.wide_ok)
+            if self.attempt(candidate, f"{len(group)} nodes losing the most SQNR: "
+                            + ("16-bit weight and output" if self.wide_ok else "float")):
+                kept = True
+                self.losers = self.losers[size:]
+            elif kept:
+                break
+            size *= 2
+        return kept
 
     def int8_options(self, order, helpful):
         """Per node whose swap recovers a tenth of the gap at least (else the three most sensitive):
