@@ -140,6 +140,8 @@ def sqnr_db(reference: list, approx: list) -> float:
     for i in range(len(reference[0])):
         signal = sum(float(np.sum(np.square(r[i], dtype=np.float64))) for r in reference)
         noise = sum(float(np.sum(np.square(np.asarray(r[i], np.float64) - a[i]))) for r, a in zip(reference, approx))
+        if not math.isfinite(noise):
+            return -math.inf    # Inf/NaN in the quantized output: worse than any finite noise
         worst = min(worst, 10 * math.log10(max(signal, 1e-30) / max(noise, 1e-30)))
     return worst
 
