@@ -10,21 +10,26 @@ How it works (everything runs in qrt's own runtime; onnxruntime is never the eng
 
 1. The model is pre-processed once as ``quantize_static`` does, and calibrated once: one pass over
    the calibration data feeds MinMax, Percentile and Entropy observers of every float tensor
-   together, so every later candidate is a rewrite with fixed ranges (``tensor_ranges``), which
-   takes milliseconds, plus a run of the eval feeds.
+   together, so every later candidate is a rewrite with fixed ranges (``tensor_ranges``) plus a run
+   of the eval feeds.
 2. The baseline is ``quantize_static``'s default (MinMax, per-tensor weights, all int8). If it
    meets the target, it is the result.
-3. Sensitivity: one node at a time is kept float while the rest stays int8, and the metric gain is
-   measured. Nodes are visited in the order of a free estimate (how far MinMax stretches the node's
-   activation ranges past their 99.99th percentile, and the per-tensor quantization error of its
-   weight), so when ``max_seconds`` cuts the scan short, the likeliest nodes were measured first.
-4. Greedy choice, cheapest kind of change first, each kept only when it raises the metric:
-   model-wide changes that keep every node int8 (cross-layer equalization when
-   :mod:`qrt.quantization.equalization` is present, per-channel weights, Percentile or Entropy
-   ranges); then per node, most sensitive first, its own calibration method and per-channel weight;
-   then 16-bit activations or float for the most sensitive nodes, one node at a time, until the
-   target is met. Last, every non-int8 choice is undone again where the target still holds
-   without it, so the result has the fewest non-int8 nodes the search found.
+3. Model-wide changes that keep every node int8, each kept only when it raises the metric:
+   cross-layer equalization (when :mod:`qrt.quantization.equalization` is present), per-channel
+   weights, Percentile or Entropy ranges.
+4. Rounds, until the target is met, the time is up or a round keeps nothing. Attribution: the
+   float and the quantized model run once with every node's tensors exposed, and nodes are ranked
+   by the SQNR they lose from input to output. Sensitivity: for the 24 that lose most, one node at
+   a time gets 16-bit weight and output (the rest as chosen so far) and the metric is measured.
+   Then per node, most sensitive first: its own calibration method and per-channel weight (still
+   int8), then the one of 16-bit weight, 16-bit output or float that meets the target with the
+   fewest non-int8 nodes, else scores best. When no single node pays (the loss is spread), the
+   2, 4, 8, ... nodes losing the most are swapped together.
+5. Every non-int8 choice is undone again where the target still holds without it.
+
+16-bit weights are preferred to float: onnxruntime (>= 1.20, its WeightBiasQuantization pass)
+re-quantizes to int8 the float weights of a Conv, MatMul or Gemm that reads a DequantizeLinear, so
+a node kept float in a QDQ file is int8 there unless that pass is disabled.
 
 "int8 share" counts the compute nodes (Conv, MatMul, Gemm, Add, ... : rule kind ``compute``) the
 default quantization quantizes; a node is int8 when it is quantized and none of the activations it
