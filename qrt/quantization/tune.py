@@ -317,6 +317,10 @@ class _Tuner:
         for node in plan.wide_nodes:
             for t in self.output_tensors(node):
                 overrides.setdefault(t, [{}])[0]["quant_type"] = self.wide_type
+                # 16 bits have steps to spare: a clipping range (Percentile, Entropy) would only
+                # add clipping error to a tensor made wide to remove error.
+                if t in ranges[CalibrationMethod.MinMax]:
+                    chosen[t] = ranges[CalibrationMethod.MinMax][t]
         for node in plan.wide_weight_nodes:
             w = self.weight_of(node)
             if w is not None:
