@@ -124,16 +124,17 @@ def test_result_metric_is_what_qrt_measures(outlier_model, tuned):
     assert sqnr_db(reference, run_qrt(onnx.load(out), scored)[0]) == pytest.approx(result.metric, abs=1e-6)
 
 
-def test_time_bound(outlier_model):
+def test_time_bound(outlier_model, tuned):
     bound = 1.0
     start = time.perf_counter()
     result = tune(outlier_model, feeds(32, 0), None, target=TARGET, max_seconds=bound, verbose=False)
     elapsed = time.perf_counter() - start
-    # The search stops at the first check after the bound: one candidate (a rewrite and 8 runs of a
-    # 12x12 net, well under a second warm) may finish after it; calibration (inside the bound) and
-    # the final latency timing (after it) add their share.
-    assert result.seconds <= bound + 2.0
-    assert elapsed <= bound + 6.0
+    # The search stops at the first check after the bound: the candidate under evaluation (a rewrite
+    # and 32 runs of a 12x12 net, a fraction of a second) finishes, and the final latency timing
+    # follows. The margins allow for a loaded 2-core machine; the unbounded search (``tuned``) takes ~10 s.
+    assert result.seconds <= bound + 4.0
+    assert elapsed <= bound + 12.0
+    assert len(result.steps) < len(tuned[0].steps)
     assert result.model is not None and np.isfinite(result.metric)
 
 
