@@ -20,9 +20,9 @@ How it works (everything runs in qrt's own runtime; onnxruntime is never the eng
 4. Rounds, until the target is met, the time is up or a round keeps nothing. Attribution: the
    float and the quantized model run once with every node's tensors exposed, and nodes are ranked
    by the SQNR they lose from input to output. Sensitivity: for the 24 that lose most, one node at
-   a time gets 16-bit weight and output (the rest as chosen so far) and the metric is measured.
+   a time gets 16-bit weight and activations (the rest as chosen so far) and the metric is measured.
    Then per node, most sensitive first: its own calibration method and per-channel weight (still
-   int8), then the one of 16-bit weight, 16-bit output or float that meets the target with the
+   int8), then the one of 16-bit weight, 16-bit activations or float that meets the target with the
    fewest non-int8 nodes, else scores best. When no single node pays (the loss is spread), the
    2, 4, 8, ... nodes losing the most are swapped together.
 5. Every non-int8 choice is undone again where the target still holds without it.
@@ -171,7 +171,7 @@ class _Plan:
     method: CalibrationMethod = CalibrationMethod.MinMax
     node_methods: tuple = ()          # ((node, method), ...)
     node_per_channel: frozenset = frozenset()
-    wide_nodes: frozenset = frozenset()          # 16-bit output activation
+    wide_nodes: frozenset = frozenset()          # 16-bit activations (wide_tensors)
     wide_weight_nodes: frozenset = frozenset()   # 16-bit weight
     float_nodes: frozenset = frozenset()
 
@@ -264,6 +264,7 @@ class _Tuner:
         self.bases = {False: (model, _calibrate_every_method(model, calib_feeds, label))}
         self.g = GraphIndex(model)
         self.nodes = {n.name: n for n in model.graph.node}
+        self.compute = set()    # the compute nodes the default quantizes (set once it is built)
         self.cache = {}
 
     def out_of_time(self) -> bool:
@@ -292,6 +293,21 @@ class _Tuner:
                 tensors.append(readers[0].output[0])
         return tensors
 
+    def wide_tensors(self, name):
+        """What a node's "16-bit activations" widen: its outputs, and the activations it reads that no
+        quantized op writes (a graph input, the output of a float op such as HardSwish), which
+        the node quantizes itself on reading."""
+        node = self.nodes[name]
+        entries = []
+        for t in node.input:
+            if not t or self.g.is_constant(t):
+                continue
+            producer = self.g.producer.get(t)
+            rule = RULES.get(producer.op_type) if producer is not None else None
+            if producer is None or (producer.name not in self.compute and (rule is None or rule.kind != "passthrough")):
+                entries.append(t)
+        return entries + self.output_tensors(name)
+
     def weight_of(self, name):
         node = self.nodes[name]
         rule = RULES.get(node.op_type)
@@ -315,7 +331,7 @@ class _Tuner:
                 axis = weight_axis(self.nodes[node], len(self.g.shapes.get(w, [])))
                 overrides.setdefault(w, [{}])[0]["axis"] = axis
         for node in plan.wide_nodes:
-            for t in self.output_tensors(node):
+            for t in self.wide_tensors(node):
                 overrides.setdefault(t, [{}])[0]["quant_type"] = self.wide_type
                 # 16 bits have steps to spare: a clipping range (Percentile, Entropy) would only
                 # add clipping error to a tensor made wide to remove error.
@@ -434,7 +450,7 @@ class _Search:
         base = tuner.key(plan)
         helpful = [n for n in order if n not in keys or self.better(keys[n], base)]
         self.note = (f"{len(keys)} of {len(candidates)} int8 compute nodes measured one swap at a time ("
-                     + ("weight and output 16-bit" if self.wide_ok else "the node float") + ", the rest as chosen)"
+                     + ("weight and activations 16-bit" if self.wide_ok else "the node float") + ", the rest as chosen)"
                      + (f" in round {rounds}" if rounds > 1 else "")
                      + ("" if len(keys) == len(candidates) else
                         ", the ones losing the most SQNR in one exposed run first"
@@ -454,7 +470,7 @@ class _Search:
             for name in group:
                 candidate = _without_int8(candidate, name, self.tuner, self.wide_ok)
             if self.attempt(candidate, f"{len(group)} nodes losing the most SQNR: "
-                            + ("16-bit weight and output" if self.wide_ok else "float")):
+                            + ("16-bit weight and activations" if self.wide_ok else "float")):
                 kept = True
                 self.losers = self.losers[size:]
             elif kept:
@@ -480,7 +496,7 @@ class _Search:
                              f"{name}: per-channel weight")
 
     def wider_options(self, helpful):
-        """16-bit weight, 16-bit output or float, one node at a time, most sensitive first. Among the
+        """16-bit weight, 16-bit activations or float, one node at a time, most sensitive first. Among the
         options that meet the target the one with the fewest non-int8 nodes wins, else the best
         metric; ties go to the earlier option. 16-bit weights come before float because onnxruntime
         (>= 1.20, its WeightBiasQuantization pass) re-quantizes to int8 the float weights of a Conv,
@@ -496,7 +512,7 @@ class _Search:
                                 f"{name}: QInt16 weight"))
             if self.wide_ok:
                 options.append((plan.with_(wide_nodes=plan.wide_nodes | {name}),
-                                f"{name}: {tuner.wide_type.name} output"))
+                                f"{name}: {tuner.wide_type.name} activations"))
             if self.allow_float:
                 options.append((plan.with_(float_nodes=plan.float_nodes | {name}), f"{name}: float"))
             scored = []
@@ -544,7 +560,7 @@ def _compute_nodes(summary) -> list[str]:
 
 def _non_int8(tuner: _Tuner, plan: _Plan, compute: list[str]) -> set:
     """Compute nodes that are float, or read or write a 16-bit activation (through pass-through ops)."""
-    wide = {t for node in plan.wide_nodes for t in tuner.output_tensors(node)}
+    wide = {t for node in plan.wide_nodes for t in tuner.wide_tensors(node)}
     g = tuner.g
     available = set(g.graph_inputs) | set(g.initializers)
     for node in toposort(list(g.graph.node), available):
@@ -709,6 +725,7 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     baseline = tuner.build(plan)
     default_metric = tuner.score(plan)
     compute = _compute_nodes(baseline)
+    tuner.compute = set(compute)
     wide_ok = allow_wide and quant_format == QuantFormat.QDQ
     search = _Search(tuner, plan, target, objective, compute, wide_ok, allow_float, started, max_seconds)
     search.run()
@@ -754,7 +771,7 @@ def _choices(plan: _Plan, tuner: _Tuner) -> dict:
     for name in plan.wide_weight_nodes:
         per_node.setdefault(name, []).append("QInt16 weight")
     for name in plan.wide_nodes:
-        per_node.setdefault(name, []).append(f"{tuner.wide_type.name} output")
+        per_node.setdefault(name, []).append(f"{tuner.wide_type.name} activations")
     for name in plan.float_nodes:
         per_node.setdefault(name, []).append("float")
     choices.update({name: ", ".join(what) for name, what in sorted(per_node.items())})
