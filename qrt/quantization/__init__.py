@@ -66,6 +66,7 @@ from .preprocess import quant_pre_process
 from .smoothquant import SmoothedGroup, smooth_quant, smooth_quant_details
 from .static import quantize_static
 from .summary import NodeReport, QuantizationSummary
+from .tune import TuneResult, TuneStep, tune
 from .types import QuantFormat, QuantizationMode, QuantType
 from .weight_only import quantize_weight_only
 
@@ -98,4 +99,7 @@ __all__ = [
     "SmoothedGroup",
     "QuantizationSummary",
     "NodeReport",
+    "tune",
+    "TuneResult",
+    "TuneStep",
 ]

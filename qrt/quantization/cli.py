@@ -4,6 +4,7 @@
     qrt quantize mobilenet.onnx out.onnx --calibration data.npz --equalize --bias-correction
     qrt quantize bert.onnx bert.int8.onnx --dynamic
     qrt quantize bert.onnx bert.int8.onnx --dynamic --per-row --smooth-quant 0.5 --calibration data.npz
+    qrt quantize model.onnx out.onnx --calibration data.npz --target-sqnr 30
     qrt quantize llm.onnx llm.q4.onnx --weight-only 4 --extra algorithm=gptq --calibration data.npz
 
 ``--calibration`` takes a ``.npz`` file (one array per model input, samples along the first axis)
@@ -60,6 +61,14 @@ def _parser():
                         help="onnxruntime extra_options entry, e.g. ActivationSymmetric=true (repeatable)")
     parser.add_argument("--external-data", action="store_true", help="store weights in OUT.data")
     parser.add_argument("--progress", action="store_true", help="show a calibration progress bar")
+    tuning = parser.add_mutually_exclusive_group()
+    tuning.add_argument("--target-sqnr", type=float, metavar="DB",
+                        help="accuracy-aware tuning (qrt.quantization.tune): int8 where the output SQNR against "
+                             "float stays >= DB on the calibration data, per-channel/Percentile/Entropy/int16/float "
+                             "where it needs more")
+    tuning.add_argument("--target-cosine", type=float, metavar="COS",
+                        help="as --target-sqnr, with the minimum cosine similarity of the outputs as the target")
+    parser.add_argument("--tune-seconds", type=float, default=600.0, help="time bound of the tuning search")
     parser.add_argument("--verbose", action="store_true",
                         help="list every node kept in float with its reason (by default shape-computation "
                              "nodes are counted and the others grouped by op type and reason)")
@@ -106,6 +115,12 @@ def main(argv=None) -> int:
                       weight_type=_TYPES[args.weight_type], op_types_to_quantize=_split(args.op_types),
                       nodes_to_quantize=_split(args.nodes), nodes_to_exclude=_split(args.exclude),
                       use_external_data_format=args.external_data, extra_options=_extra(args.extra))
+        tuning = args.target_sqnr is not None or args.target_cosine is not None
+        if tuning:
+            if args.smooth_quant is not None or args.per_row or args.equalize or args.bias_correction:
+                raise QuantizationError("--target-sqnr/--target-cosine choose the techniques themselves: "
+                                        "drop --smooth-quant, --per-row, --equalize and --bias-correction")
+            return _tune(args)
         if args.smooth_quant is not None:
             common["extra_options"].update(SmoothQuant=True, SmoothQuantAlpha=args.smooth_quant)
         if args.per_row:
@@ -161,6 +176,23 @@ def main(argv=None) -> int:
         return 1
     print(summary.format(verbose=args.verbose))
     return 0
+
+
+def _tune(args) -> int:
+    from calibration import as_reader
+
+    from .tune import tune
+
+    if args.dynamic or args.weight_only or not args.calibration:
+        raise QuantizationError("--target-sqnr/--target-cosine tune static quantization: they need --calibration "
+                                "DATA and take no --dynamic or --weight-only")
+    objective, target = ("sqnr", args.target_sqnr) if args.target_sqnr is not None else ("cosine", args.target_cosine)
+    reader = as_reader(args.calibration, batch_size=args.batch_size)
+    result = tune(args.input, reader, args.output, target=target, objective=objective, max_seconds=args.tune_seconds,
+                  quant_format=args.format, activation_type=_TYPES[args.activation_type],
+                  weight_type=_TYPES[args.weight_type], extra_options=_extra(args.extra) or None, verbose=False)
+    print(result)
+    return 0 if result.met else 2
 
 
 if __name__ == "__main__":
