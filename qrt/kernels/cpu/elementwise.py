@@ -8,6 +8,8 @@ import math
 import numpy as np
 from numba import vectorize
 
+from . import vmath
+
 # --- arithmetic --------------------------------------------------------------------------------------------
 
 
@@ -203,7 +205,7 @@ def sign(x):
 
 @vectorize(cache=True)
 def exp(x):
-    return math.exp(x)
+    return vmath.exp(x)
 
 
 @vectorize(cache=True)
@@ -299,23 +301,19 @@ def atanh(x):
 
 @vectorize(cache=True)
 def tanh(x):
-    return math.tanh(x)
+    return vmath.tanh(x)
 
 
 @vectorize(cache=True)
 def erf(x):
-    return math.erf(x)
+    return vmath.erf(x)
 
 
 # --- activations (alpha/beta arrive as scalars of the input's dtype) ----------------------------------------
 
 @vectorize(cache=True)
 def sigmoid(x):
-    # Split by sign so exp never overflows.
-    if x >= 0:
-        return 1 / (1 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1 + e)
+    return vmath.sigmoid(x)
 
 
 @vectorize(cache=True)
@@ -330,17 +328,17 @@ def leaky_relu(x, alpha):
 
 @vectorize(cache=True)
 def elu(x, alpha):
-    return x if x >= 0 else alpha * (math.exp(x) - 1)
+    return x if x >= 0 else alpha * (vmath.exp(x) - 1)
 
 
 @vectorize(cache=True)
 def selu(x, alpha, gamma):
-    return gamma * x if x > 0 else gamma * (alpha * math.exp(x) - alpha)
+    return gamma * x if x > 0 else gamma * (alpha * vmath.exp(x) - alpha)
 
 
 @vectorize(cache=True)
 def celu(x, alpha):
-    return max(0, x) + min(0, alpha * (math.exp(x / alpha) - 1))
+    return max(0, x) + min(0, alpha * (vmath.exp(x / alpha) - 1))
 
 
 @vectorize(cache=True)
@@ -374,12 +372,13 @@ def mish(x):
 
 @vectorize(cache=True)
 def gelu_erf(x):
-    return 0.5 * x * (1 + math.erf(x / math.sqrt(2.0)))
+    # vmath.gelu_erf keeps float32 in float32 (the literals here would widen it to float64).
+    return vmath.gelu_erf(x)
 
 
 @vectorize(cache=True)
 def gelu_tanh(x):
-    return 0.5 * x * (1 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+    return vmath.gelu_tanh(x)
 
 
 @vectorize(cache=True)

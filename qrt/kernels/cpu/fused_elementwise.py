@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit, types
 
 from . import elementwise as ew
+from . import vmath
 
 # Each fusable op: (the ufunc from qrt.kernels.cpu.elementwise, number of tensor operands).
 # Extra parameters (LeakyRelu alpha, Clip bounds, ...) follow the operands as float32 literals.
@@ -160,9 +161,10 @@ def generate_source(kinds, scalars, program) -> str:
 
 
 def _source_version() -> str:
-    # Numba's cache only watches the generated file: fold the scalar functions' sources into the
-    # name so a change to any of them yields a new module instead of stale machine code.
-    return "".join(inspect.getsource(ufunc.__wrapped__) for ufunc, _ in SCALAR_OPS.values())
+    # Numba's cache only watches the generated file: fold the scalar functions' sources (and the
+    # vector math they call) into the name so a change to any of them yields a new module instead
+    # of stale machine code.
+    return inspect.getsource(vmath) + "".join(inspect.getsource(ufunc.__wrapped__) for ufunc, _ in SCALAR_OPS.values())
 
 
 _VERSION = hashlib.sha256(_source_version().encode()).hexdigest()[:12]
