@@ -61,7 +61,7 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"{'case':<12} {'shape':<6} {'thr':>3} {'qrt ms':>8} {'ort ms':>8} {'ratio':>6} {'max rel err':>11}")
+    print(f"{'case':<12} {'shape':<6} {'thr':>3} {'qrt ms':>8} {'ort ms':>8} {'ratio':>6} {'rel err':>11}")
     for case in args.only:
         for shape_name in args.shapes:
             shape = SHAPES[shape_name]
@@ -75,7 +75,9 @@ def main():
                 ort_options.intra_op_num_threads = threads
                 reference = ort.InferenceSession(data, ort_options, providers=["CPUExecutionProvider"])
                 ours, theirs = session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0]
-                scale = np.maximum(np.abs(theirs), np.float32(1e-30))
+                # Relative where onnxruntime's value is not tiny: its own approximations (a Sigmoid
+                # clamped at |x| = 18, Gelu's tails) differ from the exact value there.
+                scale = np.maximum(np.abs(theirs), np.float32(1e-6))
                 err = float(np.max(np.abs(ours.astype(np.float64) - theirs) / scale))
                 qrt_ms = time_runs(lambda: session.run(None, {"x": x}), args.runs, 3)
                 ort_ms = time_runs(lambda: reference.run(None, {"x": x}), args.runs, 3)

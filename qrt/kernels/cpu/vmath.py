@@ -237,17 +237,20 @@ def gelu_tanh_float32(x):
     return _HALF * x * (_ONE + tanh_float32(_SQRT_2_OVER_PI * (c + _GELU_CUBIC * c * c * c)))
 
 
-def _dispatch(python_impl, float32_impl):
-    @overload(python_impl, inline="always")
+def _dispatch(python_impl, float32_impl, inline):
+    @overload(python_impl, inline=inline)
     def _overload(x):
         if x == types.float32:
             return lambda x: float32_impl(x)
         return python_impl
 
 
-_dispatch(exp, exp_float32)
-_dispatch(sigmoid, sigmoid_float32)
-_dispatch(tanh, tanh_float32)
-_dispatch(erf, erf_float32)
-_dispatch(gelu_erf, gelu_erf_float32)
-_dispatch(gelu_tanh, gelu_tanh_float32)
+# exp is small enough for LLVM to inline on its own, and Numba-level inlining of it into prange
+# loops (softmax, attention) trips Numba's IR scope check; the larger functions must be inlined by
+# Numba, or LLVM keeps them as calls and the caller's loop scalar.
+_dispatch(exp, exp_float32, "never")
+_dispatch(sigmoid, sigmoid_float32, "always")
+_dispatch(tanh, tanh_float32, "always")
+_dispatch(erf, erf_float32, "always")
+_dispatch(gelu_erf, gelu_erf_float32, "always")
+_dispatch(gelu_tanh, gelu_tanh_float32, "always")
