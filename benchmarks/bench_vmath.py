@@ -8,7 +8,6 @@ qrt/onnxruntime at each thread count; also the max relative error of qrt against
 """
 import argparse
 import math
-import os
 import sys
 
 import numpy as np
