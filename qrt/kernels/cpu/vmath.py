@@ -22,7 +22,7 @@ regions (measured maximum; the test's bound in brackets):
 * ``gelu_erf``/``gelu_tanh``: ONNX's formulas over the above in float32 (where x·(1 + erf) cancels,
   for x < -3, the relative error grows as it does in onnxruntime's float32 Gelu).
 
-Method (coefficients fitted for this file by a weighted Lawson minimax iteration in float64 and
+Method (coefficients from scripts/fit_vmath.py: weighted Lawson minimax fits in float64,
 rounded to float32; the residual rounding is part of the errors above):
 
 * exp: x = k·ln2 + r with |r| <= ln2/2 (k rounded to nearest, ln2 split in a 9-bit head whose
