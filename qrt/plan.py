@@ -136,6 +136,7 @@ class Plan:
         self.steps = steps
         self.outer_names = outer_names         # names read from an enclosing graph
         self.output_types = ()                 # graph outputs' TypeProtos (Loop/Scan size empty scan outputs)
+        self.input_types = ()                  # TypeProtos of input_names (QLinearTable's source type)
         self.subplans = []                     # plans of this graph's subgraphs (If/Loop/Scan bodies)
         self._compile()
 
@@ -422,6 +423,7 @@ def build_plan(graph: onnx.GraphProto, opsets: dict, providers=None, label: str 
     plan = Plan(label, input_names, output_names, constants, steps, frozenset(outer_used))
     plan.subplans = subplans
     plan.output_types = tuple(o.type for o in graph.output)
+    plan.input_types = tuple(i.type for i in graph.input if i.name not in constants)
     return plan
 
 

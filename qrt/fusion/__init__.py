@@ -1,7 +1,11 @@
-"""Plan-time graph rewrites: QDQ groups onto the integer kernels, activations and element-wise groups fused."""
+"""Plan-time graph rewrites: QDQ groups and dynamic-quantization chains onto the integer kernels, activations and
+element-wise groups fused."""
 from .activations import fuse_activations
+from .dynamic_matmul import fuse_dynamic_matmuls
 from .elementwise import fuse_elementwise
 from .qdq import fuse_qdq_groups
+from .qtables import fuse_qlinear_tables
 from .transformer import fuse_transformer
 
-__all__ = ["fuse_activations", "fuse_elementwise", "fuse_qdq_groups", "fuse_transformer"]
+__all__ = ["fuse_activations", "fuse_dynamic_matmuls", "fuse_elementwise", "fuse_qdq_groups", "fuse_qlinear_tables",
+           "fuse_transformer"]

@@ -7,20 +7,28 @@ QLinearConcat and QLinearSoftmax follow onnxruntime's contrib-op definitions: de
 float op, quantize (round half to even, saturate), computed on integer sums where that is exact
 and in float32 where onnxruntime computes in float32, so results agree to within one quantization
 step (a rounding tie decided the other way).
+
+Beside them, qrt's own ``qrt::QLinearTable`` (what :mod:`qrt.fusion.qtables` turns element-wise
+functions of one 8-bit tensor into) shares the table lookup of QLinearSigmoid and QLinearLeakyRelu.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from onnx import TensorProto, helper
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qgemm_amx as kamx
+from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
-from .base import Op
+from .base import Op, ShapeCache
 from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _DequantizeLinear,
-                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize, flip_of,
-                        qbounds, scalar_int, shifted)
+                        _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize,
+                        dynamic_quantize_rows, flip_of, qbounds, scalar_int, shifted)
 
 MS = "com.microsoft"
 
@@ -145,12 +153,49 @@ class QGemm(Op):
         return call(kq.scale_sum, acc, C, scale_ab, dtype=np.float32)
 
 
+class _ConstantWeights:
+    """A constant 2-D B with constant scale, zero point and bias, packed once with the float epilogue's
+    per-column arrays, so a run on them does no validation, broadcasting or allocation beyond its output.
+
+    ``matches`` compares the run's arrays by identity with the ones prepared (the planner passes the
+    same constant objects to ``prepare`` and ``run``; an omitted input is None in both).
+    """
+
+    __slots__ = ("b", "b_scale", "b_zero_point", "bias", "packed", "K", "N", "scale", "fbias", "zeros", "zb_nonzero")
+
+    def __init__(self, mm, b, b_scale, b_zero_point, bias):
+        self.b, self.b_scale, self.b_zero_point, self.bias = b, b_scale, b_zero_point, bias
+        self.K, self.N = b.shape
+        self.packed = mm.packed(b, b_zero_point, InvalidModel)
+        self.zb_nonzero = self.packed.zb_nonzero
+        self.scale = _vector_for(b_scale, self.N, "b_scale", InvalidModel, "column of B").astype(np.float32)
+        fbias = np.zeros(self.N, np.float32) if bias is None else np.broadcast_to(
+            np.asarray(bias, np.float32).reshape(-1), (self.N,))
+        self.fbias = np.ascontiguousarray(fbias).reshape(1, self.N)
+        self.zeros = (np.zeros((1, self.N), np.int32), np.zeros((1, self.N), np.float64))
+
+    @staticmethod
+    def of(mm, b, b_scale, b_zero_point, bias):
+        if b is None or b_scale is None or b.ndim != 2 or b.dtype not in EIGHT_BIT or not b.shape[0]:
+            return None
+        if bias is not None and (np.asarray(bias).dtype != np.float32 or np.asarray(bias).size != b.shape[1]):
+            return None
+        return _ConstantWeights(mm, b, b_scale, b_zero_point, bias)
+
+    def matches(self, b, b_scale, b_zero_point, bias):
+        return b is self.b and b_scale is self.b_scale and b_zero_point is self.b_zero_point and bias is self.bias
+
+    def epilogue(self, a_scale):
+        return kgemm.float_epilogue((np.float32(a_scale) * self.scale).reshape(1, self.N), self.fbias, self.zeros)
+
+
 @register("MatMulIntegerToFloat", 1, domain=MS)
 class MatMulIntegerToFloat(Op):
     """``Y = (A - za)(B - zb) * a_scale * b_scale + bias`` in float (int32 sums, float32 scaling)."""
 
     def __init__(self):
         self._mm = QuantizedMatMul()
+        self._weights = None
 
     def prepare(self, constants):
         a, b, a_scale, b_scale = constants[:4]
@@ -168,8 +213,30 @@ class MatMulIntegerToFloat(Op):
             if b_scale is not None and np.asarray(b_scale).size > 1:
                 _vector_for(b_scale, b.shape[-1], "b_scale", InvalidModel, "column of B")
             self._mm.prepare_b(b, b_zp)
+            bias = constants[6] if len(constants) > 6 else None
+            self._weights = _ConstantWeights.of(self._mm, b, b_scale, b_zp, bias)
 
     def run(self, A, B, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
+        w = self._weights
+        if w is not None and w.matches(B, b_scale, b_zero_point, bias) and A.dtype == np.uint8 and A.ndim >= 1 \
+                and A.shape[-1] == w.K and a_scale.dtype == np.float32 and a_scale.size == 1 \
+                and a_zero_point is not None and a_zero_point.dtype == np.uint8 and a_zero_point.size == 1:
+            s = float(a_scale.reshape(-1)[0])
+            if not 0 < s < np.inf:
+                check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)    # raises, naming the value
+            rows = int(np.prod(A.shape[:-1], dtype=np.int64))
+            out = np.empty((rows, w.N), np.float32)
+            a2 = np.ascontiguousarray(A).reshape(rows, w.K)
+            za = int(a_zero_point.reshape(-1)[0])
+            if kamx.usable(w.packed):
+                # Rows copied into a buffer the AMX driver can read in whole blocks, sums taken on the way.
+                a_rows = kamx.padded_rows(rows, w.packed.Kp)
+                row_sum = np.empty(rows, np.int32)
+                kgemm.prepare_a(a2, np.uint8(0), w.packed.Kp, a_rows, row_sum)
+                kgemm.matmul_rows(a_rows, w.K, row_sum, za, w.packed, w.epilogue(s), out, w.zb_nonzero)
+            else:
+                kgemm.matmul(a2, 0, np.full(rows, za, np.int32), w.packed, w.epilogue(s), out)
+            return out.reshape(A.shape[:-1] + (w.N,))
         check_scale(a_scale, "a_scale", InvalidArgument, scalar=True)
         check_scale(b_scale, "b_scale", InvalidArgument)
         out_dtype = np.asarray(a_scale).dtype
@@ -188,6 +255,7 @@ class DynamicQuantizeMatMul(Op):
 
     def __init__(self):
         self._mm = QuantizedMatMul()
+        self._weights = None
 
     def prepare(self, constants):
         b, b_scale = constants[1], constants[2]
@@ -200,17 +268,28 @@ class DynamicQuantizeMatMul(Op):
             if b_scale is not None and np.asarray(b_scale).size > 1:
                 _vector_for(b_scale, b.shape[-1], "b_scale", InvalidModel, "column of B")
             self._mm.prepare_b(b, b_zp)
+            bias = constants[4] if len(constants) > 4 else None
+            self._weights = _ConstantWeights.of(self._mm, b, b_scale, b_zp, bias)
 
     def run(self, A, B, b_scale, b_zero_point=None, bias=None):
-        check_scale(b_scale, "b_scale", InvalidArgument)
         if A.dtype != np.float32:
             raise InvalidArgument(f"A must be float32, got {A.dtype}")
-        a_q, a_scale, a_zp = dynamic_quantize(A)
+        w = self._weights
+        if w is not None and w.matches(B, b_scale, b_zero_point, bias) and A.ndim >= 1 and A.shape[-1] == w.K:
+            # A is quantized straight into the GEMM's row buffer, its row sums taken in the same pass.
+            x2 = (A if A.flags.c_contiguous else np.ascontiguousarray(A)).reshape(-1, w.K)
+            rows, row_sum, a_scale, a_zp = dynamic_quantize_rows(x2, w.packed.Kp)
+            out = np.empty((rows.shape[0], w.N), np.float32)
+            kgemm.matmul_rows(rows, w.K, row_sum, int(a_zp), w.packed, w.epilogue(a_scale), out, w.zb_nonzero)
+            return out.reshape(A.shape[:-1] + (w.N,))
+        check_scale(b_scale, "b_scale", InvalidArgument)
         N = B.shape[-1] if B.ndim > 1 else 1
-        fscale = a_scale * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
+        b_scale = _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32)
         fbias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (N,))
+        a_q, a_scale, a_zp = dynamic_quantize(A)
         return self._mm.compute(a_q, np.asarray(a_zp), B, b_zero_point,
-                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=fscale, fbias=fbias), np.float32)
+                                lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=a_scale * b_scale, fbias=fbias),
+                                np.float32)
 
 
 @register("QLinearConv", 1, domain=MS)
@@ -238,7 +317,48 @@ class QLinearConvMS(Op):
 
 # --------------------------------------------------------------------------- element-wise
 
+def _binary_layout(shape_a, shape_b):
+    """(output shape, 3-D dims, element strides of A, of B) of a broadcast, or None past 3 axes.
+
+    Size-1 axes are dropped and neighbouring axes merged wherever both operands step through them
+    as one, so same-shape inputs become one run, a scalar a stride of 0, per-channel values rows.
+    """
+    shape = np.broadcast_shapes(shape_a, shape_b)
+
+    def strides(s):
+        s = (1,) * (len(shape) - len(s)) + tuple(s)
+        out, step = [], 1
+        for d in reversed(s):
+            out.append(step if d != 1 else 0)
+            step *= d
+        return out[::-1]
+
+    dims, sa, sb = [], [], []
+    for d, x, y in zip(shape, strides(shape_a), strides(shape_b)):
+        if d == 1:
+            continue
+        if dims and sa[-1] == x * d and sb[-1] == y * d:
+            dims[-1] *= d
+            sa[-1], sb[-1] = x, y
+        else:
+            dims.append(d)
+            sa.append(x)
+            sb.append(y)
+    if len(dims) > 3:
+        return None
+    pad = 3 - len(dims)
+    return (shape, np.array([1] * pad + dims, np.int64), np.array([0] * pad + sa, np.int64),
+            np.array([0] * pad + sb, np.int64))
+
+
 class _Binary(Op):
+    """QLinearAdd / QLinearMul: parameters checked and converted once per set of constant inputs,
+    the broadcast bound once per pair of input shapes."""
+
+    def __init__(self):
+        self._params_cache = _ConstantCache()
+        self._layouts = ShapeCache()
+
     def prepare(self, constants):
         a, b = constants[0], constants[3]
         _check_pairs((("A", constants[1], constants[2]),), InvalidModel, None if a is None else a.dtype)
@@ -247,53 +367,94 @@ class _Binary(Op):
         c_scale = constants[6] if len(constants) > 6 else None
         c_zp = constants[7] if len(constants) > 7 else None
         _check_pairs((("C", c_scale, c_zp),), InvalidModel, None if a is None else a.dtype)
+        params = [constants[i] if i < len(constants) else None for i in (1, 2, 4, 5, 6, 7)]
+        if params[0] is not None and params[2] is not None and params[4] is not None:
+            zp = next((z for z in params[1::2] if z is not None), None)
+            dtypes = (a.dtype,) if a is not None else ((zp.dtype,) if zp is not None else EIGHT_BIT)
+            self._params_cache.put(params, {d: self._params(d, *params) for d in dtypes})
 
-    def _params(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point):
+    def _params(self, dtype, A_scale, A_zero_point, B_scale, B_zero_point, C_scale, C_zero_point):
+        """(za, zb, ratios, zc, qmin, qmax) as the kernels take them."""
+        qmin, qmax = qbounds(dtype)
+        return (np.int32(scalar_int(A_zero_point)), np.int32(scalar_int(B_zero_point)),
+                self._ratios(A_scale, B_scale, C_scale), np.float32(scalar_int(C_zero_point)), np.float32(qmin),
+                np.float32(qmax))
+
+    def _run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point, kernels):
         if A.dtype not in EIGHT_BIT or B.dtype != A.dtype:
             raise InvalidArgument(f"A and B must be both int8 or both uint8, got {A.dtype} and {B.dtype}")
-        _check_pairs((("A", A_scale, A_zero_point), ("B", B_scale, B_zero_point), ("C", C_scale, C_zero_point)),
-                     InvalidArgument, A.dtype)
-        qmin, qmax = qbounds(A.dtype)
-        shift = 128 if A.dtype == np.int8 else 0
-        return (np.int32(scalar_int(A_zero_point) + shift), np.int32(scalar_int(B_zero_point) + shift),
-                np.float32(scalar_int(C_zero_point) + shift), np.float32(qmin + shift), np.float32(qmax + shift))
-
-    @staticmethod
-    def _operands(A, B):
-        """Both inputs as flat uint8 views of the output shape (the smaller one broadcast by copying)."""
-        try:
-            shape = np.broadcast_shapes(A.shape, B.shape)
-        except ValueError:
-            raise InvalidArgument(f"shapes {list(A.shape)} and {list(B.shape)} do not broadcast") from None
-        a = np.ascontiguousarray(np.broadcast_to(A, shape)).view(np.uint8).reshape(-1)
-        b = np.ascontiguousarray(np.broadcast_to(B, shape)).view(np.uint8).reshape(-1)
+        arrays = (A_scale, A_zero_point, B_scale, B_zero_point, C_scale, C_zero_point)
+        cached = self._params_cache.get(arrays)
+        params = None if cached is None else cached.get(A.dtype)
+        if params is None:
+            _check_pairs((("A", A_scale, A_zero_point), ("B", B_scale, B_zero_point), ("C", C_scale, C_zero_point)),
+                         InvalidArgument, A.dtype)
+            params = self._params(A.dtype, *arrays)
+        za, zb, ratios, zc, lo, hi = params
+        key = (A.shape, B.shape)
+        layout = self._layouts.get(key)
+        if layout is None:
+            try:
+                layout = _binary_layout(A.shape, B.shape)
+            except ValueError:
+                raise InvalidArgument(f"shapes {list(A.shape)} and {list(B.shape)} do not broadcast") from None
+            if layout is None:   # more than 3 axes that broadcast differently: copy both to the output shape
+                shape = np.broadcast_shapes(A.shape, B.shape)
+                n = math.prod(shape)
+                layout = (shape, np.array([1, 1, n], np.int64), np.array([0, 0, 1], np.int64),
+                          np.array([0, 0, 1], np.int64), True)
+            else:
+                layout = layout + (False,)
+            self._layouts.put(key, layout)
+        shape, dims, sa, sb, copy = layout
+        if copy:
+            A = np.broadcast_to(A, shape)
+            B = np.broadcast_to(B, shape)
         out = np.empty(shape, A.dtype)
-        return a, b, out
+        if out.size:
+            kernel = kernels[1] if out.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1 else kernels[0]
+            kernel(np.ascontiguousarray(A).reshape(-1), np.ascontiguousarray(B).reshape(-1), dims, sa, sb, za, zb,
+                   *ratios, zc, lo, hi, out.reshape(-1))
+        return out
 
 
 @register("QLinearAdd", 1, domain=MS)
 class QLinearAdd(_Binary):
     """``C = saturate(rint((A_scale (A - za) + B_scale (B - zb)) / C_scale) + zc)``, broadcasting."""
 
+    @staticmethod
+    def _ratios(A_scale, B_scale, C_scale):
+        return np.float32(_scalar(A_scale) / _scalar(C_scale)), np.float32(_scalar(B_scale) / _scalar(C_scale))
+
     def run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point=None):
-        za, zb, zc, lo, hi = self._params(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point)
-        ratio_a = np.float32(_scalar(A_scale) / _scalar(C_scale))
-        ratio_b = np.float32(_scalar(B_scale) / _scalar(C_scale))
-        a, b, out = self._operands(A, B)
-        kq.qadd(a, b, np.uint8(flip_of(A.dtype)), za, zb, ratio_a, ratio_b, zc, lo, hi, out.reshape(-1).view(np.uint8))
-        return out
+        return self._run(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point,
+                         (kq.qadd, kq.qadd_parallel))
 
 
 @register("QLinearMul", 1, domain=MS)
 class QLinearMul(_Binary):
     """``C = saturate(rint((A - za)(B - zb) A_scale B_scale / C_scale) + zc)``, broadcasting."""
 
+    @staticmethod
+    def _ratios(A_scale, B_scale, C_scale):
+        return (np.float32(_scalar(A_scale) * _scalar(B_scale) / _scalar(C_scale)),)
+
     def run(self, A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point=None):
-        za, zb, zc, lo, hi = self._params(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point)
-        ratio = np.float32(_scalar(A_scale) * _scalar(B_scale) / _scalar(C_scale))
-        a, b, out = self._operands(A, B)
-        kq.qmul(a, b, np.uint8(flip_of(A.dtype)), za, zb, ratio, zc, lo, hi, out.reshape(-1).view(np.uint8))
-        return out
+        return self._run(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point,
+                         (kq.qmul, kq.qmul_parallel))
+
+
+def lookup(X, table, out_dtype):
+    """``table[X]`` for 8-bit ``X`` (indexed by its uint8 bit pattern), as an array of ``out_dtype``."""
+    x = np.ascontiguousarray(X).view(np.uint8).reshape(-1)
+    out = np.empty(X.shape, out_dtype)
+    if kq.TABLE_VBMI:   # memory-bound at one thread
+        kq.apply_table_vbmi(x, table, out.reshape(-1).view(np.uint8))
+    elif x.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1:
+        kq.apply_table_parallel(x, table, out.reshape(-1).view(np.uint8))
+    else:
+        kq.apply_table(x, table, out.reshape(-1).view(np.uint8))
+    return out
 
 
 class _TableOp(Op):
@@ -327,10 +488,7 @@ class _TableOp(Op):
         if table is None:
             _check_pairs((("X", X_scale, X_zero_point), ("Y", Y_scale, Y_zero_point)), InvalidArgument, X.dtype)
             table = self._table(X.dtype, X_scale, X_zero_point, Y_scale, Y_zero_point)
-        x = np.ascontiguousarray(X).view(np.uint8)
-        out = np.empty(X.shape, X.dtype)
-        kq.apply_table(x.reshape(-1), table, out.reshape(-1).view(np.uint8))
-        return out
+        return lookup(X, table, X.dtype)
 
 
 def _table_args(dtype, x_scale, x_zp, y_scale, y_zp):
@@ -357,6 +515,41 @@ class QLinearLeakyRelu(_TableOp):
         qmin, qmax = qbounds(dtype)
         return kq.leaky_relu_table(*_table_args(dtype, x_scale, x_zp, y_scale, y_zp), self.alpha,
                                    np.float32(qmin), np.float32(qmax), dtype == np.int8)
+
+
+@register("QLinearTable", 1, domain="qrt")
+class QLinearTable(Op):
+    """``Y = table[X]``: ``body`` (element-wise nodes whose one varying input is the 8-bit X, ending at
+    an 8-bit Y; see :mod:`qrt.fusion.qtables`) run once, at session creation, on the 256 values of X.
+
+    Running the body itself on qrt's kernels makes the table equal the unfused nodes bit for bit.
+    """
+
+    def __init__(self, body):
+        self.body = body
+        if len(body.input_names) != 1 or len(body.output_names) != 1:
+            raise InvalidModel("QLinearTable body must have one input and one output")
+        x_type = body.input_types[0].tensor_type.elem_type if body.input_types else 0
+        if x_type not in (TensorProto.UINT8, TensorProto.INT8):
+            raise InvalidModel(f"QLinearTable input must be int8 or uint8, got type {x_type}")
+        # A body constant of higher rank than X would widen the output: the body's broadcast, not a table.
+        self.min_rank = max((np.ndim(v) for v in body.constants.values()), default=0)
+        values = np.arange(256, dtype=np.uint8).view(helper.tensor_dtype_to_np_dtype(x_type))
+        values = values.reshape((1,) * max(self.min_rank - 1, 0) + (256,))
+        y = np.asarray(body.run({body.input_names[0]: values})[0])
+        if y.dtype not in EIGHT_BIT or y.size != 256:
+            raise InvalidModel(f"QLinearTable body must map 256 8-bit values to as many 8-bit values, got "
+                               f"dtype {y.dtype} shape {list(y.shape)}")
+        self.x_dtype = values.dtype
+        self.y_dtype = y.dtype
+        self.table = np.ascontiguousarray(y).reshape(-1).view(np.uint8)
+
+    def run(self, X):
+        if X.dtype != self.x_dtype:
+            raise InvalidArgument(f"X must be {self.x_dtype}, got {X.dtype}")
+        if X.ndim < self.min_rank:
+            return self.body.run({self.body.input_names[0]: X})[0]
+        return lookup(X, self.table, self.y_dtype)
 
 
 @register("QLinearWhere", 1, domain=MS)

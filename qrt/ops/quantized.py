@@ -21,13 +21,19 @@ from onnx import TensorProto, helper
 from .. import qmath
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import qconv as kconv
+from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
+from ..kernels.cpu import qgemm_amx as kamx
+from ..kernels.cpu import quantize as kquant
+from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op
 
 _U8, _I8 = np.dtype(np.uint8), np.dtype(np.int8)
+# Types Quantize/DequantizeLinear's flat per-tensor kernels handle (exact in float32).
+_FLAT_QTYPES = (_U8, _I8, np.dtype(np.uint16), np.dtype(np.int16))
 EIGHT_BIT = (_U8, _I8)
 _INT_QTYPES = {
     TensorProto.UINT8: _U8, TensorProto.INT8: _I8,
@@ -197,9 +203,27 @@ class _QuantizeLinear(Op):
     def prepare(self, constants):
         x, scale = constants[0], constants[1]
         zero_point = constants[2] if len(constants) > 2 else None
-        self._check(x, None if scale is None else np.asarray(scale), zero_point, InvalidModel)
+        out = self._check(x, None if scale is None else np.asarray(scale), zero_point, InvalidModel)
+        # Constant per-tensor float32 parameters to 8 or 16 bits (what quantizers emit): checked here,
+        # converted once; ``run`` recognises them by identity and goes straight to the flat kernel.
+        self._flat = None
+        if isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == 1 and not self.block_size \
+                and self.precision in (0, TensorProto.FLOAT) and out in _FLAT_QTYPES \
+                and (len(constants) < 3 or zero_point is not None):
+            lo, hi = qbounds(out)
+            self._flat = (scale, zero_point, scale.reshape(-1)[0], np.float32(scalar_int(zero_point)), np.float32(lo),
+                          np.float32(hi), out)
 
     def run(self, x, y_scale, y_zero_point=None):
+        flat = self._flat
+        if flat is not None and y_scale is flat[0] and y_zero_point is flat[1] and x.dtype == np.float32:
+            _, _, s, z, lo, hi, dtype = flat
+            y = np.empty(x.shape, dtype)
+            if y.size:
+                kernel = kquant.quantize_flat_parallel if y.size >= kq.PARALLEL_MIN_ELEMENTS \
+                    and num_threads() > 1 else kquant.quantize_flat
+                kernel(np.ascontiguousarray(x).reshape(-1), s, z, lo, hi, y.reshape(-1))
+            return y
         scale = np.asarray(y_scale)
         out = self._check(x, scale, y_zero_point, InvalidArgument)
         if self.precision:
@@ -315,8 +339,25 @@ class _DequantizeLinear(Op):
         x, scale = constants[0], constants[1]
         zero_point = constants[2] if len(constants) > 2 else None
         self._check(x, None if scale is None else np.asarray(scale), zero_point, InvalidModel)
+        # Constant per-tensor float32 parameters (see QuantizeLinear): the flat kernel, no per-call checks.
+        self._flat = None
+        zdt = None if zero_point is None else np.asarray(zero_point).dtype
+        if isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == 1 and not self.block_size \
+                and self.output_dtype in (None, np.float32) and (zdt is None or zdt in _FLAT_QTYPES) \
+                and (len(constants) < 3 or zero_point is not None):
+            self._flat = (scale, zero_point, scale.reshape(-1)[0], np.float32(scalar_int(zero_point)),
+                          (zdt,) if zdt is not None else _FLAT_QTYPES)
 
     def run(self, x, x_scale, x_zero_point=None):
+        flat = self._flat
+        if flat is not None and x_scale is flat[0] and x_zero_point is flat[1] and x.dtype in flat[4]:
+            _, _, s, z, _ = flat
+            y = np.empty(x.shape, np.float32)
+            if y.size:
+                kernel = kquant.dequantize_flat_parallel if y.size >= kq.PARALLEL_MIN_ELEMENTS \
+                    and num_threads() > 1 else kquant.dequantize_flat
+                kernel(np.ascontiguousarray(x).reshape(-1), s, z, y.reshape(-1))
+            return y
         scale = np.asarray(x_scale)
         self._check(x, scale, x_zero_point, InvalidArgument)
         zp = None if x_zero_point is None else np.asarray(x_zero_point)
@@ -367,22 +408,30 @@ class DequantizeLinear23(_DequantizeLinear):
 
 # --------------------------------------------------------------------------- DynamicQuantizeLinear
 
+def dynamic_quantize_rows(x2, Kp):
+    """DynamicQuantizeLinear of float32 ``x2`` (M, K), C-contiguous, in the int8 GEMM's row form.
+
+    Returns (rows (M, Kp) uint8 zero-padded past K, their int32 sums, float32 scale, uint8 zero point).
+    """
+    rows = kamx.padded_rows(x2.shape[0], Kp)
+    row_sum = np.empty(x2.shape[0], np.int32)
+    if x2.size < kdyn.PARALLEL_MIN_ELEMENTS or num_threads() == 1:
+        scale, zero_point = kdyn.quantize_small(x2, rows, row_sum) if x2.size else (np.float32(1 / 255), 0.0)
+    else:
+        lo, hi = kdyn.range_keys_parallel(x2.reshape(-1).view(np.int32), min(64, x2.size // 4096))
+        scale, zero_point = kdyn.quantization_params(lo, hi)
+        kdyn.quantize_rows_parallel(x2, scale, zero_point, rows, row_sum)
+    return rows, row_sum, np.float32(scale), np.uint8(zero_point)
+
+
 def dynamic_quantize(x):
     """ONNX DynamicQuantizeLinear on float32 ``x``: (uint8 y, float32 scale, uint8 zero point)."""
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    if x32.size:
-        lo, hi = kq.min_max(x32.reshape(-1))
-    else:
-        lo, hi = 0.0, 0.0
-    maxx = np.float32(max(0.0, hi)) if hi == hi else np.float32(hi)
-    minx = np.float32(min(0.0, lo)) if lo == lo else np.float32(lo)
-    # The spec's float32 arithmetic: scale = (max - min) / 255, zero point = rint(clip(-min / scale)).
-    span = np.float32(1.0) if maxx == minx else np.float32(maxx - minx)
-    scale = np.float32(span / np.float32(255))
-    zp = np.rint(np.clip(np.float32(0) - minx / scale, 0, 255)) if scale == scale else np.float32(0)
-    zero_point = np.uint8(zp)
-    y = qmath.quantize(x32, scale, np.asarray(zero_point), qtype=np.uint8)
-    return y, scale, zero_point
+    x32 = np.asarray(x, dtype=np.float32)
+    if not x32.flags.c_contiguous:
+        x32 = x32.copy()   # (np.ascontiguousarray would make a 0-d input 1-d)
+    K = x32.shape[-1] if x32.ndim else 1
+    rows, _, scale, zero_point = dynamic_quantize_rows(x32.reshape(-1, K) if K else x32.reshape(0, 0), K)
+    return rows.reshape(x32.shape), scale, zero_point
 
 
 @register("DynamicQuantizeLinear", 11)

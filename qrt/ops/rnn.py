@@ -37,7 +37,7 @@ from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import rnn as k
 from ..registry import register
 from .base import Op
-from .quantized import EIGHT_BIT, check_scale, check_zero_point, dynamic_quantize
+from .quantized import EIGHT_BIT, check_scale, check_zero_point, dynamic_quantize_rows
 
 # name -> (default alpha, default beta), None where the function takes no such parameter.
 _PARAMETERS = {
@@ -446,12 +446,13 @@ class DynamicQuantizeLSTM(_LSTM):
         if seq and steps:
             # X is quantized once, over the steps that run: onnxruntime's one input product per direction.
             rows = steps * batch
-            x_q, x_scale, x_zero_point = dynamic_quantize(x[:steps].reshape(rows, width))
-            za = np.full(rows, x_zero_point, np.int32)
+            # Written straight into the GEMM's row buffer with its row sums (the AMX driver's, where it runs).
+            x_q, row_sum, x_scale, x_zero_point = dynamic_quantize_rows(
+                np.ascontiguousarray(x[:steps]).reshape(rows, width), packed.w_packs[0].Kp)
             xw = np.empty((dirs, rows, n), np.float32)
             for d in range(dirs):
                 epilogue = kgemm.Epilogue(2, 1, n, fscale=x_scale * packed.w_scale[d])
-                kgemm.matmul(x_q, 0, za, packed.w_packs[d], epilogue, xw[d])
+                kgemm.matmul_rows(x_q, width, row_sum, int(x_zero_point), packed.w_packs[d], epilogue, xw[d])
             r_pack = packed.r_pack
             mc, n_groups = kgemm.split_work(batch, -(-n // r_pack.nr), r_pack.Kp, r_pack.nr)
             zero_finished = bool(self.output_names[:1] and self.output_names[0])

@@ -1,7 +1,9 @@
 """``qrt quantize IN OUT``: static (calibrated) or dynamic int8 quantization from the shell.
 
     qrt quantize model.onnx out.onnx --calibration data.npz --format qdq --per-channel --method entropy
+    qrt quantize mobilenet.onnx out.onnx --calibration data.npz --equalize --bias-correction
     qrt quantize bert.onnx bert.int8.onnx --dynamic
+    qrt quantize bert.onnx bert.int8.onnx --dynamic --per-row --smooth-quant 0.5 --calibration data.npz
     qrt quantize llm.onnx llm.q4.onnx --weight-only 4 --extra algorithm=gptq --calibration data.npz
 
 ``--calibration`` takes a ``.npz`` file (one array per model input, samples along the first axis)
@@ -37,12 +39,21 @@ def _parser():
     parser.add_argument("--format", default="qdq", choices=["qdq", "qoperator"], help="static format (default qdq)")
     parser.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
     parser.add_argument("--reduce-range", action="store_true", help="7-bit weights")
+    parser.add_argument("--smooth-quant", nargs="?", type=float, const=0.5, default=None, metavar="ALPHA",
+                        help="SmoothQuant before quantizing: move activation outliers into the weights with "
+                             "migration strength ALPHA (default 0.5); reads --calibration, also with --dynamic")
+    parser.add_argument("--per-row", action="store_true",
+                        help="--dynamic: per-row (per-token) activation scales and per-channel weights for MatMul")
     parser.add_argument("--method", default="minmax", choices=_METHODS, help="calibration method")
     parser.add_argument("--activation-type", default="int8", choices=sorted(_TYPES), help="default int8")
     parser.add_argument("--weight-type", default="int8", choices=sorted(_TYPES), help="default int8")
     parser.add_argument("--op-types", help="comma-separated op types to quantize (default: all supported)")
     parser.add_argument("--nodes", help="comma-separated node names: quantize only these")
     parser.add_argument("--exclude", help="comma-separated node names to keep in float")
+    parser.add_argument("--equalize", action="store_true",
+                        help="cross-layer equalization of Conv->Relu->Conv and Gemm->Relu->Gemm pairs first")
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="correct quantized Conv/Gemm biases by their mean output error on the calibration data")
     parser.add_argument("--range", action="append", default=[], metavar="TENSOR=MIN,MAX",
                         help="fix a tensor's range instead of calibrating it (repeatable)")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE",
@@ -95,10 +106,22 @@ def main(argv=None) -> int:
                       weight_type=_TYPES[args.weight_type], op_types_to_quantize=_split(args.op_types),
                       nodes_to_quantize=_split(args.nodes), nodes_to_exclude=_split(args.exclude),
                       use_external_data_format=args.external_data, extra_options=_extra(args.extra))
+        if args.smooth_quant is not None:
+            common["extra_options"].update(SmoothQuant=True, SmoothQuantAlpha=args.smooth_quant)
+        if args.per_row:
+            if not args.dynamic:
+                raise QuantizationError("--per-row applies to --dynamic quantization")
+            common["extra_options"]["PerRowActivations"] = True
         if args.weight_only:
             from . import quantize_weight_only
+            if args.smooth_quant is not None:
+                raise QuantizationError("--smooth-quant applies to static and --dynamic quantization, "
+                                        "not --weight-only")
             from calibration import as_reader
 
+            if args.equalize or args.bias_correction:
+                raise QuantizationError("--equalize and --bias-correction apply to static quantization, "
+                                        "not --weight-only")
             options = _extra(args.extra)
             unknown = sorted(set(options) - _WEIGHT_ONLY_OPTIONS)
             if unknown:
@@ -108,10 +131,18 @@ def main(argv=None) -> int:
                                            nodes_to_exclude=_split(args.exclude) or (),
                                            use_external_data_format=args.external_data, **options)
         elif args.dynamic:
-            if args.calibration or args.range:
-                raise QuantizationError("--dynamic takes no --calibration or --range: activations are "
-                                        "quantized at run time")
-            summary = quantize_dynamic(args.input, args.output, **common)
+            if args.range or (args.calibration and args.smooth_quant is None):
+                raise QuantizationError("--dynamic takes no --range, and --calibration only with --smooth-quant: "
+                                        "activations are quantized at run time")
+            if args.equalize or args.bias_correction:
+                raise QuantizationError("--equalize and --bias-correction apply to static quantization, "
+                                        "not --dynamic")
+            reader = None
+            if args.calibration:
+                from calibration import as_reader
+                reader = as_reader(args.calibration, batch_size=args.batch_size)
+            summary = quantize_dynamic(args.input, args.output, calibration_data_reader=reader,
+                                       progress=args.progress, **common)
         else:
             reader = None
             if args.calibration:
@@ -123,7 +154,8 @@ def main(argv=None) -> int:
                                         "tensor); use --dynamic to quantize without calibration data")
             summary = quantize_static(args.input, args.output, reader, quant_format=args.format,
                                       activation_type=_TYPES[args.activation_type], calibrate_method=args.method,
-                                      tensor_ranges=ranges, progress=args.progress, **common)
+                                      tensor_ranges=ranges, progress=args.progress, equalize=args.equalize,
+                                      bias_correction=args.bias_correction, **common)
     except (QrtError, OSError) as exc:
         print(f"qrt quantize: error: {exc}", file=sys.stderr)
         return 1

@@ -22,8 +22,19 @@ Static only: ``ActivationRestrictedAsymmetric``, ``ForceQuantizeNoInputCheck``,
 ``QDQDisableWeightAdjustForInt32Bias``, ``BlockSize`` (blocked rank-2 weights along the per-channel
 axis, else axis 0, as onnxruntime; the opset is raised to 21; nodes with a bias stay float).
 
-Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``SmoothQuant=True``
-(needs Intel neural-compressor's transform, which qrt does not ship), ``extra.Sigmoid.nnapi=True``
+SmoothQuant, both calls: ``SmoothQuant`` (onnxruntime's name; onnxruntime runs Intel neural-compressor's
+transform, qrt its own, :mod:`.smoothquant`), ``SmoothQuantAlpha`` (migration strength in [0, 1], default
+0.5), ``SmoothQuantFolding`` (default True: fold ``1 / s`` into the producer where possible, else insert a
+Mul). They need calibration data: ``quantize_static``'s reader, ``quantize_dynamic``'s
+``calibration_data_reader`` keyword.
+
+Dynamic only (qrt's own): ``PerRowActivations`` (per-row dynamic activation scales and per-channel
+weights for MatMul/Gemm, :mod:`.dynamic`).
+
+qrt's own, static only: ``CrossLayerEqualization`` (:mod:`.equalization`, before calibrating) and
+``BiasCorrection`` (:mod:`.bias_correction`, after choosing the parameters).
+
+Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``extra.Sigmoid.nnapi=True``
 (an NNAPI-only fixed Sigmoid range), ``DefaultTensorType`` (qrt observes untyped tensors' types by
 running the model instead of assuming one), ``TensorQuantOverrides`` ``convert`` entries, a QDQ-only key with
 ``QuantFormat.QOperator``, and any key onnxruntime does not document.
@@ -46,7 +57,7 @@ _CALIBRATION_KEYS = {
     "CalibNumQuantizedBins": "num_quantized_bins",
 }
 
-# key -> where it applies: "both", "static", "qdq" (static QDQ only).
+# key -> where it applies: "both", "static", "dynamic", "qdq" (static QDQ only).
 EXTRA_OPTIONS = {
     "ActivationSymmetric": "both",
     "WeightSymmetric": "both",
@@ -62,9 +73,12 @@ EXTRA_OPTIONS = {
     "CalibStridedMinMax": "static",
     "CalibMaxIntermediateOutputs": "static",
     "QDQKeepRemovableActivations": "static",
-    "SmoothQuant": "static",
-    "SmoothQuantAlpha": "static",
-    "SmoothQuantFolding": "static",
+    "SmoothQuant": "both",
+    "SmoothQuantAlpha": "both",
+    "SmoothQuantFolding": "both",
+    "PerRowActivations": "dynamic",
+    "CrossLayerEqualization": "static",
+    "BiasCorrection": "static",
     "AddQDQPairToWeight": "qdq",
     "OpTypesToExcludeOutputQuantization": "qdq",
     "DedicatedQDQPair": "qdq",
@@ -123,6 +137,12 @@ class QuantSettings:
     qdq_domain: str = ""                               # "com.microsoft" with UseQDQContribOps
     adjust_weight_for_int32_bias: bool = True
     block_size: int = 0                                # BlockSize: blocked rank-2 weights (opset 21)
+    smooth_quant_alpha: float | None = None            # SmoothQuant: None = off
+    smooth_quant_folding: bool = True
+    per_row_activations: bool = False                  # PerRowActivations (quantize_dynamic)
+    smoothing_nodes: frozenset = frozenset()           # Muls SmoothQuant inserted: kept float
+    equalize: bool = False                             # CrossLayerEqualization (qrt's own key)
+    bias_correction: bool = False                      # BiasCorrection (qrt's own key)
 
     def weight_symmetric_for(self, qtype: QuantType) -> bool:
         return self.weight_symmetric if self.weight_symmetric is not None else qtype in SIGNED_TYPES
@@ -259,16 +279,15 @@ def _refuse(extra, dynamic, quant_format):
                                 f"honours, these: {sorted(EXTRA_OPTIONS)}")
     for key in sorted(extra):
         where = EXTRA_OPTIONS[key]
-        if dynamic and where != "both":
+        if dynamic and where not in ("both", "dynamic"):
             raise QuantizationError(f"extra_options[{key!r}] applies to quantize_static only, not {call}")
+        if not dynamic and where == "dynamic":
+            raise QuantizationError(f"extra_options[{key!r}] applies to quantize_dynamic only, not {call}")
         if where == "qdq" and quant_format != QuantFormat.QDQ:
             raise QuantizationError(f"extra_options[{key!r}] applies to QuantFormat.QDQ only")
     if _bool(extra, "EnableSubgraph", False):
         raise QuantizationError("extra_options['EnableSubgraph']=True: qrt does not quantize the bodies of "
                                 "If/Loop/Scan; they run in float")
-    if _bool(extra, "SmoothQuant", False):
-        raise QuantizationError("extra_options['SmoothQuant']=True: SmoothQuant is Intel neural-compressor's "
-                                "transform, which qrt does not ship; apply it before quantizing")
     if _bool(extra, "extra.Sigmoid.nnapi", False):
         raise QuantizationError("extra_options['extra.Sigmoid.nnapi']=True: the NNAPI-only fixed Sigmoid output "
                                 "range is not supported by qrt")
@@ -351,4 +370,19 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         qdq_domain="com.microsoft" if contrib else "",
         adjust_weight_for_int32_bias=not _bool(extra, "QDQDisableWeightAdjustForInt32Bias", False),
         block_size=_positive_number(extra, "BlockSize", integer=True) or 0,
+        smooth_quant_alpha=_smooth_quant_alpha(extra),
+        smooth_quant_folding=_bool(extra, "SmoothQuantFolding", True),
+        per_row_activations=_bool(extra, "PerRowActivations", False),
+        equalize=_bool(extra, "CrossLayerEqualization", False),
+        bias_correction=_bool(extra, "BiasCorrection", False),
     )
+
+
+def _smooth_quant_alpha(extra):
+    """SmoothQuantAlpha when SmoothQuant is on (default 0.5), else None."""
+    if not _bool(extra, "SmoothQuant", False):
+        return None
+    alpha = extra.get("SmoothQuantAlpha", 0.5)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise QuantizationError(f"extra_options['SmoothQuantAlpha'] must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)

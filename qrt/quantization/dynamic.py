@@ -18,6 +18,34 @@ The output uses standard ONNX ops only, so any runtime can run it:
 
 DynamicQuantizeLinear produces uint8 activations; weights are ``weight_type`` (QInt8 by default,
 as in onnxruntime).
+
+Outlier-safe form (``per_row=True`` / ``extra_options={"PerRowActivations": True}``): MatMul and Gemm
+take one uint8 scale and zero point per row of A (per token of a [batch, seq, hidden] activation),
+computed as DynamicQuantizeLinear computes them for the whole tensor, and per-channel weights (one
+scale, and zero point for QUInt8, per output column). Per-row scales help where outliers sit in a
+few tokens (every other token keeps its own fine range); outliers in fixed channels are
+SmoothQuant's job (:mod:`.smoothquant`), and per-channel weight scales absorb the weight rows it
+enlarges, so the two combine. QuantizeLinear
+cannot take a per-row scale of a rank-3 tensor (per-axis scales are 1-D along one axis) and
+onnxruntime's MatMulInteger refuses a per-row ``a_zero_point`` (it must be a scalar), so the
+pattern is written in elementary standard ops; per activation ``X`` (shared by every MatMul reading it)::
+
+    x_min  = ReduceMin(X, axes=[-1], keepdims=1)       x_max = ReduceMax(X, axes=[-1], keepdims=1)
+    lo     = Min(x_min, 0)                             hi    = Max(x_max, 0)
+    scale  = Max(Div(Sub(hi, lo), 255), FLT_MIN)       # [..., 1] float32
+    zp     = Clip(Round(Neg(Div(lo, scale))), 0, 255)  # [..., 1] float32 holding an integer
+    X_q    = Cast<uint8>(Clip(Add(Round(Div(X, scale)), zp), 0, 255))
+    zp_i32 = Cast<int32>(zp)
+
+and per MatMul with int8/uint8 weight ``W_q`` [K, N], zero point ``w_zp`` (scalar or [N]) and
+``colsum[n] = sum_k (W_q[k, n] - w_zp[n])`` (an int32 initializer)::
+
+    acc  = MatMulInteger(X_q, W_q, "", w_zp)           # int32 [..., N], A's zero point left out
+    acc  = Sub(acc, Mul(zp_i32, colsum))               # int32: exactly sum_k (X_q - zp)(W_q - w_zp)
+    Y    = Mul(Cast<float>(acc), Mul(scale, w_scale))  # w_scale [N]
+
+Everything up to ``acc`` is integer-exact, so qrt and onnxruntime agree bit for bit on it (Div and
+Round are correctly rounded IEEE operations in both); the float rescale matches to float32 rounding.
 """
 from __future__ import annotations
 
@@ -32,6 +60,7 @@ from .params import params_for_values, quantize_values
 from .preprocess import preprocess
 from .rewrite import _Rewriter
 from .rules import DEFAULT_DYNAMIC_OP_TYPES
+from .smoothquant import smooth_for_quantization
 from .static import unchanged
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
 from .types import QuantFormat, QuantType
@@ -41,6 +70,8 @@ class DynamicRewriter(_Rewriter):
     def __init__(self, g, cfg):
         super().__init__(g, cfg, {})
         self._dynamic: dict[str, tuple[str, str, str]] = {}
+        self._per_row: dict[str, tuple[str, str, str]] = {}
+        self._constants: dict[tuple, str] = {}
 
     def dynamic_input(self, name: str):
         """(uint8 tensor, scale, zero point) from one DynamicQuantizeLinear per activation."""
@@ -63,7 +94,82 @@ class DynamicRewriter(_Rewriter):
         self.emit("Mul", [a_scale, w_scale_name], [combined])
         self.emit("Mul", [as_float, combined], [out_name])
 
+    def constant(self, value, base: str) -> str:
+        """A scalar constant initializer, shared by every per-row pattern of the graph."""
+        key = (np.asarray(value).dtype.str, float(value))
+        if key not in self._constants:
+            self._constants[key] = self.add_initializer(np.asarray(value), base)
+        return self._constants[key]
+
+    def reduce(self, op_type, name, out):
+        """ReduceMin/ReduceMax over the last axis, keepdims (axes moved from attribute to input in opset 18)."""
+        if self.g.opset >= 18:
+            if ("last_axis",) not in self._constants:
+                self._constants[("last_axis",)] = self.add_initializer(np.array([-1], np.int64), "per_row_last_axis")
+            axes = self._constants[("last_axis",)]
+            return self.emit(op_type, [name, axes], [out], attrs=[helper.make_attribute("keepdims", 1)])
+        return self.emit(op_type, [name], [out], attrs=[helper.make_attribute("axes", [-1]),
+                                                        helper.make_attribute("keepdims", 1)])
+
+    def per_row_input(self, name: str):
+        """(uint8 tensor, per-row scale, per-row int32 zero point): DynamicQuantizeLinear's arithmetic per row.
+
+        Each intermediate is [..., 1] except the quantized tensor; see the module docstring."""
+        if name not in self._per_row:
+            u = self.g.unique
+            zero = self.constant(np.float32(0.0), "per_row_zero")
+            qmax = self.constant(np.float32(255.0), "per_row_qmax")
+            tiny = self.constant(np.finfo(np.float32).tiny, "per_row_smallest_scale")
+            x_min, x_max, lo, hi = (u(f"{name}_row_{part}") for part in ("min", "max", "low", "high"))
+            self.reduce("ReduceMin", name, x_min)
+            self.reduce("ReduceMax", name, x_max)
+            self.emit("Min", [x_min, zero], [lo])
+            self.emit("Max", [x_max, zero], [hi])
+            span, raw_scale, scale = u(f"{name}_row_span"), u(f"{name}_row_scale_raw"), u(f"{name}_row_scale")
+            self.emit("Sub", [hi, lo], [span])
+            self.emit("Div", [span, qmax], [raw_scale])
+            self.emit("Max", [raw_scale, tiny], [scale])
+            low_scaled, negated, rounded_zp, zp = (u(f"{name}_row_zero_point_{part}")
+                                                   for part in ("scaled", "negated", "rounded", "float"))
+            self.emit("Div", [lo, scale], [low_scaled])
+            self.emit("Neg", [low_scaled], [negated])
+            self.emit("Round", [negated], [rounded_zp])
+            self.emit("Clip", [rounded_zp, zero, qmax], [zp])
+            scaled, rounded, shifted, clipped = (u(f"{name}_row_{part}") for part in
+                                                 ("scaled", "rounded", "shifted", "clipped"))
+            self.emit("Div", [name, scale], [scaled])
+            self.emit("Round", [scaled], [rounded])
+            self.emit("Add", [rounded, zp], [shifted])
+            self.emit("Clip", [shifted, zero, qmax], [clipped])
+            quantized, zp_int = u(f"{name}_row_quantized"), u(f"{name}_row_zero_point")
+            self.emit("Cast", [clipped], [quantized], attrs=[helper.make_attribute("to", TensorProto.UINT8)])
+            self.emit("Cast", [zp], [zp_int], attrs=[helper.make_attribute("to", TensorProto.INT32)])
+            self._per_row[name] = (quantized, scale, zp_int)
+        return self._per_row[name]
+
+    def per_row_matmul(self, node, b_index, transposed, alpha, out_name):
+        """MatMulInteger on per-row uint8 activations and per-channel weights, zero points corrected in int32."""
+        a_q, a_scale, a_zero_point = self.per_row_input(node.input[0])
+        b_q, _, b_zero_point, params = self.weight(node.input[b_index], 1, transposed=transposed)
+        values = np.asarray(self.g.constant(node.input[b_index]), np.float32)
+        q = quantize_values(np.ascontiguousarray(values.T) if transposed else values, params).astype(np.int32)
+        column_sums = (q - params.zero_point.reshape(1, -1).astype(np.int32)).sum(axis=0).astype(np.int32)
+        sums_name = self.add_initializer(column_sums, f"{node.input[b_index]}_column_sums")
+        raw, correction, accumulator = (self.g.unique(f"{out_name}_{part}") for part in
+                                        ("int32_raw", "zero_point_correction", "int32"))
+        self.emit("MatMulInteger", [a_q, b_q, "", b_zero_point], [raw], name=node.name or None)
+        self.emit("Mul", [a_zero_point, sums_name], [correction])
+        self.emit("Sub", [raw, correction], [accumulator])
+        self.rescale(accumulator, a_scale, params.scale * np.float32(alpha), out_name)
+
+    def per_row_applies(self, activation: str) -> bool:
+        """Per-row scales are on, and the activation is not rows gathered from a uint8 embedding table
+        (those are quantized already, with the table's one scale)."""
+        return self.cfg.per_row_activations and activation not in self._dynamic
+
     def matmul(self, node, b_index, transposed, alpha, out_name):
+        if self.per_row_applies(node.input[0]):
+            return self.per_row_matmul(node, b_index, transposed, alpha, out_name)
         a_q, a_scale, a_zero_point = self.dynamic_input(node.input[0])
         axis = 1 if self.cfg.per_channel else None
         b_q, _, b_zero_point, params = self.weight(node.input[b_index], axis, transposed=transposed)
@@ -193,12 +299,30 @@ def _reason(g: GraphIndex, node, cfg) -> str:
 def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_channel=False,
                      reduce_range=False, weight_type=QuantType.QInt8, nodes_to_quantize=None,
                      nodes_to_exclude=None, use_external_data_format=False,
-                     extra_options=None) -> QuantizationSummary:
+                     extra_options=None, *, calibration_data_reader=None, smooth_quant=None,
+                     per_row=None, progress=False) -> QuantizationSummary:
     """Quantizes weights to int8 and lets the model quantize activations as it runs.
 
     Arguments and defaults are ``onnxruntime.quantization.quantize_dynamic``'s. ``model_output=None``
-    writes nothing; the model is in the returned summary's ``model``.
+    writes nothing; the model is in the returned summary's ``model``. qrt additions (keyword only):
+
+    * ``smooth_quant``: True (alpha 0.5) or the migration strength alpha in [0, 1]: SmoothQuant
+      (:mod:`.smoothquant`) before quantizing; same as ``extra_options={"SmoothQuant": True,
+      "SmoothQuantAlpha": alpha}``. Needs ``calibration_data_reader`` (any reader or iterable of
+      feed dicts), which is read only to find each MatMul input's per-channel maxima.
+    * ``per_row``: per-row (per-token) activation scales and per-channel weights for MatMul/Gemm
+      (``extra_options={"PerRowActivations": True}``); the pattern is in this module's docstring.
+    * ``progress``: a progress bar over the calibration data.
     """
+    extra_options = dict(extra_options or {})
+    if smooth_quant is not None and smooth_quant is not False:
+        extra_options["SmoothQuant"] = True
+        if not isinstance(smooth_quant, bool):
+            extra_options["SmoothQuantAlpha"] = smooth_quant
+    elif smooth_quant is False:
+        extra_options["SmoothQuant"] = False
+    if per_row is not None:
+        extra_options["PerRowActivations"] = bool(per_row)
     cfg = make_config(quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
                       weight_type=weight_type, per_channel=per_channel, reduce_range=reduce_range,
                       op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
@@ -207,7 +331,9 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
     model, notes = preprocess(source, label)
-    model, _, note = with_complete_types(model, label, None, cfg.input_shapes)
+    model, reader, note = with_complete_types(model, label, calibration_data_reader, cfg.input_shapes)
+    notes += [note] if note else []
+    model, _, note = smooth_for_quantization(model, label, reader, cfg, progress)
     notes += [note] if note else []
     g = GraphIndex(model)
     writer = DynamicRewriter(g, cfg)
@@ -223,6 +349,8 @@ def quantize_dynamic(model_input, model_output, op_types_to_quantize=None, per_c
             continue
         detail = {"MatMul": "MatMulInteger", "Gemm": "MatMulInteger", "Conv": "ConvInteger",
                   "Gather": "int8 Gather + DequantizeLinear", "LSTM": "DynamicQuantizeLSTM"}[node.op_type]
+        if node.op_type in ("MatMul", "Gemm") and writer.per_row_applies(node.input[0]):
+            detail = "MatMulInteger, per-row activations, per-channel weights"
         if node.op_type == "MatMul":
             writer.matmul(node, 1, False, 1.0, node.output[0])
         elif node.op_type == "Gemm":

@@ -187,3 +187,64 @@ def test_sequences_stay_on_the_host_in_a_cuda_session():
     y, same = session.run(None, {"seq": seq})
     np.testing.assert_array_equal(y, [[0.0, 2.0]])
     assert isinstance(same, list) and all(a is b or np.array_equal(a, b) for a, b in zip(same, seq))
+
+
+class _Reader:
+    def __init__(self, feeds):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+_HEAVY = {"QLinearConv", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearAveragePool",
+          "QLinearGlobalAveragePool"}
+_TABLES = {"QLinearSigmoid", "QLinearLeakyRelu"}
+
+
+@pytest.mark.parametrize("quant_format, options", [("QOperator", {}), ("QDQ", {}),
+                                                   ("QOperator", {"per_channel": True, "activation_type": "QUInt8"})],
+                         ids=["qoperator-default", "qdq-default", "qoperator-per-channel-u8"])
+def test_quantized_cnn_runs_every_heavy_node_on_cuda(quant_format, options):
+    """A CNN quantized by qrt with default settings: every node (conv, gemm, the QLinear element-wise
+    and table ops, QDQ groups once fused) is placed on the device, with the CPU provider's bytes."""
+    from qrt.quantization import QuantType, quantize_static
+    model, feeds = checks.quantizable_cnn()
+    if "activation_type" in options:
+        options = dict(options, activation_type=getattr(QuantType, options["activation_type"]))
+    quantized = quantize_static(model, None, _Reader(feeds(3)), quant_format=quant_format, **options).model
+    got, expected, placement, fallbacks = checks.compare_sessions(quantized, feeds(1, feed_seed=7, batch=2)[0])
+    np.testing.assert_array_equal(got[0], expected[0])
+    computed = {name: p for name, p in placement.items() if not name.startswith("copy ")}
+    assert set(computed.values()) == {"CUDAExecutionProvider"}, placement
+    assert fallbacks == 0
+    session = qrt.InferenceSession(quantized.SerializeToString(), providers=["CUDAExecutionProvider"])
+    op_types = {step.op_type for step in session._plan.steps}
+    assert _HEAVY | _TABLES <= op_types, op_types    # the quantizer made every family
+
+
+_INTEGER_PRODUCTS = [c for c in CASES if c.op_type in ("QLinearConv", "QLinearMatMul", "QGemm")]
+
+
+@pytest.mark.parametrize("k_step", [4, 8])
+@pytest.mark.parametrize("case", _INTEGER_PRODUCTS, ids=[c.name for c in _INTEGER_PRODUCTS])
+def test_dp4a_path_matches_cpu_twin(case, k_step, monkeypatch):
+    """The dp4a kernels (raw activation bytes, zero point in the bias; the simulator runs the
+    instruction's arithmetic in plain code) give the CPU twin's bytes, with 1 and 2 words per K step."""
+    from qrt.kernels.cuda import qconv, qgemm
+    monkeypatch.setattr(config, "USE_DP4A", True)
+    monkeypatch.setattr(config, "GEMM_BK", k_step)
+    launched = []
+    for module, factory in ((qgemm, "_qmatmul_dp4a"), (qconv, "_qconv_dp4a")):
+        real = getattr(module, factory)
+        monkeypatch.setattr(module, factory, lambda *p, real=real: launched.append(p) or real(*p))
+    worst, allowed, fallbacks, message = checks.run_case(case)
+    assert worst is not None and worst <= allowed, f"{case.name}: {message}"
+    assert fallbacks == 0
+    if "depthwise" not in case.name:
+        assert launched, "the dp4a kernel was not used"
+
+
+def test_dp4a_is_off_in_the_simulator_by_default():
+    from qrt.kernels.cuda.gemm import use_dp4a
+    assert config.USE_DP4A is None and not use_dp4a()

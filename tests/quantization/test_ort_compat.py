@@ -344,7 +344,6 @@ def test_weight_adjust_for_int32_bias_keeps_the_bias(tmp_path):
 
 @pytest.mark.parametrize("extra, fmt, match", [
     ({"EnableSubgraph": True}, "QDQ", "EnableSubgraph"),
-    ({"SmoothQuant": True}, "QDQ", "SmoothQuant"),
     ({"extra.Sigmoid.nnapi": True}, "QOperator", "extra.Sigmoid.nnapi"),
     ({"BlockSize": 0.5}, "QDQ", "BlockSize"),
     ({"AddQDQPairToWeight": True}, "QOperator", "AddQDQPairToWeight.*QDQ only"),

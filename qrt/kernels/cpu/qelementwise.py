@@ -1,22 +1,27 @@
 """Numba kernels for the quantized element-wise, pooling and normalisation ops.
 
-* Unary ops on 8-bit data (QLinearSigmoid, QLinearLeakyRelu) are a 256-entry lookup table:
-  ``table[v] = quantize(f(dequantize(v)))`` computed once per (scale, zero point) set, then one
-  gather per element. 8-bit data is indexed through its uint8 bit pattern.
-* Binary ops (QLinearAdd, QLinearMul) and requantization (QLinearConcat) are flat loops over
-  operands the caller has broadcast to the output shape, computing in float32 as onnxruntime does,
-  rounding half to even and saturating.
+* Element-wise functions of one 8-bit tensor (QLinearSigmoid, QLinearLeakyRelu, and the
+  ``qrt::QLinearTable`` groups of :mod:`qrt.fusion.qtables`) are a 256-entry lookup table indexed
+  by the uint8 bit pattern of the input: one gather per element.
+* Binary ops (QLinearAdd, QLinearMul) compute in float32 as onnxruntime does, rounding half to even
+  and saturating, over a 3-D strided view of the broadcast the op binds once per input shape.
+  Requantization (QLinearConcat) is a flat loop.
 * Pooling and softmax work on integer sums of ``x - zero_point``, exact until the final scaling.
 
-These loops are memory-bound and cheap next to the convolutions and matrix products around them,
-so they are serial: ``parallel=True`` would triple their compile time for little gain.
+The table and binary kernels have ``parallel=True`` twins (distinct names: Numba's cache is keyed by
+function name) for tensors large enough to pay for waking the thread pool; the other loops are
+memory-bound and cheap next to the convolutions around them, so they stay serial.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, vectorize
+from llvmlite import ir
+from numba import njit, prange, types, vectorize
+from numba.extending import intrinsic
+
+from . import qgemm
 
 
 # --------------------------------------------------------------------------- reductions
@@ -75,35 +80,126 @@ def divide_clamp(x, scale, lo, hi):
     return v
 
 
+# Element count from which the element-wise kernels (tables, binary ops, Quantize/DequantizeLinear)
+# run their parallel twins: they are memory-bound, so a second thread pays only on large tensors.
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+# Binary kernels take each operand as a flat uint8 or int8 array plus element strides over a 3-D
+# view of the output (dims, strides); a stride of 0 broadcasts. The caller collapses the broadcast
+# once per input shape, so the common forms (same shape, a scalar, one value per channel) become
+# rows whose inner loop reads both operands contiguously (through slices, so LLVM sees unit-stride
+# loads it can vectorize) or one of them as a constant. Work is split into tasks of up to
+# BINARY_CHUNK elements of one row. Zero points and bounds are in the data's own type (no bit flip:
+# an xor in the loop keeps LLVM from vectorizing the conversions).
+BINARY_CHUNK = 1 << 14
+
+
+@njit(cache=True, inline="always")
+def _saturate(v, zc, qmin, qmax):
+    r = np.float32(np.rint(v)) + zc
+    return np.int32(min(max(r, qmin), qmax))
+
+
+@njit(cache=True, inline="always")
+def _task_span(task, dims, sa, sb):
+    """(row offset of A, of B, of the output, first and end element in the row) of one task."""
+    d1, d2 = dims[1], dims[2]
+    chunks = (d2 + BINARY_CHUNK - 1) // BINARY_CHUNK
+    row = task // chunks
+    lo = (task - row * chunks) * BINARY_CHUNK
+    hi = min(d2, lo + BINARY_CHUNK)
+    i0 = row // d1
+    i1 = row - i0 * d1
+    return i0 * sa[0] + i1 * sa[1], i0 * sb[0] + i1 * sb[1], row * d2, lo, hi
+
+
+@njit(cache=True, inline="always")
+def _qadd_task(task, a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    ia, ib, io, lo, hi = _task_span(task, dims, sa, sb)
+    n = hi - lo
+    o = out[io + lo:io + hi]
+    s2a, s2b = sa[2], sb[2]
+    if s2a == 1 and s2b == 1:
+        av = a[ia + lo:ia + hi]
+        bv = b[ib + lo:ib + hi]
+        for i in range(n):
+            v = np.float32(np.int32(av[i]) - za) * ratio_a + np.float32(np.int32(bv[i]) - zb) * ratio_b
+            o[i] = _saturate(v, zc, qmin, qmax)
+    elif s2a == 1 and s2b == 0:
+        av = a[ia + lo:ia + hi]
+        tb = np.float32(np.int32(b[ib]) - zb) * ratio_b
+        for i in range(n):
+            o[i] = _saturate(np.float32(np.int32(av[i]) - za) * ratio_a + tb, zc, qmin, qmax)
+    elif s2a == 0 and s2b == 1:
+        bv = b[ib + lo:ib + hi]
+        ta = np.float32(np.int32(a[ia]) - za) * ratio_a
+        for i in range(n):
+            o[i] = _saturate(ta + np.float32(np.int32(bv[i]) - zb) * ratio_b, zc, qmin, qmax)
+    else:
+        for i in range(lo, hi):
+            v = (np.float32(np.int32(a[ia + i * s2a]) - za) * ratio_a
+                 + np.float32(np.int32(b[ib + i * s2b]) - zb) * ratio_b)
+            o[i - lo] = _saturate(v, zc, qmin, qmax)
+
+
+@njit(cache=True, inline="always")
+def _qmul_task(task, a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out):
+    ia, ib, io, lo, hi = _task_span(task, dims, sa, sb)
+    n = hi - lo
+    o = out[io + lo:io + hi]
+    s2a, s2b = sa[2], sb[2]
+    if s2a == 1 and s2b == 1:
+        av = a[ia + lo:ia + hi]
+        bv = b[ib + lo:ib + hi]
+        for i in range(n):
+            v = np.float32((np.int32(av[i]) - za) * (np.int32(bv[i]) - zb)) * ratio
+            o[i] = _saturate(v, zc, qmin, qmax)
+    elif s2a == 1 and s2b == 0:
+        av = a[ia + lo:ia + hi]
+        fb = np.int32(b[ib]) - zb
+        for i in range(n):
+            o[i] = _saturate(np.float32((np.int32(av[i]) - za) * fb) * ratio, zc, qmin, qmax)
+    elif s2a == 0 and s2b == 1:
+        bv = b[ib + lo:ib + hi]
+        fa = np.int32(a[ia]) - za
+        for i in range(n):
+            o[i] = _saturate(np.float32(fa * (np.int32(bv[i]) - zb)) * ratio, zc, qmin, qmax)
+    else:
+        for i in range(lo, hi):
+            v = np.float32((np.int32(a[ia + i * s2a]) - za) * (np.int32(b[ib + i * s2b]) - zb)) * ratio
+            o[i - lo] = _saturate(v, zc, qmin, qmax)
+
+
+@njit(cache=True, inline="always")
+def binary_tasks(dims):
+    """How many tasks the binary kernels split an output of 3-D ``dims`` into."""
+    return dims[0] * dims[1] * ((dims[2] + BINARY_CHUNK - 1) // BINARY_CHUNK)
+
+
 @njit(cache=True)
-def qadd(a, b, flip, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
-    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 on flat byte arrays.
+def qadd(a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * sa/sc + (b - zb) * sb/sc) + zc)`` in float32 (layout: see above)."""
+    for task in range(binary_tasks(dims)):
+        _qadd_task(task, a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
 
-    8-bit data arrives as uint8 bit patterns; ``flip`` (0x80 for int8) turns them into uint8 values,
-    and the zero points and bounds are given in that shifted domain.
-    """
-    n = out.size
-    chunk = 1 << 14
-    for c in range((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            v = (np.float32(np.int32(a[i] ^ flip) - za) * ratio_a
-                 + np.float32(np.int32(b[i] ^ flip) - zb) * ratio_b)
-            v = np.float32(np.rint(v)) + zc
-            v = min(max(v, qmin), qmax)
-            out[i] = np.uint8(np.int32(v)) ^ flip
+
+@njit(cache=True, parallel=True)
+def qadd_parallel(a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out):
+    for task in prange(binary_tasks(dims)):
+        _qadd_task(task, a, b, dims, sa, sb, za, zb, ratio_a, ratio_b, zc, qmin, qmax, out)
 
 
 @njit(cache=True)
-def qmul(a, b, flip, za, zb, ratio, zc, qmin, qmax, out):
-    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32; layout as :func:`qadd`."""
-    n = out.size
-    chunk = 1 << 14
-    for c in range((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            v = np.float32((np.int32(a[i] ^ flip) - za) * (np.int32(b[i] ^ flip) - zb)) * ratio
-            v = np.float32(np.rint(v)) + zc
-            v = min(max(v, qmin), qmax)
-            out[i] = np.uint8(np.int32(v)) ^ flip
+def qmul(a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out):
+    """``saturate(rint((a - za) * (b - zb) * sa*sb/sc) + zc)`` in float32 (layout: see above)."""
+    for task in range(binary_tasks(dims)):
+        _qmul_task(task, a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out)
+
+
+@njit(cache=True, parallel=True)
+def qmul_parallel(a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out):
+    for task in prange(binary_tasks(dims)):
+        _qmul_task(task, a, b, dims, sa, sb, za, zb, ratio, zc, qmin, qmax, out)
 
 
 @njit(cache=True)
@@ -187,13 +283,61 @@ def select_tables(condition, x, x_table, y, y_table, out):
         out[i] = x_table[x[i]] if condition[i] else y_table[y[i]]
 
 
+TABLE_CHUNK = 1 << 14
+# ``vpermi2b`` (AVX-512 VBMI) looks up 64 bytes at once in a 128-byte table held in two registers:
+# two of them and a select on the index's top bit cover 256 entries, ~4x the scalar loop. Used
+# where Numba compiles for a CPU that has it and the int8 ISA is not overridden to a lesser one.
+TABLE_VBMI = qgemm.ISA == "avx512vnni" and bool(qgemm._target_features().get("avx512vbmi"))
+_V64 = ir.VectorType(ir.IntType(8), 64)
+
+
+@intrinsic
+def _lookup64(typingctx, x, table, out, start):
+    """``out[start:start+64] = table[x[start:start+64]]`` (uint8 arrays, table of 256)."""
+    sig = types.void(x, table, out, start)
+
+    def codegen(context, builder, signature, args):
+        x_v, t_v, o_v, start_v = args
+        x_ptr, t_ptr, o_ptr = (builder.bitcast(context.make_array(signature.args[i])(context, builder, v).data,
+                                               _V64.as_pointer()) for i, v in ((0, x_v), (1, t_v), (2, o_v)))
+        index = builder.load(builder.bitcast(builder.gep(builder.bitcast(x_ptr, ir.IntType(8).as_pointer()),
+                                                         [start_v]), _V64.as_pointer()), align=1)
+        quarters = [builder.load(builder.gep(t_ptr, [ir.Constant(ir.IntType(64), q)]), align=1) for q in range(4)]
+        permute = builder.module.declare_intrinsic("llvm.x86.avx512.vpermi2var.qi.512",
+                                                   fnty=ir.FunctionType(_V64, [_V64, _V64, _V64]))
+        low = builder.call(permute, [quarters[0], index, quarters[1]])
+        high = builder.call(permute, [quarters[2], index, quarters[3]])
+        value = builder.select(builder.icmp_signed("<", index, ir.Constant(_V64, None)), high, low)
+        builder.store(value, builder.bitcast(builder.gep(builder.bitcast(o_ptr, ir.IntType(8).as_pointer()),
+                                                         [start_v]), _V64.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def apply_table_vbmi(x, table, out):
+    """:func:`apply_table` 64 bytes at a time with ``vpermi2b`` (only compiled where TABLE_VBMI)."""
+    n = x.size
+    full = n - n % 64
+    for start in range(0, full, 64):
+        _lookup64(x, table, out, start)
+    for i in range(full, n):
+        out[i] = table[x[i]]
+
+
 @njit(cache=True)
 def apply_table(x, table, out):
     """``out[i] = table[x[i]]`` on flat uint8 views."""
+    for i in range(x.size):
+        out[i] = table[x[i]]
+
+
+@njit(cache=True, parallel=True)
+def apply_table_parallel(x, table, out):
     n = x.size
-    chunk = 1 << 14
-    for c in range((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+    for c in prange((n + TABLE_CHUNK - 1) // TABLE_CHUNK):
+        for i in range(c * TABLE_CHUNK, min(n, (c + 1) * TABLE_CHUNK)):
             out[i] = table[x[i]]
 
 

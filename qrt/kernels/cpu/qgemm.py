@@ -595,3 +595,46 @@ def _outputs(mode, out):
     if mode == 0:
         return _EMPTY_U8, out, _EMPTY_F32
     return _EMPTY_U8, _EMPTY_I32, out
+
+
+def matmul_rows(a_rows, K, row_sum, za, packed: PackedB, epi: Epilogue, out, zb_nonzero=None):
+    """:func:`matmul` for ``a_rows`` already in the drivers' form: (M, Kp) uint8, zero past K.
+
+    ``row_sum`` holds the rows' sums and ``za`` is one zero point for every row, as from a
+    dynamic quantization that wrote the rows (:func:`qrt.ops.quantized.dynamic_quantize_rows`):
+    no copy of A and no second pass for its sums. ``a_rows`` must come from
+    :func:`qrt.kernels.cpu.qgemm_amx.padded_rows`, which lets the AMX driver (used where the host
+    has it) read whole 32-row blocks. ``zb_nonzero`` is ``packed.zb_nonzero``, if the caller kept it.
+    """
+    from . import qgemm_amx
+
+    M = a_rows.shape[0]
+    if M == 0 or packed.N == 0:
+        return out
+    if zb_nonzero is None:
+        zb_nonzero = packed.zb_nonzero
+    za_rows = np.full(M, za, np.int32)
+    row_t = (row_sum.astype(np.int64) - np.int64(K) * za).astype(np.int32) if zb_nonzero else np.zeros(M, np.int32)
+    out_q, out_i, out_f = _outputs(epi.mode, out)
+    if qgemm_amx.usable(packed):
+        qgemm_amx.matmul(a_rows.reshape(-1), M, K, za_rows, row_t, packed, epi, out_q, out_i, out_f)
+        return out
+    n_panels = (packed.N + packed.nr - 1) // packed.nr
+    mc, n_groups = split_work(M, n_panels, packed.Kp, packed.nr)
+    qgemm(tag_for(packed.isa), a_rows.reshape(-1), packed.Kp, M, packed.Kp, K, packed.data, packed.N, packed.nr,
+          packed.koff, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0], epi.zy,
+          epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
+    return out
+
+
+def float_epilogue(fscale, fbias, zeros):
+    """A mode-2 :class:`Epilogue` over ready (1, N) float32 ``fscale`` and ``fbias``, without copies.
+
+    ``zeros`` is the (int32 bias, float64 multiplier) pair of (1, N) zero arrays mode 2 ignores,
+    kept by the caller across calls (building them per call costs more than a small product).
+    """
+    epi = Epilogue.__new__(Epilogue)
+    epi.mode, epi.zy, epi.qmin, epi.qmax = 2, 0, 0, 255
+    epi.bias, epi.mult = zeros
+    epi.fscale, epi.fbias = fscale, fbias
+    return epi

@@ -135,3 +135,38 @@ def dequantize_blocked(q, scale, zero_point, block_size, out):
         b = d // block_size
         for i in range(inner):
             out[o, d, i] = (q[o, d, i] - zero_point[o, b, i]) * scale[o, b, i]
+
+
+# ------------------------------------------------------- per-tensor, flat
+# What QuantizeLinear / DequantizeLinear nodes with constant per-tensor parameters run: one scale and
+# zero point for the whole flat tensor, the same arithmetic as the row kernels above, and a parallel
+# twin splitting the tensor into chunks.
+FLAT_CHUNK = 1 << 15
+
+
+@njit(cache=True)
+def quantize_flat(x, scale, zero_point, lo, hi, out):
+    for i in range(x.size):
+        out[i] = _quantize_one(x[i], scale, zero_point, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def quantize_flat_parallel(x, scale, zero_point, lo, hi, out):
+    n = x.size
+    for c in prange((n + FLAT_CHUNK - 1) // FLAT_CHUNK):
+        for i in range(c * FLAT_CHUNK, min(n, (c + 1) * FLAT_CHUNK)):
+            out[i] = _quantize_one(x[i], scale, zero_point, lo, hi)
+
+
+@njit(cache=True)
+def dequantize_flat(q, scale, zero_point, out):
+    for i in range(q.size):
+        out[i] = (q[i] - zero_point) * scale
+
+
+@njit(cache=True, parallel=True)
+def dequantize_flat_parallel(q, scale, zero_point, out):
+    n = q.size
+    for c in prange((n + FLAT_CHUNK - 1) // FLAT_CHUNK):
+        for i in range(c * FLAT_CHUNK, min(n, (c + 1) * FLAT_CHUNK)):
+            out[i] = (q[i] - zero_point) * scale

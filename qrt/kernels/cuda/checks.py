@@ -164,6 +164,11 @@ def op_cases(scale=1, seed=0):
                       [i8(1, 4, 5 * s, 5 * s), F32(0.02), np.int8(-3), u8(8, 1, 3, 3), F32(0.004), np.uint8(128),
                        F32(0.3), np.int8(5)], consts=(1, 2, 3, 4, 5, 6, 7), attrs={"group": 4, "pads": [1, 1, 1, 1]},
                       exact=True))
+    cases.append(Case("QLinearConv int8 activations", "QLinearConv",
+                      [i8(1, 3, 4 * s, 4 * s), F32(0.02), np.int8(-5),
+                       rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8), F32(0.004), np.int8(2), F32(0.3),
+                       np.int8(5), rng.integers(-500, 500, 4).astype(np.int32)],
+                      consts=(1, 2, 3, 4, 5, 6, 7, 8), attrs={"pads": [0, 1, 1, 0]}, exact=True))
     cases.append(Case("ConvInteger", "ConvInteger", [u8(1, 4, 4, 4), i8(6, 2, 3, 3), np.uint8(120), np.int8(1)],
                       consts=(1, 2, 3), attrs={"group": 2}, exact=True))
     cases.append(Case("QLinearAdd broadcast", "QLinearAdd",
@@ -172,6 +177,32 @@ def op_cases(scale=1, seed=0):
     cases.append(Case("QLinearMul", "QLinearMul",
                       [i8(2, 3, 4), F32(0.05), np.int8(-2), i8(4), F32(0.03), np.int8(3), F32(0.07), np.int8(1)],
                       consts=(1, 2, 4, 5, 6, 7), domain=MS, opset=1, exact=True))
+    cases.append(Case("QGemm transB per-column bias", "QGemm",
+                      [u8(m, k), F32(0.02), np.uint8(120), i8(n, k), (rng.random(n) * 0.01 + 0.001).astype(F32),
+                       np.zeros(n, np.int8), rng.integers(-500, 500, n).astype(np.int32), F32(0.05), np.uint8(100)],
+                      consts=(1, 2, 3, 4, 5, 6, 7, 8), attrs={"transB": 1, "alpha": 0.5}, domain=MS, opset=1,
+                      exact=True))
+    cases.append(Case("QGemm int8 float output", "QGemm",
+                      [i8(m, k), F32(0.02), np.int8(-3), u8(k, n), F32(0.004), np.uint8(128),
+                       np.int32(77)], consts=(1, 2, 3, 4, 5, 6), domain=MS, opset=1, exact=True))
+    cases.append(Case("QLinearSigmoid", "QLinearSigmoid", [u8(2, 3, 5), F32(0.05), np.uint8(128), F32(1 / 256),
+                                                           np.uint8(0)], consts=(1, 2, 3, 4), domain=MS, opset=1,
+                      exact=True))
+    cases.append(Case("QLinearLeakyRelu int8", "QLinearLeakyRelu", [i8(3, 7), F32(0.05), np.int8(-4), F32(0.04),
+                                                                     np.int8(3)], consts=(1, 2, 3, 4), domain=MS,
+                      opset=1, attrs={"alpha": 0.1}, exact=True))
+    cases.append(Case("QLinearConcat requantized and copied", "QLinearConcat",
+                      [F32(0.05), np.uint8(120), u8(2, 3, 4), F32(0.03), np.uint8(110), u8(2, 2, 4), F32(0.05),
+                       np.uint8(120), u8(2, 1, 4), F32(0.08), np.uint8(128)], consts=(0, 1, 3, 4, 6, 7, 9, 10),
+                      attrs={"axis": 1}, domain=MS, opset=1, exact=True))
+    cases.append(Case("QLinearAveragePool padded strided", "QLinearAveragePool",
+                      [u8(2, 3, 5, 6), F32(0.05), np.uint8(120), F32(0.04), np.uint8(110)], consts=(1, 2, 3, 4),
+                      attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 0]}, domain=MS, opset=1,
+                      exact=True))
+    cases.append(Case("QLinearAveragePool int8 count_include_pad ceil", "QLinearAveragePool",
+                      [i8(1, 2, 7), F32(0.05), np.int8(-3), F32(0.03), np.int8(2)], consts=(1, 2, 3, 4),
+                      attrs={"kernel_shape": [3], "strides": [2], "pads": [1, 1], "count_include_pad": 1,
+                             "ceil_mode": 1}, domain=MS, opset=1, exact=True))
     cases.append(Case("QLinearGlobalAveragePool", "QLinearGlobalAveragePool",
                       [i8(2, 3, 4, 5), F32(0.05), np.int8(-3), F32(0.01), np.int8(4)], consts=(1, 2, 3, 4), domain=MS,
                       opset=1, exact=True))
@@ -313,6 +344,45 @@ def int8_cnn(channels=4, size=8, classes=5, seed=0):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
                               [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def quantizable_cnn(channels=4, size=6, classes=3, seed=0):
+    """A float CNN with the ops a quantizer turns into every int8 kernel family: Conv (+Relu), MaxPool,
+    SiLU (Sigmoid, Mul), LeakyRelu, a residual Add, Concat, AveragePool, GlobalAveragePool, Flatten, Gemm.
+    Returns (model, calibration feeds generator ``feeds(count, seed)``), input ``x`` (N, 1, size, size)."""
+    rng = np.random.default_rng(seed)
+    c = channels
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.3).astype(F32)
+
+    inits = {"w1": w(c, 1, 3, 3), "b1": w(c), "w2": w(c, c, 3, 3), "b2": w(c), "w3": w(c, c, 1, 1), "b3": w(c),
+             "fc": w(classes, 2 * c), "fcb": w(classes)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             n("Relu", ["c1"], ["r1"], name="relu1"),
+             n("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+             n("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             n("Sigmoid", ["c2"], ["s2"], name="sigmoid"),
+             n("Mul", ["c2", "s2"], ["m2"], name="silu"),
+             n("Conv", ["m2", "w3", "b3"], ["c3"], name="conv3"),
+             n("LeakyRelu", ["c3"], ["l3"], name="leaky", alpha=0.1),
+             n("Add", ["l3", "p1"], ["a3"], name="residual"),
+             n("Concat", ["a3", "m2"], ["cat"], name="concat", axis=1),
+             n("AveragePool", ["cat"], ["avg"], name="avgpool", kernel_shape=[2, 2]),
+             n("GlobalAveragePool", ["avg"], ["g"], name="gap"),
+             n("Flatten", ["g"], ["f"], name="flatten"),
+             n("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "quantizable_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                       ["N", 1, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+
+    def feeds(count, feed_seed=1, batch=1):
+        r = np.random.default_rng(feed_seed)
+        return [{"x": r.standard_normal((batch, 1, size, size)).astype(F32)} for _ in range(count)]
+
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), feeds
 
 
 def float_mlp(sizes=(16, 24, 8), seed=1):

@@ -106,6 +106,149 @@ def build_tiled(load_a, load_b, store, acc_name, bm, bn, bk, tm, tn):
     return kernel
 
 
+# --------------------------------------------------------------------------- dp4a
+
+
+def _ptx_dp4a(variant):
+    """``dp4a.<variant> d, a, b, c``: ``c`` plus the four byte products of the words ``a`` and ``b``
+    (PTX ISA 5.0, compute capability >= 6.1). numba.cuda has no dp4a function; inline PTX emits it."""
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def dp4a(typingctx, a, b, c):
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            return builder.asm(ir.FunctionType(i32, [i32, i32, i32]), f"dp4a.{variant} $0, $1, $2, $3;",
+                               "=r,r,r,r", args, side_effect=False)
+        return types.int32(types.uint32, types.uint32, types.int32), codegen
+
+    @cuda.jit(device=True)
+    def dot(a, b, c):
+        return dp4a(np.uint32(a), np.uint32(b), np.int32(c))
+
+    return dot
+
+
+def _emulated_dp4a(a_signed, b_signed):
+    """dp4a's arithmetic in plain integer code: what the simulator runs (it cannot run PTX)."""
+
+    @cuda.jit(device=True)
+    def dot(a, b, c):
+        s = np.int32(c)
+        for j in range(4):
+            x = np.int32((a >> np.uint32(8 * j)) & np.uint32(255))
+            y = np.int32((b >> np.uint32(8 * j)) & np.uint32(255))
+            if a_signed and x >= 128:
+                x -= 256
+            if b_signed and y >= 128:
+                y -= 256
+            s += x * y
+        return s
+
+    return dot
+
+
+def dp4a_function(a_signed, b_signed):
+    if dev.SIMULATED:
+        return _emulated_dp4a(a_signed, b_signed)
+    return _ptx_dp4a(("s32" if a_signed else "u32") + "." + ("s32" if b_signed else "u32"))
+
+
+_dp4a_available = None
+
+
+def use_dp4a():
+    """Whether integer products take the dp4a kernels: ``config.USE_DP4A`` when set, else whether the
+    device has the instruction (compute capability >= 6.1; never in the simulator)."""
+    global _dp4a_available
+    if config.USE_DP4A is not None:
+        return bool(config.USE_DP4A)
+    if _dp4a_available is None:
+        _dp4a_available = not dev.SIMULATED and tuple(cuda.get_current_device().compute_capability) >= (6, 1)
+    return _dp4a_available
+
+
+def build_dp4a(load_a4, load_b4, store, a_signed, b_signed, bm, bn, bk, tm, tn):
+    """:func:`build_tiled` for 8-bit operands with dp4a: shared memory holds words of 4 consecutive k
+    (``load_a4(a, ga, base, m, k, K)`` / ``load_b4(b, gb, base, k, n, K)`` pack bytes ``k .. k+3``,
+    zeros past K), and each step of the register tile is one dp4a of a word of A by a word of B.
+    ``a_signed``/``b_signed`` say how the bytes of each operand are read. Same arguments and launch
+    geometry as :func:`build_tiled` (:func:`launch_tiled`); ``bk`` must be a multiple of 4."""
+    if bm % tm or bn % tn or bk % 4:
+        raise ValueError(f"dp4a GEMM tile {bm}x{bn}x{bk} does not fit the thread tile {tm}x{tn} and words of 4")
+    dot = dp4a_function(a_signed, b_signed)
+    words = bk // 4
+    tx_count = bn // tn
+    ty_count = bm // tm
+    threads = tx_count * ty_count
+    tile = tm * tn
+
+    @cuda.jit
+    def kernel(a, ga, a_off, b, gb, b_off, out, go, e0, e1, fe, M, N, K):
+        sa = cuda.shared.array((words, bm), np.uint32)
+        sb = cuda.shared.array((words, bn), np.uint32)
+        acc = cuda.local.array(tile, np.int32)
+        ra = cuda.local.array(tm, np.uint32)
+        rb = cuda.local.array(tn, np.uint32)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tx_count + tx
+        z = cuda.blockIdx.z
+        row0 = cuda.blockIdx.y * bm
+        col0 = cuda.blockIdx.x * bn
+        a_base = a_off[z]
+        b_base = b_off[z]
+        for i in range(tile):
+            acc[i] = np.int32(0)
+        for k0 in range(0, K, bk):
+            for e in range(tid, bm * words, threads):
+                r = e // words
+                w = e - r * words
+                m = row0 + r
+                k = k0 + 4 * w
+                if m < M and k < K:
+                    sa[w, r] = load_a4(a, ga, a_base, m, k, K)
+                else:
+                    sa[w, r] = np.uint32(0)
+            for e in range(tid, words * bn, threads):
+                w = e // bn
+                c = e - w * bn
+                n = col0 + c
+                k = k0 + 4 * w
+                if n < N and k < K:
+                    sb[w, c] = load_b4(b, gb, b_base, k, n, K)
+                else:
+                    sb[w, c] = np.uint32(0)
+            cuda.syncthreads()
+            for w in range(words):
+                for i in range(tm):
+                    ra[i] = sa[w, ty + i * ty_count]
+                for j in range(tn):
+                    rb[j] = sb[w, tx + j * tx_count]
+                for i in range(tm):
+                    for j in range(tn):
+                        acc[i * tn + j] = dot(ra[i], rb[j], acc[i * tn + j])
+            cuda.syncthreads()
+        for i in range(tm):
+            m = row0 + ty + i * ty_count
+            if m < M:
+                for j in range(tn):
+                    n = col0 + tx + j * tx_count
+                    if n < N:
+                        store(out, go, e0, e1, fe, z, m, n, acc[i * tn + j])
+
+    return kernel
+
+
+@cuda.jit(device=True)
+def byte_word(b0, b1, b2, b3):
+    """Four 8-bit values (any integer type, read as their low byte) packed into one uint32, b0 lowest."""
+    return (np.uint32(np.int32(b0) & 255) | (np.uint32(np.int32(b1) & 255) << np.uint32(8))
+            | (np.uint32(np.int32(b2) & 255) << np.uint32(16)) | (np.uint32(np.int32(b3) & 255) << np.uint32(24)))
+
+
 def launch_tiled(kernel, batches, M, N, K, a, ga, a_off, b, gb, b_off, out, go, e0, e1, fe):
     bm, bn, _, tm, tn = tile_config()
     if M == 0 or N == 0 or batches == 0:

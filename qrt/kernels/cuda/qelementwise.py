@@ -4,6 +4,10 @@
 * ``qadd`` / ``qmul`` (QLinearAdd / QLinearMul, with broadcasting): the CPU ufuncs' float32
   formulas, ``saturate(rint((a - za) * ra + (b - zb) * rb) + zc)`` and
   ``saturate(rint((a - za) * (b - zb) * r) + zc)``, with 8-bit values widened to int32 first.
+* ``apply_table`` (the unary QLinear ops: QLinearSigmoid, QLinearLeakyRelu, ...): ``out[i] =
+  table[bits of x[i]]`` with the CPU op's 256-entry table, held in the output's type.
+* ``average_pool`` (QLinearAveragePool): one thread per output, the CPU kernel's exact int64
+  window sum of ``x - zx`` and ``saturate(rint(float64(sum) * ratio / count) + zy)``.
 * ``global_average`` (QLinearGlobalAveragePool): one block per row, an exact int64 sum of
   ``x - zx`` as a shared-memory tree, then ``saturate(rint(float64(sum) * mult) + zy)``.
 """
@@ -114,4 +118,79 @@ def global_average(x, out, outer, length, inner, zx, mult, zy, qmin, qmax):
         threads = config.REDUCE_THREADS
         dev.launch(_global_average(threads), rows, threads, dev.flat(x), dev.flat(out), int(rows), int(length),
                    int(inner), np.int64(zx), float(mult), float(zy), float(qmin), float(qmax))
+    return out
+
+
+@dev.kernel_factory
+def _apply_table():
+    @cuda.jit
+    def kernel(x, table, out, n):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < n:
+            out[i] = table[np.int32(x[i]) & 255]
+            i += step
+
+    return kernel
+
+
+def apply_table(x, table, out):
+    """``out[i] = table[x[i] & 255]``: ``x`` 8-bit, ``table`` 256 entries of ``out``'s type (the CPU
+    table's bit patterns viewed as int8 for int8 outputs)."""
+    n = out.size
+    if n:
+        dev.launch(_apply_table(), dev.blocks_for(n), config.THREADS, dev.flat(x), table, dev.flat(out), n)
+    return out
+
+
+@dev.kernel_factory
+def _average_pool():
+    @cuda.jit
+    def kernel(x, out, n, dims, geom, zx, ratio, zy, lo, hi):
+        # dims: (D, H, W, OD, OH, OW); geom: kernel, strides, pads begin, pads end (3 each), count_include_pad
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        D, H, W, OD, OH, OW = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]
+        while i < n:
+            ow = i % OW
+            rest = i // OW
+            oh = rest % OH
+            rest //= OH
+            od = rest % OD
+            c = rest // OD
+            d0 = od * geom[3] - geom[6]
+            h0 = oh * geom[4] - geom[7]
+            w0 = ow * geom[5] - geom[8]
+            s = np.int64(0)
+            count = 0
+            for d in range(max(d0, 0), min(d0 + geom[0], D)):
+                for h in range(max(h0, 0), min(h0 + geom[1], H)):
+                    for w in range(max(w0, 0), min(w0 + geom[2], W)):
+                        s += np.int64(x[((c * D + d) * H + h) * W + w]) - zx
+                        count += 1
+            if geom[12] != 0:
+                count = ((min(d0 + geom[0], D + geom[9]) - max(d0, -geom[6]))
+                         * (min(h0 + geom[1], H + geom[10]) - max(h0, -geom[7]))
+                         * (min(w0 + geom[2], W + geom[11]) - max(w0, -geom[8])))
+            if count <= 0:
+                v = zy
+            else:
+                v = _rint64(np.float64(s) * ratio / np.float64(count)) + zy
+            out[i] = np.int32(_saturate(v, lo, hi))
+            i += step
+
+    return kernel
+
+
+def average_pool(x, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad, ratio, zy, qmin, qmax,
+                 out):
+    """Requantized AveragePool of ``x`` (NC, D, H, W) into ``out`` (NC, OD, OH, OW): the CPU kernel's
+    arithmetic (``ratio = x_scale / y_scale`` in float64)."""
+    n = out.size
+    if n:
+        dims = tuple(int(v) for v in tuple(x.shape[1:]) + tuple(out_shape))
+        geom = tuple(int(v) for v in list(kernel) + list(strides) + list(pads_begin) + list(pads_end)
+                     + [int(bool(count_include_pad))])
+        dev.launch(_average_pool(), dev.blocks_for(n), config.THREADS, dev.flat(x), dev.flat(out), n, dims, geom,
+                   np.int64(zx), float(ratio), float(zy), float(qmin), float(qmax))
     return out

@@ -38,18 +38,22 @@ class Concat(CudaOp):
             if x.ndim != first.ndim or any(a != b for d, (a, b) in enumerate(zip(x.shape, first.shape)) if d != axis):
                 raise InvalidArgument(f"input {i} of shape {list(x.shape)} does not match input 0 of shape "
                                       f"{list(first.shape)} outside axis {axis}")
-        arrays = [self.device(i, x) for i, x in enumerate(inputs)]
-        if len(arrays) == 1:
-            return arrays[0]
-        shape = list(first.shape)
-        shape[axis] = sum(a.shape[axis] for a in arrays)
-        out = dev.empty(shape, first.dtype)
-        out_strides = dev.contiguous_strides(shape)
-        begin = 0
-        for a in arrays:
-            k.copy_strided(a, 0, dev.contiguous_strides(a.shape), out, begin * out_strides[axis], out_strides, a.shape)
-            begin += a.shape[axis]
-        return out
+        return concatenate([self.device(i, x) for i, x in enumerate(inputs)], axis)
+
+
+def concatenate(arrays, axis):
+    """Device arrays of one dtype, equal outside ``axis``, joined along it (one copy per array)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    out = dev.empty(shape, arrays[0].dtype)
+    out_strides = dev.contiguous_strides(shape)
+    begin = 0
+    for a in arrays:
+        k.copy_strided(a, 0, dev.contiguous_strides(a.shape), out, begin * out_strides[axis], out_strides, a.shape)
+        begin += a.shape[axis]
+    return out
 
 
 def split_sizes(dim, axis, sizes, num_outputs, n_outputs):

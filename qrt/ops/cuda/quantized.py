@@ -6,6 +6,10 @@ Validation, attribute parsing and the requantization multiplier are the CPU twin
 multipliers. Weights are centered (``w - zero_point``, int16) and uploaded once per session in
 ``prepare``, together with the per-channel multipliers when the scales are constants.
 Float8/4-bit/16-bit types, blocked quantization and per-row activation zero points run the CPU twin.
+
+Where the device has dp4a (:func:`qrt.kernels.cuda.gemm.use_dp4a`) and the centered weights fit in
+int8, QLinearConv, QLinearMatMul (2-D weights) and QGemm take the dp4a kernels with the activation
+zero point folded into a per-session bias (:func:`qrt.kernels.cuda.qgemm.dp4a_bias`).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from ...kernels.cuda import device as dev
 from ...kernels.cuda import qconv as kc
 from ...kernels.cuda import qgemm as kg
 from ...kernels.cuda import quantize as kq
+from ...kernels.cuda.gemm import use_dp4a
 from ..conv import pack_geometry
 from ..quantized import (EIGHT_BIT, _column_zero_points, _conv_weight_zero_points, _per_channel, _vector_for,
                          qbounds, requant_multiplier, scalar_int)
@@ -42,6 +47,36 @@ class _Memo:
             entry = (key, tuple(arrays), build())
             self._entry = entry
         return entry[2]
+
+
+def dp4a_weight_sums(centered, rows_last=False):
+    """Row sums of device-centered weights when the dp4a path can take them, else None (downloads
+    once per session; ``rows_last`` for (K, N) matrices whose zero point multiplies columns)."""
+    if not use_dp4a():
+        return None
+    host = np.asarray(dev.download(centered))
+    host = host.reshape(host.shape[0], -1)
+    return kg.int8_sums(host.T if rows_last else host)
+
+
+class _Dp4aBiases:
+    """Per-op device biases ``bias - zero_point * sums``, one per (zero point, bias array)."""
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, bias, zero_point, sums):
+        key = (int(zero_point), id(bias), id(sums))
+        entry = self._entries.get(key)
+        if entry is None or entry[0] is not bias or entry[1] is not sums:
+            host_bias = None if bias is None else np.asarray(dev.download(bias))
+            entry = (bias, sums, dev.upload(kg.dp4a_bias(host_bias, zero_point, sums)))
+            self._entries = {key: entry}     # one live entry: zero points are constants in practice
+        return entry[2]
+
+
+def dp4a_biases(op):
+    return op.__dict__.setdefault("_dp4a_biases", _Dp4aBiases())
 
 
 def _per_axis_layout(x, scale, axis):
@@ -135,9 +170,14 @@ class _IntegerMatMul(CudaOp):
         memo = getattr(self, "_centered", None) or _Memo()
         self._centered = memo
         zcol = _column_zero_points(zb, N, b.dtype, InvalidArgument)
-        centered = memo.get((b, b_zero_point), lambda: kg.center_columns(
-            self.device(3 if self.op_type == "QLinearMatMul" else 1, b), dev.upload(zcol), N))
-        return (self.device(0, a), scalar_int(za), centered, batch, a_shape, b_shape, M, N, K)
+
+        def center():
+            centered = kg.center_columns(self.device(3 if self.op_type == "QLinearMatMul" else 1, b),
+                                         dev.upload(zcol), N)
+            return centered, (dp4a_weight_sums(centered, rows_last=True) if b.ndim == 2 else None)
+
+        centered, sums = memo.get((b, b_zero_point), center)
+        return (self.device(0, a), scalar_int(za), centered, batch, a_shape, b_shape, M, N, K, sums)
 
     @staticmethod
     def _shape(a, b, batch, M, N):
@@ -159,7 +199,7 @@ class QLinearMatMul(_IntegerMatMul):
         self._check((a, host[0], host[1], b, host[2], host[3], host[4], host[5]), InvalidArgument)
         if host[0].size > 1:
             raise dev.Unsupported("per-row a_scale")
-        x, za, centered, batch, a_shape, b_shape, M, N, K = self._operands(a, a_zero_point, b, b_zero_point)
+        x, za, centered, batch, a_shape, b_shape, M, N, K, sums = self._operands(a, a_zero_point, b, b_zero_point)
         out_dtype = host[5].dtype
         qmin, qmax = qbounds(out_dtype)
         mult_memo = getattr(self, "_mult", None) or _Memo()
@@ -169,15 +209,16 @@ class QLinearMatMul(_IntegerMatMul):
                                                                 "column of b"), host[4].reshape(())),
             dtype=np.float64)))
         out = dev.empty(tuple(batch) + (M, N), out_dtype)
-        kg.matmul(x, za, centered, out, batch, a_shape[:-2], b_shape[:-2], M, N, K, mult=mult,
-                  zy=scalar_int(host[5]), qmin=qmin, qmax=qmax)
+        bias = None if sums is None else dp4a_biases(self).get(None, za, sums)
+        kg.matmul(x, za, centered, out, batch, a_shape[:-2], b_shape[:-2], M, N, K, bias=bias, mult=mult,
+                  zy=scalar_int(host[5]), qmin=qmin, qmax=qmax, dp4a=sums is not None)
         return out.reshape(self._shape(a, b, batch, M, N))
 
 
 @twin("MatMulInteger")
 class MatMulInteger(_IntegerMatMul):
     def run_device(self, A, B, a_zero_point=None, b_zero_point=None):
-        x, za, centered, batch, a_shape, b_shape, M, N, K = self._operands(A, a_zero_point, B, b_zero_point)
+        x, za, centered, batch, a_shape, b_shape, M, N, K, _ = self._operands(A, a_zero_point, B, b_zero_point)
         out = dev.empty(tuple(batch) + (M, N), np.int32)
         kg.matmul(x, za, centered, out, batch, a_shape[:-2], b_shape[:-2], M, N, K)
         return out.reshape(self._shape(A, B, batch, M, N))
@@ -201,11 +242,11 @@ class _IntegerConv(CudaOp):
             M = host_w.shape[0]
             zw = _conv_weight_zero_points(self.host(wz), M, host_w.dtype, InvalidArgument)
             centered = host_w.reshape(M, -1).astype(np.int32) - zw[:, None]
-            return dev.upload(centered.astype(np.int16))
+            return dev.upload(centered.astype(np.int16)), (kg.int8_sums(centered) if use_dp4a() else None)
 
         return memo.get((w, wz), build)
 
-    def _convolve(self, x, xz, w, wz, out_dtype, bias=None, mult=None, zy=0):
+    def _convolve(self, x, xz, w, wz, out_dtype, B=None, mult=None, zy=0):
         if x.dtype not in EIGHT_BIT or w.dtype not in EIGHT_BIT:
             raise InvalidArgument(f"expected int8/uint8 x and w, got {x.dtype} and {w.dtype}")
         if x.ndim < 3:
@@ -218,17 +259,23 @@ class _IntegerConv(CudaOp):
                                   f"{host_xz.dtype}{list(host_xz.shape)}")
         if any(o < 1 for o in outs):
             raise dev.Unsupported("empty convolution output")
-        centered = self._centered_weights(w, wz)
+        centered, sums = self._centered_weights(w, wz)
         x5 = canonical5(self.device(0, x))
         M = w.shape[0]
         out = dev.empty((x.shape[0], M) + tuple(outs), out_dtype)
         out5 = canonical5(out)
         geom = pack_geometry(kernel, strides, dilations, begins)
         qmin, qmax = qbounds(out_dtype) if out_dtype != np.int32 else (0, 0)
+        zx = scalar_int(host_xz)
         if self.conv.depthwise(x.shape[1], w.shape):
-            kc.conv_depthwise(x5, scalar_int(host_xz), centered, geom, out5, bias, mult, zy, qmin, qmax)
+            bias = self.device(8, B) if B is not None else None
+            kc.conv_depthwise(x5, zx, centered, geom, out5, bias, mult, zy, qmin, qmax)
+        elif sums is not None and out_dtype != np.int32:
+            bias = dp4a_biases(self).get(B, zx, sums)
+            kc.conv(x5, zx, centered, geom, geometry.group, out5, bias, mult, zy, qmin, qmax, dp4a=True)
         else:
-            kc.conv(x5, scalar_int(host_xz), centered, geom, geometry.group, out5, bias, mult, zy, qmin, qmax)
+            bias = self.device(8, B) if B is not None else None
+            kc.conv(x5, zx, centered, geom, geometry.group, out5, bias, mult, zy, qmin, qmax)
         return out
 
 
@@ -249,8 +296,7 @@ class QLinearConv(_IntegerConv):
         mult = memo.get((x_scale, w_scale, y_scale), lambda: dev.upload(np.ascontiguousarray(requant_multiplier(
             host[0].reshape(()), _per_channel(host[2], M, "w_scale", InvalidArgument), host[4].reshape(())),
             dtype=np.float64)))
-        bias = self.device(8, B) if B is not None else None
-        return self._convolve(x, x_zero_point, w, w_zero_point, out_dtype, bias, mult, scalar_int(host[5]))
+        return self._convolve(x, x_zero_point, w, w_zero_point, out_dtype, B, mult, scalar_int(host[5]))
 
 
 @twin("ConvInteger")
