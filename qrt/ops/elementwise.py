@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import elementwise as k
+from ..kernels.cpu import fused_elementwise as fe
 from ..kernels.cpu.ufunc import binary, call, unary
 from ..registry import register
 from .base import Op
@@ -151,10 +152,28 @@ def _unary(op_type, since, kernel, result_bool=False):
     return Unary
 
 
+def _transcendental(op_type, since, kernel):
+    """A unary op whose float32 form runs as a generated, vectorized kernel (see fe.single_op)."""
+
+    @register(op_type, since)
+    class Transcendental(Op):
+        module = None
+
+        def run(self, x):
+            if x.dtype != np.float32:
+                return unary(kernel, x, x.dtype)
+            if self.module is None:
+                self.module = fe.single_op(op_type)
+            return fe.run_single(self.module, x)
+
+    Transcendental.__name__ = Transcendental.__qualname__ = op_type
+    return Transcendental
+
+
 Abs = _unary("Abs", 6, k.absolute)
 Neg = _unary("Neg", 6, k.negative)
 Sign = _unary("Sign", 9, k.sign)
-Exp = _unary("Exp", 6, k.exp)
+Exp = _transcendental("Exp", 6, k.exp)
 Log = _unary("Log", 6, k.log)
 Sqrt = _unary("Sqrt", 6, k.sqrt)
 Reciprocal = _unary("Reciprocal", 6, k.reciprocal)
@@ -172,9 +191,9 @@ Cosh = _unary("Cosh", 9, k.cosh)
 Asinh = _unary("Asinh", 9, k.asinh)
 Acosh = _unary("Acosh", 9, k.acosh)
 Atanh = _unary("Atanh", 9, k.atanh)
-Tanh = _unary("Tanh", 6, k.tanh)
-Erf = _unary("Erf", 9, k.erf)
-Sigmoid = _unary("Sigmoid", 6, k.sigmoid)
+Tanh = _transcendental("Tanh", 6, k.tanh)
+Erf = _transcendental("Erf", 9, k.erf)
+Sigmoid = _transcendental("Sigmoid", 6, k.sigmoid)
 Relu = _unary("Relu", 6, k.relu)
 HardSwish = _unary("HardSwish", 14, k.hard_swish)
 Softplus = _unary("Softplus", 1, k.softplus)
@@ -275,9 +294,14 @@ class Gelu(Op):
         if approximate not in ("none", "tanh"):
             raise InvalidModel(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
         self.kernel = k.gelu_tanh if approximate == "tanh" else k.gelu_erf
+        self.module = None
 
     def run(self, x):
-        return call(self.kernel, x)
+        if x.dtype != np.float32:
+            return call(self.kernel, x)
+        if self.module is None:
+            self.module = fe.single_op("GeluTanh" if self.kernel is k.gelu_tanh else "GeluErf")
+        return fe.run_single(self.module, x)
 
 
 @register("Clip", 6)

@@ -3,9 +3,9 @@
 The code numbers are the contract between the ops and the kernels; ``ACTIVATION_CODES`` maps the
 ONNX op names (as com.microsoft's fused ops spell them) to them.
 """
-import math
-
 from numba import njit
+
+from . import vmath
 
 ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6}
 
@@ -20,11 +20,11 @@ def activate(v, code, alpha, beta):
     if code == 3:
         return v if v >= 0 else alpha * v
     if code == 4:
-        return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+        return vmath.sigmoid(v)
     if code == 5:
         return max(0.0, min(1.0, alpha * v + beta))
     if code == 6:
-        return math.tanh(v)
+        return vmath.tanh(v)
     return v
 
 

@@ -6,8 +6,9 @@ broadcasting and output allocation, and the loop body is Numba-compiled per dtyp
 import math
 
 import numpy as np
-from numba import njit, types, vectorize
-from numba.extending import overload
+from numba import vectorize
+
+from . import vmath
 
 # --- arithmetic --------------------------------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ def sign(x):
 
 @vectorize(cache=True)
 def exp(x):
-    return math.exp(x)
+    return vmath.exp(x)
 
 
 @vectorize(cache=True)
@@ -300,59 +301,19 @@ def atanh(x):
 
 @vectorize(cache=True)
 def tanh(x):
-    return math.tanh(x)
-
-
-# erf on float32 as a rational function of x clamped to [-4, 4] (odd numerator of degree 13, even
-# denominator of degree 8: the approximation Eigen and XLA use for float32; at |x| >= 4 erf rounds to
-# +-1 in float32). Plain arithmetic, so a loop over float32 vectorizes where libm's scalar erf does not;
-# measured against math.erf over [-6, 6]: below 4.5e-7 absolute (5.3e-7 relative).
-_ERF_P = tuple(np.float32(v) for v in (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-                                       -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-                                       -1.60960333262415e-02))
-_ERF_Q = tuple(np.float32(v) for v in (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-                                       -7.37332916720468e-03, -1.42647390514189e-02))
-_P0, _P1, _P2, _P3, _P4, _P5, _P6 = _ERF_P
-_Q0, _Q1, _Q2, _Q3, _Q4 = _ERF_Q
-_FOUR = np.float32(4)
-
-
-@njit(cache=True, inline="always")
-def _erf_float32(x):
-    c = _FOUR if x > _FOUR else x          # NaN passes both clamps
-    c = -_FOUR if c < -_FOUR else c
-    c2 = c * c
-    p = ((((((c2 * _P0 + _P1) * c2 + _P2) * c2 + _P3) * c2 + _P4) * c2 + _P5) * c2 + _P6) * c
-    q = (((c2 * _Q0 + _Q1) * c2 + _Q2) * c2 + _Q3) * c2 + _Q4
-    return p / q
-
-
-def erf_value(x):
-    """erf(x): the float32 rational approximation above for float32, libm's erf for other types."""
-    return math.erf(x)
-
-
-@overload(erf_value, inline="always")
-def _erf_value_impl(x):
-    if x == types.float32:
-        return lambda x: _erf_float32(x)
-    return lambda x: math.erf(x)
+    return vmath.tanh(x)
 
 
 @vectorize(cache=True)
 def erf(x):
-    return erf_value(x)
+    return vmath.erf(x)
 
 
 # --- activations (alpha/beta arrive as scalars of the input's dtype) ----------------------------------------
 
 @vectorize(cache=True)
 def sigmoid(x):
-    # Split by sign so exp never overflows.
-    if x >= 0:
-        return 1 / (1 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1 + e)
+    return vmath.sigmoid(x)
 
 
 @vectorize(cache=True)
@@ -367,17 +328,17 @@ def leaky_relu(x, alpha):
 
 @vectorize(cache=True)
 def elu(x, alpha):
-    return x if x >= 0 else alpha * (math.exp(x) - 1)
+    return x if x >= 0 else alpha * (vmath.exp(x) - 1)
 
 
 @vectorize(cache=True)
 def selu(x, alpha, gamma):
-    return gamma * x if x > 0 else gamma * (alpha * math.exp(x) - alpha)
+    return gamma * x if x > 0 else gamma * (alpha * vmath.exp(x) - alpha)
 
 
 @vectorize(cache=True)
 def celu(x, alpha):
-    return max(0, x) + min(0, alpha * (math.exp(x / alpha) - 1))
+    return max(0, x) + min(0, alpha * (vmath.exp(x / alpha) - 1))
 
 
 @vectorize(cache=True)
@@ -411,12 +372,13 @@ def mish(x):
 
 @vectorize(cache=True)
 def gelu_erf(x):
-    return 0.5 * x * (1 + math.erf(x / math.sqrt(2.0)))
+    # vmath.gelu_erf keeps float32 in float32 (the literals here would widen it to float64).
+    return vmath.gelu_erf(x)
 
 
 @vectorize(cache=True)
 def gelu_tanh(x):
-    return 0.5 * x * (1 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+    return vmath.gelu_tanh(x)
 
 
 @vectorize(cache=True)

@@ -29,10 +29,12 @@ import sys
 import tempfile
 import threading
 
+import numba
 import numpy as np
 from numba import njit, types
 
 from . import elementwise as ew
+from . import vmath
 
 # Each fusable op: (the ufunc from qrt.kernels.cpu.elementwise, number of tensor operands).
 # Extra parameters (LeakyRelu alpha, Clip bounds, ...) follow the operands as float32 literals.
@@ -50,8 +52,10 @@ SCALAR_OPS = {
 
 # The scalar functions the generated modules import, jitted from the ufuncs' own Python bodies. No
 # cache of their own: they compile into each generated kernel, and that kernel is cached. numpy's
-# error model, as the ufuncs have: x / 0 is inf or nan, never a ZeroDivisionError.
-_SCALAR_FUNCS = {name: njit(error_model="numpy")(ufunc.__wrapped__) for name, (ufunc, _) in SCALAR_OPS.items()}
+# error model, as the ufuncs have: x / 0 is inf or nan, never a ZeroDivisionError. Inlined at
+# Numba's level: LLVM would leave a call to one as large as vmath's erf, and the loop scalar.
+_SCALAR_FUNCS = {name: njit(error_model="numpy", inline="always")(ufunc.__wrapped__)
+                 for name, (ufunc, _) in SCALAR_OPS.items()}
 globals().update({f"scalar_{name}": fn for name, fn in _SCALAR_FUNCS.items()})
 
 # Elements from which the parallel variant runs (a prange launch costs a few microseconds).
@@ -160,9 +164,10 @@ def generate_source(kinds, scalars, program) -> str:
 
 
 def _source_version() -> str:
-    # Numba's cache only watches the generated file: fold the scalar functions' sources into the
-    # name so a change to any of them yields a new module instead of stale machine code.
-    return "".join(inspect.getsource(ufunc.__wrapped__) for ufunc, _ in SCALAR_OPS.values())
+    # Numba's cache only watches the generated file: fold the scalar functions' sources (and the
+    # vector math they call) into the name so a change to any of them yields a new module instead
+    # of stale machine code.
+    return inspect.getsource(vmath) + "".join(inspect.getsource(ufunc.__wrapped__) for ufunc, _ in SCALAR_OPS.values())
 
 
 _VERSION = hashlib.sha256(_source_version().encode()).hexdigest()[:12]
@@ -201,3 +206,31 @@ def _write_once(directory, digest, source):
             f.write(source)
         os.replace(tmp, path)
     return path
+
+
+def single_op(op):
+    """The generated kernel module for ``op`` alone on one float32 input.
+
+    Unary transcendental ops (Exp, Sigmoid, Tanh, Erf, Gelu) run through it rather than through
+    their ufunc: numpy's ufunc loop calls the compiled scalar function per element, which LLVM
+    does not inline or vectorize once the function is as large as a polynomial erf, and it is
+    serial. The generated loop inlines vmath, vectorizes, and splits large tensors across threads.
+    """
+    return load(generate_source([FULL], {}, [(op, [("in", 0)], ())]))
+
+
+def run_single(module, x):
+    """``module``'s op on float32 ``x`` (any shape, any strides), as a new C-contiguous array."""
+    out = np.empty(x.shape, dtype=np.float32)
+    size = out.size
+    if size:
+        period = 1
+        for d in reversed(x.shape):
+            period *= d
+            if period >= 1024:
+                break
+        rows = size // period
+        parallel = size >= PARALLEL_MIN_ELEMENTS and rows > 1 and numba.get_num_threads() > 1
+        kernel = module.run_parallel if parallel else module.run_serial
+        kernel(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), rows, period, 1)
+    return out

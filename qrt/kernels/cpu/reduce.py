@@ -24,6 +24,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import vmath
+
 _REASSOC = {"reassoc", "contract"}
 
 SUM, SUM_ABS, SUM_SQUARE = 0, 1, 2
@@ -240,7 +242,7 @@ def reduce_log_sum_exp(x, out, zero):
                 m = zero
             acc = zero
             for r in range(depth):
-                acc += math.exp(row[r] - m)
+                acc += vmath.exp(row[r] - m)
             out[o, 0] = math.log(acc) + m
     else:
         total = np.empty(inner, out.dtype)
@@ -259,6 +261,6 @@ def reduce_log_sum_exp(x, out, zero):
             for r in range(depth):
                 src = x[o, r]
                 for i in range(inner):
-                    total[i] += math.exp(src[i] - shift[i])
+                    total[i] += vmath.exp(src[i] - shift[i])
             for i in range(inner):
                 shift[i] = math.log(total[i]) + shift[i]

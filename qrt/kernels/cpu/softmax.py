@@ -1,4 +1,4 @@
-"""Softmax, LogSoftmax and Hardmax kernels, plus the vectorizable float32 ``exp`` they (and attention) use.
+"""Softmax, LogSoftmax and Hardmax kernels.
 
 Two layouts cover every axis: ``*_rows`` works on a (rows, n) array reduced along its contiguous last
 axis; ``*_strided`` on an (outer, n, inner) array reduced along the middle axis, vectorized across
@@ -9,12 +9,8 @@ Fast-math: the exp-sum is a float reduction that LLVM vectorizes only when allow
 so these kernels use reassociation and contraction but keep ``nnan``/``ninf`` off: masked attention
 scores are ``-inf`` and must give exactly 0, and NaN must propagate.
 
-``exp`` for float32: there is no vector math library under Numba here, so ``math.exp`` stays a
-scalar libm call in every loop. :func:`softmax_exp` is a Cephes-style float32 exp (range reduction
-by ln 2 split in two constants, degree-6 polynomial, exponent built with a bitcast) that LLVM
-inlines and vectorizes; it is within 2 ulp of the correctly rounded result on the softmax domain
-x <= 0, and gives an exact 0 below -87.33 (where float32 results are denormal). float64 keeps
-``math.exp``.
+``exp`` is :func:`qrt.kernels.cpu.vmath.exp`: a float32 polynomial that LLVM vectorizes (within
+1 ulp, exact 0 for -inf), ``math.exp`` for float64.
 """
 from __future__ import annotations
 
@@ -22,81 +18,17 @@ import functools
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
+
+from . import vmath
+from .vmath import float32_bits, float32_from_bits, fmax
 
 FASTMATH = {"reassoc", "contract", "nsz"}
 
 # Elements below which the parallel kernel is not worth it: one row-pass over 128K float32 takes
 # ~50 us serially, and on a shared 2-core machine waking the second thread can cost as much.
 PARALLEL_MIN_ELEMENTS = 1 << 17
-
-
-@intrinsic
-def float32_from_bits(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def float32_bits(typingctx, value):
-    """The IEEE-754 bit pattern of a float32, as an int32."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def fmax(typingctx, a, b):
-    """max(a, b) propagating NaN, as ``llvm.maximum``: unlike a compare-and-select, LLVM vectorizes
-    a reduction over it."""
-    if a != b or not isinstance(a, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(args[0].type, [args[0].type, args[1].type])
-        fn = builder.module.declare_intrinsic("llvm.maximum", [args[0].type], fnty)
-        return builder.call(fn, args)
-
-    return a(a, b), codegen
-
-
-@njit(cache=True, inline="always", fastmath=FASTMATH)
-def _exp_float32(x):
-    # fmax propagates NaN through the polynomial (NaN times any scale is NaN) and maps -inf to the
-    # clamp, whose result the final select replaces by an exact 0.
-    clamped = fmax(x, np.float32(-87.33654))
-    fx = np.floor(clamped * np.float32(1.44269504088896341) + np.float32(0.5))
-    r = clamped - fx * np.float32(0.693359375)
-    r = r + fx * np.float32(2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    y = p * (r * r) + r + np.float32(1.0)
-    y = y * float32_from_bits((np.int32(fx) + np.int32(127)) << np.int32(23))
-    return np.float32(0.0) if x < np.float32(-87.33654) else y
-
-
-def softmax_exp(x):
-    """exp(x) for the arguments a softmax forms, x = v - max(v) <= 0 (NaN propagates).
-
-    float32 goes through the vectorizable polynomial, other types through ``math.exp``.
-    """
-    return math.exp(x)
-
-
-@overload(softmax_exp)
-def _softmax_exp_overload(x):
-    if x == types.float32:
-        return lambda x: _exp_float32(x)
-    return lambda x: math.exp(x)
 
 
 # ---------------------------------------------------------------- narrow float types
@@ -182,13 +114,13 @@ def _softmax_row(x, out, log):
         for i in range(n):
             shifted = x[i] - m
             out[i] = shifted
-            total += softmax_exp(shifted)
+            total += vmath.exp(shifted)
         log_total = math.log(total)
         for i in range(n):
             out[i] = out[i] - log_total
     else:
         for i in range(n):
-            e = softmax_exp(x[i] - m)
+            e = vmath.exp(x[i] - m)
             out[i] = e
             total += e
         # One division and n multiplications: within an ulp of dividing each, and several times
@@ -210,7 +142,7 @@ def _softmax_row_rounded(x, out, log, rounding, sequential_sum):
         return
     m = _row_max(x)
     for i in range(n):
-        out[i] = round_to(softmax_exp(round_to(x[i] - m, rounding)), rounding)
+        out[i] = round_to(vmath.exp(round_to(x[i] - m, rounding)), rounding)
     total = x.dtype.type(0.0)
     if sequential_sum:
         for i in range(n):
@@ -256,7 +188,7 @@ def softmax_strided(x, out, log):
         for k in range(n):
             for j in range(inner):
                 shifted = x[o, k, j] - peak[j]
-                e = softmax_exp(shifted)
+                e = vmath.exp(shifted)
                 out[o, k, j] = shifted if log else e
                 total[j] += e
         if log:

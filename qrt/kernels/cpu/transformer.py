@@ -18,7 +18,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .softmax import FASTMATH, ROUND_BFLOAT16, ROUND_NONE, fmax, round_to, softmax_exp
+from . import vmath
+from .softmax import FASTMATH, ROUND_BFLOAT16, ROUND_NONE, round_to
+from .vmath import fmax
 
 # Elements below which normalization runs serially (see softmax.PARALLEL_MIN_ELEMENTS).
 PARALLEL_MIN_ELEMENTS = 1 << 17
@@ -129,7 +131,7 @@ def _attention_row(row, position, softcap, mask_kind, bool_row, float_row, causa
         _round_span(row, rounding)
     if softcap > 0:
         for j in range(total):
-            row[j] = round_to(round_to(math.tanh(round_to(row[j] / softcap, rounding)), rounding) * softcap,
+            row[j] = round_to(round_to(vmath.tanh(round_to(row[j] / softcap, rounding)), rounding) * softcap,
                               rounding)
     if qk_mode == 0 or qk_mode == 1:
         for j in range(total):
@@ -185,12 +187,12 @@ def _attention_row(row, position, softcap, mask_kind, bool_row, float_row, causa
         denominator = zero
         if softmax_rounding == ROUND_NONE:
             for t in range(count):
-                e = softmax_exp(visible[t] - peak)
+                e = vmath.exp(visible[t] - peak)
                 visible[t] = e
                 denominator += e
         else:
             for t in range(count):
-                visible[t] = round_to(softmax_exp(round_to(visible[t] - peak, softmax_rounding)), softmax_rounding)
+                visible[t] = round_to(vmath.exp(round_to(visible[t] - peak, softmax_rounding)), softmax_rounding)
             if softmax_rounding == ROUND_BFLOAT16:
                 # bfloat16 sums accumulate in bfloat16, one rounding per addition.
                 for t in range(count):
