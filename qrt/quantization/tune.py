@@ -371,7 +371,7 @@ class _Search:
         self.current = tuner.score(plan)
         self.steps, self.sensitivity, self.losers = [], {}, []
         self.sensitivity_base = float("nan")
-        self.note = "not needed: the default meets the target"
+        self.note = "not needed: the target is met before any per-node change"
         # A kept change must beat noise: 0.1 dB of SQNR, 1e-5 of cosine; a user metric any gain (or,
         # at an equal value, 0.1 dB more output SQNR).
         self.min_gain = {"sqnr": 0.1, "cosine": 1e-5}.get(objective, 0.0)
