@@ -22,8 +22,8 @@ constants, every constant of the quantization chain has the pattern's value (0, 
 the reductions are over the last axis with keepdims, and no intermediate of the product is read
 outside it. The quantization chain's nodes are removed when nothing else reads what they compute;
 else they stay for those readers and the fused node quantizes X again. The fused node is named
-after the named nodes it covers (the MatMuls, by ``quantize_dynamic``'s naming), so a profile shows
-one event per group. Only qrt runs it: the session applies this pass at ``ORT_ENABLE_ALL``.
+after the MatMulIntegers it covers (``quantize_dynamic`` gives them the original MatMuls' names), so
+a profile shows one event per group under the names the user knows. Only qrt runs it: the session applies this pass at ``ORT_ENABLE_ALL``.
 """
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def fuse_per_row_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
         for p in products:
             inputs += [p.b, p.b_scale, p.b_zero_point, p.bias]
         fused = helper.make_node("PerRowDynamicQuantizeMatMul", _trim(inputs), [p.output for p in products],
-                                 name=_name([n for n in nodes if n.name] or nodes), domain=DOMAIN)
+                                 name=_name([p.nodes[0] for p in products]), domain=DOMAIN)
         # The fused node takes the place of the first product's last node: every product's inputs
         # (X and constants) exist by then, and its outputs come no later than the ones it replaces.
         first = min(products, key=lambda p: _position(model, p.nodes[-1]))

@@ -312,7 +312,7 @@ class PerRowDynamicQuantizeMatMul(Op):
         self._weights = []
 
     def prepare(self, constants):
-        if len(constants) < 3 or (len(constants) - 1) % 4 not in (0, 3):
+        if len(constants) < 3 or (len(constants) - 1) % 4 == 1:
             raise InvalidModel(f"PerRowDynamicQuantizeMatMul takes A then (B, b_scale, b_zero_point, bias) per "
                                f"output; got {len(constants)} inputs")
         padded = list(constants) + [None] * (-(len(constants) - 1) % 4)
