@@ -341,24 +341,24 @@ class PerRowDynamicQuantizeMatMul(Op):
         if A.dtype != np.float32:
             raise InvalidArgument(f"A must be float32, got {A.dtype}")
         first = self._weights[0][0]
-        if A.ndim < 1 or A.shape[-1] != first.K:
-            raise InvalidArgument(f"A has shape {list(A.shape)}; B has {first.K} rows")
-        x2 = (A if A.flags.c_contiguous else np.ascontiguousarray(A)).reshape(-1, first.K)
+        K = first.K
+        if A.ndim < 1 or A.shape[-1] != K:
+            raise InvalidArgument(f"A has shape {list(A.shape)}; B has {K} rows")
+        x2 = (A if A.flags.c_contiguous else np.ascontiguousarray(A)).reshape(-1, K)
         m = x2.shape[0]
         rows = kamx.padded_rows(m, first.packed.Kp)
-        row_sum = np.empty(m, np.int32)
+        row_t, row_zero_point = np.empty(m, np.int32), np.empty(m, np.int32)
         row_scale = np.empty(m, np.float32)
-        row_zero_point = np.empty(m, np.int32)
         if x2.size < kdyn.PARALLEL_MIN_ELEMENTS or num_threads() == 1:
-            kdyn.quantize_rows_own_range(x2, rows, row_sum, row_scale, row_zero_point)
+            kdyn.quantize_rows_own_range(x2, rows, row_t, row_scale, row_zero_point)
         else:
-            kdyn.quantize_rows_own_range_parallel(x2, rows, row_sum, row_scale, row_zero_point)
+            kdyn.quantize_rows_own_range_parallel(x2, rows, row_t, row_scale, row_zero_point)
+        leading = A.shape[:-1]
         outputs = []
         for w, fscale, fbias in self._weights:
             out = np.empty((m, w.N), np.float32)
-            kgemm.matmul_rows_scaled(rows, w.K, row_sum, row_zero_point, row_scale, w.packed, fscale, fbias, out,
-                                     w.zb_nonzero)
-            outputs.append(out.reshape(A.shape[:-1] + (w.N,)))
+            kgemm.matmul_rows_scaled(rows, K, row_t, row_zero_point, row_scale, w.packed, fscale, fbias, out)
+            outputs.append(out.reshape(leading + (w.N,)))
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
 

@@ -143,7 +143,7 @@ _INT32_MIN = np.int32(-0x80000000)
 
 
 @njit(cache=True, inline="always")
-def _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point):
+def _quantize_row_own_range(x, r, out, row_t, row_scale, row_zero_point):
     """Row ``r`` quantized with its own range, as ``quantize_dynamic(per_row=True)`` writes it in ONNX ops.
 
     Each step is the float32 operation of the pattern's node, in its order: ``lo = Min(min, 0)``,
@@ -152,6 +152,8 @@ def _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point):
     ``Cast<int32>(zp)``, with the casts' x86 results for NaN (0 and INT32_MIN). Which of -0/+0 the
     range holds changes no integer result. A NaN in the row makes its scale NaN, so the row's
     products are NaN (the unfused ReduceMin/ReduceMax skip a NaN unless it comes first).
+    ``row_t`` receives the row's weight-zero-point term for the GEMM, ``sum(q) - K * zero_point``
+    (wrapping int32, as :func:`qrt.kernels.cpu.qgemm.matmul_rows` computes it).
     """
     K = x.shape[1]
     lo_key, hi_key = _range_of(x[r].view(np.int32), 0, K)
@@ -160,7 +162,7 @@ def _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point):
     if lo_key < _NEG_INF_KEY or hi_key > _POS_INF_KEY:
         for k in range(out.shape[1]):
             out[r, k] = 0
-        row_sum[r] = 0
+        row_t[r] = np.int32(np.int64(-K) * np.int64(_INT32_MIN))
         row_scale[r] = np.float32(np.nan)
         row_zero_point[r] = _INT32_MIN
         return
@@ -175,9 +177,10 @@ def _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point):
     zp = np.rint(-np.float32(lo / scale))
     if zp == zp:
         zp = _F0 if zp < _F0 else (_F255 if zp > _F255 else zp)
-        row_zero_point[r] = np.int32(zp)
+        zp_int = np.int32(zp)
     else:
-        row_zero_point[r] = _INT32_MIN
+        zp_int = _INT32_MIN
+    row_zero_point[r] = zp_int
     s = np.int32(0)
     for k in range(K):
         v = np.rint(x[r, k] / scale) + zp
@@ -190,19 +193,20 @@ def _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point):
         s += np.int32(q)
     for k in range(K, out.shape[1]):
         out[r, k] = 0
-    row_sum[r] = s
+    row_t[r] = np.int32(np.int64(s) - np.int64(K) * np.int64(zp_int))
     row_scale[r] = scale
 
 
 @njit(cache=True)
-def quantize_rows_own_range(x, out, row_sum, row_scale, row_zero_point):
+def quantize_rows_own_range(x, out, row_t, row_scale, row_zero_point):
     """Each row of x (M, K) float32 quantized to uint8 with its own range into ``out`` (M, Kp), zeros
-    after K; per row its sum, float32 scale and int32 zero point (see :func:`_quantize_row_own_range`)."""
+    after K; per row its zero-point term, float32 scale and int32 zero point (see
+    :func:`_quantize_row_own_range`)."""
     for r in range(x.shape[0]):
-        _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point)
+        _quantize_row_own_range(x, r, out, row_t, row_scale, row_zero_point)
 
 
 @njit(cache=True, parallel=True)
-def quantize_rows_own_range_parallel(x, out, row_sum, row_scale, row_zero_point):
+def quantize_rows_own_range_parallel(x, out, row_t, row_scale, row_zero_point):
     for r in prange(x.shape[0]):
-        _quantize_row_own_range(x, r, out, row_sum, row_scale, row_zero_point)
+        _quantize_row_own_range(x, r, out, row_t, row_scale, row_zero_point)

@@ -683,19 +683,16 @@ def qgemm_row_scaled(tag, a, lda, M, Kp, K, bp, N, nr, koff, row_za, row_t, row_
                 m0 += rows
 
 
-def matmul_rows_scaled(a_rows, K, row_sum, row_za, row_scale, packed: PackedB, fscale, fbias, out, zb_nonzero=None):
+def matmul_rows_scaled(a_rows, K, row_t, row_za, row_scale, packed: PackedB, fscale, fbias, out):
     """:func:`matmul_rows` for rows quantized each with its own scale and zero point
-    (:func:`qrt.kernels.cpu.qdynamic.quantize_rows_own_range`): ``row_za`` (M,) int32 and
-    ``row_scale`` (M,) float32; ``fscale`` and ``fbias`` (N,) float32; ``out`` (M, N) float32."""
+    (:func:`qrt.kernels.cpu.qdynamic.quantize_rows_own_range`, which also gives ``row_t``, the rows'
+    ``sum - K * zero_point``): ``row_za`` (M,) int32, ``row_scale`` (M,) float32; ``fscale`` and
+    ``fbias`` (N,) float32; ``out`` (M, N) float32."""
     from . import qgemm_amx
 
     M = a_rows.shape[0]
     if M == 0 or packed.N == 0:
         return out
-    if zb_nonzero is None:
-        zb_nonzero = packed.zb_nonzero
-    row_t = (row_sum.astype(np.int64) - np.int64(K) * row_za).astype(np.int32) if zb_nonzero \
-        else np.zeros(M, np.int32)
     if qgemm_amx.usable(packed):
         qgemm_amx.matmul_row_scaled(a_rows.reshape(-1), M, K, row_za, row_t, row_scale, packed, fscale, fbias, out)
         return out
