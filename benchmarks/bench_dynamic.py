@@ -1,8 +1,9 @@
 """Dynamic-quantized models (qrt's quantize_dynamic): qrt int8 / onnxruntime int8 and qrt int8 / qrt float.
 
 Models: a BERT-base-shaped encoder block (d_model 768, 12 heads, d_ff 3072) at batch 1, sequence 128
-and 8; all-MiniLM-L6-v2 (when its wheel is cached or downloadable); a bidirectional LSTM (hidden 128,
-100 steps); ddddocr's common_old.onnx CRNN (when the real-model cache has it).
+and 8; all-MiniLM-L6-v2 (when its wheel is cached or downloadable) on one sentence and on a
+paragraph (up to 128 tokens); a bidirectional LSTM (hidden 128, 100 steps); ddddocr's common_old.onnx
+CRNN (when the real-model cache has it).
 
     python benchmarks/bench_dynamic.py [model names...]
     python benchmarks/bench_dynamic.py --per-row [model names...]
@@ -45,6 +46,9 @@ def models():
             weights, vocab = fetched
             m = bert_encoder(layers=6, hidden=384, heads=12, ffn=1536, weights=weights)
             ids = minilm.tokenize(minilm.SENTENCES[0], vocab)
+            yield f"minilm_s{ids.shape[-1]}", m, {"input_ids": ids}
+            # A paragraph-length input: the sentences run together, cut at 128 tokens.
+            ids = minilm.tokenize(" ".join(minilm.SENTENCES), vocab)[:, :128]
             yield f"minilm_s{ids.shape[-1]}", m, {"input_ids": ids}
     except Exception as e:
         print("minilm unavailable", e)

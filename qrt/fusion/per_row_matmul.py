@@ -23,7 +23,8 @@ the reductions are over the last axis with keepdims, and no intermediate of the 
 outside it. The quantization chain's nodes are removed when nothing else reads what they compute;
 else they stay for those readers and the fused node quantizes X again. The fused node is named
 after the MatMulIntegers it covers (``quantize_dynamic`` gives them the original MatMuls' names), so
-a profile shows one event per group under the names the user knows. Only qrt runs it: the session applies this pass at ``ORT_ENABLE_ALL``.
+a profile shows one event per group under the names the user knows. Only qrt runs the node: the
+session applies this pass at ``ORT_ENABLE_ALL``, before the element-wise fusions.
 """
 from __future__ import annotations
 

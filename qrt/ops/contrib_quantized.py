@@ -9,7 +9,9 @@ and in float32 where onnxruntime computes in float32, so results agree to within
 step (a rounding tie decided the other way).
 
 Beside them, qrt's own ``qrt::QLinearTable`` (what :mod:`qrt.fusion.qtables` turns element-wise
-functions of one 8-bit tensor into) shares the table lookup of QLinearSigmoid and QLinearLeakyRelu.
+functions of one 8-bit tensor into) shares the table lookup of QLinearSigmoid and QLinearLeakyRelu,
+and ``qrt::PerRowDynamicQuantizeMatMul`` (what :mod:`qrt.fusion.per_row_matmul` turns
+``quantize_dynamic(per_row=True)``'s pattern into) the GEMM of DynamicQuantizeMatMul.
 """
 from __future__ import annotations
 
