@@ -25,6 +25,7 @@ from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
+from ..kernels.cpu import qmovement as kmove
 from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
@@ -89,6 +90,7 @@ class QGemm(Op):
         self.transA = int(transA)
         self.transB = int(transB)
         self._mm = QuantizedMatMul()
+        self._epilogues = _ConstantCache()
 
     def _b_matrix(self, b):
         return b.T if self.transB else b
@@ -117,14 +119,53 @@ class QGemm(Op):
             b_m = self._b_matrix(b)
             self._b_view = (b, b_m)
             self._mm.prepare_b(b_m, constants[5])
+            # A C, y_scale or y_zero_point that is not a constant keys as omitted here, but a run with
+            # it passes the array itself, which never matches: such runs take the checked path.
+            params = self._params(list(constants) + [None] * (9 - len(constants)))
+            if all(p is not None for p in params):
+                epi = self._column_epilogue(b_m.shape[1], *params[1:])
+                if epi is not None:
+                    self._epilogues.put(params, epi)
+
+    @staticmethod
+    def _params(inputs):
+        """What the epilogue is made from: B, the scales, C and Y's zero point (``_NONE`` when omitted)."""
+        A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp = inputs
+        return (B, a_scale, b_scale, _NONE if C is None else C, _NONE if y_scale is None else y_scale,
+                _NONE if y_zp is None else y_zp)
+
+    def _column_epilogue(self, N, a_scale, b_scale, C, y_scale, y_zero_point):
+        """The fused epilogue (bias per column or none), or None when C needs a separate pass."""
+        C = None if C is _NONE else C
+        scale_ab = (np.float32(self.alpha) * np.asarray(a_scale, np.float32).reshape(())
+                    * _vector_for(b_scale, N, "b_scale", InvalidArgument, "column of B").astype(np.float32))
+        if C is not None and (C.dtype != np.int32 or not (C.size == 1 or (C.shape[-1] == N and C.size == N))):
+            return None
+        bias = None if C is None else np.broadcast_to(C.reshape(-1), (N,))
+        if y_scale is _NONE:
+            return np.dtype(np.float32), kgemm.Epilogue(2, 1, N, bias=bias, fscale=scale_ab)
+        out_dtype = np.dtype(np.uint8) if y_zero_point is _NONE else np.asarray(y_zero_point).dtype
+        qmin, qmax = qbounds(out_dtype)
+        mult = (scale_ab / np.asarray(y_scale, np.float32).reshape(())).astype(np.float64)
+        return out_dtype, kgemm.Epilogue(1, 1, N, bias=bias, mult=mult,
+                                         zy=scalar_int(None if y_zero_point is _NONE else y_zero_point),
+                                         qmin=qmin, qmax=qmax)
 
     def run(self, A, a_scale, a_zero_point, B, b_scale, b_zero_point, C=None, y_scale=None, y_zero_point=None):
+        cached = getattr(self, "_b_view", None)
+        prepared = self._epilogues.get(self._params((A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale,
+                                                     y_zero_point)))
+        if prepared is not None and A.ndim == 2 and A.dtype in EIGHT_BIT and (
+                a_zero_point is None or np.asarray(a_zero_point).dtype == A.dtype):
+            # Constant parameters, checked and turned into the epilogue at prepare: only A is new.
+            out_dtype, epi = prepared
+            return self._mm.compute(A.T if self.transA else A, a_zero_point, cached[1], b_zero_point,
+                                    lambda r, n, i: epi, out_dtype)
         self._check((A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale, y_zero_point),
                     InvalidArgument)
         if A.ndim != 2:
             raise InvalidArgument(f"A must be 2-D, got shape {list(A.shape)}")
         a_m = A.T if self.transA else A
-        cached = getattr(self, "_b_view", None)
         b_m = cached[1] if cached is not None and cached[0] is B else self._b_matrix(B)
         N = b_m.shape[1]
         scale_ab = (np.float32(self.alpha) * np.asarray(a_scale, np.float32).reshape(())
@@ -373,18 +414,14 @@ class QLinearConvMS(Op):
         from .quantized import QLinearConv
         self.channels_last = int(channels_last)
         self._inner = QLinearConv(auto_pad, dilations, group, kernel_shape, pads, strides)
+        # The kernel reads and writes channels-last tensors as they are: no transposes.
+        self._inner.conv.channels_last = bool(self.channels_last)
 
     def prepare(self, constants):
-        constants = list(constants)
-        if self.channels_last and constants[0] is not None:
-            constants[0] = np.moveaxis(constants[0], -1, 1)
         self._inner.prepare(constants)
 
     def run(self, x, *rest):
-        if self.channels_last:
-            x = np.moveaxis(x, -1, 1)
-        y = self._inner.run(x, *rest)
-        return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if self.channels_last else y
+        return self._inner.run(x, *rest)
 
 
 # --------------------------------------------------------------------------- element-wise
@@ -774,12 +811,18 @@ class QLinearAveragePool(_UnaryQ):
 
 @register("QLinearConcat", 1, domain=MS)
 class QLinearConcat(Op):
-    """Concatenation of (tensor, scale, zero point) triples, each requantized to (Y_scale, Y_zero_point)."""
+    """Concatenation of (tensor, scale, zero point) triples, each requantized to (Y_scale, Y_zero_point).
+
+    An input whose scale and zero point are Y's is copied as it is, any other is mapped through a
+    256-byte requantization table; with constant parameters (the usual case) the tables are built
+    once in ``prepare`` and a run is one pass over the output (:mod:`qrt.kernels.cpu.qmovement`).
+    """
 
     def __init__(self, axis=None):
         if axis is None:
             raise InvalidModel("axis is required")
         self.axis = int(axis)
+        self._plans = _ConstantCache()
 
     def prepare(self, constants):
         if (len(constants) - 2) % 3 or len(constants) < 5:
@@ -788,39 +831,74 @@ class QLinearConcat(Op):
         _check_pairs((("Y", constants[0], constants[1]),), InvalidModel)
         for i in range(2, len(constants), 3):
             _check_pairs(((f"input {(i - 2) // 3}", constants[i + 1], constants[i + 2]),), InvalidModel)
+        params = self._params(constants)
+        if all(p is not None for p in params):
+            self._plans.put(params, self._plan(*params))
+
+    @staticmethod
+    def _params(inputs):
+        return (inputs[0], inputs[1]) + tuple(v for i in range(2, len(inputs), 3) for v in inputs[i + 1:i + 3])
+
+    @staticmethod
+    def _plan(Y_scale, Y_zero_point, *pairs):
+        """Y's dtype and, per input, None (a plain copy) or its 256-byte requantization table."""
+        dtype = np.asarray(Y_zero_point).dtype
+        qmin, qmax = qbounds(dtype)
+        sy = np.float32(_scalar(Y_scale))
+        zy = scalar_int(Y_zero_point)
+        shift = 128 if dtype == np.int8 else 0
+        tables = []
+        for sx, zx in zip(pairs[::2], pairs[1::2]):
+            if np.float32(_scalar(sx)) == sy and scalar_int(zx) == zy:
+                tables.append(None)
+                continue
+            table = np.empty(256, np.uint8)
+            kq.requantize(_ALL_BYTES, np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift),
+                          np.float32(np.float32(_scalar(sx)) / sy), np.float32(zy + shift), np.float32(qmin + shift),
+                          np.float32(qmax + shift), table)
+            tables.append(table)
+        return dtype, tables
 
     def run(self, Y_scale, Y_zero_point, *triples):
         if len(triples) % 3 or not triples:
             raise InvalidArgument(f"expected (tensor, scale, zero point) triples, got {len(triples)} inputs")
-        dtype = np.asarray(Y_zero_point).dtype
-        _check_pairs((("Y", Y_scale, Y_zero_point),), InvalidArgument)
-        qmin, qmax = qbounds(dtype)
-        sy = np.float32(_scalar(Y_scale))
-        zy = scalar_int(Y_zero_point)
-        parts = []
-        for i in range(0, len(triples), 3):
-            x, sx, zx = triples[i], triples[i + 1], triples[i + 2]
+        params = self._params((Y_scale, Y_zero_point) + triples)
+        plan = self._plans.get(params)
+        if plan is None:
+            _check_pairs((("Y", Y_scale, Y_zero_point),), InvalidArgument)
+            for i in range(0, len(triples), 3):
+                _check_pairs(((f"input {i // 3}", triples[i + 1], triples[i + 2]),), InvalidArgument,
+                             np.asarray(Y_zero_point).dtype)
+            plan = self._plan(*params)
+        dtype, tables = plan
+        parts = triples[::3]
+        for i, x in enumerate(parts):
             if x.dtype != dtype:
-                raise InvalidArgument(f"input {i // 3} has type {x.dtype}; Y_zero_point is {dtype}")
-            _check_pairs(((f"input {i // 3}", sx, zx),), InvalidArgument, dtype)
-            if np.float32(_scalar(sx)) == sy and scalar_int(zx) == zy:
-                parts.append(x)
-            else:
-                ratio = np.float32(np.float32(_scalar(sx)) / sy)
-                shift = 128 if dtype == np.int8 else 0
-                flat = np.ascontiguousarray(x).view(np.uint8).reshape(-1)
-                part = np.empty(x.shape, dtype)
-                kq.requantize(flat, np.uint8(flip_of(dtype)), np.int32(scalar_int(zx) + shift), ratio,
-                              np.float32(zy + shift), np.float32(qmin + shift), np.float32(qmax + shift),
-                              part.reshape(-1).view(np.uint8))
-                parts.append(part)
-        rank = parts[0].ndim
+                raise InvalidArgument(f"input {i} has type {x.dtype}; Y_zero_point is {dtype}")
+        first = parts[0].shape
+        rank = len(first)
         if not -rank <= self.axis < rank:
             raise InvalidArgument(f"axis={self.axis} is out of range for rank {rank}")
-        try:
-            return np.concatenate(parts, axis=self.axis)
-        except ValueError as exc:
-            raise InvalidArgument(f"cannot concatenate shapes {[list(p.shape) for p in parts]}: {exc}") from None
+        axis = self.axis % rank
+        if any(len(x.shape) != rank or x.shape[:axis] != first[:axis] or x.shape[axis + 1:] != first[axis + 1:]
+               for x in parts):
+            raise InvalidArgument(f"cannot concatenate shapes {[list(x.shape) for x in parts]} on axis {self.axis}")
+        out = np.empty(first[:axis] + (sum(x.shape[axis] for x in parts),) + first[axis + 1:], dtype)
+        outer = int(np.prod(first[:axis], dtype=np.int64))
+        if out.size == 0:
+            return out
+        flat = out.reshape(outer, -1).view(np.uint8)
+        offset = 0
+        for x, table in zip(parts, tables):
+            block = np.ascontiguousarray(x).reshape(outer, -1).view(np.uint8)
+            kmove.concat_block(block, _ALL_BYTES if table is None else table, table is not None, flat, offset)
+            offset += block.shape[1]
+        return out
+
+
+_ALL_BYTES = np.arange(256, dtype=np.uint8)
+# A stand-in for an omitted optional input, so that "omitted" is a constant a cache can key on.
+_NONE = np.zeros(0, np.float32)
 
 
 @register("QLinearSoftmax", 1, domain=MS)

@@ -49,21 +49,28 @@ class _WindowPool(Op):
 
     def _bound_geometry(self, x):
         """:meth:`_geometry`, worked out once per input shape (the kernels only read it)."""
-        bound = self._geometries.get(x.shape)
+        return self._bound_shape_geometry(x.shape)
+
+    def _bound_shape_geometry(self, shape):
+        bound = self._geometries.get(shape)
         if bound is None:
-            bound = self._geometries.put(x.shape, self._geometry(x))
+            bound = self._geometries.put(shape, self._shape_geometry(shape))
         return bound
 
     def _geometry(self, x):
-        n_axes = x.ndim - 2
+        return self._shape_geometry(x.shape)
+
+    def _shape_geometry(self, shape):
+        """(geom, pads_end, output sizes) of an (N, C, spatial...) input shape."""
+        n_axes = len(shape) - 2
         if len(self.kernel_shape) != n_axes:
-            raise InvalidArgument(f"kernel_shape {self.kernel_shape} does not fit input {x.shape}")
+            raise InvalidArgument(f"kernel_shape {self.kernel_shape} does not fit input {shape}")
         strides = spatial_list(self.strides, n_axes, 1, "strides")
         dilations = spatial_list(self.dilations, n_axes, 1, "dilations")
-        begins, ends, outs = window_geometry(x.shape[2:], self.kernel_shape, strides, dilations, self.auto_pad,
+        begins, ends, outs = window_geometry(shape[2:], self.kernel_shape, strides, dilations, self.auto_pad,
                                              self.pads, bool(self.ceil_mode))
         if any(o < 1 for o in outs):
-            raise InvalidArgument(f"{self.op_type} output would be empty: input {x.shape}, kernel "
+            raise InvalidArgument(f"{self.op_type} output would be empty: input {shape}, kernel "
                                   f"{self.kernel_shape}, strides {strides}, pads {self.pads}")
         geom = pack_geometry(self.kernel_shape, strides, dilations, begins)
         ends3 = np.array([0] * (MAX_SPATIAL_AXES - n_axes) + ends, dtype=np.int64)
@@ -123,6 +130,31 @@ class MaxPool8(_MaxPool):
 @register("MaxPool", 10)
 class MaxPool(_MaxPool):
     pass
+
+
+@register("NhwcMaxPool", 1, domain="com.microsoft")
+class NhwcMaxPool(_WindowPool):
+    """com.microsoft NhwcMaxPool: MaxPool of a channels-last (N, spatial..., C) int8 or uint8 tensor,
+    as onnxruntime's layout pass emits it; the maximum runs on the bytes, vectorized over channels."""
+
+    def __init__(self, kernel_shape=None, auto_pad="NOTSET", pads=None, strides=None, dilations=None,
+                 ceil_mode=0, storage_order=0):
+        super().__init__(kernel_shape, auto_pad, pads, strides, dilations, ceil_mode)
+
+    def run(self, x):
+        if x.dtype not in (np.uint8, np.int8):
+            raise InvalidArgument(f"NhwcMaxPool takes int8 or uint8 tensors, got {x.dtype}")
+        if x.ndim < 3 or x.ndim - 2 > MAX_SPATIAL_AXES:
+            raise InvalidArgument(f"NhwcMaxPool input has shape {x.shape}; qrt supports (N, spatial..., C) with "
+                                  f"1 to {MAX_SPATIAL_AXES} spatial axes")
+        n, C = x.shape[0], x.shape[-1]
+        geom, _, outs = self._bound_shape_geometry((n, C) + x.shape[1:-1])
+        lead = (1,) * (MAX_SPATIAL_AXES - len(outs))
+        out = np.empty((n,) + lead + outs + (C,), x.dtype)
+        if out.size:
+            x5 = np.ascontiguousarray(x).reshape((n,) + lead + x.shape[1:-1] + (C,))
+            k.max_pool_nhwc(x5, geom, x.dtype.type(np.iinfo(x.dtype).min), out)
+        return out.reshape((n,) + outs + (C,))
 
 
 class _SumPool(_WindowPool):

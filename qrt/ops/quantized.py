@@ -14,6 +14,8 @@ each constant once, so the same array object arrives each time and is recognised
 """
 from __future__ import annotations
 
+import operator
+
 import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
@@ -29,7 +31,9 @@ from ..kernels.cpu import quantize as kquant
 from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
-from .base import Op
+from .base import Op, ShapeCache
+from .conv import _scratch_buffer
+from ..kernels.cpu.threads import num_threads
 
 _U8, _I8 = np.dtype(np.uint8), np.dtype(np.int8)
 # Types Quantize/DequantizeLinear's flat per-tensor kernels handle (exact in float32).
@@ -118,11 +122,12 @@ class _ConstantCache:
         self._entries = {}
 
     def put(self, arrays, value):
-        self._entries[tuple(id(a) for a in arrays)] = (tuple(arrays), value)
+        self._entries[tuple(map(id, arrays))] = (tuple(arrays), value)
 
     def get(self, arrays):
-        entry = self._entries.get(tuple(id(a) for a in arrays))
-        if entry is None or any(x is not y for x, y in zip(entry[0], arrays)):
+        # map() rather than generator expressions: this runs on every call of every int8 op (2 us less).
+        entry = self._entries.get(tuple(map(id, arrays)))
+        if entry is None or not all(map(operator.is_, entry[0], arrays)):
             return None
         return entry[1]
 
@@ -758,21 +763,45 @@ def _canonical3(values, fill):
 
 
 class QuantizedConv:
-    """Shared body of QLinearConv and ConvInteger: weight packing and the kernel calls."""
+    """Shared body of QLinearConv and ConvInteger: weight packing, binding per input shape and the kernel calls.
 
-    def __init__(self, geometry: ConvGeometry):
+    Weights are packed in ``prepare``; the epilogue (bias, multipliers, output zero point) is built
+    there too when its inputs are constants. What depends on the input shape (output shape, buffer
+    geometry, work split) is bound once per shape, so a run on a known shape is a few dictionary
+    look-ups, one buffer fill at most and one kernel call.
+    """
+
+    def __init__(self, geometry: ConvGeometry, channels_last=False):
         self.geometry = geometry
+        self.channels_last = bool(channels_last)
         self._packs = _ConstantCache()
+        self._epilogues = _ConstantCache()
+        self._bindings = ShapeCache()
 
     def depthwise(self, x_channels, w_shape):
         g = self.geometry.group
         return g > 1 and w_shape[1] == 1 and x_channels == g
+
+    def is_depthwise(self, w_shape):
+        return self.geometry.group > 1 and w_shape[1] == 1
 
     def prepare(self, w, wz, error=InvalidModel):
         if w is None or w.dtype not in EIGHT_BIT or w.ndim < 3:
             return
         self.geometry.check_weights(None, w.shape, error)
         self._packs.put((w, wz), self._pack(w, wz, error))
+
+    def prepare_epilogue(self, arrays, epilogue_for, w_shape):
+        """Builds the epilogue once; ``arrays`` are the inputs it is made from, all constants."""
+        self._epilogues.put(arrays, self._epilogue(epilogue_for, w_shape))
+
+    def prepared_epilogue(self, arrays):
+        return self._epilogues.get(arrays)
+
+    def _epilogue(self, epilogue_for, w_shape):
+        # The depthwise kernel takes one row of Cout columns; the GEMM one row per group.
+        M, G = w_shape[0], self.geometry.group
+        return epilogue_for(1, M) if self.is_depthwise(w_shape) else epilogue_for(G, M // G)
 
     def _pack(self, w, wz, error):
         M, Cg = w.shape[0], w.shape[1]
@@ -782,46 +811,75 @@ class QuantizedConv:
         zw = _conv_weight_zero_points(wz, M, w.dtype, error)
         if G > 1 and Cg == 1:
             centered = (w.reshape(M, taps).astype(np.int32) - zw[:, None]).astype(np.int32)
-            return ("depthwise", centered)
+            wt = np.ascontiguousarray(centered.T)
+            return ("depthwise", wt, wt.sum(axis=0, dtype=np.int64), {})
         cgp = (Cg + 3) // 4 * 4
         mats = [np.ascontiguousarray(w[g * N:(g + 1) * N].reshape(N, Cg, taps).transpose(2, 1, 0)).reshape(
             taps * Cg, N) for g in range(G)]
         kmap = (np.arange(taps)[:, None] * cgp + np.arange(Cg)[None, :]).reshape(-1)
         packed = kgemm.pack_weights(mats, zw.reshape(G, N), kmap=kmap, Kp=taps * cgp)
         packed.K = taps * Cg
-        return ("gemm", packed, cgp)
+        return ("gemm", packed, cgp, packed.zb_nonzero)
 
-    def compute(self, x, xz, w, wz, epilogue_for, out_dtype, error=InvalidArgument):
+    def _bind(self, x, w, packs, error):
+        if x.ndim < 3:
+            layout = "(N, spatial..., C)" if self.channels_last else "(N, C, spatial...)"
+            raise error(f"x must have rank >= 3 {layout}, got shape {list(x.shape)}")
+        nchw = (x.shape[0], x.shape[-1]) + x.shape[1:-1] if self.channels_last else x.shape
+        kernel, strides, dilations, begins, ends, outs = self.geometry.resolve(nchw, w.shape, error)
+        M = w.shape[0]
+        depthwise = packs[0] == "depthwise"
+        geometry = (self.geometry.group, _canonical3(kernel, 1), _canonical3(strides, 1), _canonical3(dilations, 1),
+                    _canonical3(begins, 0), _canonical3(ends, 0), _canonical3(outs, 1) + [M],
+                    0 if depthwise else packs[2])
+        n_panels = 0 if depthwise else (packs[1].N + packs[1].nr - 1) // packs[1].nr
+        bound = kconv.bind(x.shape, self.channels_last, flip_of(x.dtype), geometry, n_panels, depthwise)
+        bound.out_shape = (x.shape[0],) + tuple(outs) + (M,) if self.channels_last else (x.shape[0], M) + tuple(outs)
+        return bound
+
+    def compute(self, x, xz, w, wz, epilogue_for, out_dtype, epi=None, error=InvalidArgument):
+        """The convolution; ``epi`` is the prepared epilogue when there is one, else ``epilogue_for``
+        (groups, columns) makes it."""
         if x.dtype not in EIGHT_BIT or w.dtype not in EIGHT_BIT:
             raise error(f"expected int8/uint8 x and w, got {x.dtype} and {w.dtype}")
-        if x.ndim < 3:
-            raise error(f"x must have rank >= 3 (N, C, spatial...), got shape {list(x.shape)}")
-        kernel, strides, dilations, begins, ends, outs = self.geometry.resolve(x.shape, w.shape, error)
+        if xz is not None:
+            xz = np.asarray(xz)
+            if xz.dtype != x.dtype:
+                raise error(f"x's zero point has type {xz.dtype} but x has type {x.dtype}")
+            if xz.size != 1:
+                raise error(f"x's zero point must be a scalar, got shape {list(xz.shape)}")
         packs = self._packs.get((w, wz)) or self._pack(w, wz, error)
-        n_img, C = x.shape[0], x.shape[1]
-        M = w.shape[0]
-        x5 = x.reshape((n_img, C) + (1,) * (5 - x.ndim) + x.shape[2:]).view(np.uint8)
-        x5 = np.ascontiguousarray(x5)
-        flip = flip_of(x.dtype)
+        key = (x.shape, x.dtype, w.shape, num_threads())
+        bound = self._bindings.get(key)
+        if bound is None:
+            bound = self._bindings.put(key, self._bind(x, w, packs, error))
+        if epi is None:
+            epi = self._epilogue(epilogue_for, w.shape)
         zx = shifted(scalar_int(xz), x.dtype)
-        if xz is not None and np.asarray(xz).dtype != x.dtype:
-            raise error(f"x's zero point has type {np.asarray(xz).dtype} but x has type {x.dtype}")
-        if xz is not None and np.asarray(xz).size != 1:
-            raise error(f"x's zero point must be a scalar, got shape {list(np.asarray(xz).shape)}")
-        G = self.geometry.group
-        P = int(np.prod(outs, dtype=np.int64))
-        out = np.empty((n_img, M, P), out_dtype)
-        geometry = (G, _canonical3(kernel, 1), _canonical3(strides, 1), _canonical3(dilations, 1),
-                    _canonical3(begins, 0), _canonical3(ends, 0), _canonical3(outs, 1),
-                    packs[2] if packs[0] == "gemm" else 0)
+        x5 = np.ascontiguousarray(x).reshape(bound.x5_shape).view(np.uint8)
+        out = np.empty(bound.out3_shape, out_dtype)
+        xp = kconv.fill_buffer(bound, x5, flip_of(x.dtype), zx,
+                               None if bound.direct else _scratch_buffer(bound.buffer_size, np.uint8))
         if packs[0] == "depthwise":
-            epi = epilogue_for(1, M)
-            kconv.conv_depthwise(x5, flip, zx, packs[1], epi.bias[0], geometry, M // C, epi,
-                                 _writable_view(out))
+            multiplier = w.shape[0] // bound.x5_shape[-1 if self.channels_last else 1]
+            kconv.run_depthwise(bound, xp, packs[1], self._depthwise_const(packs, epi, zx), multiplier, epi,
+                                self.channels_last, _writable_view(out))
         else:
-            epi = epilogue_for(G, M // G)
-            kconv.conv(x5, flip, zx, packs[1], geometry, epi, _writable_view(out))
-        return out.reshape((n_img, M) + tuple(outs))
+            kconv.run_conv(bound, xp, zx, packs[1], packs[3], epi, self.channels_last, packs[2], _writable_view(out))
+        return out.reshape(bound.out_shape)
+
+    @staticmethod
+    def _depthwise_const(packs, epi, zx):
+        """The depthwise kernel's ``bias - zx * sum(w - zw)``, kept per (bias array, zero point)."""
+        memo = packs[3]
+        key = (id(epi.bias), zx)
+        entry = memo.get(key)
+        if entry is None or entry[0] is not epi.bias:
+            const = (epi.bias.reshape(-1).astype(np.int64) - np.int64(zx) * packs[2]).astype(np.int32)
+            if len(memo) >= 16:
+                memo.clear()
+            entry = memo[key] = (epi.bias, const)
+        return entry[1]
 
 
 def _conv_weight_zero_points(wz, M, dtype, error):
@@ -886,28 +944,58 @@ class QLinearConv(Op):
             if M is not None and (bias.ndim != 1 or bias.size != M):
                 raise error(f"B must have {M} values (one per output channel), got shape {list(bias.shape)}")
         if w is not None:
-            self.conv.geometry.check_weights(None if x is None else x.shape, w.shape, error)
+            x_shape = None if x is None else x.shape
+            if x_shape is not None and self.conv.channels_last and len(x_shape) >= 3:
+                x_shape = (x_shape[0], x_shape[-1]) + x_shape[1:-1]
+            self.conv.geometry.check_weights(x_shape, w.shape, error)
 
     def prepare(self, constants):
         self._check(constants, InvalidModel)
         self.conv.prepare(constants[3], constants[5])
+        w = constants[3]
+        if w is not None and w.dtype in EIGHT_BIT and w.ndim >= 3:
+            params = self._params(list(constants[:9]) + [None] * (9 - len(constants)))
+            if len(constants) < 9:
+                params = params[:-1] + (_NO_BIAS,)
+            if all(p is not None for p in params):
+                self.conv.prepare_epilogue(params, self._epilogue_for(*params[1:], M=w.shape[0]), w.shape)
 
-    def run(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None):
-        self._check((x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B),
-                    InvalidArgument)
+    @staticmethod
+    def _params(inputs):
+        """The inputs the epilogue is made from: w, scales, output zero point and bias."""
+        x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B = inputs
+        return (w, x_scale, w_scale, y_scale, y_zp, B)
+
+    @staticmethod
+    def _epilogue_for(x_scale, w_scale, y_scale, y_zero_point, B, M):
         out_dtype = np.asarray(y_zero_point).dtype
         qmin, qmax = qbounds(out_dtype)
-        M = w.shape[0]
         mult = requant_multiplier(np.asarray(x_scale).reshape(()), _per_channel(w_scale, M, "w_scale",
                                                                                  InvalidArgument),
                                   np.asarray(y_scale).reshape(()))
-        bias = np.zeros(M, np.int32) if B is None else B
+        bias = np.zeros(M, np.int32) if B is None or B is _NO_BIAS else B
 
         def epilogue_for(groups, n):
             return kgemm.Epilogue(1, groups, n, bias=bias.reshape(groups, n), mult=mult.reshape(groups, n),
                                   zy=scalar_int(y_zero_point), qmin=qmin, qmax=qmax)
+        return epilogue_for
 
-        return self.conv.compute(x, x_zero_point, w, w_zero_point, epilogue_for, out_dtype)
+    def run(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None):
+        epi = self.conv.prepared_epilogue((w, x_scale, w_scale, y_scale, y_zero_point, _NO_BIAS if B is None else B))
+        if epi is None:
+            # Parameters that are not the session's constants: checked and turned into an epilogue now.
+            self._check((x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B),
+                        InvalidArgument)
+        if w_zero_point is not None and np.asarray(w_zero_point).dtype != w.dtype:
+            raise InvalidArgument(f"w_zero_point has type {np.asarray(w_zero_point).dtype} but w has type {w.dtype}")
+        def epilogue_for(groups, n):     # only called when the parameters are not the prepared constants
+            return self._epilogue_for(x_scale, w_scale, y_scale, y_zero_point, B, w.shape[0])(groups, n)
+
+        return self.conv.compute(x, x_zero_point, w, w_zero_point, epilogue_for, y_zero_point.dtype, epi)
+
+
+# A stand-in for an omitted bias, so that "no bias" is a constant the epilogue cache can key on.
+_NO_BIAS = np.zeros(0, np.int32)
 
 
 @register("ConvInteger", 10)
@@ -926,9 +1014,12 @@ class ConvInteger(Op):
         if w is not None and wz is not None:
             _conv_weight_zero_points(wz, w.shape[0], w.dtype, InvalidModel)
         self.conv.prepare(w, wz)
+        if w is not None and w.dtype in EIGHT_BIT and w.ndim >= 3:
+            self.conv.prepare_epilogue((w,), lambda groups, n: kgemm.Epilogue(0, groups, n), w.shape)
 
     def run(self, x, w, x_zero_point=None, w_zero_point=None):
         def epilogue_for(groups, n):
             return kgemm.Epilogue(0, groups, n)
 
-        return self.conv.compute(x, x_zero_point, w, w_zero_point, epilogue_for, np.int32)
+        return self.conv.compute(x, x_zero_point, w, w_zero_point, epilogue_for, np.int32,
+                                 self.conv.prepared_epilogue((w,)))

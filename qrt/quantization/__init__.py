@@ -19,6 +19,11 @@ of feed dicts. Beyond onnxruntime's arguments, ``quantize_static`` takes ``tenso
 (rmin, rmax)}`` to fix ranges by hand, and both functions accept ``model_output=None`` to get the
 quantized ModelProto back without writing a file.
 
+Beyond onnxruntime's tool: ``equalize(model)`` (cross-layer equalization, :mod:`.equalization`) and
+empirical bias correction (:mod:`.bias_correction`), both applied by ``quantize_static(...,
+extra_options={"CrossLayerEqualization": True, "BiasCorrection": True})`` (or the keywords
+``equalize=True, bias_correction=True``; ``qrt quantize --equalize --bias-correction``).
+
 Formats:
 
 * ``QuantFormat.QOperator``: Conv -> QLinearConv, MatMul -> QLinearMatMul, Gemm -> com.microsoft
@@ -56,6 +61,7 @@ from calibration import (CalibraterBase, CalibrationDataReader, CalibrationMetho
 
 from .configs import DynamicQuantConfig, QuantConfig, StaticQuantConfig, get_qdq_config, quantize
 from .dynamic import quantize_dynamic
+from .equalization import equalize
 from .preprocess import quant_pre_process
 from .smoothquant import SmoothedGroup, smooth_quant, smooth_quant_details
 from .static import quantize_static
@@ -73,6 +79,7 @@ __all__ = [
     "get_qdq_config",
     "QuantizationMode",
     "quantize_weight_only",
+    "equalize",
     "QuantFormat",
     "QuantType",
     "CalibrationMethod",

@@ -1,6 +1,7 @@
 """``qrt quantize IN OUT``: static (calibrated) or dynamic int8 quantization from the shell.
 
     qrt quantize model.onnx out.onnx --calibration data.npz --format qdq --per-channel --method entropy
+    qrt quantize mobilenet.onnx out.onnx --calibration data.npz --equalize --bias-correction
     qrt quantize bert.onnx bert.int8.onnx --dynamic
     qrt quantize bert.onnx bert.int8.onnx --dynamic --per-row --smooth-quant 0.5 --calibration data.npz
     qrt quantize llm.onnx llm.q4.onnx --weight-only 4 --extra algorithm=gptq --calibration data.npz
@@ -49,6 +50,10 @@ def _parser():
     parser.add_argument("--op-types", help="comma-separated op types to quantize (default: all supported)")
     parser.add_argument("--nodes", help="comma-separated node names: quantize only these")
     parser.add_argument("--exclude", help="comma-separated node names to keep in float")
+    parser.add_argument("--equalize", action="store_true",
+                        help="cross-layer equalization of Conv->Relu->Conv and Gemm->Relu->Gemm pairs first")
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="correct quantized Conv/Gemm biases by their mean output error on the calibration data")
     parser.add_argument("--range", action="append", default=[], metavar="TENSOR=MIN,MAX",
                         help="fix a tensor's range instead of calibrating it (repeatable)")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE",
@@ -114,6 +119,9 @@ def main(argv=None) -> int:
                                         "not --weight-only")
             from calibration import as_reader
 
+            if args.equalize or args.bias_correction:
+                raise QuantizationError("--equalize and --bias-correction apply to static quantization, "
+                                        "not --weight-only")
             options = _extra(args.extra)
             unknown = sorted(set(options) - _WEIGHT_ONLY_OPTIONS)
             if unknown:
@@ -126,6 +134,9 @@ def main(argv=None) -> int:
             if args.range or (args.calibration and args.smooth_quant is None):
                 raise QuantizationError("--dynamic takes no --range, and --calibration only with --smooth-quant: "
                                         "activations are quantized at run time")
+            if args.equalize or args.bias_correction:
+                raise QuantizationError("--equalize and --bias-correction apply to static quantization, "
+                                        "not --dynamic")
             reader = None
             if args.calibration:
                 from calibration import as_reader
@@ -143,7 +154,8 @@ def main(argv=None) -> int:
                                         "tensor); use --dynamic to quantize without calibration data")
             summary = quantize_static(args.input, args.output, reader, quant_format=args.format,
                                       activation_type=_TYPES[args.activation_type], calibrate_method=args.method,
-                                      tensor_ranges=ranges, progress=args.progress, **common)
+                                      tensor_ranges=ranges, progress=args.progress, equalize=args.equalize,
+                                      bias_correction=args.bias_correction, **common)
     except (QrtError, OSError) as exc:
         print(f"qrt quantize: error: {exc}", file=sys.stderr)
         return 1

@@ -31,6 +31,9 @@ Mul). They need calibration data: ``quantize_static``'s reader, ``quantize_dynam
 Dynamic only (qrt's own): ``PerRowActivations`` (per-row dynamic activation scales and per-channel
 weights for MatMul/Gemm, :mod:`.dynamic`).
 
+qrt's own, static only: ``CrossLayerEqualization`` (:mod:`.equalization`, before calibrating) and
+``BiasCorrection`` (:mod:`.bias_correction`, after choosing the parameters).
+
 Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``extra.Sigmoid.nnapi=True``
 (an NNAPI-only fixed Sigmoid range), ``DefaultTensorType`` (qrt observes untyped tensors' types by
 running the model instead of assuming one), ``TensorQuantOverrides`` ``convert`` entries, a QDQ-only key with
@@ -74,6 +77,8 @@ EXTRA_OPTIONS = {
     "SmoothQuantAlpha": "both",
     "SmoothQuantFolding": "both",
     "PerRowActivations": "dynamic",
+    "CrossLayerEqualization": "static",
+    "BiasCorrection": "static",
     "AddQDQPairToWeight": "qdq",
     "OpTypesToExcludeOutputQuantization": "qdq",
     "DedicatedQDQPair": "qdq",
@@ -136,6 +141,8 @@ class QuantSettings:
     smooth_quant_folding: bool = True
     per_row_activations: bool = False                  # PerRowActivations (quantize_dynamic)
     smoothing_nodes: frozenset = frozenset()           # Muls SmoothQuant inserted: kept float
+    equalize: bool = False                             # CrossLayerEqualization (qrt's own key)
+    bias_correction: bool = False                      # BiasCorrection (qrt's own key)
 
     def weight_symmetric_for(self, qtype: QuantType) -> bool:
         return self.weight_symmetric if self.weight_symmetric is not None else qtype in SIGNED_TYPES
@@ -366,6 +373,8 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         smooth_quant_alpha=_smooth_quant_alpha(extra),
         smooth_quant_folding=_bool(extra, "SmoothQuantFolding", True),
         per_row_activations=_bool(extra, "PerRowActivations", False),
+        equalize=_bool(extra, "CrossLayerEqualization", False),
+        bias_correction=_bool(extra, "BiasCorrection", False),
     )
 
 

@@ -14,10 +14,12 @@ import onnx
 from onnx import TensorProto
 from calibration import CalibrationMethod
 
-from qrt.errors import QuantizationWarning
+from qrt.errors import QuantizationError, QuantizationWarning
 
+from .bias_correction import correct_biases, with_zero_biases
 from .config import QuantSettings, make_config
-from .feeds import calibration_ranges, with_complete_types
+from .equalization import equalize_graph
+from .feeds import calibration_ranges, checked_feeds, with_complete_types
 from .graph import MS_DOMAIN, GraphIndex, attribute, describe, toposort
 from .model_io import check_output, finish, load, save, serialized_size
 from .params import QParams, fixed_params, half_scaled, params_for_range
@@ -384,30 +386,52 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
                     reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     nodes_to_quantize=None, nodes_to_exclude=None, use_external_data_format=False,
                     calibrate_method=CalibrationMethod.MinMax, calibration_providers=None, extra_options=None,
-                    calibration_cache_path=None, *, tensor_ranges=None, progress=False) -> QuantizationSummary:
+                    calibration_cache_path=None, *, tensor_ranges=None, progress=False, equalize=False,
+                    bias_correction=False) -> QuantizationSummary:
     """Quantizes weights and activations of a float model with calibrated activation ranges.
 
     Arguments and defaults are ``onnxruntime.quantization.quantize_static``'s; see
     :mod:`qrt.quantization` for what each does. qrt additions (keyword only): ``tensor_ranges``
     (``{tensor_name: (rmin, rmax)}`` used instead of calibrated ranges; when it covers every tensor
-    the reader may be None) and ``progress`` (a calibration progress bar). ``model_output=None``
-    writes nothing; the model is in the returned summary's ``model``.
+    the reader may be None), ``progress`` (a calibration progress bar), ``equalize`` (cross-layer
+    equalization of the float model first, :func:`qrt.quantization.equalize`; same as
+    ``extra_options={"CrossLayerEqualization": True}``) and ``bias_correction`` (empirical bias
+    correction of quantized Conv/Gemm from the calibration data, :mod:`.bias_correction`; same as
+    ``extra_options={"BiasCorrection": True}``; the calibration samples are held in memory, as they
+    are read more than once). ``model_output=None`` writes nothing; the model is in the returned
+    summary's ``model``.
     """
     cfg = make_config(quant_format=quant_format, activation_type=activation_type, weight_type=weight_type,
                       per_channel=per_channel, reduce_range=reduce_range,
                       op_types_to_quantize=op_types_to_quantize, nodes_to_quantize=nodes_to_quantize,
                       nodes_to_exclude=nodes_to_exclude, extra_options=extra_options,
                       tensor_ranges=tensor_ranges, default_op_types=DEFAULT_STATIC_OP_TYPES)
+    cfg.equalize = cfg.equalize or bool(equalize)
+    cfg.bias_correction = cfg.bias_correction or bool(bias_correction)
     calibrate_method = CalibrationMethod.parse(calibrate_method)
     check_output(model_input, model_output)
     source, label, size_before = load(model_input)
+    if cfg.bias_correction and (calibration_data_reader is None or cfg.calibration_stride is not None):
+        raise QuantizationError(f"{label}: bias correction measures the quantized model on the calibration "
+                                "data: it needs a calibration_data_reader"
+                                + (" and cannot be combined with CalibStridedMinMax" if calibration_data_reader
+                                   is not None else ""))
     model, notes = preprocess(source, label, min_opset=needed_opset(cfg, source))
+    if cfg.equalize:
+        model, pairs = equalize_graph(model, label)
+        notes.append(f"cross-layer equalization: {len(pairs)} layer pair(s) rescaled" if pairs else
+                     "cross-layer equalization: no Conv->Relu->Conv or Gemm->Relu->Gemm pair to equalize")
+    if cfg.bias_correction:
+        model, added = with_zero_biases(model)
+        notes += [f"bias correction: zero bias added to {added} Conv(s) without one"] if added else []
     model, calibration_data_reader, note = with_complete_types(model, label, calibration_data_reader,
                                                                cfg.input_shapes)
     notes += [note] if note else []
     model, calibration_data_reader, note = smooth_for_quantization(model, label, calibration_data_reader, cfg,
                                                                    progress, calibration_providers)
     notes += [note] if note else []
+    if cfg.bias_correction:
+        calibration_data_reader = list(checked_feeds(calibration_data_reader, model, label))
     # Input preprocessing embedded by qrt.preprocessing stays float: it turns raw pixels into the
     # network's input, and quantizing it would change what the network sees.
     from qrt.preprocessing import preprocessing_nodes
@@ -423,6 +447,10 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     ranges = calibration_ranges(model, label, calibration_data_reader, wanted, cfg, calibrate_method,
                                 calibration_providers, calibration_cache_path, progress)
     params = assign_params(g, cfg, decisions, ranges)
+    if cfg.bias_correction:
+        model, corrected = correct_biases(model, cfg, decisions, params, calibration_data_reader, label)
+        notes += corrected
+        g = GraphIndex(model)
 
     writer_class = QOperatorRewriter if cfg.quant_format == QuantFormat.QOperator else QDQRewriter
     writer = writer_class(g, cfg, params)

@@ -83,11 +83,18 @@ def test_convolution_exact(isa):
         packed = kgemm.pack_weights(mats, zw.reshape(group, per), kmap=kmap, Kp=taps * cgp, isa=isa)
         packed.K = taps * cg
         oh, ow = want.shape[2:]
-        geometry = (group, (1, k, k), (1, stride, stride), (1, dil, dil), (0, pad, pad), (0, pad, pad), (1, oh, ow), cgp)
-        out = np.empty((2, m, oh * ow), np.int32)
-        kconv.conv(x.reshape(2, c, 1, size, size - 1).view(np.uint8), 0x80, zx + 128, packed, geometry,
-                   kgemm.Epilogue(0, group, per), out)
-        np.testing.assert_array_equal(out.reshape(want.shape), want, err_msg=f"{isa} c={c} m={m} k={k}")
+        geometry = (group, (1, k, k), (1, stride, stride), (1, dil, dil), (0, pad, pad), (0, pad, pad),
+                    (1, oh, ow, m), cgp)
+        for channels_last in (False, True):
+            x_in = np.ascontiguousarray(x.transpose(0, 2, 3, 1) if channels_last else x)
+            bound = kconv.bind(x_in.shape, channels_last, 0x80, geometry, -(-per // packed.nr), False)
+            xp = kconv.fill_buffer(bound, x_in.reshape(bound.x5_shape).view(np.uint8), 0x80, zx + 128,
+                                   np.empty(bound.buffer_size, np.uint8))
+            out = np.empty(bound.out3_shape, np.int32)
+            kconv.run_conv(bound, xp, zx + 128, packed, packed.zb_nonzero, kgemm.Epilogue(0, group, per), channels_last,
+                           cgp, out)
+            got = out.reshape(2, oh, ow, m).transpose(0, 3, 1, 2) if channels_last else out.reshape(want.shape)
+            np.testing.assert_array_equal(got, want, err_msg=f"{isa} c={c} m={m} k={k} channels_last={channels_last}")
 
 
 @pytest.mark.parametrize("isa", ISAS)

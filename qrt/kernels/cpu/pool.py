@@ -90,6 +90,49 @@ def _max_pool_plane(x, geom, out, p, rows_max):
                             dst[t] = strided[t]
 
 
+@njit(cache=True, parallel=True)
+def max_pool_nhwc(x, geom, lowest, out):
+    """Windowed maximum of channels-last (N, D, H, W, C) integers into (N, OD, OH, OW, C).
+
+    One task per output row; every tap is a maximum over a run of C contiguous channels, which LLVM
+    vectorizes (64 bytes a step on AVX-512). A window wholly in padding yields ``lowest``.
+    """
+    n_img, depth, height, width, C = x.shape
+    out_d, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    kd, kh, kw = geom[0], geom[1], geom[2]
+    sd, sh, sw = geom[3], geom[4], geom[5]
+    dd, dh, dw = geom[6], geom[7], geom[8]
+    pd, ph, pw = geom[9], geom[10], geom[11]
+    for task in prange(n_img * out_d * out_h):
+        img = task // (out_d * out_h)
+        rest = task - img * (out_d * out_h)
+        a = rest // out_h
+        b = rest - a * out_h
+        dst = out[img, a, b]
+        for ow in range(out_w):
+            pixel = dst[ow]
+            for c in range(C):
+                pixel[c] = lowest
+        for i in range(kd):
+            zd = a * sd - pd + i * dd
+            if zd < 0 or zd >= depth:
+                continue
+            for j in range(kh):
+                zh = b * sh - ph + j * dh
+                if zh < 0 or zh >= height:
+                    continue
+                src = x[img, zd, zh]
+                for ow in range(out_w):
+                    pixel = dst[ow]
+                    for l in range(kw):
+                        zw = ow * sw - pw + l * dw
+                        if zw < 0 or zw >= width:
+                            continue
+                        tap = src[zw]
+                        for c in range(C):
+                            pixel[c] = max(pixel[c], tap[c])
+
+
 @njit(cache=True)
 def max_pool_indices(x, geom, column_major, out, indices):
     """Windowed maximum and the flat input index of the first maximum of each window.

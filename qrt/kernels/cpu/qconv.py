@@ -1,74 +1,90 @@
 """Integer convolution: QLinearConv and ConvInteger on the exact u8 x s8 GEMM of :mod:`.qgemm`.
 
 Every spatial rank is canonicalised to three spatial dims (D, H, W), so one compiled kernel serves
-1-D, 2-D and 3-D convolutions. The input is first rewritten once, channels last and per group,
-into a padded byte buffer ``(N, G, Dp, Hp, Wp, Cgp)``: int8 data gets its sign bit flipped (so it is
-uint8 with zero point ``zx + 128``), borders hold the zero point (a padded input contributes
-``zx - zx = 0``), and the channel count of a group is rounded up to a multiple of 4 with zero
-bytes whose weights are zero too.
+1-D, 2-D and 3-D convolutions. The kernel reads a channels-last byte buffer ``(N, Dp, Hp, Wp, Cp)``
+whose group g occupies bytes ``g*Cgp ...`` of a position: int8 data has its sign bit flipped (so it
+is uint8 with zero point ``zx + 128``), borders hold the zero point (a padded input contributes
+``zx - zx = 0``), and a group's channel count is rounded up to a multiple of 4 with zero bytes whose
+weights are zero too. A channels-last uint8 input that needs none of that (no padding, groups of a
+multiple of 4 channels) is that buffer already and is read in place; any other input is copied
+into a reused buffer in one pass (:func:`pad_from_nhwc`, :func:`pad_from_nchw`).
 
 The convolution is then an implicit GEMM: no im2col matrix is built. A GEMM row is an output
 position, and the k-th group of 4 bytes of its receptive field lies at a fixed offset ``koff[k]``
 from the position's first input byte (tap offset plus channel offset, the same for every position),
-so the micro-kernel reads the padded input in place. A tile is up to MR positions of one output
-row, ``sw * Cgp`` bytes apart. Results are written channels first, ``out[n, co, position]``.
+so the micro-kernel reads the buffer in place. A tile is up to MR positions of one output row,
+``sw * Cp`` bytes apart. Results are written channels last, ``out[n, position, co]``, straight from
+the epilogue, or channels first, ``out[n, co, position]``, through a small transposing stage.
+Everything that depends on the input shape only (buffer shape, offsets, work split) is worked out
+once per shape by :func:`bind`.
 
 Grouped convolutions with one input channel per group (depthwise) skip the GEMM: a direct kernel
 walks the input once per output channel.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange
 
 from .qgemm import _MR_MAX, _epilogue, microkernel, tag_for
+from .threads import num_threads
 
 
 @njit(cache=True, parallel=True)
-def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, za, need_rowsum, bp, Kp, K, N, nr, col_sum, col_zb, col_bias,
-          mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, lines_per_task, n_groups):
+def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, cgp, za, need_rowsum, bp, Kp, K, N, nr, col_sum, col_zb,
+          col_bias, mode, mult, zy, qmin, qmax, fscale, fbias, channels_last, out_q, out_i, out_f,
+          lines_per_task, seg, n_groups):
     """All images of a convolution over the padded channels-last buffer ``xp`` (module doc).
 
-    Group g's weights are panels ``g*n_panels ...`` of ``bp``; ``col_*``, ``mult``, ``fscale``,
-    ``fbias`` are (G, N); ``out_*`` are (images, G*N, P). A task is ``lines_per_task`` output rows
-    of one image and group, times one of ``n_groups`` groups of weight panels.
+    Group g's weights are panels ``g*n_panels ...`` of ``bp`` and its channels start at byte
+    ``g * cgp`` of a position; ``col_*``, ``mult``, ``fscale``, ``fbias`` are (G, N); ``out_*`` are
+    (images, G*N, P), or (images, P, G*N) with ``channels_last``. A task is ``lines_per_task``
+    output rows, cut into segments of ``seg`` positions, of one image and group, times one of
+    ``n_groups`` groups of weight panels: the segments let one long row (a 1x1 convolution seen as
+    a single row) spread over every thread.
     """
-    n_img, G, Dp, Hp, Wp, Cgp = xp.shape
+    n_img, Dp, Hp, Wp, Cp = xp.shape
+    G = col_sum.shape[0]
     n_panels = (N + nr - 1) // nr
     lines = OD * OH
     n_chunks = (lines + lines_per_task - 1) // lines_per_task
+    n_segs = (OW + seg - 1) // seg
     k4 = Kp // 4
     per_group = (n_panels + n_groups - 1) // n_groups
     flat = xp.reshape(-1)
-    group_stride = Dp * Hp * Wp * Cgp
-    lda = sw * Cgp
-    per_image = G * n_chunks * n_groups
+    image_stride = Dp * Hp * Wp * Cp
+    lda = sw * Cp
+    per_image = G * n_chunks * n_segs * n_groups
     for task in prange(n_img * per_image):
         img = task // per_image
         rest = task - img * per_image
-        g = rest // (n_chunks * n_groups)
-        rest = rest - g * (n_chunks * n_groups)
-        chunk = rest // n_groups
-        pgroup = rest - chunk * n_groups
+        g = rest // (n_chunks * n_segs * n_groups)
+        rest = rest - g * (n_chunks * n_segs * n_groups)
+        chunk = rest // (n_segs * n_groups)
+        rest = rest - chunk * (n_segs * n_groups)
+        segment = rest // n_groups
+        pgroup = rest - segment * n_groups
         line_start = chunk * lines_per_task
         line_end = min(lines, line_start + lines_per_task)
+        ow_start = segment * seg
+        ow_end = min(OW, ow_start + seg)
+        width = ow_end - ow_start
         tile = np.empty((_MR_MAX, nr), np.int32)
-        stage_q = np.empty((_MR_MAX if mode == 1 else 0, nr), np.uint8)
-        stage_i = np.empty((_MR_MAX if mode == 0 else 0, nr), np.int32)
-        stage_f = np.empty((_MR_MAX if mode == 2 else 0, nr), np.float32)
-        count = (line_end - line_start) * OW
+        trans = not channels_last
+        stage_q = np.empty((_MR_MAX if mode == 1 and trans else 0, nr), np.uint8)
+        stage_i = np.empty((_MR_MAX if mode == 0 and trans else 0, nr), np.int32)
+        stage_f = np.empty((_MR_MAX if mode == 2 and trans else 0, nr), np.float32)
+        count = (line_end - line_start) * width
         row_za = np.full(count, za, np.int32)
         row_t = np.zeros(count, np.int32)
-        src_base = (img * G + g) * group_stride
+        src_base = img * image_stride + g * cgp
         if need_rowsum:
             for r in range(count):
-                line = line_start + r // OW
+                line = line_start + r // width
                 od = line // OH
                 oh = line - od * OH
-                ow = r - (r // OW) * OW
-                start = src_base + ((od * sd * Hp + oh * sh) * Wp + ow * sw) * Cgp
+                ow = ow_start + r - (r // width) * width
+                start = src_base + ((od * sd * Hp + oh * sh) * Wp + ow * sw) * Cp
                 s = 0
                 for kk in range(k4):
                     at = start + koff[kk]
@@ -86,51 +102,99 @@ def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, za, need_rowsum, bp, Kp, K, N, 
             for line in range(line_start, line_end):
                 od = line // OH
                 oh = line - od * OH
-                line_base = src_base + (od * sd * Hp + oh * sh) * Wp * Cgp
-                r_line = (line - line_start) * OW
-                ow = 0
-                while ow < OW:
-                    rows = microkernel(tag, flat, line_base + ow * lda, lda, bp, b_off, koff, k4, tile, OW - ow)
+                line_base = src_base + (od * sd * Hp + oh * sh) * Wp * Cp
+                r_line = (line - line_start) * width - ow_start
+                ow = ow_start
+                while ow < ow_end:
+                    rows = microkernel(tag, flat, line_base + ow * lda, lda, bp, b_off, koff, k4, tile, ow_end - ow)
                     _epilogue(tile, rows, n1 - n0, row_za, row_t, r_line + ow, cs, czb, cb, mode, cm, zy, qmin,
-                              qmax, cf, cfb, oq, oi, of, True, line * OW + ow, g * N + n0, stage_q, stage_i,
+                              qmax, cf, cfb, oq, oi, of, trans, line * OW + ow, g * N + n0, stage_q, stage_i,
                               stage_f)
                     ow += rows
 
 
 @njit(cache=True, parallel=True)
-def to_padded_nhwc(x, flip, pads_begin, out):
-    """(N, C, D, H, W) bytes into the interior of ``out`` (N, G, Dp, Hp, Wp, Cgp), xor ``flip``.
+def pad_from_nchw(x, flip, zx, pads_begin, groups, cgp, out):
+    """(N, C, D, H, W) bytes xor ``flip`` into every byte of ``out`` (N, Dp, Hp, Wp, groups*cgp).
 
-    ``out`` arrives with the borders filled with the zero point and the padding channels zeroed.
-    One task per input row (image, group, d, h), channels innermost, so each output run is written
-    once while the C input rows it reads stay in cache.
+    Group g's channels go to bytes ``g*cgp ...`` of a position; borders hold ``zx`` and the
+    channels that round a group up to ``cgp`` hold 0, so the buffer can be reused without a fill.
+    One task per output row; the input is read along its rows (contiguous) and the row written in
+    L1, so the transpose costs one pass over each side.
     """
     n_img, C, D, H, W = x.shape
-    G = out.shape[1]
-    Cg = C // G
+    Dp, Hp, Wp, Cp = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
+    Cg = C // groups
     pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
-    for row in prange(n_img * G * D * H):
-        img = row // (G * D * H)
-        rest = row - img * (G * D * H)
-        g = rest // (D * H)
-        rest = rest - g * (D * H)
-        d = rest // H
-        h = rest - d * H
-        for w in range(W):
-            for cc in range(Cg):
-                out[img, g, d + pd, h + ph, w + pw, cc] = x[img, g * Cg + cc, d, h, w] ^ flip
+    for row in prange(n_img * Dp * Hp):
+        img = row // (Dp * Hp)
+        rest = row - img * (Dp * Hp)
+        dp = rest // Hp
+        hp = rest - dp * Hp
+        d = dp - pd
+        h = hp - ph
+        dst = out[img, dp, hp]
+        inside = 0 <= d < D and 0 <= h < H
+        for w in range(Wp):
+            iw = w - pw
+            fill = zx if not inside or iw < 0 or iw >= W else 0
+            for g in range(groups):
+                for cc in range(cgp):
+                    dst[w, g * cgp + cc] = fill if cc < Cg else 0
+        if inside:
+            for c in range(C):
+                g = c // Cg
+                at = g * cgp + c - g * Cg
+                src = x[img, c, d, h]
+                for w in range(W):
+                    dst[w + pw, at] = src[w] ^ flip
+
+
+@njit(cache=True, parallel=True)
+def pad_from_nhwc(x, flip, zx, pads_begin, groups, cgp, out):
+    """:func:`pad_from_nchw` for a channels-last input (N, D, H, W, C): rows are copied as they are."""
+    n_img, D, H, W, C = x.shape
+    Dp, Hp, Wp = out.shape[1], out.shape[2], out.shape[3]
+    Cg = C // groups
+    pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
+    for row in prange(n_img * Dp * Hp):
+        img = row // (Dp * Hp)
+        rest = row - img * (Dp * Hp)
+        dp = rest // Hp
+        hp = rest - dp * Hp
+        d = dp - pd
+        h = hp - ph
+        dst = out[img, dp, hp]
+        inside = 0 <= d < D and 0 <= h < H
+        for w in range(Wp):
+            iw = w - pw
+            pixel = dst[w]
+            if not inside or iw < 0 or iw >= W:
+                for g in range(groups):
+                    for cc in range(cgp):
+                        pixel[g * cgp + cc] = zx if cc < Cg else 0
+                continue
+            src = x[img, d, h, iw]
+            if cgp == Cg:
+                for c in range(C):
+                    pixel[c] = src[c] ^ flip
+            else:
+                for g in range(groups):
+                    for cc in range(cgp):
+                        pixel[g * cgp + cc] = src[g * Cg + cc] ^ flip if cc < Cg else 0
 
 
 @njit(cache=True, parallel=True)
 def depthwise(xp, kernel, dilations, wt, const, OD, OH, OW, sd, sh, sw, multiplier, mode, mult, zy, qmin, qmax,
-              fscale, fbias, out_q, out_i, out_f):
+              fscale, fbias, channels_last, out_q, out_i, out_f):
     """Convolution with one input channel per group (any channel multiplier), vectorized over channels.
 
     ``xp`` is the padded channels-last input (N, Dp, Hp, Wp, C) as uint8 (borders hold the zero
     point), ``wt`` (taps, Cout) int32 weights minus their zero point and ``const`` (Cout,) the int32
     bias minus ``zx * sum(wt)``, so that ``acc[co] = sum_t x[tap t, co // multiplier] * wt[t, co] +
     const[co]`` is the exact sum of ``(x - zx)(w - zw)``. A task is one output row, accumulated as
-    (OW, Cout) and written channels first, ``out[n, co, position]``. Indices in the channel loops
+    (OW, Cout) and written channels first, ``out[n, co, position]``, or with ``channels_last`` as
+    it is, ``out[n, position, co]``. Indices in the channel loops
     are loop counters (2-D indexing), so LLVM vectorizes them with plain loads.
     """
     n_img, Dp, Hp, Wp, C = xp.shape
@@ -182,23 +246,30 @@ def depthwise(xp, kernel, dilations, wt, const, OD, OH, OW, sd, sh, sw, multipli
                                 acc[ow, c] += np.int32(rows[iw, c // multiplier]) * wt[t, c]
         p0 = line * OW
         if mode == 1:
-            stage = np.empty((OW, Cout), np.uint8)
+            stage = out_q[img, p0:p0 + OW] if channels_last else np.empty((OW, Cout), np.uint8)
             for ow in range(OW):
                 for c in range(Cout):
                     v = np.rint(np.float64(acc[ow, c]) * mult[c]) + zy
                     v = min(max(v, qmin), qmax)
                     stage[ow, c] = np.uint8(np.int64(v) & 255)
-            for c in range(Cout):
-                for ow in range(OW):
-                    out_q[img, c, p0 + ow] = stage[ow, c]
+            if not channels_last:
+                for c in range(Cout):
+                    for ow in range(OW):
+                        out_q[img, c, p0 + ow] = stage[ow, c]
         elif mode == 0:
-            for c in range(Cout):
-                for ow in range(OW):
-                    out_i[img, c, p0 + ow] = acc[ow, c]
+            if channels_last:
+                out_i[img, p0:p0 + OW] = acc
+            else:
+                for c in range(Cout):
+                    for ow in range(OW):
+                        out_i[img, c, p0 + ow] = acc[ow, c]
         else:
             for c in range(Cout):
                 for ow in range(OW):
-                    out_f[img, c, p0 + ow] = np.float32(acc[ow, c]) * fscale[c] + fbias[c]
+                    if channels_last:
+                        out_f[img, p0 + ow, c] = np.float32(acc[ow, c]) * fscale[c] + fbias[c]
+                    else:
+                        out_f[img, c, p0 + ow] = np.float32(acc[ow, c]) * fscale[c] + fbias[c]
 
 
 def _outputs3(mode, out):
@@ -214,77 +285,121 @@ _EMPTY_I = np.zeros((1, 0, 0), np.int32)
 _EMPTY_F = np.zeros((1, 0, 0), np.float32)
 
 
-@functools.lru_cache(maxsize=256)
-def receptive_offsets(kernel, dilations, Hp, Wp, cgp):
-    """``koff``: byte offset of each 4-byte group of a receptive field from its first byte (cached:
-    a convolution asks for the same offsets on every run)."""
+def receptive_offsets(kernel, dilations, Hp, Wp, Cp, cgp):
+    """``koff``: byte offset of each 4-byte group of a receptive field from its first byte, for
+    positions ``Cp`` bytes apart whose group holds ``cgp`` bytes."""
     kd, kh, kw = kernel
     dd, dh, dw = dilations
     taps = (np.arange(kd)[:, None, None] * dd * Hp * Wp + np.arange(kh)[None, :, None] * dh * Wp
-            + np.arange(kw)[None, None, :] * dw).reshape(-1) * cgp
+            + np.arange(kw)[None, None, :] * dw).reshape(-1) * Cp
     return (taps[:, None] + np.arange(0, cgp, 4)[None, :]).reshape(-1).astype(np.int64)
 
 
-def conv(x5, x_flip, zx, packed, geometry, epi, out3):
-    """Convolution of ``x5`` (N, C, D, H, W) bytes (uint8 view) with ``packed`` weights.
+class ConvBinding:
+    """What one convolution needs to know about one input shape, worked out once by :func:`bind`.
 
-    ``zx`` is the input zero point in the shifted (uint8) domain; ``geometry`` is
-    ``(group, (kd, kh, kw), strides, dilations, pads_begin, pads_end, (OD, OH, OW), Cgp)``;
-    ``out3`` is (N, Cout, OD*OH*OW) of the epilogue's dtype (uint8 view for 8-bit outputs).
+    ``direct``: the input itself is the kernel's buffer (channels last, uint8, unpadded, groups of a
+    multiple of 4 channels), so no copy is made; otherwise ``buffer_shape`` is the padded
+    channels-last buffer the input is copied into. ``grid`` is (OD, OH, OW, sd, sh, sw) as the
+    kernel walks it: an unpadded, unstrided 1x1 convolution is one long row.
     """
-    import numba
+
+    __slots__ = ("x5_shape", "out3_shape", "out_shape", "channels_last", "direct", "buffer_shape", "buffer_size",
+                 "groups", "gbytes", "pads_begin", "grid", "flat", "koff", "lines_per_task", "seg", "n_groups",
+                 "kernel", "dilations", "empty")
+
+
+def bind(x_shape, channels_last, flip, geometry, n_panels, depthwise):
+    """The :class:`ConvBinding` of an input of ``x_shape`` (N, C, spatial...) or, with
+    ``channels_last``, (N, spatial..., C); ``geometry`` as :func:`run_conv` takes it."""
     group, kernel, strides, dilations, pads_begin, pads_end, out_spatial, cgp = geometry
-    n_img, C, D, H, W = x5.shape
-    Cg = C // group
-    OD, OH, OW = out_spatial
-    if n_img == 0 or OD * OH * OW == 0 or packed.N == 0:
-        return out3
-    Dp = D + pads_begin[0] + pads_end[0]
-    Hp = H + pads_begin[1] + pads_end[1]
-    Wp = W + pads_begin[2] + pads_end[2]
-    # A stride that does not divide the padded size leaves positions no output reads; they still need bytes.
-    xp = np.full((n_img, group, Dp, Hp, Wp, cgp), zx, np.uint8)
-    if cgp != Cg:
-        xp[..., Cg:] = 0
-    to_padded_nhwc(x5, np.uint8(x_flip), np.asarray(pads_begin, np.int64), xp)
+    n_img = x_shape[0]
+    C = x_shape[-1] if channels_last else x_shape[1]
+    spatial = x_shape[1:-1] if channels_last else x_shape[2:]
+    D, H, W = [1] * (3 - len(spatial)) + list(spatial)
+    M = out_spatial[3]
+    OD, OH, OW = out_spatial[:3]
+    P = OD * OH * OW
+    b = ConvBinding()
+    b.x5_shape = (n_img, D, H, W, C) if channels_last else (n_img, C, D, H, W)
+    b.out3_shape = (n_img, P, M) if channels_last else (n_img, M, P)
+    b.empty = n_img == 0 or P == 0 or M == 0
+    groups, gbytes = (1, C) if depthwise else (group, cgp)
+    Dp, Hp, Wp = D + pads_begin[0] + pads_end[0], H + pads_begin[1] + pads_end[1], W + pads_begin[2] + pads_end[2]
+    b.buffer_shape = (n_img, Dp, Hp, Wp, groups * gbytes)
+    b.buffer_size = n_img * Dp * Hp * Wp * groups * gbytes
+    b.groups, b.gbytes, b.channels_last = groups, gbytes, channels_last
+    b.direct = channels_last and not flip and (Dp, Hp, Wp) == (D, H, W) and groups * gbytes == C
+    b.pads_begin = np.asarray(pads_begin, np.int64)
+    b.kernel = np.asarray(kernel, np.int64)
+    b.dilations = np.asarray(dilations, np.int64)
     sd, sh, sw = strides
+    b.grid = (OD, OH, OW, sd, sh, sw)
+    b.koff = None
+    b.flat = False
+    b.lines_per_task = b.seg = b.n_groups = 1
+    if depthwise or b.empty:
+        return b
+    Cp = groups * gbytes
     if tuple(kernel) == (1, 1, 1) and tuple(strides) == (1, 1, 1) and (Dp, Hp, Wp) == (OD, OH, OW):
-        # A 1x1 convolution is a plain GEMM over all positions: one long "row" tiles without breaks.
-        OD, OH, OW, Dp, Hp, Wp = 1, 1, OD * OH * OW, 1, 1, OD * OH * OW
-        xp = xp.reshape(n_img, group, 1, 1, OW, cgp)
-    koff = receptive_offsets(tuple(kernel), tuple(dilations), Hp, Wp, cgp)
-    n_panels = (packed.N + packed.nr - 1) // packed.nr
-    threads = numba.get_num_threads()
+        OD, OH, OW, Hp, Wp = 1, 1, P, 1, P
+        b.grid = (1, 1, P, 1, 1, 1)
+        b.flat = True
+    b.koff = receptive_offsets(tuple(kernel), tuple(dilations), Hp, Wp, Cp, cgp)
+    threads = num_threads()
     lines = OD * OH
-    # About 64 output positions per task, and at least two tasks per thread when there is work for them.
+    # About 64 output positions per task and at least two tasks per thread when there is work for
+    # them; a single long row is cut into segments (multiples of the 8-row micro-kernel) instead.
     lines_per_task = max(1, min(lines, -(-64 // OW)))
     tasks = n_img * group * -(-lines // lines_per_task)
     while lines_per_task > 1 and tasks < 2 * threads:
         lines_per_task = max(1, lines_per_task // 2)
         tasks = n_img * group * -(-lines // lines_per_task)
-    n_groups = 1 if tasks >= threads else min(n_panels, -(-2 * threads // tasks))
+    seg = OW
+    if lines_per_task == 1 and OW > 64:
+        pieces = max(-(-OW // 128), -(-2 * threads // tasks))
+        seg = max(8, -(-(-(-OW // pieces)) // 8) * 8)
+        tasks *= -(-OW // seg)
+    b.lines_per_task, b.seg = lines_per_task, seg
+    b.n_groups = 1 if tasks >= threads else min(n_panels, -(-2 * threads // tasks))
+    return b
+
+
+def fill_buffer(b, x5, flip, zx, buffer):
+    """The kernel's input: ``x5`` itself when it can be read in place, else ``buffer`` (at least
+    ``prod(b.buffer_shape)`` bytes) filled from it, padded and channels-last."""
+    if b.direct:
+        return x5
+    xp = buffer[:b.buffer_size].reshape(b.buffer_shape)
+    fill = pad_from_nhwc if b.channels_last else pad_from_nchw
+    fill(x5, np.uint8(flip), int(zx), b.pads_begin, b.groups, b.gbytes, xp)
+    return xp
+
+
+def run_conv(b, xp, zx, packed, need_rowsum, epi, channels_last, cgp, out3):
+    """The GEMM convolution of the buffer ``xp`` (from :func:`fill_buffer`) into ``out3``
+    ((N, Cout, P), or (N, P, Cout) ``channels_last``; uint8 view for 8-bit outputs); ``need_rowsum``
+    when a weight zero point is not 0 (``packed.zb_nonzero``, asked once by the caller)."""
+    if b.empty:
+        return out3
+    OD, OH, OW, sd, sh, sw = b.grid
+    if b.flat:
+        xp = xp.reshape(xp.shape[0], 1, 1, OW, xp.shape[-1])
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
-    qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, koff, int(zx), packed.zb_nonzero, packed.data,
+    qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), need_rowsum, packed.data,
           packed.Kp, packed.K, packed.N, packed.nr, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy,
-          epi.qmin, epi.qmax, epi.fscale, epi.fbias, out_q, out_i, out_f, lines_per_task, n_groups)
+          epi.qmin, epi.qmax, epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.lines_per_task, b.seg,
+          b.n_groups)
     return out3
 
 
-def conv_depthwise(x5, x_flip, zx, w_centered, bias, geometry, multiplier, epi, out3):
-    """Depthwise convolution (one input channel per group); arguments as :func:`conv`, with
-    ``w_centered`` (Cout, taps) int32 weights minus their zero point and ``bias`` (Cout,) int32."""
-    group, kernel, strides, dilations, pads_begin, pads_end, out_spatial, _ = geometry
-    OD, OH, OW = out_spatial
-    n_img, C, D, H, W = x5.shape
-    if n_img == 0 or OD * OH * OW == 0:
+def run_depthwise(b, xp, wt, const, multiplier, epi, channels_last, out3):
+    """Depthwise convolution (one input channel per group) of the buffer ``xp``; ``wt`` (taps, Cout)
+    int32 weights minus their zero point and ``const`` (Cout,) int32 bias minus ``zx * sum(wt)``."""
+    if b.empty:
         return out3
-    Dp, Hp, Wp = D + pads_begin[0] + pads_end[0], H + pads_begin[1] + pads_end[1], W + pads_begin[2] + pads_end[2]
-    xp = np.full((n_img, 1, Dp, Hp, Wp, C), zx, np.uint8)
-    to_padded_nhwc(x5, np.uint8(x_flip), np.asarray(pads_begin, np.int64), xp)
-    wt = np.ascontiguousarray(w_centered.T)
-    const = (bias.astype(np.int64) - np.int64(zx) * wt.sum(axis=0, dtype=np.int64)).astype(np.int32)
+    OD, OH, OW, sd, sh, sw = b.grid
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
-    depthwise(xp.reshape(n_img, Dp, Hp, Wp, C), np.asarray(kernel, np.int64), np.asarray(dilations, np.int64), wt,
-              const, OD, OH, OW, *strides, multiplier, epi.mode,
-              epi.mult[0], epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f)
+    depthwise(xp, b.kernel, b.dilations, wt, const, OD, OH, OW, sd, sh, sw, multiplier, epi.mode, epi.mult[0],
+              epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], channels_last, out_q, out_i, out_f)
     return out3

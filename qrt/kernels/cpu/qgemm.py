@@ -308,12 +308,28 @@ def _microkernel_impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
 
 @njit(cache=True, inline="always")
 def _requantize(acc, mult, zy, qmin, qmax):
-    v = np.rint(np.float64(acc) * mult) + zy
-    if v < qmin:
-        v = qmin
-    elif v > qmax:
-        v = qmax
-    return np.uint8(np.int64(v) & 255)
+    # min/max rather than branches, so the column loop vectorizes (vrndscalepd, vminpd, vmaxpd).
+    v = min(max(np.rint(np.float64(acc) * mult) + zy, np.float64(qmin)), np.float64(qmax))
+    return np.uint8(np.int32(v) & 255)
+
+
+# int64 arithmetic truncated to int32 in the row helpers: the spec's wrapping int32 result in any term order.
+@njit(cache=True, inline="always")
+def _requantize_row(dst, src, cols, za, rt, cs, czb, cbias, mult, zy, qmin, qmax):
+    for j in range(cols):
+        dst[j] = _requantize(np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt), mult[j], zy, qmin, qmax)
+
+
+@njit(cache=True, inline="always")
+def _int32_row(dst, src, cols, za, rt, cs, czb, cbias):
+    for j in range(cols):
+        dst[j] = np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt)
+
+
+@njit(cache=True, inline="always")
+def _float_row(dst, src, cols, za, rt, cs, czb, cbias, fscale, fbias):
+    for j in range(cols):
+        dst[j] = np.float32(np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt)) * fscale[j] + fbias[j]
 
 
 @njit(cache=True, inline="always")
@@ -332,20 +348,24 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
         za = row_za[r0 + i]
         rt = row_t[r0 + i]
         src = tile[i]
-        # int64 arithmetic truncated to int32: the spec's wrapping int32 result in any term order.
+        # Each destination is its own call: a row of a staging tile and a row of the output differ
+        # in layout, and one variable holding either would make every store strided (no vectors).
         if mode == 1:
-            dst = stage_q[i] if trans else out_q[m0 + i, c0:c0 + cols]
-            for j in range(cols):
-                dst[j] = _requantize(np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt), mult[j], zy, qmin,
-                                     qmax)
+            if trans:
+                _requantize_row(stage_q[i], src, cols, za, rt, cs, czb, cbias, mult, zy, qmin, qmax)
+            else:
+                _requantize_row(out_q[m0 + i, c0:c0 + cols], src, cols, za, rt, cs, czb, cbias, mult, zy, qmin,
+                                qmax)
         elif mode == 0:
-            dst_i = stage_i[i] if trans else out_i[m0 + i, c0:c0 + cols]
-            for j in range(cols):
-                dst_i[j] = np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt)
+            if trans:
+                _int32_row(stage_i[i], src, cols, za, rt, cs, czb, cbias)
+            else:
+                _int32_row(out_i[m0 + i, c0:c0 + cols], src, cols, za, rt, cs, czb, cbias)
         else:
-            dst_f = stage_f[i] if trans else out_f[m0 + i, c0:c0 + cols]
-            for j in range(cols):
-                dst_f[j] = np.float32(np.int32(src[j] + cbias[j] - za * cs[j] - czb[j] * rt)) * fscale[j] + fbias[j]
+            if trans:
+                _float_row(stage_f[i], src, cols, za, rt, cs, czb, cbias, fscale, fbias)
+            else:
+                _float_row(out_f[m0 + i, c0:c0 + cols], src, cols, za, rt, cs, czb, cbias, fscale, fbias)
     if trans:
         for j in range(cols):
             if mode == 1:
