@@ -1,10 +1,16 @@
 """Dynamic-quantized models (qrt's quantize_dynamic): qrt int8 / onnxruntime int8 and qrt int8 / qrt float.
 
 Models: a BERT-base-shaped encoder block (d_model 768, 12 heads, d_ff 3072) at batch 1, sequence 128
-and 8; all-MiniLM-L6-v2 (when its wheel is cached or downloadable); a bidirectional LSTM (hidden 128,
-100 steps); ddddocr's common_old.onnx CRNN (when the real-model cache has it).
+and 8; all-MiniLM-L6-v2 (when its wheel is cached or downloadable) on one sentence and on a
+paragraph (up to 128 tokens); a bidirectional LSTM (hidden 128, 100 steps); ddddocr's common_old.onnx
+CRNN (when the real-model cache has it).
 
     python benchmarks/bench_dynamic.py [model names...]
+    python benchmarks/bench_dynamic.py --per-row [model names...]
+
+``--per-row`` quantizes with ``per_row=True`` (per-token activation scales, the pattern of standard
+ops) and compares qrt with that pattern fused (qrt::PerRowDynamicQuantizeMatMul), qrt running it
+node by node (the per-row fusion pass switched off, every other pass as usual) and onnxruntime.
 
 Environment: THREADS (default 2), RUNS (default 20), CPU=1 times the calling thread's CPU time (use
 with THREADS=1 on a shared machine: preemption does not count), BLOCKS=1 times warm blocks of runs
@@ -41,6 +47,9 @@ def models():
             m = bert_encoder(layers=6, hidden=384, heads=12, ffn=1536, weights=weights)
             ids = minilm.tokenize(minilm.SENTENCES[0], vocab)
             yield f"minilm_s{ids.shape[-1]}", m, {"input_ids": ids}
+            # A paragraph-length input: the sentences run together, cut at 128 tokens.
+            ids = minilm.tokenize(" ".join(minilm.SENTENCES), vocab)[:, :128]
+            yield f"minilm_s{ids.shape[-1]}", m, {"input_ids": ids}
     except Exception as e:
         print("minilm unavailable", e)
     lm = lstm_model(input_size=64, hidden=128, direction="bidirectional")
@@ -58,9 +67,39 @@ def med(run, runs=RUNS):
         t = time.perf_counter(); run(); ts.append(time.perf_counter() - t)
     return float(np.median(ts))
 
-want = sys.argv[1:]
+def per_row_report(name, model, feeds):
+    import qrt.fusion
+    q = quantize_dynamic(model, None, per_row=True).model.SerializeToString()
+    fused = bf.qrt_session(q, THREADS)
+    keep, qrt.fusion.fuse_per_row_matmuls = qrt.fusion.fuse_per_row_matmuls, lambda m: m
+    try:
+        unfused = bf.qrt_session(q, THREADS)
+    finally:
+        qrt.fusion.fuse_per_row_matmuls = keep
+    ours, plain = fused.run(None, feeds)[0], unfused.run(None, feeds)[0]
+    sess = (("fused", fused), ("unfused", unfused), ("ort", bf.ort_session(q, THREADS)))
+    err = float(np.max(np.abs(ours - sess[2][1].run(None, feeds)[0])))
+    best = {k: [] for k, _ in sess}
+    for _ in range(3):              # warm blocks per session, best block median
+        for k, s in sess:
+            s.run(None, feeds); s.run(None, feeds)
+            block = []
+            for _ in range(RUNS):
+                t0 = CLOCK(); s.run(None, feeds); block.append(CLOCK() - t0)
+            best[k].append(float(np.median(block)))
+    t = {k: min(v) for k, v in best.items()}
+    print(f"{name:20s} per-row fused/ort {t['fused']/t['ort']:5.2f}  unfused/ort {t['unfused']/t['ort']:5.2f}  "
+          f"fused/unfused {t['fused']/t['unfused']:5.2f}  (fused {t['fused']*1e3:.2f} ms, unfused "
+          f"{t['unfused']*1e3:.2f} ms, ort {t['ort']*1e3:.2f} ms)  fused==unfused {np.array_equal(ours, plain)} "
+          f"maxdiff vs ort {err:.2e}", flush=True)
+
+
+want = [a for a in sys.argv[1:] if a != "--per-row"]
 for name, model, feeds in models():
     if want and name not in want:
+        continue
+    if "--per-row" in sys.argv[1:]:
+        per_row_report(name, model, feeds)
         continue
     q = quantize_dynamic(model, None).model
     qb, fb = q.SerializeToString(), model.SerializeToString()

@@ -9,7 +9,9 @@ and in float32 where onnxruntime computes in float32, so results agree to within
 step (a rounding tie decided the other way).
 
 Beside them, qrt's own ``qrt::QLinearTable`` (what :mod:`qrt.fusion.qtables` turns element-wise
-functions of one 8-bit tensor into) shares the table lookup of QLinearSigmoid and QLinearLeakyRelu.
+functions of one 8-bit tensor into) shares the table lookup of QLinearSigmoid and QLinearLeakyRelu,
+and ``qrt::PerRowDynamicQuantizeMatMul`` (what :mod:`qrt.fusion.per_row_matmul` turns
+``quantize_dynamic(per_row=True)``'s pattern into) the GEMM of DynamicQuantizeMatMul.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import InvalidArgument, InvalidModel
+from ..kernels.cpu import qdynamic as kdyn
 from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
@@ -331,6 +334,75 @@ class DynamicQuantizeMatMul(Op):
         return self._mm.compute(a_q, np.asarray(a_zp), B, b_zero_point,
                                 lambda r, n, i: kgemm.Epilogue(2, 1, n, fscale=a_scale * b_scale, fbias=fbias),
                                 np.float32)
+
+
+@register("PerRowDynamicQuantizeMatMul", 1, domain="qrt")
+class PerRowDynamicQuantizeMatMul(Op):
+    """``Y_i = A @ dequantize(B_i) + bias_i`` for each output i, A quantized to uint8 once per call with
+    one scale and zero point per row (per token), as ``quantize_dynamic(per_row=True)`` writes it in
+    standard ops (:mod:`qrt.fusion.per_row_matmul` turns that pattern into this node).
+
+    Inputs: ``A`` (float32, [..., K]), then per output four: ``B_i`` ([K, N_i] int8/uint8),
+    ``b_scale_i`` and ``b_zero_point_i`` (one value or one per column), ``bias_i`` (N_i float32,
+    optional); B, its scale and zero point and the bias are constants. The rows are quantized straight
+    into the GEMM's row buffer (:func:`qrt.kernels.cpu.qdynamic.quantize_rows_own_range`), every product
+    reads that buffer, and each epilogue scales by ``row_scale * b_scale`` (rounded to float32 first,
+    as the pattern's Mul does), so the outputs equal the pattern run node by node, bit for bit.
+    """
+
+    def __init__(self):
+        self._mm = QuantizedMatMul()
+        self._weights = []
+
+    def prepare(self, constants):
+        if len(constants) < 3 or (len(constants) - 1) % 4 == 1:
+            raise InvalidModel(f"PerRowDynamicQuantizeMatMul takes A then (B, b_scale, b_zero_point, bias) per "
+                               f"output; got {len(constants)} inputs")
+        padded = list(constants) + [None] * (-(len(constants) - 1) % 4)
+        self._weights = []
+        for i in range(1, len(padded), 4):
+            b, b_scale, b_zp, bias = padded[i:i + 4]
+            which = f"product {(i - 1) // 4}"
+            if b is None or b_scale is None:
+                raise InvalidModel(f"{which}: B and b_scale must be constants")
+            if b.dtype not in EIGHT_BIT or b.ndim != 2 or not b.shape[0]:
+                raise InvalidModel(f"{which}: B must be a 2-D int8 or uint8 matrix with K > 0, got {b.dtype} "
+                                   f"{list(b.shape)}")
+            check_scale(b_scale, "b_scale", InvalidModel)
+            if b_zp is not None and np.asarray(b_zp).dtype != b.dtype:
+                raise InvalidModel(f"{which}: b_zero_point has type {np.asarray(b_zp).dtype} but B has type "
+                                   f"{b.dtype}")
+            if bias is not None and (bias.dtype != np.float32 or bias.size != b.shape[1]):
+                raise InvalidModel(f"{which}: bias must be {b.shape[1]} float32 values, got {bias.dtype} "
+                                   f"{list(bias.shape)}")
+            if self._weights and b.shape[0] != self._weights[0][0].K:
+                raise InvalidModel(f"{which}: B has {b.shape[0]} rows, product 0's has {self._weights[0][0].K}")
+            w = _ConstantWeights.of(self._mm, b, b_scale, b_zp, bias)
+            self._weights.append((w, w.scale, np.ascontiguousarray(w.fbias.reshape(-1))))
+
+    def run(self, A, *weights):
+        if A.dtype != np.float32:
+            raise InvalidArgument(f"A must be float32, got {A.dtype}")
+        first = self._weights[0][0]
+        K = first.K
+        if A.ndim < 1 or A.shape[-1] != K:
+            raise InvalidArgument(f"A has shape {list(A.shape)}; B has {K} rows")
+        x2 = (A if A.flags.c_contiguous else np.ascontiguousarray(A)).reshape(-1, K)
+        m = x2.shape[0]
+        rows = kamx.padded_rows(m, first.packed.Kp)
+        row_t, row_zero_point = np.empty(m, np.int32), np.empty(m, np.int32)
+        row_scale = np.empty(m, np.float32)
+        if x2.size < kdyn.PARALLEL_MIN_ELEMENTS or num_threads() == 1:
+            kdyn.quantize_rows_own_range(x2, rows, row_t, row_scale, row_zero_point)
+        else:
+            kdyn.quantize_rows_own_range_parallel(x2, rows, row_t, row_scale, row_zero_point)
+        leading = A.shape[:-1]
+        outputs = []
+        for w, fscale, fbias in self._weights:
+            out = np.empty((m, w.N), np.float32)
+            kgemm.matmul_rows_scaled(rows, K, row_t, row_zero_point, row_scale, w.packed, fscale, fbias, out)
+            outputs.append(out.reshape(leading + (w.N,)))
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
 
 @register("QLinearConv", 1, domain=MS)

@@ -46,6 +46,7 @@ and per MatMul with int8/uint8 weight ``W_q`` [K, N], zero point ``w_zp`` (scala
 
 Everything up to ``acc`` is integer-exact, so qrt and onnxruntime agree bit for bit on it (Div and
 Round are correctly rounded IEEE operations in both); the float rescale matches to float32 rounding.
+qrt's session runs the whole pattern of one activation as one node (:mod:`qrt.fusion.per_row_matmul`).
 """
 from __future__ import annotations
 

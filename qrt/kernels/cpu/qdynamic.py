@@ -134,3 +134,79 @@ def quantize_small(x, out, row_sum):
     for r in range(x.shape[0]):
         _quantize_row(x, r, scale, zp, out, row_sum)
     return scale, zp
+
+
+# --------------------------------------------------------------------------- one range per row
+
+_TINY = np.float32(np.finfo(np.float32).tiny)
+_INT32_MIN = np.int32(-0x80000000)
+
+
+@njit(cache=True, inline="always")
+def _quantize_row_own_range(x, r, out, row_t, row_scale, row_zero_point):
+    """Row ``r`` quantized with its own range, as ``quantize_dynamic(per_row=True)`` writes it in ONNX ops.
+
+    Each step is the float32 operation of the pattern's node, in its order: ``lo = Min(min, 0)``,
+    ``hi = Max(max, 0)``, ``scale = Max(Div(Sub(hi, lo), 255), FLT_MIN)``, ``zp = Clip(Round(Neg(Div(lo,
+    scale))), 0, 255)``, ``q = Cast<uint8>(Clip(Add(Round(Div(x, scale)), zp), 0, 255))`` and
+    ``Cast<int32>(zp)``, with the casts' x86 results for NaN (0 and INT32_MIN). Which of -0/+0 the
+    range holds changes no integer result. A NaN in the row makes its scale NaN, so the row's
+    products are NaN (the unfused ReduceMin/ReduceMax skip a NaN unless it comes first).
+    ``row_t`` receives the row's weight-zero-point term for the GEMM, ``sum(q) - K * zero_point``
+    (wrapping int32, as :func:`qrt.kernels.cpu.qgemm.matmul_rows` computes it).
+    """
+    K = x.shape[1]
+    lo_key, hi_key = _range_of(x[r].view(np.int32), 0, K)
+    if K == 0:
+        lo_key, hi_key = np.int32(0), np.int32(0)
+    if lo_key < _NEG_INF_KEY or hi_key > _POS_INF_KEY:
+        for k in range(out.shape[1]):
+            out[r, k] = 0
+        row_t[r] = np.int32(np.int64(-K) * np.int64(_INT32_MIN))
+        row_scale[r] = np.float32(np.nan)
+        row_zero_point[r] = _INT32_MIN
+        return
+    pair = np.empty(2, np.int32)
+    pair[0] = lo_key ^ ((lo_key >> 31) & 0x7FFFFFFF)
+    pair[1] = hi_key ^ ((hi_key >> 31) & 0x7FFFFFFF)
+    values = pair.view(np.float32)
+    lo = values[0] if values[0] <= _F0 else _F0
+    hi = values[1] if values[1] >= _F0 else _F0
+    raw = np.float32(np.float32(hi - lo) / _F255)
+    scale = raw if raw >= _TINY else _TINY
+    zp = np.rint(-np.float32(lo / scale))
+    if zp == zp:
+        zp = _F0 if zp < _F0 else (_F255 if zp > _F255 else zp)
+        zp_int = np.int32(zp)
+    else:
+        zp_int = _INT32_MIN
+    row_zero_point[r] = zp_int
+    s = np.int32(0)
+    for k in range(K):
+        v = np.rint(x[r, k] / scale) + zp
+        if v != v:
+            q = np.uint8(0)
+        else:
+            v = _F0 if v < _F0 else (_F255 if v > _F255 else v)
+            q = np.uint8(v)
+        out[r, k] = q
+        s += np.int32(q)
+    for k in range(K, out.shape[1]):
+        out[r, k] = 0
+    row_t[r] = np.int32(np.int64(s) - np.int64(K) * np.int64(zp_int))
+    row_scale[r] = scale
+
+
+@njit(cache=True)
+def quantize_rows_own_range(x, out, row_t, row_scale, row_zero_point):
+    """Each row of x (M, K) float32 quantized to uint8 with its own range into ``out`` (M, Kp), zeros
+    after K; per row its zero-point term, float32 scale and int32 zero point (see
+    :func:`_quantize_row_own_range`)."""
+    for r in range(x.shape[0]):
+        _quantize_row_own_range(x, r, out, row_t, row_scale, row_zero_point)
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_own_range_parallel(x, out, row_t, row_scale, row_zero_point):
+    for r in prange(x.shape[0]):
+        _quantize_row_own_range(x, r, out, row_t, row_scale, row_zero_point)

@@ -658,3 +658,67 @@ def float_epilogue(fscale, fbias, zeros):
     epi.bias, epi.mult = zeros
     epi.fscale, epi.fbias = fscale, fbias
     return epi
+
+
+# --------------------------------------------------------------------------- one float scale per row
+
+
+@njit(cache=True, inline="always")
+def _epilogue_row_scaled(tile, rows, cols, row_za, row_t, row_scale, r0, cs, czb, fscale, fbias, out_f, m0, c0):
+    """Mode 2 with a scale per row as well as per column: ``float32(acc) * (row_scale[m] * fscale[n]) +
+    fbias[n]``, the two scales' float32 product rounded first (the per-row pattern's ``Mul(scale,
+    w_scale)`` before its ``Mul`` of the accumulator). Same slicing conventions as :func:`_epilogue`."""
+    for i in range(rows):
+        za = row_za[r0 + i]
+        rt = row_t[r0 + i]
+        s = row_scale[r0 + i]
+        src = tile[i]
+        dst = out_f[m0 + i, c0:c0 + cols]
+        for j in range(cols):
+            dst[j] = np.float32(np.int32(src[j] - za * cs[j] - czb[j] * rt)) * (s * fscale[j]) + fbias[j]
+
+
+@njit(cache=True, parallel=True)
+def qgemm_row_scaled(tag, a, lda, M, Kp, K, bp, N, nr, koff, row_za, row_t, row_scale, col_sum, col_zb, fscale,
+                     fbias, out_f, mc, n_groups):
+    """:func:`qgemm` writing float32 through :func:`_epilogue_row_scaled`."""
+    n_panels = (N + nr - 1) // nr
+    n_chunks = (M + mc - 1) // mc
+    k4 = Kp // 4
+    per_group = (n_panels + n_groups - 1) // n_groups
+    for task in prange(n_chunks * n_groups):
+        chunk = task // n_groups
+        group = task - chunk * n_groups
+        tile = np.empty((_MR_MAX, nr), np.int32)
+        m_start = chunk * mc
+        m_end = min(M, m_start + mc)
+        for p in range(group * per_group, min(n_panels, (group + 1) * per_group)):
+            n0 = p * nr
+            n1 = min(N, n0 + nr)
+            m0 = m_start
+            while m0 < m_end:
+                rows = microkernel(tag, a, m0 * lda, lda, bp, p * k4 * nr * 4, koff, k4, tile, m_end - m0)
+                _epilogue_row_scaled(tile, rows, n1 - n0, row_za, row_t, row_scale, m0, col_sum[n0:n1],
+                                     col_zb[n0:n1], fscale[n0:n1], fbias[n0:n1], out_f, m0, n0)
+                m0 += rows
+
+
+def matmul_rows_scaled(a_rows, K, row_t, row_za, row_scale, packed: PackedB, fscale, fbias, out):
+    """:func:`matmul_rows` for rows quantized each with its own scale and zero point
+    (:func:`qrt.kernels.cpu.qdynamic.quantize_rows_own_range`, which also gives ``row_t``, the rows'
+    ``sum - K * zero_point``): ``row_za`` (M,) int32, ``row_scale`` (M,) float32; ``fscale`` and
+    ``fbias`` (N,) float32; ``out`` (M, N) float32."""
+    from . import qgemm_amx
+
+    M = a_rows.shape[0]
+    if M == 0 or packed.N == 0:
+        return out
+    if qgemm_amx.usable(packed):
+        qgemm_amx.matmul_row_scaled(a_rows.reshape(-1), M, K, row_za, row_t, row_scale, packed, fscale, fbias, out)
+        return out
+    n_panels = (packed.N + packed.nr - 1) // packed.nr
+    mc, n_groups = split_work(M, n_panels, packed.Kp, packed.nr)
+    qgemm_row_scaled(tag_for(packed.isa), a_rows.reshape(-1), packed.Kp, M, packed.Kp, K, packed.data, packed.N,
+                     packed.nr, packed.koff, row_za, row_t, row_scale, packed.col_sum[0], packed.zb[0], fscale, fbias,
+                     out, mc, n_groups)
+    return out

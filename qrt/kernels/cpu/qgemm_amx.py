@@ -224,3 +224,63 @@ def matmul(a_rows, M, K, za_rows, row_t, packed, epi, out_q, out_i, out_f):
         qgemm_amx_serial(*args)
     else:
         qgemm_amx(*args, *split_work(M, (N + 31) // 32, Kp, threads))
+
+
+# --------------------------------------------------------------------------- one float scale per row
+
+
+@njit(cache=True, inline="always")
+def _task_row_scaled(task, a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, col_sum, col_zb, fscale, fbias, out_f,
+                     mc, n_groups):
+    """:func:`_task` finishing tiles with :func:`qrt.kernels.cpu.qgemm._epilogue_row_scaled`."""
+    nr = 32
+    n_panels = (N + nr - 1) // nr
+    kblocks = Kp // 64
+    per_group = (n_panels + n_groups - 1) // n_groups
+    chunk = task // n_groups
+    group = task - chunk * n_groups
+    tile = np.empty((32, 32), np.int32)
+    _configure()
+    m_start = chunk * mc
+    m_end = min(M, m_start + mc)
+    for p in range(group * per_group, min(n_panels, (group + 1) * per_group)):
+        n0 = p * nr
+        n1 = min(N, n0 + nr)
+        m0 = m_start
+        while m0 < m_end:
+            rows = min(32, m_end - m0)
+            if rows > 16:
+                _block32(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+            else:
+                _block16(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+            qgemm._epilogue_row_scaled(tile, rows, n1 - n0, row_za, row_t, row_scale, m0, col_sum[n0:n1],
+                                       col_zb[n0:n1], fscale[n0:n1], fbias[n0:n1], out_f, m0, n0)
+            m0 += rows
+    _release()
+
+
+@njit(cache=True, parallel=True)
+def qgemm_amx_row_scaled(a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, col_sum, col_zb, fscale, fbias, out_f,
+                         mc, n_groups):
+    for task in prange(((M + mc - 1) // mc) * n_groups):
+        _task_row_scaled(task, a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, col_sum, col_zb, fscale, fbias,
+                         out_f, mc, n_groups)
+
+
+@njit(cache=True)
+def qgemm_amx_row_scaled_serial(a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, col_sum, col_zb, fscale, fbias,
+                                out_f):
+    _task_row_scaled(0, a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, col_sum, col_zb, fscale, fbias, out_f,
+                     max(M, 1), 1)
+
+
+def matmul_row_scaled(a_rows, M, K, za_rows, row_t, row_scale, packed, fscale, fbias, out_f):
+    """:func:`matmul` with :func:`qrt.kernels.cpu.qgemm.matmul_rows_scaled`'s per-row float epilogue."""
+    Kp, N = packed.Kp, packed.N
+    threads = num_threads()
+    args = (a_rows, Kp, M, Kp, K, packed.data, N, za_rows, row_t, row_scale, packed.col_sum[0], packed.zb[0], fscale,
+            fbias, out_f)
+    if threads == 1 or (M * Kp * N <= SERIAL_MAX_MACS and Kp * N <= SERIAL_MAX_WEIGHT_BYTES):
+        qgemm_amx_row_scaled_serial(*args)
+    else:
+        qgemm_amx_row_scaled(*args, *split_work(M, (N + 31) // 32, Kp, threads))
