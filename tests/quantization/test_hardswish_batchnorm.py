@@ -33,7 +33,9 @@ def conv_bn_hardswish(seed=0):
     beta = np.where(np.arange(CHANNELS) % 3 == 0, -20.0, rng.uniform(-1, 2, CHANNELS))
     mean = rng.standard_normal(CHANNELS) * 0.1
     var = rng.uniform(0.5, 2.0, CHANNELS)
-    w2 = rng.standard_normal((8, CHANNELS, 1, 1)) / np.sqrt(CHANNELS)
+    # the next conv compensates the BatchNorm's factors (as the next BatchNorm does in a real network),
+    # so every channel matters to the output
+    w2 = rng.standard_normal((8, CHANNELS, 1, 1)) / np.sqrt(CHANNELS) / np.sqrt(gamma)[None, :, None, None]
     weights = dict(w1=w1, gamma=gamma, beta=beta, mean=mean, var=var, w2=w2,
                    three=np.float32(3.0), zero=np.float32(0.0), six=np.float32(6.0))
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1] * 4),
@@ -62,7 +64,7 @@ def _initializers(model):
 
 
 def test_qrt_default_beats_onnxruntime_tool_on_conv_bn_hardswish(tmp_path):
-    """Measured: onnxruntime's tool 23.6 dB, qrt 36.0 dB (before this change qrt 23.3 dB)."""
+    """Measured: onnxruntime's tool 20.3 dB, qrt 23.9 dB (before this change 19.4 dB, which fails)."""
     oq = pytest.importorskip("onnxruntime.quantization")
     model = conv_bn_hardswish()
     src = tmp_path / "float.onnx"
@@ -93,7 +95,7 @@ def test_folded_weight_per_channel_and_hardswish_range_from_minus_three(fmt):
     lowest = (-128 - zero_point) * scale
     assert -3.0 - scale <= lowest <= -3.0 + scale, (lowest, scale)
     reference = run_ort(model, _feeds(2, 1))[0]
-    assert sqnr_db(reference, run_ort(summary.model, _feeds(2, 1))[0]) >= 30.0
+    assert sqnr_db(reference, run_ort(summary.model, _feeds(2, 1))[0]) >= 22.0  # measured 24.0 in both formats
 
 
 def test_hardswish_floor_only_when_every_reader_is_the_hardswish():
