@@ -106,3 +106,24 @@ def test_hardswish_floor_only_when_every_reader_is_the_hardswish():
     inits = _initializers(summary.model)
     scale, zero_point = float(inits["bn_scale"]), int(inits["bn_zero_point"])
     assert (-128 - zero_point) * scale < -10.0
+
+
+@pytest.mark.parametrize("form", ["HardSwish", "HardSigmoid"])
+def test_hardswish_op_and_x_times_hardsigmoid_also_start_at_minus_three(form):
+    rng = np.random.default_rng(3)
+    weights = dict(w1=rng.standard_normal((4, 3, 3, 3)), b1=np.array([-20.0, 1.0, 0.5, -2.0]),
+                   w2=rng.standard_normal((2, 4, 1, 1)))
+    act = [helper.make_node("HardSwish", ["c"], ["h"], name="hswish")] if form == "HardSwish" else [
+        helper.make_node("HardSigmoid", ["c"], ["s"], name="hsig", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["c", "s"], ["h"], name="mul")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", pads=[1] * 4), *act,
+             helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(
+        nodes, "act", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    summary = quantize_static(model, None, ListReader(_feeds(4, 0)), quant_format=QuantFormat.QDQ)
+    inits = _initializers(summary.model)
+    scale, zero_point = float(inits["c_scale"]), int(inits["c_zero_point"])
+    assert -3.0 - scale <= (-128 - zero_point) * scale <= -3.0 + scale
