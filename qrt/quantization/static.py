@@ -8,6 +8,7 @@ package) -> choose parameters, folding Relu/Clip into the producer's range where
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 
 import numpy as np
 import onnx
@@ -65,7 +66,7 @@ def _not_float(g: GraphIndex, cfg: QuantSettings, name: str, what: str) -> str:
     return f"{what} {name!r} is {kind}, only float32 and float16 tensors are quantized"
 
 
-def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
+def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings, folded=frozenset()) -> str:
     """Fills the decision's input roles; returns why the node cannot be quantized, or ''."""
     node, rule = d.node, d.rule
     inputs = list(node.input)
@@ -112,7 +113,11 @@ def _check_compute(g: GraphIndex, d: Decision, cfg: QuantSettings) -> str:
         override = cfg.overrides.get(inputs[weight])
         if override is not None and override.axis is not None:
             d.axis = override.axis % max(rank, 1)
-        elif cfg.per_channel:
+        elif cfg.per_channel or node.output[0] in folded:
+            # A folded BatchNorm multiplies each output channel by its own gamma / sigma (PicoDet's vary
+            # 1000x), so one scale for the folded weight leaves many channels a few levels or none.
+            # onnxruntime's tool, which keeps the BatchNorm in float, gives the raw weight one scale;
+            # one per output channel is what brings the folded weight back to (and past) that.
             d.axis = weight_axis(node, rank)
             if node.op_type in cfg.per_channel_axes:
                 d.axis = cfg.per_channel_axes[node.op_type] % max(rank, 1)
@@ -143,8 +148,75 @@ def _check_passthrough(g: GraphIndex, cfg: QuantSettings, node: onnx.NodeProto) 
     return ""
 
 
-def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
-    """One decision per node, in topological order, before any range is known."""
+def _scalar(g: GraphIndex, name: str):
+    """The value of a one-element constant input, or None."""
+    if not name or not g.is_constant(name):
+        return None
+    value = np.asarray(g.constant(name))
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _is_hardswish_of(g: GraphIndex, node: onnx.NodeProto, x: str) -> bool:
+    """Whether ``node`` (a reader of ``x``) is part of HardSwish(x) = x * clip(x + 3, 0, 6) / 6: the
+    HardSwish op, the Add(x, 3) -> Clip(0, 6) -> Mul(x, .) decomposition exporters write (its Add or
+    its Mul), or x * HardSigmoid(x) with HardSwish's alpha and beta."""
+    if node.op_type == "HardSwish":
+        return True
+    if node.op_type == "Add" and len(node.input) == 2:
+        other = node.input[1] if node.input[0] == x else node.input[0]
+        readers = g.consumers.get(node.output[0], [])
+        if _scalar(g, other) != 3.0 or len(readers) != 1 or readers[0].op_type != "Clip":
+            return False
+        clip = readers[0]
+        if [_scalar(g, n) for n in clip.input[1:3]] != [0.0, 6.0]:
+            return False
+        muls = g.consumers.get(clip.output[0], [])
+        return len(muls) == 1 and muls[0].op_type == "Mul" and x in muls[0].input
+    if node.op_type == "HardSigmoid":
+        readers = g.consumers.get(node.output[0], [])
+        return (np.isclose(attribute(node, "alpha", 0.2), 1 / 6) and np.isclose(attribute(node, "beta", 0.5), 0.5)
+                and len(readers) == 1 and readers[0].op_type == "Mul" and x in readers[0].input)
+    if node.op_type == "Mul" and len(node.input) == 2:
+        gate = g.producer.get(node.input[1] if node.input[0] == x else node.input[0])
+        return gate is not None and gate.op_type in ("Clip", "HardSigmoid") and (
+            gate.op_type == "HardSigmoid" and gate.input[0] == x and _is_hardswish_of(g, gate, x)
+            or gate.op_type == "Clip" and (add := g.producer.get(gate.input[0])) is not None
+            and add.op_type == "Add" and x in add.input and _is_hardswish_of(g, add, x))
+    return False
+
+
+def hardswish_floor(g: GraphIndex, name: str):
+    """-3.0 when every reader of ``name`` computes HardSwish(name), else None.
+
+    HardSwish is 0 for every x <= -3, so values below -3 need no representation: the tensor's range
+    starts at -3 at no cost in exactness, as a Relu's starts at 0. On a Conv+BatchNorm output that
+    swings far negative (PicoDet's -32..122) this buys back most of the levels of its int8 scale.
+    """
+    readers = g.consumers.get(name, [])
+    if not readers or name in g.graph_outputs:
+        return None
+    return -3.0 if all(_is_hardswish_of(g, node, name) for node in readers) else None
+
+
+def batchnorm_folded_outputs(model: onnx.ModelProto) -> frozenset:
+    """Outputs of the BatchNormalizations that read a Conv/ConvTranspose alone: pre-processing folds
+    them into that Conv, which then writes this name."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    readers = defaultdict(int)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] += 1
+    return frozenset(node.output[0] for node in model.graph.node if node.op_type == "BatchNormalization"
+                     and (conv := producer.get(node.input[0])) is not None
+                     and conv.op_type in ("Conv", "ConvTranspose") and readers[node.input[0]] == 1)
+
+
+def plan_nodes(g: GraphIndex, cfg: QuantSettings, folded: frozenset = frozenset()) -> list[Decision]:
+    """One decision per node, in topological order, before any range is known.
+
+    ``folded``: output names of Convs that carry a folded BatchNormalization
+    (:func:`batchnorm_folded_outputs`); their weights get per-channel scales (see :func:`_check_compute`).
+    """
     available = set(g.graph_inputs) | set(g.initializers)
     decisions = [Decision(node, RULES.get(node.op_type)) for node in toposort(list(g.graph.node), available)]
     by_output = {}
@@ -157,7 +229,7 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings) -> list[Decision]:
             continue
         kind = d.rule.kind
         if kind == "compute":
-            reason = _check_compute(g, d, cfg)
+            reason = _check_compute(g, d, cfg, folded)
             if reason:
                 d.reason = reason
             else:
@@ -251,6 +323,11 @@ def activation_params(cfg: QuantSettings, name: str, ranges, bounds=None) -> QPa
                             min_real_range=cfg.min_real_range, restricted=cfg.activation_restricted_asymmetric)
 
 
+def _floor_bounds(g: GraphIndex, name: str):
+    floor = hardswish_floor(g, name)
+    return None if floor is None else (floor, float("inf"))
+
+
 def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[str, QParams]:
     """Activation parameters; decides each Relu/Clip fold and which pass-through ops run in int8."""
     params: dict[str, QParams] = {}
@@ -262,7 +339,7 @@ def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[
             name = d.node.input[i]
             # A tensor written by an earlier compute op already has its (possibly Relu-clamped) params.
             if not g.is_constant(name) and name not in params:
-                params[name] = activation_params(cfg, name, ranges)
+                params[name] = activation_params(cfg, name, ranges, bounds=_floor_bounds(g, name))
         d.detail = (d.rule.qlinear or f"float {d.node.op_type} on int8 weights") \
             if cfg.quant_format == QuantFormat.QOperator else "QDQ"
         act = d.fusion
@@ -282,7 +359,7 @@ def assign_params(g: GraphIndex, cfg: QuantSettings, decisions, ranges) -> dict[
                           f"(ActivationSymmetric={cfg.activation_symmetric}) exceeds the clamp [{low:g}, {high:g}]")
             _as_qdq_op(act, cfg)
         if d.node.op_type not in cfg.outputs_not_quantized:
-            params[d.output] = activation_params(cfg, d.output, ranges)
+            params[d.output] = activation_params(cfg, d.output, ranges, bounds=_floor_bounds(g, d.output))
 
     int8_ready = {d.output for d in decisions if d.status == "compute"
                   and d.node.op_type not in cfg.outputs_not_quantized
@@ -417,6 +494,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
                                 + (" and cannot be combined with CalibStridedMinMax" if calibration_data_reader
                                    is not None else ""))
     model, notes = preprocess(source, label, min_opset=needed_opset(cfg, source))
+    folded = batchnorm_folded_outputs(source)
     if cfg.equalize:
         model, pairs = equalize_graph(model, label)
         notes.append(f"cross-layer equalization: {len(pairs)} layer pair(s) rescaled" if pairs else
@@ -438,7 +516,7 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
     cfg.nodes_to_exclude = cfg.nodes_to_exclude | (preprocessing_nodes(model) & {n.name for n in model.graph.node})
     g = GraphIndex(model)
     use_contrib_for_four_bit(cfg, g.opset)
-    decisions = plan_nodes(g, cfg)
+    decisions = plan_nodes(g, cfg, folded)
     if not any(d.status == "compute" for d in decisions):
         return unchanged(f"static {cfg.quant_format.name}", label, source, model_output, size_before,
                          _reports(g, decisions), notes, use_external_data_format)
