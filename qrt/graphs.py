@@ -92,6 +92,29 @@ def stable_topological_order(deps):
     return order
 
 
+def splice_nodes(model, replaced, removed, domain=None):
+    """A copy of ``model`` where each node whose ``id`` is a key of ``replaced`` is swapped for its
+    value and the nodes whose ids are in ``removed`` are dropped, finished by :func:`prune_after_rewrite`
+    (the names only dropped nodes produced count as dropped)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    gone = set()
+    for node in model.graph.node:
+        if id(node) in replaced:
+            result.graph.node.append(replaced[id(node)])
+            gone.update(node.output)
+        elif id(node) in removed:
+            gone.update(node.output)
+        else:
+            result.graph.node.append(node)
+    gone -= {o for n in result.graph.node for o in n.output}
+    used = ({i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
+            | names_read_by_subgraphs(result.graph))
+    prune_after_rewrite(result, used, gone, domain)
+    return result
+
+
 def prune_after_rewrite(model, used, dropped, domain=None):
     """Finish a fusion pass on ``model`` in place: drop initializers nothing in ``used`` reads (graph
     inputs stay listed), value_info of ``dropped`` names no longer read, and import ``domain``."""

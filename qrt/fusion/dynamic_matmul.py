@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, splice_nodes
 
 _MS = "com.microsoft"
 _EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
@@ -161,22 +161,7 @@ def fuse_dynamic_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
             removed.update(id(n) for n in c.nodes[:-1])
     if not replaced:
         return model
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    del result.graph.node[:]
-    gone = set()
-    for node in model.graph.node:
-        if id(node) in replaced:
-            result.graph.node.append(replaced[id(node)])
-            gone.update(o for o in node.output if o != replaced[id(node)].output[0])
-        elif id(node) in removed:
-            gone.update(node.output)
-        else:
-            result.graph.node.append(node)
-    used = ({i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
-            | names_read_by_subgraphs(result.graph))
-    prune_after_rewrite(result, used, gone, _MS)
-    return result
+    return splice_nodes(model, replaced, removed, _MS)
 
 
 def _trim(inputs):

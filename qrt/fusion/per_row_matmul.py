@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..graphs import attr, names_read_by_subgraphs, prune_after_rewrite
+from ..graphs import attr, splice_nodes
 from .dynamic_matmul import _EIGHT_BIT, _Matcher, _name, _trim
 
 DOMAIN = "qrt"
@@ -250,22 +250,7 @@ def fuse_per_row_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
         removed.update(id(n) for n in nodes)
     if not replaced:
         return model
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    del result.graph.node[:]
-    gone = set()
-    for node in model.graph.node:
-        if id(node) in replaced:
-            result.graph.node.append(replaced[id(node)])
-        if id(node) in removed:
-            gone.update(node.output)
-        elif id(node) not in replaced:
-            result.graph.node.append(node)
-    used = ({i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
-            | names_read_by_subgraphs(result.graph))
-    gone -= {o for n in result.graph.node for o in n.output}
-    prune_after_rewrite(result, used, gone, DOMAIN)
-    return result
+    return splice_nodes(model, replaced, removed, DOMAIN)
 
 
 def _position(model, node):

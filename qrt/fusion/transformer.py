@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
+from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, splice_nodes
 
 _MS = "com.microsoft"
 
@@ -69,24 +69,6 @@ class _Graph:
     def scalar(self, name):
         value = self.constants.get(name)
         return float(value.reshape(())) if value is not None and value.size == 1 else None
-
-
-def _rewrite(model, replaced, removed, new_domains):
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    del result.graph.node[:]
-    gone = set()
-    for node in model.graph.node:
-        if id(node) in replaced:
-            result.graph.node.append(replaced[id(node)])
-        elif id(node) in removed:
-            gone.update(node.output)
-        else:
-            result.graph.node.append(node)
-    used = ({i for n in result.graph.node for i in n.input} | {o.name for o in model.graph.output}
-            | names_read_by_subgraphs(result.graph))
-    prune_after_rewrite(result, used, gone, _MS if new_domains else None)
-    return result
 
 
 def _skip_layer_norms(g, replaced, removed):
@@ -298,11 +280,11 @@ def fuse_transformer(model: onnx.ModelProto, broadcast_masks: bool = False) -> o
     replaced, removed = {}, set()
     _decomposed_layer_norms(g, replaced, removed)
     if replaced:
-        model = _rewrite(model, replaced, removed, False)
+        model = splice_nodes(model, replaced, removed)
         g = _Graph(model)
     replaced, removed = {}, set()
     _attentions(g, replaced, removed, broadcast_masks)
     _skip_layer_norms(g, replaced, removed)
     if not replaced:
         return model
-    return _rewrite(model, replaced, removed, True)
+    return splice_nodes(model, replaced, removed, _MS)
