@@ -24,7 +24,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+# tests/ for its model builders; the checkout's root ahead of it, or under an editable install (where the
+# packages are not on sys.path) the test folder tests/calibration would shadow the calibration package.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_ROOT, os.path.join(_ROOT, "tests")]
 
 import onnxruntime as ort  # noqa: E402
 

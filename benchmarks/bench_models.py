@@ -9,7 +9,7 @@ import sys
 
 import onnx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "tests")]  # root: see bench_float
 
 from qrt.bench import benchmark  # noqa: E402
 
