@@ -2,7 +2,7 @@
 
 The cases in ``sim_cases.py`` run under the Numba CUDA simulator, which replaces numba.cuda when
 NUMBA_ENABLE_CUDASIM=1 is set before numba is imported, so they run in a subprocess and the rest
-of the suite keeps real Numba. That run records every kernel launch's signature; a second test
+of the suite keeps real Numba (``sim_concurrency.py`` too: threads sharing CUDA sessions). That run records every kernel launch's signature; a second test
 compiles each recorded kernel for a real GPU (PTX through NVVM where the CUDA toolkit's NVVM is
 installed, else Numba's typing and lowering to LLVM IR), which checks what the simulator, running
 kernels as plain Python, cannot. ``benchmarks/gpu_check.py --tiny`` must run under the simulator.
@@ -34,6 +34,14 @@ def recorded(tmp_path_factory):
 
 def test_simulator_cases_pass(recorded):
     result, _ = recorded
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_simulator_concurrency_cases_pass():
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             os.path.join("tests", "cuda", "sim_concurrency.py")], cwd=ROOT, env=_sim_env(),
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
 

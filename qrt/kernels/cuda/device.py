@@ -136,13 +136,20 @@ def plain_kernel(fn):
 
 
 _record_lock = threading.Lock()
+# The simulator refuses a launch while another host thread's kernel runs ("concurrent simulated kernel
+# not supported"); a real GPU queues launches on one stream anyway, so simulated launches take turns.
+_simulated_launch_lock = threading.Lock()
 
 
 def launch(kernel, grid, block, *args):
     path = os.environ.get("QRT_CUDA_SIGNATURES")
     if path:
         _record(path, kernel, args)
-    kernel[grid, block](*args)
+    if SIMULATED:
+        with _simulated_launch_lock:
+            kernel[grid, block](*args)
+    else:
+        kernel[grid, block](*args)
 
 
 def _describe(arg):
