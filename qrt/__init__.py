@@ -23,8 +23,8 @@ def _single_threaded_blas():
 
 _single_threaded_blas()
 
-from .errors import (InvalidArgument, InvalidModel, NodeExecutionError, QrtError, QuantizationError,
-                     RunTerminated, UnsupportedOperator)
+from .errors import (InvalidArgument, InvalidModel, MemoryLimitExceeded, NodeExecutionError, QrtError,
+                     QuantizationError, RunTerminated, UnsupportedOperator)
 from .providers import get_all_providers, get_available_providers
 from .session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg,
                       RunOptions, SessionOptions)
@@ -61,4 +61,5 @@ __all__ = [
     "quantize_dynamic", "QuantFormat", "QuantType", "CalibrationMethod", "convert_opset", "validate_export",
     "embed_preprocessing", "QrtError", "InvalidModel",
     "InvalidArgument", "UnsupportedOperator", "NodeExecutionError", "QuantizationError", "RunTerminated",
+    "MemoryLimitExceeded",
 ]

@@ -35,6 +35,10 @@ class RunTerminated(QrtError):
     """A run stopped because its RunOptions.terminate was set."""
 
 
+class MemoryLimitExceeded(QrtError):
+    """A run would pass SessionOptions.memory_limit_bytes; raised before the step that would allocate."""
+
+
 class QuantizationError(QrtError):
     """Quantization or calibration could not proceed (bad calibration data, nothing to quantize, ...)."""
 

@@ -192,11 +192,13 @@ class Plan:
         exec(compile("\n".join(lines), f"<plan {self.label}>", "exec"), namespace)
         return namespace["walk"]
 
-    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None, observe=None) -> list:
+    def run(self, feeds: dict, scope=None, profiler: Profiler | None = None, observe=None, before=None) -> list:
         """Execute the steps; ``feeds`` maps input names to arrays, ``scope`` holds outer-scope values.
 
         ``observe(name, value)``, when given, sees every tensor a step produces, before it can be
         freed (the quantizer learns tensor types this way where onnx shape inference gives up).
+        ``before(index, env)``, when given, is called before each step with the run's slots (the
+        memory limit's guard, :mod:`qrt.memory`, refuses a step there).
         """
         env = self._template.copy()
         slots = self._slots
@@ -207,8 +209,8 @@ class Plan:
         if scope is not None:
             for name, index in self._outer_slots:
                 env[index] = scope[name]
-        if profiler is not None or observe is not None:
-            self._interpret(env, profiler, observe)
+        if profiler is not None or observe is not None or before is not None:
+            self._interpret(env, profiler, observe, before)
         else:
             failed = self._walk(env)
             if failed is not None:
@@ -217,11 +219,17 @@ class Plan:
                 raise self._node_error(step, [env[i] for i in ins], exc, env) from None
         return [env[i] for i in self._output_slots]
 
-    def _interpret(self, env, profiler, observe):
+    def _interpret(self, env, profiler, observe, before=None):
         """The walk :meth:`_generate` unrolls, a step at a time, for the runs that watch it: one
-        profiler event per step, and ``observe`` called on every tensor produced."""
+        profiler event per step, ``observe`` called on every tensor produced, ``before`` before each step."""
         clock = time.perf_counter
-        for run, ins, outs, release, scoped, step in self._program:
+        for index, (run, ins, outs, release, scoped, step) in enumerate(self._program):
+            if before is not None:
+                try:
+                    before(index, env)
+                except QrtError:
+                    env.clear()
+                    raise
             args = [env[i] for i in ins]
             start = clock()
             try:

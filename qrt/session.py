@@ -22,6 +22,7 @@ from .errors import InvalidArgument, InvalidModel, RunTerminated
 from .kernels.cpu.threads import num_threads, require_threadsafe_layer
 from .model import (check_model, load_model, model_label, numpy_dtype, opset_imports, override_free_dimensions,
                     shape_of, type_string)
+from .memory import MemoryLimit, memory_limit
 from .plan import Profiler, build_plan
 from .providers import resolve_providers
 from .values import TensorSequence, container_feed, describe, to_user
@@ -64,6 +65,11 @@ class SessionOptions(_Options):
     Messages go to the ``qrt.session`` logger when at least as severe as ``log_severity_level``
     (0 verbose .. 4 fatal); at 0, each run is logged, and with ``log_verbosity_level`` >= 1 every
     tensor it produces too.
+
+    ``memory_limit_bytes`` (qrt's own; also settable as the session config entry
+    ``qrt.memory_limit_bytes``) caps the bytes of the tensors one run creates: a run that would pass
+    it raises :class:`qrt.errors.MemoryLimitExceeded` before the allocation (what is counted and
+    what is guaranteed: :mod:`qrt.memory`). 0 or None, the default, sets no limit.
     """
 
     def __init__(self):
@@ -81,12 +87,31 @@ class SessionOptions(_Options):
         self.logid = ""
         # qrt's own: run DequantizeLinear -> op -> QuantizeLinear groups on integer kernels.
         self.enable_qdq_integer_execution = True
+        self.memory_limit_bytes = None
         self._free_dims_by_name = {}
         self._free_dims_by_denotation = {}
 
     _known = frozenset(("graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads",
                         "execution_mode", "enable_profiling", "profile_file_prefix", "optimized_model_filepath",
-                        "log_severity_level", "log_verbosity_level", "logid", "enable_qdq_integer_execution"))
+                        "log_severity_level", "log_verbosity_level", "logid", "enable_qdq_integer_execution",
+                        "memory_limit_bytes"))
+    # Session config entries (onnxruntime's string key/value settings) qrt honours, as the option each sets.
+    _config_entries = {"qrt.memory_limit_bytes": "memory_limit_bytes"}
+
+    def add_session_config_entry(self, key: str, value: str):
+        """onnxruntime's string-keyed settings; qrt honours ``qrt.memory_limit_bytes`` and refuses the rest."""
+        option = self._config_entries.get(key)
+        if option is None:
+            raise InvalidArgument(f"session config entry {key!r}: qrt honours only "
+                                  f"{', '.join(sorted(self._config_entries))}")
+        setattr(self, option, memory_limit(value, f"session config entry {key!r}") or None)
+
+    def get_session_config_entry(self, key: str) -> str:
+        option = self._config_entries.get(key)
+        if option is None:
+            raise InvalidArgument(f"session config entry {key!r} is not set")
+        value = getattr(self, option)
+        return "0" if value is None else str(value)
 
     def add_free_dimension_override_by_name(self, dim_name: str, dim_value: int):
         """Fix the inputs' symbolic dimension ``dim_name`` to ``dim_value``: get_inputs() reports the
@@ -164,6 +189,7 @@ def _check_options(options, providers, provider_options, kwargs):
         raise InvalidArgument(f"SessionOptions.execution_mode={options.execution_mode!r}: qrt runs a graph's "
                               f"nodes one at a time; only ExecutionMode.ORT_SEQUENTIAL can be honoured")
     _check_log_levels("SessionOptions", options)
+    memory_limit(options.memory_limit_bytes)
     entries = [(e[0], e[1]) for e in providers or () if isinstance(e, (tuple, list)) and len(e) > 1]
     if provider_options is not None:
         if providers is None or len(provider_options) != len(providers):
@@ -305,6 +331,9 @@ class InferenceSession:
 
         self._plan = build_plan(model.graph, opset_imports(model), self._providers, label=self._label)
         self._constant_roots = _constant_roots(self._plan)
+        limit = memory_limit(self._options.memory_limit_bytes)
+        self._memory = (None if limit is None else
+                        MemoryLimit(self._plan, model.graph, opset_imports(model), limit, self._label))
         self._input_specs = {a.name: a for a in self._inputs}
         self._expected_dtypes = {i.name: numpy_dtype(i.type.tensor_type.elem_type)
                                  for i in model.graph.input if i.type.WhichOneof("value") == "tensor_type"}
@@ -383,10 +412,11 @@ class InferenceSession:
         return self._unaliased([to_user(v) for v in values], feeds)
 
     def _run_plan(self, feeds, run_options):
+        guard = None if self._memory is None else self._memory.check(feeds)
         if run_options is None:
             options = self._options
             verbose = options.log_severity_level == 0
-            if not verbose:
+            if not verbose and guard is None:
                 return self._plan.run(feeds, profiler=self._profiler)
         else:
             if not isinstance(run_options, RunOptions):
@@ -408,7 +438,7 @@ class InferenceSession:
         if run_options is not None and run_options.terminate:
             raise RunTerminated(f"{self._label}: run not started: RunOptions.terminate is set")
         start = time.perf_counter()
-        values = self._plan.run(feeds, profiler=self._profiler, observe=watch)
+        values = self._plan.run(feeds, profiler=self._profiler, observe=watch, before=guard)
         if verbose:
             self._log(options, logging.DEBUG, "ran on feeds %s in %.3f ms",
                       {n: describe(v) for n, v in feeds.items()}, 1e3 * (time.perf_counter() - start))
