@@ -3,13 +3,14 @@
 What is counted: the tensors a run creates — every step's outputs, device copies and the graph's
 outputs — from the step that produces each one to the step that reads it last (the plan frees it
 there). Not counted: the feeds and the weights (they exist before the run), kernels' scratch space
-(im2col columns, packed operands, about one more output's worth at most) and the tensors inside
-If/Loop/Scan bodies (their outputs are counted). A view a kernel returns (Reshape, Flatten) is
-counted as if copied, so the bound errs high, never low.
+(im2col columns, packed operands, per-thread accumulators) and the tensors inside If/Loop/Scan
+bodies (their outputs are counted). A view a kernel returns (Reshape, Flatten) is counted as if
+copied, so on that account the bound errs high. On the real models of the tests, whose shapes all
+resolve, the walk's peak equals to the byte the largest sum of live tensors' ``nbytes`` the run holds.
 
 How: when a run starts, :meth:`MemoryLimit.check` walks the plan with the feeds' shapes, inferring
 each step's output shapes with onnx's own shape inference (and the handful of com.microsoft/qrt
-fused ops mapped to their ONNX equivalents), carrying the values of small integer tensors (shapes,
+fused ops mapped to their ONNX equivalents), carrying the values of small tensors (shapes, scales,
 axes) so that Shape -> Gather -> Concat -> Reshape chains resolve. It adds the bytes each step
 creates to those still alive, and the peak over the plan's order is what the run needs. A peak
 over the limit raises :class:`qrt.errors.MemoryLimitExceeded` naming the model, the step where the
@@ -31,6 +32,7 @@ Without a limit none of this runs: the session checks one attribute per run.
 from __future__ import annotations
 
 import operator
+import threading
 
 import numpy as np
 import onnx
@@ -38,7 +40,7 @@ from onnx import helper, numpy_helper
 
 from .errors import InvalidArgument, MemoryLimitExceeded
 
-# Integer tensors up to this size have their values carried through the walk (shapes, axes, repeats).
+# Tensors up to this size have their values carried through the walk (shapes, axes, repeats, scales).
 _SMALL = 1024
 _COPIES = ("MemcpyToDevice", "MemcpyToHost")
 # Fused ops whose output shapes are those of an ONNX op on some of their inputs, attributes less some.
@@ -47,8 +49,9 @@ _EQUIVALENTS = {
     ("com.microsoft", "FusedGemm"): ("Gemm", 3, ("activation", "activation_alpha", "activation_beta",
                                                  "activation_gamma")),
 }
-# Quantized element-wise ops: the output has the broadcast shape of these inputs and input 0's dtype.
-_BROADCASTING = {("com.microsoft", "QLinearAdd"): (0, 3), ("com.microsoft", "QLinearMul"): (0, 3),
+# Element-wise ops: the output has the broadcast shape of these inputs (None: all) and input 0's dtype.
+_BROADCASTING = {("qrt", "FusedElementwise"): None,
+                 ("com.microsoft", "QLinearAdd"): (0, 3), ("com.microsoft", "QLinearMul"): (0, 3),
                  ("com.microsoft", "QLinearSigmoid"): (0,), ("com.microsoft", "QLinearLeakyRelu"): (0,),
                  ("com.microsoft", "QLinearSoftmax"): (0,), ("qrt", "QLinearTable"): (0,)}
 
@@ -86,6 +89,7 @@ class MemoryLimit:
         self._intermediates = {n for s in plan.steps for n in s.outputs if n}
         self._constants = plan.constants
         self._verdicts = {}
+        self._verdicts_lock = threading.Lock()
 
     # --- the walk at run start ------------------------------------------------------------------
     def check(self, feeds: dict):
@@ -95,9 +99,10 @@ class MemoryLimit:
         verdict = self._verdicts.get(signature)
         if verdict is None:
             verdict = self._walk(feeds)
-            if len(self._verdicts) >= 64:
-                self._verdicts.pop(next(iter(self._verdicts)))
-            self._verdicts[signature] = verdict
+            with self._verdicts_lock:
+                if len(self._verdicts) >= 64:
+                    self._verdicts.pop(next(iter(self._verdicts)))
+                self._verdicts[signature] = verdict
         peak, peak_step, first_unknown = verdict
         if peak > self.limit:
             raise self._exceeded(peak_step, peak, feeds, "")
@@ -113,7 +118,7 @@ class MemoryLimit:
         for name, value in self._constants.items():
             if isinstance(value, np.ndarray):
                 shapes[name] = (value.shape, value.dtype)
-                if _small_integers(value):
+                if _small(value):
                     values[name] = value
         sizes, live, peak, peak_step, first_unknown = {}, 0, 0, 0, None
         for index, step in enumerate(self._steps):
@@ -137,14 +142,13 @@ class MemoryLimit:
         return peak, peak_step, first_unknown
 
     def _carry_values(self, index, shapes, values):
-        """Compute the step's outputs when they are small integer tensors made from known values."""
+        """Compute the step's outputs when they are small tensors made from known values."""
         step = self._steps[index]
         kernel = step.kernel
         if not kernel.deterministic or kernel.uses_outer_scope or step.op_type in _COPIES:
             return
         for name in step.outputs:
-            if name and not (name in shapes and np.issubdtype(shapes[name][1], np.integer)
-                             and _count(shapes[name][0]) <= _SMALL):
+            if name and not (name in shapes and _count(shapes[name][0]) <= _SMALL):
                 return
         args = []
         for name in step.inputs:
@@ -164,8 +168,8 @@ class MemoryLimit:
         if not isinstance(results, (tuple, list)):
             results = (results,)
         for name, value in zip(step.outputs, results):
-            if name and isinstance(value, np.ndarray):
-                values[name] = value
+            if name and isinstance(value, (np.ndarray, np.generic)):
+                values[name] = np.asarray(value)     # kernels may return a 0-d result as a numpy scalar
 
     # --- output shapes --------------------------------------------------------------------------
     def _infer(self, index, shapes, values):
@@ -179,7 +183,8 @@ class MemoryLimit:
         key = (step.domain, step.op_type)
         if key in _BROADCASTING:
             try:
-                shape = np.broadcast_shapes(*(shapes[step.inputs[i]][0] for i in _BROADCASTING[key]))
+                which = _BROADCASTING[key] or [i for i, n in enumerate(step.inputs) if n]
+                shape = np.broadcast_shapes(*(shapes[step.inputs[i]][0] for i in which))
             except ValueError:
                 return unknown
             return [(shape, shapes[step.inputs[0]][1])]
@@ -257,9 +262,11 @@ class _Guard:
         shapes, values = {}, {}
         for name in step.inputs:
             value = env[slots[name]] if name else None
+            if isinstance(value, np.generic):
+                value = np.asarray(value)
             if isinstance(value, np.ndarray) or hasattr(value, "copy_to_host"):
                 shapes[name] = (tuple(value.shape), np.dtype(value.dtype))
-                if isinstance(value, np.ndarray) and _small_integers(value):
+                if isinstance(value, np.ndarray) and _small(value):
                     values[name] = value
         created = sum(_bytes(*known) for known in limit._infer(index, shapes, values) if known is not None)
         if self._live + created > limit.limit:
@@ -311,5 +318,5 @@ def _bytes(shape, dtype):
     return _count(shape) * np.dtype(dtype).itemsize
 
 
-def _small_integers(value):
-    return value.dtype.kind in "iu" and value.size <= _SMALL
+def _small(value):
+    return value.dtype.kind in "biuf" and value.size <= _SMALL

@@ -115,8 +115,10 @@ def test_a_size_known_only_from_a_feeds_values_is_checked_before_that_node():
     np.testing.assert_allclose(session.run(None, fits)[0], _reference(model, fits), rtol=1e-5, atol=1e-5)
     _nodes_run(session)
     tracemalloc.start()
-    with pytest.raises(MemoryLimitExceeded, match=rf"'expand' \(Expand\).*{9 * ROW * N:,} bytes.*known from the values"):
-        session.run(None, {"x": _x(), "shape": np.array([8, 1, 1], np.int64)})   # m + 8 copies: 9 ROW N
+    too_many = {"x": _x(), "shape": np.array([8, 1, 1], np.int64)}     # m + 8 copies: 9 ROW N bytes
+    refusal = rf"'expand' \(Expand\).*{9 * ROW * N:,} bytes.*known from the values"
+    with pytest.raises(MemoryLimitExceeded, match=refusal):
+        session.run(None, too_many)
     allocated = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert _nodes_run(session) == ["tile", "matmul"]
@@ -167,3 +169,43 @@ def test_no_limit_costs_nothing_per_run():
         options = qrt.SessionOptions()
         options.memory_limit_bytes = value
         assert qrt.InferenceSession(_model(), options)._memory is None
+
+
+def _measured_peak(session, feeds):
+    """The largest sum of ``nbytes`` of the tensors a run holds at once, measured by watching it."""
+    steps, sizes, live, peak = session.plan.steps, {}, [0], [0]
+
+    def before(index, env):
+        for name in steps[index - 1].release if index else ():
+            live[0] -= sizes.pop(name, 0)
+
+    def observe(name, value):
+        sizes[name] = int(getattr(value, "nbytes", 0))
+        live[0] += sizes[name]
+        peak[0] = max(peak[0], live[0])
+
+    session.plan.run(feeds, observe=observe, before=before)
+    return peak[0]
+
+
+@pytest.mark.parametrize("level", [qrt.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   qrt.GraphOptimizationLevel.ORT_ENABLE_ALL])
+def test_the_shipped_cnn_needs_what_its_run_measures(level):
+    """digits_cnn as planned (FusedConv and fused element-wise ops at ORT_ENABLE_ALL): the run-start
+    verdict is the measured peak to the byte, so a limit one byte lower refuses and the peak passes."""
+    import os
+    path = os.path.join(os.path.dirname(qrt.__file__), "data", "digits_cnn.onnx")
+    options = qrt.SessionOptions()
+    options.graph_optimization_level = level
+    session = qrt.InferenceSession(path, options)
+    spec = session.get_inputs()[0]
+    feeds = {spec.name: np.random.default_rng(2).random([d if isinstance(d, int) else 5 for d in spec.shape],
+                                                        dtype=np.float32)}
+    peak = _measured_peak(session, feeds)
+    options.memory_limit_bytes = peak
+    limited = qrt.InferenceSession(path, options)
+    assert limited._memory.check(feeds) is None          # every shape known at run start
+    np.testing.assert_array_equal(limited.run(None, feeds)[0], session.run(None, feeds)[0])
+    options.memory_limit_bytes = peak - 1
+    with pytest.raises(MemoryLimitExceeded, match=f"{peak:,} bytes"):
+        qrt.InferenceSession(path, options).run(None, feeds)
