@@ -104,7 +104,7 @@ class SessionOptions(_Options):
         if option is None:
             raise InvalidArgument(f"session config entry {key!r}: qrt honours only "
                                   f"{', '.join(sorted(self._config_entries))}")
-        setattr(self, option, memory_limit(value, f"session config entry {key!r}") or None)
+        setattr(self, option, memory_limit(value, f"session config entry {key!r}"))
 
     def get_session_config_entry(self, key: str) -> str:
         option = self._config_entries.get(key)
