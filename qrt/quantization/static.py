@@ -29,7 +29,7 @@ from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
 from .smoothquant import smooth_for_quantization
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
-from .types import FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
+from .types import EIGHT_BIT_TYPES, FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
 
 _PASSTHROUGH_MODES = {"Resize": ("nearest", "linear")}
 
@@ -304,6 +304,11 @@ def cancellation_candidates(g: GraphIndex, cfg: QuantSettings, decisions) -> lis
     return candidates
 
 
+def _activation_type(cfg: QuantSettings, name: str) -> QuantType:
+    override = cfg.overrides.get(name)
+    return override.quant_type if override and override.quant_type else cfg.activation_type
+
+
 def _span(rmin: float, rmax: float) -> float:
     """Width of the range an int8 scale covers: MinMax ranges always include zero."""
     return max(rmax, 0.0) - min(rmin, 0.0)
@@ -318,13 +323,15 @@ def cancelling_nodes(cfg: QuantSettings, candidates, ranges) -> dict[str, str]:
     root. Calibration measures it: where the difference's range is CANCELLATION_RATIO times narrower
     than an input's, the producers of both inputs keep float outputs (and the addition itself, if it
     is quantized). Magika: 12.7 -> 21.7 dB, four scalar-per-row Muls float (keeping the mean's own
-    producer float as well, whose error mean(x) ** 2 doubles, gives 19.7 dB). Nodes listed in
-    ``nodes_to_quantize`` are quantized as asked."""
+    producer float as well, whose error mean(x) ** 2 doubles, gives 19.7 dB). Only 8-bit
+    activations are guarded; nodes listed in ``nodes_to_quantize`` are quantized as asked."""
     keep = {}
     for node, producers in candidates:
         out = node.output[0]
         if out not in ranges or any(p.node.output[0] not in ranges for p in producers):
             continue
+        if any(_activation_type(cfg, p.node.output[0]) not in EIGHT_BIT_TYPES for p in producers):
+            continue    # 16-bit inputs leave the difference 256 times more levels
         widest = max(_span(*ranges[p.node.output[0]]) for p in producers)
         narrowed = _span(*ranges[out])
         if widest <= 0.0 or widest < CANCELLATION_RATIO * narrowed:

@@ -133,3 +133,11 @@ def test_the_probed_difference_stays_out_of_the_calibration_cache(tmp_path):
     again = quantize_static(model, None, ListReader(_feeds(8, 0)), quant_format=QuantFormat.QDQ,
                             calibration_cache_path=str(caches[True]))
     assert _float_nodes(again) == _float_nodes(guarded) != _float_nodes(first)
+
+
+def test_sixteen_bit_activations_are_not_guarded():
+    """16-bit activations leave the difference 256 times more levels: everything is quantized as asked."""
+    from qrt.quantization import QuantType
+    summary = quantize_static(decomposed_layernorm(), None, ListReader(_feeds(8, 0)), quant_format=QuantFormat.QDQ,
+                              activation_type=QuantType.QUInt16)
+    assert not any("cancels" in detail for detail in _float_nodes(summary).values())
