@@ -2,7 +2,8 @@
 
 Steps: pre-process (:mod:`.preprocess`) -> choose what to quantize (:func:`plan_nodes`) ->
 calibrate the activations those nodes read and write (qrt's own runtime, via the ``calibration``
-package) -> choose parameters, folding Relu/Clip into the producer's range where exact -> rewrite
+package) -> keep float the inputs of an addition that cancels them (:func:`cancelling_nodes`) ->
+choose parameters, folding Relu/Clip into the producer's range where exact -> rewrite
 (:mod:`.rewrite`) -> check and write atomically.
 """
 from __future__ import annotations
