@@ -179,13 +179,21 @@ def _save_cache(path, ranges, method):
         raise QuantizationError(f"cannot write calibration cache {path}: {exc}") from None
 
 
-def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cache_path, progress):
-    """{tensor: (rmin, rmax)} for every name in ``wanted``: overrides, then the cache, then calibration."""
-    ranges = {name: cfg.tensor_ranges[name] for name in wanted if name in cfg.tensor_ranges}
+def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cache_path, progress, probes=()):
+    """{tensor: (rmin, rmax)} for every name in ``wanted``: overrides, then the cache, then calibration.
+
+    ``probes``: more tensors whose ranges the quantizer would like to know (it quantizes none of them).
+    With a reader they are calibrated (in the same pass as ``wanted``), from ``tensor_ranges`` where
+    given there, and never written to the calibration cache, which stays the table of quantized
+    tensors onnxruntime writes; without a reader they are left out."""
+    wanted_set = set(wanted)
+    ranges = {name: cfg.tensor_ranges[name] for name in [*wanted, *probes] if name in cfg.tensor_ranges}
     cache_path = os.fspath(cache_path) if cache_path is not None else None
     cached = _load_cache(cache_path, CalibrationMethod.parse(method))
     ranges.update({name: cached[name] for name in wanted if name in cached and name not in ranges})
     missing = [name for name in wanted if name not in ranges]
+    if reader is not None:
+        missing += [name for name in dict.fromkeys(probes) if name not in ranges and name not in wanted_set]
     if missing:
         if reader is None:
             raise QuantizationError(f"{label}: no calibration data reader, and no range given for "
@@ -208,15 +216,19 @@ def calibration_ranges(model, label, reader, wanted, cfg, method, providers, cac
                                     f"failed: {exc}") from exc
         except Exception as exc:
             raise QuantizationError(f"{label}: calibration failed: {type(exc).__name__}: {exc}") from exc
-        absent = [name for name in missing if name not in collected]
+        absent = [name for name in missing if name not in collected and name in wanted_set]
+        missing = [name for name in missing if name in collected]
         if absent:
             raise QuantizationError(f"{label}: calibration produced no range for {absent[:8]}")
         for name in missing:
             rmin, rmax = (float(v) for v in collected[name])
+            if not (np.isfinite(rmin) and np.isfinite(rmax)) and name not in wanted_set:
+                continue
             if not (np.isfinite(rmin) and np.isfinite(rmax)):
                 raise QuantizationError(f"{label}: calibrated range of tensor {name!r} is ({rmin}, {rmax}); "
                                         "the float model produces NaN/Inf on the calibration data")
             ranges[name] = (rmin, rmax)
-        if cache_path is not None:
-            _save_cache(cache_path, {**cached, **{n: ranges[n] for n in missing}}, CalibrationMethod.parse(method))
+        calibrated = {n: ranges[n] for n in missing if n in wanted_set}
+        if cache_path is not None and calibrated:
+            _save_cache(cache_path, {**cached, **calibrated}, CalibrationMethod.parse(method))
     return ranges

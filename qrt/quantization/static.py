@@ -2,7 +2,8 @@
 
 Steps: pre-process (:mod:`.preprocess`) -> choose what to quantize (:func:`plan_nodes`) ->
 calibrate the activations those nodes read and write (qrt's own runtime, via the ``calibration``
-package) -> choose parameters, folding Relu/Clip into the producer's range where exact -> rewrite
+package) -> keep float the inputs of an addition that cancels them (:func:`cancelling_nodes`) ->
+choose parameters, folding Relu/Clip into the producer's range where exact -> rewrite
 (:mod:`.rewrite`) -> check and write atomically.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .rewrite import Decision, QDQRewriter, QOperatorRewriter
 from .rules import DEFAULT_STATIC_OP_TYPES, RULES, activation_bounds, weight_axis
 from .smoothquant import smooth_for_quantization
 from .summary import NodeReport, QuantizationSummary, is_shape_computation
-from .types import FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
+from .types import EIGHT_BIT_TYPES, FOUR_BIT_TYPES, SIXTEEN_BIT_TYPES, WIDE_TYPES_OPSET, QuantFormat, QuantType
 
 _PASSTHROUGH_MODES = {"Resize": ("nearest", "linear")}
 
@@ -211,11 +212,13 @@ def batchnorm_folded_outputs(model: onnx.ModelProto) -> frozenset:
                      and conv.op_type in ("Conv", "ConvTranspose") and readers[node.input[0]] == 1)
 
 
-def plan_nodes(g: GraphIndex, cfg: QuantSettings, folded: frozenset = frozenset()) -> list[Decision]:
+def plan_nodes(g: GraphIndex, cfg: QuantSettings, folded: frozenset = frozenset(),
+               keep_float: dict | None = None) -> list[Decision]:
     """One decision per node, in topological order, before any range is known.
 
     ``folded``: output names of Convs that carry a folded BatchNormalization
     (:func:`batchnorm_folded_outputs`); their weights get per-channel scales (see :func:`_check_compute`).
+    ``keep_float``: {first output name: reason} of nodes that stay float (:func:`cancelling_nodes`).
     """
     available = set(g.graph_inputs) | set(g.initializers)
     decisions = [Decision(node, RULES.get(node.op_type)) for node in toposort(list(g.graph.node), available)]
@@ -223,7 +226,7 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings, folded: frozenset = frozenset(
     for d in decisions:
         for out in d.node.output:
             by_output[out] = d
-        reason = _filter_reason(d.node, cfg)
+        reason = _filter_reason(d.node, cfg) or (keep_float or {}).get(d.node.output[0], "")
         if reason:
             d.reason = reason
             continue
@@ -275,6 +278,74 @@ def plan_nodes(g: GraphIndex, cfg: QuantSettings, folded: frozenset = frozenset(
         producer.fusion = d
         d.reason = ""
     return decisions
+
+
+# An Add/Sub whose result is this many times smaller than its inputs loses as many int8 levels
+# to quantizing them: at 8x the difference keeps 32 of the 256 levels its inputs had (5 bits).
+CANCELLATION_RATIO = 8.0
+
+
+def cancellation_candidates(g: GraphIndex, cfg: QuantSettings, decisions) -> list:
+    """[(Add/Sub node, its two inputs' producers)]: the additions whose both inputs are written by
+    quantized nodes, whose output range decides (:func:`cancelling_nodes`) whether they cancel."""
+    written = {}
+    for d in decisions:
+        if d.status == "compute" and d.node.op_type not in cfg.outputs_not_quantized:
+            written[d.node.output[0]] = d
+            if d.fusion is not None:
+                written[d.fusion.node.output[0]] = d
+
+    candidates = []
+    for node in g.graph.node:
+        if node.op_type not in ("Add", "Sub") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        producers = [written.get(name) for name in node.input]
+        if None not in producers and producers[0] is not producers[1]:
+            candidates.append((node, producers))
+    return candidates
+
+
+def _activation_type(cfg: QuantSettings, name: str) -> QuantType:
+    override = cfg.overrides.get(name)
+    return override.quant_type if override and override.quant_type else cfg.activation_type
+
+
+def _span(rmin: float, rmax: float) -> float:
+    """Width of the range an int8 scale covers: MinMax ranges always include zero."""
+    return max(rmax, 0.0) - min(rmin, 0.0)
+
+
+def cancelling_nodes(cfg: QuantSettings, candidates, ranges) -> dict[str, str]:
+    """{first output name: reason} of the nodes to keep float because an addition cancels their outputs.
+
+    A decomposed LayerNorm computes the variance as E[x^2] - E[x]^2 (magika's, exported from JAX):
+    two values of about 0.5 whose difference is about 0.03. Quantized to int8 each is off by up to
+    half of 0.5/255, which is 3% of that difference, and the normalisation divides by its square
+    root. Calibration measures it: where the difference's range is CANCELLATION_RATIO times narrower
+    than an input's, the producers of both inputs keep float outputs (and the addition itself, if it
+    is quantized). Magika: 12.7 -> 21.7 dB, four scalar-per-row Muls float (keeping the mean's own
+    producer float as well, whose error mean(x) ** 2 doubles, gives 19.7 dB). Only 8-bit
+    activations are guarded; nodes listed in ``nodes_to_quantize`` are quantized as asked."""
+    keep = {}
+    for node, producers in candidates:
+        out = node.output[0]
+        if out not in ranges or any(p.node.output[0] not in ranges for p in producers):
+            continue
+        if any(_activation_type(cfg, p.node.output[0]) not in EIGHT_BIT_TYPES for p in producers):
+            continue    # 16-bit inputs leave the difference 256 times more levels
+        widest = max(_span(*ranges[p.node.output[0]]) for p in producers)
+        narrowed = _span(*ranges[out])
+        if widest <= 0.0 or widest < CANCELLATION_RATIO * narrowed:
+            continue
+        reason = (f"its output cancels in {node.op_type} {describe(node)}: range {narrowed:.3g} wide against "
+                  f"{widest:.3g} for its inputs, so int8 inputs would leave the difference "
+                  f"{255 * narrowed / widest:.0f} of 256 levels")
+        for d in producers:
+            if cfg.nodes_to_quantize is None or d.node.name not in cfg.nodes_to_quantize:
+                keep.setdefault(d.node.output[0], reason)
+        if node.op_type in RULES and (cfg.nodes_to_quantize is None or node.name not in cfg.nodes_to_quantize):
+            keep.setdefault(out, reason)
+    return keep
 
 
 def _as_qdq_op(d: Decision, cfg: QuantSettings):
@@ -522,8 +593,16 @@ def quantize_static(model_input, model_output, calibration_data_reader=None,
                          _reports(g, decisions), notes, use_external_data_format)
 
     wanted = tensors_to_calibrate(g, cfg, decisions)
+    candidates = cancellation_candidates(g, cfg, decisions)
     ranges = calibration_ranges(model, label, calibration_data_reader, wanted, cfg, calibrate_method,
-                                calibration_providers, calibration_cache_path, progress)
+                                calibration_providers, calibration_cache_path, progress,
+                                probes=[node.output[0] for node, _ in candidates])
+    keep_float = cancelling_nodes(cfg, candidates, ranges)
+    if keep_float:
+        # Keeping nodes float only drops tensors from those that need a range: every range is known.
+        decisions = plan_nodes(g, cfg, folded, keep_float)
+        notes.append(f"kept float, as an addition cancels their outputs: {len(keep_float)} node(s)")
+    ranges = {name: ranges[name] for name in wanted if name in ranges}
     params = assign_params(g, cfg, decisions, ranges)
     if cfg.bias_correction:
         model, corrected = correct_biases(model, cfg, decisions, params, calibration_data_reader, label)
