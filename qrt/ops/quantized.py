@@ -14,6 +14,7 @@ each constant once, so the same array object arrives each time and is recognised
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import ml_dtypes
@@ -28,12 +29,11 @@ from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu import quantize as kquant
-from ..kernels.cpu.threads import num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads, threads_for
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op, ShapeCache
 from .conv import _scratch_buffer
-from ..kernels.cpu.threads import num_threads
 
 _U8, _I8 = np.dtype(np.uint8), np.dtype(np.int8)
 # Types Quantize/DequantizeLinear's flat per-tensor kernels handle (exact in float32).
@@ -469,6 +469,7 @@ class QuantizedMatMul:
 
     def __init__(self):
         self._packs = _ConstantCache()
+        self._scalar_za_rows = ShapeCache()
 
     def prepare_b(self, b, zb):
         if b is None or b.ndim < 1 or b.dtype not in EIGHT_BIT:
@@ -518,12 +519,13 @@ class QuantizedMatMul:
         flip = flip_of(a.dtype)
         if b2.ndim == 2:
             batch = a2.shape[:-2]
-            rows = int(np.prod(batch, dtype=np.int64)) * M
-            za_rows = _row_zero_points(za, a2.shape[:-1], a.dtype, error).reshape(-1)
+            rows = math.prod(batch) * M
+            za_rows = self._shifted_row_zero_points(za, a2.shape[:-1], a.dtype, flip, error)
             out = np.empty((rows, N), out_dtype)
             epi = epilogue_for(rows, N, None)
-            kgemm.matmul(np.ascontiguousarray(a2).reshape(rows, K).view(np.uint8), flip,
-                         za_rows + (128 if flip else 0), packs, epi, _writable_view(out))
+            call_with_threads(threads_for(rows * K * N), kgemm.matmul,
+                              np.ascontiguousarray(a2).reshape(rows, K).view(np.uint8), flip, za_rows, packs, epi,
+                              _writable_view(out))
             result = out.reshape(batch + (M, N))
         else:
             batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
@@ -543,6 +545,19 @@ class QuantizedMatMul:
         if b_vec:
             result = result[..., 0]
         return result
+
+    def _shifted_row_zero_points(self, za, row_shape, dtype, flip, error):
+        """:func:`_row_zero_points` flattened, in the drivers' uint8 domain. A scalar zero point's
+        rows are kept per (value, rows): building them cost more than a small layer's GEMM. The
+        key is the value, not the array, so a feed changed in place between runs is read afresh."""
+        if type(za) is not np.ndarray or za.size != 1 or za.dtype != dtype:
+            return _row_zero_points(za, row_shape, dtype, error).reshape(-1) + (128 if flip else 0)
+        key = (za.item(), row_shape, flip)
+        rows = self._scalar_za_rows.get(key)
+        if rows is None:
+            rows = self._scalar_za_rows.put(key, np.full(math.prod(row_shape), key[0] + (128 if flip else 0),
+                                                         np.int32))
+        return rows
 
 
 def _writable_view(out):
@@ -833,9 +848,14 @@ class QuantizedConv:
                     _canonical3(begins, 0), _canonical3(ends, 0), _canonical3(outs, 1) + [M],
                     0 if depthwise else packs[2])
         n_panels = 0 if depthwise else (packs[1].N + packs[1].nr - 1) // packs[1].nr
-        bound = kconv.bind(x.shape, self.channels_last, flip_of(x.dtype), geometry, n_panels, depthwise)
+        # Multiply-adds per output: the packed depth of a GEMM convolution, the taps of a depthwise one.
+        depth = math.prod(kernel) if depthwise else packs[1].K
+        threads = threads_for(x.shape[0] * math.prod(outs) * M * depth)
+        # Bound for the threads it will run on, so that the work is split for them.
+        bound = call_with_threads(threads, kconv.bind, x.shape, self.channels_last, flip_of(x.dtype), geometry,
+                                  n_panels, depthwise)
         bound.out_shape = (x.shape[0],) + tuple(outs) + (M,) if self.channels_last else (x.shape[0], M) + tuple(outs)
-        return bound
+        return bound, threads
 
     def compute(self, x, xz, w, wz, epilogue_for, out_dtype, epi=None, error=InvalidArgument):
         """The convolution; ``epi`` is the prepared epilogue when there is one, else ``epilogue_for``
@@ -850,14 +870,19 @@ class QuantizedConv:
                 raise error(f"x's zero point must be a scalar, got shape {list(xz.shape)}")
         packs = self._packs.get((w, wz)) or self._pack(w, wz, error)
         key = (x.shape, x.dtype, w.shape, num_threads())
-        bound = self._bindings.get(key)
-        if bound is None:
-            bound = self._bindings.put(key, self._bind(x, w, packs, error))
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings.put(key, self._bind(x, w, packs, error))
+        bound, threads = binding
         if epi is None:
             epi = self._epilogue(epilogue_for, w.shape)
+        out = np.empty(bound.out3_shape, out_dtype)
+        call_with_threads(threads, self._convolve, bound, x, xz, w, packs, epi, out)
+        return out.reshape(bound.out_shape)
+
+    def _convolve(self, bound, x, xz, w, packs, epi, out):
         zx = shifted(scalar_int(xz), x.dtype)
         x5 = np.ascontiguousarray(x).reshape(bound.x5_shape).view(np.uint8)
-        out = np.empty(bound.out3_shape, out_dtype)
         xp = kconv.fill_buffer(bound, x5, flip_of(x.dtype), zx,
                                None if bound.direct else _scratch_buffer(bound.buffer_size, np.uint8))
         if packs[0] == "depthwise":
@@ -866,7 +891,6 @@ class QuantizedConv:
                                 self.channels_last, _writable_view(out))
         else:
             kconv.run_conv(bound, xp, zx, packs[1], packs[3], epi, self.channels_last, packs[2], _writable_view(out))
-        return out.reshape(bound.out_shape)
 
     @staticmethod
     def _depthwise_const(packs, epi, zx):
