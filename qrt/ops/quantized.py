@@ -520,12 +520,9 @@ class QuantizedMatMul:
         if b2.ndim == 2:
             batch = a2.shape[:-2]
             rows = math.prod(batch) * M
-            za_rows = self._shifted_row_zero_points(za, a2.shape[:-1], a.dtype, flip, error)
-            out = np.empty((rows, N), out_dtype)
-            epi = epilogue_for(rows, N, None)
-            call_with_threads(threads_for(rows * K * N), kgemm.matmul,
-                              np.ascontiguousarray(a2).reshape(rows, K).view(np.uint8), flip, za_rows, packs, epi,
-                              _writable_view(out))
+            za_rows = self.shifted_row_zero_points(za, a2.shape[:-1], a.dtype, flip, error)
+            out = self.rows_times_packed(np.ascontiguousarray(a2).reshape(rows, K), za_rows, flip, packs,
+                                         epilogue_for(rows, N, None), out_dtype)
             result = out.reshape(batch + (M, N))
         else:
             batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
@@ -546,7 +543,17 @@ class QuantizedMatMul:
             result = result[..., 0]
         return result
 
-    def _shifted_row_zero_points(self, za, row_shape, dtype, flip, error):
+    @staticmethod
+    def rows_times_packed(a_rows, za_rows, flip, packs, epi, out_dtype):
+        """(rows, N) of ``out_dtype``: the contiguous 8-bit ``a_rows`` (rows, K) times the packed b,
+        ``za_rows`` the rows' zero points in the drivers' uint8 domain; small products on one thread."""
+        rows, K = a_rows.shape
+        out = np.empty((rows, packs.N), out_dtype)
+        call_with_threads(threads_for(rows * K * packs.N), kgemm.matmul, a_rows.view(np.uint8), flip, za_rows, packs,
+                          epi, _writable_view(out))
+        return out
+
+    def shifted_row_zero_points(self, za, row_shape, dtype, flip, error):
         """:func:`_row_zero_points` flattened, in the drivers' uint8 domain. A scalar zero point's
         rows are kept per (value, rows): building them cost more than a small layer's GEMM. The
         key is the value, not the array, so a feed changed in place between runs is read afresh."""
@@ -869,19 +876,23 @@ class QuantizedConv:
             if xz.size != 1:
                 raise error(f"x's zero point must be a scalar, got shape {list(xz.shape)}")
         packs = self._packs.get((w, wz)) or self._pack(w, wz, error)
+        if epi is None:
+            epi = self._epilogue(epilogue_for, w.shape)
+        return self.execute(x, w, packs, epi, shifted(scalar_int(xz), x.dtype), out_dtype, error)
+
+    def execute(self, x, w, packs, epi, zx, out_dtype, error=InvalidArgument):
+        """The convolution of an 8-bit ``x`` whose parameters are checked and resolved: ``packs`` the
+        packed ``w``, ``epi`` its epilogue, ``zx`` x's zero point shifted to the uint8 domain."""
         key = (x.shape, x.dtype, w.shape, num_threads())
         binding = self._bindings.get(key)
         if binding is None:
             binding = self._bindings.put(key, self._bind(x, w, packs, error))
         bound, threads = binding
-        if epi is None:
-            epi = self._epilogue(epilogue_for, w.shape)
         out = np.empty(bound.out3_shape, out_dtype)
-        call_with_threads(threads, self._convolve, bound, x, xz, w, packs, epi, out)
+        call_with_threads(threads, self._convolve, bound, x, zx, w, packs, epi, out)
         return out.reshape(bound.out_shape)
 
-    def _convolve(self, bound, x, xz, w, packs, epi, out):
-        zx = shifted(scalar_int(xz), x.dtype)
+    def _convolve(self, bound, x, zx, w, packs, epi, out):
         x5 = np.ascontiguousarray(x).reshape(bound.x5_shape).view(np.uint8)
         xp = kconv.fill_buffer(bound, x5, flip_of(x.dtype), zx,
                                None if bound.direct else _scratch_buffer(bound.buffer_size, np.uint8))
@@ -936,6 +947,7 @@ class QLinearConv(Op):
 
     def __init__(self, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
         self.conv = QuantizedConv(ConvGeometry(auto_pad, dilations, group, kernel_shape, pads, strides))
+        self._prepared = None
 
     def _check(self, inputs, error):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp = inputs[:8]
@@ -983,6 +995,23 @@ class QLinearConv(Op):
                 params = params[:-1] + (_NO_BIAS,)
             if all(p is not None for p in params):
                 self.conv.prepare_epilogue(params, self._epilogue_for(*params[1:], M=w.shape[0]), w.shape)
+                self._prepare_run(constants)
+
+    def _prepare_run(self, constants):
+        """Everything a run takes from the parameters, when they are all constants (x's zero point
+        included): a run given these very arrays only checks x's type and convolves."""
+        parameters = tuple(constants[1:9]) + (None,) * (9 - len(constants))
+        x_zp, w, w_zp = parameters[1], parameters[2], parameters[4]
+        if x_zp is None or np.asarray(x_zp).dtype not in EIGHT_BIT or (
+                w_zp is not None and np.asarray(w_zp).dtype != w.dtype):
+            return
+        x_dtype = np.asarray(x_zp).dtype
+        packs = self.conv._packs.get((w, w_zp))
+        epi = self.conv.prepared_epilogue(self._params((None,) + parameters[:7] + (
+            _NO_BIAS if parameters[7] is None else parameters[7],)))
+        if packs is not None and epi is not None:
+            zx = shifted(scalar_int(x_zp), x_dtype)
+            self._prepared = (parameters, x_dtype, packs, epi, zx, np.asarray(parameters[6]).dtype)
 
     @staticmethod
     def _params(inputs):
@@ -1005,6 +1034,11 @@ class QLinearConv(Op):
         return epilogue_for
 
     def run(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None):
+        prepared = self._prepared
+        if prepared is not None and x.dtype == prepared[1] and all(map(operator.is_, prepared[0], (
+                x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B))):
+            parameters, _, packs, epi, zx, out_dtype = prepared
+            return self.conv.execute(x, w, packs, epi, zx, out_dtype)
         epi = self.conv.prepared_epilogue((w, x_scale, w_scale, y_scale, y_zero_point, _NO_BIAS if B is None else B))
         if epi is None:
             # Parameters that are not the session's constants: checked and turned into an epilogue now.
