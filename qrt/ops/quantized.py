@@ -612,6 +612,7 @@ class QLinearMatMul(Op):
 
     def __init__(self):
         self._mm = QuantizedMatMul()
+        self._prepared = None
 
     def _check(self, inputs, error):
         a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = inputs
@@ -637,8 +638,38 @@ class QLinearMatMul(Op):
         b, b_zp = constants[3], constants[5]
         if b is not None and b.dtype in EIGHT_BIT:
             self._mm.prepare_b(b, b_zp)
+            self._prepare_run(constants)
+
+    def _prepare_run(self, constants):
+        """The epilogue and packed b, when every parameter is a constant, b is 2-D and a's scale and
+        zero point are scalars: a run given these very arrays checks a's type and depth and multiplies
+        (checking the scales and building the epilogue on every run cost more than a small GEMM)."""
+        a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = constants[1:8]
+        if any(v is None for v in (a_scale, a_zp, b_scale, y_scale, y_zp)) or b.ndim != 2:
+            return
+        a_zp, packs = np.asarray(a_zp), self._mm._packs.get((b, b_zp))
+        if packs is None or a_zp.dtype not in EIGHT_BIT or a_zp.size != 1 or np.asarray(a_scale).size != 1:
+            return
+        out_dtype = np.asarray(y_zp).dtype
+        qmin, qmax = qbounds(out_dtype)
+        N = b.shape[1]
+        mult = requant_multiplier(np.asarray(a_scale).reshape(()), _vector_for(b_scale, N, "b_scale", InvalidModel,
+                                                                               "column of b"),
+                                  np.asarray(y_scale).reshape(()))
+        epi = kgemm.Epilogue(1, 1, N, mult=mult, zy=scalar_int(y_zp), qmin=qmin, qmax=qmax)
+        self._prepared = (tuple(constants[1:8]), a_zp.dtype, flip_of(a_zp.dtype), packs, epi, out_dtype)
 
     def run(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+        prepared = self._prepared
+        if prepared is not None and a.dtype == prepared[1] and a.ndim >= 2 and all(map(operator.is_, prepared[0], (
+                a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point))):
+            _, a_dtype, flip, packs, epi, out_dtype = prepared
+            if a.shape[-1] == packs.K:
+                rows = math.prod(a.shape[:-1])
+                za_rows = self._mm.shifted_row_zero_points(a_zero_point, (rows,), a_dtype, flip, InvalidArgument)
+                out = self._mm.rows_times_packed(np.ascontiguousarray(a).reshape(rows, packs.K), za_rows, flip, packs,
+                                                 epi, out_dtype)
+                return out.reshape(a.shape[:-1] + (packs.N,))
         inputs = (a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point)
         self._check(inputs, InvalidArgument)
         out_dtype = np.asarray(y_zero_point).dtype
