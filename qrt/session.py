@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .errors import InvalidArgument, InvalidModel, RunTerminated
-from .kernels.cpu.threads import num_threads, require_threadsafe_layer
+from .kernels.cpu.threads import num_threads, require_threadsafe_layer, set_num_threads
 from .model import (check_model, load_model, model_label, numpy_dtype, opset_imports, override_free_dimensions,
                     shape_of, type_string)
 from .memory import MemoryLimit, memory_limit
@@ -388,8 +388,8 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None):
         """Run the model: ``output_names`` None for all outputs; ``input_feed`` maps names to arrays."""
         feeds = self._check_feeds(input_feed)
-        all_names = [o.name for o in self._outputs]
         if output_names:
+            all_names = [o.name for o in self._outputs]
             unknown = [n for n in output_names if n not in all_names]
             if unknown:
                 raise InvalidArgument(f"{self._label}: unknown output name(s) {unknown}; outputs are {all_names}")
@@ -399,11 +399,11 @@ class InferenceSession:
             caller_threads = num_threads()
         if threads > 0 and caller_threads != threads:
             # The count is per calling thread: set it for the run, and give the caller's back after.
-            numba.set_num_threads(threads)
+            set_num_threads(threads)
             try:
                 values = self._run_plan(feeds, run_options)
             finally:
-                numba.set_num_threads(caller_threads)
+                set_num_threads(caller_threads)
         else:
             values = self._run_plan(feeds, run_options)
         if output_names:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import pool as k
-from ..kernels.cpu.threads import num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads
 from ..registry import register
 from .base import Op, ShapeCache, is_half_float
 from .conv import MAX_SPATIAL_AXES, check_auto_pad, compute_dtype, pack_geometry, spatial_list, window_geometry
@@ -153,8 +153,14 @@ class NhwcMaxPool(_WindowPool):
         out = np.empty((n,) + lead + outs + (C,), x.dtype)
         if out.size:
             x5 = np.ascontiguousarray(x).reshape((n,) + lead + x.shape[1:-1] + (C,))
-            k.max_pool_nhwc(x5, geom, x.dtype.type(np.iinfo(x.dtype).min), out)
+            # Small pools on one thread: waking the others costs more than their share.
+            threads = num_threads() if out.size * math.prod(self.kernel_shape) >= k.PARALLEL_MIN_WORK else 1
+            call_with_threads(threads, k.max_pool_nhwc, x5, geom, _LOWEST[x.dtype], out)
         return out.reshape((n,) + outs + (C,))
+
+
+# The pool's starting value per 8-bit type (np.iinfo costs ~1 us a call).
+_LOWEST = {np.dtype(t): t(np.iinfo(t).min) for t in (np.uint8, np.int8)}
 
 
 class _SumPool(_WindowPool):

@@ -14,6 +14,7 @@ each constant once, so the same array object arrives each time and is recognised
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import ml_dtypes
@@ -28,12 +29,11 @@ from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu import quantize as kquant
-from ..kernels.cpu.threads import num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads, threads_for
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op, ShapeCache
 from .conv import _scratch_buffer
-from ..kernels.cpu.threads import num_threads
 
 _U8, _I8 = np.dtype(np.uint8), np.dtype(np.int8)
 # Types Quantize/DequantizeLinear's flat per-tensor kernels handle (exact in float32).
@@ -469,6 +469,7 @@ class QuantizedMatMul:
 
     def __init__(self):
         self._packs = _ConstantCache()
+        self._scalar_za_rows = ShapeCache()
 
     def prepare_b(self, b, zb):
         if b is None or b.ndim < 1 or b.dtype not in EIGHT_BIT:
@@ -518,12 +519,10 @@ class QuantizedMatMul:
         flip = flip_of(a.dtype)
         if b2.ndim == 2:
             batch = a2.shape[:-2]
-            rows = int(np.prod(batch, dtype=np.int64)) * M
-            za_rows = _row_zero_points(za, a2.shape[:-1], a.dtype, error).reshape(-1)
-            out = np.empty((rows, N), out_dtype)
-            epi = epilogue_for(rows, N, None)
-            kgemm.matmul(np.ascontiguousarray(a2).reshape(rows, K).view(np.uint8), flip,
-                         za_rows + (128 if flip else 0), packs, epi, _writable_view(out))
+            rows = math.prod(batch) * M
+            za_rows = self.shifted_row_zero_points(za, a2.shape[:-1], a.dtype, flip, error)
+            out = self.rows_times_packed(np.ascontiguousarray(a2).reshape(rows, K), za_rows, flip, packs,
+                                         epilogue_for(rows, N, None), out_dtype)
             result = out.reshape(batch + (M, N))
         else:
             batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
@@ -543,6 +542,29 @@ class QuantizedMatMul:
         if b_vec:
             result = result[..., 0]
         return result
+
+    @staticmethod
+    def rows_times_packed(a_rows, za_rows, flip, packs, epi, out_dtype):
+        """(rows, N) of ``out_dtype``: the contiguous 8-bit ``a_rows`` (rows, K) times the packed b,
+        ``za_rows`` the rows' zero points in the drivers' uint8 domain; small products on one thread."""
+        rows, K = a_rows.shape
+        out = np.empty((rows, packs.N), out_dtype)
+        call_with_threads(threads_for(rows * K * packs.N), kgemm.matmul, a_rows.view(np.uint8), flip, za_rows, packs,
+                          epi, _writable_view(out))
+        return out
+
+    def shifted_row_zero_points(self, za, row_shape, dtype, flip, error):
+        """:func:`_row_zero_points` flattened, in the drivers' uint8 domain. A scalar zero point's
+        rows are kept per (value, rows): building them cost more than a small layer's GEMM. The
+        key is the value, not the array, so a feed changed in place between runs is read afresh."""
+        if type(za) is not np.ndarray or za.size != 1 or za.dtype != dtype:
+            return _row_zero_points(za, row_shape, dtype, error).reshape(-1) + (128 if flip else 0)
+        key = (za.item(), row_shape, flip)
+        rows = self._scalar_za_rows.get(key)
+        if rows is None:
+            rows = self._scalar_za_rows.put(key, np.full(math.prod(row_shape), key[0] + (128 if flip else 0),
+                                                         np.int32))
+        return rows
 
 
 def _writable_view(out):
@@ -590,6 +612,7 @@ class QLinearMatMul(Op):
 
     def __init__(self):
         self._mm = QuantizedMatMul()
+        self._prepared = None
 
     def _check(self, inputs, error):
         a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = inputs
@@ -615,8 +638,38 @@ class QLinearMatMul(Op):
         b, b_zp = constants[3], constants[5]
         if b is not None and b.dtype in EIGHT_BIT:
             self._mm.prepare_b(b, b_zp)
+            self._prepare_run(constants)
+
+    def _prepare_run(self, constants):
+        """The epilogue and packed b, when every parameter is a constant, b is 2-D and a's scale and
+        zero point are scalars: a run given these very arrays checks a's type and depth and multiplies
+        (checking the scales and building the epilogue on every run cost more than a small GEMM)."""
+        a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = constants[1:8]
+        if any(v is None for v in (a_scale, a_zp, b_scale, y_scale, y_zp)) or b.ndim != 2:
+            return
+        a_zp, packs = np.asarray(a_zp), self._mm._packs.get((b, b_zp))
+        if packs is None or a_zp.dtype not in EIGHT_BIT or a_zp.size != 1 or np.asarray(a_scale).size != 1:
+            return
+        out_dtype = np.asarray(y_zp).dtype
+        qmin, qmax = qbounds(out_dtype)
+        N = b.shape[1]
+        mult = requant_multiplier(np.asarray(a_scale).reshape(()), _vector_for(b_scale, N, "b_scale", InvalidModel,
+                                                                               "column of b"),
+                                  np.asarray(y_scale).reshape(()))
+        epi = kgemm.Epilogue(1, 1, N, mult=mult, zy=scalar_int(y_zp), qmin=qmin, qmax=qmax)
+        self._prepared = (tuple(constants[1:8]), a_zp.dtype, flip_of(a_zp.dtype), packs, epi, out_dtype)
 
     def run(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+        prepared = self._prepared
+        if prepared is not None and a.dtype == prepared[1] and a.ndim >= 2 and all(map(operator.is_, prepared[0], (
+                a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point))):
+            _, a_dtype, flip, packs, epi, out_dtype = prepared
+            if a.shape[-1] == packs.K:
+                rows = math.prod(a.shape[:-1])
+                za_rows = self._mm.shifted_row_zero_points(a_zero_point, (rows,), a_dtype, flip, InvalidArgument)
+                out = self._mm.rows_times_packed(np.ascontiguousarray(a).reshape(rows, packs.K), za_rows, flip, packs,
+                                                 epi, out_dtype)
+                return out.reshape(a.shape[:-1] + (packs.N,))
         inputs = (a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point)
         self._check(inputs, InvalidArgument)
         out_dtype = np.asarray(y_zero_point).dtype
@@ -833,9 +886,14 @@ class QuantizedConv:
                     _canonical3(begins, 0), _canonical3(ends, 0), _canonical3(outs, 1) + [M],
                     0 if depthwise else packs[2])
         n_panels = 0 if depthwise else (packs[1].N + packs[1].nr - 1) // packs[1].nr
-        bound = kconv.bind(x.shape, self.channels_last, flip_of(x.dtype), geometry, n_panels, depthwise)
+        # Multiply-adds per output: the packed depth of a GEMM convolution, the taps of a depthwise one.
+        depth = math.prod(kernel) if depthwise else packs[1].K
+        threads = threads_for(x.shape[0] * math.prod(outs) * M * depth)
+        # Bound for the threads it will run on, so that the work is split for them.
+        bound = call_with_threads(threads, kconv.bind, x.shape, self.channels_last, flip_of(x.dtype), geometry,
+                                  n_panels, depthwise)
         bound.out_shape = (x.shape[0],) + tuple(outs) + (M,) if self.channels_last else (x.shape[0], M) + tuple(outs)
-        return bound
+        return bound, threads
 
     def compute(self, x, xz, w, wz, epilogue_for, out_dtype, epi=None, error=InvalidArgument):
         """The convolution; ``epi`` is the prepared epilogue when there is one, else ``epilogue_for``
@@ -849,15 +907,24 @@ class QuantizedConv:
             if xz.size != 1:
                 raise error(f"x's zero point must be a scalar, got shape {list(xz.shape)}")
         packs = self._packs.get((w, wz)) or self._pack(w, wz, error)
-        key = (x.shape, x.dtype, w.shape, num_threads())
-        bound = self._bindings.get(key)
-        if bound is None:
-            bound = self._bindings.put(key, self._bind(x, w, packs, error))
         if epi is None:
             epi = self._epilogue(epilogue_for, w.shape)
-        zx = shifted(scalar_int(xz), x.dtype)
-        x5 = np.ascontiguousarray(x).reshape(bound.x5_shape).view(np.uint8)
+        return self.execute(x, w, packs, epi, shifted(scalar_int(xz), x.dtype), out_dtype, error)
+
+    def execute(self, x, w, packs, epi, zx, out_dtype, error=InvalidArgument):
+        """The convolution of an 8-bit ``x`` whose parameters are checked and resolved: ``packs`` the
+        packed ``w``, ``epi`` its epilogue, ``zx`` x's zero point shifted to the uint8 domain."""
+        key = (x.shape, x.dtype, w.shape, num_threads())
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings.put(key, self._bind(x, w, packs, error))
+        bound, threads = binding
         out = np.empty(bound.out3_shape, out_dtype)
+        call_with_threads(threads, self._convolve, bound, x, zx, w, packs, epi, out)
+        return out.reshape(bound.out_shape)
+
+    def _convolve(self, bound, x, zx, w, packs, epi, out):
+        x5 = np.ascontiguousarray(x).reshape(bound.x5_shape).view(np.uint8)
         xp = kconv.fill_buffer(bound, x5, flip_of(x.dtype), zx,
                                None if bound.direct else _scratch_buffer(bound.buffer_size, np.uint8))
         if packs[0] == "depthwise":
@@ -866,7 +933,6 @@ class QuantizedConv:
                                 self.channels_last, _writable_view(out))
         else:
             kconv.run_conv(bound, xp, zx, packs[1], packs[3], epi, self.channels_last, packs[2], _writable_view(out))
-        return out.reshape(bound.out_shape)
 
     @staticmethod
     def _depthwise_const(packs, epi, zx):
@@ -912,6 +978,7 @@ class QLinearConv(Op):
 
     def __init__(self, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
         self.conv = QuantizedConv(ConvGeometry(auto_pad, dilations, group, kernel_shape, pads, strides))
+        self._prepared = None
 
     def _check(self, inputs, error):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp = inputs[:8]
@@ -959,6 +1026,23 @@ class QLinearConv(Op):
                 params = params[:-1] + (_NO_BIAS,)
             if all(p is not None for p in params):
                 self.conv.prepare_epilogue(params, self._epilogue_for(*params[1:], M=w.shape[0]), w.shape)
+                self._prepare_run(constants)
+
+    def _prepare_run(self, constants):
+        """Everything a run takes from the parameters, when they are all constants (x's zero point
+        included): a run given these very arrays only checks x's type and convolves."""
+        parameters = tuple(constants[1:9]) + (None,) * (9 - len(constants))
+        x_zp, w, w_zp = parameters[1], parameters[2], parameters[4]
+        if x_zp is None or np.asarray(x_zp).dtype not in EIGHT_BIT or (
+                w_zp is not None and np.asarray(w_zp).dtype != w.dtype):
+            return
+        x_dtype = np.asarray(x_zp).dtype
+        packs = self.conv._packs.get((w, w_zp))
+        epi = self.conv.prepared_epilogue(self._params((None,) + parameters[:7] + (
+            _NO_BIAS if parameters[7] is None else parameters[7],)))
+        if packs is not None and epi is not None:
+            zx = shifted(scalar_int(x_zp), x_dtype)
+            self._prepared = (parameters, x_dtype, packs, epi, zx, np.asarray(parameters[6]).dtype)
 
     @staticmethod
     def _params(inputs):
@@ -981,6 +1065,11 @@ class QLinearConv(Op):
         return epilogue_for
 
     def run(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None):
+        prepared = self._prepared
+        if prepared is not None and x.dtype == prepared[1] and all(map(operator.is_, prepared[0], (
+                x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B))):
+            parameters, _, packs, epi, zx, out_dtype = prepared
+            return self.conv.execute(x, w, packs, epi, zx, out_dtype)
         epi = self.conv.prepared_epilogue((w, x_scale, w_scale, y_scale, y_zero_point, _NO_BIAS if B is None else B))
         if epi is None:
             # Parameters that are not the session's constants: checked and turned into an epilogue now.

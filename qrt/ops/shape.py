@@ -1,14 +1,16 @@
 """Shape ops: Shape, Size, Reshape, Flatten, Squeeze, Unsqueeze, Transpose.
 
 These only reinterpret or reorder an array; numpy does the work as views where the layout allows
-and as one copy where it does not (Transpose), so every output is C-contiguous for the kernels
-downstream.
+and as one copy where it does not (Transpose, except a short axis moved to the end, which a Numba
+loop copies several times faster), so every output is C-contiguous for the kernels downstream.
 """
+import functools
 import math
 
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
+from ..kernels.cpu import movement as kmove
 from ..registry import register
 from .base import Op, ShapeCache
 
@@ -225,4 +227,39 @@ class Transpose(Op):
                 if len(self.perm) != data.ndim:
                     raise InvalidArgument(f"perm {self.perm} does not match the rank of shape {list(data.shape)}")
                 axes = normalize_axes(self.perm, data.ndim, "perm")
+        moved = _rotation(tuple(axes))
+        if moved is not None and data.dtype in _BY_ITEMSIZE and data.size >= _KERNEL_MIN_SIZE:
+            lead, split = moved
+            shape = data.shape
+            rows = math.prod(shape[lead:split])
+            if 1 < rows <= kmove.SHORT_AXIS:
+                # A short axis (an image's channels) moved to the end: numpy's copy is slow at this one.
+                n, cols = math.prod(shape[:lead]), math.prod(shape[split:])
+                out = np.empty(tuple(shape[a] for a in axes), data.dtype)
+                view = _BY_ITEMSIZE[data.dtype]
+                kmove.short_axis_to_end(contiguous(data).reshape(n, rows, cols).view(view),
+                                        out.reshape(n, cols, rows).view(view))
+                return out
         return contiguous(data.transpose(axes))
+
+
+# Fixed-size types moved as unsigned integers of their width: one compiled copy per width.
+_BY_ITEMSIZE = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
+                for t in (np.uint8, np.int8, np.bool_, np.uint16, np.int16, np.float16, np.uint32, np.int32,
+                          np.float32, np.uint64, np.int64, np.float64)}
+_KERNEL_MIN_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=256)
+def _rotation(axes):
+    """(lead, split) when ``axes`` keeps axes [0, lead) in place and moves the group [lead, split)
+    after [split, rank) (NCHW -> NHWC is (1, 2)); else None."""
+    lead = 0
+    while lead < len(axes) and axes[lead] == lead:
+        lead += 1
+    if lead == len(axes):
+        return None
+    split = axes[lead]
+    if axes[lead:] != tuple(range(split, len(axes))) + tuple(range(lead, split)):
+        return None
+    return lead, split

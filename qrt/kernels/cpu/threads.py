@@ -43,12 +43,51 @@ def num_threads() -> int:
     return _read()
 
 
+def set_num_threads(count: int):
+    """``numba.set_num_threads(count)`` without its per-call checks (1 us); ``count`` must be between
+    1 and ``numba.config.NUMBA_NUM_THREADS``."""
+    _write(count)
+
+
+# onnxruntime's MLAS gives a GEMM one thread per 64K multiply-adds (MLAS_QGEMM_THREAD_COMPLEXITY):
+# below that, waking a sleeping pool thread costs more than its share of the work saves (tens of
+# microseconds on an idle machine with OMP_WAIT_POLICY=PASSIVE, far more on a loaded one).
+WORK_PER_THREAD = 1 << 16
+
+
+def threads_for(work: int) -> int:
+    """How many of the calling thread's kernel threads ``work`` multiply-adds (or element visits) keep busy."""
+    return min(_read(), work // WORK_PER_THREAD + 1)
+
+
+def call_with_threads(count: int, function, *args):
+    """``function(*args)`` with the calling thread's kernel thread count at most ``count`` meanwhile.
+
+    The count is thread-local, so other threads running kernels at the same time keep theirs.
+    """
+    current = _read()
+    if count >= current:
+        return function(*args)
+    _write(count)
+    try:
+        return function(*args)
+    finally:
+        _write(current)
+
+
 def _first_read():
-    global _read
+    global _read, _write
     count = get_num_threads()   # launches the pool
-    # A Numba without the C hook keeps the public function.
+    # A Numba without the C hooks keeps the public functions.
     _read = getattr(parallel, "_get_num_threads", get_num_threads)
+    _write = getattr(parallel, "_set_num_threads", numba.set_num_threads)
     return count
 
 
+def _first_write(count):
+    _first_read()
+    _write(count)
+
+
 _read = _first_read
+_write = _first_write
