@@ -31,7 +31,8 @@ U8S8U8, S8S8S8, U8U8S8, S8U8U8 = ((np.uint8, np.int8, np.uint8), (np.int8, np.in
 
 @pytest.fixture
 def amx_calls(monkeypatch):
-    """Counts calls into the AMX drivers (conv and matmul)."""
+    """Counts calls into the AMX drivers (conv and matmul), which take every depth here."""
+    monkeypatch.setattr(qgemm_amx, "MIN_PADDED_DEPTH", 0)
     calls = []
     conv, matmul = qconv.qconv_amx, qgemm_amx.matmul
 
@@ -92,19 +93,39 @@ CONV_CASES = {   # id: (x shape, w shape, attributes)
 }
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
 @pytest.mark.parametrize("types", [U8S8U8, S8S8S8, U8U8S8, S8U8U8], ids=["u8s8u8", "s8s8s8", "u8u8s8", "s8u8u8"])
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_qlinearconv_amx_equals_vnni_and_reference(case, types, per_channel, threads, amx_calls, monkeypatch):
+def test_qlinearconv_amx_equals_vnni_and_reference(case, types, per_channel, amx_calls, monkeypatch):
     x_shape, w_shape, attrs = CONV_CASES[case]
     # onnx.reference broadcasts a per-channel w_scale over 4-D weights only.
     model, feeds = _conv_model(types, x_shape, w_shape, attrs, per_channel and len(w_shape) == 4)
-    got = run_qrt(model, feeds, intra_op_num_threads=threads)[0]
+    got = run_qrt(model, feeds, intra_op_num_threads=2)[0]     # two threads: chunks and panel groups split
     assert "conv" in amx_calls
-    vnni = _vnni(model, feeds, monkeypatch, intra_op_num_threads=threads)[0]
+    vnni = _vnni(model, feeds, monkeypatch, intra_op_num_threads=2)[0]
     np.testing.assert_array_equal(got, vnni)
     np.testing.assert_array_equal(got, run_reference(model, feeds)[0])
+
+
+@pytest.mark.parametrize("case", ["1x1_in_place_tail_batch2", "3x3_stride2_depth360", "many_chunks"])
+def test_qlinearconv_amx_one_thread(case, amx_calls, monkeypatch):
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    model, feeds = _conv_model(U8S8U8, x_shape, w_shape, attrs, per_channel=True)
+    got = run_qrt(model, feeds, intra_op_num_threads=1)[0]
+    assert "conv" in amx_calls
+    np.testing.assert_array_equal(got, _vnni(model, feeds, monkeypatch, intra_op_num_threads=1)[0])
+
+
+def test_only_deep_products_take_the_tiles_by_default(monkeypatch):
+    calls = []
+    conv = qconv.qconv_amx
+    monkeypatch.setattr(qconv, "qconv_amx", lambda *args: calls.append(1) or conv(*args))
+    for case, deep in (("1x1_depth48", False), ("3x3_depth576", True)):
+        calls.clear()
+        x_shape, w_shape, attrs = CONV_CASES[case]
+        model, feeds = _conv_model(U8S8U8, x_shape, w_shape, attrs, per_channel=True)
+        run_qrt(model, feeds)
+        assert bool(calls) == deep, case
 
 
 @pytest.mark.parametrize("case", ["1x1_in_place", "3x3_stride2_depth360", "7x7_rgb_stride2", "grouped_4x32",

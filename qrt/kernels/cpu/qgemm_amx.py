@@ -63,11 +63,22 @@ def _host_has_amx() -> bool:
 AVAILABLE = _host_has_amx()
 
 
+# Shallower products than this stay on VNNI when the caller pads: each 32 x 32 block then costs
+# more in tile stores, the gather and the epilogue than the tiles save (measured on one thread:
+# a 1x1 convolution over 64 channels 1.1x VNNI's time, 3x3 over 32 channels 1.0x, 1x1 over 256
+# channels 0.74x, 3x3 over 256 0.33x). Tests lower it to run every shape on the tiles.
+MIN_PADDED_DEPTH = 256
+
+
 def usable(packed, padded=False) -> bool:
-    """Whether the AMX drivers may run ``packed``; ``padded``: the caller's A rows are zero up to :func:`depth`."""
+    """Whether the AMX drivers run ``packed``. ``padded``: the caller (a convolution, QLinearMatMul,
+    QGemm) pads A's rows with zeros up to :func:`depth`, so any depth from ``MIN_PADDED_DEPTH`` on
+    will do; other callers need a depth that is a multiple of 64."""
     if not AVAILABLE or packed.isa != "avx512vnni":
         return False
-    return packed.Kp % DEPTH == 0 or (padded and packed.tail_slack >= TAIL_SLACK)
+    if padded:
+        return packed.Kp >= MIN_PADDED_DEPTH and (packed.Kp % DEPTH == 0 or packed.tail_slack >= TAIL_SLACK)
+    return packed.Kp % DEPTH == 0
 
 
 def depth(kp):
@@ -117,6 +128,21 @@ def _release(typingctx):
     return types.void(), codegen
 
 
+# How far ahead of the k-block being multiplied its B rows are prefetched: tile loads that miss
+# the cache wait for memory (a weight panel read once per row block, from L2 or beyond).
+PREFETCH_BYTES = 2 * 16 * 128
+
+
+def _prefetch_block(builder, ptr):
+    """prefetcht0 of the 2 KiB of one B k-block (16 rows of 128 bytes) at ``ptr``."""
+    i32 = ir.IntType(32)
+    name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VOID, [ptr.type, i32, i32, i32]), name)
+    for line in range(0, 16 * 128, 64):
+        builder.call(fn, [builder.gep(ptr, [ir.Constant(_I64, line)]), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+
+
 def _make_block(two_row_tiles):
     @intrinsic
     def block(typingctx, a, a_off, lda, bp, b_off, kblocks, tile):
@@ -146,6 +172,7 @@ def _make_block(two_row_tiles):
                 _tile(builder, "llvm.x86.tileloadd64", i8(7), builder.gep(b_k, [ir.Constant(_I64, 64)]), b_stride)
                 _tile(builder, "llvm.x86.tdpbusd", i8(0), i8(4), i8(6))
                 _tile(builder, "llvm.x86.tdpbusd", i8(1), i8(4), i8(7))
+                _prefetch_block(builder, builder.gep(b_k, [ir.Constant(_I64, PREFETCH_BYTES)]))
                 if two_row_tiles:
                     _tile(builder, "llvm.x86.tileloadd64", i8(5), builder.gep(a_k, [a_rows16]), lda_v)
                     _tile(builder, "llvm.x86.tdpbusd", i8(2), i8(5), i8(6))
