@@ -5,8 +5,8 @@ The tiles compute the same exact int32 sums as the VNNI micro-kernel and hand th
 epilogue, so on a host with AMX every result must equal, bit for bit, the VNNI path's (forced by
 turning ``qgemm_amx.usable`` off) and onnx.reference's. Each case also checks that the AMX driver
 really ran. Cases cover what the AMX path does differently: gathered receptive fields (padded,
-strided, dilated, grouped, 1-D), 1x1 convolutions read in place (depth a multiple of 64, with a last
-block that would read past the input), depths that are not a multiple of 64 (a partial last
+strided, dilated, grouped, 1-D; rows spaced off a multiple of 1 KiB), 1x1 convolutions read in place
+(depth a multiple of 64, with a last block that would read past the input), depths that are not a multiple of 64 (a partial last
 block), several position chunks and panel groups, and odd channel counts.
 
 Against onnxruntime: within one output step, at most 1% of elements apart. Its requantization
@@ -81,6 +81,7 @@ CONV_CASES = {   # id: (x shape, w shape, attributes)
     "1x1_in_place": ((1, 64, 9, 10), (70, 64, 1, 1), {}),
     "1x1_in_place_tail_batch2": ((2, 128, 5, 5), (33, 128, 1, 1), {}),
     "1x1_depth48": ((1, 48, 7, 9), (35, 48, 1, 1), {}),
+    "1x1_gathered_1024": ((1, 1024, 3, 5), (20, 1024, 1, 1), {}),
     "1x1_stride2": ((1, 64, 9, 9), (40, 64, 1, 1), dict(strides=[2, 2])),
     "3x3_stride2_depth360": ((1, 40, 9, 10), (36, 40, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
     "3x3_depth576": ((1, 64, 8, 8), (64, 64, 3, 3), dict(pads=[1, 1, 1, 1])),

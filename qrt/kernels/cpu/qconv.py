@@ -158,9 +158,9 @@ def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, 
             lda = Cp
             tail = np.empty(32 * width, np.uint8)     # for a last block that would read past the buffer
         else:
-            rows_a = np.empty((count + 31) // 32 * 32 * width, np.uint8)
+            lda = width + 64 if width % 1024 == 0 else width
+            rows_a = np.empty((count + 31) // 32 * 32 * lda, np.uint8)
             a_base = 0
-            lda = width
             tail = rows_a[:0]
             for r in range(count):
                 p = p_start + r
@@ -168,7 +168,7 @@ def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, 
                 oh = (p - od * OH * OW) // OW
                 ow = p - od * OH * OW - oh * OW
                 start = src_base + ((od * sd * Hp + oh * sh) * Wp + ow * sw) * Cp
-                dst = rows_a[r * width:(r + 1) * width]
+                dst = rows_a[r * lda:r * lda + width]
                 for t in range(taps):
                     src = flat[start + tapoff[t]:start + tapoff[t] + cgp]
                     piece = dst[t * cgp:(t + 1) * cgp]
@@ -514,7 +514,7 @@ def run_conv(b, xp, zx, packed, need_rowsum, epi, channels_last, cgp, out3):
         xp = xp.reshape(xp.shape[0], 1, 1, OW, xp.shape[-1])
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
     if amx.usable(packed, padded=True):
-        in_place = b.flat and packed.Kp % amx.DEPTH == 0
+        in_place = b.flat and packed.Kp % amx.DEPTH == 0 and xp.shape[-1] % 1024 != 0
         qconv_amx(xp, OD, OH, OW, sd, sh, sw, b.tapoff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K,
                   packed.N, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy, epi.qmin, epi.qmax,
                   epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.amx_rows, b.amx_groups, in_place)
