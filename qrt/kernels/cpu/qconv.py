@@ -152,16 +152,24 @@ def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, 
         p_start = chunk * mc
         count = min(P, p_start + mc) - p_start
         src_base = img * image_stride + g * cgp
+        # The last block's rows, copied once when reading them in place would run past the buffer.
+        last = (count - 1) // 32 * 32
+        tail = np.empty(32 * width if in_place else 0, np.uint8)
+        use_tail = False
         if in_place:
             rows_a = flat
             a_base = src_base + p_start * Cp
             lda = Cp
-            tail = np.empty(32 * width, np.uint8)     # for a last block that would read past the buffer
+            last_tile_rows = 32 if count - last > 16 else 16
+            if a_base + (last + last_tile_rows - 1) * lda + width > flat.shape[0]:
+                use_tail = True
+                for r in range(count - last):
+                    at = a_base + (last + r) * lda
+                    tail[r * width:(r + 1) * width] = flat[at:at + width]
         else:
             lda = width + 64 if width % 1024 == 0 else width
             rows_a = np.empty((count + 31) // 32 * 32 * lda, np.uint8)
             a_base = 0
-            tail = rows_a[:0]
             for r in range(count):
                 p = p_start + r
                 od = p // (OH * OW)
@@ -204,14 +212,12 @@ def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, 
                 rows = min(32, count - r0)
                 tile_rows = 32 if rows > 16 else 16
                 a_off = a_base + r0 * lda
-                if a_off + (tile_rows - 1) * lda + width <= rows_a.shape[0]:
+                if not (use_tail and r0 == last):
                     if tile_rows == 32:
                         amx._block32(rows_a, a_off, lda, bp, b_off, kblocks, tile)
                     else:
                         amx._block16(rows_a, a_off, lda, bp, b_off, kblocks, tile)
                 else:
-                    for r in range(rows):
-                        tail[r * width:(r + 1) * width] = rows_a[a_off + r * lda:a_off + r * lda + width]
                     if tile_rows == 32:
                         amx._block32(tail, 0, width, bp, b_off, kblocks, tile)
                     else:

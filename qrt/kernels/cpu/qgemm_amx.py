@@ -130,7 +130,7 @@ def _release(typingctx):
 
 # How far ahead of the k-block being multiplied its B rows are prefetched: tile loads that miss
 # the cache wait for memory (a weight panel read once per row block, from L2 or beyond).
-PREFETCH_BYTES = 2 * 16 * 128
+PREFETCH_BYTES = 6 * 16 * 128
 
 
 def _prefetch_block(builder, ptr):
