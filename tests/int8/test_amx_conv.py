@@ -5,9 +5,11 @@ The tiles compute the same exact int32 sums as the VNNI micro-kernel and hand th
 epilogue, so on a host with AMX every result must equal, bit for bit, the VNNI path's (forced by
 turning ``qgemm_amx.usable`` off) and onnx.reference's. Each case also checks that the AMX driver
 really ran. Cases cover what the AMX path does differently: gathered receptive fields (padded,
-strided, dilated, grouped, 1-D; rows spaced off a multiple of 1 KiB), 1x1 convolutions read in place
-(depth a multiple of 64, with a last block that would read past the input), depths that are not a multiple of 64 (a partial last
-block), several position chunks and panel groups, and odd channel counts.
+strided, dilated, grouped, 1-D; rows spaced off a multiple of 1 KiB), 1x1 convolutions read in
+place (depth a multiple of 64, with a last block that would read past the input), depths that are
+not a multiple of 64 (a partial last block), several position chunks and panel groups, and odd
+channel counts. The drivers take every depth here (``MIN_PADDED_DEPTH`` lowered); one test checks
+the default routing.
 
 Against onnxruntime: within one output step, at most 1% of elements apart. Its requantization
 multiplies the int32 sum by a float32 scale and rounds in float32, qrt (as onnx.reference) rounds

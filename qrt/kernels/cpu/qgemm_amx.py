@@ -7,9 +7,11 @@ The weights need no second layout: a panel of ``qgemm.pack_weights`` for the VNN
 ``[Kp/4][32][4]`` bytes, so 16 consecutive k-quads of columns 0-15 (or 16-31) are a B tile at a
 row stride of 128 bytes. A depth that is not a multiple of 64 ends in a partial block whose B tile
 runs on into the next panel (or into the ``tail_slack`` zero bytes past the last one): those
-bytes meet A bytes that are zero (rows padded to :func:`depth`), so they add exactly nothing. The micro-kernel computes 32 (or 16) rows x 32 columns with four (two)
-accumulator tiles over the whole depth, stores them to a (32, 32) int32 buffer, and the VNNI
-driver's epilogue (zero points, bias, requantization or float scaling) finishes it unchanged.
+bytes meet A bytes that are zero (rows padded to :func:`depth`), so they add exactly nothing.
+The micro-kernel computes 32 (or 16) rows x 32 columns with four (two) accumulator tiles over
+the whole depth, stores them to a (32, 32) int32 buffer, and the VNNI driver's epilogue (zero
+points, bias, requantization or float scaling) finishes it unchanged. The convolution driver
+built on these blocks is :func:`qrt.kernels.cpu.qconv.qconv_amx`.
 
 Requirements, checked by :func:`usable`: the host has AMX-INT8 and Linux grants the process the
 tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, asked once), the weights are packed for the VNNI
