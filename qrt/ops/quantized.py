@@ -484,12 +484,13 @@ class QuantizedMatMul:
         N = b2.shape[-1]
         if b2.ndim == 2:
             zcol = _column_zero_points(zb, N, b.dtype, error)
-            return kgemm.pack_weights([b2], zcol.reshape(1, N))
+            return kgemm.pack_weights([b2], zcol.reshape(1, N), tail_slack=True)
         batch = b2.shape[:-2]
         packs = []
         for index in np.ndindex(*batch):
             z = zb if zb is None or np.asarray(zb).ndim < 3 else _batch_pick(np.asarray(zb), index)
-            packs.append(kgemm.pack_weights([b2[index]], _column_zero_points(z, N, b.dtype, error).reshape(1, N)))
+            packs.append(kgemm.pack_weights([b2[index]], _column_zero_points(z, N, b.dtype, error).reshape(1, N),
+                                             tail_slack=True))
         return packs
 
     def packed(self, b, zb, error):
@@ -870,7 +871,7 @@ class QuantizedConv:
         mats = [np.ascontiguousarray(w[g * N:(g + 1) * N].reshape(N, Cg, taps).transpose(2, 1, 0)).reshape(
             taps * Cg, N) for g in range(G)]
         kmap = (np.arange(taps)[:, None] * cgp + np.arange(Cg)[None, :]).reshape(-1)
-        packed = kgemm.pack_weights(mats, zw.reshape(G, N), kmap=kmap, Kp=taps * cgp)
+        packed = kgemm.pack_weights(mats, zw.reshape(G, N), kmap=kmap, Kp=taps * cgp, tail_slack=True)
         packed.K = taps * Cg
         return ("gemm", packed, cgp, packed.zb_nonzero)
 

@@ -18,6 +18,13 @@ the epilogue, or channels first, ``out[n, co, position]``, through a small trans
 Everything that depends on the input shape only (buffer shape, offsets, work split) is worked out
 once per shape by :func:`bind`.
 
+Where the host has AMX tiles (:mod:`.qgemm_amx`), :func:`qconv_amx` runs the same GEMM on them. A
+tile row is 64 contiguous bytes of k, which a receptive field is not, so a task first gathers its
+positions' receptive fields (one contiguous run of ``cgp`` bytes per tap) into rows zero-padded to
+whole 64-byte blocks, then multiplies them by each panel with the same epilogue. An unstrided,
+unpadded 1x1 convolution whose group depth is a multiple of 64 needs no gather: its positions are
+already such rows, ``Cp`` bytes apart.
+
 Grouped convolutions with one input channel per group (depthwise) skip the GEMM: a direct kernel
 walks the input once per output channel.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import qgemm_amx as amx
 from .qgemm import _MR_MAX, _epilogue, microkernel, tag_for
 from .threads import num_threads
 
@@ -111,6 +119,113 @@ def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, cgp, za, need_rowsum, bp, Kp, K
                               qmax, cf, cfb, oq, oi, of, trans, line * OW + ow, g * N + n0, stage_q, stage_i,
                               stage_f)
                     ow += rows
+
+
+@njit(cache=True, parallel=True)
+def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, K, N, col_sum, col_zb, col_bias,
+              mode, mult, zy, qmin, qmax, fscale, fbias, channels_last, out_q, out_i, out_f, mc, n_groups, in_place):
+    """:func:`qconv` on AMX tiles (module doc): ``tapoff`` holds each tap's byte offset from a
+    position's first byte; a task is ``mc`` output positions (a multiple of 32) of one image and
+    group times one of ``n_groups`` groups of weight panels. ``in_place``: the positions are rows of
+    ``Kp`` bytes (a multiple of 64) ``Cp`` apart, read without a gather (a flat 1x1 convolution)."""
+    n_img, Dp, Hp, Wp, Cp = xp.shape
+    G = col_sum.shape[0]
+    nr = 32
+    n_panels = (N + nr - 1) // nr
+    P = OD * OH * OW
+    n_chunks = (P + mc - 1) // mc
+    per_group = (n_panels + n_groups - 1) // n_groups
+    width = (Kp + 63) // 64 * 64
+    kblocks = width // 64
+    taps = tapoff.shape[0]
+    flat = xp.reshape(-1)
+    image_stride = Dp * Hp * Wp * Cp
+    per_image = G * n_chunks * n_groups
+    trans = not channels_last
+    for task in prange(n_img * per_image):
+        img = task // per_image
+        rest = task - img * per_image
+        g = rest // (n_chunks * n_groups)
+        rest = rest - g * (n_chunks * n_groups)
+        chunk = rest // n_groups
+        pgroup = rest - chunk * n_groups
+        p_start = chunk * mc
+        count = min(P, p_start + mc) - p_start
+        src_base = img * image_stride + g * cgp
+        # The last block's rows, copied once when reading them in place would run past the buffer.
+        last = (count - 1) // 32 * 32
+        tail = np.empty(32 * width if in_place else 0, np.uint8)
+        use_tail = False
+        if in_place:
+            rows_a = flat
+            a_base = src_base + p_start * Cp
+            lda = Cp
+            last_tile_rows = 32 if count - last > 16 else 16
+            if a_base + (last + last_tile_rows - 1) * lda + width > flat.shape[0]:
+                use_tail = True
+                for r in range(count - last):
+                    at = a_base + (last + r) * lda
+                    tail[r * width:(r + 1) * width] = flat[at:at + width]
+        else:
+            lda = width + 64 if width % 1024 == 0 else width
+            rows_a = np.empty((count + 31) // 32 * 32 * lda, np.uint8)
+            a_base = 0
+            for r in range(count):
+                p = p_start + r
+                od = p // (OH * OW)
+                oh = (p - od * OH * OW) // OW
+                ow = p - od * OH * OW - oh * OW
+                start = src_base + ((od * sd * Hp + oh * sh) * Wp + ow * sw) * Cp
+                dst = rows_a[r * lda:r * lda + width]
+                for t in range(taps):
+                    src = flat[start + tapoff[t]:start + tapoff[t] + cgp]
+                    piece = dst[t * cgp:(t + 1) * cgp]
+                    for c in range(cgp):
+                        piece[c] = src[c]
+                for c in range(taps * cgp, width):
+                    dst[c] = 0
+        row_za = np.full(count, za, np.int32)
+        row_t = np.zeros(count, np.int32)
+        if need_rowsum:
+            for r in range(count):
+                row = rows_a[a_base + r * lda:a_base + r * lda + Kp]
+                s = 0
+                for c in range(Kp):
+                    s += np.int32(row[c])
+                row_t[r] = np.int32(s - K * za)
+        tile = np.empty((32, 32), np.int32)
+        stage_q = np.empty((32 if mode == 1 and trans else 0, nr), np.uint8)
+        stage_i = np.empty((32 if mode == 0 and trans else 0, nr), np.int32)
+        stage_f = np.empty((32 if mode == 2 and trans else 0, nr), np.float32)
+        oq = out_q[img] if mode == 1 else out_q[0]
+        oi = out_i[img] if mode == 0 else out_i[0]
+        of = out_f[img] if mode == 2 else out_f[0]
+        amx._configure()
+        for pn in range(pgroup * per_group, min(n_panels, (pgroup + 1) * per_group)):
+            n0 = pn * nr
+            n1 = min(N, n0 + nr)
+            cs, czb, cb = col_sum[g, n0:n1], col_zb[g, n0:n1], col_bias[g, n0:n1]
+            cm, cf, cfb = mult[g, n0:n1], fscale[g, n0:n1], fbias[g, n0:n1]
+            b_off = (g * n_panels + pn) * Kp * nr
+            r0 = 0
+            while r0 < count:
+                rows = min(32, count - r0)
+                tile_rows = 32 if rows > 16 else 16
+                a_off = a_base + r0 * lda
+                if not (use_tail and r0 == last):
+                    if tile_rows == 32:
+                        amx._block32(rows_a, a_off, lda, bp, b_off, kblocks, tile)
+                    else:
+                        amx._block16(rows_a, a_off, lda, bp, b_off, kblocks, tile)
+                else:
+                    if tile_rows == 32:
+                        amx._block32(tail, 0, width, bp, b_off, kblocks, tile)
+                    else:
+                        amx._block16(tail, 0, width, bp, b_off, kblocks, tile)
+                _epilogue(tile, rows, n1 - n0, row_za, row_t, r0, cs, czb, cb, mode, cm, zy, qmin, qmax, cf, cfb,
+                          oq, oi, of, trans, p_start + r0, g * N + n0, stage_q, stage_i, stage_f)
+                r0 += rows
+        amx._release()
 
 
 @njit(cache=True, parallel=True)
@@ -306,7 +421,7 @@ class ConvBinding:
 
     __slots__ = ("x5_shape", "out3_shape", "out_shape", "channels_last", "direct", "buffer_shape", "buffer_size",
                  "groups", "gbytes", "pads_begin", "grid", "flat", "koff", "lines_per_task", "seg", "n_groups",
-                 "kernel", "dilations", "empty")
+                 "kernel", "dilations", "empty", "tapoff", "amx_rows", "amx_groups")
 
 
 def bind(x_shape, channels_last, flip, geometry, n_panels, depthwise):
@@ -362,7 +477,25 @@ def bind(x_shape, channels_last, flip, geometry, n_panels, depthwise):
         tasks *= -(-OW // seg)
     b.lines_per_task, b.seg = lines_per_task, seg
     b.n_groups = 1 if tasks >= threads else min(n_panels, -(-2 * threads // tasks))
+    b.tapoff = b.koff[::cgp // 4].copy()
+    b.amx_rows, b.amx_groups = _amx_split(n_img * group, OD * OH * OW, len(b.koff) * 4, n_panels, threads)
     return b
+
+
+# Gathered rows per AMX task: a chunk of this many bytes stays in L2 while the panels stream past it.
+_AMX_CHUNK_BYTES = 256 * 1024
+
+
+def _amx_split(planes, positions, kp, n_panels, threads):
+    """(positions per task, a multiple of 32; panel groups) for :func:`qconv_amx` over ``planes``
+    (images x groups) of ``positions`` output positions each."""
+    blocks = -(-positions // amx.ROWS)
+    per = max(1, min(blocks, _AMX_CHUNK_BYTES // (amx.depth(kp) * amx.ROWS)))
+    while per > 1 and planes * -(-blocks // per) < 2 * threads:
+        per = -(-per // 2)
+    tasks = planes * -(-blocks // per)
+    groups = 1 if tasks >= threads else min(n_panels, -(-2 * threads // tasks))
+    return per * amx.ROWS, groups
 
 
 def fill_buffer(b, x5, flip, zx, buffer):
@@ -386,6 +519,12 @@ def run_conv(b, xp, zx, packed, need_rowsum, epi, channels_last, cgp, out3):
     if b.flat:
         xp = xp.reshape(xp.shape[0], 1, 1, OW, xp.shape[-1])
     out_q, out_i, out_f = _outputs3(epi.mode, out3)
+    if amx.usable(packed, padded=True):
+        in_place = b.flat and packed.Kp % amx.DEPTH == 0 and xp.shape[-1] % 1024 != 0
+        qconv_amx(xp, OD, OH, OW, sd, sh, sw, b.tapoff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K,
+                  packed.N, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy, epi.qmin, epi.qmax,
+                  epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.amx_rows, b.amx_groups, in_place)
+        return out3
     qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), need_rowsum, packed.data,
           packed.Kp, packed.K, packed.N, packed.nr, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy,
           epi.qmin, epi.qmax, epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.lines_per_task, b.seg,

@@ -344,42 +344,45 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
     ``out[m0 + i, c0 + j]``, or with ``trans`` ``out[c0 + j, m0 + i]`` (channels-first convolution
     output) through the (MR, nr) ``stage_*`` buffer, so only the final moves are transposed.
     """
-    for i in range(rows):
-        za = row_za[r0 + i]
-        rt = row_t[r0 + i]
-        src = tile[i]
-        # Each destination is its own call: a row of a staging tile and a row of the output differ
-        # in layout, and one variable holding either would make every store strided (no vectors).
+    # One branch per call, each with its own row loop: tested per row, the mode and layout kept LLVM
+    # from simplifying the loop (6 cycles an element for a 32 x 32 tile, 2 with the loops split).
+    # Each destination is its own call: a row of a staging tile and a row of the output differ in
+    # layout, and one variable holding either would make every store strided (no vectors).
+    if not trans:
         if mode == 1:
-            if trans:
-                _requantize_row(stage_q[i], src, cols, za, rt, cs, czb, cbias, mult, zy, qmin, qmax)
-            else:
-                _requantize_row(out_q[m0 + i, c0:c0 + cols], src, cols, za, rt, cs, czb, cbias, mult, zy, qmin,
-                                qmax)
+            for i in range(rows):
+                _requantize_row(out_q[m0 + i, c0:c0 + cols], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb,
+                                cbias, mult, zy, qmin, qmax)
         elif mode == 0:
-            if trans:
-                _int32_row(stage_i[i], src, cols, za, rt, cs, czb, cbias)
-            else:
-                _int32_row(out_i[m0 + i, c0:c0 + cols], src, cols, za, rt, cs, czb, cbias)
+            for i in range(rows):
+                _int32_row(out_i[m0 + i, c0:c0 + cols], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias)
         else:
-            if trans:
-                _float_row(stage_f[i], src, cols, za, rt, cs, czb, cbias, fscale, fbias)
-            else:
-                _float_row(out_f[m0 + i, c0:c0 + cols], src, cols, za, rt, cs, czb, cbias, fscale, fbias)
-    if trans:
+            for i in range(rows):
+                _float_row(out_f[m0 + i, c0:c0 + cols], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias,
+                           fscale, fbias)
+        return
+    if mode == 1:
+        for i in range(rows):
+            _requantize_row(stage_q[i], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias, mult, zy, qmin,
+                            qmax)
         for j in range(cols):
-            if mode == 1:
-                orow = out_q[c0 + j, m0:m0 + rows]
-                for i in range(rows):
-                    orow[i] = stage_q[i, j]
-            elif mode == 0:
-                orow_i = out_i[c0 + j, m0:m0 + rows]
-                for i in range(rows):
-                    orow_i[i] = stage_i[i, j]
-            else:
-                orow_f = out_f[c0 + j, m0:m0 + rows]
-                for i in range(rows):
-                    orow_f[i] = stage_f[i, j]
+            orow = out_q[c0 + j, m0:m0 + rows]
+            for i in range(rows):
+                orow[i] = stage_q[i, j]
+    elif mode == 0:
+        for i in range(rows):
+            _int32_row(stage_i[i], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias)
+        for j in range(cols):
+            orow_i = out_i[c0 + j, m0:m0 + rows]
+            for i in range(rows):
+                orow_i[i] = stage_i[i, j]
+    else:
+        for i in range(rows):
+            _float_row(stage_f[i], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias, fscale, fbias)
+        for j in range(cols):
+            orow_f = out_f[c0 + j, m0:m0 + rows]
+            for i in range(rows):
+                orow_f[i] = stage_f[i, j]
 
 
 # --------------------------------------------------------------------------- drivers
@@ -488,19 +491,25 @@ class PackedB:
     (groups, N) int32 in the signed domain; ``Kp`` is the packed depth (a multiple of 4).
     """
 
-    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb", "koff")
+    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb", "koff", "tail_slack")
 
     @property
     def zb_nonzero(self) -> bool:
         return bool(np.any(self.zb))
 
 
-def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None) -> PackedB:
+# Zero bytes after the last panel, for the AMX driver's last partial depth block (15 k-quad rows of 128 bytes).
+AMX_TAIL_SLACK = 15 * 128
+
+
+def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None, tail_slack=False) -> PackedB:
     """Packs ``mats`` (a list of (K, N) int8 or uint8 arrays, one per group) for the drivers.
 
     ``zero_points`` is (groups, N) integers in the weights' own type; uint8 weights and their zero
     points shift into int8. ``kmap`` places row k at packed row ``kmap[k]`` (default: k) inside a
-    packed depth ``Kp`` (default: K rounded up to 4).
+    packed depth ``Kp`` (default: K rounded up to 4). ``tail_slack`` appends
+    :data:`AMX_TAIL_SLACK` zero bytes, so the AMX driver can run a depth that is not a multiple of
+    64 (:func:`qrt.kernels.cpu.qgemm_amx.usable`); callers that index ``data`` by group leave it off.
     """
     isa = isa or ISA
     nr = panel_width(isa)
@@ -513,7 +522,8 @@ def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None) -> PackedB:
         Kp = (K + 3) // 4 * 4
     n_panels = (N + nr - 1) // nr
     panel_bytes = n_panels * (Kp // 4) * nr * 4
-    data = np.zeros(len(mats) * panel_bytes, np.int8)
+    slack = AMX_TAIL_SLACK if tail_slack else 0
+    data = np.zeros(len(mats) * panel_bytes + slack, np.int8)
     col_sum = np.zeros((len(mats), N), np.int32)
     for g, mat in enumerate(mats):
         view = np.ascontiguousarray(mat).view(np.uint8)
@@ -523,6 +533,7 @@ def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None) -> PackedB:
     packed.isa, packed.nr, packed.K, packed.Kp, packed.N = isa, nr, K, Kp, N
     packed.groups = len(mats)
     packed.data = data
+    packed.tail_slack = slack
     packed.col_sum = col_sum
     packed.zb = (np.asarray(zero_points, dtype=np.int32).reshape(len(mats), N) - flip).astype(np.int32)
     packed.koff = np.arange(Kp // 4, dtype=np.int64) * 4     # plain row-major A; convolutions pass their own
@@ -582,9 +593,21 @@ def matmul(a, a_flip, za_rows, packed: PackedB, epi: Epilogue, out):
     ``za_rows`` is the (M,) int32 zero point of each row of ``a`` in the shifted (uint8) domain.
     ``out`` is uint8 (mode 1, any 8-bit output viewed as uint8), int32 (mode 0) or float32 (mode 2).
     """
+    from . import qgemm_amx
+
     M, K = a.shape
     Kp = packed.Kp
     need_rowsum = packed.zb_nonzero
+    if M and packed.N and qgemm_amx.usable(packed, padded=True):
+        # The tiles read whole 32-row blocks of rows zero-padded to 64-byte depth blocks: always a copy.
+        a_rows = qgemm_amx.padded_rows(M, qgemm_amx.depth(Kp))
+        row_sum = np.empty(M, np.int32)
+        prepare_a(a, np.uint8(a_flip), a_rows.shape[1], a_rows, row_sum)
+        za_rows = np.ascontiguousarray(za_rows, dtype=np.int32)
+        row_t = (row_sum.astype(np.int64) - np.int64(K) * za_rows).astype(np.int32) if need_rowsum \
+            else np.zeros(M, np.int32)
+        qgemm_amx.matmul(a_rows.reshape(-1), M, K, za_rows, row_t, packed, epi, *_outputs(epi.mode, out))
+        return out
     if a_flip or K != Kp or not a.flags.c_contiguous:
         a_rows = np.empty((M, Kp), np.uint8)
         row_sum = np.empty(M, np.int32)

@@ -5,14 +5,20 @@ laid out four k per column into a 16 x 16 int32 tile in one instruction (``tdpbu
 multiply-adds, int32 accumulation without saturation), several times the rate of AVX-512 VNNI.
 The weights need no second layout: a panel of ``qgemm.pack_weights`` for the VNNI kernel is
 ``[Kp/4][32][4]`` bytes, so 16 consecutive k-quads of columns 0-15 (or 16-31) are a B tile at a
-row stride of 128 bytes. The micro-kernel computes 32 (or 16) rows x 32 columns with four (two)
-accumulator tiles over the whole depth, stores them to a (32, 32) int32 buffer, and the VNNI
-driver's epilogue (zero points, bias, requantization or float scaling) finishes it unchanged.
+row stride of 128 bytes. A depth that is not a multiple of 64 ends in a partial block whose B tile
+runs on into the next panel (or into the ``tail_slack`` zero bytes past the last one): those
+bytes meet A bytes that are zero (rows padded to :func:`depth`), so they add exactly nothing.
+The micro-kernel computes 32 (or 16) rows x 32 columns with four (two) accumulator tiles over
+the whole depth, stores them to a (32, 32) int32 buffer, and the VNNI driver's epilogue (zero
+points, bias, requantization or float scaling) finishes it unchanged. The convolution driver
+built on these blocks is :func:`qrt.kernels.cpu.qconv.qconv_amx`.
 
 Requirements, checked by :func:`usable`: the host has AMX-INT8 and Linux grants the process the
 tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, asked once), the weights are packed for the VNNI
-kernel, and the depth ``Kp`` is a multiple of 64. The A buffer must be readable for whole
-32-row blocks (rows past M are read, their results discarded): :func:`padded_rows` allocates it.
+kernel, and either the depth ``Kp`` is a multiple of 64 or the caller pads A's rows to
+:func:`depth` with zeros and the weights were packed with ``tail_slack``. The A buffer must be
+readable for whole 32-row blocks (rows past M are read, their results discarded):
+:func:`padded_rows` allocates it.
 """
 from __future__ import annotations
 
@@ -59,8 +65,31 @@ def _host_has_amx() -> bool:
 AVAILABLE = _host_has_amx()
 
 
-def usable(packed) -> bool:
-    return AVAILABLE and packed.isa == "avx512vnni" and packed.Kp % DEPTH == 0
+# Shallower products than this stay on VNNI when the caller pads: each 32 x 32 block then costs
+# more in tile stores, the gather and the epilogue than the tiles save (measured on one thread:
+# a 1x1 convolution over 64 channels 1.1x VNNI's time, 3x3 over 32 channels 1.0x, 1x1 over 256
+# channels 0.74x, 3x3 over 256 0.33x). Tests lower it to run every shape on the tiles.
+MIN_PADDED_DEPTH = 256
+
+
+def usable(packed, padded=False) -> bool:
+    """Whether the AMX drivers run ``packed``. ``padded``: the caller (a convolution, QLinearMatMul,
+    QGemm) pads A's rows with zeros up to :func:`depth`, so any depth from ``MIN_PADDED_DEPTH`` on
+    will do; other callers need a depth that is a multiple of 64."""
+    if not AVAILABLE or packed.isa != "avx512vnni":
+        return False
+    if padded:
+        return packed.Kp >= MIN_PADDED_DEPTH and (packed.Kp % DEPTH == 0 or packed.tail_slack >= TAIL_SLACK)
+    return packed.Kp % DEPTH == 0
+
+
+def depth(kp):
+    """The row length of A the tiles read: ``kp`` rounded up to whole 64-byte blocks."""
+    return -(-kp // DEPTH) * DEPTH
+
+
+# Bytes a partial last depth block's B tile reads past the end of the last panel (15 k-quad rows of 128).
+TAIL_SLACK = qgemm.AMX_TAIL_SLACK
 
 
 def padded_rows(m, kp):
@@ -101,6 +130,21 @@ def _release(typingctx):
     return types.void(), codegen
 
 
+# How far ahead of the k-block being multiplied its B rows are prefetched: tile loads that miss
+# the cache wait for memory (a weight panel read once per row block, from L2 or beyond).
+PREFETCH_BYTES = 6 * 16 * 128
+
+
+def _prefetch_block(builder, ptr):
+    """prefetcht0 of the 2 KiB of one B k-block (16 rows of 128 bytes) at ``ptr``."""
+    i32 = ir.IntType(32)
+    name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VOID, [ptr.type, i32, i32, i32]), name)
+    for line in range(0, 16 * 128, 64):
+        builder.call(fn, [builder.gep(ptr, [ir.Constant(_I64, line)]), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+
+
 def _make_block(two_row_tiles):
     @intrinsic
     def block(typingctx, a, a_off, lda, bp, b_off, kblocks, tile):
@@ -130,6 +174,7 @@ def _make_block(two_row_tiles):
                 _tile(builder, "llvm.x86.tileloadd64", i8(7), builder.gep(b_k, [ir.Constant(_I64, 64)]), b_stride)
                 _tile(builder, "llvm.x86.tdpbusd", i8(0), i8(4), i8(6))
                 _tile(builder, "llvm.x86.tdpbusd", i8(1), i8(4), i8(7))
+                _prefetch_block(builder, builder.gep(b_k, [ir.Constant(_I64, PREFETCH_BYTES)]))
                 if two_row_tiles:
                     _tile(builder, "llvm.x86.tileloadd64", i8(5), builder.gep(a_k, [a_rows16]), lda_v)
                     _tile(builder, "llvm.x86.tdpbusd", i8(2), i8(5), i8(6))
@@ -155,7 +200,7 @@ def _task(task, a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bia
           fscale, fbias, out_q, out_i, out_f, mc, n_groups):
     nr = 32
     n_panels = (N + nr - 1) // nr
-    kblocks = Kp // 64
+    kblocks = (Kp + 63) // 64
     per_group = (n_panels + n_groups - 1) // n_groups
     chunk = task // n_groups
     group = task - chunk * n_groups
@@ -172,9 +217,9 @@ def _task(task, a, lda, M, Kp, K, bp, N, row_za, row_t, col_sum, col_zb, col_bia
         while m0 < m_end:
             rows = min(32, m_end - m0)
             if rows > 16:
-                _block32(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+                _block32(a, m0 * lda, lda, bp, p * Kp * nr, kblocks, tile)
             else:
-                _block16(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+                _block16(a, m0 * lda, lda, bp, p * Kp * nr, kblocks, tile)
             qgemm._epilogue(tile, rows, n1 - n0, row_za, row_t, m0, cs, czb, cb, mode, cm, zy, qmin, qmax, cf, cfb,
                             out_q, out_i, out_f, False, m0, n0, qgemm._NO_STAGE_U8, qgemm._NO_STAGE_I32,
                             qgemm._NO_STAGE_F32)
@@ -218,7 +263,7 @@ def matmul(a_rows, M, K, za_rows, row_t, packed, epi, out_q, out_i, out_f):
     """Runs the product on the calling thread when it is small, else over the session's threads."""
     Kp, N = packed.Kp, packed.N
     threads = num_threads()
-    args = (a_rows, Kp, M, Kp, K, packed.data, N, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0],
+    args = (a_rows, depth(Kp), M, Kp, K, packed.data, N, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0],
             epi.mode, epi.mult[0], epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f)
     if threads == 1 or (M * Kp * N <= SERIAL_MAX_MACS and Kp * N <= SERIAL_MAX_WEIGHT_BYTES):
         qgemm_amx_serial(*args)
@@ -235,7 +280,7 @@ def _task_row_scaled(task, a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, co
     """:func:`_task` finishing tiles with :func:`qrt.kernels.cpu.qgemm._epilogue_row_scaled`."""
     nr = 32
     n_panels = (N + nr - 1) // nr
-    kblocks = Kp // 64
+    kblocks = (Kp + 63) // 64
     per_group = (n_panels + n_groups - 1) // n_groups
     chunk = task // n_groups
     group = task - chunk * n_groups
@@ -250,9 +295,9 @@ def _task_row_scaled(task, a, lda, M, Kp, K, bp, N, row_za, row_t, row_scale, co
         while m0 < m_end:
             rows = min(32, m_end - m0)
             if rows > 16:
-                _block32(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+                _block32(a, m0 * lda, lda, bp, p * Kp * nr, kblocks, tile)
             else:
-                _block16(a, m0 * lda, lda, bp, p * kblocks * 16 * nr * 4, kblocks, tile)
+                _block16(a, m0 * lda, lda, bp, p * Kp * nr, kblocks, tile)
             qgemm._epilogue_row_scaled(tile, rows, n1 - n0, row_za, row_t, row_scale, m0, col_sum[n0:n1],
                                        col_zb[n0:n1], fscale[n0:n1], fbias[n0:n1], out_f, m0, n0)
             m0 += rows
@@ -278,8 +323,8 @@ def matmul_row_scaled(a_rows, M, K, za_rows, row_t, row_scale, packed, fscale, f
     """:func:`matmul` with :func:`qrt.kernels.cpu.qgemm.matmul_rows_scaled`'s per-row float epilogue."""
     Kp, N = packed.Kp, packed.N
     threads = num_threads()
-    args = (a_rows, Kp, M, Kp, K, packed.data, N, za_rows, row_t, row_scale, packed.col_sum[0], packed.zb[0], fscale,
-            fbias, out_f)
+    args = (a_rows, depth(Kp), M, Kp, K, packed.data, N, za_rows, row_t, row_scale, packed.col_sum[0], packed.zb[0],
+            fscale, fbias, out_f)
     if threads == 1 or (M * Kp * N <= SERIAL_MAX_MACS and Kp * N <= SERIAL_MAX_WEIGHT_BYTES):
         qgemm_amx_row_scaled_serial(*args)
     else:
