@@ -248,9 +248,10 @@ class Conv(_Window):
         out_shape = (n_images, n_out) + tuple(out_sizes)
         out5_shape = (n_images, n_out) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes)
         taps, plane = int(np.prod(kernel)), int(np.prod(out_sizes))
-        depthwise = c_group == 1 and group > 1
-        if depthwise and n_out == channels and n_axes <= 2 and _channels_last_pays(channels, plane):
-            depthwise = "channels_last"
+        depthwise = None     # or which depthwise kernel runs it
+        if c_group == 1 and group > 1:
+            channels_last = n_out == channels and n_axes <= 2 and _channels_last_pays(channels, plane)
+            depthwise = "channels_last" if channels_last else "planes"
         pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
         tiling = conv_tiling(n_images, group, n_out // group, plane, pointwise, threads)
         tile_p, block_m, workers = tiling
@@ -272,7 +273,7 @@ class Conv(_Window):
         if depthwise == "channels_last":
             image = _scratch_buffer(X[0].size, dtype)
             k.conv_depthwise_channels_last(x5, w5, bias, geom, out, image, act, alpha, beta)
-        elif depthwise:
+        elif depthwise == "planes":
             k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
         else:
             tile_p, block_m, workers = tiling

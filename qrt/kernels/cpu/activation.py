@@ -10,24 +10,6 @@ from . import vmath
 ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6}
 
 
-@njit(cache=True, inline="always")
-def activate(v, code, alpha, beta):
-    if code == 1:
-        return v if v > 0 else 0.0 * v + 0.0
-    if code == 2:
-        v = alpha if v < alpha else v
-        return beta if v > beta else v
-    if code == 3:
-        return v if v >= 0 else alpha * v
-    if code == 4:
-        return vmath.sigmoid(v)
-    if code == 5:
-        return max(0.0, min(1.0, alpha * v + beta))
-    if code == 6:
-        return vmath.tanh(v)
-    return v
-
-
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def bias_activate_row(src, b, dst, code, alpha, beta):
     """dst[q] = activation(src[q] + b); ``dst`` may be ``src``. The activation is chosen once per row
@@ -62,9 +44,9 @@ def bias_activate_row(src, b, dst, code, alpha, beta):
     elif code == 5:
         for q in range(n):
             dst[q] = max(zero, min(one, a * (src[q] + shift) + c))
-    else:
+    else:     # 6, Tanh
         for q in range(n):
-            dst[q] = activate(src[q] + shift, code, alpha, beta)
+            dst[q] = vmath.tanh(src[q] + shift)
 
 
 @njit(cache=True, error_model="numpy")

@@ -391,7 +391,6 @@ def conv_depthwise_channels_last(x, w, bias, geom, out, xt, act, alpha, beta):
                             target = acc[o]
                             for c in range(channels):
                                 target[c] += weights[c] * src[c]
-            flat = acc.reshape(out_w * channels)
             bias_activate_row(flat, 0.0, flat, act, alpha, beta)
             for c in range(channels):
                 row = out[n, c, 0, b]
