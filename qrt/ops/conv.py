@@ -196,6 +196,18 @@ def conv_tiling(n_images, group, m_group, plane, pointwise, workers):
     return tile_p, block_m, min(workers, tasks)
 
 
+# Depthwise convs run channels-last (one vector op over all channels per tap) when the output plane
+# is at most this size and there are at least this many channels. Measured against the NCHW kernel
+# (3x3, one thread): 544 x 7x7 4.5x faster, 64 x 56x56 stride 2 (28x28 out) 1.4x faster; from 32x32
+# outputs on, the two transposes cost more than they save (16 x 112x112 2x slower).
+CHANNELS_LAST_MAX_PLANE = 28 * 28
+CHANNELS_LAST_MIN_CHANNELS = 16
+
+
+def _channels_last_pays(channels, out_plane):
+    return out_plane <= CHANNELS_LAST_MAX_PLANE and channels >= CHANNELS_LAST_MIN_CHANNELS
+
+
 @register("Conv", 1)
 class Conv(_Window):
     fused_activation = (0, 0.0, 0.0)     # (code, alpha, beta): set by FusedConv
@@ -235,8 +247,11 @@ class Conv(_Window):
         geom = pack_geometry(kernel, strides, dilations, begins)
         out_shape = (n_images, n_out) + tuple(out_sizes)
         out5_shape = (n_images, n_out) + (1,) * (MAX_SPATIAL_AXES - n_axes) + tuple(out_sizes)
-        depthwise = c_group == 1 and group > 1
         taps, plane = int(np.prod(kernel)), int(np.prod(out_sizes))
+        depthwise = None     # or which depthwise kernel runs it
+        if c_group == 1 and group > 1:
+            channels_last = n_out == channels and n_axes <= 2 and _channels_last_pays(channels, plane)
+            depthwise = "channels_last" if channels_last else "planes"
         pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
         tiling = conv_tiling(n_images, group, n_out // group, plane, pointwise, threads)
         tile_p, block_m, workers = tiling
@@ -255,7 +270,10 @@ class Conv(_Window):
         bias = _bias(B, out_shape[1], dtype, "Conv")
         out = np.empty(out5_shape, dtype=dtype)
         act, alpha, beta = self.fused_activation
-        if depthwise:
+        if depthwise == "channels_last":
+            image = _scratch_buffer(X[0].size, dtype)
+            k.conv_depthwise_channels_last(x5, w5, bias, geom, out, image, act, alpha, beta)
+        elif depthwise == "planes":
             k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
         else:
             tile_p, block_m, workers = tiling

@@ -10,22 +10,43 @@ from . import vmath
 ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6}
 
 
-@njit(cache=True, inline="always")
-def activate(v, code, alpha, beta):
-    if code == 1:
-        return v if v > 0 else 0.0 * v + 0.0
-    if code == 2:
-        v = alpha if v < alpha else v
-        return beta if v > beta else v
-    if code == 3:
-        return v if v >= 0 else alpha * v
-    if code == 4:
-        return vmath.sigmoid(v)
-    if code == 5:
-        return max(0.0, min(1.0, alpha * v + beta))
-    if code == 6:
-        return vmath.tanh(v)
-    return v
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def bias_activate_row(src, b, dst, code, alpha, beta):
+    """dst[q] = activation(src[q] + b); ``dst`` may be ``src``. The activation is chosen once per row
+    and every branch has its own loop, in the arrays' dtype: a switch inside one loop (or a float64
+    bias or parameter) kept LLVM from vectorizing, and a ReLU epilogue then cost as much as the
+    convolution's GEMM."""
+    zero = dst.dtype.type(0)
+    one = dst.dtype.type(1)
+    shift = dst.dtype.type(b)
+    a = dst.dtype.type(alpha)
+    c = dst.dtype.type(beta)
+    n = dst.shape[0]
+    if code == 0:
+        for q in range(n):
+            dst[q] = src[q] + shift
+    elif code == 1:
+        for q in range(n):
+            v = src[q] + shift
+            dst[q] = v if v > zero else zero * v + zero     # NaN stays NaN, as in onnxruntime
+    elif code == 2:
+        for q in range(n):
+            v = src[q] + shift
+            v = a if v < a else v
+            dst[q] = c if v > c else v
+    elif code == 3:
+        for q in range(n):
+            v = src[q] + shift
+            dst[q] = v if v >= zero else a * v
+    elif code == 4:
+        for q in range(n):
+            dst[q] = vmath.sigmoid(src[q] + shift)
+    elif code == 5:
+        for q in range(n):
+            dst[q] = max(zero, min(one, a * (src[q] + shift) + c))
+    else:     # 6, Tanh
+        for q in range(n):
+            dst[q] = vmath.tanh(src[q] + shift)
 
 
 @njit(cache=True, error_model="numpy")
@@ -35,13 +56,10 @@ def bias_activate_rows(out3, bias, code, alpha, beta):
     has_bias = bias.shape[0] > 0
     for n in range(n_images):
         for m in range(channels):
-            b = bias[m] if has_bias else 0.0
             row = out3[n, m]
-            for p in range(plane):
-                row[p] = activate(row[p] + b, code, alpha, beta)
+            bias_activate_row(row, bias[m] if has_bias else 0.0, row, code, alpha, beta)
 
 
 @njit(cache=True, error_model="numpy")
 def activate_inplace(flat, code, alpha, beta):
-    for i in range(flat.shape[0]):
-        flat[i] = activate(flat[i], code, alpha, beta)
+    bias_activate_row(flat, 0.0, flat, code, alpha, beta)

@@ -40,6 +40,14 @@ def max_pool_serial(x, geom, out):
         _max_pool_plane(x, geom, out, p, rows_max)
 
 
+@njit(cache=True, inline="always")
+def _larger(value, current):
+    """``value`` where it exceeds ``current`` (a NaN never does): a select and an unconditional store,
+    which LLVM vectorizes; the compare-and-branch store it replaces ran scalar, 3-9x slower than
+    onnxruntime on squeezenet's pools."""
+    return value if value > current else current
+
+
 @njit(cache=True)
 def _max_pool_plane(x, geom, out, p, rows_max):
     """Plane ``p`` of :func:`max_pool`; ``rows_max`` is scratch of one input row."""
@@ -66,8 +74,7 @@ def _max_pool_plane(x, geom, out, p, rows_max):
                     empty = False
                     src = x[p, zd, zh]
                     for t in range(width):
-                        if src[t] > rows_max[t]:
-                            rows_max[t] = src[t]
+                        rows_max[t] = _larger(src[t], rows_max[t])
             if empty:
                 continue
             for l in range(kw):
@@ -81,13 +88,11 @@ def _max_pool_plane(x, geom, out, p, rows_max):
                 if sw == 1:
                     src = rows_max[start:start + count]
                     for t in range(count):
-                        if src[t] > dst[t]:
-                            dst[t] = src[t]
+                        dst[t] = _larger(src[t], dst[t])
                 else:
                     strided = rows_max[start:start + (count - 1) * sw + 1:sw]
                     for t in range(count):
-                        if strided[t] > dst[t]:
-                            dst[t] = strided[t]
+                        dst[t] = _larger(strided[t], dst[t])
 
 
 @njit(cache=True, parallel=True)
