@@ -58,7 +58,8 @@ class MatMulNBits(Op):
         self._weights = _ConstantCache()
 
     def _unpack(self, b, scales, zero_points, g_idx, dtype, error):
-        """(codes, scale, zero) in the kernels' layout, checked against the attributes."""
+        """(codes, scale, zero * scale) tiled for the kernels (:func:`kernels.tile_weights`), checked
+        against the attributes."""
         where = f"MatMulNBits {self.node_name!r}"
         N, kb = self.N, self.k_blocks
         blob = self.block_size * self.bits // 8
@@ -83,7 +84,7 @@ class MatMulNBits(Op):
             g = np.asarray(g_idx).reshape(-1)
             if g.size != self.K or not np.array_equal(g, np.arange(self.K) // self.block_size):
                 raise error(f"{where}: g_idx other than k // block_size (act-order GPTQ) is not supported")
-        return codes, np.ascontiguousarray(scale), np.ascontiguousarray(zero)
+        return kernels.tile_weights(codes, np.ascontiguousarray(scale), np.ascontiguousarray(zero), N)
 
     def prepare(self, constants):
         # A zero-point input that is not constant leaves an entry the run's key never matches.
@@ -105,7 +106,7 @@ class MatMulNBits(Op):
         unpacked = self._weights.get(key)
         if unpacked is None:
             unpacked = self._unpack(B, scales, zero_points, g_idx, A.dtype, InvalidArgument)
-        codes, scale, zero = unpacked
+        codes, scale, zero_scale = unpacked
         if bias is None:
             bias32 = np.zeros(self.N, np.float32)
         else:
@@ -113,11 +114,12 @@ class MatMulNBits(Op):
         a = np.ascontiguousarray(A.reshape(-1, self.K), dtype=np.float32)
         out = np.empty((a.shape[0], self.N), np.float32)
         if a.shape[0] >= PANEL_MIN_ROWS:
-            kernels.matmul_nbits_panels(a, codes, scale, zero, self.bits, self.block_size, self.K, bias32, out)
+            kernels.matmul_nbits_panels(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
         elif self.accuracy_level == 4:
-            kernels.matmul_nbits_rows_int8(a, codes, scale, zero, self.bits, self.block_size, self.K, bias32, out)
+            kernels.matmul_nbits_rows_int8(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32,
+                                           out)
         else:
-            kernels.matmul_nbits_rows(a, codes, scale, zero, self.bits, self.block_size, self.K, bias32, out)
+            kernels.matmul_nbits_rows(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
         return out.reshape(A.shape[:-1] + (self.N,)).astype(A.dtype, copy=False)
 
 
