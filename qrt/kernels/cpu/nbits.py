@@ -16,9 +16,9 @@ weight is never materialised whole:
   ``y[m, n] = sum_blk scale * dot - (zero * scale) * sum_k a[m, k]``. A is first copied into the
   order of the packed bit fields (:func:`_split_rows`) so field ``f`` of byte ``i`` meets one
   activation;
-* many rows: :func:`matmul_nbits_panels` dequantizes one panel (``K x NC`` floats, L2-resident) per
-  task and multiplies it with a register-blocked float micro-kernel (8 rows x 32 columns of
-  accumulators), every row group reusing the panel;
+* many rows: :func:`matmul_nbits_panels` dequantizes one panel per task, ``PANEL_K`` rows of k at a
+  time into an L1-resident float buffer, and multiplies each chunk with a register-blocked float
+  micro-kernel (8 rows x 32 columns of accumulators) for every row group;
 * ``accuracy_level=4`` (few rows): :func:`matmul_nbits_rows_int8` quantizes each block of A to
   int8 (symmetric, ``amax / 127``, round half to even) and accumulates exact int32 products of
   codes and int8 activations per block, as onnxruntime's ``CompInt8`` path does, in the same
@@ -41,9 +41,11 @@ from numba.extending import intrinsic
 # Columns per panel: two vectors of LANES floats, the micro-kernels' width.
 LANES = 16
 NC = 2 * LANES
-# Rows of the float micro-kernel's largest tile (2 * ROWS accumulator vectors, 16 of the 32 zmm).
-ROWS = 8
-_FAST = {"reassoc", "contract", "nsz"}
+# k rows of a dequantized panel chunk: PANEL_K x NC floats (16 KB) stay in L1 while every row tile uses them.
+PANEL_K = 128
+# Rows of the float micro-kernel's largest tile (2 * GROUP accumulator vectors, 16 of the 32 zmm); A is
+# packed GROUP rows at a time so that a step's activations are adjacent.
+GROUP = 8
 
 # --------------------------------------------------------------------------- micro-kernels in LLVM IR
 
@@ -181,22 +183,52 @@ def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, 
     _store_tile(builder, accs, tile_ptr, rows)
 
 
-def _emit_panel(builder, panel_ptr, a_ptr, lda, kp, tile_ptr, rows):
-    """tile[rows, NC] = a[rows, kp] @ panel[kp, NC], all accumulators in registers."""
+def _emit_panel(builder, panel_ptr, a_ptr, kc, tile_ptr, rows):
+    """tile[rows, NC] += a @ panel[kc, NC], ``a`` packed ``[kc, GROUP]`` (row m of step k at ``k * GROUP
+    + m``), the accumulators in registers throughout."""
     fmuladd = _fmuladd(builder)
+    init = [_vector_at(builder, tile_ptr, _const(m * NC + v * LANES)) for m in range(rows) for v in range(2)]
 
     def step(k, accs):
         b = [_vector_at(builder, panel_ptr, builder.add(builder.mul(k, _const(NC)), _const(v * LANES)))
              for v in range(2)]
         out = []
         for m in range(rows):
-            a = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(_const(m), lda), k)]))
+            a = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(k, _const(GROUP)), _const(m))]))
             a = _broadcast(builder, a, _VF)
             for v in range(2):
                 out.append(builder.call(fmuladd, [a, b[v], accs[2 * m + v]]))
         return out
 
-    _store_tile(builder, _loop(builder, kp, [ir.Constant(_VF, None)] * (2 * rows), step), tile_ptr, rows)
+    _store_tile(builder, _loop(builder, kc, init, step), tile_ptr, rows)
+
+
+def _emit_dequantize(builder, codes_ptr, scale_ptr, zs_ptr, blocks, blob, panel_ptr, bits):
+    """panel rows of ``blocks`` blocks of one panel: ``q * scale - zero_scale`` per lane, bit field by
+    bit field within each block (the order of :func:`_split_rows`)."""
+    fmuladd = _fmuladd(builder)
+    per_byte = 8 // bits
+
+    def block(blk, no_values):
+        s_at = builder.mul(blk, _const(NC))
+        scale = [_vector_at(builder, scale_ptr, builder.add(s_at, _const(v * LANES))) for v in range(2)]
+        minus_zs = [builder.fneg(_vector_at(builder, zs_ptr, builder.add(s_at, _const(v * LANES)))) for v in range(2)]
+
+        def byte(i, no_values_inner):
+            offset = builder.mul(builder.add(builder.mul(blk, blob), i), _const(NC))
+            for v in range(2):
+                fields = _codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits, False)
+                for f in range(per_byte):
+                    row = builder.add(builder.mul(builder.add(builder.mul(blk, _const(per_byte)), _const(f)), blob), i)
+                    at = builder.add(builder.mul(row, _const(NC)), _const(v * LANES))
+                    value = builder.call(fmuladd, [fields[f], scale[v], minus_zs[v]])
+                    builder.store(value, builder.bitcast(builder.gep(panel_ptr, [at]), _VF.as_pointer()), align=1)
+            return []
+
+        _loop(builder, blob, [], byte)
+        return []
+
+    _loop(builder, blocks, [], block)
 
 
 def _data(context, builder, ty, value, offset, element):
@@ -231,15 +263,15 @@ def _rows_kernel(rows, bits, integer):
 
 def _panel_kernel(rows):
     @intrinsic
-    def kernel(typingctx, panel, a, a_off, lda, kp, tile):
-        sig = types.void(panel, a, a_off, lda, kp, tile)
+    def kernel(typingctx, panel, a, a_off, kc, tile, t_off):
+        sig = types.void(panel, a, a_off, kc, tile, t_off)
 
         def codegen(context, builder, signature, args):
             t = signature.args
-            panel_v, a_v, a_off_v, lda_v, kp_v, tile_v = args
+            panel_v, a_v, a_off_v, kc_v, tile_v, t_off_v = args
             _emit_panel(builder, _data(context, builder, t[0], panel_v, _const(0), _F32),
-                        _data(context, builder, t[1], a_v, a_off_v, _F32), lda_v, kp_v,
-                        _data(context, builder, t[5], tile_v, _const(0), _F32), rows)
+                        _data(context, builder, t[1], a_v, a_off_v, _F32), kc_v,
+                        _data(context, builder, t[4], tile_v, t_off_v, _F32), rows)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -247,7 +279,30 @@ def _panel_kernel(rows):
     return kernel
 
 
-# Streaming kernels of 1-3 rows for 2, 4 and 8 bits, float and int8 activations; float panels of 8/4/2/1 rows.
+def _dequantize_kernel(bits):
+    @intrinsic
+    def kernel(typingctx, codes, c_off, scale, zs, s_off, blocks, blob, panel):
+        sig = types.void(codes, c_off, scale, zs, s_off, blocks, blob, panel)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            codes_v, c_off_v, scale_v, zs_v, s_off_v, blocks_v, blob_v, panel_v = args
+            _emit_dequantize(builder, _data(context, builder, t[0], codes_v, c_off_v, _I8),
+                             _data(context, builder, t[2], scale_v, s_off_v, _F32),
+                             _data(context, builder, t[3], zs_v, s_off_v, _F32), blocks_v, blob_v,
+                             _data(context, builder, t[7], panel_v, _const(0), _F32), bits)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+_dq2, _dq4, _dq8 = (_dequantize_kernel(b) for b in (2, 4, 8))
+
+# Streaming kernels of 1-3 rows for 2, 4 and 8 bits, float and int8 activations (4 rows measured no faster
+# than 3 + 1); float panels of 8/4/2/1 rows
+# (GROUP = 8).
 _f2_1, _f2_2, _f2_3 = (_rows_kernel(r, 2, False) for r in (1, 2, 3))
 _f4_1, _f4_2, _f4_3 = (_rows_kernel(r, 4, False) for r in (1, 2, 3))
 _f8_1, _f8_2, _f8_3 = (_rows_kernel(r, 8, False) for r in (1, 2, 3))
@@ -345,20 +400,30 @@ def _split_rows(a, K, block_size, k_blocks, per_byte, dtype):
     M = a.shape[0]
     blob = block_size // per_byte
     split = np.zeros((M, k_blocks, per_byte, blob), dtype)
+    # block by block, no division per element (a 64-bit division costs more than the copy)
     for m in range(M):
-        for k in range(K):
-            kk = k % block_size
-            split[m, k // block_size, kk % per_byte, kk // per_byte] = a[m, k]
+        for blk in range(k_blocks):
+            k0 = blk * block_size
+            full = min(blob, (K - k0) // per_byte)
+            for j in range(per_byte):
+                dst = split[m, blk, j]
+                for i in range(full):
+                    dst[i] = a[m, k0 + i * per_byte + j]
+            for k in range(k0 + full * per_byte, min(K, k0 + block_size)):  # the partial last block
+                split[m, blk, (k - k0) % per_byte, (k - k0) // per_byte] = a[m, k]
     return split
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _block_sums(a, K, block_size, k_blocks, dtype):
     M = a.shape[0]
     sums = np.zeros((M, k_blocks), dtype)
     for m in range(M):
-        for k in range(K):
-            sums[m, k // block_size] += a[m, k]
+        for blk in range(k_blocks):
+            total = dtype(0)
+            for k in range(blk * block_size, min(K, (blk + 1) * block_size)):
+                total += a[m, k]
+            sums[m, blk] = total
     return sums
 
 
@@ -393,54 +458,75 @@ def matmul_nbits_rows(a, codes, scale, zero_scale, bits, block_size, K, bias, ou
             m += rows
 
 
-@njit(cache=True, fastmath=_FAST)
-def _dequantize_panel(codes, scale, zero_scale, bits, t, panel):
-    """panel[k, c] = W[k, t * NC + c], k in the order of :func:`_split_rows` (bit field by bit field
-    within each block), padded rows included."""
+@njit(cache=True, inline="always")
+def _dequantize_panel(codes, scale, zero_scale, bits, t, blk0, blk1, panel):
+    """panel[k, c] = W[blk0 * block_size + k, t * NC + c] for the blocks blk0..blk1-1, k in the order of
+    :func:`_split_rows` (bit field by bit field within each block), padded rows included."""
     k_blocks, blob = codes.shape[1], codes.shape[2]
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    for blk in range(k_blocks):
-        s = scale[t, blk]
-        zs = zero_scale[t, blk]
-        for f in range(per_byte):
-            shift = f * bits
-            for i in range(blob):
-                src = codes[t, blk, i]
-                dst = panel[(blk * per_byte + f) * blob + i]
-                for c in range(NC):
-                    dst[c] = np.float32((np.int32(src[c]) >> shift) & mask) * s[c] - zs[c]
+    c_off = (t * k_blocks + blk0) * blob * NC
+    s_off = (t * k_blocks + blk0) * NC
+    if bits == 4:
+        _dq4(codes, c_off, scale, zero_scale, s_off, blk1 - blk0, blob, panel)
+    elif bits == 2:
+        _dq2(codes, c_off, scale, zero_scale, s_off, blk1 - blk0, blob, panel)
+    else:
+        _dq8(codes, c_off, scale, zero_scale, s_off, blk1 - blk0, blob, panel)
+
+
+@njit(cache=True)
+def _pack_rows(a, K, block_size, k_blocks, per_byte):
+    """A as ``[ceil(M / GROUP), kp, GROUP]`` (kp = k_blocks * block_size), k in :func:`_split_rows`'s order,
+    zeros padding k and the last group's rows."""
+    M = a.shape[0]
+    blob = block_size // per_byte
+    packed = np.zeros(((M + GROUP - 1) // GROUP, k_blocks * block_size, GROUP), np.float32)
+    for m in range(M):
+        g, r = m // GROUP, m % GROUP
+        for blk in range(k_blocks):
+            k0 = blk * block_size
+            for j in range(per_byte):
+                dst = (blk * per_byte + j) * blob
+                for i in range(blob):
+                    k = k0 + i * per_byte + j
+                    if k < K:
+                        packed[g, dst + i, r] = a[m, k]
+    return packed
 
 
 @njit(cache=True, parallel=True)
 def matmul_nbits_panels(a, codes, scale, zero_scale, bits, block_size, K, bias, out):
-    """``out = a @ W + bias``, one dequantized panel of W per task, shared by all rows of ``a``."""
+    """``out = a @ W + bias``: per task one panel of W, dequantized PANEL_K rows at a time into an
+    L1-resident buffer that every row tile of ``a`` then multiplies."""
     M = a.shape[0]
     panels, k_blocks = codes.shape[0], codes.shape[1]
-    per_byte = 8 // bits
     kp = k_blocks * block_size
-    # A in the panels' k order; its zeros on padded k cancel whatever codes pad the last block
-    split = _split_rows(a, K, block_size, k_blocks, per_byte, np.float32).reshape(M, kp)
+    chunk_blocks = max(1, PANEL_K // block_size)
+    # zeros on padded k cancel whatever codes pad the last block
+    packed = _pack_rows(a, K, block_size, k_blocks, 8 // bits)
     for t in prange(panels):
-        panel = np.empty((kp, NC), np.float32)
-        _dequantize_panel(codes, scale, zero_scale, bits, t, panel)
-        tile = np.empty((ROWS, NC), np.float32)
-        m = 0
-        while m < M:
-            if M - m >= 8:
-                _p8(panel, split, m * kp, kp, kp, tile)
-                rows = 8
-            elif M - m >= 4:
-                _p4(panel, split, m * kp, kp, kp, tile)
-                rows = 4
-            elif M - m >= 2:
-                _p2(panel, split, m * kp, kp, kp, tile)
-                rows = 2
-            else:
-                _p1(panel, split, m * kp, kp, kp, tile)
-                rows = 1
-            _store_rows(tile, rows, out, m, t * NC, bias)
-            m += rows
+        panel = np.empty((chunk_blocks * block_size, NC), np.float32)
+        acc = np.zeros((M, NC), np.float32)
+        for blk0 in range(0, k_blocks, chunk_blocks):
+            blk1 = min(k_blocks, blk0 + chunk_blocks)
+            _dequantize_panel(codes, scale, zero_scale, bits, t, blk0, blk1, panel)
+            k0 = blk0 * block_size
+            kc = (blk1 - blk0) * block_size
+            m = 0
+            while m < M:
+                a_off = ((m // GROUP) * kp + k0) * GROUP + m % GROUP
+                if M - m >= 8:
+                    _p8(panel, packed, a_off, kc, acc, m * NC)
+                    m += 8
+                elif M - m >= 4:
+                    _p4(panel, packed, a_off, kc, acc, m * NC)
+                    m += 4
+                elif M - m >= 2:
+                    _p2(panel, packed, a_off, kc, acc, m * NC)
+                    m += 2
+                else:
+                    _p1(panel, packed, a_off, kc, acc, m * NC)
+                    m += 1
+        _store_rows(acc, M, out, 0, t * NC, bias)
 
 
 @njit(cache=True)
