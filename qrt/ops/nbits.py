@@ -8,7 +8,8 @@ Both follow onnxruntime's contrib-op definitions (checked against onnxruntime 1.
   uint8 (``[N * ceil(k_blocks * bits / 8)]``) or float like A (``[N * k_blocks]``, HQQ), and default
   to ``2 ** (bits - 1)``. ``accuracy_level`` is the lowest precision allowed for A: at 4, products
   of fewer than ``PANEL_MIN_ROWS`` rows use int8 activations per block (as onnxruntime does), larger
-  ones stay in float32 (dequantized panels), which is more accurate and fast enough there.
+  ones (and blocks wider than ``INT8_MAX_BLOCK``) stay in float32, which is more accurate and, with
+  dequantized panels, no slower than onnxruntime's int8 there.
 * ``GatherBlockQuantized(data, indices, scales, zero_points=None)``: ``Gather`` over ``gather_axis``
   of ``(data - zp) * scale`` blocked along ``quantize_axis``; data is int4/uint4 (zero point
   default 0) or uint8 holding ``8 / bits`` codes a byte (zero point default ``2 ** (bits - 1)``).
@@ -33,6 +34,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 # K=2048 N=5632 and K=768 N=3072: streaming 1.8-2.3x faster at 1 row, 1.1-1.5x at 4, panels 1.0-1.2x
 # faster at 8, 1.2x at 16).
 PANEL_MIN_ROWS = 8
+# Widest block whose int8 products the streaming kernel sums exactly in float32 lanes (< 2 ** 24);
+# wider blocks at accuracy_level=4 are computed in float32, which that level allows.
+INT8_MAX_BLOCK = 512
 
 
 def _float_param(x, name, error, count, dtype):
@@ -116,7 +120,7 @@ class MatMulNBits(Op):
         out = np.empty((a.shape[0], self.N), np.float32)
         if a.shape[0] >= PANEL_MIN_ROWS:
             kernels.matmul_nbits_panels(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
-        elif self.accuracy_level == 4:
+        elif self.accuracy_level == 4 and self.block_size <= INT8_MAX_BLOCK:
             kernels.matmul_nbits_rows_int8(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32,
                                            out)
         else:

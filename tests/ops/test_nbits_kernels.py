@@ -56,7 +56,8 @@ def test_streaming_and_panel_kernels_match_the_dequantized_product(rows, bits, b
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_int8_kernel_is_exact_integer_dot_products_per_block(bits):
     """accuracy_level=4: ``sum_blk scale * a_scale * (sum_k q_k * qa_k - zero * sum_k qa_k)``, the int8
-    activations being :func:`quantize_rows_int8`'s; only float32 rounding of the per-block terms differs."""
+    activations being :func:`quantize_rows_int8`'s. The kernel sums a block's integer products exactly (in
+    float32 lanes, below 2 ** 24); only the float32 rounding of the per-block scaling differs."""
     K, N, block = 160, 45, 32
     packed, scale, zero, _ = _weights(K, N, bits, block)
     a = RNG.standard_normal((3, K)).astype(np.float32)

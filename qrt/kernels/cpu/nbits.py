@@ -20,9 +20,10 @@ weight is never materialised whole:
   time into an L1-resident float buffer, and multiplies each chunk with a register-blocked float
   micro-kernel (8 rows x 32 columns of accumulators) for every row group;
 * ``accuracy_level=4`` (few rows): :func:`matmul_nbits_rows_int8` quantizes each block of A to
-  int8 (symmetric, ``amax / 127``, round half to even) and accumulates exact int32 products of
-  codes and int8 activations per block, as onnxruntime's ``CompInt8`` path does, in the same
-  micro-kernel with integer lanes.
+  int8 (symmetric, ``amax / 127``, round half to even) and sums the products of codes and int8
+  activations per block, as onnxruntime's ``CompInt8`` path does, in the streaming micro-kernel:
+  the products are integers and a block's sum stays below 2 ** 24 up to 512-wide blocks, so float
+  lanes add them exactly (and faster than int32 multiplies).
 
 The micro-kernels are LLVM IR written through ``numba.extending.intrinsic`` (as :mod:`qgemm`'s), because
 LLVM does not keep Numba-level accumulator arrays in registers. They use only LLVM's portable
@@ -108,15 +109,15 @@ def _broadcast(builder, value, ty):
     return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(_VI, None))
 
 
-def _codes(builder, codes_ptr, offset, bits, integer):
-    """The ``8 // bits`` code vectors (one column per lane) of the 16 bytes at ``codes_ptr + offset``."""
+def _codes(builder, codes_ptr, offset, bits):
+    """The ``8 // bits`` code vectors (float, one column per lane) of the 16 bytes at ``codes_ptr + offset``."""
     wide = builder.zext(_vector_at(builder, codes_ptr, offset, _VB), _VI)
     fields = []
     for f in range(8 // bits):
         x = wide if f == 0 else builder.lshr(wide, _splat_const(f * bits))
         if f < 8 // bits - 1:
             x = builder.and_(x, _splat_const((1 << bits) - 1))
-        fields.append(x if integer else builder.uitofp(x, _VF))
+        fields.append(builder.uitofp(x, _VF))
     return fields
 
 
@@ -128,37 +129,33 @@ def _store_tile(builder, accs, tile_ptr, rows):
 
 
 def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, scale_ptr, zs_ptr, k_blocks, blob,
-               tile_ptr, rows, bits, integer):
+               tile_ptr, rows, bits, row_scaled):
     """tile[rows, NC] = a @ W for one panel, W streamed from its packed codes.
 
-    Per block: ``part = sum_i q_i * a_i`` (float lanes, or exact int32 lanes with int8 activations),
-    then ``acc += part * scale - zero_scale * row_sum`` (times the block's activation scale when
-    ``integer``).
+    Per block: ``part = sum_i q_i * a_i`` in float lanes, then ``acc += part * scale - zero_scale *
+    row_sum``, ``scale`` times the block's activation scale when ``row_scaled`` (int8 activations:
+    their products with the codes are integers below 2 ** 24 for blocks up to 512, so the float
+    lanes sum them exactly).
     """
     fmuladd = _fmuladd(builder)
     per_byte = 8 // bits
-    part_zero = ir.Constant(_VI if integer else _VF, None)
-    a_ty = _I32 if integer else _F32
-    a_vec = _VI if integer else _VF
+    zero = ir.Constant(_VF, None)
 
     def block(blk, accs):
         def byte(i, parts):
             offset = builder.mul(builder.add(builder.mul(blk, blob), i), _const(NC))
-            q = [_codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits, integer) for v in range(2)]
+            q = [_codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits) for v in range(2)]
             out = list(parts)
             for m in range(rows):
                 for f in range(per_byte):
                     field = builder.add(builder.mul(blk, _const(per_byte)), _const(f))
                     index = builder.add(builder.add(builder.mul(_const(m), lda), builder.mul(field, blob)), i)
-                    a = _broadcast(builder, builder.load(builder.gep(a_ptr, [index])), a_vec)
+                    a = _broadcast(builder, builder.load(builder.gep(a_ptr, [index])), _VF)
                     for v in range(2):
-                        if integer:
-                            out[2 * m + v] = builder.add(out[2 * m + v], builder.mul(q[v][f], a))
-                        else:
-                            out[2 * m + v] = builder.call(fmuladd, [q[v][f], a, out[2 * m + v]])
+                        out[2 * m + v] = builder.call(fmuladd, [q[v][f], a, out[2 * m + v]])
             return out
 
-        parts = _loop(builder, blob, [part_zero] * (2 * rows), byte)
+        parts = _loop(builder, blob, [zero] * (2 * rows), byte)
         scale = [_vector_at(builder, scale_ptr, builder.add(builder.mul(blk, _const(NC)), _const(v * LANES)))
                  for v in range(2)]
         zs = [_vector_at(builder, zs_ptr, builder.add(builder.mul(blk, _const(NC)), _const(v * LANES)))
@@ -167,19 +164,15 @@ def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, 
         for m in range(rows):
             at = builder.add(builder.mul(_const(m), ldr), blk)
             minus_sum = _broadcast(builder, builder.fneg(builder.load(builder.gep(row_sum_ptr, [at]))), _VF)
-            if integer:
+            if row_scaled:
                 row_scale = _broadcast(builder, builder.load(builder.gep(row_scale_ptr, [at])), _VF)
             for v in range(2):
-                part = parts[2 * m + v]
-                s = scale[v]
-                if integer:
-                    part = builder.sitofp(part, _VF)
-                    s = builder.fmul(s, row_scale)
-                acc = builder.call(fmuladd, [part, s, accs[2 * m + v]])
+                s = builder.fmul(scale[v], row_scale) if row_scaled else scale[v]
+                acc = builder.call(fmuladd, [parts[2 * m + v], s, accs[2 * m + v]])
                 out.append(builder.call(fmuladd, [zs[v], minus_sum, acc]))
         return out
 
-    accs = _loop(builder, k_blocks, [ir.Constant(_VF, None)] * (2 * rows), block)
+    accs = _loop(builder, k_blocks, [zero] * (2 * rows), block)
     _store_tile(builder, accs, tile_ptr, rows)
 
 
@@ -217,7 +210,7 @@ def _emit_dequantize(builder, codes_ptr, scale_ptr, zs_ptr, blocks, blob, panel_
         def byte(i, no_values_inner):
             offset = builder.mul(builder.add(builder.mul(blk, blob), i), _const(NC))
             for v in range(2):
-                fields = _codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits, False)
+                fields = _codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits)
                 for f in range(per_byte):
                     row = builder.add(builder.mul(builder.add(builder.mul(blk, _const(per_byte)), _const(f)), blob), i)
                     at = builder.add(builder.mul(row, _const(NC)), _const(v * LANES))
@@ -236,7 +229,7 @@ def _data(context, builder, ty, value, offset, element):
     return builder.gep(builder.bitcast(array.data, element.as_pointer()), [offset])
 
 
-def _rows_kernel(rows, bits, integer):
+def _rows_kernel(rows, bits, row_scaled):
     @intrinsic
     def kernel(typingctx, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, k_blocks,
                blob, tile):
@@ -248,12 +241,12 @@ def _rows_kernel(rows, bits, integer):
             (codes_v, c_off_v, a_v, a_off_v, lda_v, rs_v, rsum_v, r_off_v, ldr_v, scale_v, zs_v, s_off_v, kb_v,
              blob_v, tile_v) = args
             _emit_rows(builder, _data(context, builder, t[0], codes_v, c_off_v, _I8),
-                       _data(context, builder, t[2], a_v, a_off_v, _I32 if integer else _F32), lda_v,
+                       _data(context, builder, t[2], a_v, a_off_v, _F32), lda_v,
                        _data(context, builder, t[5], rs_v, r_off_v, _F32),
                        _data(context, builder, t[6], rsum_v, r_off_v, _F32), ldr_v,
                        _data(context, builder, t[9], scale_v, s_off_v, _F32),
                        _data(context, builder, t[10], zs_v, s_off_v, _F32), kb_v, blob_v,
-                       _data(context, builder, t[14], tile_v, _const(0), _F32), rows, bits, integer)
+                       _data(context, builder, t[14], tile_v, _const(0), _F32), rows, bits, row_scaled)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -344,7 +337,8 @@ def _rows_tile(bits, rows, codes, c_off, a, a_off, lda, row_scale, row_sum, r_of
 @njit(cache=True, inline="always")
 def _rows_tile_int8(bits, rows, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb,
                     blob, tile):
-    """:func:`_rows_tile` with int8 activations (``a`` int32 codes, ``row_scale`` their block scales)."""
+    """:func:`_rows_tile` with int8 activations (``a`` their codes as floats, ``row_scale`` their block
+    scales)."""
     if rows >= 3:
         if bits == 4:
             _i4_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
@@ -563,7 +557,7 @@ def matmul_nbits_rows_int8(a, codes, scale, zero_scale, bits, block_size, K, bia
     per_byte = 8 // bits
     q, a_scale, q_sums = quantize_rows_int8(a, K, block_size, k_blocks)
     lda = k_blocks * block_size
-    split = _split_rows(q, lda, block_size, k_blocks, per_byte, np.int32)
+    split = _split_rows(q, lda, block_size, k_blocks, per_byte, np.float32)
     # the zero-point term in float: activation scale times the block's code sum
     row_sum = a_scale * q_sums.astype(np.float32)
     for t in prange(panels):
