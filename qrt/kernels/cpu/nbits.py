@@ -474,16 +474,22 @@ def _pack_rows(a, K, block_size, k_blocks, per_byte):
     M = a.shape[0]
     blob = block_size // per_byte
     packed = np.zeros(((M + GROUP - 1) // GROUP, k_blocks * block_size, GROUP), np.float32)
-    for m in range(M):
-        g, r = m // GROUP, m % GROUP
+    for g in range(packed.shape[0]):
+        m0 = g * GROUP
+        rows = min(GROUP, M - m0)
         for blk in range(k_blocks):
             k0 = blk * block_size
+            full = min(blob, (K - k0) // per_byte)
             for j in range(per_byte):
                 dst = (blk * per_byte + j) * blob
-                for i in range(blob):
+                for i in range(full):
                     k = k0 + i * per_byte + j
-                    if k < K:
-                        packed[g, dst + i, r] = a[m, k]
+                    for r in range(rows):
+                        packed[g, dst + i, r] = a[m0 + r, k]
+            for k in range(k0 + full * per_byte, min(K, k0 + block_size)):  # the partial last block
+                d = (blk * per_byte + (k - k0) % per_byte) * blob + (k - k0) // per_byte
+                for r in range(rows):
+                    packed[g, d, r] = a[m0 + r, k]
     return packed
 
 
