@@ -53,6 +53,19 @@ def test_streaming_and_panel_kernels_match_the_dequantized_product(rows, bits, b
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(), err_msg=kernel.__name__)
 
 
+def test_panel_kernel_splits_many_rows_into_chunks_that_fit_l2():
+    """300 rows of K=1100 (1152 padded) exceed PANEL_A_BYTES of packed A, so rows go in two chunks."""
+    K, N, bits, block = 1100, 40, 4, 64
+    assert 300 * 4 * 1152 > kernels.PANEL_A_BYTES
+    packed, scale, zero, w = _weights(K, N, bits, block)
+    a = RNG.standard_normal((300, K)).astype(np.float32)
+    bias = RNG.standard_normal(N).astype(np.float32)
+    want = a.astype(np.float64) @ w + bias
+    got = _run(kernels.matmul_nbits_panels, a, packed, scale, zero, bits, block, bias)
+    # 1100 terms: float32 rounding grows like sqrt(K), still ~1e-6 of the output scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_int8_kernel_is_exact_integer_dot_products_per_block(bits):
     """accuracy_level=4: ``sum_blk scale * a_scale * (sum_k q_k * qa_k - zero * sum_k qa_k)``, the int8

@@ -44,6 +44,8 @@ LANES = 16
 NC = 2 * LANES
 # k rows of a dequantized panel chunk: PANEL_K x NC floats (16 KB) stay in L1 while every row tile uses them.
 PANEL_K = 128
+# Bytes of packed A per panel task: that many rows (a multiple of GROUP) stay in L2 while the panels pass.
+PANEL_A_BYTES = 1 << 20
 # Rows of the float micro-kernel's largest tile (2 * GROUP accumulator vectors, 16 of the 32 zmm); A is
 # packed GROUP rows at a time so that a step's activations are adjacent.
 GROUP = 8
@@ -495,38 +497,45 @@ def _pack_rows(a, K, block_size, k_blocks, per_byte):
 
 @njit(cache=True, parallel=True)
 def matmul_nbits_panels(a, codes, scale, zero_scale, bits, block_size, K, bias, out):
-    """``out = a @ W + bias``: per task one panel of W, dequantized PANEL_K rows at a time into an
-    L1-resident buffer that every row tile of ``a`` then multiplies."""
+    """``out = a @ W + bias``: per task one panel of W and the rows of ``a`` that fit PANEL_A_BYTES; the
+    panel is dequantized PANEL_K rows of k at a time into an L1-resident buffer that every row tile
+    multiplies."""
     M = a.shape[0]
     panels, k_blocks = codes.shape[0], codes.shape[1]
     kp = k_blocks * block_size
     chunk_blocks = max(1, PANEL_K // block_size)
+    chunk_rows = max(GROUP, PANEL_A_BYTES // (4 * kp) // GROUP * GROUP)
+    row_chunks = (M + chunk_rows - 1) // chunk_rows
     # zeros on padded k cancel whatever codes pad the last block
     packed = _pack_rows(a, K, block_size, k_blocks, 8 // bits)
-    for t in prange(panels):
+    for task in prange(row_chunks * panels):
+        t = task % panels
+        m_start = (task // panels) * chunk_rows
+        m_end = min(M, m_start + chunk_rows)
         panel = np.empty((chunk_blocks * block_size, NC), np.float32)
-        acc = np.zeros((M, NC), np.float32)
+        acc = np.zeros((m_end - m_start, NC), np.float32)
         for blk0 in range(0, k_blocks, chunk_blocks):
             blk1 = min(k_blocks, blk0 + chunk_blocks)
             _dequantize_panel(codes, scale, zero_scale, bits, t, blk0, blk1, panel)
             k0 = blk0 * block_size
             kc = (blk1 - blk0) * block_size
-            m = 0
-            while m < M:
+            m = m_start
+            while m < m_end:
                 a_off = ((m // GROUP) * kp + k0) * GROUP + m % GROUP
-                if M - m >= 8:
-                    _p8(panel, packed, a_off, kc, acc, m * NC)
+                t_off = (m - m_start) * NC
+                if m_end - m >= 8:
+                    _p8(panel, packed, a_off, kc, acc, t_off)
                     m += 8
-                elif M - m >= 4:
-                    _p4(panel, packed, a_off, kc, acc, m * NC)
+                elif m_end - m >= 4:
+                    _p4(panel, packed, a_off, kc, acc, t_off)
                     m += 4
-                elif M - m >= 2:
-                    _p2(panel, packed, a_off, kc, acc, m * NC)
+                elif m_end - m >= 2:
+                    _p2(panel, packed, a_off, kc, acc, t_off)
                     m += 2
                 else:
-                    _p1(panel, packed, a_off, kc, acc, m * NC)
+                    _p1(panel, packed, a_off, kc, acc, t_off)
                     m += 1
-        _store_rows(acc, M, out, 0, t * NC, bias)
+        _store_rows(acc, m_end - m_start, out, m_start, t * NC, bias)
 
 
 @njit(cache=True)
