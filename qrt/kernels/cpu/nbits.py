@@ -45,7 +45,8 @@ NC = 2 * LANES
 # k rows of a dequantized panel chunk: PANEL_K x NC floats (16 KB) stay in L1 while every row tile uses them.
 PANEL_K = 128
 # Bytes of packed A per panel task: that many rows (a multiple of GROUP) stay in L2 while the panels pass.
-PANEL_A_BYTES = 1 << 20
+# 2 MB keeps a 128-token product of K <= 4096 in one chunk, so no panel is dequantized twice.
+PANEL_A_BYTES = 2 << 20
 # Rows of the float micro-kernel's largest tile (2 * GROUP accumulator vectors, 16 of the 32 zmm); A is
 # packed GROUP rows at a time so that a step's activations are adjacent.
 GROUP = 8
