@@ -9,7 +9,7 @@ same byte of 16 columns, and ``scale[t, blk, c]``, ``zero_scale[t, blk, c]`` (= 
 read as vectors of columns too. Columns past N are padded with zero codes and scales. The float
 weight is never materialised whole:
 
-* few rows (batch-1 decoding): :func:`matmul_nbits_rows` streams the packed bytes once, parallel
+* few rows (batch-1 decoding; the op uses it below 8 rows): :func:`matmul_nbits_rows` streams the packed bytes once, parallel
   over column panels. Its micro-kernel unpacks 16 bytes into float lanes (one column per lane) with
   vector shifts and masks and multiply-adds them with the broadcast activation; a block's partial
   sums are scaled once at the end of the block and the zero point is folded out of the inner loop,
@@ -18,7 +18,7 @@ weight is never materialised whole:
   activation;
 * many rows: :func:`matmul_nbits_panels` dequantizes one panel per task, ``PANEL_K`` rows of k at a
   time into an L1-resident float buffer, and multiplies each chunk with a register-blocked float
-  micro-kernel (8 rows x 32 columns of accumulators) for every row group;
+  micro-kernel (8 rows x 32 columns of accumulators, A packed 8 rows at a time) for every row group;
 * ``accuracy_level=4`` (few rows): :func:`matmul_nbits_rows_int8` quantizes each block of A to
   int8 (symmetric, ``amax / 127``, round half to even) and sums the products of codes and int8
   activations per block, as onnxruntime's ``CompInt8`` path does, in the streaming micro-kernel:
@@ -27,7 +27,7 @@ weight is never materialised whole:
 
 The micro-kernels are LLVM IR written through ``numba.extending.intrinsic`` (as :mod:`qgemm`'s), because
 LLVM does not keep Numba-level accumulator arrays in registers. They use only LLVM's portable
-vector types (``<16 x float>``, ``<16 x i32>``) and ``llvm.fmuladd``, no ISA intrinsic: LLVM lowers
+vector types (``<16 x float>``, ``<16 x i32>``, ``<16 x i8>``) and ``llvm.fmuladd``, no ISA intrinsic: LLVM lowers
 them to zmm registers on AVX-512, to pairs of ymm on AVX2 and to SSE elsewhere, so one path
 serves every x86 CPU.
 """
@@ -107,9 +107,9 @@ def _vector_at(builder, ptr, index, ty=_VF):
     return builder.load(builder.bitcast(builder.gep(ptr, [index]), ty.as_pointer()), align=1)
 
 
-def _broadcast(builder, value, ty):
-    vec = builder.insert_element(ir.Constant(ty, ir.Undefined), value, _const(0, _I32))
-    return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(_VI, None))
+def _broadcast(builder, value):
+    vec = builder.insert_element(ir.Constant(_VF, ir.Undefined), value, _const(0, _I32))
+    return builder.shuffle_vector(vec, ir.Constant(_VF, ir.Undefined), ir.Constant(_VI, None))
 
 
 def _codes(builder, codes_ptr, offset, bits):
@@ -153,7 +153,7 @@ def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, 
                 for f in range(per_byte):
                     field = builder.add(builder.mul(blk, _const(per_byte)), _const(f))
                     index = builder.add(builder.add(builder.mul(_const(m), lda), builder.mul(field, blob)), i)
-                    a = _broadcast(builder, builder.load(builder.gep(a_ptr, [index])), _VF)
+                    a = _broadcast(builder, builder.load(builder.gep(a_ptr, [index])))
                     for v in range(2):
                         out[2 * m + v] = builder.call(fmuladd, [q[v][f], a, out[2 * m + v]])
             return out
@@ -166,9 +166,9 @@ def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, 
         out = []
         for m in range(rows):
             at = builder.add(builder.mul(_const(m), ldr), blk)
-            minus_sum = _broadcast(builder, builder.fneg(builder.load(builder.gep(row_sum_ptr, [at]))), _VF)
+            minus_sum = _broadcast(builder, builder.fneg(builder.load(builder.gep(row_sum_ptr, [at]))))
             if row_scaled:
-                row_scale = _broadcast(builder, builder.load(builder.gep(row_scale_ptr, [at])), _VF)
+                row_scale = _broadcast(builder, builder.load(builder.gep(row_scale_ptr, [at])))
             for v in range(2):
                 s = builder.fmul(scale[v], row_scale) if row_scaled else scale[v]
                 acc = builder.call(fmuladd, [parts[2 * m + v], s, accs[2 * m + v]])
@@ -191,7 +191,7 @@ def _emit_panel(builder, panel_ptr, a_ptr, kc, tile_ptr, rows):
         out = []
         for m in range(rows):
             a = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(k, _const(GROUP)), _const(m))]))
-            a = _broadcast(builder, a, _VF)
+            a = _broadcast(builder, a)
             for v in range(2):
                 out.append(builder.call(fmuladd, [a, b[v], accs[2 * m + v]]))
         return out
