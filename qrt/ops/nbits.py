@@ -8,7 +8,8 @@ Both follow onnxruntime's contrib-op definitions (checked against onnxruntime 1.
   uint8 (``[N * ceil(k_blocks * bits / 8)]``) or float like A (``[N * k_blocks]``, HQQ), and default
   to ``2 ** (bits - 1)``. ``accuracy_level`` is the lowest precision allowed for A: at 4, products
   of fewer than ``PANEL_MIN_ROWS`` rows use int8 activations per block (as onnxruntime does), larger
-  ones stay in float32, which is both faster there and more accurate.
+  ones (and blocks wider than ``INT8_MAX_BLOCK``) stay in float32, which is more accurate and, with
+  dequantized panels, no slower than onnxruntime's int8 there.
 * ``GatherBlockQuantized(data, indices, scales, zero_points=None)``: ``Gather`` over ``gather_axis``
   of ``(data - zp) * scale`` blocked along ``quantize_axis``; data is int4/uint4 (zero point
   default 0) or uint8 holding ``8 / bits`` codes a byte (zero point default ``2 ** (bits - 1)``).
@@ -29,9 +30,13 @@ from .quantized import _ConstantCache
 
 MS = "com.microsoft"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
-# Rows from which a product dequantizes column panels for BLAS instead of streaming the codes
-# (measured on K=2048, N=5632: equal at 4 rows, panels 1.3x faster at 16, streaming 4x faster at 1).
-PANEL_MIN_ROWS = 4
+# Rows from which a product dequantizes column panels instead of streaming the codes (measured, 1 thread,
+# K=2048 N=5632 and K=768 N=3072: streaming 1.8-2.3x faster at 1 row, 1.1-1.5x at 4, panels 1.0-1.2x
+# faster at 8, 1.2x at 16).
+PANEL_MIN_ROWS = 8
+# Widest block whose int8 products the streaming kernel sums exactly in float32 lanes (< 2 ** 24);
+# wider blocks at accuracy_level=4 are computed in float32, which that level allows.
+INT8_MAX_BLOCK = 512
 
 
 def _float_param(x, name, error, count, dtype):
@@ -58,7 +63,8 @@ class MatMulNBits(Op):
         self._weights = _ConstantCache()
 
     def _unpack(self, b, scales, zero_points, g_idx, dtype, error):
-        """(codes, scale, zero) in the kernels' layout, checked against the attributes."""
+        """(codes, scale, zero * scale) tiled for the kernels (:func:`kernels.tile_weights`), checked
+        against the attributes."""
         where = f"MatMulNBits {self.node_name!r}"
         N, kb = self.N, self.k_blocks
         blob = self.block_size * self.bits // 8
@@ -83,7 +89,7 @@ class MatMulNBits(Op):
             g = np.asarray(g_idx).reshape(-1)
             if g.size != self.K or not np.array_equal(g, np.arange(self.K) // self.block_size):
                 raise error(f"{where}: g_idx other than k // block_size (act-order GPTQ) is not supported")
-        return codes, np.ascontiguousarray(scale), np.ascontiguousarray(zero)
+        return kernels.tile_weights(codes, np.ascontiguousarray(scale), np.ascontiguousarray(zero), N)
 
     def prepare(self, constants):
         # A zero-point input that is not constant leaves an entry the run's key never matches.
@@ -105,7 +111,7 @@ class MatMulNBits(Op):
         unpacked = self._weights.get(key)
         if unpacked is None:
             unpacked = self._unpack(B, scales, zero_points, g_idx, A.dtype, InvalidArgument)
-        codes, scale, zero = unpacked
+        codes, scale, zero_scale = unpacked
         if bias is None:
             bias32 = np.zeros(self.N, np.float32)
         else:
@@ -113,11 +119,12 @@ class MatMulNBits(Op):
         a = np.ascontiguousarray(A.reshape(-1, self.K), dtype=np.float32)
         out = np.empty((a.shape[0], self.N), np.float32)
         if a.shape[0] >= PANEL_MIN_ROWS:
-            kernels.matmul_nbits_panels(a, codes, scale, zero, self.bits, self.block_size, self.K, bias32, out)
-        elif self.accuracy_level == 4:
-            kernels.matmul_nbits_rows_int8(a, codes, scale, zero, self.bits, self.block_size, self.K, bias32, out)
+            kernels.matmul_nbits_panels(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
+        elif self.accuracy_level == 4 and self.block_size <= INT8_MAX_BLOCK:
+            kernels.matmul_nbits_rows_int8(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32,
+                                           out)
         else:
-            kernels.matmul_nbits_rows(a, codes, scale, zero, self.bits, self.block_size, self.K, bias32, out)
+            kernels.matmul_nbits_rows(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
         return out.reshape(A.shape[:-1] + (self.N,)).astype(A.dtype, copy=False)
 
 

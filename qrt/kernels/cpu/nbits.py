@@ -2,33 +2,391 @@
 
 ``MatMulNBits`` stores ``B`` transposed and packed: ``b[n, blk, byte]`` holds ``8 // bits`` codes of
 column ``n``, block ``blk``, lowest bits first; code ``k`` of the column dequantizes to
-``(q - zero[n, blk]) * scale[n, blk]`` with ``blk = k // block_size``. The op prepares ``scale`` and
-``zero`` as float32 ``[N, k_blocks]`` (packed uint8 zero points unpacked once at plan time) so every
-kernel reads one layout. The float weight is never materialised:
+``(q - zero[n, blk]) * scale[n, blk]`` with ``blk = k // block_size``. The op retiles the constant
+weight once, at plan time (:func:`tile_weights`), into panels of ``NC`` columns: ``codes[t, blk,
+byte, c]`` is byte ``byte`` of block ``blk`` of column ``t * NC + c``, so one 16-byte load brings the
+same byte of 16 columns, and ``scale[t, blk, c]``, ``zero_scale[t, blk, c]`` (= zero * scale) are
+read as vectors of columns too. Columns past N are padded with zero codes and scales. The float
+weight is never materialised whole:
 
-* few rows (batch-1 decoding, small batches): :func:`matmul_nbits_rows` streams the packed bytes
-  once, parallel over column tiles, and folds the zero point out of the inner loop,
-  ``y[m, n] = sum_blk scale * (sum_k q_k a[m, k] - zero * sum_k a[m, k])``; A is first copied into
-  the order of the packed bit fields (:func:`_split_rows`) so the inner loop reads codes and
-  activations at unit stride and vectorizes; it runs at the speed of reading ``B``;
-* many rows: :func:`matmul_nbits_panels` dequantizes ``PANEL`` columns at a time (``PANEL x K``
-  floats, L2-resident) per task and multiplies them with single-threaded BLAS (``np.dot``),
-  parallel over panels;
+* few rows (batch-1 decoding; the op uses it below 8 rows): :func:`matmul_nbits_rows` streams the packed bytes once, parallel
+  over column panels. Its micro-kernel unpacks 16 bytes into float lanes (one column per lane) with
+  vector shifts and masks and multiply-adds them with the broadcast activation; a block's partial
+  sums are scaled once at the end of the block and the zero point is folded out of the inner loop,
+  ``y[m, n] = sum_blk scale * dot - (zero * scale) * sum_k a[m, k]``. A is first copied into the
+  order of the packed bit fields (:func:`_split_rows`) so field ``f`` of byte ``i`` meets one
+  activation;
+* many rows: :func:`matmul_nbits_panels` dequantizes one panel per task, ``PANEL_K`` rows of k at a
+  time into an L1-resident float buffer, and multiplies each chunk with a register-blocked float
+  micro-kernel (8 rows x 32 columns of accumulators, A packed 8 rows at a time) for every row group;
 * ``accuracy_level=4`` (few rows): :func:`matmul_nbits_rows_int8` quantizes each block of A to
-  int8 (symmetric, ``amax / 127``, round half to even) and accumulates exact int32 products of
-  codes and int8 activations per block, as onnxruntime's ``CompInt8`` path does. It is plain Numba
-  integer arithmetic, which LLVM vectorizes; qrt's VNNI micro-kernel (:mod:`qgemm`) sums over all
-  of K, not per block, so it does not serve here.
+  int8 (symmetric, ``amax / 127``, round half to even) and sums the products of codes and int8
+  activations per block, as onnxruntime's ``CompInt8`` path does, in the streaming micro-kernel:
+  the products are integers and a block's sum stays below 2 ** 24 up to 512-wide blocks, so float
+  lanes add them exactly (and faster than int32 multiplies).
+
+The micro-kernels are LLVM IR written through ``numba.extending.intrinsic`` (as :mod:`qgemm`'s), because
+LLVM does not keep Numba-level accumulator arrays in registers. They use only LLVM's portable
+vector types (``<16 x float>``, ``<16 x i32>``, ``<16 x i8>``) and ``llvm.fmuladd``, no ISA intrinsic: LLVM lowers
+them to zmm registers on AVX-512, to pairs of ymm on AVX2 and to SSE elsewhere, so one path
+serves every x86 CPU.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-# Output columns per task of the streaming kernels, and per dequantized panel of the BLAS kernel.
-COLUMN_TILE = 16
-PANEL = 64
-_FAST = {"reassoc", "contract", "nsz"}
+# Columns per panel: two vectors of LANES floats, the micro-kernels' width.
+LANES = 16
+NC = 2 * LANES
+# k rows of a dequantized panel chunk: PANEL_K x NC floats (16 KB) stay in L1 while every row tile uses them.
+PANEL_K = 128
+# Bytes of packed A per panel task: that many rows (a multiple of GROUP) stay in L2 while the panels pass.
+# 2 MB keeps a 128-token product of K <= 4096 in one chunk, so no panel is dequantized twice.
+PANEL_A_BYTES = 2 << 20
+# Rows of the float micro-kernel's largest tile (2 * GROUP accumulator vectors, 16 of the 32 zmm); A is
+# packed GROUP rows at a time so that a step's activations are adjacent.
+GROUP = 8
+
+# --------------------------------------------------------------------------- micro-kernels in LLVM IR
+
+_I8, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+_VF = ir.VectorType(_F32, LANES)
+_VI = ir.VectorType(_I32, LANES)
+_VB = ir.VectorType(_I8, LANES)
+
+
+def _const(value, ty=_I64):
+    return ir.Constant(ty, value)
+
+
+def _splat_const(value, ty=_VI):
+    return ir.Constant(ty, [ir.Constant(ty.element, value)] * LANES)
+
+
+def _loop(builder, count, init, step):
+    """Emits ``for it in range(count): values = step(it, values)``; returns the final values."""
+    entry = builder.block
+    body = builder.append_basic_block("nbits_loop")
+    done = builder.append_basic_block("nbits_done")
+    builder.cbranch(builder.icmp_signed(">", count, _const(0)), body, done)
+    builder.position_at_end(body)
+    it = builder.phi(_I64)
+    it.add_incoming(_const(0), entry)
+    phis = []
+    for value in init:
+        phi = builder.phi(value.type)
+        phi.add_incoming(value, entry)
+        phis.append(phi)
+    new = step(it, phis)
+    end = builder.block
+    it_next = builder.add(it, _const(1))
+    it.add_incoming(it_next, end)
+    for phi, value in zip(phis, new):
+        phi.add_incoming(value, end)
+    builder.cbranch(builder.icmp_signed("<", it_next, count), body, done)
+    builder.position_at_end(done)
+    final = []
+    for value, value_new in zip(init, new):
+        phi = builder.phi(value.type)
+        phi.add_incoming(value, entry)
+        phi.add_incoming(value_new, end)
+        final.append(phi)
+    return final
+
+
+def _fmuladd(builder):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF]),
+                                          "llvm.fmuladd.v16f32")
+
+
+def _vector_at(builder, ptr, index, ty=_VF):
+    return builder.load(builder.bitcast(builder.gep(ptr, [index]), ty.as_pointer()), align=1)
+
+
+def _broadcast(builder, value):
+    vec = builder.insert_element(ir.Constant(_VF, ir.Undefined), value, _const(0, _I32))
+    return builder.shuffle_vector(vec, ir.Constant(_VF, ir.Undefined), ir.Constant(_VI, None))
+
+
+def _codes(builder, codes_ptr, offset, bits):
+    """The ``8 // bits`` code vectors (float, one column per lane) of the 16 bytes at ``codes_ptr + offset``."""
+    wide = builder.zext(_vector_at(builder, codes_ptr, offset, _VB), _VI)
+    fields = []
+    for f in range(8 // bits):
+        x = wide if f == 0 else builder.lshr(wide, _splat_const(f * bits))
+        if f < 8 // bits - 1:
+            x = builder.and_(x, _splat_const((1 << bits) - 1))
+        fields.append(builder.uitofp(x, _VF))
+    return fields
+
+
+def _store_tile(builder, accs, tile_ptr, rows):
+    for m in range(rows):
+        for v in range(2):
+            builder.store(accs[2 * m + v], builder.bitcast(builder.gep(tile_ptr, [_const(m * NC + v * LANES)]),
+                                                          _VF.as_pointer()), align=1)
+
+
+def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, scale_ptr, zs_ptr, k_blocks, blob,
+               tile_ptr, rows, bits, row_scaled):
+    """tile[rows, NC] = a @ W for one panel, W streamed from its packed codes.
+
+    Per block: ``part = sum_i q_i * a_i`` in float lanes, then ``acc += part * scale - zero_scale *
+    row_sum``, ``scale`` times the block's activation scale when ``row_scaled`` (int8 activations:
+    their products with the codes are integers below 2 ** 24 for blocks up to 512, so the float
+    lanes sum them exactly).
+    """
+    fmuladd = _fmuladd(builder)
+    per_byte = 8 // bits
+    zero = ir.Constant(_VF, None)
+
+    def block(blk, accs):
+        def byte(i, parts):
+            offset = builder.mul(builder.add(builder.mul(blk, blob), i), _const(NC))
+            q = [_codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits) for v in range(2)]
+            out = list(parts)
+            for m in range(rows):
+                for f in range(per_byte):
+                    field = builder.add(builder.mul(blk, _const(per_byte)), _const(f))
+                    index = builder.add(builder.add(builder.mul(_const(m), lda), builder.mul(field, blob)), i)
+                    a = _broadcast(builder, builder.load(builder.gep(a_ptr, [index])))
+                    for v in range(2):
+                        out[2 * m + v] = builder.call(fmuladd, [q[v][f], a, out[2 * m + v]])
+            return out
+
+        parts = _loop(builder, blob, [zero] * (2 * rows), byte)
+        scale = [_vector_at(builder, scale_ptr, builder.add(builder.mul(blk, _const(NC)), _const(v * LANES)))
+                 for v in range(2)]
+        zs = [_vector_at(builder, zs_ptr, builder.add(builder.mul(blk, _const(NC)), _const(v * LANES)))
+              for v in range(2)]
+        out = []
+        for m in range(rows):
+            at = builder.add(builder.mul(_const(m), ldr), blk)
+            minus_sum = _broadcast(builder, builder.fneg(builder.load(builder.gep(row_sum_ptr, [at]))))
+            if row_scaled:
+                row_scale = _broadcast(builder, builder.load(builder.gep(row_scale_ptr, [at])))
+            for v in range(2):
+                s = builder.fmul(scale[v], row_scale) if row_scaled else scale[v]
+                acc = builder.call(fmuladd, [parts[2 * m + v], s, accs[2 * m + v]])
+                out.append(builder.call(fmuladd, [zs[v], minus_sum, acc]))
+        return out
+
+    accs = _loop(builder, k_blocks, [zero] * (2 * rows), block)
+    _store_tile(builder, accs, tile_ptr, rows)
+
+
+def _emit_panel(builder, panel_ptr, a_ptr, kc, tile_ptr, rows):
+    """tile[rows, NC] += a @ panel[kc, NC], ``a`` packed ``[kc, GROUP]`` (row m of step k at ``k * GROUP
+    + m``), the accumulators in registers throughout."""
+    fmuladd = _fmuladd(builder)
+    init = [_vector_at(builder, tile_ptr, _const(m * NC + v * LANES)) for m in range(rows) for v in range(2)]
+
+    def step(k, accs):
+        b = [_vector_at(builder, panel_ptr, builder.add(builder.mul(k, _const(NC)), _const(v * LANES)))
+             for v in range(2)]
+        out = []
+        for m in range(rows):
+            a = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(k, _const(GROUP)), _const(m))]))
+            a = _broadcast(builder, a)
+            for v in range(2):
+                out.append(builder.call(fmuladd, [a, b[v], accs[2 * m + v]]))
+        return out
+
+    _store_tile(builder, _loop(builder, kc, init, step), tile_ptr, rows)
+
+
+def _emit_dequantize(builder, codes_ptr, scale_ptr, zs_ptr, blocks, blob, panel_ptr, bits):
+    """panel rows of ``blocks`` blocks of one panel: ``q * scale - zero_scale`` per lane, bit field by
+    bit field within each block (the order of :func:`_split_rows`)."""
+    fmuladd = _fmuladd(builder)
+    per_byte = 8 // bits
+
+    def block(blk, no_values):
+        s_at = builder.mul(blk, _const(NC))
+        scale = [_vector_at(builder, scale_ptr, builder.add(s_at, _const(v * LANES))) for v in range(2)]
+        minus_zs = [builder.fneg(_vector_at(builder, zs_ptr, builder.add(s_at, _const(v * LANES)))) for v in range(2)]
+
+        def byte(i, no_values_inner):
+            offset = builder.mul(builder.add(builder.mul(blk, blob), i), _const(NC))
+            for v in range(2):
+                fields = _codes(builder, codes_ptr, builder.add(offset, _const(v * LANES)), bits)
+                for f in range(per_byte):
+                    row = builder.add(builder.mul(builder.add(builder.mul(blk, _const(per_byte)), _const(f)), blob), i)
+                    at = builder.add(builder.mul(row, _const(NC)), _const(v * LANES))
+                    value = builder.call(fmuladd, [fields[f], scale[v], minus_zs[v]])
+                    builder.store(value, builder.bitcast(builder.gep(panel_ptr, [at]), _VF.as_pointer()), align=1)
+            return []
+
+        _loop(builder, blob, [], byte)
+        return []
+
+    _loop(builder, blocks, [], block)
+
+
+def _data(context, builder, ty, value, offset, element):
+    array = context.make_array(ty)(context, builder, value)
+    return builder.gep(builder.bitcast(array.data, element.as_pointer()), [offset])
+
+
+def _rows_kernel(rows, bits, row_scaled):
+    @intrinsic
+    def kernel(typingctx, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, k_blocks,
+               blob, tile):
+        sig = types.void(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, k_blocks,
+                         blob, tile)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            (codes_v, c_off_v, a_v, a_off_v, lda_v, rs_v, rsum_v, r_off_v, ldr_v, scale_v, zs_v, s_off_v, kb_v,
+             blob_v, tile_v) = args
+            _emit_rows(builder, _data(context, builder, t[0], codes_v, c_off_v, _I8),
+                       _data(context, builder, t[2], a_v, a_off_v, _F32), lda_v,
+                       _data(context, builder, t[5], rs_v, r_off_v, _F32),
+                       _data(context, builder, t[6], rsum_v, r_off_v, _F32), ldr_v,
+                       _data(context, builder, t[9], scale_v, s_off_v, _F32),
+                       _data(context, builder, t[10], zs_v, s_off_v, _F32), kb_v, blob_v,
+                       _data(context, builder, t[14], tile_v, _const(0), _F32), rows, bits, row_scaled)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+def _panel_kernel(rows):
+    @intrinsic
+    def kernel(typingctx, panel, a, a_off, kc, tile, t_off):
+        sig = types.void(panel, a, a_off, kc, tile, t_off)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            panel_v, a_v, a_off_v, kc_v, tile_v, t_off_v = args
+            _emit_panel(builder, _data(context, builder, t[0], panel_v, _const(0), _F32),
+                        _data(context, builder, t[1], a_v, a_off_v, _F32), kc_v,
+                        _data(context, builder, t[4], tile_v, t_off_v, _F32), rows)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+def _dequantize_kernel(bits):
+    @intrinsic
+    def kernel(typingctx, codes, c_off, scale, zs, s_off, blocks, blob, panel):
+        sig = types.void(codes, c_off, scale, zs, s_off, blocks, blob, panel)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            codes_v, c_off_v, scale_v, zs_v, s_off_v, blocks_v, blob_v, panel_v = args
+            _emit_dequantize(builder, _data(context, builder, t[0], codes_v, c_off_v, _I8),
+                             _data(context, builder, t[2], scale_v, s_off_v, _F32),
+                             _data(context, builder, t[3], zs_v, s_off_v, _F32), blocks_v, blob_v,
+                             _data(context, builder, t[7], panel_v, _const(0), _F32), bits)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+_dq2, _dq4, _dq8 = (_dequantize_kernel(b) for b in (2, 4, 8))
+
+# Streaming kernels of 1-3 rows for 2, 4 and 8 bits, float and int8 activations (4 rows measured no faster
+# than 3 + 1); float panels of 8/4/2/1 rows
+# (GROUP = 8).
+_f2_1, _f2_2, _f2_3 = (_rows_kernel(r, 2, False) for r in (1, 2, 3))
+_f4_1, _f4_2, _f4_3 = (_rows_kernel(r, 4, False) for r in (1, 2, 3))
+_f8_1, _f8_2, _f8_3 = (_rows_kernel(r, 8, False) for r in (1, 2, 3))
+_i2_1, _i2_2, _i2_3 = (_rows_kernel(r, 2, True) for r in (1, 2, 3))
+_i4_1, _i4_2, _i4_3 = (_rows_kernel(r, 4, True) for r in (1, 2, 3))
+_i8_1, _i8_2, _i8_3 = (_rows_kernel(r, 8, True) for r in (1, 2, 3))
+_p8, _p4, _p2, _p1 = (_panel_kernel(r) for r in (8, 4, 2, 1))
+
+
+@njit(cache=True, inline="always")
+def _rows_tile(bits, rows, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob,
+               tile):
+    """One panel of up to 3 rows (returns how many) with float activations."""
+    if rows >= 3:
+        if bits == 4:
+            _f4_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        elif bits == 2:
+            _f2_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        else:
+            _f8_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        return 3
+    if rows == 2:
+        if bits == 4:
+            _f4_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        elif bits == 2:
+            _f2_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        else:
+            _f8_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        return 2
+    if bits == 4:
+        _f4_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+    elif bits == 2:
+        _f2_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+    else:
+        _f8_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+    return 1
+
+
+@njit(cache=True, inline="always")
+def _rows_tile_int8(bits, rows, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb,
+                    blob, tile):
+    """:func:`_rows_tile` with int8 activations (``a`` their codes as floats, ``row_scale`` their block
+    scales)."""
+    if rows >= 3:
+        if bits == 4:
+            _i4_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        elif bits == 2:
+            _i2_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        else:
+            _i8_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        return 3
+    if rows == 2:
+        if bits == 4:
+            _i4_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        elif bits == 2:
+            _i2_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        else:
+            _i8_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+        return 2
+    if bits == 4:
+        _i4_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+    elif bits == 2:
+        _i2_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+    else:
+        _i8_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, blob, tile)
+    return 1
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@njit(cache=True)
+def tile_weights(b, scale, zero, N):
+    """``(codes [T, k_blocks, blob, NC], scale [T, k_blocks, NC], zero_scale [T, k_blocks, NC])`` from
+    ``b [N, k_blocks, blob]`` and float32 ``scale``, ``zero`` ``[N, k_blocks]``; T = ceil(N / NC)."""
+    k_blocks, blob = b.shape[1], b.shape[2]
+    panels = (N + NC - 1) // NC
+    codes = np.zeros((panels, k_blocks, blob, NC), np.uint8)
+    tiled_scale = np.zeros((panels, k_blocks, NC), np.float32)
+    zero_scale = np.zeros((panels, k_blocks, NC), np.float32)
+    for n in range(N):
+        t, c = n // NC, n % NC
+        for blk in range(k_blocks):
+            tiled_scale[t, blk, c] = scale[n, blk]
+            zero_scale[t, blk, c] = zero[n, blk] * scale[n, blk]
+            for i in range(blob):
+                codes[t, blk, i, c] = b[n, blk, i]
+    return codes, tiled_scale, zero_scale
 
 
 @njit(cache=True)
@@ -39,91 +397,146 @@ def _split_rows(a, K, block_size, k_blocks, per_byte, dtype):
     M = a.shape[0]
     blob = block_size // per_byte
     split = np.zeros((M, k_blocks, per_byte, blob), dtype)
+    # block by block, no division per element (a 64-bit division costs more than the copy)
     for m in range(M):
-        for k in range(K):
-            kk = k % block_size
-            split[m, k // block_size, kk % per_byte, kk // per_byte] = a[m, k]
+        for blk in range(k_blocks):
+            k0 = blk * block_size
+            full = min(blob, (K - k0) // per_byte)
+            for j in range(per_byte):
+                dst = split[m, blk, j]
+                for i in range(full):
+                    dst[i] = a[m, k0 + i * per_byte + j]
+            for k in range(k0 + full * per_byte, min(K, k0 + block_size)):  # the partial last block
+                split[m, blk, (k - k0) % per_byte, (k - k0) // per_byte] = a[m, k]
     return split
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _block_sums(a, K, block_size, k_blocks, dtype):
     M = a.shape[0]
     sums = np.zeros((M, k_blocks), dtype)
     for m in range(M):
-        for k in range(K):
-            sums[m, k // block_size] += a[m, k]
+        for blk in range(k_blocks):
+            total = dtype(0)
+            for k in range(blk * block_size, min(K, (blk + 1) * block_size)):
+                total += a[m, k]
+            sums[m, blk] = total
     return sums
 
 
-@njit(cache=True, parallel=True, fastmath=_FAST)
-def matmul_nbits_rows(a, b, scale, zero, bits, block_size, K, bias, out):
-    M = a.shape[0]
+@njit(cache=True, inline="always")
+def _store_rows(tile, rows, out, m0, n0, bias):
     N = out.shape[1]
-    k_blocks, blob = b.shape[1], b.shape[2]
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    split = _split_rows(a, K, block_size, k_blocks, per_byte, np.float32)
-    a_sums = _block_sums(a, K, block_size, k_blocks, np.float32)
-    tiles = (N + COLUMN_TILE - 1) // COLUMN_TILE
-    for t in prange(tiles):
-        for n in range(t * COLUMN_TILE, min(N, (t + 1) * COLUMN_TILE)):
-            for m in range(M):
-                acc = np.float32(0.0)
-                for blk in range(k_blocks):
-                    dot = np.float32(0.0)
-                    if bits == 4:  # one loop, one reduction per block
-                        for i in range(blob):
-                            byte = np.int32(b[n, blk, i])
-                            dot += (np.float32(byte & 15) * split[m, blk, 0, i]
-                                    + np.float32(byte >> 4) * split[m, blk, 1, i])
-                    else:
-                        for j in range(per_byte):
-                            shift = j * bits
-                            for i in range(blob):
-                                dot += np.float32((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
-                    acc += scale[n, blk] * (dot - zero[n, blk] * a_sums[m, blk])
-                out[m, n] = acc + bias[n]
-
-
-@njit(cache=True, fastmath=_FAST)
-def _dequantize_columns(b, scale, zero, bits, n0, cols, panel):
-    """panel[j] = dequantized column n0 + j of B, k in the order of :func:`_split_rows` (bit field
-    by bit field within each block, so reads and writes are contiguous), padded blocks included."""
-    k_blocks, blob = b.shape[1], b.shape[2]
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    for j in range(cols):
-        n = n0 + j
-        for blk in range(k_blocks):
-            s = scale[n, blk]
-            zs = zero[n, blk] * s
-            for f in range(per_byte):
-                base = (blk * per_byte + f) * blob
-                shift = f * bits
-                for i in range(blob):
-                    panel[j, base + i] = np.float32((np.int32(b[n, blk, i]) >> shift) & mask) * s - zs
+    cols = min(NC, N - n0)
+    for i in range(rows):
+        dst = out[m0 + i, n0:n0 + cols]
+        src = tile[i]
+        b = bias[n0:n0 + cols]
+        for c in range(cols):
+            dst[c] = src[c] + b[c]
 
 
 @njit(cache=True, parallel=True)
-def matmul_nbits_panels(a, b, scale, zero, bits, block_size, K, bias, out):
+def matmul_nbits_rows(a, codes, scale, zero_scale, bits, block_size, K, bias, out):
+    """``out = a @ W + bias`` for the tiled weights of :func:`tile_weights`, streaming the codes."""
     M = a.shape[0]
-    N = out.shape[1]
-    k_blocks = b.shape[1]
+    panels, k_blocks, blob = codes.shape[0], codes.shape[1], codes.shape[2]
     per_byte = 8 // bits
-    # A in the panels' k order; its zeros on padded k cancel whatever codes pad the last block
-    split = _split_rows(a, K, block_size, k_blocks, per_byte, np.float32).reshape(M, k_blocks * block_size)
-    tiles = (N + PANEL - 1) // PANEL
-    for t in prange(tiles):
-        n0 = t * PANEL
-        cols = min(PANEL, N - n0)
-        panel = np.zeros((PANEL, k_blocks * block_size), np.float32)
-        _dequantize_columns(b, scale, zero, bits, n0, cols, panel)
-        tile = np.empty((M, PANEL), np.float32)
-        np.dot(split, panel.T, tile)
-        for m in range(M):
-            for j in range(cols):
-                out[m, n0 + j] = tile[m, j] + bias[n0 + j]
+    split = _split_rows(a, K, block_size, k_blocks, per_byte, np.float32)
+    sums = _block_sums(a, K, block_size, k_blocks, np.float32)
+    lda = k_blocks * block_size
+    for t in prange(panels):
+        tile = np.empty((3, NC), np.float32)
+        m = 0
+        while m < M:
+            rows = _rows_tile(bits, M - m, codes, t * k_blocks * blob * NC, split, m * lda, lda, sums, sums,
+                              m * k_blocks, k_blocks, scale, zero_scale, t * k_blocks * NC, k_blocks, blob, tile)
+            _store_rows(tile, rows, out, m, t * NC, bias)
+            m += rows
+
+
+@njit(cache=True, inline="always")
+def _dequantize_panel(codes, scale, zero_scale, bits, t, blk0, blk1, panel):
+    """panel[k, c] = W[blk0 * block_size + k, t * NC + c] for the blocks blk0..blk1-1, k in the order of
+    :func:`_split_rows` (bit field by bit field within each block), padded rows included."""
+    k_blocks, blob = codes.shape[1], codes.shape[2]
+    c_off = (t * k_blocks + blk0) * blob * NC
+    s_off = (t * k_blocks + blk0) * NC
+    if bits == 4:
+        _dq4(codes, c_off, scale, zero_scale, s_off, blk1 - blk0, blob, panel)
+    elif bits == 2:
+        _dq2(codes, c_off, scale, zero_scale, s_off, blk1 - blk0, blob, panel)
+    else:
+        _dq8(codes, c_off, scale, zero_scale, s_off, blk1 - blk0, blob, panel)
+
+
+@njit(cache=True)
+def _pack_rows(a, K, block_size, k_blocks, per_byte):
+    """A as ``[ceil(M / GROUP), kp, GROUP]`` (kp = k_blocks * block_size), k in :func:`_split_rows`'s order,
+    zeros padding k and the last group's rows."""
+    M = a.shape[0]
+    blob = block_size // per_byte
+    packed = np.zeros(((M + GROUP - 1) // GROUP, k_blocks * block_size, GROUP), np.float32)
+    for g in range(packed.shape[0]):
+        m0 = g * GROUP
+        rows = min(GROUP, M - m0)
+        for blk in range(k_blocks):
+            k0 = blk * block_size
+            full = min(blob, (K - k0) // per_byte)
+            for j in range(per_byte):
+                dst = (blk * per_byte + j) * blob
+                for i in range(full):
+                    k = k0 + i * per_byte + j
+                    for r in range(rows):
+                        packed[g, dst + i, r] = a[m0 + r, k]
+            for k in range(k0 + full * per_byte, min(K, k0 + block_size)):  # the partial last block
+                d = (blk * per_byte + (k - k0) % per_byte) * blob + (k - k0) // per_byte
+                for r in range(rows):
+                    packed[g, d, r] = a[m0 + r, k]
+    return packed
+
+
+@njit(cache=True, parallel=True)
+def matmul_nbits_panels(a, codes, scale, zero_scale, bits, block_size, K, bias, out):
+    """``out = a @ W + bias``: per task one panel of W and the rows of ``a`` that fit PANEL_A_BYTES; the
+    panel is dequantized PANEL_K rows of k at a time into an L1-resident buffer that every row tile
+    multiplies."""
+    M = a.shape[0]
+    panels, k_blocks = codes.shape[0], codes.shape[1]
+    kp = k_blocks * block_size
+    chunk_blocks = max(1, PANEL_K // block_size)
+    chunk_rows = max(GROUP, PANEL_A_BYTES // (4 * kp) // GROUP * GROUP)
+    row_chunks = (M + chunk_rows - 1) // chunk_rows
+    # zeros on padded k cancel whatever codes pad the last block
+    packed = _pack_rows(a, K, block_size, k_blocks, 8 // bits)
+    for task in prange(row_chunks * panels):
+        t = task % panels
+        m_start = (task // panels) * chunk_rows
+        m_end = min(M, m_start + chunk_rows)
+        panel = np.empty((chunk_blocks * block_size, NC), np.float32)
+        acc = np.zeros((m_end - m_start, NC), np.float32)
+        for blk0 in range(0, k_blocks, chunk_blocks):
+            blk1 = min(k_blocks, blk0 + chunk_blocks)
+            _dequantize_panel(codes, scale, zero_scale, bits, t, blk0, blk1, panel)
+            k0 = blk0 * block_size
+            kc = (blk1 - blk0) * block_size
+            m = m_start
+            while m < m_end:
+                a_off = ((m // GROUP) * kp + k0) * GROUP + m % GROUP
+                t_off = (m - m_start) * NC
+                if m_end - m >= 8:
+                    _p8(panel, packed, a_off, kc, acc, t_off)
+                    m += 8
+                elif m_end - m >= 4:
+                    _p4(panel, packed, a_off, kc, acc, t_off)
+                    m += 4
+                elif m_end - m >= 2:
+                    _p2(panel, packed, a_off, kc, acc, t_off)
+                    m += 2
+                else:
+                    _p1(panel, packed, a_off, kc, acc, t_off)
+                    m += 1
+        _store_rows(acc, m_end - m_start, out, m_start, t * NC, bias)
 
 
 @njit(cache=True)
@@ -153,33 +566,25 @@ def quantize_rows_int8(a, K, block_size, k_blocks):
 
 
 @njit(cache=True, parallel=True)
-def matmul_nbits_rows_int8(a, b, scale, zero, bits, block_size, K, bias, out):
+def matmul_nbits_rows_int8(a, codes, scale, zero_scale, bits, block_size, K, bias, out):
+    """:func:`matmul_nbits_rows` with activations quantized to int8 per block (``accuracy_level=4``)."""
     M = a.shape[0]
-    N = out.shape[1]
-    k_blocks, blob = b.shape[1], b.shape[2]
+    panels, k_blocks, blob = codes.shape[0], codes.shape[1], codes.shape[2]
     per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    codes, a_scale, a_sums = quantize_rows_int8(a, K, block_size, k_blocks)
-    split = _split_rows(codes, k_blocks * block_size, block_size, k_blocks, per_byte, np.int32)
-    tiles = (N + COLUMN_TILE - 1) // COLUMN_TILE
-    for t in prange(tiles):
-        for n in range(t * COLUMN_TILE, min(N, (t + 1) * COLUMN_TILE)):
-            for m in range(M):
-                acc = np.float32(0.0)
-                for blk in range(k_blocks):
-                    dot = 0  # exact: |sum| <= block_size * 255 * 128
-                    if bits == 4:
-                        for i in range(blob):
-                            byte = np.int32(b[n, blk, i])
-                            dot += (byte & 15) * split[m, blk, 0, i] + (byte >> 4) * split[m, blk, 1, i]
-                    else:
-                        for j in range(per_byte):
-                            shift = j * bits
-                            for i in range(blob):
-                                dot += ((np.int32(b[n, blk, i]) >> shift) & mask) * split[m, blk, j, i]
-                    centered = np.float32(dot) - zero[n, blk] * np.float32(a_sums[m, blk])
-                    acc += scale[n, blk] * a_scale[m, blk] * centered
-                out[m, n] = acc + bias[n]
+    q, a_scale, q_sums = quantize_rows_int8(a, K, block_size, k_blocks)
+    lda = k_blocks * block_size
+    split = _split_rows(q, lda, block_size, k_blocks, per_byte, np.float32)
+    # the zero-point term in float: activation scale times the block's code sum
+    row_sum = a_scale * q_sums.astype(np.float32)
+    for t in prange(panels):
+        tile = np.empty((3, NC), np.float32)
+        m = 0
+        while m < M:
+            rows = _rows_tile_int8(bits, M - m, codes, t * k_blocks * blob * NC, split, m * lda, lda, a_scale,
+                                   row_sum, m * k_blocks, k_blocks, scale, zero_scale, t * k_blocks * NC, k_blocks,
+                                   blob, tile)
+            _store_rows(tile, rows, out, m, t * NC, bias)
+            m += rows
 
 
 @njit(cache=True)

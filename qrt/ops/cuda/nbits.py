@@ -34,10 +34,10 @@ class MatMulNBits(CudaOp):
         if not shape or shape[-1] != self.K:
             raise InvalidArgument(f"MatMulNBits {self.node_name!r}: A's last dimension must be K={self.K}, "
                                   f"got shape {list(A.shape)}")
-        codes, scale, zero = cached[1]
+        codes, scale, zero_scale = cached[1]
         bias32 = np.zeros(self.N, np.float32) if bias is None else np.asarray(self.host(bias), np.float32)
         a = self.device(0, A).reshape(int(np.prod(shape[:-1], dtype=np.int64)), self.K)
         out = dev.empty((a.shape[0], self.N), np.float32)
-        k.matmul_nbits(a, codes, scale, zero, dev.upload(bias32.reshape(-1)), out, self.bits, self.block_size,
+        k.matmul_nbits(a, codes, scale, zero_scale, dev.upload(bias32.reshape(-1)), out, self.bits, self.block_size,
                        self.K)
         return out.reshape(shape[:-1] + (self.N,))
