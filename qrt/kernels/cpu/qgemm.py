@@ -47,6 +47,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+from .threads import num_threads
 
 # --------------------------------------------------------------------------- ISA choice
 
@@ -491,11 +492,7 @@ class PackedB:
     (groups, N) int32 in the signed domain; ``Kp`` is the packed depth (a multiple of 4).
     """
 
-    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb", "koff", "tail_slack")
-
-    @property
-    def zb_nonzero(self) -> bool:
-        return bool(np.any(self.zb))
+    __slots__ = ("isa", "nr", "K", "Kp", "N", "groups", "data", "col_sum", "zb", "zb_nonzero", "koff", "tail_slack")
 
 
 # Zero bytes after the last panel, for the AMX driver's last partial depth block (15 k-quad rows of 128 bytes).
@@ -536,6 +533,8 @@ def pack_weights(mats, zero_points, kmap=None, Kp=None, isa=None, tail_slack=Fal
     packed.tail_slack = slack
     packed.col_sum = col_sum
     packed.zb = (np.asarray(zero_points, dtype=np.int32).reshape(len(mats), N) - flip).astype(np.int32)
+    # asked on every GEMM call: np.any costs ~2 us, a tiny layer's whole kernel time
+    packed.zb_nonzero = bool(np.any(packed.zb))
     packed.koff = np.arange(Kp // 4, dtype=np.int64) * 4     # plain row-major A; convolutions pass their own
     return packed
 
@@ -548,8 +547,7 @@ def split_work(rows, n_panels, depth, nr=32):
     larger (many rows), panel groups when B is (a batch-1 or small-batch linear layer). There are
     at least two tasks per thread whenever the shape allows, and a chunk of A stays in L2.
     """
-    import numba
-    threads = numba.get_num_threads()
+    threads = num_threads()      # numba.get_num_threads() takes a process-wide lock on every call
     mr = _MR_MAX
     cap = max(mr, (_CHUNK_BYTES // max(depth, 1)) // mr * mr)
     a_bytes = rows * depth
