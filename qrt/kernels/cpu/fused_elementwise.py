@@ -60,6 +60,8 @@ globals().update({f"scalar_{name}": fn for name, fn in _SCALAR_FUNCS.items()})
 
 # Elements from which the parallel variant runs (a prange launch costs a few microseconds).
 PARALLEL_MIN_ELEMENTS = 1 << 16
+# Row blocks a parallel run is cut into (the threads take equal runs of them).
+PARALLEL_BLOCKS = 16
 
 # The one signature every generated kernel has: contiguous float32 vectors, then rows/period/channels.
 FLOAT_VECTOR = types.Array(types.float32, 1, "C")
@@ -152,14 +154,31 @@ def generate_source(kinds, scalars, program) -> str:
     for j, (op, operands, params) in enumerate(program):
         args = [operand(r) for r in operands] + [f"P{j}_{p}" for p in range(len(params))]
         body.append(f"t{j} = np.float32(scalar_{op}({', '.join(args)}))")
-    signature = ", ".join([f"x{k}" for k in arrays] + ["out", "rows", "period", "channels"])
-    for name, loop in (("run_serial", "range"), ("run_parallel", "prange")):
-        lines += ["", "", f"@njit(cache=True, error_model='numpy'{', parallel=True' if loop == 'prange' else ''})",
-                  f"def {name}({signature}):", f"    for r in {loop}(rows):", "        base = r * period"]
-        lines += [f"        c{k} = x{k}[r % channels]" for k in arrays if kinds[k] == CHANNEL]
-        lines += ["        for j in range(period):", "            i = base + j"]
-        lines += [f"            {stmt}" for stmt in body]
-        lines.append(f"            out[i] = t{len(program) - 1}")
+    arguments = ", ".join([f"x{k}" for k in arrays] + ["out"])
+    # The loop lives in span(), over rows counted from 0 of views that start at the block: inside
+    # a prange body, a loop over indices from a computed start was left unvectorized (Numba's
+    # negative-index wraparound check stays in it), and the parallel variant ran at a quarter to
+    # a half of the serial speed per thread. ``row0`` keeps the channel phase of a block's rows.
+    lines += ["", "", "@njit(cache=True, error_model='numpy')",
+              f"def span({arguments}, rows, period, channels, row0):", "    for r in range(rows):",
+              "        base = r * period"]
+    lines += [f"        c{k} = x{k}[(row0 + r) % channels]" for k in arrays if kinds[k] == CHANNEL]
+    lines += ["        for j in range(period):", "            i = base + j"]
+    lines += [f"            {stmt}" for stmt in body]
+    lines.append(f"            out[i] = t{len(program) - 1}")
+    block_views = ", ".join([f"x{k}[lo:hi]" if kinds[k] == FULL else f"x{k}" for k in arrays] + ["out[lo:hi]"])
+    lines += ["", "", "@njit(cache=True, error_model='numpy')",
+              f"def run_serial({arguments}, rows, period, channels):",
+              f"    span({arguments}, rows, period, channels, 0)",
+              "", "", "@njit(cache=True, error_model='numpy', parallel=True)",
+              f"def run_parallel({arguments}, rows, period, channels):",
+              f"    step = (rows + {PARALLEL_BLOCKS - 1}) // {PARALLEL_BLOCKS}",
+              "    for block in prange((rows + step - 1) // step):",
+              "        first = block * step",
+              "        last = min(rows, first + step)",
+              "        lo = first * period",
+              "        hi = last * period",
+              f"        span({block_views}, last - first, period, channels, first)"]
     return "\n".join(lines) + "\n"
 
 
