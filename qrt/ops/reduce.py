@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import reduce as k
+from ..kernels.cpu.threads import num_threads
 from ..registry import register
 from .base import Op, is_half_float
 
@@ -65,7 +65,7 @@ def _around(groups, index):
 
 def _parallel_chunks(outer, inner):
     """Column blocks per row so that every thread has work when there are fewer rows than threads."""
-    threads = numba.get_num_threads()
+    threads = num_threads()
     if inner == 1 or outer >= threads:
         return 1
     return max(1, min(-(-threads // max(outer, 1)), inner // 64))

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 from ..kernels.cpu import softmax as k
+from ..kernels.cpu.threads import threads_for
 from ..registry import register
 from .base import Op, ShapeCache
 
@@ -57,7 +58,7 @@ def _run_softmax(x, layout, log, strided_sum=False):
     if work.size:
         if len(layout) == 2:
             x2, out2 = work.reshape(layout), out.reshape(layout)
-            if work.size >= k.PARALLEL_MIN_ELEMENTS and layout[0] > 1 and rounding == k.ROUND_NONE:
+            if threads_for(work.size) > 1 and layout[0] > 1 and rounding == k.ROUND_NONE:
                 k.softmax_rows_parallel(x2, out2, log)
             else:
                 # numpy sums float16 in float32 along a contiguous axis but in float16 along a

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from onnx import helper as onnx_helper
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import transformer as k
 from ..kernels.cpu.softmax import rounding_for
+from ..kernels.cpu.threads import num_threads, threads_for
 from ..registry import register
 from .base import Op, ShapeCache
 
@@ -82,7 +82,7 @@ def _normalize(op_type, x, scale, bias, axis, epsilon, rms, layouts=None):
     mean = np.empty(rows, dtype=work)
     inv_std = np.empty(rows, dtype=work)
     if n:
-        kernel = k.normalize_rows_parallel if x.size >= k.PARALLEL_MIN_ELEMENTS and rows > 1 else k.normalize_rows
+        kernel = k.normalize_rows_parallel if threads_for(x.size) > 1 and rows > 1 else k.normalize_rows
         kernel(x2, scale2, bias2, has_bias, eps, rms, y, mean, inv_std)
     else:
         mean[:] = np.nan
@@ -184,7 +184,7 @@ class SkipLayerNormalization(Op):
         mean = np.empty(rows, _FLOAT32)
         inv_std = np.empty(rows, _FLOAT32)
         if x.size:
-            kernel = k.skip_normalize_rows_parallel if x.size >= k.PARALLEL_MIN_ELEMENTS and rows > 1 \
+            kernel = k.skip_normalize_rows_parallel if threads_for(x.size) > 1 and rows > 1 \
                 else k.skip_normalize_rows
             kernel(x2, skip2, flat[2], bias is not None, flat[0], flat[1], beta is not None,
                    np.float32(self.epsilon), total, y, mean, inv_std)
@@ -314,7 +314,7 @@ class _Attention(Op):
             k.attention(_as(q4, work), _as(present_key, work), _as(present_value, work), sqrt_scale, softcap,
                         mask_kind, bool_mask, float_mask, self.is_causal, offsets, self.left_window,
                         self.right_window, valid, self.qk_mode if want_qk else -1, qk_out, y, rounding,
-                        softmax_rounding, 2 * numba.get_num_threads())
+                        softmax_rounding, 2 * num_threads())
         if three_d:
             y = y.transpose(0, 2, 1, 3).reshape(batch, q_len, q_heads * v4.shape[3])
         results = [y.astype(q.dtype)]

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 
 import qrt
 from qrt.errors import InvalidModel, QrtError
-from qrt.kernels.cpu.softmax import PARALLEL_MIN_ELEMENTS
+from qrt.kernels.cpu.threads import WORK_PER_THREAD
 
 RNG = np.random.default_rng(23)
 
@@ -93,7 +93,7 @@ def test_softmax_default_axis_changes_at_opset_13(op_type):
 
 
 def test_softmax_large_rows_parallel_kernel_and_float64():
-    x = _rand(PARALLEL_MIN_ELEMENTS // 1024 + 8, 1024, scale=10.0)   # takes the parallel kernel
+    x = _rand(2 * WORK_PER_THREAD // 1024 + 8, 1024, scale=10.0)   # takes the parallel kernel at 2 threads
     inputs = [("x", x)]
     model = _model("Softmax", inputs, dict(axis=-1), 13, [("y", np.float32, 2)])
     got = _qrt(model, inputs)[0]

@@ -26,9 +26,6 @@ from .vmath import float32_bits, float32_from_bits, fmax
 
 FASTMATH = {"reassoc", "contract", "nsz"}
 
-# Elements below which the parallel kernel is not worth it: one row-pass over 128K float32 takes
-# ~50 us serially, and on a shared 2-core machine waking the second thread can cost as much.
-PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 # ---------------------------------------------------------------- narrow float types

@@ -22,8 +22,6 @@ from . import vmath
 from .softmax import FASTMATH, ROUND_BFLOAT16, ROUND_NONE, round_to
 from .vmath import fmax
 
-# Elements below which normalization runs serially (see softmax.PARALLEL_MIN_ELEMENTS).
-PARALLEL_MIN_ELEMENTS = 1 << 17
 
 # ---------------------------------------------------------------- layer / RMS normalization
 
