@@ -6,15 +6,47 @@ import numpy as np
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import elementwise as k
 from ..kernels.cpu import fused_elementwise as fe
+from ..kernels.cpu.threads import WORK_PER_THREAD, threads_for
 from ..kernels.cpu.ufunc import binary, call, unary
 from ..registry import register
 from .base import Op
 
 _BOOL = np.dtype(np.bool_)
+_FLOAT32 = np.dtype(np.float32)
+# Ops whose large float32 inputs go through their generated kernel in parallel (see _across_threads).
+_SPLITTABLE = frozenset(("Add", "Sub", "Mul", "Div", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Relu",
+                         "HardSwish", "Softplus", "Softsign", "Mish"))
 
 
 def _is_int(a):
     return a.dtype.kind in "iu"
+
+
+def _across_threads(op_type, arrays):
+    """``op_type`` (a fused_elementwise op) on same-shape float32 arrays, by its generated kernel split
+    across the caller's threads; None when the arrays are one thread's share of work, need
+    broadcasting or are not float32. The Numba ufuncs run on the calling thread only; the generated
+    kernel runs the same scalar code, so the results are the same."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.size < WORK_PER_THREAD or first.dtype != _FLOAT32:
+        return None
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != _FLOAT32 or a.shape != first.shape:
+            return None
+    if threads_for(first.size * fe.element_cost((op_type,))) < 2:
+        return None
+    rows, period = fe.flat_layout(first.shape)
+    if rows < 2:
+        return None
+    out = np.empty(first.shape, _FLOAT32)
+    _split_module(op_type, len(arrays)).run_parallel(*[np.ascontiguousarray(a).reshape(-1) for a in arrays],
+                                                     out.reshape(-1), rows, period, 1)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _split_module(op_type, arity):
+    return fe.load(fe.generate_source([fe.FULL] * arity, {}, [(op_type, [("in", i) for i in range(arity)], ())]))
 
 
 def _binary(op_type, since, kernel, int_kernel=None, result_bool=False):
@@ -26,6 +58,10 @@ def _binary(op_type, since, kernel, int_kernel=None, result_bool=False):
             dtype = a.dtype
             if dtype.kind == "O":
                 return _object_binary(op_type, a, b)
+            if op_type in _SPLITTABLE:
+                out = _across_threads(op_type, (a, b))
+                if out is not None:
+                    return out
             chosen = int_kernel if (int_kernel is not None and dtype.kind in "iu") else kernel
             return binary(chosen, a, b, _BOOL if result_bool else dtype)
 
@@ -111,9 +147,15 @@ class Mod(Op):
 
 
 def _variadic(op_type, since, kernel):
+    fused_op = "Add" if op_type == "Sum" else op_type
+
     @register(op_type, since)
     class Variadic(Op):
         def run(self, *xs):
+            if len(xs) == 2:
+                out = _across_threads(fused_op, xs)
+                if out is not None:
+                    return out
             result = xs[0]
             for x in xs[1:]:
                 result = call(kernel, result, x, dtype=xs[0].dtype)
@@ -143,9 +185,15 @@ class Mean(Op):
 
 
 def _unary(op_type, since, kernel, result_bool=False):
+    splittable = op_type in _SPLITTABLE
+
     @register(op_type, since)
     class Unary(Op):
         def run(self, x):
+            if splittable:
+                out = _across_threads(op_type, (x,))
+                if out is not None:
+                    return out
             return unary(kernel, x, _BOOL if result_bool else x.dtype)
 
     Unary.__name__ = Unary.__qualname__ = op_type

@@ -9,13 +9,13 @@
 """
 import math
 
-import numba
 import numpy as np
 
 from ..errors import InvalidModel
 from ..kernels.cpu import fused_elementwise as fe
 from ..kernels.cpu import gemm as gemm_kernels
 from ..kernels.cpu.activation import ACTIVATION_CODES, activate_inplace
+from ..kernels.cpu.threads import threads_for
 from ..registry import register
 from .base import Op
 from .conv import Conv
@@ -128,6 +128,7 @@ class FusedElementwise(Op):
         if not program or body.steps[-1].outputs[0] != body.output_names[0]:
             raise InvalidModel("FusedElementwise body must end in the op producing its output")
         self.module = fe.load(fe.generate_source(kinds, scalars, program))
+        self.element_cost = fe.element_cost(op for op, _, _ in program)
         # Compile (or load from Numba's cache) the serial variant now, at session creation; the
         # parallel one compiles on the first output large enough to use it.
         n_arrays = sum(kind != fe.SCALAR for kind in kinds)
@@ -142,12 +143,7 @@ class FusedElementwise(Op):
         """(rows, period, channels) of an output of ``shape``, or None when the constants do not fit it."""
         size = math.prod(shape)
         if self.broadcast is None:
-            period = 1
-            for d in reversed(shape):
-                period *= d
-                if period >= 1024:
-                    break
-            return (size // period if period else 0), period, 1
+            return fe.flat_layout(shape) + (1,)
         kind, key = self.broadcast
         if kind == fe.ROW:
             if len(shape) < len(key) or tuple(shape[len(shape) - len(key):]) != key:
@@ -172,7 +168,7 @@ class FusedElementwise(Op):
         out = np.empty(shape, dtype=np.float32)
         if out.size:
             flat = [np.ascontiguousarray(x).reshape(-1) for x in xs]
-            parallel = out.size >= fe.PARALLEL_MIN_ELEMENTS and rows > 1 and numba.get_num_threads() > 1
+            parallel = rows > 1 and threads_for(out.size * self.element_cost) > 1
             kernel = self.module.run_parallel if parallel else self.module.run_serial
             kernel(*flat, *self.arrays, out.reshape(-1), rows, period, channels)
         return out

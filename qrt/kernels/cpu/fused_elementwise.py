@@ -29,12 +29,12 @@ import sys
 import tempfile
 import threading
 
-import numba
 import numpy as np
 from numba import njit, types
 
 from . import elementwise as ew
 from . import vmath
+from .threads import threads_for
 
 # Each fusable op: (the ufunc from qrt.kernels.cpu.elementwise, number of tensor operands).
 # Extra parameters (LeakyRelu alpha, Clip bounds, ...) follow the operands as float32 literals.
@@ -58,8 +58,12 @@ _SCALAR_FUNCS = {name: njit(error_model="numpy", inline="always")(ufunc.__wrappe
                  for name, (ufunc, _) in SCALAR_OPS.items()}
 globals().update({f"scalar_{name}": fn for name, fn in _SCALAR_FUNCS.items()})
 
-# Elements from which the parallel variant runs (a prange launch costs a few microseconds).
-PARALLEL_MIN_ELEMENTS = 1 << 16
+# Work units (threads.threads_for's: an add or a multiply-add) per element of an op: the exp- and
+# polynomial-based functions took 5-8x a Relu's time per element here (Sigmoid 0.75 ns, Tanh 1.05 ns,
+# Relu 0.14 ns on float32).
+COSTLY_ELEMENT = 8
+_COSTLY = frozenset(("Exp", "Log", "Tanh", "Erf", "Sigmoid", "Softplus", "Mish", "GeluErf", "GeluTanh", "Elu",
+                     "Pow"))
 # Row blocks a parallel run is cut into (the threads take equal runs of them).
 PARALLEL_BLOCKS = 16
 
@@ -227,6 +231,23 @@ def _write_once(directory, digest, source):
     return path
 
 
+def element_cost(ops) -> int:
+    """Work units per output element of a fused program, given its ops' names."""
+    return sum(COSTLY_ELEMENT if op in _COSTLY else 1 for op in ops)
+
+
+def flat_layout(shape):
+    """(rows, period) for a tensor whose inputs are all full-size: trailing axes make the period
+    until it is a few vectors long, the rest are rows (which the parallel variant splits)."""
+    period = 1
+    for d in reversed(shape):
+        period *= d
+        if period >= 256:
+            break
+    size = math.prod(shape)
+    return (size // period if period else 0), period
+
+
 def single_op(op):
     """The generated kernel module for ``op`` alone on one float32 input.
 
@@ -241,15 +262,9 @@ def single_op(op):
 def run_single(module, x):
     """``module``'s op on float32 ``x`` (any shape, any strides), as a new C-contiguous array."""
     out = np.empty(x.shape, dtype=np.float32)
-    size = out.size
-    if size:
-        period = 1
-        for d in reversed(x.shape):
-            period *= d
-            if period >= 1024:
-                break
-        rows = size // period
-        parallel = size >= PARALLEL_MIN_ELEMENTS and rows > 1 and numba.get_num_threads() > 1
+    if out.size:
+        rows, period = flat_layout(x.shape)
+        parallel = rows > 1 and threads_for(out.size * COSTLY_ELEMENT) > 1
         kernel = module.run_parallel if parallel else module.run_serial
         kernel(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), rows, period, 1)
     return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .qgemm import qgemm
 from .quantize import _quantize_one
@@ -255,6 +255,25 @@ def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, act
     (input, 4 * hidden), ``r_t`` (hidden, 4 * hidden), ``bias`` Wb + Rb (4 * hidden) and ``peep`` P
     (3 * hidden), zeros when ``has_peep`` is false. Gates in ONNX order i, o, f, c. The cell state's
     activation h(C) is not clipped, as in onnxruntime; the cell is :func:`_lstm_step`."""
+    for d in range(w_t.shape[0]):
+        _lstm_direction(d, x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas,
+                        betas, input_forget, exact, y, y_h, y_c)
+
+
+@njit(cache=True, parallel=True)
+def lstm_directions_parallel(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas,
+                             betas, input_forget, exact, y, y_h, y_c):
+    """:func:`lstm` with the two directions of a bidirectional layer on two threads: they share only
+    the input, and each streams its own recurrent weights every step (the time loop itself is serial)."""
+    for d in prange(w_t.shape[0]):
+        _lstm_direction(d, x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas,
+                        betas, input_forget, exact, y, y_h, y_c)
+
+
+@njit(cache=True)
+def _lstm_direction(d, x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, acts, alphas, betas,
+                    input_forget, exact, y, y_h, y_c):
+    """Direction ``d`` of :func:`lstm`, with its own scratch; writes only its part of the outputs."""
     seq, batch, width = x.shape
     hidden = r_t.shape[1]
     dtype = x.dtype
@@ -264,19 +283,18 @@ def lstm(x, w_t, r_t, bias, peep, has_peep, seq_lens, h0, c0, reverse, clip, act
     cell = np.empty(batch * hidden, dtype)
     rows = np.empty(batch, np.int64)
     hr3 = hr.reshape((batch, 4, hidden))
-    for d in range(w_t.shape[0]):
-        backwards = reverse or d == 1
-        xw = np.dot(x.reshape((seq * batch, width)), w_t[d]).reshape((seq * batch, 4, hidden))
-        h = h0[d].copy()
-        c = c0[d].copy()
-        gate_bias = bias[d].reshape((4, hidden))
-        p = peep[d].reshape((3, hidden))
-        for step in range(seq):
-            recurrent_product(h, r_t[d], hr)
-            _lstm_step(step, d, backwards, xw, hr3, gate_bias, p, has_peep, seq_lens, h, c, rows, gates, cell,
-                       segments, acts, alphas, betas, clip, input_forget, exact, y)
-        _store_state(y_h, d, h)
-        _store_state(y_c, d, c)
+    backwards = reverse or d == 1
+    xw = np.dot(x.reshape((seq * batch, width)), w_t[d]).reshape((seq * batch, 4, hidden))
+    h = h0[d].copy()
+    c = c0[d].copy()
+    gate_bias = bias[d].reshape((4, hidden))
+    p = peep[d].reshape((3, hidden))
+    for step in range(seq):
+        recurrent_product(h, r_t[d], hr)
+        _lstm_step(step, d, backwards, xw, hr3, gate_bias, p, has_peep, seq_lens, h, c, rows, gates, cell,
+                   segments, acts, alphas, betas, clip, input_forget, exact, y)
+    _store_state(y_h, d, h)
+    _store_state(y_c, d, c)
 
 
 @njit(cache=True)
