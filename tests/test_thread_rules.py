@@ -155,6 +155,31 @@ def test_large_elementwise_ops_split_across_threads_with_identical_results(op_ty
     np.testing.assert_allclose(two, _ort(model, feeds)[0], rtol=1e-6, atol=1e-7)
 
 
+def _pool_model(op_type, shape, **attrs):
+    node = helper.make_node(op_type, ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@TWO_THREADS
+@pytest.mark.parametrize("op_type, attrs", [
+    ("GlobalAveragePool", {}), ("GlobalMaxPool", {}),
+    ("AveragePool", {"kernel_shape": [7, 7]}),                       # one window over each plane: the global kernel
+    ("AveragePool", {"kernel_shape": [7, 7], "ceil_mode": 1, "strides": [2, 2]}),
+    ("LpPool", {"kernel_shape": [7, 7], "p": 2}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]})])
+def test_pools_identical_at_one_and_two_threads_and_match_onnxruntime(op_type, attrs):
+    shape = [1, 1536, 7, 7]   # 75K elements: parallel at 2 threads
+    model = _pool_model(op_type, shape, **attrs)
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    one = _session(model, 1).run(None, {"x": x})[0]
+    two = _session(model, 2).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(one, two)
+    # Sums of 49 float32 values in float64 (qrt) against float32 (onnxruntime): a few ulps apart.
+    np.testing.assert_allclose(two, _ort(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
 def _bidirectional_lstm(seq, hidden, width):
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array((rng.standard_normal((2, 4 * hidden, width)) * 0.1).astype(np.float32), "W"),

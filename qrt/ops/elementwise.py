@@ -52,13 +52,15 @@ def _split_module(op_type, arity):
 def _binary(op_type, since, kernel, int_kernel=None, result_bool=False):
     """Register a two-input op whose float and integer loops may differ (Div, Pow, Mod)."""
 
+    splittable = op_type in _SPLITTABLE
+
     @register(op_type, since)
     class Binary(Op):
         def run(self, a, b):
             dtype = a.dtype
             if dtype.kind == "O":
                 return _object_binary(op_type, a, b)
-            if op_type in _SPLITTABLE:
+            if splittable and a.size >= WORK_PER_THREAD:
                 out = _across_threads(op_type, (a, b))
                 if out is not None:
                     return out
@@ -152,7 +154,7 @@ def _variadic(op_type, since, kernel):
     @register(op_type, since)
     class Variadic(Op):
         def run(self, *xs):
-            if len(xs) == 2:
+            if len(xs) == 2 and xs[0].size >= WORK_PER_THREAD:
                 out = _across_threads(fused_op, xs)
                 if out is not None:
                     return out
@@ -190,7 +192,7 @@ def _unary(op_type, since, kernel, result_bool=False):
     @register(op_type, since)
     class Unary(Op):
         def run(self, x):
-            if splittable:
+            if splittable and x.size >= WORK_PER_THREAD:
                 out = _across_threads(op_type, (x,))
                 if out is not None:
                     return out

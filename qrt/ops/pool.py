@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import pool as k
-from ..kernels.cpu.threads import call_with_threads, num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads, threads_for
 from ..registry import register
 from .base import Op, ShapeCache, is_half_float
 from .conv import MAX_SPATIAL_AXES, check_auto_pad, compute_dtype, pack_geometry, spatial_list, window_geometry
@@ -180,9 +180,26 @@ class _SumPool(_WindowPool):
         out_shape = X.shape[:2] + outs
         if X.size == 0:
             return np.empty(out_shape, dtype=X.dtype)
+        if self._covers_plane(X, geom, ends, outs):
+            # One window over each whole plane (a classifier head's 7x7 average): the global kernel
+            # sums the plane in one vectorized sweep where the windowed one walks it row by row.
+            planes = X.shape[0] * X.shape[1]
+            out = np.empty(planes, dtype=dtype)
+            _global_pool(np.ascontiguousarray(X.reshape(planes, -1), dtype=dtype), _GLOBAL_MODE[self.mode], self.p,
+                         out)
+            return out.reshape(out_shape).astype(X.dtype, copy=False)
         out = self._output(X, outs, dtype)
-        k.sum_pool(_planes(X, dtype, self.op_type), geom, ends, self.mode, self.p, self.count_include_pad, out)
+        # Small pools on one thread: waking the others costs more than their share.
+        call_with_threads(threads_for(out.size * math.prod(self.kernel_shape)), k.sum_pool,
+                          _planes(X, dtype, self.op_type), geom, ends, self.mode, self.p, self.count_include_pad, out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
+
+    def _covers_plane(self, X, geom, ends, outs):
+        return all(o == 1 for o in outs) and tuple(self.kernel_shape) == X.shape[2:] and \
+            not any(geom[9:12]) and not any(ends) and all(d == 1 for d in geom[6:9])
+
+
+_GLOBAL_MODE = {k.MODE_AVERAGE: k.GLOBAL_AVERAGE, k.MODE_LP: k.GLOBAL_LP}
 
 
 def _lp_exponent(p):
@@ -257,8 +274,14 @@ class _GlobalPool(Op):
                 raise InvalidArgument(f"{self.op_type} of an empty spatial extent: input {X.shape}")
             return np.zeros(out_shape, dtype=X.dtype)
         out = np.empty(planes, dtype=dtype)
-        k.global_pool(np.ascontiguousarray(X.reshape(planes, -1), dtype=dtype), self.mode, self.p, out)
+        _global_pool(np.ascontiguousarray(X.reshape(planes, -1), dtype=dtype), self.mode, self.p, out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
+
+
+def _global_pool(x2, mode, p, out):
+    """``k.global_pool`` over the rows of ``x2``, the rows split across threads when there is enough work."""
+    kernel = k.global_pool_parallel if x2.shape[0] > 1 and threads_for(x2.size) > 1 else k.global_pool
+    kernel(x2, mode, p, out)
 
 
 @register("GlobalAveragePool", 1)

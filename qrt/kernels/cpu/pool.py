@@ -276,28 +276,35 @@ def sum_pool(x, geom, pads_end, mode, p, count_include_pad, out):
                         row[t] = row[t] ** inv_p
 
 
-@njit(cache=True)
-def global_pool(x, mode, p, out):
-    """One value per row of ``x`` (planes, positions): mean, maximum or Lp norm; sums in float64.
+@njit(cache=True, fastmath={"reassoc"}, inline="always")
+def _global_plane(src, mode, p):
+    """Mean, maximum or Lp norm of one plane; sums in float64, reassociated so they vectorize (the
+    callers carry the flag too: inlined at Numba's level, this body compiles with theirs)."""
+    size = src.shape[0]
+    if mode == GLOBAL_MAX:
+        best = src[0]
+        for s in range(1, size):
+            if src[s] > best:
+                best = src[s]
+        return best
+    total = 0.0
+    if mode == GLOBAL_AVERAGE:
+        for s in range(size):
+            total += src[s]
+        return total / size
+    for s in range(size):
+        total += np.abs(src[s]) ** p
+    return total ** (1.0 / p)
 
-    Serial: a network's global pool reads one small feature map once (ResNet-50: 2048 x 7 x 7 in
-    tens of microseconds)."""
-    planes, size = x.shape
-    for q in range(planes):
-        src = x[q]
-        if mode == GLOBAL_MAX:
-            best = src[0]
-            for s in range(1, size):
-                if src[s] > best:
-                    best = src[s]
-            out[q] = best
-        elif mode == GLOBAL_AVERAGE:
-            total = 0.0
-            for s in range(size):
-                total += src[s]
-            out[q] = total / size
-        else:
-            total = 0.0
-            for s in range(size):
-                total += np.abs(src[s]) ** p
-            out[q] = total ** (1.0 / p)
+
+@njit(cache=True, fastmath={"reassoc"})
+def global_pool(x, mode, p, out):
+    """One value per row of ``x`` (planes, positions): mean, maximum or Lp norm."""
+    for q in range(x.shape[0]):
+        out[q] = _global_plane(x[q], mode, p)
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def global_pool_parallel(x, mode, p, out):
+    for q in prange(x.shape[0]):
+        out[q] = _global_plane(x[q], mode, p)
