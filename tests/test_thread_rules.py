@@ -159,7 +159,7 @@ def _pool_model(op_type, shape, **attrs):
     node = helper.make_node(op_type, ["x"], ["y"], **attrs)
     graph = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])   # AveragePool dilations: 19
 
 
 @TWO_THREADS
@@ -178,6 +178,25 @@ def test_pools_identical_at_one_and_two_threads_and_match_onnxruntime(op_type, a
     np.testing.assert_array_equal(one, two)
     # Sums of 49 float32 values in float64 (qrt) against float32 (onnxruntime): a few ulps apart.
     np.testing.assert_allclose(two, _ort(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+    {"kernel_shape": [2, 3], "strides": [3, 2], "pads": [0, 2, 1, 0], "ceil_mode": 1},
+    {"kernel_shape": [3, 2], "strides": [1, 3], "dilations": [2, 1], "pads": [2, 0, 0, 1]},
+    {"kernel_shape": [2, 2], "strides": [2, 2]}])
+def test_small_plane_average_pool_matches_onnxruntime(attrs):
+    # 13 x 11 planes take the whole-plane kernel (k.average_pool_small); strides 1, 2 and 3 take its
+    # three column-tap loops; ceil_mode overhangs and asymmetric pads read its zero padding.
+    shape = [2, 5, 13, 11]
+    model = _pool_model("AveragePool", shape, **attrs)
+    x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+    got = _session(model, 1).run(None, {"x": x})[0]
+    want = _ort(model, {"x": x})[0]
+    assert got.shape == want.shape
+    # At most 9 float32 terms summed in another order: within a few ulps.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def _bidirectional_lstm(seq, hidden, width):

@@ -189,9 +189,15 @@ class _SumPool(_WindowPool):
                          out)
             return out.reshape(out_shape).astype(X.dtype, copy=False)
         out = self._output(X, outs, dtype)
+        planes = _planes(X, dtype, self.op_type)
+        small_2d = self.mode == k.MODE_AVERAGE and planes.shape[1] == 1 and \
+            planes.shape[2] * planes.shape[3] <= SMALL_PLANE
         # Small pools on one thread: waking the others costs more than their share.
-        call_with_threads(threads_for(out.size * math.prod(self.kernel_shape)), k.sum_pool,
-                          _planes(X, dtype, self.op_type), geom, ends, self.mode, self.p, self.count_include_pad, out)
+        threads = threads_for(out.size * math.prod(self.kernel_shape))
+        if small_2d:
+            call_with_threads(threads, k.average_pool_small, planes, geom, ends, self.count_include_pad, out)
+        else:
+            call_with_threads(threads, k.sum_pool, planes, geom, ends, self.mode, self.p, self.count_include_pad, out)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
 
     def _covers_plane(self, X, geom, ends, outs):
@@ -200,6 +206,9 @@ class _SumPool(_WindowPool):
 
 
 _GLOBAL_MODE = {k.MODE_AVERAGE: k.GLOBAL_AVERAGE, k.MODE_LP: k.GLOBAL_LP}
+# Plane size (H * W) up to which a 2-D AveragePool sweeps whole planes (k.average_pool_small): the
+# row-by-row kernel's dozen short loops per output row were most of its time on 7-28 wide planes.
+SMALL_PLANE = 64 * 64
 
 
 def _lp_exponent(p):

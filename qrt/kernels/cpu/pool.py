@@ -308,3 +308,86 @@ def global_pool(x, mode, p, out):
 def global_pool_parallel(x, mode, p, out):
     for q in prange(x.shape[0]):
         out[q] = _global_plane(x[q], mode, p)
+
+
+@njit(cache=True, fastmath=True)
+def _average_plane_2d(plane, geom, out_h, out_w, wp, divisor, xp, hw, wide, out):
+    """AveragePool of one small 2-D plane by whole-plane sweeps (see :func:`average_pool_small`)."""
+    height, width = plane.shape
+    kh, kw, sh, sw, dh, dw, ph, pw = geom[1], geom[2], geom[4], geom[5], geom[7], geom[8], geom[10], geom[11]
+    _fill(xp, 0.0)
+    for y in range(height):
+        start = (ph + y) * wp + pw
+        row = plane[y]
+        dst = xp[start:start + width]
+        for w in range(width):
+            dst[w] = row[w]
+    # Horizontal taps over every row at once: hw[i] = sum_l xp[i * sw + l * dw], i = row * L + column.
+    n_hw = hw.shape[0]
+    _fill(hw, 0.0)
+    for l in range(kw):
+        src = xp[l * dw:]
+        if sw == 1:
+            for i in range(n_hw):
+                hw[i] += src[i]
+        elif sw == 2:
+            for i in range(n_hw):
+                hw[i] += src[2 * i]
+        else:
+            for i in range(n_hw):
+                hw[i] += src[i * sw]
+    # Vertical taps: wide rows are sh * L long, so output row b starts at b * sh * L and tap j is a
+    # plain shift by j * dh * L; the columns past out_w in each wide row are dropped.
+    span = wp // sw
+    n_wide = wide.shape[0]
+    _fill(wide, 0.0)
+    for j in range(kh):
+        src = hw[j * dh * span:]
+        for i in range(n_wide):
+            wide[i] += src[i]
+    for b in range(out_h):
+        first = b * sh * span
+        row = out[b]
+        div = divisor[b]
+        src = wide[first:first + out_w]
+        for t in range(out_w):
+            row[t] = src[t] / div[t]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def average_pool_small(x, geom, pads_end, count_include_pad, out):
+    """2-D AveragePool for small planes: ``x`` (planes, 1, H, W), ``out`` (planes, 1, OH, OW).
+
+    The row-by-row kernel (:func:`sum_pool`) pays a dozen short loops per output row, which is most
+    of its time on 7-28 wide planes. Here each plane is copied once into a zero-padded buffer whose
+    row length is a multiple of the column stride; then every tap is one sweep over the whole
+    plane: the column taps read it with the stride (constant 1 or 2 where LLVM vectorizes), the row
+    taps are shifts by whole rows. Padding reads zeros, and the divisor counts the taps inside the
+    input (or the padded input with ``count_include_pad``), as :func:`sum_pool` does.
+    """
+    planes, height, width = x.shape[0], x.shape[2], x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    kh, kw, sh, sw, dh, dw, ph, pw = geom[1], geom[2], geom[4], geom[5], geom[7], geom[8], geom[10], geom[11]
+    include = count_include_pad != 0
+    count_h = _tap_counts(out_h, height, kh, sh, dh, ph, pads_end[1], include)
+    count_w = _tap_counts(out_w, width, kw, sw, dw, pw, pads_end[2], include)
+    divisor = np.empty((out_h, out_w), dtype=out.dtype)
+    for b in range(out_h):
+        for t in range(out_w):
+            divisor[b, t] = count_h[b] * count_w[t]
+    # Padded row length: holds the start padding, the row and every window of the row, rounded up
+    # to whole strides; rows: every row any tap of any wide output row reads.
+    wp = max(pw + width, (out_w - 1) * sw + (kw - 1) * dw + 1)
+    wp = (wp + sw - 1) // sw * sw
+    rows = max(ph + height, out_h * sh + (kh - 1) * dh)
+    span = wp // sw
+    n_wide = out_h * sh * span
+    n_hw = rows * span
+    blocks = min(planes, 16)
+    step = (planes + blocks - 1) // blocks
+    for block in prange(blocks):
+        xp = np.empty(rows * wp + (kw - 1) * dw + sw, dtype=out.dtype)
+        hw = np.empty(n_hw, dtype=out.dtype)
+        wide = np.empty(n_wide, dtype=out.dtype)
+        for q in range(block * step, min(planes, block * step + step)):
+            _average_plane_2d(x[q, 0], geom, out_h, out_w, wp, divisor, xp, hw, wide, out[q, 0])
