@@ -199,6 +199,27 @@ def test_small_plane_average_pool_matches_onnxruntime(attrs):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@TWO_THREADS
+@pytest.mark.parametrize("shape, perm", [([1, 3, 80, 28, 28], [0, 2, 1, 3, 4]),     # ShuffleNet's channel shuffle
+                                         ([2, 4, 6, 70, 32], [0, 3, 1, 2, 4]),
+                                         ([8, 96, 12, 16], [1, 0, 2, 3])])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_transpose_swapping_blocks_across_threads_equals_numpy(shape, perm, dtype, monkeypatch):
+    from qrt.kernels.cpu import movement
+    calls = []
+    swap = movement.swap_middle_axes
+    monkeypatch.setattr(movement, "swap_middle_axes", lambda *a: (calls.append(1), swap(*a))[1])
+    node = helper.make_node("Transpose", ["x"], ["y"], perm=perm)
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.INT64
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", elem, shape)],
+                              [helper.make_tensor_value_info("y", elem, [shape[p] for p in perm])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (np.random.default_rng(2).standard_normal(shape) * 100).astype(dtype)
+    got = _session(model, 2).run(None, {"x": x})[0]
+    assert calls
+    np.testing.assert_array_equal(got, x.transpose(perm))
+
+
 def _bidirectional_lstm(seq, hidden, width):
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array((rng.standard_normal((2, 4 * hidden, width)) * 0.1).astype(np.float32), "W"),

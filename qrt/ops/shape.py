@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import movement as kmove
+from ..kernels.cpu.threads import WORK_PER_THREAD, threads_for
 from ..registry import register
 from .base import Op, ShapeCache
 
@@ -240,6 +241,20 @@ class Transpose(Op):
                 kmove.short_axis_to_end(contiguous(data).reshape(n, rows, cols).view(view),
                                         out.reshape(n, cols, rows).view(view))
                 return out
+        elif data.size >= WORK_PER_THREAD and data.dtype in _BY_ITEMSIZE and threads_for(data.size) > 1:
+            swap = _block_swap(tuple(axes))
+            if swap is not None and math.prod(data.shape[swap[2]:]) >= _MIN_BLOCK:
+                # Two axis groups swapped above trailing axes that stay (ShuffleNet's channel
+                # shuffle): whole trailing blocks copied, split across threads; numpy's copy is serial.
+                lead, split, trail = swap
+                shape = data.shape
+                n, rows = math.prod(shape[:lead]), math.prod(shape[lead:split])
+                cols, block = math.prod(shape[split:trail]), math.prod(shape[trail:])
+                out = np.empty(tuple(shape[a] for a in axes), data.dtype)
+                view = _BY_ITEMSIZE[data.dtype]
+                kmove.swap_middle_axes(contiguous(data).reshape(n, rows, cols, block).view(view),
+                                       out.reshape(n, cols, rows, block).view(view))
+                return out
         return contiguous(data.transpose(axes))
 
 
@@ -248,6 +263,21 @@ _BY_ITEMSIZE = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
                 for t in (np.uint8, np.int8, np.bool_, np.uint16, np.int16, np.float16, np.uint32, np.int32,
                           np.float32, np.uint64, np.int64, np.float64)}
 _KERNEL_MIN_SIZE = 4096
+# Trailing blocks shorter than this are left to numpy's copy (a block is one vectorized copy loop).
+_MIN_BLOCK = 16
+
+
+@functools.lru_cache(maxsize=256)
+def _block_swap(axes):
+    """(lead, split, trail) when ``axes`` keeps [trail, rank) in place and rotates [0, trail) as
+    :func:`_rotation` describes; else None."""
+    trail = len(axes)
+    while trail and axes[trail - 1] == trail - 1:
+        trail -= 1
+    if trail == len(axes):
+        return None
+    moved = _rotation(axes[:trail])
+    return None if moved is None else moved + (trail,)
 
 
 @functools.lru_cache(maxsize=256)
