@@ -50,8 +50,10 @@ def set_num_threads(count: int):
 
 
 # onnxruntime's MLAS gives a GEMM one thread per 64K multiply-adds (MLAS_QGEMM_THREAD_COMPLEXITY):
-# below that, waking a sleeping pool thread costs more than its share of the work saves (tens of
-# microseconds on an idle machine with OMP_WAIT_POLICY=PASSIVE, far more on a loaded one).
+# below that, a launch costs more than its share of the work saves (~1-2 us with the workers
+# spinning between kernels, qrt's default; ~40 us to wake a sleeping one on an idle VM). Float
+# kernels count element visits (an exp- or polynomial-based function's element as 8, see
+# fused_elementwise.COSTLY_ELEMENT) in the same unit.
 WORK_PER_THREAD = 1 << 16
 
 
