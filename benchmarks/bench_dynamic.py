@@ -19,7 +19,6 @@ PROFILE=1 adds qrt's per-op profile (median per node). Run with OPENBLAS_CORETYP
 unset, as users do.
 """
 import sys, os, time, json, collections
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = os.environ.get("ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT + "/benchmarks"); sys.path.insert(0, ROOT + "/tests"); sys.path.insert(0, ROOT + "/tests/quantization")
 import numpy as np, onnx

@@ -22,12 +22,8 @@ import statistics
 import sys
 import tempfile
 
-# Numba's OpenMP pool and onnxruntime's alternate in one process: a spinning idle pool would steal
-# the cores from the other engine's runs.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
+import numpy as np
+import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
