@@ -9,6 +9,7 @@ NHWC tensors flow on through the ops that can take them as they are:
 uint8/int8 MaxPool          com.microsoft NhwcMaxPool (when its input is already channels-last)
 QLinearConcat on channels   the same op on the last axis (all data inputs channels-last)
 QLinearGlobalAveragePool    ``channels_last=1`` (output (N, 1, 1, C), itself channels-last)
+QLinearAveragePool          ``channels_last=1`` (2-D windows)
 QLinearAdd, QLinearMul      layout-agnostic when both operands are channels-last (same rank, same
                             permutation, so broadcasting is unchanged)
 QLinearSigmoid, ...         element-wise on one tensor (:data:`ELEMENTWISE_UNARY`)
@@ -81,7 +82,13 @@ def _may_take_nhwc(node, shapes):
     """Whether ``node`` can read a channels-last input, if its other inputs allow."""
     kind = (node.domain, node.op_type)
     return _is_conv2d(node, shapes) or _is(node, "MaxPool", "") or kind in ELEMENTWISE_UNARY \
-        or kind in ELEMENTWISE_BINARY or kind in ((_MS, "QLinearConcat"), (_MS, "QLinearGlobalAveragePool"))
+        or kind in ELEMENTWISE_BINARY or _is_average_pool2d(node) \
+        or kind in ((_MS, "QLinearConcat"), (_MS, "QLinearGlobalAveragePool"))
+
+
+def _is_average_pool2d(node):
+    return _is(node, "QLinearAveragePool", _MS) and not attr(node, "channels_last", 0) \
+        and len(attr(node, "kernel_shape", ())) == 2
 
 
 def _is_layout_free(node, opset):
@@ -262,6 +269,9 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
                  axis=3)
         elif _is(node, "QLinearGlobalAveragePool", _MS) and not attr(node, "channels_last", 0) and nhwc(ins[0]):
             emit(node, "QLinearGlobalAveragePool", _MS, [twin[ins[0]]] + ins[1:], channels_last=1)
+        elif _is_average_pool2d(node) and nhwc(ins[0]):
+            emit(node, "QLinearAveragePool", _MS, [twin[ins[0]]] + ins[1:], **attrs_of(node, ("channels_last",)),
+                 channels_last=1)
         elif (node.domain, node.op_type) in ELEMENTWISE_BINARY and nhwc(ins[0]) and nhwc(ins[3]):
             rename(node, {0: twin[ins[0]], 3: twin[ins[3]]})
         elif (node.domain, node.op_type) in ELEMENTWISE_UNARY and nhwc(ins[0]):
