@@ -275,7 +275,8 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
         elif (node.domain, node.op_type) in ELEMENTWISE_BINARY and nhwc(ins[0]) and nhwc(ins[3]):
             rename(node, {0: twin[ins[0]], 3: twin[ins[3]]})
         elif (node.domain, node.op_type) in ELEMENTWISE_UNARY and nhwc(ins[0]):
-            rename(node, {0: twin[ins[0]]})
+            per_channel = attr(node, "axis")    # a table per channel (qrt::QLinearTable)
+            rename(node, {0: twin[ins[0]]}, **({} if per_channel is None else {"axis": _AXIS_NHWC[per_channel]}))
         elif not (_is_layout_free(node, opset) and node.output[0] in wanted and rewrite_layout_free(node)):
             for name in ins:
                 need_nchw(name, node.name)

@@ -653,34 +653,68 @@ class QLinearTable(Op):
     """``Y = table[X]``: ``body`` (element-wise nodes whose one varying input is the 8-bit X, ending at
     an 8-bit Y; see :mod:`qrt.fusion.qtables`) run once, at session creation, on the 256 values of X.
 
+    With ``channels``, the body holds one constant per channel of axis 1 of a rank-``rank`` X and the
+    table is one per channel, (channels, 256); ``axis`` says where those channels sit in the X this
+    node reads (1, or 3 once :mod:`qrt.fusion.channels_last` has made X (N, H, W, C)).
+
     Running the body itself on qrt's kernels makes the table equal the unfused nodes bit for bit.
     """
 
-    def __init__(self, body):
+    def __init__(self, body, axis=None, channels=None, rank=None):
         self.body = body
         if len(body.input_names) != 1 or len(body.output_names) != 1:
             raise InvalidModel("QLinearTable body must have one input and one output")
         x_type = body.input_types[0].tensor_type.elem_type if body.input_types else 0
         if x_type not in (TensorProto.UINT8, TensorProto.INT8):
             raise InvalidModel(f"QLinearTable input must be int8 or uint8, got type {x_type}")
+        if (axis is None) != (channels is None) or (channels is not None) and (rank is None or rank < 3
+                                                                                 or not 0 <= axis < rank):
+            raise InvalidModel(f"QLinearTable per-channel attributes are inconsistent: axis {axis}, channels "
+                               f"{channels}, rank {rank}")
+        self.axis, self.channels, self.rank = axis, channels, rank
         # A body constant of higher rank than X would widen the output: the body's broadcast, not a table.
         self.min_rank = max((np.ndim(v) for v in body.constants.values()), default=0)
         values = np.arange(256, dtype=np.uint8).view(helper.tensor_dtype_to_np_dtype(x_type))
-        values = values.reshape((1,) * max(self.min_rank - 1, 0) + (256,))
+        if channels is None:
+            values = values.reshape((1,) * max(self.min_rank - 1, 0) + (256,))
+        else:   # (1, C, 256, 1, ...): channels on axis 1 as the body's constants expect, the values beside
+            values = np.ascontiguousarray(np.broadcast_to(values.reshape(1, 1, 256), (1, channels, 256))) \
+                .reshape((1, channels, 256) + (1,) * (rank - 3))
         y = np.asarray(body.run({body.input_names[0]: values})[0])
-        if y.dtype not in EIGHT_BIT or y.size != 256:
-            raise InvalidModel(f"QLinearTable body must map 256 8-bit values to as many 8-bit values, got "
-                               f"dtype {y.dtype} shape {list(y.shape)}")
+        if y.dtype not in EIGHT_BIT or y.size != values.size:
+            raise InvalidModel(f"QLinearTable body must map 8-bit values to as many 8-bit values, got "
+                               f"dtype {y.dtype} shape {list(y.shape)} from shape {list(values.shape)}")
         self.x_dtype = values.dtype
         self.y_dtype = y.dtype
-        self.table = np.ascontiguousarray(y).reshape(-1).view(np.uint8)
+        self.table = np.ascontiguousarray(y).reshape(-1 if channels is None else (channels, 256)).view(np.uint8)
 
     def run(self, X):
         if X.dtype != self.x_dtype:
             raise InvalidArgument(f"X must be {self.x_dtype}, got {X.dtype}")
+        if self.channels is not None:
+            if X.ndim != self.rank or X.shape[self.axis] != self.channels:
+                raise InvalidArgument(f"X has shape {list(X.shape)}; this per-channel table needs rank {self.rank} "
+                                      f"with {self.channels} channels on axis {self.axis}")
+            return lookup_per_channel(X, self.table, self.axis, self.y_dtype)
         if X.ndim < self.min_rank:
             return self.body.run({self.body.input_names[0]: X})[0]
         return lookup(X, self.table, self.y_dtype)
+
+
+def lookup_per_channel(X, tables, axis, out_dtype):
+    """``tables[c][X]`` with c the index along ``axis`` of 8-bit ``X``, as an array of ``out_dtype``."""
+    outer = math.prod(X.shape[:axis])
+    inner = math.prod(X.shape[axis + 1:])
+    x = np.ascontiguousarray(X).view(np.uint8).reshape(outer, X.shape[axis], inner)
+    out = np.empty(X.shape, out_dtype)
+    y = out.view(np.uint8).reshape(x.shape)
+    if inner == 1:
+        parallel = x.size >= kq.PARALLEL_MIN_ELEMENTS and outer > 1 and num_threads() > 1
+        (kq.apply_channel_tables_last_parallel if parallel else kq.apply_channel_tables_last)(
+            x[:, :, 0], tables, y[:, :, 0])
+    else:
+        kq.apply_channel_tables(x, tables, y)
+    return out
 
 
 @register("QLinearWhere", 1, domain=MS)

@@ -345,6 +345,40 @@ def apply_table_parallel(x, table, out):
 
 
 @njit(cache=True)
+def apply_channel_tables(x, tables, out):
+    """``out[o, c, i] = tables[c, x[o, c, i]]``: one 256-entry table per channel of (O, C, I) bytes."""
+    O, C, I = x.shape
+    for o in range(O):
+        for c in range(C):
+            table = tables[c]
+            src = x[o, c]
+            dst = out[o, c]
+            for i in range(I):
+                dst[i] = table[src[i]]
+
+
+@njit(cache=True, inline="always")
+def _channel_tables_row(x, tables, out, o):
+    src = x[o]
+    dst = out[o]
+    for c in range(src.shape[0]):
+        dst[c] = tables[c, src[c]]
+
+
+@njit(cache=True)
+def apply_channel_tables_last(x, tables, out):
+    """Channels-last :func:`apply_channel_tables`: ``out[o, c] = tables[c, x[o, c]]`` for (O, C) bytes."""
+    for o in range(x.shape[0]):
+        _channel_tables_row(x, tables, out, o)
+
+
+@njit(cache=True, parallel=True)
+def apply_channel_tables_last_parallel(x, tables, out):
+    for o in prange(x.shape[0]):
+        _channel_tables_row(x, tables, out, o)
+
+
+@njit(cache=True)
 def global_average(x, flip, zx, mult, zy, qmin, qmax, out):
     """``x`` (R, L) bytes (xor ``flip``: uint8, ``zx`` shifted): one requantized mean per row.
 
