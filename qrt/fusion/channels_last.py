@@ -151,7 +151,7 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     def need_nchw(name, for_node):
         if name in produced_nhwc and name not in restored:
             restored.add(name)
-            nodes.append(helper.make_node("Transpose", [twin[name]], [name], name=f"{for_node}/to_nchw",
+            nodes.append(helper.make_node("Transpose", [twin[name]], [name], name=f"{for_node or name}/to_nchw",
                                           perm=TO_NCHW))
 
     def publish(node, new, is_eight_bit=True):
