@@ -136,19 +136,26 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             if data in rank:
                 rank[node.output[0]] = rank[data]
 
-    def channel_count(node, index, value, source_rank):
+    def channel_count(node, value, source, source_rank):
         """C when constant input ``index`` of ``node`` holds one value per channel (axis 1) of a
         rank-``source_rank`` source and is constant along every other axis, else None."""
         dims = list(value.dims)
         if source_rank is None or source_rank < 3 or len(dims) > source_rank:
             return None
-        if node.op_type == "BatchNormalization" or node.op_type in ("QuantizeLinear", "DequantizeLinear") \
-                and opset >= 13 and attr(node, "axis", 1) % source_rank == 1:
-            return dims[0] if len(dims) == 1 else None
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        count = _per_channel_count(node, dims, source_rank, opset)
+        # A source known to have another count on axis 1 (1, widened by the constant) is no table's.
+        known = source_dims.get(source)
+        return None if count is None or known is not None and known != count else count
+
+    def source_channels(name):
+        info = infos.get(name)
+        if info is None or info.type.WhichOneof("value") != "tensor_type" or \
+                not info.type.tensor_type.HasField("shape") or len(info.type.tensor_type.shape.dim) < 2:
             return None
-        aligned = [1] * (source_rank - len(dims)) + dims
-        return aligned[1] if all(d == 1 for i, d in enumerate(aligned) if i != 1) else None
+        dim = info.type.tensor_type.shape.dim[1]
+        return dim.dim_value if dim.HasField("dim_value") else None
+
+    source_dims = {}
 
     # root[name]: the 8-bit tensor whose element-wise function ``name`` is; member nodes in graph order.
     # channels[name]: C where ``name`` is a function of its root with a different table per channel.
@@ -172,13 +179,15 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
         if not fits or len(sources) != 1:
             continue
         source = sources.pop()
-        for index, name in enumerate(node.input):
+        if source not in source_dims:
+            source_dims[source] = source_channels(source)
+        for name in node.input:
             if name in constants:
                 value = constants[name]
                 if value.data_type == TensorProto.STRING:
                     fits = False
                 elif int(np.prod(value.dims)) != 1:
-                    count = channel_count(node, index, value, rank.get(source))
+                    count = channel_count(node, value, source, rank.get(source))
                     fits = count is not None
                     per_channel.add(count)
             if not fits:
@@ -264,6 +273,18 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
     dropped = {n.output[0] for n in members} - {o for n in kept for o in n.output}
     prune_after_rewrite(result, used, dropped, DOMAIN)
     return result
+
+
+def _per_channel_count(node, dims, source_rank, opset):
+    """C when a constant of shape ``dims`` read by ``node`` holds one value per channel (axis 1) of a
+    rank-``source_rank`` source and is constant along every other axis, else None."""
+    if node.op_type == "BatchNormalization" or node.op_type in ("QuantizeLinear", "DequantizeLinear") \
+            and opset >= 13 and attr(node, "axis", 1) % source_rank == 1:
+        return dims[0] if len(dims) == 1 else None
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return None
+    aligned = [1] * (source_rank - len(dims)) + dims
+    return aligned[1] if all(d == 1 for i, d in enumerate(aligned) if i != 1) else None
 
 
 def _table_node(out, source, covered, constants, elem, order, channels, rank):

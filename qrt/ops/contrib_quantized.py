@@ -692,10 +692,16 @@ class QLinearTable(Op):
         if X.dtype != self.x_dtype:
             raise InvalidArgument(f"X must be {self.x_dtype}, got {X.dtype}")
         if self.channels is not None:
-            if X.ndim != self.rank or X.shape[self.axis] != self.channels:
-                raise InvalidArgument(f"X has shape {list(X.shape)}; this per-channel table needs rank {self.rank} "
-                                      f"with {self.channels} channels on axis {self.axis}")
-            return lookup_per_channel(X, self.table, self.axis, self.y_dtype)
+            if X.ndim == self.rank and X.shape[self.axis] == self.channels:
+                return lookup_per_channel(X, self.table, self.axis, self.y_dtype)
+            # Another channel count (a size-1 axis the constants widen): the body's own broadcast, run
+            # in the body's layout as the unfused nodes would.
+            if self.axis == 1:
+                return self.body.run({self.body.input_names[0]: X})[0]
+            if X.ndim != self.rank:
+                raise InvalidArgument(f"X has shape {list(X.shape)}; this channels-last table needs rank {self.rank}")
+            y = self.body.run({self.body.input_names[0]: np.ascontiguousarray(np.moveaxis(X, self.axis, 1))})[0]
+            return np.ascontiguousarray(np.moveaxis(y, 1, self.axis))
         if X.ndim < self.min_rank:
             return self.body.run({self.body.input_names[0]: X})[0]
         return lookup(X, self.table, self.y_dtype)

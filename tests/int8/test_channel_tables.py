@@ -94,13 +94,34 @@ def test_channel_table_equals_the_nodes_one_by_one(dtype, with_conv, per_axis_dq
         assert off.max() <= 1 and np.mean(off != 0) <= 0.15
 
 
-def test_channel_table_rejects_a_tensor_of_other_channels():
-    model = _chain_model(np.uint8, False)
-    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "c"
+def _mul_model(channel_dim):
+    """QLinearMul of x by a (C, 1, 1) operand; x's axis 1 declared as ``channel_dim``."""
+    inits = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8),
+             "w": (np.arange(C) * 30 + 20).astype(np.uint8).reshape(C, 1, 1), "w_s": np.array(0.02, np.float32),
+             "w_z": np.array(0, np.uint8)}
+    node = helper.make_node("QLinearMul", ["x", "s", "z", "w", "w_s", "w_z", "s", "z"], ["y"], name="mul", domain=MS)
+    graph = helper.make_graph([node], "mul", [helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                                             [2, channel_dim, 5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid(MS, 1)],
+                             ir_version=8)
+
+
+def test_size_one_channel_axis_runs_the_nodes_broadcast():
+    """Fed one channel, the per-channel operand widens the output: the body runs as the node would."""
+    model = _mul_model("c")
     sess = _session(model, ALL)
-    assert [n.op_type for n in sess.model.graph.node] == ["QLinearTable"]
-    with pytest.raises(qrt.errors.QrtError, match="6 channels on axis 1"):
-        sess.run(None, {"x": np.zeros((2, C + 1, 5, 7), np.uint8)})
+    assert [(n.op_type, n.name) for n in sess.model.graph.node] == [("QLinearTable", "mul")]
+    for x in (_every_byte(np.uint8, 5)[:, :1], _every_byte(np.uint8, 6)):
+        got = sess.run(None, {"x": x})[0]
+        assert got.shape == (2, C, 5, 7)
+        np.testing.assert_array_equal(got, _session(model, EXTENDED).run(None, {"x": x})[0])
+
+
+def test_source_known_to_have_one_channel_gets_no_channel_table():
+    sess = _session(_mul_model(1), ALL)
+    assert [n.op_type for n in sess.model.graph.node] == ["QLinearMul"]
 
 
 def test_constant_varying_along_a_spatial_axis_is_not_a_channel_table():
