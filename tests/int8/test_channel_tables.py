@@ -134,3 +134,17 @@ def test_constant_varying_along_a_spatial_axis_is_not_a_channel_table():
     assert "mul" not in " ".join(tables)
     x = _every_byte(np.uint8, 3)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], _session(model, EXTENDED).run(None, {"x": x})[0])
+
+
+def test_large_channels_last_table_on_two_threads_equals_the_nodes():
+    """Past PARALLEL_MIN_ELEMENTS the channels-last lookup runs on the thread pool: same bytes."""
+    from qrt.kernels.cpu import qelementwise as kq
+    model = _chain_model(np.uint8, True)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 160
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 160
+    x = np.random.default_rng(7).integers(0, 256, (2, C, 160, 160)).astype(np.uint8)
+    assert x.size >= kq.PARALLEL_MIN_ELEMENTS
+    so = qrt.SessionOptions()
+    so.intra_op_num_threads = 2
+    got = qrt.InferenceSession(model.SerializeToString(), so).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, _session(model, EXTENDED).run(None, {"x": x})[0])

@@ -232,14 +232,17 @@ def _pool(x, channels_last, dtype, attrs):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("attrs", POOLS, ids=[str(i) for i in range(len(POOLS))])
-def test_channels_last_average_pool_equals_nchw_kernel_and_onnxruntime(dtype, attrs):
-    rng = np.random.default_rng(stable_seed("avgpool", str(attrs), np.dtype(dtype).name))
+@pytest.mark.parametrize("shape", [(2, 19, 9, 11), (1, 64, 40, 40)], ids=["small", "threaded"])
+def test_channels_last_average_pool_equals_nchw_kernel_and_onnxruntime(dtype, attrs, shape):
+    rng = np.random.default_rng(stable_seed("avgpool", str(attrs), np.dtype(dtype).name, shape))
     info = np.iinfo(dtype)
-    x = rng.integers(info.min, int(info.max) + 1, (2, 19, 9, 11)).astype(dtype)
+    x = rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
     x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     want = qrt.InferenceSession(_pool(x, False, dtype, attrs).SerializeToString()).run(None, {"x": x})[0]
     model = _pool(x_nhwc, True, dtype, attrs)
-    got = qrt.InferenceSession(model.SerializeToString()).run(None, {"x": x_nhwc})[0]
+    so = qrt.SessionOptions()
+    so.intra_op_num_threads = 2     # the large shape passes PARALLEL_MIN_ELEMENTS: the threaded kernel
+    got = qrt.InferenceSession(model.SerializeToString(), so).run(None, {"x": x_nhwc})[0]
     np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1))
     # onnxruntime scales each window in float32 (qrt in float64): a tie may round one step apart.
     theirs = run_ort(model, {"x": x_nhwc})[0]
