@@ -962,7 +962,10 @@ class QLinearConcat(Op):
         offset = 0
         for x, table in zip(parts, tables):
             block = np.ascontiguousarray(x).reshape(outer, -1).view(np.uint8)
-            kmove.concat_block(block, _ALL_BYTES if table is None else table, table is not None, flat, offset)
+            if table is not None and kq.TABLE_VBMI and block.shape[1] >= 64:
+                kmove.concat_block_vbmi(block, table, flat, offset)
+            else:
+                kmove.concat_block(block, _ALL_BYTES if table is None else table, table is not None, flat, offset)
             offset += block.shape[1]
         return out
 

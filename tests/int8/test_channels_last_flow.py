@@ -247,3 +247,42 @@ def test_channels_last_average_pool_equals_nchw_kernel_and_onnxruntime(dtype, at
     # onnxruntime scales each window in float32 (qrt in float64): a tie may round one step apart.
     theirs = run_ort(model, {"x": x_nhwc})[0]
     assert np.abs(got.astype(int) - theirs.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("inner", [64, 100, 200])
+def test_vbmi_concat_rows_equal_the_byte_loop(inner):
+    """The 64-byte vpermi2b lookup of a mapped channels-last input writes what the byte loop writes."""
+    from qrt.kernels.cpu import qelementwise as kq
+    from qrt.kernels.cpu import qmovement as kmove
+    if not kq.TABLE_VBMI:
+        pytest.skip("no AVX-512 VBMI here: the byte loop is the only path")
+    rng = np.random.default_rng(stable_seed("vbmi_concat", inner))
+    x = rng.integers(0, 256, (37, inner)).astype(np.uint8)
+    table = rng.integers(0, 256, 256).astype(np.uint8)
+    want = np.zeros((37, inner + 70), np.uint8)
+    got = want.copy()
+    kmove.concat_block(x, table, True, want, 50)
+    kmove.concat_block_vbmi(x, table, got, 50)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[:, 50:50 + inner], table[x])
+
+
+def test_channels_last_concat_of_wide_inputs_matches_onnxruntime():
+    """QLinearConcat on the last axis with 100- and 70-channel inputs on other grids (mapped rows)."""
+    rng = np.random.default_rng(stable_seed("wide_concat"))
+    xs = [rng.integers(0, 256, (2, 5, 6, c)).astype(np.uint8) for c in (100, 70)]
+    inits = [numpy_helper.from_array(np.array(v, t), n) for n, v, t in
+             (("ys", 0.05, np.float32), ("yz", 128, np.uint8), ("s0", 0.031, np.float32), ("z0", 120, np.uint8),
+              ("s1", 0.072, np.float32), ("z1", 131, np.uint8))]
+    node = helper.make_node("QLinearConcat", ["ys", "yz", "x0", "s0", "z0", "x1", "s1", "z1"], ["y"], domain=MS,
+                            axis=3)
+    graph = helper.make_graph([node], "cat", [helper.make_tensor_value_info(f"x{i}", TensorProto.UINT8, list(x.shape))
+                                              for i, x in enumerate(xs)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)])
+    feeds = {f"x{i}": x for i, x in enumerate(xs)}
+    got = qrt.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    theirs = run_ort(model, feeds)[0]
+    # onnxruntime requantizes in float32 as qrt's table does; a tie may still land one step apart.
+    assert np.abs(got.astype(int) - theirs.astype(int)).max() <= 1
+    assert np.mean(got != theirs) <= 0.01
