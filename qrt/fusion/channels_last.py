@@ -19,13 +19,14 @@ float element-wise ops      Add, Sum, Relu, Clip, ... (:data:`LAYOUT_FREE`) when
                             channels-last or a constant: a one-value constant is read as it is, any
                             other is stored permuted once at plan time (so broadcasting is unchanged)
 Concat on channels          the same op on the last axis (all inputs channels-last)
+qrt DequantizeAdd           when both operands are channels-last (:mod:`qrt.fusion.residual`)
 ==========================  ======================================================================
 
-DequantizeLinear, QuantizeLinear, Concat and the float element-wise ops are layout-free: any
-layout gives the same values. They go channels-last only where that carries the layout on to a
-reader that takes it (a convolution, a pooling, an int8 op, or another layout-free op that does),
-found in one backward walk before the forward rewrite; otherwise the conversion back to NCHW stays
-on the 8-bit tensor, a quarter of the float one's bytes. So zoo resnet50's residual
+DequantizeLinear, QuantizeLinear, Concat, DequantizeAdd and the float element-wise ops are
+layout-free: any layout gives the same values. They go channels-last only where that carries the
+layout on to a reader that takes it (a convolution, a pooling, an int8 op, or another layout-free op
+that does), found in one backward walk before the forward rewrite; otherwise the conversion back to
+NCHW stays on the 8-bit tensor, a quarter of the float one's bytes. So zoo resnet50's residual
 ``QLinearConv -> DequantizeLinear -> Sum -> Relu -> QuantizeLinear -> QLinearConv`` runs without a
 Transpose (17 + 16 Transposes, a quarter of its int8 time, gone).
 
@@ -62,6 +63,9 @@ LAYOUT_FREE = {"Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil"
 # Before opset 8 the variadic and binary ops had their legacy broadcasting rules.
 _LAYOUT_FREE_SINCE = 8
 _EIGHT_BIT = {TensorProto.UINT8, TensorProto.INT8}
+# qrt.fusion.residual's node: element-wise on its operands at inputs 0 and 3 (a float sum at output 0
+# with ``float_output``, its 8-bit quantization after it with ``quantized_output``).
+_DEQUANTIZE_ADD = ("qrt", "DequantizeAdd")
 _AXIS_NHWC = {axis: TO_NHWC.index(axis) for axis in range(4)}   # NCHW axis -> where it lands channels-last
 
 
@@ -93,6 +97,8 @@ def _is_average_pool2d(node):
 
 def _is_layout_free(node, opset):
     """Whether ``node`` computes the same values in any layout (its inputs permuted alike)."""
+    if (node.domain, node.op_type) == _DEQUANTIZE_ADD:
+        return True
     if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or opset < _LAYOUT_FREE_SINCE:
         return False
     if node.op_type in ("DequantizeLinear", "QuantizeLinear"):
@@ -109,7 +115,7 @@ def _wanted_channels_last(graph, shapes, opset):
     wanted = set()
     for node in reversed(graph.node):
         for name in node.output:
-            if any(_may_take_nhwc(r, shapes) or _is_layout_free(r, opset) and r.output[0] in wanted
+            if any(_may_take_nhwc(r, shapes) or _is_layout_free(r, opset) and any(o in wanted for o in r.output)
                    for r in readers.get(name, ())):
                 wanted.add(name)
     return wanted
@@ -159,7 +165,7 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
         for o in node.output:
             twin[o] = f"{o}_nhwc"
             produced_nhwc.add(o)
-            if is_eight_bit:
+            if is_eight_bit is True or is_eight_bit and o in is_eight_bit:
                 eight_bit.add(o)
         nodes.append(new)
         for o in node.output:
@@ -201,6 +207,8 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
         """{input index: channels-last name} for a layout-free ``node``, or None when an input is
         NCHW and not a constant that can be permuted."""
         op, ins = node.op_type, list(node.input)
+        if (node.domain, op) == _DEQUANTIZE_ADD:
+            return {0: twin[ins[0]], 3: twin[ins[3]]} if nhwc(ins[0]) and nhwc(ins[3]) else None
         if op in ("DequantizeLinear", "QuantizeLinear"):
             if not nhwc(ins[0]) or any(n and n not in constants for n in ins[1:]):
                 return None
@@ -237,7 +245,9 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
             attrs["axis"] = 3
         elif op in ("DequantizeLinear", "QuantizeLinear") and len(constants[node.input[1]].dims) == 1 and opset >= 13:
             attrs["axis"] = _AXIS_NHWC[attr(node, "axis", 1) % 4]
-        if op == "DequantizeLinear":
+        if (node.domain, op) == _DEQUANTIZE_ADD:
+            is_eight_bit = {node.output[-1]} if attr(node, "quantized_output", 0) else False
+        elif op == "DequantizeLinear":
             is_eight_bit = False
         elif op == "QuantizeLinear":
             zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
@@ -277,7 +287,8 @@ def to_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
         elif (node.domain, node.op_type) in ELEMENTWISE_UNARY and nhwc(ins[0]):
             per_channel = attr(node, "axis")    # a table per channel (qrt::QLinearTable)
             rename(node, {0: twin[ins[0]]}, **({} if per_channel is None else {"axis": _AXIS_NHWC[per_channel]}))
-        elif not (_is_layout_free(node, opset) and node.output[0] in wanted and rewrite_layout_free(node)):
+        elif not (_is_layout_free(node, opset) and any(o in wanted for o in node.output)
+                  and rewrite_layout_free(node)):
             for name in ins:
                 need_nchw(name, node.name)
             nodes.append(node)

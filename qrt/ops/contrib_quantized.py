@@ -27,6 +27,7 @@ from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu import qmovement as kmove
+from ..kernels.cpu import quantize as kquant
 from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
@@ -721,6 +722,61 @@ def lookup_per_channel(X, tables, axis, out_dtype):
     else:
         kq.apply_channel_tables(x, tables, y)
     return out
+
+
+@register("DequantizeAdd", 1, domain="qrt")
+class DequantizeAdd(Op):
+    """``Add(DequantizeLinear(A), DequantizeLinear(B))`` [-> ``Relu``] [-> ``QuantizeLinear``] as one pass
+    (what :mod:`qrt.fusion.residual` makes of a residual connection the quantizer leaves in float).
+
+    An operand with no scale input is float32 and taken as it is. Outputs, in order: the float sum
+    (with ``float_output``) and its quantization to (Y_scale, Y_zero_point) (with ``quantized_output``).
+    The float32 arithmetic is that of the separate kernels, so both are the unfused nodes' bits.
+    """
+
+    def __init__(self, relu=0, float_output=1, quantized_output=0):
+        self.relu = bool(relu)
+        self.float_output = bool(float_output)
+        self.quantized_output = bool(quantized_output)
+        if not (self.float_output or self.quantized_output):
+            raise InvalidModel("DequantizeAdd must have a float or a quantized output")
+
+    @staticmethod
+    def _operand(x, scale, zero_point, name):
+        if scale is None:
+            if x.dtype != np.float32:
+                raise InvalidArgument(f"{name} without a scale must be float32, got {x.dtype}")
+            return x, np.float32(1), np.float32(0)
+        if x.dtype not in EIGHT_BIT or np.asarray(scale).dtype != np.float32 or np.size(scale) != 1:
+            raise InvalidArgument(f"{name} must be int8 or uint8 with one float32 scale, got {x.dtype} and scale "
+                                  f"{np.asarray(scale).dtype} of shape {list(np.shape(scale))}")
+        zero = np.float32(scalar_int(zero_point)) if zero_point is not None else np.float32(0)
+        return x, np.asarray(scale).reshape(-1)[0], zero
+
+    def run(self, A, A_scale=None, A_zero_point=None, B=None, B_scale=None, B_zero_point=None, Y_scale=None,
+            Y_zero_point=None):
+        a, a_s, a_z = self._operand(A, A_scale, A_zero_point, "A")
+        b, b_s, b_z = self._operand(B, B_scale, B_zero_point, "B")
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise InvalidArgument(f"A {list(a.shape)} and B {list(b.shape)} do not broadcast") from None
+        a, b = (np.ascontiguousarray(np.broadcast_to(x, shape)).reshape(-1) for x in (a, b))
+        out_f = np.empty(shape if self.float_output else 0, np.float32)
+        y_dtype = np.asarray(Y_zero_point).dtype if Y_zero_point is not None else np.dtype(np.uint8)
+        if self.quantized_output and (Y_scale is None or y_dtype not in EIGHT_BIT):
+            raise InvalidArgument(f"the quantized output needs a scale and an 8-bit zero point, got {y_dtype}")
+        out_q = np.empty(shape if self.quantized_output else 0, y_dtype)
+        lo, hi = qbounds(y_dtype) if self.quantized_output else (0, 0)
+        y_s = np.float32(np.asarray(Y_scale).reshape(-1)[0]) if self.quantized_output else np.float32(1)
+        y_z = np.float32(scalar_int(Y_zero_point)) if self.quantized_output and Y_zero_point is not None \
+            else np.float32(0)
+        if a.size:
+            kernel = kquant.dequantize_add_parallel if a.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1 \
+                else kquant.dequantize_add
+            kernel(a, a_s, a_z, b, b_s, b_z, self.relu, y_s, y_z, np.float32(lo), np.float32(hi), self.float_output,
+                   self.quantized_output, out_f.reshape(-1), out_q.reshape(-1))
+        return tuple(o for o, on in ((out_f, self.float_output), (out_q, self.quantized_output)) if on)
 
 
 @register("QLinearWhere", 1, domain=MS)
