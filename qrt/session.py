@@ -314,8 +314,8 @@ class InferenceSession:
             # Only the host kernels implement the fused ops, so device sessions keep Conv/Gemm on the device.
             # At ORT_ENABLE_ALL the fusions may emit what only qrt runs (FusedElementwise, attention
             # with a broadcast mask), as onnxruntime's layout passes make its own output hardware-specific.
-            from .fusion import (fuse_activations, fuse_dynamic_matmuls, fuse_elementwise, fuse_per_row_matmuls,
-                                 fuse_qlinear_tables, fuse_transformer, to_channels_last)
+            from .fusion import (fuse_activations, fuse_dequantize_add, fuse_dynamic_matmuls, fuse_elementwise,
+                                 fuse_per_row_matmuls, fuse_qlinear_tables, fuse_transformer, to_channels_last)
             qrt_only = int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_ALL
             model = fuse_dynamic_matmuls(model)
             if qrt_only:
@@ -324,7 +324,7 @@ class InferenceSession:
             model = fuse_activations(fuse_transformer(model, broadcast_masks=qrt_only))
             if qrt_only:
                 # Tables first: the float nodes between DequantizeLinear and QuantizeLinear belong to them.
-                model = to_channels_last(fuse_elementwise(fuse_qlinear_tables(model)))
+                model = to_channels_last(fuse_elementwise(fuse_dequantize_add(fuse_qlinear_tables(model))))
         if self._options.optimized_model_filepath:
             _save_atomically(model, self._options.optimized_model_filepath)
         self.model = model   # the checked, optimized model the plan was built from (inspectable)

@@ -7,7 +7,8 @@ from .elementwise import fuse_elementwise
 from .per_row_matmul import fuse_per_row_matmuls
 from .qdq import fuse_qdq_groups
 from .qtables import fuse_qlinear_tables
+from .residual import fuse_dequantize_add
 from .transformer import fuse_transformer
 
-__all__ = ["fuse_activations", "fuse_dynamic_matmuls", "fuse_elementwise", "fuse_per_row_matmuls", "fuse_qdq_groups",
+__all__ = ["fuse_activations", "fuse_dequantize_add", "fuse_dynamic_matmuls", "fuse_elementwise", "fuse_per_row_matmuls", "fuse_qdq_groups",
            "fuse_qlinear_tables", "fuse_transformer", "to_channels_last"]

@@ -9,9 +9,13 @@ GELU between DequantizeLinear and QuantizeLinear, and single QLinearAdd/QLinearM
 constant operand.
 
 Members are quantized element-wise ops (com.microsoft QLinearAdd/Mul/Sigmoid/LeakyRelu),
-per-tensor QuantizeLinear/DequantizeLinear, and float or integer element-wise ops (Add, Div, Clip,
-Sigmoid, Erf, HardSwish, ...). Every input of a member is either derived from ``x`` or a constant
-holding one value (so it broadcasts identically to every element). The table node keeps the
+QuantizeLinear/DequantizeLinear, inference BatchNormalization, and float or integer element-wise ops
+(Add, Div, Clip, Sigmoid, Erf, HardSwish, ...). Every input of a member is either derived from ``x``
+or a constant holding one value (so it broadcasts identically to every element) or one value per
+channel (axis 1: BatchNormalization's statistics, a per-axis scale, a (C, 1, 1) operand). A chain
+with per-channel constants is a table per channel, (C, 256) bytes: densenet121's pre-activation
+``DequantizeLinear -> BatchNormalization -> QuantizeLinear -> QLinearMul -> QLinearAdd`` (five
+passes over memory, two of them float) becomes one lookup that also runs channels-last. The table node keeps the
 covered nodes in its ``body`` graph attribute and :class:`qrt.ops.contrib_quantized.QLinearTable`
 builds the table by running that body, on qrt's own kernels, over the 256 values: the table equals
 the nodes run one by one, bit for bit, by construction.
@@ -41,11 +45,12 @@ _ONNX_OPS = {
                         "Cast", "Clip")},
     **{op: 7 for op in ("Add", "Sub", "Mul", "Div", "Pow")},
     "Max": 8, "Min": 8, "Erf": 9, "Sign": 9, "Round": 11, "Celu": 12, "HardSwish": 14, "Mish": 18, "Gelu": 20,
-    "QuantizeLinear": 10, "DequantizeLinear": 10,
+    "QuantizeLinear": 10, "DequantizeLinear": 10, "BatchNormalization": 9,
 }
 _MS_OPS = {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QuantizeLinear", "DequantizeLinear"}
 # Ops that keep their input's element type.
-_SAME_TYPE = {"Abs", "Neg", "Relu", "Clip", "Max", "Min", "Identity", "Sign", "QLinearAdd", "QLinearMul",
+_SAME_TYPE = {"Abs", "Neg", "Relu", "Clip", "Max", "Min", "Identity", "Sign", "BatchNormalization", "QLinearAdd",
+              "QLinearMul",
               "QLinearSigmoid", "QLinearLeakyRelu"}
 # Ops whose output has their first input's element type (for typing what shape inference left untyped).
 _MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "MaxPool",
@@ -54,6 +59,12 @@ _MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
 _OUTPUT_ZERO_POINT = {"QLinearConv": 7, "QLinearMatMul": 7, "QLinearAdd": 7, "QLinearMul": 7, "QLinearSigmoid": 4,
                       "QLinearLeakyRelu": 4, "QLinearSoftmax": 4, "QLinearGlobalAveragePool": 4,
                       "QLinearAveragePool": 4, "QLinearConcat": 1, "QLinearWhere": 8, "QGemm": 8}
+# Ops whose output has the rank of the input at this index (for the per-channel tables' rank check
+# where shape inference stopped at a com.microsoft op).
+_RANK_FROM = {**{op: 0 for op in _SAME_TYPE | {"QLinearConv", "QLinearSigmoid", "QLinearLeakyRelu", "MaxPool",
+                                                "AveragePool", "QLinearAveragePool", "QLinearGlobalAveragePool",
+                                                "QuantizeLinear", "DequantizeLinear", "Conv", "QLinearTable"}},
+              "QLinearConcat": 2, "Concat": 0}
 # Left alone: a group of one op that is a table already, or of integer min/max ops (vectorized).
 _TABLE_ALREADY = {"QLinearSigmoid", "QLinearLeakyRelu"}
 _MIN_MAX = {"Clip", "Relu", "Max", "Min", "Identity"}
@@ -85,6 +96,8 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             return False
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             return not attr(node, "block_size", 0)
+        if node.op_type == "BatchNormalization":
+            return not attr(node, "training_mode", 0)
         return node.op_type != "Gelu" or attr(node, "approximate", "none") in ("none", "tanh")
 
     def output_type(node):
@@ -117,35 +130,76 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
             t = output_type(node)
             if t:
                 elem[node.output[0]] = t
+        if node.output and node.output[0] and node.output[0] not in rank:
+            data = node.input[_RANK_FROM[node.op_type]] if node.op_type in _RANK_FROM and \
+                len(node.input) > _RANK_FROM[node.op_type] else None
+            if data in rank:
+                rank[node.output[0]] = rank[data]
+
+    def channel_count(node, value, source, source_rank):
+        """C when constant input ``index`` of ``node`` holds one value per channel (axis 1) of a
+        rank-``source_rank`` source and is constant along every other axis, else None."""
+        dims = list(value.dims)
+        if source_rank is None or source_rank < 3 or len(dims) > source_rank:
+            return None
+        count = _per_channel_count(node, dims, source_rank, opset)
+        # A source known to have another count on axis 1 (1, widened by the constant) is no table's.
+        known = source_dims.get(source)
+        return None if count is None or known is not None and known != count else count
+
+    def source_channels(name):
+        info = infos.get(name)
+        if info is None or info.type.WhichOneof("value") != "tensor_type" or \
+                not info.type.tensor_type.HasField("shape") or len(info.type.tensor_type.shape.dim) < 2:
+            return None
+        dim = info.type.tensor_type.shape.dim[1]
+        return dim.dim_value if dim.HasField("dim_value") else None
+
+    source_dims = {}
 
     # root[name]: the 8-bit tensor whose element-wise function ``name`` is; member nodes in graph order.
-    root, members = {}, []
+    # channels[name]: C where ``name`` is a function of its root with a different table per channel.
+    root, channels, members = {}, {}, []
     for node in graph.node:
         if len(node.output) != 1 or not member_kind(node):
             continue
-        sources, fits = set(), True
+        sources, per_channel, fits = set(), set(), True
         for name in node.input:
-            if not name:
+            if not name or name in constants:
                 continue
-            if name in constants:
-                value = constants[name]
-                fits = int(np.prod(value.dims)) == 1 and value.data_type != TensorProto.STRING
-            elif name in root:
+            if name in root:
                 sources.add(root[name])
+                if channels.get(name):
+                    per_channel.add(channels[name])
             elif elem.get(name) in _EIGHT_BIT:
                 sources.add(name)
             else:
                 fits = False
-            if not fits:
                 break
         if not fits or len(sources) != 1:
             continue
         source = sources.pop()
+        if source not in source_dims:
+            source_dims[source] = source_channels(source)
+        for name in node.input:
+            if name in constants:
+                value = constants[name]
+                if value.data_type == TensorProto.STRING:
+                    fits = False
+                elif int(np.prod(value.dims)) != 1:
+                    count = channel_count(node, value, source, rank.get(source))
+                    fits = count is not None
+                    per_channel.add(count)
+            if not fits:
+                break
+        if not fits or len(per_channel) > 1 or node.op_type == "BatchNormalization" and not per_channel:
+            continue
         # A constant of higher rank than the source would widen the output (the op checks at run time
         # when the source's rank is unknown).
         if source in rank and any(len(constants[n].dims) > rank[source] for n in node.input if n in constants):
             continue
         root[node.output[0]] = source
+        channels[node.output[0]] = per_channel.pop() if per_channel else None
         members.append(node)
     if not members:
         return model
@@ -205,7 +259,8 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
     if not tables:
         return model
     kept.reverse()
-    replaced = {id(producer[out]): _table_node(out, root[out], covered, constants, elem, order)
+    replaced = {id(producer[out]): _table_node(out, root[out], covered, constants, elem, order, channels[out],
+                                               rank.get(root[out]))
                 for out, covered in tables.items()}
     kept = [replaced.get(id(n), n) for n in kept]
     result = onnx.ModelProto()
@@ -220,8 +275,21 @@ def fuse_qlinear_tables(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def _table_node(out, source, covered, constants, elem, order):
-    """The QLinearTable node computing ``out`` from ``source``, its body holding ``covered`` unchanged."""
+def _per_channel_count(node, dims, source_rank, opset):
+    """C when a constant of shape ``dims`` read by ``node`` holds one value per channel (axis 1) of a
+    rank-``source_rank`` source and is constant along every other axis, else None."""
+    if node.op_type == "BatchNormalization" or node.op_type in ("QuantizeLinear", "DequantizeLinear") \
+            and opset >= 13 and attr(node, "axis", 1) % source_rank == 1:
+        return dims[0] if len(dims) == 1 else None
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return None
+    aligned = [1] * (source_rank - len(dims)) + dims
+    return aligned[1] if all(d == 1 for i, d in enumerate(aligned) if i != 1) else None
+
+
+def _table_node(out, source, covered, constants, elem, order, channels, rank):
+    """The QLinearTable node computing ``out`` from ``source``, its body holding ``covered`` unchanged;
+    with ``channels``, one table per channel of axis 1 of the rank-``rank`` source."""
     initializers = {}
     for m in covered:
         for name in m.input:
@@ -239,8 +307,9 @@ def _table_node(out, source, covered, constants, elem, order):
     named = [_named(m, order) for m in covered]
     body = helper.make_graph(named, "qlinear_table", [info(source)], [info(out)], list(initializers.values()),
                              value_info=[info(n) for n in sorted(produced - {out}) if n in elem])
+    per_channel = {} if channels is None else dict(axis=1, channels=channels, rank=rank)
     return helper.make_node("QLinearTable", [source], [out], name="+".join(m.name for m in named),
-                            domain=DOMAIN, body=body)
+                            domain=DOMAIN, body=body, **per_channel)
 
 
 def _named(node, order):

@@ -27,6 +27,7 @@ from ..kernels.cpu import qelementwise as kq
 from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu import qmovement as kmove
+from ..kernels.cpu import quantize as kquant
 from ..kernels.cpu.threads import num_threads
 from ..kernels.cpu.ufunc import call
 from ..registry import register
@@ -653,34 +654,129 @@ class QLinearTable(Op):
     """``Y = table[X]``: ``body`` (element-wise nodes whose one varying input is the 8-bit X, ending at
     an 8-bit Y; see :mod:`qrt.fusion.qtables`) run once, at session creation, on the 256 values of X.
 
+    With ``channels``, the body holds one constant per channel of axis 1 of a rank-``rank`` X and the
+    table is one per channel, (channels, 256); ``axis`` says where those channels sit in the X this
+    node reads (1, or 3 once :mod:`qrt.fusion.channels_last` has made X (N, H, W, C)).
+
     Running the body itself on qrt's kernels makes the table equal the unfused nodes bit for bit.
     """
 
-    def __init__(self, body):
+    def __init__(self, body, axis=None, channels=None, rank=None):
         self.body = body
         if len(body.input_names) != 1 or len(body.output_names) != 1:
             raise InvalidModel("QLinearTable body must have one input and one output")
         x_type = body.input_types[0].tensor_type.elem_type if body.input_types else 0
         if x_type not in (TensorProto.UINT8, TensorProto.INT8):
             raise InvalidModel(f"QLinearTable input must be int8 or uint8, got type {x_type}")
+        if (axis is None) != (channels is None) or (channels is not None) and (rank is None or rank < 3
+                                                                                 or not 0 <= axis < rank):
+            raise InvalidModel(f"QLinearTable per-channel attributes are inconsistent: axis {axis}, channels "
+                               f"{channels}, rank {rank}")
+        self.axis, self.channels, self.rank = axis, channels, rank
         # A body constant of higher rank than X would widen the output: the body's broadcast, not a table.
         self.min_rank = max((np.ndim(v) for v in body.constants.values()), default=0)
         values = np.arange(256, dtype=np.uint8).view(helper.tensor_dtype_to_np_dtype(x_type))
-        values = values.reshape((1,) * max(self.min_rank - 1, 0) + (256,))
+        if channels is None:
+            values = values.reshape((1,) * max(self.min_rank - 1, 0) + (256,))
+        else:   # (1, C, 256, 1, ...): channels on axis 1 as the body's constants expect, the values beside
+            values = np.ascontiguousarray(np.broadcast_to(values.reshape(1, 1, 256), (1, channels, 256))) \
+                .reshape((1, channels, 256) + (1,) * (rank - 3))
         y = np.asarray(body.run({body.input_names[0]: values})[0])
-        if y.dtype not in EIGHT_BIT or y.size != 256:
-            raise InvalidModel(f"QLinearTable body must map 256 8-bit values to as many 8-bit values, got "
-                               f"dtype {y.dtype} shape {list(y.shape)}")
+        if y.dtype not in EIGHT_BIT or y.size != values.size:
+            raise InvalidModel(f"QLinearTable body must map 8-bit values to as many 8-bit values, got "
+                               f"dtype {y.dtype} shape {list(y.shape)} from shape {list(values.shape)}")
         self.x_dtype = values.dtype
         self.y_dtype = y.dtype
-        self.table = np.ascontiguousarray(y).reshape(-1).view(np.uint8)
+        self.table = np.ascontiguousarray(y).reshape(-1 if channels is None else (channels, 256)).view(np.uint8)
 
     def run(self, X):
         if X.dtype != self.x_dtype:
             raise InvalidArgument(f"X must be {self.x_dtype}, got {X.dtype}")
+        if self.channels is not None:
+            if X.ndim == self.rank and X.shape[self.axis] == self.channels:
+                return lookup_per_channel(X, self.table, self.axis, self.y_dtype)
+            # Another channel count (a size-1 axis the constants widen): the body's own broadcast, run
+            # in the body's layout as the unfused nodes would.
+            if self.axis == 1:
+                return self.body.run({self.body.input_names[0]: X})[0]
+            if X.ndim != self.rank:
+                raise InvalidArgument(f"X has shape {list(X.shape)}; this channels-last table needs rank {self.rank}")
+            y = self.body.run({self.body.input_names[0]: np.ascontiguousarray(np.moveaxis(X, self.axis, 1))})[0]
+            return np.ascontiguousarray(np.moveaxis(y, 1, self.axis))
         if X.ndim < self.min_rank:
             return self.body.run({self.body.input_names[0]: X})[0]
         return lookup(X, self.table, self.y_dtype)
+
+
+def lookup_per_channel(X, tables, axis, out_dtype):
+    """``tables[c][X]`` with c the index along ``axis`` of 8-bit ``X``, as an array of ``out_dtype``."""
+    outer = math.prod(X.shape[:axis])
+    inner = math.prod(X.shape[axis + 1:])
+    x = np.ascontiguousarray(X).view(np.uint8).reshape(outer, X.shape[axis], inner)
+    out = np.empty(X.shape, out_dtype)
+    y = out.view(np.uint8).reshape(x.shape)
+    if inner == 1:
+        parallel = x.size >= kq.PARALLEL_MIN_ELEMENTS and outer > 1 and num_threads() > 1
+        (kq.apply_channel_tables_last_parallel if parallel else kq.apply_channel_tables_last)(
+            x[:, :, 0], tables, y[:, :, 0])
+    else:
+        kq.apply_channel_tables(x, tables, y)
+    return out
+
+
+@register("DequantizeAdd", 1, domain="qrt")
+class DequantizeAdd(Op):
+    """``Add(DequantizeLinear(A), DequantizeLinear(B))`` [-> ``Relu``] [-> ``QuantizeLinear``] as one pass
+    (what :mod:`qrt.fusion.residual` makes of a residual connection the quantizer leaves in float).
+
+    An operand with no scale input is float32 and taken as it is. Outputs, in order: the float sum
+    (with ``float_output``) and its quantization to (Y_scale, Y_zero_point) (with ``quantized_output``).
+    The float32 arithmetic is that of the separate kernels, so both are the unfused nodes' bits.
+    """
+
+    def __init__(self, relu=0, float_output=1, quantized_output=0):
+        self.relu = bool(relu)
+        self.float_output = bool(float_output)
+        self.quantized_output = bool(quantized_output)
+        if not (self.float_output or self.quantized_output):
+            raise InvalidModel("DequantizeAdd must have a float or a quantized output")
+
+    @staticmethod
+    def _operand(x, scale, zero_point, name):
+        if scale is None:
+            if x.dtype != np.float32:
+                raise InvalidArgument(f"{name} without a scale must be float32, got {x.dtype}")
+            return x, np.float32(1), np.float32(0)
+        if x.dtype not in EIGHT_BIT or np.asarray(scale).dtype != np.float32 or np.size(scale) != 1:
+            raise InvalidArgument(f"{name} must be int8 or uint8 with one float32 scale, got {x.dtype} and scale "
+                                  f"{np.asarray(scale).dtype} of shape {list(np.shape(scale))}")
+        zero = np.float32(scalar_int(zero_point)) if zero_point is not None else np.float32(0)
+        return x, np.asarray(scale).reshape(-1)[0], zero
+
+    def run(self, A, A_scale=None, A_zero_point=None, B=None, B_scale=None, B_zero_point=None, Y_scale=None,
+            Y_zero_point=None):
+        a, a_s, a_z = self._operand(A, A_scale, A_zero_point, "A")
+        b, b_s, b_z = self._operand(B, B_scale, B_zero_point, "B")
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise InvalidArgument(f"A {list(a.shape)} and B {list(b.shape)} do not broadcast") from None
+        a, b = (np.ascontiguousarray(np.broadcast_to(x, shape)).reshape(-1) for x in (a, b))
+        out_f = np.empty(shape if self.float_output else 0, np.float32)
+        y_dtype = np.asarray(Y_zero_point).dtype if Y_zero_point is not None else np.dtype(np.uint8)
+        if self.quantized_output and (Y_scale is None or y_dtype not in EIGHT_BIT):
+            raise InvalidArgument(f"the quantized output needs a scale and an 8-bit zero point, got {y_dtype}")
+        out_q = np.empty(shape if self.quantized_output else 0, y_dtype)
+        lo, hi = qbounds(y_dtype) if self.quantized_output else (0, 0)
+        y_s = np.float32(np.asarray(Y_scale).reshape(-1)[0]) if self.quantized_output else np.float32(1)
+        y_z = np.float32(scalar_int(Y_zero_point)) if self.quantized_output and Y_zero_point is not None \
+            else np.float32(0)
+        if a.size:
+            kernel = kquant.dequantize_add_parallel if a.size >= kq.PARALLEL_MIN_ELEMENTS and num_threads() > 1 \
+                else kquant.dequantize_add
+            kernel(a, a_s, a_z, b, b_s, b_z, self.relu, y_s, y_z, np.float32(lo), np.float32(hi), self.float_output,
+                   self.quantized_output, out_f.reshape(-1), out_q.reshape(-1))
+        return tuple(o for o, on in ((out_f, self.float_output), (out_q, self.quantized_output)) if on)
 
 
 @register("QLinearWhere", 1, domain=MS)
@@ -818,13 +914,22 @@ class QLinearAveragePool(_UnaryQ):
         strides, begins, ends, outs = self._geometry(list(x.shape[2:]))
         n, C = x.shape[:2]
         pad3 = lambda v, f: [f] * (3 - len(v)) + list(v)  # noqa: E731
+        geometry = (np.array(pad3(self.kernel_shape, 1), np.int64), np.array(pad3(strides, 1), np.int64),
+                    np.array(pad3(begins, 0), np.int64), np.array(pad3(ends, 0), np.int64),
+                    np.array(pad3(outs, 1), np.int64))
+        ratio = float(np.float32(sx)) / float(np.float32(sy))
+        if self.channels_last and math.prod(self.kernel_shape) < 1 << 23:   # int32 window sums stay exact
+            x5 = np.ascontiguousarray(X).view(np.uint8).reshape((n,) + tuple(pad3(x.shape[2:], 1)) + (C,))
+            out = np.empty((n,) + tuple(pad3(outs, 1)) + (C,), X.dtype)
+            kernel = (kq.average_pool_last_parallel if out.size * math.prod(self.kernel_shape) >= kq.PARALLEL_MIN_ELEMENTS
+                      and n * out.shape[1] * out.shape[2] > 1 and num_threads() > 1 else kq.average_pool_last)
+            kernel(x5, np.uint8(flip), zx, *geometry, bool(self.count_include_pad), ratio, zy, qmin, qmax,
+                   out.view(np.uint8))
+            return out.reshape((n,) + tuple(outs) + (C,))
         x4 = np.ascontiguousarray(x).view(np.uint8).reshape((n * C,) + tuple(pad3(x.shape[2:], 1)))
         out = np.empty((n * C,) + tuple(pad3(outs, 1)), X.dtype)
-        ratio = float(np.float32(sx)) / float(np.float32(sy))
-        kq.average_pool(x4, np.uint8(flip), zx, np.array(pad3(self.kernel_shape, 1), np.int64),
-                        np.array(pad3(strides, 1), np.int64), np.array(pad3(begins, 0), np.int64),
-                        np.array(pad3(ends, 0), np.int64), np.array(pad3(outs, 1), np.int64),
-                        bool(self.count_include_pad), ratio, zy, qmin, qmax, out.view(np.uint8))
+        kq.average_pool(x4, np.uint8(flip), zx, *geometry, bool(self.count_include_pad), ratio, zy, qmin, qmax,
+                        out.view(np.uint8))
         y = out.reshape((n, C) + tuple(outs))
         return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if self.channels_last else y
 
@@ -913,7 +1018,10 @@ class QLinearConcat(Op):
         offset = 0
         for x, table in zip(parts, tables):
             block = np.ascontiguousarray(x).reshape(outer, -1).view(np.uint8)
-            kmove.concat_block(block, _ALL_BYTES if table is None else table, table is not None, flat, offset)
+            if table is not None and kq.TABLE_VBMI and block.shape[1] >= 64:
+                kmove.concat_block_vbmi(block, table, flat, offset)
+            else:
+                kmove.concat_block(block, _ALL_BYTES if table is None else table, table is not None, flat, offset)
             offset += block.shape[1]
         return out
 

@@ -8,7 +8,7 @@
   Requantization (QLinearConcat) is a flat loop.
 * Pooling and softmax work on integer sums of ``x - zero_point``, exact until the final scaling.
 
-The table and binary kernels have ``parallel=True`` twins (distinct names: Numba's cache is keyed by
+The table, binary and channels-last pooling kernels have ``parallel=True`` twins (distinct names: Numba's cache is keyed by
 function name) for tensors large enough to pay for waking the thread pool; the other loops are
 memory-bound and cheap next to the convolutions around them, so they stay serial.
 """
@@ -345,6 +345,40 @@ def apply_table_parallel(x, table, out):
 
 
 @njit(cache=True)
+def apply_channel_tables(x, tables, out):
+    """``out[o, c, i] = tables[c, x[o, c, i]]``: one 256-entry table per channel of (O, C, I) bytes."""
+    O, C, I = x.shape
+    for o in range(O):
+        for c in range(C):
+            table = tables[c]
+            src = x[o, c]
+            dst = out[o, c]
+            for i in range(I):
+                dst[i] = table[src[i]]
+
+
+@njit(cache=True, inline="always")
+def _channel_tables_row(x, tables, out, o):
+    src = x[o]
+    dst = out[o]
+    for c in range(src.shape[0]):
+        dst[c] = tables[c, src[c]]
+
+
+@njit(cache=True)
+def apply_channel_tables_last(x, tables, out):
+    """Channels-last :func:`apply_channel_tables`: ``out[o, c] = tables[c, x[o, c]]`` for (O, C) bytes."""
+    for o in range(x.shape[0]):
+        _channel_tables_row(x, tables, out, o)
+
+
+@njit(cache=True, parallel=True)
+def apply_channel_tables_last_parallel(x, tables, out):
+    for o in prange(x.shape[0]):
+        _channel_tables_row(x, tables, out, o)
+
+
+@njit(cache=True)
 def global_average(x, flip, zx, mult, zy, qmin, qmax, out):
     """``x`` (R, L) bytes (xor ``flip``: uint8, ``zx`` shifted): one requantized mean per row.
 
@@ -424,6 +458,72 @@ def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, 
                 elif v > qmax:
                     v = qmax
                 out[c, od, oh, ow] = np.uint8(np.int64(v) & 255)
+
+
+@njit(cache=True, inline="always")
+def _average_pool_last_row(row, x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
+                           ratio, zy, qmin, qmax, out):
+    """One output row (n, od, oh) of :func:`average_pool_last`."""
+    N, D, H, W, C = x.shape
+    OD, OH, OW = out_shape[0], out_shape[1], out_shape[2]
+    kd, kh, kw = kernel[0], kernel[1], kernel[2]
+    sd, sh, sw = strides[0], strides[1], strides[2]
+    pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
+    ed, eh, ew = pads_end[0], pads_end[1], pads_end[2]
+    n = row // (OD * OH)
+    od = row // OH - n * OD
+    oh = row - (n * OD + od) * OH
+    d0 = od * sd - pd
+    h0 = oh * sh - ph
+    acc = np.empty(C, np.int32)
+    for ow in range(OW):
+        w0 = ow * sw - pw
+        acc[:] = 0
+        count = 0
+        for d in range(max(d0, 0), min(d0 + kd, D)):
+            for h in range(max(h0, 0), min(h0 + kh, H)):
+                for w in range(max(w0, 0), min(w0 + kw, W)):
+                    pixel = x[n, d, h, w]
+                    for c in range(C):
+                        acc[c] += np.int32(pixel[c] ^ flip)
+                    count += 1
+        divisor = count
+        if count_include_pad:
+            divisor = ((min(d0 + kd, D + ed) - max(d0, -pd)) * (min(h0 + kh, H + eh) - max(h0, -ph))
+                       * (min(w0 + kw, W + ew) - max(w0, -pw)))
+        y = out[n, od, oh, ow]
+        if divisor <= 0:
+            v = min(max(np.float64(zy), qmin), qmax)
+            for c in range(C):
+                y[c] = np.uint8(np.int64(v) & 255)
+            continue
+        offset = np.int32(zx) * np.int32(count)
+        for c in range(C):
+            v = np.rint(np.float64(acc[c] - offset) * ratio / np.float64(divisor)) + zy
+            v = min(max(v, qmin), qmax)
+            y[c] = np.uint8(np.int64(v) & 255)
+
+
+@njit(cache=True)
+def average_pool_last(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
+                      ratio, zy, qmin, qmax, out):
+    """:func:`average_pool` on channels-last bytes: ``x`` (N, D, H, W, C) into ``out`` (N, OD, OH, OW, C).
+
+    The channels are the inner, contiguous loop, so a window's sums and their scaling are vector
+    operations; the arithmetic is :func:`average_pool`'s (window sums exact in int32 for windows
+    under 2**23 elements, one float64 scaling each), so the results are the same bits.
+    """
+    for row in range(x.shape[0] * out_shape[0] * out_shape[1]):
+        _average_pool_last_row(row, x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape,
+                               count_include_pad, ratio, zy, qmin, qmax, out)
+
+
+@njit(cache=True, parallel=True)
+def average_pool_last_parallel(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
+                               ratio, zy, qmin, qmax, out):
+    for row in prange(x.shape[0] * out_shape[0] * out_shape[1]):
+        _average_pool_last_row(row, x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape,
+                               count_include_pad, ratio, zy, qmin, qmax, out)
 
 
 # --------------------------------------------------------------------------- softmax

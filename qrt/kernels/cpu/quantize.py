@@ -170,3 +170,40 @@ def dequantize_flat_parallel(q, scale, zero_point, out):
     for c in prange((n + FLAT_CHUNK - 1) // FLAT_CHUNK):
         for i in range(c * FLAT_CHUNK, min(n, (c + 1) * FLAT_CHUNK)):
             out[i] = (q[i] - zero_point) * scale
+
+
+# ---------------------------------------------------------------- dequantize, add, relu, quantize
+
+
+@njit(cache=True, inline="always")
+def _dequantize_add_span(start, stop, a, a_scale, a_zero, b, b_scale, b_zero, relu, y_scale, y_zero, lo, hi,
+                         write_float, write_quantized, out_f, out_q):
+    for i in range(start, stop):
+        # Each term is dequantize_flat's expression; a float input comes with scale 1 and zero 0,
+        # which leave every float32 (signed zeros, NaN) as it is.
+        v = (a[i] - a_zero) * a_scale + (b[i] - b_zero) * b_scale
+        if relu:
+            v = v if v > 0 else np.float32(0)     # the Relu kernel's expression
+        if write_float:
+            out_f[i] = v
+        if write_quantized:
+            out_q[i] = _quantize_one(v, y_scale, y_zero, lo, hi)
+
+
+@njit(cache=True)
+def dequantize_add(a, a_scale, a_zero, b, b_scale, b_zero, relu, y_scale, y_zero, lo, hi, write_float,
+                   write_quantized, out_f, out_q):
+    """``DequantizeLinear`` of each 8-bit operand, their sum, an optional Relu and an optional
+    ``QuantizeLinear``, in one pass over flat equal-size arrays: the float32 operations of the
+    separate kernels, in their order, so the same bits."""
+    _dequantize_add_span(0, a.size, a, a_scale, a_zero, b, b_scale, b_zero, relu, y_scale, y_zero, lo, hi,
+                         write_float, write_quantized, out_f, out_q)
+
+
+@njit(cache=True, parallel=True)
+def dequantize_add_parallel(a, a_scale, a_zero, b, b_scale, b_zero, relu, y_scale, y_zero, lo, hi, write_float,
+                            write_quantized, out_f, out_q):
+    n = a.size
+    for c in prange((n + FLAT_CHUNK - 1) // FLAT_CHUNK):
+        _dequantize_add_span(c * FLAT_CHUNK, min(n, (c + 1) * FLAT_CHUNK), a, a_scale, a_zero, b, b_scale, b_zero,
+                             relu, y_scale, y_zero, lo, hi, write_float, write_quantized, out_f, out_q)
