@@ -306,6 +306,123 @@ def _microkernel_impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
 
 # --------------------------------------------------------------------------- epilogue
 
+_F64 = ir.DoubleType()
+_LANES = 16          # int32 lanes of one zmm; a tile row of up to 32 columns is two of them
+
+
+def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_ptr, czb_ptr, cb_ptr, mult_ptr,
+                       zy, qmin, qmax, out_ptr, ldo):
+    """Mode 1 of :func:`_epilogue` for ``rows`` rows of up to 32 columns, as whole vectors.
+
+    The same operations as :func:`_requantize_row` in the same order (int32 wrapping sums; float64
+    product, round half to even, zero point, clamp; low byte), so the bytes are identical. Columns
+    past ``cols`` are masked off on every load and store: the column arrays and the output end there.
+    """
+    v16 = ir.VectorType(_I32, _LANES)
+    d16 = ir.VectorType(_F64, _LANES)
+    b16 = ir.VectorType(_I8, _LANES)
+    m16 = ir.VectorType(ir.IntType(1), _LANES)
+    module = builder.module
+
+    def masked_load(ty, ptr, offset, mask):
+        fn = cgutils.get_or_insert_function(
+            module, ir.FunctionType(ty, [ty.as_pointer(), _I32, m16, ty]),
+            f"llvm.masked.load.v{_LANES}{'i32' if ty.element == _I32 else 'f64'}.p0v{_LANES}"
+            f"{'i32' if ty.element == _I32 else 'f64'}")
+        at = builder.bitcast(builder.gep(ptr, [offset]), ty.as_pointer())
+        return builder.call(fn, [at, ir.Constant(_I32, 4), mask, ir.Constant(ty, None)])
+
+    store = cgutils.get_or_insert_function(
+        module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(), _I32, m16]),
+        f"llvm.masked.store.v{_LANES}i8.p0v{_LANES}i8")
+    rint = cgutils.get_or_insert_function(module, ir.FunctionType(d16, [d16]), f"llvm.rint.v{_LANES}f64")
+
+    def splat(value, ty):
+        vec = builder.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(v16, None))
+
+    iota = [ir.Constant(v16, [ir.Constant(_I32, h * _LANES + i) for i in range(_LANES)]) for h in range(2)]
+    cols_v = splat(builder.trunc(cols, _I32), v16)
+    halves = []
+    for h in range(2):
+        mask = builder.icmp_signed("<", iota[h], cols_v)
+        offset = _const(h * _LANES)
+        halves.append((mask, masked_load(v16, cs_ptr, offset, mask), masked_load(v16, czb_ptr, offset, mask),
+                       masked_load(v16, cb_ptr, offset, mask), masked_load(d16, mult_ptr, offset, mask)))
+    zy_v = splat(builder.sitofp(zy, _F64), d16)
+    lo_v = splat(builder.sitofp(qmin, _F64), d16)
+    hi_v = splat(builder.sitofp(qmax, _F64), d16)
+    two = builder.icmp_signed(">", cols, _const(_LANES))
+
+    entry = builder.block
+    loop = builder.append_basic_block("requant_row")
+    second = builder.append_basic_block("requant_second_half")
+    latch = builder.append_basic_block("requant_next")
+    done = builder.append_basic_block("requant_done")
+    builder.cbranch(builder.icmp_signed(">", rows, _const(0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    i.add_incoming(_const(0), entry)
+    za = splat(builder.load(builder.gep(za_ptr, [i])), v16)
+    rt = splat(builder.load(builder.gep(rt_ptr, [i])), v16)
+    src_row = builder.mul(i, ldt)
+    dst_row = builder.gep(out_ptr, [builder.mul(i, ldo)])
+
+    def half(h):
+        mask, cs, czb, cb, mult = halves[h]
+        src = masked_load(v16, tile_ptr, builder.add(src_row, _const(h * _LANES)), mask)
+        acc = builder.sub(builder.sub(builder.add(src, cb), builder.mul(za, cs)), builder.mul(czb, rt))
+        v = builder.fadd(builder.call(rint, [builder.fmul(builder.sitofp(acc, d16), mult)]), zy_v)
+        v = builder.select(builder.fcmp_ordered("<", v, lo_v), lo_v, v)
+        v = builder.select(builder.fcmp_ordered(">", v, hi_v), hi_v, v)
+        byte = builder.trunc(builder.fptosi(v, v16), b16)
+        at = builder.bitcast(builder.gep(dst_row, [_const(h * _LANES)]), b16.as_pointer())
+        builder.call(store, [byte, at, ir.Constant(_I32, 1), mask])
+
+    half(0)
+    builder.cbranch(two, second, latch)
+    builder.position_at_end(second)
+    half(1)
+    builder.branch(latch)
+    builder.position_at_end(latch)
+    i_next = builder.add(i, _const(1))
+    i.add_incoming(i_next, latch)
+    builder.cbranch(builder.icmp_signed("<", i_next, rows), loop, done)
+    builder.position_at_end(done)
+
+
+@intrinsic
+def _requant_rows(typingctx, tile, t_off, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax,
+                  out, o_off, ldo):
+    """Requantizes ``rows`` rows of ``tile`` (from flat element ``t_off``, rows ``tile.shape[1]``
+    apart) into ``out`` from flat byte ``o_off``, rows ``ldo`` bytes apart (:func:`_emit_requant_rows`).
+    Every array must be contiguous along the columns it is read at."""
+    sig = types.void(tile, t_off, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax, out, o_off,
+                     ldo)
+
+    def codegen(context, builder, signature, args):
+        (tile_v, t_off_v, rows_v, cols_v, za_v, rt_v, r0_v, cs_v, czb_v, cb_v, mult_v, zy_v, qmin_v, qmax_v,
+         out_v, o_off_v, ldo_v) = args
+        ty = signature.args
+
+        def data(index, value, elem):
+            arr = context.make_array(ty[index])(context, builder, value)
+            return builder.bitcast(arr.data, elem.as_pointer())
+
+        tile_arr = context.make_array(ty[0])(context, builder, tile_v)
+        ldt = builder.extract_value(tile_arr.shape, 1)
+        ints = [context.cast(builder, v, t, types.int64) for v, t in
+                ((t_off_v, ty[1]), (rows_v, ty[2]), (cols_v, ty[3]), (r0_v, ty[6]), (zy_v, ty[11]),
+                 (qmin_v, ty[12]), (qmax_v, ty[13]), (o_off_v, ty[15]), (ldo_v, ty[16]))]
+        t_off_i, rows_i, cols_i, r0_i, zy_i, qmin_i, qmax_i, o_off_i, ldo_i = ints
+        _emit_requant_rows(builder, builder.gep(data(0, tile_v, _I32), [t_off_i]), ldt, rows_i, cols_i,
+                           builder.gep(data(4, za_v, _I32), [r0_i]), builder.gep(data(5, rt_v, _I32), [r0_i]),
+                           data(7, cs_v, _I32), data(8, czb_v, _I32), data(9, cb_v, _I32), data(10, mult_v, _F64),
+                           zy_i, qmin_i, qmax_i, builder.gep(data(14, out_v, _I8), [o_off_i]), ldo_i)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 
 @njit(cache=True, inline="always")
 def _requantize(acc, mult, zy, qmin, qmax):
@@ -350,7 +467,10 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
     # Each destination is its own call: a row of a staging tile and a row of the output differ in
     # layout, and one variable holding either would make every store strided (no vectors).
     if not trans:
-        if mode == 1:
+        if mode == 1 and out_q.strides[1] == 1:
+            _requant_rows(tile, 0, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax, out_q,
+                          m0 * out_q.strides[0] + c0, out_q.strides[0])
+        elif mode == 1:
             for i in range(rows):
                 _requantize_row(out_q[m0 + i, c0:c0 + cols], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb,
                                 cbias, mult, zy, qmin, qmax)
@@ -363,9 +483,8 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
                            fscale, fbias)
         return
     if mode == 1:
-        for i in range(rows):
-            _requantize_row(stage_q[i], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias, mult, zy, qmin,
-                            qmax)
+        _requant_rows(tile, 0, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax, stage_q, 0,
+                      stage_q.shape[1])
         for j in range(cols):
             orow = out_q[c0 + j, m0:m0 + rows]
             for i in range(rows):
