@@ -818,15 +818,23 @@ class QLinearAveragePool(_UnaryQ):
         strides, begins, ends, outs = self._geometry(list(x.shape[2:]))
         n, C = x.shape[:2]
         pad3 = lambda v, f: [f] * (3 - len(v)) + list(v)  # noqa: E731
+        ratio = float(np.float32(sx)) / float(np.float32(sy))
+        if self.channels_last:
+            # Read and written as they are: the channels of a position are one vector.
+            x5 = np.ascontiguousarray(X).view(np.uint8).reshape((n,) + tuple(pad3(x.shape[2:], 1)) + (C,))
+            out = np.empty((n,) + tuple(pad3(outs, 1)) + (C,), X.dtype)
+            kq.average_pool_last(x5, np.uint8(flip), zx, np.array(pad3(self.kernel_shape, 1), np.int64),
+                                 np.array(pad3(strides, 1), np.int64), np.array(pad3(begins, 0), np.int64),
+                                 np.array(pad3(ends, 0), np.int64), np.array(pad3(outs, 1), np.int64),
+                                 bool(self.count_include_pad), ratio, zy, qmin, qmax, out.view(np.uint8))
+            return out.reshape((n,) + tuple(outs) + (C,))
         x4 = np.ascontiguousarray(x).view(np.uint8).reshape((n * C,) + tuple(pad3(x.shape[2:], 1)))
         out = np.empty((n * C,) + tuple(pad3(outs, 1)), X.dtype)
-        ratio = float(np.float32(sx)) / float(np.float32(sy))
         kq.average_pool(x4, np.uint8(flip), zx, np.array(pad3(self.kernel_shape, 1), np.int64),
                         np.array(pad3(strides, 1), np.int64), np.array(pad3(begins, 0), np.int64),
                         np.array(pad3(ends, 0), np.int64), np.array(pad3(outs, 1), np.int64),
                         bool(self.count_include_pad), ratio, zy, qmin, qmax, out.view(np.uint8))
-        y = out.reshape((n, C) + tuple(outs))
-        return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if self.channels_last else y
+        return out.reshape((n, C) + tuple(outs))
 
 
 # --------------------------------------------------------------------------- concat and softmax

@@ -426,6 +426,57 @@ def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, 
                 out[c, od, oh, ow] = np.uint8(np.int64(v) & 255)
 
 
+@njit(cache=True, parallel=True)
+def average_pool_last(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
+                      ratio, zy, qmin, qmax, out):
+    """:func:`average_pool` of a channels-last ``x`` (N, D, H, W, C) into ``out`` (N, OD, OH, OW, C).
+
+    The same integers and the same float64 operations per output, so the same bytes; the window
+    walk is shared by all channels of a position, whose sums and scaling run as vectors. A task is
+    one output row.
+    """
+    N, D, H, W, C = x.shape
+    OD, OH, OW = out_shape[0], out_shape[1], out_shape[2]
+    kd, kh, kw = kernel[0], kernel[1], kernel[2]
+    sd, sh, sw = strides[0], strides[1], strides[2]
+    pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
+    ed, eh, ew = pads_end[0], pads_end[1], pads_end[2]
+    for task in prange(N * OD * OH):
+        img = task // (OD * OH)
+        od = (task // OH) % OD
+        oh = task % OH
+        d0 = od * sd - pd
+        h0 = oh * sh - ph
+        acc = np.empty(C, np.int64)
+        for ow in range(OW):
+            w0 = ow * sw - pw
+            for c in range(C):
+                acc[c] = 0
+            inside = 0
+            for d in range(max(d0, 0), min(d0 + kd, D)):
+                for h in range(max(h0, 0), min(h0 + kh, H)):
+                    for w in range(max(w0, 0), min(w0 + kw, W)):
+                        src = x[img, d, h, w]
+                        for c in range(C):
+                            acc[c] += np.int64(src[c] ^ flip)
+                        inside += 1
+            n = inside
+            if count_include_pad:
+                n = ((min(d0 + kd, D + ed) - max(d0, -pd)) * (min(h0 + kh, H + eh) - max(h0, -ph))
+                     * (min(w0 + kw, W + ew) - max(w0, -pw)))
+            dst = out[img, od, oh, ow]
+            offset = np.int64(inside) * zx
+            if n <= 0:
+                for c in range(C):
+                    dst[c] = np.uint8(np.int64(min(max(np.float64(zy), qmin), qmax)) & 255)
+                continue
+            scale_n = np.float64(n)
+            for c in range(C):
+                v = np.rint(np.float64(acc[c] - offset) * ratio / scale_n) + zy
+                v = min(max(v, np.float64(qmin)), np.float64(qmax))
+                dst[c] = np.uint8(np.int64(v) & 255)
+
+
 # --------------------------------------------------------------------------- softmax
 
 
