@@ -527,8 +527,9 @@ def conv_runner(b, zx, packed, need_rowsum, epi, channels_last, cgp):
     OD, OH, OW, sd, sh, sw = b.grid
     flat = (1, 1, OW) if b.flat else None
     mode = epi.mode
-    if amx.usable(packed, padded=True):
-        in_place = b.flat and packed.Kp % amx.DEPTH == 0 and b.buffer_shape[-1] % 1024 != 0
+    in_place = b.flat and packed.Kp % amx.DEPTH == 0 and b.buffer_shape[-1] % 1024 != 0
+    # Rows read in place cost the tiles no gather: any depth of whole 64-byte blocks takes them.
+    if amx.usable(packed, padded=True) or in_place and amx.usable(packed):
         head = (OD, OH, OW, sd, sh, sw, b.tapoff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K,
                 packed.N, packed.col_sum, packed.zb, epi.bias, mode, epi.mult, epi.zy, epi.qmin, epi.qmax,
                 epi.fscale, epi.fbias, channels_last)

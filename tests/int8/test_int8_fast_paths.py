@@ -1,5 +1,6 @@
-"""The vectorized requantizing epilogue (qrt/kernels/cpu/qgemm.py ``_requant_rows``) and the
-channels-last QLinearAveragePool kernel (qrt/kernels/cpu/qelementwise.py ``average_pool_last``).
+"""The vectorized requantizing epilogue (qrt/kernels/cpu/qgemm.py ``_requant_rows``), the AMX
+route of shallow 1x1 convolutions read in place, and the QLinearAveragePool kernels
+(qrt/kernels/cpu/qelementwise.py ``average_pool``, ``average_pool_last``).
 
 The epilogue does the reference's operations in its order (int32 sum with the zero-point terms,
 float64 product, round half to even, zero point, clamp), so results equal onnx.reference's bit for
@@ -10,6 +11,9 @@ weight zero points (the row-sum term), int8 and uint8 outputs, and scales small 
 clamp is hit. Channels-last QLinearConv (com.microsoft, rows written in place) is checked against
 the reference run on the transposed tensors. The same tests run under QRT_INT8_ISA=avx2|generic.
 
+A 1x1 convolution over a whole number of 64-byte depth blocks takes the AMX tiles (where the host
+has them) below ``MIN_PADDED_DEPTH``: its rows are read in place; the result equals the reference.
+
 The channels-last average pool does the NCHW kernel's integer sums and float64 operations per
 output, so the two agree exactly (and the NCHW kernel is checked against onnxruntime elsewhere).
 Tolerance: exact everywhere (integers).
@@ -18,6 +22,7 @@ import numpy as np
 import pytest
 
 from int8_helpers import node_model, random_q, run_qrt, run_reference, stable_seed
+from qrt.kernels.cpu import qconv, qgemm_amx
 from qrt.ops.contrib_quantized import QLinearAveragePool
 
 F32 = np.float32
@@ -95,6 +100,24 @@ def test_qlinearmatmul_equals_reference(M, N):
     model = node_model("QLinearMatMul", dict(a=a), consts, [("y", np.int8)], opset=21,
                        input_order=["a", "a_s", "a_z", "b", "b_s", "b_z", "y_s", "y_z"])
     np.testing.assert_array_equal(run_qrt(model, dict(a=a))[0], run_reference(model, dict(a=a))[0])
+
+
+@pytest.mark.skipif(not qgemm_amx.AVAILABLE, reason="host without AMX-INT8 (or an ISA override)")
+@pytest.mark.parametrize("C, tiles", [(64, True), (128, True), (48, False)])
+def test_shallow_1x1_in_place_takes_the_tiles(C, tiles, monkeypatch):
+    calls = []
+    conv = qconv.qconv_amx
+    monkeypatch.setattr(qconv, "qconv_amx", lambda *args: calls.append(1) or conv(*args))
+    rng = np.random.default_rng(stable_seed("amx_shallow", C))
+    x = random_q(rng, (1, C, 7, 9), np.uint8)
+    consts = dict(xs=np.array(0.02, F32), xz=np.array(133, np.uint8), w=random_q(rng, (40, C, 1, 1), np.int8),
+                  ws=rng.uniform(0.0005, 0.004, 40).astype(F32), wz=np.zeros(40, np.int8),
+                  ys=np.array(0.3, F32), yz=np.array(120, np.uint8), b=rng.integers(-5000, 5000, 40).astype(np.int32))
+    model = node_model("QLinearConv", dict(x=x), consts, [("y", np.uint8)], opset=10,
+                       input_order=["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"])
+    assert C < qgemm_amx.MIN_PADDED_DEPTH
+    np.testing.assert_array_equal(run_qrt(model, dict(x=x))[0], run_reference(model, dict(x=x))[0])
+    assert bool(calls) == tiles
 
 
 POOLS = [dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
