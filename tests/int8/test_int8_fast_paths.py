@@ -140,3 +140,25 @@ def test_channels_last_average_pool_equals_nchw(attrs, dt):
     nchw = QLinearAveragePool(**attrs).run(x, *params)
     last = QLinearAveragePool(**attrs, channels_last=1).run(np.ascontiguousarray(np.moveaxis(x, 1, -1)), *params)
     np.testing.assert_array_equal(last, np.moveaxis(nchw, 1, -1))
+
+
+@pytest.mark.parametrize("zb_nonzero", [False, True], ids=["zb0", "zb"])
+@pytest.mark.parametrize("M, N", [(9, 17), (13, 33)])
+def test_rows_with_their_own_zero_points(M, N, zb_nonzero):
+    """The epilogue's per-row branch: a row whose zero point differs from the first row's, or whose
+    row-sum term is not zero, takes the multiplying form; the bytes are the spec's either way."""
+    from qrt.kernels.cpu import qgemm
+    rng = np.random.default_rng(stable_seed("rows_za", M, N, zb_nonzero))
+    K = 23
+    a = random_q(rng, (M, K), np.uint8)
+    b = random_q(rng, (K, N), np.int8)
+    zb = rng.integers(-3, 4, N) if zb_nonzero else np.zeros(N, np.int64)
+    za = np.where(np.arange(M) % 3 == 1, 200, 7).astype(np.int32)
+    bias = rng.integers(-3000, 3000, N).astype(np.int32)
+    mult = rng.uniform(0.001, 0.02, N).astype(F32)
+    epi = qgemm.Epilogue(1, 1, N, bias=bias, mult=mult, zy=-4, qmin=-128, qmax=127)
+    out = np.empty((M, N), np.int8)
+    qgemm.matmul(a, 0, za, qgemm.pack_weights([b], zb.reshape(1, N)), epi, out.view(np.uint8))
+    acc = ((a.astype(np.int64) - za[:, None]) @ (b.astype(np.int64) - zb[None, :]) + bias).astype(np.int32)
+    want = np.clip(np.rint(acc.astype(np.float64) * mult.astype(np.float64)) - 4, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(out, want)

@@ -343,12 +343,19 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
 
     iota = [ir.Constant(v16, [ir.Constant(_I32, h * _LANES + i) for i in range(_LANES)]) for h in range(2)]
     cols_v = splat(builder.trunc(cols, _I32), v16)
+    # Every row of a convolution has the same zero point, and the row-sum term is zero unless a
+    # weight zero point is not: ``bias - za0 * colsum`` is formed once, and a row only multiplies
+    # when its zero point differs from the first row's or its row term is not zero (int32 sums wrap,
+    # so both forms are the same integer).
+    za0 = builder.load(za_ptr)
+    za0_v = splat(za0, v16)
     halves = []
     for h in range(2):
         mask = builder.icmp_signed("<", iota[h], cols_v)
         offset = _const(h * _LANES)
-        halves.append((mask, masked_load(v16, cs_ptr, offset, mask), masked_load(v16, czb_ptr, offset, mask),
-                       masked_load(v16, cb_ptr, offset, mask), masked_load(d16, mult_ptr, offset, mask)))
+        cs = masked_load(v16, cs_ptr, offset, mask)
+        base = builder.sub(masked_load(v16, cb_ptr, offset, mask), builder.mul(za0_v, cs))
+        halves.append((mask, cs, masked_load(v16, czb_ptr, offset, mask), base, masked_load(d16, mult_ptr, offset, mask)))
     zy_v = splat(builder.sitofp(zy, _F64), d16)
     lo_v = splat(builder.sitofp(qmin, _F64), d16)
     hi_v = splat(builder.sitofp(qmax, _F64), d16)
@@ -356,22 +363,24 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
 
     entry = builder.block
     loop = builder.append_basic_block("requant_row")
-    second = builder.append_basic_block("requant_second_half")
     latch = builder.append_basic_block("requant_next")
     done = builder.append_basic_block("requant_done")
     builder.cbranch(builder.icmp_signed(">", rows, _const(0)), loop, done)
     builder.position_at_end(loop)
     i = builder.phi(_I64)
     i.add_incoming(_const(0), entry)
-    za = splat(builder.load(builder.gep(za_ptr, [i])), v16)
-    rt = splat(builder.load(builder.gep(rt_ptr, [i])), v16)
+    za = builder.load(builder.gep(za_ptr, [i]))
+    rt = builder.load(builder.gep(rt_ptr, [i]))
     src_row = builder.mul(i, ldt)
     dst_row = builder.gep(out_ptr, [builder.mul(i, ldo)])
+    plain = builder.and_(builder.icmp_signed("==", za, za0), builder.icmp_signed("==", rt, ir.Constant(_I32, 0)))
 
-    def half(h):
-        mask, cs, czb, cb, mult = halves[h]
-        src = masked_load(v16, tile_ptr, builder.add(src_row, _const(h * _LANES)), mask)
-        acc = builder.sub(builder.sub(builder.add(src, cb), builder.mul(za, cs)), builder.mul(czb, rt))
+    def half(h, adjusted):
+        mask, cs, czb, base, mult = halves[h]
+        acc = builder.add(masked_load(v16, tile_ptr, builder.add(src_row, _const(h * _LANES)), mask), base)
+        if adjusted:
+            acc = builder.sub(builder.sub(acc, builder.mul(splat(builder.sub(za, za0), v16), cs)),
+                              builder.mul(czb, splat(rt, v16)))
         v = builder.fadd(builder.call(rint, [builder.fmul(builder.sitofp(acc, d16), mult)]), zy_v)
         v = builder.select(builder.fcmp_ordered("<", v, lo_v), lo_v, v)
         v = builder.select(builder.fcmp_ordered(">", v, hi_v), hi_v, v)
@@ -379,11 +388,19 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
         at = builder.bitcast(builder.gep(dst_row, [_const(h * _LANES)]), b16.as_pointer())
         builder.call(store, [byte, at, ir.Constant(_I32, 1), mask])
 
-    half(0)
-    builder.cbranch(two, second, latch)
-    builder.position_at_end(second)
-    half(1)
-    builder.branch(latch)
+    branches = []
+    for adjusted in (False, True):
+        first = builder.append_basic_block("requant_adjusted" if adjusted else "requant_plain")
+        second = builder.append_basic_block("requant_second_half")
+        branches.append(first)
+        builder.position_at_end(first)
+        half(0, adjusted)
+        builder.cbranch(two, second, latch)
+        builder.position_at_end(second)
+        half(1, adjusted)
+        builder.branch(latch)
+    builder.position_at_end(loop)
+    builder.cbranch(plain, branches[0], branches[1])
     builder.position_at_end(latch)
     i_next = builder.add(i, _const(1))
     i.add_incoming(i_next, latch)
