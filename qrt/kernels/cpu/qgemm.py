@@ -32,7 +32,10 @@ one vector load brings 4 consecutive k of NR columns. The micro-kernels, by host
 * ``generic``: plain Numba loops over the same layout, for any other CPU.
 
 The first two are written as LLVM IR through ``numba.extending.intrinsic`` because LLVM does not
-derive either instruction from scalar Numba code with the operands register-blocked. The kernel
+derive either instruction from scalar Numba code with the operands register-blocked. So is the
+requantizing epilogue (:func:`_requant_rows`): whole rows of a tile as 16-lane vectors with masked
+tails, the float64 steps unchanged (a Numba loop over a row cost about 2 cycles an element, the
+whole time of a shallow convolution). The kernel
 for a process is chosen once from the CPU features Numba compiles for (the host's, or
 NUMBA_CPU_FEATURES when that is set) into :data:`ISA`; every driver takes a
 zero-length ``tag`` array whose dtype names the ISA, so each ISA's driver is a separate cached
@@ -317,6 +320,7 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
     The same operations as :func:`_requantize_row` in the same order (int32 wrapping sums; float64
     product, round half to even, zero point, clamp; low byte), so the bytes are identical. Columns
     past ``cols`` are masked off on every load and store: the column arrays and the output end there.
+    ``rows`` is at least 1 (the first row's zero point is read up front).
     """
     v16 = ir.VectorType(_I32, _LANES)
     d16 = ir.VectorType(_F64, _LANES)
@@ -324,17 +328,19 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
     m16 = ir.VectorType(ir.IntType(1), _LANES)
     module = builder.module
 
+    def overloaded(vec):
+        """The suffix naming an intrinsic's vector and pointer types (typed or opaque pointers)."""
+        name = f"v{_LANES}{'f64' if vec.element == _F64 else f'i{vec.element.width}'}"
+        return f"{name}.p0" if str(vec.as_pointer()) == "ptr" else f"{name}.p0{name}"
+
     def masked_load(ty, ptr, offset, mask):
-        fn = cgutils.get_or_insert_function(
-            module, ir.FunctionType(ty, [ty.as_pointer(), _I32, m16, ty]),
-            f"llvm.masked.load.v{_LANES}{'i32' if ty.element == _I32 else 'f64'}.p0v{_LANES}"
-            f"{'i32' if ty.element == _I32 else 'f64'}")
+        fn = cgutils.get_or_insert_function(module, ir.FunctionType(ty, [ty.as_pointer(), _I32, m16, ty]),
+                                            f"llvm.masked.load.{overloaded(ty)}")
         at = builder.bitcast(builder.gep(ptr, [offset]), ty.as_pointer())
         return builder.call(fn, [at, ir.Constant(_I32, 4), mask, ir.Constant(ty, None)])
 
-    store = cgutils.get_or_insert_function(
-        module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(), _I32, m16]),
-        f"llvm.masked.store.v{_LANES}i8.p0v{_LANES}i8")
+    store = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(), _I32, m16]),
+                                           f"llvm.masked.store.{overloaded(b16)}")
     rint = cgutils.get_or_insert_function(module, ir.FunctionType(d16, [d16]), f"llvm.rint.v{_LANES}f64")
 
     def splat(value, ty):
@@ -355,7 +361,8 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
         offset = _const(h * _LANES)
         cs = masked_load(v16, cs_ptr, offset, mask)
         base = builder.sub(masked_load(v16, cb_ptr, offset, mask), builder.mul(za0_v, cs))
-        halves.append((mask, cs, masked_load(v16, czb_ptr, offset, mask), base, masked_load(d16, mult_ptr, offset, mask)))
+        halves.append((mask, cs, masked_load(v16, czb_ptr, offset, mask), base,
+                       masked_load(d16, mult_ptr, offset, mask)))
     zy_v = splat(builder.sitofp(zy, _F64), d16)
     lo_v = splat(builder.sitofp(qmin, _F64), d16)
     hi_v = splat(builder.sitofp(qmax, _F64), d16)
