@@ -162,3 +162,27 @@ def test_rows_with_their_own_zero_points(M, N, zb_nonzero):
     acc = ((a.astype(np.int64) - za[:, None]) @ (b.astype(np.int64) - zb[None, :]) + bias).astype(np.int32)
     want = np.clip(np.rint(acc.astype(np.float64) * mult.astype(np.float64)) - 4, -128, 127).astype(np.int8)
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("y_dt, zy", [(np.uint8, 0), (np.uint8, 255), (np.int8, -128), (np.int8, 9)])
+def test_ties_round_half_to_even_and_saturate(y_dt, zy):
+    """Power-of-two multipliers make exact halves: they round to even, as np.rint does; zero points
+    at either bound and sums far outside the range check the clamp around the rounding."""
+    from qrt.kernels.cpu import qgemm
+    rng = np.random.default_rng(stable_seed("ties", y_dt, zy))
+    M, K, N = 21, 5, 40
+    a = random_q(rng, (M, K), np.uint8)
+    b = random_q(rng, (K, N), np.int8)
+    mult = (2.0 ** -rng.integers(0, 10, N)).astype(F32)
+    bias = rng.integers(-40000, 40000, N).astype(np.int32)
+    lo, hi = np.iinfo(y_dt).min, np.iinfo(y_dt).max
+    epi = qgemm.Epilogue(1, 1, N, bias=bias, mult=mult, zy=zy, qmin=lo, qmax=hi)
+    out = np.empty((M, N), y_dt)
+    qgemm.matmul(a, 0, np.full(M, 3, np.int32), qgemm.pack_weights([b], np.zeros((1, N), np.int64)), epi,
+                 out.view(np.uint8))
+    acc = ((a.astype(np.int64) - 3) @ b.astype(np.int64) + bias).astype(np.int32)
+    scaled = acc.astype(np.float64) * mult.astype(np.float64)
+    assert (scaled % 1 == 0.5).any()
+    want = np.clip(np.rint(scaled) + zy, lo, hi).astype(y_dt)
+    assert (want == lo).any() and (want == hi).any()
+    np.testing.assert_array_equal(out, want)

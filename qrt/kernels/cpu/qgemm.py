@@ -341,7 +341,6 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
 
     store = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(), _I32, m16]),
                                            f"llvm.masked.store.{overloaded(b16)}")
-    rint = cgutils.get_or_insert_function(module, ir.FunctionType(d16, [d16]), f"llvm.rint.v{_LANES}f64")
 
     def splat(value, ty):
         vec = builder.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
@@ -363,9 +362,19 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
         base = builder.sub(masked_load(v16, cb_ptr, offset, mask), builder.mul(za0_v, cs))
         halves.append((mask, cs, masked_load(v16, czb_ptr, offset, mask), base,
                        masked_load(d16, mult_ptr, offset, mask)))
-    zy_v = splat(builder.sitofp(zy, _F64), d16)
-    lo_v = splat(builder.sitofp(qmin, _F64), d16)
-    hi_v = splat(builder.sitofp(qmax, _F64), d16)
+    # rint(p) + zy clamped to [qmin, qmax] is rint(p') + zy clamped, p' = p clamped to
+    # [qmin - zy - 1, qmax - zy + 1] (rint is monotonic and keeps those integers), and for |p'| < 2**51
+    # the low 32 bits of p' + 1.5 * 2**52 are rint(p') (the sum rounds to an integer, half to even):
+    # one add and a shuffle instead of a rounding and two conversions.
+    zy_i = builder.trunc(zy, _I32)
+    zy_v = splat(zy_i, v16)
+    lo_i = splat(builder.trunc(qmin, _I32), v16)
+    hi_i = splat(builder.trunc(qmax, _I32), v16)
+    lo_v = splat(builder.sitofp(builder.sub(builder.sub(qmin, zy), _const(1)), _F64), d16)
+    hi_v = splat(builder.sitofp(builder.add(builder.sub(qmax, zy), _const(1)), _F64), d16)
+    magic = ir.Constant(d16, [ir.Constant(_F64, 1.5 * 2.0 ** 52)] * _LANES)
+    low_words = ir.Constant(v16, [ir.Constant(_I32, 2 * i) for i in range(_LANES)])
+    words = ir.VectorType(_I32, 2 * _LANES)
     two = builder.icmp_signed(">", cols, _const(_LANES))
 
     entry = builder.block
@@ -388,10 +397,14 @@ def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_pt
         if adjusted:
             acc = builder.sub(builder.sub(acc, builder.mul(splat(builder.sub(za, za0), v16), cs)),
                               builder.mul(czb, splat(rt, v16)))
-        v = builder.fadd(builder.call(rint, [builder.fmul(builder.sitofp(acc, d16), mult)]), zy_v)
-        v = builder.select(builder.fcmp_ordered("<", v, lo_v), lo_v, v)
-        v = builder.select(builder.fcmp_ordered(">", v, hi_v), hi_v, v)
-        byte = builder.trunc(builder.fptosi(v, v16), b16)
+        p = builder.fmul(builder.sitofp(acc, d16), mult)
+        p = builder.select(builder.fcmp_ordered("<", p, lo_v), lo_v, p)
+        p = builder.select(builder.fcmp_ordered(">", p, hi_v), hi_v, p)
+        bits = builder.bitcast(builder.fadd(p, magic), words)
+        r = builder.add(builder.shuffle_vector(bits, ir.Constant(words, ir.Undefined), low_words), zy_v)
+        r = builder.select(builder.icmp_signed("<", r, lo_i), lo_i, r)
+        r = builder.select(builder.icmp_signed(">", r, hi_i), hi_i, r)
+        byte = builder.trunc(r, b16)
         at = builder.bitcast(builder.gep(dst_row, [_const(h * _LANES)]), b16.as_pointer())
         builder.call(store, [byte, at, ir.Constant(_I32, 1), mask])
 
