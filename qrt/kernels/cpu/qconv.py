@@ -520,8 +520,8 @@ def run_conv(b, xp, zx, packed, need_rowsum, epi, channels_last, cgp, out3):
 
 def conv_runner(b, zx, packed, need_rowsum, epi, channels_last, cgp):
     """``run(xp, out3)``: :func:`run_conv` with every argument but the two buffers bound, and the
-    driver chosen, once. A small convolution's kernel takes a few microseconds, about what
-    gathering thirty arguments from their objects on every call cost."""
+    driver chosen, once (gathered from their objects on every call they cost about a microsecond,
+    a sizeable part of a small convolution's few)."""
     if b.empty:
         return _nothing
     OD, OH, OW, sd, sh, sw = b.grid
