@@ -933,7 +933,13 @@ class QuantizedConv:
             kconv.run_depthwise(bound, xp, packs[1], self._depthwise_const(packs, epi, zx), multiplier, epi,
                                 self.channels_last, _writable_view(out))
         else:
-            kconv.run_conv(bound, xp, zx, packs[1], packs[3], epi, self.channels_last, packs[2], _writable_view(out))
+            # The runner binds this weight packing, epilogue and zero point: a prepared node's are the same objects
+            # on every run.
+            runner = bound.runner
+            if runner is None or runner[0] is not packs or runner[1] is not epi or runner[2] != zx:
+                runner = bound.runner = (packs, epi, zx, kconv.conv_runner(bound, zx, packs[1], packs[3], epi,
+                                                                           self.channels_last, packs[2]))
+            runner[3](xp, _writable_view(out))
 
     @staticmethod
     def _depthwise_const(packs, epi, zx):

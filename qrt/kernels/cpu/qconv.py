@@ -421,7 +421,7 @@ class ConvBinding:
 
     __slots__ = ("x5_shape", "out3_shape", "out_shape", "channels_last", "direct", "buffer_shape", "buffer_size",
                  "groups", "gbytes", "pads_begin", "grid", "flat", "koff", "lines_per_task", "seg", "n_groups",
-                 "kernel", "dilations", "empty", "tapoff", "amx_rows", "amx_groups")
+                 "kernel", "dilations", "empty", "tapoff", "amx_rows", "amx_groups", "runner")
 
 
 def bind(x_shape, channels_last, flip, geometry, n_panels, depthwise):
@@ -451,6 +451,7 @@ def bind(x_shape, channels_last, flip, geometry, n_panels, depthwise):
     sd, sh, sw = strides
     b.grid = (OD, OH, OW, sd, sh, sw)
     b.koff = None
+    b.runner = None
     b.flat = False
     b.lines_per_task = b.seg = b.n_groups = 1
     if depthwise or b.empty:
@@ -513,23 +514,47 @@ def run_conv(b, xp, zx, packed, need_rowsum, epi, channels_last, cgp, out3):
     """The GEMM convolution of the buffer ``xp`` (from :func:`fill_buffer`) into ``out3``
     ((N, Cout, P), or (N, P, Cout) ``channels_last``; uint8 view for 8-bit outputs); ``need_rowsum``
     when a weight zero point is not 0 (``packed.zb_nonzero``, asked once by the caller)."""
-    if b.empty:
-        return out3
-    OD, OH, OW, sd, sh, sw = b.grid
-    if b.flat:
-        xp = xp.reshape(xp.shape[0], 1, 1, OW, xp.shape[-1])
-    out_q, out_i, out_f = _outputs3(epi.mode, out3)
-    if amx.usable(packed, padded=True):
-        in_place = b.flat and packed.Kp % amx.DEPTH == 0 and xp.shape[-1] % 1024 != 0
-        qconv_amx(xp, OD, OH, OW, sd, sh, sw, b.tapoff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K,
-                  packed.N, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy, epi.qmin, epi.qmax,
-                  epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.amx_rows, b.amx_groups, in_place)
-        return out3
-    qconv(tag_for(packed.isa), xp, OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), need_rowsum, packed.data,
-          packed.Kp, packed.K, packed.N, packed.nr, packed.col_sum, packed.zb, epi.bias, epi.mode, epi.mult, epi.zy,
-          epi.qmin, epi.qmax, epi.fscale, epi.fbias, channels_last, out_q, out_i, out_f, b.lines_per_task, b.seg,
-          b.n_groups)
+    conv_runner(b, zx, packed, need_rowsum, epi, channels_last, cgp)(xp, out3)
     return out3
+
+
+def conv_runner(b, zx, packed, need_rowsum, epi, channels_last, cgp):
+    """``run(xp, out3)``: :func:`run_conv` with every argument but the two buffers bound, and the
+    driver chosen, once (gathered from their objects on every call they cost about a microsecond,
+    a sizeable part of a small convolution's few)."""
+    if b.empty:
+        return _nothing
+    OD, OH, OW, sd, sh, sw = b.grid
+    flat = (1, 1, OW) if b.flat else None
+    mode = epi.mode
+    in_place = b.flat and packed.Kp % amx.DEPTH == 0 and b.buffer_shape[-1] % 1024 != 0
+    # Rows read in place cost the tiles no gather: any depth of whole 64-byte blocks takes them.
+    if amx.usable(packed, padded=True) or in_place and amx.usable(packed):
+        head = (OD, OH, OW, sd, sh, sw, b.tapoff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K,
+                packed.N, packed.col_sum, packed.zb, epi.bias, mode, epi.mult, epi.zy, epi.qmin, epi.qmax,
+                epi.fscale, epi.fbias, channels_last)
+        tail = (b.amx_rows, b.amx_groups, in_place)
+
+        def run(xp, out3):
+            if flat is not None:
+                xp = xp.reshape((xp.shape[0],) + flat + (xp.shape[-1],))
+            qconv_amx(xp, *head, *_outputs3(mode, out3), *tail)
+        return run
+    tag = tag_for(packed.isa)
+    head = (OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K, packed.N,
+            packed.nr, packed.col_sum, packed.zb, epi.bias, mode, epi.mult, epi.zy, epi.qmin, epi.qmax, epi.fscale,
+            epi.fbias, channels_last)
+    tail = (b.lines_per_task, b.seg, b.n_groups)
+
+    def run(xp, out3):
+        if flat is not None:
+            xp = xp.reshape((xp.shape[0],) + flat + (xp.shape[-1],))
+        qconv(tag, xp, *head, *_outputs3(mode, out3), *tail)
+    return run
+
+
+def _nothing(xp, out3):
+    return None
 
 
 def run_depthwise(b, xp, wt, const, multiplier, epi, channels_last, out3):

@@ -415,7 +415,7 @@ def global_average_last(x, flip, zx, mult, zy, qmin, qmax, out):
             out[t, c] = np.uint8(np.int64(v) & 255)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, count_include_pad,
                  ratio, zy, qmin, qmax, out):
     """AveragePool of ``x`` (NC, D, H, W) bytes into ``out`` (NC, OD, OH, OW), requantized.
@@ -423,7 +423,9 @@ def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, 
     Each window's sum of ``x - zx`` is exact; the divisor counts the window's elements inside the
     input, or inside the padded input with ``count_include_pad`` (padding is ``zx``, i.e. zero).
     ``ratio = x_scale / y_scale`` in float64, so the result is the correctly rounded mean (a tie of
-    the float32 path would round the other way about as often as not).
+    the float32 path would round the other way about as often as not). A task is one (channel,
+    output depth): the window's rows are summed once per output row into column sums (zero in the
+    padding), an output row adds ``kw`` shifted runs of them, and its scaling runs as vectors.
     """
     NC, D, H, W = x.shape
     OD, OH, OW = out_shape[0], out_shape[1], out_shape[2]
@@ -431,33 +433,47 @@ def average_pool(x, flip, zx, kernel, strides, pads_begin, pads_end, out_shape, 
     sd, sh, sw = strides[0], strides[1], strides[2]
     pd, ph, pw = pads_begin[0], pads_begin[1], pads_begin[2]
     ed, eh, ew = pads_end[0], pads_end[1], pads_end[2]
-    for t in range(NC * OD):
+    span = max(W + pw, (OW - 1) * sw + kw)
+    for t in prange(NC * OD):
         c = t // OD
         od = t - c * OD
         d0 = od * sd - pd
+        # Column w of the input sits at ``w + pw`` of ``columns``, whose other entries stay 0.
+        columns = np.zeros(span, np.int64)
+        sums = np.empty(OW, np.int64)
+        inside_w = np.empty(OW, np.int64)
+        extent_w = np.empty(OW, np.int64)
+        for ow in range(OW):
+            w0 = ow * sw - pw
+            inside_w[ow] = max(min(w0 + kw, W) - max(w0, 0), 0)
+            extent_w[ow] = min(w0 + kw, W + ew) - max(w0, -pw)
         for oh in range(OH):
             h0 = oh * sh - ph
+            at = columns[pw:pw + W]
+            for w in range(W):
+                at[w] = 0
+            rows = 0
+            for d in range(max(d0, 0), min(d0 + kd, D)):
+                for h in range(max(h0, 0), min(h0 + kh, H)):
+                    src = x[c, d, h]
+                    for w in range(W):
+                        at[w] += np.int64(src[w] ^ flip)
+                    rows += 1
             for ow in range(OW):
-                w0 = ow * sw - pw
-                s = 0
-                n = 0
-                for d in range(max(d0, 0), min(d0 + kd, D)):
-                    for h in range(max(h0, 0), min(h0 + kh, H)):
-                        for w in range(max(w0, 0), min(w0 + kw, W)):
-                            s += np.int64(x[c, d, h, w] ^ flip) - zx
-                            n += 1
-                if count_include_pad:
-                    n = ((min(d0 + kd, D + ed) - max(d0, -pd)) * (min(h0 + kh, H + eh) - max(h0, -ph))
-                         * (min(w0 + kw, W + ew) - max(w0, -pw)))
+                sums[ow] = 0
+            for j in range(kw):
+                for ow in range(OW):
+                    sums[ow] += columns[ow * sw + j]
+            extent_dh = (min(d0 + kd, D + ed) - max(d0, -pd)) * (min(h0 + kh, H + eh) - max(h0, -ph))
+            dst = out[c, od, oh]
+            for ow in range(OW):
+                inside = rows * inside_w[ow]
+                n = extent_dh * extent_w[ow] if count_include_pad else inside
+                v = np.rint(np.float64(sums[ow] - inside * zx) * ratio / np.float64(max(n, 1))) + zy
                 if n <= 0:
                     v = np.float64(zy)
-                else:
-                    v = np.rint(np.float64(s) * ratio / np.float64(n)) + zy
-                if v < qmin:
-                    v = qmin
-                elif v > qmax:
-                    v = qmax
-                out[c, od, oh, ow] = np.uint8(np.int64(v) & 255)
+                v = min(max(v, np.float64(qmin)), np.float64(qmax))
+                dst[ow] = np.uint8(np.int64(v) & 255)
 
 
 @njit(cache=True, inline="always")

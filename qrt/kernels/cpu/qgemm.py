@@ -32,7 +32,10 @@ one vector load brings 4 consecutive k of NR columns. The micro-kernels, by host
 * ``generic``: plain Numba loops over the same layout, for any other CPU.
 
 The first two are written as LLVM IR through ``numba.extending.intrinsic`` because LLVM does not
-derive either instruction from scalar Numba code with the operands register-blocked. The kernel
+derive either instruction from scalar Numba code with the operands register-blocked. So is the
+requantizing epilogue (:func:`_requant_rows`): whole rows of a tile as 16-lane vectors with masked
+tails, the float64 steps unchanged (a Numba loop over a row cost about 2 cycles an element, the
+whole time of a shallow convolution). The kernel
 for a process is chosen once from the CPU features Numba compiles for (the host's, or
 NUMBA_CPU_FEATURES when that is set) into :data:`ISA`; every driver takes a
 zero-length ``tag`` array whose dtype names the ISA, so each ISA's driver is a separate cached
@@ -306,6 +309,157 @@ def _microkernel_impl(tag, a, a_off, lda, bp, b_off, koff, k4, tile, rows):
 
 # --------------------------------------------------------------------------- epilogue
 
+_F64 = ir.DoubleType()
+_LANES = 16          # int32 lanes of one zmm; a tile row of up to 32 columns is two of them
+
+
+def _emit_requant_rows(builder, tile_ptr, ldt, rows, cols, za_ptr, rt_ptr, cs_ptr, czb_ptr, cb_ptr, mult_ptr,
+                       zy, qmin, qmax, out_ptr, ldo):
+    """Mode 1 of :func:`_epilogue` for ``rows`` rows of up to 32 columns, as whole vectors.
+
+    The same operations as :func:`_requantize_row` in the same order (int32 wrapping sums; float64
+    product, round half to even, zero point, clamp; low byte), so the bytes are identical. Columns
+    past ``cols`` are masked off on every load and store: the column arrays and the output end there.
+    ``rows`` is at least 1 (the first row's zero point is read up front).
+    """
+    v16 = ir.VectorType(_I32, _LANES)
+    d16 = ir.VectorType(_F64, _LANES)
+    b16 = ir.VectorType(_I8, _LANES)
+    m16 = ir.VectorType(ir.IntType(1), _LANES)
+    module = builder.module
+
+    def overloaded(vec):
+        """The suffix naming an intrinsic's vector and pointer types (typed or opaque pointers)."""
+        name = f"v{_LANES}{'f64' if vec.element == _F64 else f'i{vec.element.width}'}"
+        return f"{name}.p0" if str(vec.as_pointer()) == "ptr" else f"{name}.p0{name}"
+
+    def masked_load(ty, ptr, offset, mask):
+        fn = cgutils.get_or_insert_function(module, ir.FunctionType(ty, [ty.as_pointer(), _I32, m16, ty]),
+                                            f"llvm.masked.load.{overloaded(ty)}")
+        at = builder.bitcast(builder.gep(ptr, [offset]), ty.as_pointer())
+        return builder.call(fn, [at, ir.Constant(_I32, 4), mask, ir.Constant(ty, None)])
+
+    store = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(), _I32, m16]),
+                                           f"llvm.masked.store.{overloaded(b16)}")
+
+    def splat(value, ty):
+        vec = builder.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(vec, ir.Constant(ty, ir.Undefined), ir.Constant(v16, None))
+
+    iota = [ir.Constant(v16, [ir.Constant(_I32, h * _LANES + i) for i in range(_LANES)]) for h in range(2)]
+    cols_v = splat(builder.trunc(cols, _I32), v16)
+    # Every row of a convolution has the same zero point, and the row-sum term is zero unless a
+    # weight zero point is not: ``bias - za0 * colsum`` is formed once, and a row only multiplies
+    # when its zero point differs from the first row's or its row term is not zero (int32 sums wrap,
+    # so both forms are the same integer).
+    za0 = builder.load(za_ptr)
+    za0_v = splat(za0, v16)
+    halves = []
+    for h in range(2):
+        mask = builder.icmp_signed("<", iota[h], cols_v)
+        offset = _const(h * _LANES)
+        cs = masked_load(v16, cs_ptr, offset, mask)
+        base = builder.sub(masked_load(v16, cb_ptr, offset, mask), builder.mul(za0_v, cs))
+        halves.append((mask, cs, masked_load(v16, czb_ptr, offset, mask), base,
+                       masked_load(d16, mult_ptr, offset, mask)))
+    # rint(p) + zy clamped to [qmin, qmax] is rint(p') + zy clamped, p' = p clamped to
+    # [qmin - zy - 1, qmax - zy + 1] (rint is monotonic and keeps those integers), and for |p'| < 2**51
+    # the low 32 bits of p' + 1.5 * 2**52 are rint(p') (the sum rounds to an integer, half to even):
+    # one add and a shuffle instead of a rounding and two conversions.
+    zy_i = builder.trunc(zy, _I32)
+    zy_v = splat(zy_i, v16)
+    lo_i = splat(builder.trunc(qmin, _I32), v16)
+    hi_i = splat(builder.trunc(qmax, _I32), v16)
+    lo_v = splat(builder.sitofp(builder.sub(builder.sub(qmin, zy), _const(1)), _F64), d16)
+    hi_v = splat(builder.sitofp(builder.add(builder.sub(qmax, zy), _const(1)), _F64), d16)
+    magic = ir.Constant(d16, [ir.Constant(_F64, 1.5 * 2.0 ** 52)] * _LANES)
+    low_words = ir.Constant(v16, [ir.Constant(_I32, 2 * i) for i in range(_LANES)])
+    words = ir.VectorType(_I32, 2 * _LANES)
+    two = builder.icmp_signed(">", cols, _const(_LANES))
+
+    entry = builder.block
+    loop = builder.append_basic_block("requant_row")
+    latch = builder.append_basic_block("requant_next")
+    done = builder.append_basic_block("requant_done")
+    builder.cbranch(builder.icmp_signed(">", rows, _const(0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    i.add_incoming(_const(0), entry)
+    za = builder.load(builder.gep(za_ptr, [i]))
+    rt = builder.load(builder.gep(rt_ptr, [i]))
+    src_row = builder.mul(i, ldt)
+    dst_row = builder.gep(out_ptr, [builder.mul(i, ldo)])
+    plain = builder.and_(builder.icmp_signed("==", za, za0), builder.icmp_signed("==", rt, ir.Constant(_I32, 0)))
+
+    def half(h, adjusted):
+        mask, cs, czb, base, mult = halves[h]
+        acc = builder.add(masked_load(v16, tile_ptr, builder.add(src_row, _const(h * _LANES)), mask), base)
+        if adjusted:
+            acc = builder.sub(builder.sub(acc, builder.mul(splat(builder.sub(za, za0), v16), cs)),
+                              builder.mul(czb, splat(rt, v16)))
+        p = builder.fmul(builder.sitofp(acc, d16), mult)
+        p = builder.select(builder.fcmp_ordered("<", p, lo_v), lo_v, p)
+        p = builder.select(builder.fcmp_ordered(">", p, hi_v), hi_v, p)
+        bits = builder.bitcast(builder.fadd(p, magic), words)
+        r = builder.add(builder.shuffle_vector(bits, ir.Constant(words, ir.Undefined), low_words), zy_v)
+        r = builder.select(builder.icmp_signed("<", r, lo_i), lo_i, r)
+        r = builder.select(builder.icmp_signed(">", r, hi_i), hi_i, r)
+        byte = builder.trunc(r, b16)
+        at = builder.bitcast(builder.gep(dst_row, [_const(h * _LANES)]), b16.as_pointer())
+        builder.call(store, [byte, at, ir.Constant(_I32, 1), mask])
+
+    branches = []
+    for adjusted in (False, True):
+        first = builder.append_basic_block("requant_adjusted" if adjusted else "requant_plain")
+        second = builder.append_basic_block("requant_second_half")
+        branches.append(first)
+        builder.position_at_end(first)
+        half(0, adjusted)
+        builder.cbranch(two, second, latch)
+        builder.position_at_end(second)
+        half(1, adjusted)
+        builder.branch(latch)
+    builder.position_at_end(loop)
+    builder.cbranch(plain, branches[0], branches[1])
+    builder.position_at_end(latch)
+    i_next = builder.add(i, _const(1))
+    i.add_incoming(i_next, latch)
+    builder.cbranch(builder.icmp_signed("<", i_next, rows), loop, done)
+    builder.position_at_end(done)
+
+
+@intrinsic
+def _requant_rows(typingctx, tile, t_off, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax,
+                  out, o_off, ldo):
+    """Requantizes ``rows`` rows of ``tile`` (from flat element ``t_off``, rows ``tile.shape[1]``
+    apart) into ``out`` from flat byte ``o_off``, rows ``ldo`` bytes apart (:func:`_emit_requant_rows`).
+    Every array must be contiguous along the columns it is read at."""
+    sig = types.void(tile, t_off, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax, out, o_off,
+                     ldo)
+
+    def codegen(context, builder, signature, args):
+        (tile_v, t_off_v, rows_v, cols_v, za_v, rt_v, r0_v, cs_v, czb_v, cb_v, mult_v, zy_v, qmin_v, qmax_v,
+         out_v, o_off_v, ldo_v) = args
+        ty = signature.args
+
+        def data(index, value, elem):
+            arr = context.make_array(ty[index])(context, builder, value)
+            return builder.bitcast(arr.data, elem.as_pointer())
+
+        tile_arr = context.make_array(ty[0])(context, builder, tile_v)
+        ldt = builder.extract_value(tile_arr.shape, 1)
+        ints = [context.cast(builder, v, t, types.int64) for v, t in
+                ((t_off_v, ty[1]), (rows_v, ty[2]), (cols_v, ty[3]), (r0_v, ty[6]), (zy_v, ty[11]),
+                 (qmin_v, ty[12]), (qmax_v, ty[13]), (o_off_v, ty[15]), (ldo_v, ty[16]))]
+        t_off_i, rows_i, cols_i, r0_i, zy_i, qmin_i, qmax_i, o_off_i, ldo_i = ints
+        _emit_requant_rows(builder, builder.gep(data(0, tile_v, _I32), [t_off_i]), ldt, rows_i, cols_i,
+                           builder.gep(data(4, za_v, _I32), [r0_i]), builder.gep(data(5, rt_v, _I32), [r0_i]),
+                           data(7, cs_v, _I32), data(8, czb_v, _I32), data(9, cb_v, _I32), data(10, mult_v, _F64),
+                           zy_i, qmin_i, qmax_i, builder.gep(data(14, out_v, _I8), [o_off_i]), ldo_i)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 
 @njit(cache=True, inline="always")
 def _requantize(acc, mult, zy, qmin, qmax):
@@ -350,7 +504,10 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
     # Each destination is its own call: a row of a staging tile and a row of the output differ in
     # layout, and one variable holding either would make every store strided (no vectors).
     if not trans:
-        if mode == 1:
+        if mode == 1 and out_q.strides[1] == 1:
+            _requant_rows(tile, 0, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax, out_q,
+                          m0 * out_q.strides[0] + c0, out_q.strides[0])
+        elif mode == 1:
             for i in range(rows):
                 _requantize_row(out_q[m0 + i, c0:c0 + cols], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb,
                                 cbias, mult, zy, qmin, qmax)
@@ -363,9 +520,8 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
                            fscale, fbias)
         return
     if mode == 1:
-        for i in range(rows):
-            _requantize_row(stage_q[i], tile[i], cols, row_za[r0 + i], row_t[r0 + i], cs, czb, cbias, mult, zy, qmin,
-                            qmax)
+        _requant_rows(tile, 0, rows, cols, row_za, row_t, r0, cs, czb, cbias, mult, zy, qmin, qmax, stage_q, 0,
+                      stage_q.shape[1])
         for j in range(cols):
             orow = out_q[c0 + j, m0:m0 + rows]
             for i in range(rows):

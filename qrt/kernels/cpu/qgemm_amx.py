@@ -67,8 +67,9 @@ AVAILABLE = _host_has_amx()
 
 # Shallower products than this stay on VNNI when the caller pads: each 32 x 32 block then costs
 # more in tile stores, the gather and the epilogue than the tiles save (measured on one thread:
-# a 1x1 convolution over 64 channels 1.1x VNNI's time, 3x3 over 32 channels 1.0x, 1x1 over 256
-# channels 0.74x, 3x3 over 256 0.33x). Tests lower it to run every shape on the tiles.
+# 3x3 over 16 or 24 channels 1.7x VNNI's time, 3x3 over 32 channels 1.0x, 3x3 over 256 0.33x).
+# A 1x1 convolution whose rows the tiles read in place, without a gather, takes them from a depth
+# of 64 (0.55-0.75x VNNI's time at 64 to 192 channels). Tests lower it to run every shape on the tiles.
 MIN_PADDED_DEPTH = 256
 
 
