@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import nbits as kernels
+from ..kernels.cpu.threads import num_threads
 from ..registry import register
 from .base import Op
 from .quantized import _ConstantCache
@@ -119,12 +120,12 @@ class MatMulNBits(Op):
         a = np.ascontiguousarray(A.reshape(-1, self.K), dtype=np.float32)
         out = np.empty((a.shape[0], self.N), np.float32)
         if a.shape[0] >= PANEL_MIN_ROWS:
-            kernels.matmul_nbits_panels(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
+            kernel = kernels.matmul_nbits_panels
         elif self.accuracy_level == 4 and self.block_size <= INT8_MAX_BLOCK:
-            kernels.matmul_nbits_rows_int8(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32,
-                                           out)
+            kernel = kernels.matmul_nbits_rows_int8
         else:
-            kernels.matmul_nbits_rows(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out)
+            kernel = kernels.matmul_nbits_rows
+        kernel(a, codes, scale, zero_scale, self.bits, self.block_size, self.K, bias32, out, num_threads())
         return out.reshape(A.shape[:-1] + (self.N,)).astype(A.dtype, copy=False)
 
 
