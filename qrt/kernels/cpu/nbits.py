@@ -185,6 +185,73 @@ def _emit_rows(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, 
     _store_tile(builder, accs, tile_ptr, rows)
 
 
+def _emit_rows_vnni(builder, codes_ptr, a_ptr, lda, row_scale_ptr, row_sum_ptr, ldr, scale_ptr, zs_ptr, k_blocks,
+                    words, tile_ptr, rows, bits):
+    """:func:`_emit_rows` with int8 activations, the products summed by ``vpdpbusd``: codes (unsigned) times
+    activations (signed), four per int32 lane, in :func:`tile_weights_vnni`'s layout (a lane holds
+    ``32 // bits`` codes of one column in k order). Bit field ``f`` of the word's four bytes (mask and
+    shift) holds codes ``k = j * per_byte + f`` (j = 0..3), and :func:`_split_rows_vnni` lays the
+    activations out as those four bytes, field after field, so one broadcast int32 meets them. A
+    block's integer sum is exact; its float epilogue is :func:`_emit_rows`' (row_scaled) operation for
+    operation, so both paths give the same bits."""
+    fmuladd = _fmuladd(builder)
+    fields = 8 // bits
+    v64 = ir.VectorType(_I8, 64)
+    dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, v64, v64]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+    mask = _splat_const(int.from_bytes(bytes([(1 << bits) - 1] * 4), "little")) if bits < 8 else None
+    zero = ir.Constant(_VF, None)
+    izero = ir.Constant(_VI, None)
+
+    def block(blk, accs):
+        def word(w, parts):
+            at = builder.add(builder.mul(blk, words), w)
+            x = [_vector_at(builder, codes_ptr, builder.mul(builder.add(builder.mul(at, _const(NC)),
+                                                                       _const(v * LANES)), _const(4)), _VI)
+                 for v in range(2)]
+            q = []
+            for v in range(2):
+                per_field = []
+                for f in range(fields):
+                    y = x[v] if f == 0 else builder.lshr(x[v], _splat_const(f * bits))
+                    if mask is not None:
+                        y = builder.and_(y, mask)
+                    per_field.append(builder.bitcast(y, v64))
+                q.append(per_field)
+            out = list(parts)
+            for m in range(rows):
+                for f in range(fields):
+                    offset = builder.add(builder.mul(_const(m), lda),
+                                         builder.mul(builder.add(builder.mul(at, _const(fields)), _const(f)),
+                                                     _const(4)))
+                    a = builder.load(builder.bitcast(builder.gep(a_ptr, [offset]), _I32.as_pointer()), align=1)
+                    splat = builder.insert_element(ir.Constant(_VI, ir.Undefined), a, _const(0, _I32))
+                    splat = builder.bitcast(builder.shuffle_vector(splat, ir.Constant(_VI, ir.Undefined),
+                                                                   ir.Constant(_VI, None)), v64)
+                    for v in range(2):
+                        out[2 * m + v] = builder.call(dpbusd, [out[2 * m + v], q[v][f], splat])
+            return out
+
+        parts = _loop(builder, words, [izero] * (2 * rows), word)
+        scale = [_vector_at(builder, scale_ptr, builder.add(builder.mul(blk, _const(NC)), _const(v * LANES)))
+                 for v in range(2)]
+        zs = [_vector_at(builder, zs_ptr, builder.add(builder.mul(blk, _const(NC)), _const(v * LANES)))
+              for v in range(2)]
+        out = []
+        for m in range(rows):
+            at = builder.add(builder.mul(_const(m), ldr), blk)
+            minus_sum = _broadcast(builder, builder.fneg(builder.load(builder.gep(row_sum_ptr, [at]))))
+            row_scale = _broadcast(builder, builder.load(builder.gep(row_scale_ptr, [at])))
+            for v in range(2):
+                part = builder.sitofp(parts[2 * m + v], _VF)
+                acc = builder.call(fmuladd, [part, builder.fmul(scale[v], row_scale), accs[2 * m + v]])
+                out.append(builder.call(fmuladd, [zs[v], minus_sum, acc]))
+        return out
+
+    accs = _loop(builder, k_blocks, [zero] * (2 * rows), block)
+    _store_tile(builder, accs, tile_ptr, rows)
+
+
 def _emit_panel(builder, panel_ptr, a_ptr, kc, tile_ptr, rows):
     """tile[rows, NC] += a @ panel[kc, NC], ``a`` packed ``[kc, GROUP]`` (row m of step k at ``k * GROUP
     + m``), the accumulators in registers throughout."""
@@ -275,6 +342,31 @@ def _rows_kernel(rows, bits, row_scaled):
     return kernel
 
 
+def _vnni_rows_kernel(rows, bits):
+    @intrinsic
+    def kernel(typingctx, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, k_blocks,
+               words, tile):
+        sig = types.void(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, k_blocks,
+                         words, tile)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            (codes_v, c_off_v, a_v, a_off_v, lda_v, rs_v, rsum_v, r_off_v, ldr_v, scale_v, zs_v, s_off_v, kb_v,
+             words_v, tile_v) = args
+            _emit_rows_vnni(builder, _data(context, builder, t[0], codes_v, c_off_v, _I8),
+                            _data(context, builder, t[2], a_v, a_off_v, _I8), lda_v,
+                            _data(context, builder, t[5], rs_v, r_off_v, _F32),
+                            _data(context, builder, t[6], rsum_v, r_off_v, _F32), ldr_v,
+                            _data(context, builder, t[9], scale_v, s_off_v, _F32),
+                            _data(context, builder, t[10], zs_v, s_off_v, _F32), kb_v, words_v,
+                            _data(context, builder, t[14], tile_v, _const(0), _F32), rows, bits)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
 def _panel_kernel(rows):
     @intrinsic
     def kernel(typingctx, panel, a, a_off, kc, tile, t_off):
@@ -324,6 +416,10 @@ _i2_1, _i2_2, _i2_3 = (_rows_kernel(r, 2, True) for r in (1, 2, 3))
 _i4_1, _i4_2, _i4_3 = (_rows_kernel(r, 4, True) for r in (1, 2, 3))
 _i8_1, _i8_2, _i8_3 = (_rows_kernel(r, 8, True) for r in (1, 2, 3))
 _p8, _p4, _p2, _p1 = (_panel_kernel(r) for r in (8, 4, 2, 1))
+# int8 products by vpdpbusd (AVX-512 VNNI hosts only: the op checks the ISA before choosing them)
+_v2_1, _v2_2, _v2_3 = (_vnni_rows_kernel(r, 2) for r in (1, 2, 3))
+_v4_1, _v4_2, _v4_3 = (_vnni_rows_kernel(r, 4) for r in (1, 2, 3))
+_v8_1, _v8_2, _v8_3 = (_vnni_rows_kernel(r, 8) for r in (1, 2, 3))
 
 
 @njit(cache=True, inline="always")
@@ -385,6 +481,36 @@ def _rows_tile_int8(bits, rows, codes, c_off, a, a_off, lda, row_scale, row_sum,
     return 1
 
 
+@njit(cache=True, inline="always")
+def _rows_tile_vnni(bits, rows, codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb,
+                    words, tile):
+    """:func:`_rows_tile_int8` by ``vpdpbusd`` (``a`` int8 in :func:`_split_rows_vnni`'s order, ``codes`` in
+    :func:`tile_weights_vnni`'s)."""
+    if rows >= 3:
+        if bits == 4:
+            _v4_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+        elif bits == 2:
+            _v2_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+        else:
+            _v8_3(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+        return 3
+    if rows == 2:
+        if bits == 4:
+            _v4_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+        elif bits == 2:
+            _v2_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+        else:
+            _v8_2(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+        return 2
+    if bits == 4:
+        _v4_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+    elif bits == 2:
+        _v2_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+    else:
+        _v8_1(codes, c_off, a, a_off, lda, row_scale, row_sum, r_off, ldr, scale, zs, s_off, kb, words, tile)
+    return 1
+
+
 # --------------------------------------------------------------------------- layout
 
 
@@ -405,6 +531,38 @@ def tile_weights(b, scale, zero, N):
             for i in range(blob):
                 codes[t, blk, i, c] = b[n, blk, i]
     return codes, tiled_scale, zero_scale
+
+
+def tile_weights_vnni(codes):
+    """:func:`tile_weights`' codes ``[T, k_blocks, blob, NC]`` regrouped for :func:`_emit_rows_vnni` as
+    ``[T, k_blocks, blob // 4, NC, 4]``: four consecutive bytes of a column (``32 // bits`` codes in k
+    order) form one int32 lane."""
+    panels, k_blocks, blob, nc = codes.shape
+    words = codes.reshape(panels, k_blocks, blob // 4, 4, nc).transpose(0, 1, 2, 4, 3)
+    return np.ascontiguousarray(words)
+
+
+@njit(cache=True)
+def _split_rows_vnni(q, k_blocks, block_size, bits):
+    """int8 activations ``[M, k_blocks * block_size]`` (k order, zeros padding) in the order of
+    :func:`tile_weights_vnni`'s words: word ``w`` of a block, bit field ``f``, byte ``j`` is code ``k = w *
+    (32 // bits) + j * (8 // bits) + f`` of the block."""
+    M = q.shape[0]
+    per_byte = 8 // bits
+    per_word = 4 * per_byte
+    words = block_size // per_word
+    out = np.empty_like(q)
+    for m in range(M):
+        src = q[m]
+        dst = out[m]
+        for blk in range(k_blocks):
+            k0 = blk * block_size
+            for w in range(words):
+                base = k0 + w * per_word
+                for f in range(per_byte):
+                    for j in range(4):
+                        dst[base + f * 4 + j] = src[base + j * per_byte + f]
+    return out
 
 
 @njit(cache=True)
@@ -621,6 +779,31 @@ def matmul_nbits_rows_int8(a, codes, scale, zero_scale, bits, block_size, K, bia
                 rows = _rows_tile_int8(bits, M - m, codes, t * k_blocks * blob * NC, split, m * lda, lda, a_scale,
                                        row_sum, m * k_blocks, k_blocks, scale, zero_scale, t * k_blocks * NC,
                                        k_blocks, blob, tile)
+                _store_rows(tile, rows, out, m, t * NC, bias)
+                m += rows
+            t = _claim(counter)
+
+
+@njit(cache=True, parallel=True)
+def matmul_nbits_rows_vnni(a, codes, scale, zero_scale, bits, block_size, K, bias, out, workers):
+    """:func:`matmul_nbits_rows_int8` (same activations, same bits out) with ``codes`` from
+    :func:`tile_weights_vnni` and the integer products by ``vpdpbusd``; AVX-512 VNNI hosts only."""
+    M = a.shape[0]
+    panels, k_blocks, words = codes.shape[0], codes.shape[1], codes.shape[2]
+    q, a_scale, q_sums = quantize_rows_int8(a, K, block_size, k_blocks)
+    split = _split_rows_vnni(q, k_blocks, block_size, bits)
+    lda = k_blocks * block_size
+    row_sum = a_scale * q_sums.astype(np.float32)
+    counter = np.zeros(1, np.int64)
+    for worker in prange(workers):
+        tile = np.empty((3, NC), np.float32)
+        t = _claim(counter)
+        while t < panels:
+            m = 0
+            while m < M:
+                rows = _rows_tile_vnni(bits, M - m, codes, t * k_blocks * words * NC * 4, split, m * lda, lda,
+                                       a_scale, row_sum, m * k_blocks, k_blocks, scale, zero_scale,
+                                       t * k_blocks * NC, k_blocks, words, tile)
                 _store_rows(tile, rows, out, m, t * NC, bias)
                 m += rows
             t = _claim(counter)
