@@ -21,6 +21,7 @@ import textwrap
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 import qrt
 from qrt.kernels.cpu import nbits as kernels
@@ -92,3 +93,21 @@ def test_hosts_without_vnni_take_the_float_lane_int8_kernel():
     env = dict(os.environ, QRT_INT8_ISA="avx2")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not VNNI, reason="needs AVX-512 VNNI")
+def test_an_op_at_level_4_keeps_one_layout_and_its_twin_can_rebuild_the_other():
+    """At accuracy_level 4 on a VNNI host the op keeps only the VNNI words (no second copy of the weights);
+    the CUDA twin, which reads tile_weights' layout, rebuilds it from them."""
+    from qrt.ops.nbits import MatMulNBits
+    model = op_tests._matmul_nbits(200, 70, 4, 32, "packed", accuracy_level=4)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    op = MatMulNBits(K=200, N=70, bits=4, block_size=32, accuracy_level=4)
+    op.node_name = "mm"
+    op.prepare([None, inits["B"], inits["S"], inits["Z"]])
+    codes, scale, zero_scale, words, int8 = op._weights.get((inits["B"], inits["S"], inits["Z"]))
+    assert codes is None and int8
+    zero = kernels.unpack_zero_points(inits["Z"], 70, 7, 4)
+    want = kernels.tile_weights(inits["B"].reshape(70, 7, 16), inits["S"].reshape(70, 7), zero, 70)
+    np.testing.assert_array_equal(kernels.untile_weights_vnni(words), want[0])
+    np.testing.assert_array_equal(scale, want[1])

@@ -542,6 +542,12 @@ def tile_weights_vnni(codes):
     return np.ascontiguousarray(words)
 
 
+def untile_weights_vnni(words):
+    """:func:`tile_weights`' codes back from :func:`tile_weights_vnni`'s words (for a twin that reads them)."""
+    panels, k_blocks, n_words, nc, _ = words.shape
+    return np.ascontiguousarray(words.transpose(0, 1, 2, 4, 3).reshape(panels, k_blocks, n_words * 4, nc))
+
+
 @njit(cache=True)
 def _split_rows_vnni(q, k_blocks, block_size, bits):
     """int8 activations ``[M, k_blocks * block_size]`` (k order, zeros padding) in the order of
