@@ -9,9 +9,10 @@ same byte of 16 columns, and ``scale[t, blk, c]``, ``zero_scale[t, blk, c]`` (= 
 read as vectors of columns too. Columns past N are padded with zero codes and scales. The float
 weight is never materialised whole:
 
-* few rows (batch-1 decoding; the op uses it below 8 rows): :func:`matmul_nbits_rows` streams the packed bytes once, parallel
-  over column panels. Its micro-kernel unpacks 16 bytes into float lanes (one column per lane) with
-  vector shifts and masks and multiply-adds them with the broadcast activation; a block's partial
+* few rows (batch-1 decoding; the op uses it below 8 rows): :func:`matmul_nbits_rows` streams the
+  packed bytes once, parallel over column panels. Its micro-kernel unpacks 16 bytes into float
+  lanes (one column per lane) with vector shifts and masks and multiply-adds them with the
+  broadcast activation; a block's partial
   sums are scaled once at the end of the block and the zero point is folded out of the inner loop,
   ``y[m, n] = sum_blk scale * dot - (zero * scale) * sum_k a[m, k]``. A is first copied into the
   order of the packed bit fields (:func:`_split_rows`) so field ``f`` of byte ``i`` meets one
@@ -24,7 +25,10 @@ weight is never materialised whole:
   int8 (symmetric, ``amax / 127``, round half to even) and sums the products of codes and int8
   activations per block, as onnxruntime's ``CompInt8`` path does, in the streaming micro-kernel:
   the products are integers and a block's sum stays below 2 ** 24 up to 512-wide blocks, so float
-  lanes add them exactly (and faster than int32 multiplies).
+  lanes add them exactly (and faster than int32 multiplies);
+* ``accuracy_level=4`` on AVX-512 VNNI hosts (every row count): :func:`matmul_nbits_rows_vnni` sums
+  the same products with ``vpdpbusd``, codes regrouped once (:func:`tile_weights_vnni`) so that a
+  32-bit lane holds one column's codes in k order; same activations, same float epilogue, same bits.
 
 The parallel kernels start one worker per thread and the workers claim tasks (panels) from an atomic
 counter: Numba's ``prange`` splits its range into fixed equal shares, and on a machine running
@@ -33,9 +37,9 @@ other work one descheduled thread then leaves the other idle for most of the pro
 
 The micro-kernels are LLVM IR written through ``numba.extending.intrinsic`` (as :mod:`qgemm`'s), because
 LLVM does not keep Numba-level accumulator arrays in registers. They use only LLVM's portable
-vector types (``<16 x float>``, ``<16 x i32>``, ``<16 x i8>``) and ``llvm.fmuladd``, no ISA intrinsic: LLVM lowers
-them to zmm registers on AVX-512, to pairs of ymm on AVX2 and to SSE elsewhere, so one path
-serves every x86 CPU.
+vector types (``<16 x float>``, ``<16 x i32>``, ``<16 x i8>``) and ``llvm.fmuladd``, no ISA intrinsic
+(except the VNNI kernel, chosen by the op only where the CPU has it): LLVM lowers them to zmm registers
+on AVX-512, to pairs of ymm on AVX2 and to SSE elsewhere, so one path serves every x86 CPU.
 """
 from __future__ import annotations
 
