@@ -314,11 +314,13 @@ class InferenceSession:
             # Only the host kernels implement the fused ops, so device sessions keep Conv/Gemm on the device.
             # At ORT_ENABLE_ALL the fusions may emit what only qrt runs (FusedElementwise, attention
             # with a broadcast mask), as onnxruntime's layout passes make its own output hardware-specific.
-            from .fusion import (fuse_activations, fuse_dynamic_matmuls, fuse_elementwise, fuse_nbits_bias,
-                                 fuse_per_row_matmuls, fuse_qlinear_tables, fuse_transformer, infer_weight_only_shapes,
-                                 to_channels_last)
+            from .fusion import (fuse_activations, fuse_dynamic_matmuls, fuse_elementwise, fuse_per_row_matmuls,
+                                 fuse_qlinear_tables, fuse_transformer, to_channels_last)
             qrt_only = int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_ALL
-            model = fuse_nbits_bias(infer_weight_only_shapes(fuse_dynamic_matmuls(model)))
+            model = fuse_dynamic_matmuls(model)
+            # Before the transformer fusions, which match on the shapes these give weight-only models.
+            from .fusion.weight_only import fuse_nbits_bias, infer_weight_only_shapes
+            model = fuse_nbits_bias(infer_weight_only_shapes(model))
             if qrt_only:
                 # Before the element-wise fusions, which would otherwise take the pattern's float nodes.
                 model = fuse_per_row_matmuls(model)
