@@ -1,6 +1,7 @@
 """4-bit weight-only models at batch 1: qrt (MatMulNBits) vs onnxruntime on the same file vs qrt float.
 
     python benchmarks/nbits_bench.py [--threads N] [--repeat R] [--algorithm rtn|gptq|hqq] [--clock wall|cpu]
+                                     [--accuracy-level 0|4]
 
 Models (built like the tests' ones, tests/quantization/nbits_models.py): a Llama-style decoder stack
 (hidden 2048, FFN 5632, 2 layers) run on one token (the decoding step, where reading the weights
@@ -9,7 +10,8 @@ tokens. For each: float and 4-bit sizes, latency of qrt float, qrt 4-bit and onn
 (same file, same thread count, median of ``repeat`` interleaved runs after warm-up), and the 4-bit output's SQNR
 and minimum cosine (per output row) against float. ``--clock cpu`` times the process's CPU time instead of
 the wall clock: with ``--threads 1`` on a machine shared with other work it counts only this process's
-own work.
+own work. ``--accuracy-level 4`` writes that level into the 4-bit models: both runtimes then quantize
+activations to int8 per block.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--algorithm", default="rtn", choices=["rtn", "gptq", "hqq"])
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
+    parser.add_argument("--accuracy-level", type=int, default=0, choices=[0, 4])
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -66,13 +69,14 @@ def main(argv=None):
     qrt_options.intra_op_num_threads = args.threads
     rng = np.random.default_rng(0)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    print(f"threads {args.threads}, algorithm {args.algorithm}, median of {args.repeat}, {args.clock} clock")
+    print(f"threads {args.threads}, algorithm {args.algorithm}, accuracy_level {args.accuracy_level}, "
+          f"median of {args.repeat}, {args.clock} clock")
     print(f"{'model':32s} {'size':>7s} {'float qrt':>10s} {'4bit qrt':>9s} {'4bit ort':>9s} {'qrt/ort':>8s} "
           f"{'4b/float':>8s} {'SQNR':>7s} {'min cos':>8s}")
     for name, model, batch, seq, vocab in cases:
         feeds = {"input_ids": rng.integers(0, vocab, (batch, seq))}
         calibration = [{"input_ids": rng.integers(0, vocab, (4, seq))} for _ in range(4)]
-        quantized = quantize_weight_only(model, None, algorithm=args.algorithm,
+        quantized = quantize_weight_only(model, None, algorithm=args.algorithm, accuracy_level=args.accuracy_level,
                                          reader=calibration if args.algorithm == "gptq" else None).model
         float_qrt = qrt.InferenceSession(model, qrt_options)
         q_qrt = qrt.InferenceSession(quantized, qrt_options)

@@ -318,6 +318,9 @@ class InferenceSession:
                                  fuse_per_row_matmuls, fuse_qlinear_tables, fuse_transformer, to_channels_last)
             qrt_only = int(self._options.graph_optimization_level) >= GraphOptimizationLevel.ORT_ENABLE_ALL
             model = fuse_dynamic_matmuls(model)
+            # Before the transformer fusions, which match on the shapes these give weight-only models.
+            from .fusion.weight_only import fuse_nbits_bias, infer_weight_only_shapes
+            model = fuse_nbits_bias(infer_weight_only_shapes(model))
             if qrt_only:
                 # Before the element-wise fusions, which would otherwise take the pattern's float nodes.
                 model = fuse_per_row_matmuls(model)

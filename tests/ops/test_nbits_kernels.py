@@ -33,11 +33,11 @@ def _weights(K, N, bits, block):
     return packed, scale, zero, w[:, :K].T
 
 
-def _run(kernel, a, packed, scale, zero, bits, block, bias):
+def _run(kernel, a, packed, scale, zero, bits, block, bias, workers=2):
     K, N = a.shape[1], packed.shape[0]
     codes, tiled_scale, zero_scale = kernels.tile_weights(packed, scale, zero, N)
     out = np.full((a.shape[0], N), np.nan, np.float32)
-    kernel(a, codes, tiled_scale, zero_scale, bits, block, K, bias, out)
+    kernel(a, codes, tiled_scale, zero_scale, bits, block, K, bias, out, workers)
     return out
 
 
@@ -83,6 +83,21 @@ def test_int8_kernel_is_exact_integer_dot_products_per_block(bits):
     want = np.einsum("mnb,nb,mb->mn", dots - zero[None] * sums[:, None], scale.astype(np.float64), a_scale)
     got = _run(kernels.matmul_nbits_rows_int8, a, packed, scale, zero, bits, block, np.zeros(N, np.float32))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name,rows", [("matmul_nbits_rows", 3), ("matmul_nbits_rows_int8", 2),
+                                       ("matmul_nbits_panels", 21)])
+def test_results_do_not_depend_on_how_many_workers_claim_the_tasks(name, rows):
+    """Workers claim whole panels (and 8-row groups of A to pack), each computed the same way whoever claims
+    it: 1 worker, 2, or more workers than the 3 panels give the same bits."""
+    kernel = getattr(kernels, name)
+    packed, scale, zero, _ = _weights(200, 70, 4, 32)
+    a = RNG.standard_normal((rows, 200)).astype(np.float32)
+    bias = RNG.standard_normal(70).astype(np.float32)
+    one = _run(kernel, a, packed, scale, zero, 4, 32, bias, workers=1)
+    assert np.isfinite(one).all()
+    for workers in (2, 7):
+        np.testing.assert_array_equal(_run(kernel, a, packed, scale, zero, 4, 32, bias, workers=workers), one)
 
 
 def test_kernels_compiled_for_plain_x86_64_match(tmp_path):

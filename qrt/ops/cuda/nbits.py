@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InvalidArgument
+from ...kernels.cpu import nbits as cpu_kernels
 from ...kernels.cuda import device as dev
 from ...kernels.cuda import nbits as k
 from .base import CudaOp, twin
@@ -21,8 +22,14 @@ class MatMulNBits(CudaOp):
         b, scales = constants[1:3]
         zp = constants[3] if len(constants) > 3 else None
         unpacked = self._weights.get((b, scales) + ((zp,) if zp is not None else ()))
-        self._device_weights = None if unpacked is None else (
-            (b, scales, zp), tuple(dev.upload(np.ascontiguousarray(x)) for x in unpacked))
+        if unpacked is None:
+            self._device_weights = None
+            return
+        codes, scale, zero_scale = unpacked[:3]
+        if codes is None:  # the CPU twin keeps only its VNNI kernel's words at accuracy_level 4
+            codes = cpu_kernels.untile_weights_vnni(unpacked[3])
+        self._device_weights = ((b, scales, zp),
+                                tuple(dev.upload(np.ascontiguousarray(x)) for x in (codes, scale, zero_scale)))
 
     def run_device(self, A, B, scales, zero_points=None, g_idx=None, bias=None):
         cached = getattr(self, "_device_weights", None)
