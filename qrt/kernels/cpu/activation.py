@@ -28,7 +28,7 @@ def bias_activate_row(src, b, dst, code, alpha, beta):
     elif code == 1:
         for q in range(n):
             v = src[q] + shift
-            dst[q] = v if v > zero else zero * v + zero     # NaN stays NaN, as in onnxruntime
+            dst[q] = zero if v <= zero else v     # NaN stays NaN, as in onnxruntime
     elif code == 2:
         for q in range(n):
             v = src[q] + shift
@@ -43,7 +43,9 @@ def bias_activate_row(src, b, dst, code, alpha, beta):
             dst[q] = vmath.sigmoid(src[q] + shift)
     elif code == 5:
         for q in range(n):
-            dst[q] = max(zero, min(one, a * (src[q] + shift) + c))
+            v = a * (src[q] + shift) + c
+            v = zero if v < zero else v     # comparisons, not min/max: a NaN stays NaN
+            dst[q] = one if v > one else v
     else:     # 6, Tanh
         for q in range(n):
             dst[q] = vmath.tanh(src[q] + shift)

@@ -318,7 +318,7 @@ def sigmoid(x):
 
 @vectorize(cache=True)
 def relu(x):
-    return x if x > 0 else 0
+    return 0 if x <= 0 else x     # NaN fails the test and stays NaN, as in onnxruntime and the ONNX reference
 
 
 @vectorize(cache=True)
@@ -343,7 +343,9 @@ def celu(x, alpha):
 
 @vectorize(cache=True)
 def hard_sigmoid(x, alpha, beta):
-    return max(0, min(1, alpha * x + beta))
+    v = alpha * x + beta
+    v = 0 if v < 0 else v     # comparisons, not min/max: a NaN stays NaN
+    return 1 if v > 1 else v
 
 
 _SIXTH = 1.0 / 6.0     # HardSwish's alpha; a multiply, as onnxruntime does (a divide costs 4x a multiply)

@@ -183,7 +183,7 @@ def _dequantize_add_span(start, stop, a, a_scale, a_zero, b, b_scale, b_zero, re
         # which leave every float32 (signed zeros, NaN) as it is.
         v = (a[i] - a_zero) * a_scale + (b[i] - b_zero) * b_scale
         if relu:
-            v = v if v > 0 else np.float32(0)     # the Relu kernel's expression
+            v = np.float32(0) if v <= 0 else v     # the Relu kernel's expression
         if write_float:
             out_f[i] = v
         if write_quantized:
