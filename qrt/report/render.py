@@ -480,7 +480,7 @@ def _changed(run):
 
 
 def technique_text(report):
-    lines = [f"qrt techniques: {report.model} ({report.samples} samples; SQNR of the worst output against float)"]
+    lines = [f"qrt techniques: {report.model} ({report.samples} sample(s); SQNR of the worst output against float)"]
     width = max(len(run.name) for run in report.runs)
     for run in report.runs:
         gain = "" if run is report.plain else f"  {_gain(report.gain(run)):>10} vs plain"
@@ -598,10 +598,12 @@ def _technique_body(report, narrow_chart):
               f"technique (plain int8 dashed).</figcaption></figure>{_technique_legend(report)}") if chart else ""
     note = ("Each technique is applied alone on top of plain int8 (onnxruntime's defaults), except qrt default "
             "(qrt's own rules) and mixed precision (a tune result). Layers are compared with the float model the "
-            "technique quantized: equalization and SmoothQuant rescale channels without changing the function.")
+            "technique quantized: equalization and SmoothQuant rescale channels without changing the function. "
+            "qrt default cuts HardSwish, SiLU and Sigmoid inputs where those saturate: such an input alone can read "
+            "lower while what its readers write does not.")
     layers = _technique_layers(report) if report.plain.layers and len(_measured(report)) > 1 else ""
     return (f"<h1>What each technique buys</h1><p class='sub'><span class='mono'>{_e(report.model)}</span>, "
-            f"{report.samples} samples; SQNR of the worst output against float</p>"
+            f"{report.samples} sample(s); SQNR of the worst output against float</p>"
             + _technique_summary(report) + f"<p class='note'>{_e(note)}</p><h2>Layer by layer</h2>" + figure + layers)
 
 
