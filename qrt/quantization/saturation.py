@@ -4,13 +4,18 @@ A calibrated MinMax range covers every value the calibration data produced, but 
 of a tensor maps all values beyond some point to (almost) the same result, those values need no
 int8 levels of their own. The HardSwish rule (:func:`qrt.quantization.static.hardswish_floor`) is
 the exact case: HardSwish is 0 below -3. Sigmoid and SiLU (x * sigmoid(x)) only approach their
-limits, so the bound is where the difference from the limit is below half a step of the reader's
-own quantized output: clamping the input there changes no value the output's QuantizeLinear writes
-(the output range always includes the limit, 0 or 1, which MinMax ranges do).
+limits, so the bound is where the difference from the limit is below a quarter of a step of the
+reader's own quantized output (half a step would already round to the limit; the other half is a
+margin for the requantization's own rounding): clamping the input there changes no value the output's
+QuantizeLinear writes (the output range always includes the limit, 0 or 1, which MinMax ranges do).
+For SiLU the floor is also where the Sigmoid's own int8 output is 0: in QDQ form the product reads the
+quantized Sigmoid, and one step of it times a large negative x is not small.
 
 Measured on ddddocr's YOLOX detector, whose 80 Conv outputs are each read by SiLU only and swing to
--38 where SiLU's output range starts at -0.28: ranges shrink 1.5-3x, output SQNR 11.5 -> see
-tests/test_real_models_defaults.py.
+-48 where SiLU's output range starts at -0.28 (floors near -7): output SQNR 17.7 -> 21.6 dB with
+per-channel Conv weights, the default (tests/test_real_models_defaults.py). With per-tensor weights the
+same floors lowered it, 11.5 -> 10.8 dB (at half a step and without the Sigmoid condition: 9.8 dB); why
+was not found, and the rules come together (OnnxruntimeParity turns both off).
 """
 from __future__ import annotations
 
@@ -63,11 +68,11 @@ def _quarter_step(ranges, name: str, levels):
 
 def saturation_bounds(g: GraphIndex, name: str, ranges, levels):
     """(low, high) outside which every reader of ``name`` writes what it writes at the bound, to
-    within half a step of its quantized output; None when some reader does not saturate.
+    within a quarter of a step of its quantized output; None when some reader does not saturate.
 
-    Readers: Sigmoid(name) (both sides: |sigmoid(x) - 0 or 1| <= half a step) and the two nodes of
-    SiLU(name) = name * Sigmoid(name) (below only: |SiLU(x)| <= half a step of the Mul's output,
-    on SiLU's decreasing branch x < -1.28). ``ranges`` holds the calibrated ranges of the readers'
+    Readers: Sigmoid(name) (both sides: |sigmoid(x) - 0 or 1| <= a quarter step) and the two nodes of
+    SiLU(name) = name * Sigmoid(name) (below only: |SiLU(x)| <= a quarter step of the Mul's output,
+    on SiLU's decreasing branch x < -1.28, and sigmoid(x) <= a quarter step of the Sigmoid's). ``ranges`` holds the calibrated ranges of the readers'
     outputs; ``levels(tensor)`` the number of steps of its activation type (255 for 8 bits).
     """
     readers = g.consumers.get(name, [])
