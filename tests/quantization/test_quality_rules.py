@@ -129,3 +129,15 @@ def test_sigmoid_input_is_cut_on_both_sides():
         reference = run_ort(model, _feeds(2, 1))[0]
         db = [sqnr_db(reference, run_ort(m.model, _feeds(2, 1))[0]) for m in (parity, summary)]
         assert db[1] >= db[0] + 3.0, db    # measured 34.9 -> 39.0 dB in both formats
+
+
+def test_parity_from_the_command_line(tmp_path):
+    from qrt.quantization.cli import main
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_silu(), model)
+    np.savez(tmp_path / "calibration.npz", x=np.concatenate([f["x"] for f in _feeds(8, 0)]))
+    for name, extra in (("default", []), ("parity", ["--extra", "OnnxruntimeParity=true"])):
+        assert main([str(model), str(tmp_path / f"{name}.onnx"), "--calibration", str(tmp_path / "calibration.npz"),
+                     "--batch-size", "1", *extra]) == 0
+    default, parity = (_initializers(onnx.load(tmp_path / f"{n}.onnx")) for n in ("default", "parity"))
+    assert default["w1_scale"].shape == (CHANNELS,) and parity["w1_scale"].size == 1
