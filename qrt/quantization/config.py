@@ -31,8 +31,10 @@ Mul). They need calibration data: ``quantize_static``'s reader, ``quantize_dynam
 Dynamic only (qrt's own): ``PerRowActivations`` (per-row dynamic activation scales and per-channel
 weights for MatMul/Gemm, :mod:`.dynamic`).
 
-qrt's own, static only: ``CrossLayerEqualization`` (:mod:`.equalization`, before calibrating) and
-``BiasCorrection`` (:mod:`.bias_correction`, after choosing the parameters).
+qrt's own, static only: ``CrossLayerEqualization`` (:mod:`.equalization`, before calibrating),
+``BiasCorrection`` (:mod:`.bias_correction`, after choosing the parameters) and ``OnnxruntimeParity``
+(True: none of qrt's default quality rules, i.e. per-tensor weights unless ``per_channel``, calibrated
+ranges of HardSwish/SiLU/Sigmoid inputs as they are, no cancelling node kept float).
 
 Refused with a reason: ``EnableSubgraph=True`` (If/Loop/Scan bodies stay float), ``extra.Sigmoid.nnapi=True``
 (an NNAPI-only fixed Sigmoid range), ``DefaultTensorType`` (qrt observes untyped tensors' types by
@@ -79,6 +81,7 @@ EXTRA_OPTIONS = {
     "PerRowActivations": "dynamic",
     "CrossLayerEqualization": "static",
     "BiasCorrection": "static",
+    "OnnxruntimeParity": "static",
     "AddQDQPairToWeight": "qdq",
     "OpTypesToExcludeOutputQuantization": "qdq",
     "DedicatedQDQPair": "qdq",
@@ -143,6 +146,7 @@ class QuantSettings:
     smoothing_nodes: frozenset = frozenset()           # Muls SmoothQuant inserted: kept float
     equalize: bool = False                             # CrossLayerEqualization (qrt's own key)
     bias_correction: bool = False                      # BiasCorrection (qrt's own key)
+    quality_rules: bool = True                         # False with OnnxruntimeParity (qrt's own key)
 
     def weight_symmetric_for(self, qtype: QuantType) -> bool:
         return self.weight_symmetric if self.weight_symmetric is not None else qtype in SIGNED_TYPES
@@ -375,6 +379,7 @@ def make_config(*, quant_format, activation_type, weight_type, per_channel, redu
         per_row_activations=_bool(extra, "PerRowActivations", False),
         equalize=_bool(extra, "CrossLayerEqualization", False),
         bias_correction=_bool(extra, "BiasCorrection", False),
+        quality_rules=not _bool(extra, "OnnxruntimeParity", False),
     )
 
 

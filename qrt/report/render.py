@@ -453,3 +453,167 @@ def summary_figure(report):
     axes[2].set_title("Latency")
     fig.tight_layout()
     return fig
+
+
+# ---- techniques (qrt.report.compare_techniques) -------------------------------------------------------
+
+_TECHNIQUE_COLORS = ("#6e7781", "#0969da", "#1a7f37", "#8250df", "#bf3989", "#bc4c00", "#0a7d8c", "#4d2d00")
+
+
+def _gain(value):
+    if math.isnan(value):
+        return "n/a"
+    return "identical" if math.isinf(value) and value > 0 else f"{value:+.1f} dB"
+
+
+def _gain_level(value):
+    return "" if math.isnan(value) or abs(value) < 0.5 else "good" if value > 0 else "poor"
+
+
+def _measured(report):
+    """The runs with a model of their own (plain int8 first)."""
+    return [run for run in report.runs if not run.same_as_plain]
+
+
+def _changed(run):
+    return "same model as plain int8 (nothing to change)" if run.same_as_plain else ""
+
+
+def technique_text(report):
+    lines = [f"qrt techniques: {report.model} ({report.samples} sample(s); SQNR of the worst output against float)"]
+    width = max(len(run.name) for run in report.runs)
+    for run in report.runs:
+        gain = "" if run is report.plain else f"  {_gain(report.gain(run)):>10} vs plain"
+        lines.append(f"  {run.name:<{width}}  {_db(run.output_sqnr_db):>10}{gain}  {run.seconds:6.1f} s  "
+                     f"{run.size_ratio:.1%} of float" + (f"  ({_changed(run)})" if run.same_as_plain else ""))
+    runs = _measured(report)[1:]
+    worst = sorted(report.plain.layers.items(), key=lambda item: item[1])[:10]
+    if worst and runs:
+        lines.append("\nWorst int8 tensors of plain int8, and the dB each technique adds to them")
+        lines.append("  " + "tensor".ljust(28) + "plain".rjust(10) + "".join(r.name[:14].rjust(16) for r in runs))
+        for tensor, db in worst:
+            lines.append("  " + tensor[:28].ljust(28) + _db(db).rjust(10)
+                         + "".join(_gain(report.gain(r, tensor)).rjust(16) for r in runs))
+    return "\n".join(lines)
+
+
+def _technique_summary(report):
+    top = max([r.output_sqnr_db for r in report.runs if math.isfinite(r.output_sqnr_db)] + [_SQNR_GOOD])
+    rows = []
+    for run in report.runs:
+        gain = "" if run is report.plain else (
+            f"<span class='{_gain_level(report.gain(run))}'>{_e(_gain(report.gain(run)))}</span>")
+        notes = "; ".join(run.notes)
+        what = _e(run.description) + (f"<div class='note'>{_e(_changed(run))}</div>" if run.same_as_plain else "")
+        if notes:
+            what += f"<details><summary>notes</summary><p class='note'>{_e(notes)}</p></details>"
+        rows.append([f"<strong>{_e(run.name)}</strong>", what,
+                     f"<span class='{_sqnr_level(run.output_sqnr_db)}'>{_e(_db(run.output_sqnr_db))}</span>",
+                     gain, _bar(run.output_sqnr_db / top if math.isfinite(run.output_sqnr_db) else 1.0,
+                                _sqnr_level(run.output_sqnr_db)),
+                     f"{run.seconds:.1f} s", f"{run.size_ratio:.1%}"])
+    return _table(["technique", "what it does", "output SQNR", "vs plain", "", "quantization", "size"], rows,
+                  ["", "name", "num", "num", "barcol", "num", "num"])
+
+
+def _technique_chart(report, width, height):
+    """Inline SVG: per-layer SQNR in graph order, one line per technique with a model of its own."""
+    runs = _measured(report)
+    order = [t for t, _ in report.tensors]
+    if not order:
+        return ""
+    finite = [db for run in runs for db in run.layers.values() if math.isfinite(db)]
+    top_db = min(max(finite + [40.0]) + 5, _CHART_CLAMP_DB)
+    left, right, top, bottom = 44, 12, 12, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(i):
+        return left + plot_w * (i + 0.5) / len(order)
+
+    def y(db):
+        db = top_db if not math.isfinite(db) or db > top_db else max(db, 0.0)
+        return top + plot_h * (1 - db / top_db)
+
+    parts = [f"<svg class='{'wide' if width > 600 else 'narrow'}' viewBox='0 0 {width} {height}' "
+             f"xmlns='http://www.w3.org/2000/svg' role='img' aria-label='SQNR per layer and technique' "
+             f"font-family='system-ui, sans-serif' font-size='12'>"]
+    step = 10 if top_db <= 60 else 20
+    for db in range(0, int(top_db) + 1, step):
+        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{y(db):.1f}' y2='{y(db):.1f}' "
+                     f"stroke='currentColor' stroke-opacity='0.12'/><text x='{left - 6}' y='{y(db) + 4:.1f}' "
+                     f"text-anchor='end' fill='currentColor' fill-opacity='0.7'>{db}</text>")
+    for k, run in enumerate(runs):
+        color = _TECHNIQUE_COLORS[k % len(_TECHNIQUE_COLORS)]
+        points = " ".join(f"{x(i):.1f},{y(run.layers[t]):.1f}" for i, t in enumerate(order) if t in run.layers)
+        dash = " stroke-dasharray='4 3'" if run is report.plain else ""
+        parts.append(f"<polyline points='{points}' fill='none' stroke='{color}' stroke-width='1.6'{dash} "
+                     f"stroke-opacity='0.85'><title>{_e(run.name)}</title></polyline>")
+    parts.append(f"<text x='{left + plot_w / 2:.0f}' y='{height - 8}' text-anchor='middle' fill='currentColor' "
+                 f"fill-opacity='0.7'>{len(order)} int8 tensors, input to output</text>"
+                 f"<text x='12' y='{top + plot_h / 2:.0f}' transform='rotate(-90 12 {top + plot_h / 2:.0f})' "
+                 f"text-anchor='middle' fill='currentColor' fill-opacity='0.7'>SQNR (dB)</text></svg>")
+    return "".join(parts)
+
+
+def _technique_legend(report):
+    items = []
+    for k, run in enumerate(_measured(report)):
+        color = _TECHNIQUE_COLORS[k % len(_TECHNIQUE_COLORS)]
+        items.append(f"<span class='metric'><span style='display:inline-block;width:14px;height:4px;"
+                     f"vertical-align:middle;background:{color};margin-right:6px'></span>{_e(run.name)}</span>")
+    return "<p class='note'>" + " ".join(items) + "</p>"
+
+
+def _technique_layers(report, worst=20):
+    runs = _measured(report)[1:]
+    plain = report.plain.layers
+    position = {t: i for i, (t, _) in enumerate(report.tensors)}
+    op = dict(report.tensors)
+
+    def rows(tensors):
+        out = []
+        for t in tensors:
+            cells = [str(position[t]), f"<span class='mono'>{_e(t)}</span>", _e(op[t]),
+                     f"<span class='{_sqnr_level(plain[t])}'>{_e(_db(plain[t]))}</span>"]
+            for run in runs:
+                gain = report.gain(run, t)
+                cells.append(f"<span class='{_gain_level(gain)}'>{_e(_gain(gain))}</span>")
+            out.append(cells)
+        return out
+
+    header = ["#", "tensor", "op", "plain int8"] + [run.name for run in runs]
+    classes = ["num", "name", "", "num"] + ["num"] * len(runs)
+    ranked = [t for t, _ in sorted(plain.items(), key=lambda item: item[1]) if t in position]
+    every = [t for t, _ in report.tensors if t in plain]
+    return (f"<h3>The {min(worst, len(ranked))} int8 tensors plain int8 gets worst, and what each technique "
+            f"adds</h3>" + _table(header, rows(ranked[:worst]), classes)
+            + f"<details><summary>All {len(every)} int8 tensors in graph order</summary>"
+            + _table(header, rows(every), classes) + "</details>")
+
+
+def _technique_body(report, narrow_chart):
+    chart = _technique_chart(report, 900, 260)
+    narrow = _technique_chart(report, 400, 260) if narrow_chart else ""
+    figure = (f"<figure class='chart'>{chart}{narrow}<figcaption>SQNR of each int8 tensor against float, per "
+              f"technique (plain int8 dashed).</figcaption></figure>{_technique_legend(report)}") if chart else ""
+    note = ("Each technique is applied alone on top of plain int8 (onnxruntime's defaults), except qrt default "
+            "(qrt's own rules) and mixed precision (a tune result). Layers are compared with the float model the "
+            "technique quantized: equalization and SmoothQuant rescale channels without changing the function. "
+            "qrt default cuts HardSwish, SiLU and Sigmoid inputs where those saturate: such an input alone can read "
+            "lower while what its readers write does not.")
+    layers = _technique_layers(report) if report.plain.layers and len(_measured(report)) > 1 else ""
+    return (f"<h1>What each technique buys</h1><p class='sub'><span class='mono'>{_e(report.model)}</span>, "
+            f"{report.samples} sample(s); SQNR of the worst output against float</p>"
+            + _technique_summary(report) + f"<p class='note'>{_e(note)}</p><h2>Layer by layer</h2>" + figure + layers)
+
+
+def technique_fragment(report):
+    return f"<div class='qrt-report'><style>{_CSS}</style>{_technique_body(report, narrow_chart=False)}</div>"
+
+
+def technique_page(report):
+    title = f"qrt techniques: {report.model}"
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{_e(title)}</title><style>{_CSS}{_PAGE_CSS}</style></head><body><main class='qrt-report'>"
+            + _technique_body(report, narrow_chart=True) + "</main></body></html>\n")

@@ -176,14 +176,17 @@ def output_step(model, fallback):
 
 
 def static_both(tmp_path, model, *, reader_feeds=None, qrt_reader=None, **kwargs):
-    """(onnxruntime's model, qrt's model) from quantize_static with the same arguments."""
+    """(onnxruntime's model, qrt's model) from quantize_static with the same arguments; qrt's with
+    OnnxruntimeParity, which turns off the rules by which its default deliberately differs (per-channel
+    Conv weights, saturating activations' ranges: tests/quantization/test_quality_rules.py)."""
     src = tmp_path / "float.onnx"
     onnx.save(model, src)
     feeds = reader_feeds or feeds_for(model)
     oq.quantize_static(str(src), str(tmp_path / "ort.onnx"), Reader(feeds), **kwargs)
+    qrt_kwargs = {**kwargs, "extra_options": {**(kwargs.get("extra_options") or {}), "OnnxruntimeParity": True}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QuantizationWarning)
-        summary = qq.quantize_static(src, tmp_path / "qrt.onnx", qrt_reader or Reader(feeds), **kwargs)
+        summary = qq.quantize_static(src, tmp_path / "qrt.onnx", qrt_reader or Reader(feeds), **qrt_kwargs)
     return onnx.load(tmp_path / "ort.onnx"), onnx.load(tmp_path / "qrt.onnx"), summary
 
 
