@@ -278,7 +278,7 @@ class Conv(_Window):
             tile_p, block_m, workers = conv_tiling(n_images, group, n_out // group, plane, False, threads)
             block_m = -(-block_m // sgemm.MR) * sgemm.MR
             tiling = tile_p, block_m, workers
-            scratch = (0 if pointwise else c_group * taps * tile_p) + c_group * taps * sgemm.NR + sgemm.MR * sgemm.NR
+            scratch = sgemm.scratch_size(c_group * taps, tile_p, pointwise)
         else:
             tiling = conv_tiling(n_images, group, n_out // group, plane, pointwise, threads)
             tile_p, block_m, workers = tiling

@@ -171,52 +171,90 @@ def pack_rows(w3, out):
                     dst[base + k * height + r] = w3[g, r0 + r, k]
 
 
-@njit(cache=True, inline="always")
-def _copy_strip(src, s_off, ldb, depth, width, dst):
-    """dst[k, :] = src[s_off + k * ldb : + width], zero beyond ``width`` (dst is (depth, NR))."""
-    for k in range(depth):
-        row = dst[k]
-        base = s_off + k * ldb
-        for j in range(width):
-            row[j] = src[base + j]
-        for j in range(width, NR):
-            row[j] = 0.0
+@intrinsic
+def _copy_nr(typingctx, src, src_off, dst, dst_off):
+    """dst[dst_off:dst_off + NR] = src[src_off:src_off + NR] as two unaligned vector moves (Numba's
+    loop for it stayed scalar: 13 GB/s, a third of the GEMM's time on a 3x3 conv)."""
+    sig = types.void(src, src_off, dst, dst_off)
+
+    def codegen(context, builder, signature, args):
+        src_v, src_off_v, dst_v, dst_off_v = args
+
+        def vector_pointer(position, value, offset):
+            data = context.make_array(signature.args[position])(context, builder, value).data
+            return builder.bitcast(builder.gep(builder.bitcast(data, _F32.as_pointer()), [offset]), _V16.as_pointer())
+
+        source = vector_pointer(0, src_v, src_off_v)
+        target = vector_pointer(2, dst_v, dst_off_v)
+        for j in range(NR // 16):
+            value = builder.load(builder.gep(source, [_const(j)]), align=4)
+            builder.store(value, builder.gep(target, [_const(j)]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, inline="always")
-def rows_times_strips(wp, w_off, rows, depth, b, b_off, ldb, count, strip, tile, bias, b0, out2, o_off,
-                      act, alpha, beta):
+def pack_panels(b, b_off, ldb, depth, count, panels):
+    """Copies B (``b[b_off + k * ldb + q]``, depth x count) into ``panels``, strips of NR columns
+    ``[K][NR]`` each, the last one zero-padded: the micro-kernel then reads contiguous memory (32
+    columns straight from long rows ran 10-30% slower)."""
+    full = count // NR
+    for strip in range(full):
+        for k in range(depth):
+            _copy_nr(b, b_off + k * ldb + strip * NR, panels, (strip * depth + k) * NR)
+    width = count - full * NR
+    if width:
+        for k in range(depth):
+            src = b_off + k * ldb + full * NR
+            dst = (full * depth + k) * NR
+            for j in range(width):
+                panels[dst + j] = b[src + j]
+            for j in range(width, NR):
+                panels[dst + j] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _block_rows(rows):
+    """The rows of the largest micro-kernel that fits ``rows`` (see :func:`_rows_block`)."""
+    for mr in (14, 8, 4, 2):
+        if rows >= mr:
+            return mr
+    return 1
+
+
+@njit(cache=True, inline="always")
+def rows_times_panels(wp, w_off, rows, depth, panels, count, tile, bias, b0, out2, o_off, act, alpha, beta):
     """out2[r, o_off + q] = act(sum_k W[r, k] * B[k, q] + bias[b0 + r]) for r < rows, q < count.
 
-    ``wp[w_off:]`` holds the rows packed by :func:`pack_rows` (``rows`` from a block boundary); B
-    is ``b[b_off + k * ldb + q]``; ``bias`` has an entry for every row (zeros for none); ``strip``
-    is (depth, NR) scratch each strip of B is copied to (contiguous rows: reading 32 columns
-    straight from long rows was 10-30% slower) and ``tile`` (MR, NR) scratch for a narrow strip's
-    result."""
+    ``wp[w_off:]`` holds the rows packed by :func:`pack_rows` (``rows`` from a block boundary), B
+    is packed by :func:`pack_panels`, ``bias`` has an entry for every row (zeros for none) and
+    ``tile`` is (MR, NR) scratch for the narrow last strip's result. Each block of weight rows runs
+    over all strips while it stays in L1 (K x 14 floats); the strips come from L2."""
     lo, hi = clamp_bounds(act, alpha, beta)
-    flat_strip = strip.reshape(depth * NR)
     flat_tile = tile.reshape(MR * NR)
     flat_out = out2.reshape(out2.size)
     ldc = out2.shape[1]
-    for q0 in range(0, count, NR):
-        width = min(NR, count - q0)
-        _copy_strip(b, b_off + q0, ldb, depth, width, strip)
-        r0 = 0
-        while r0 < rows:
-            block = r0 - r0 % MR
-            height = min(MR, rows - block)
-            a_off = w_off + block * depth + r0 - block
+    r0 = 0
+    while r0 < rows:
+        block = r0 - r0 % MR
+        height = min(MR, rows - block)
+        a_off = w_off + block * depth + r0 - block
+        take = _block_rows(rows - r0)
+        for q0 in range(0, count, NR):
+            width = min(NR, count - q0)
+            p_off = (q0 // NR) * depth * NR
             if width == NR:
-                done = _rows_block(wp, a_off, 1, height, flat_strip, 0, NR, depth, flat_out, r0 * ldc + o_off + q0,
-                                   ldc, bias, b0 + r0, lo, hi, rows - r0)
+                _rows_block(wp, a_off, 1, height, panels, p_off, NR, depth, flat_out, r0 * ldc + o_off + q0, ldc,
+                            bias, b0 + r0, lo, hi, take)
             else:
-                done = _rows_block(wp, a_off, 1, height, flat_strip, 0, NR, depth, flat_tile, 0, NR, bias,
-                                   b0 + r0, lo, hi, rows - r0)
-                for r in range(done):
+                _rows_block(wp, a_off, 1, height, panels, p_off, NR, depth, flat_tile, 0, NR, bias, b0 + r0, lo, hi,
+                            take)
+                for r in range(take):
                     dst = out2[r0 + r, o_off + q0:o_off + q0 + width]
                     for q in range(width):
                         dst[q] = tile[r, q]
-            r0 += done
+        r0 += take
     if act > 2:
         for r in range(rows):
             row = out2[r, o_off:o_off + count]
@@ -229,8 +267,8 @@ def conv_sgemm(x, wp, bias, geom, out, tile_p, block_m, buffers, act, alpha, bet
     output-channel block) tasks as :func:`qrt.kernels.cpu.conv.conv_gemm` splits them; ``wp`` is the
     weight packed by :func:`pack_rows`, (group, M/group * K), ``bias`` (M,) (zeros for none) and
     ``block_m`` a multiple of MR.
-    ``buffers`` rows are per-worker scratch: the column tile (none for a pointwise conv, which reads
-    the image in place), a narrow strip and the kernel's tile."""
+    ``buffers`` rows are per-worker scratch: the column tile (none for a pointwise conv, which packs
+    the image in place), the tile packed in strips (see :func:`scratch_size`) and the kernel's tile."""
     n_images, channels, depth, height, width = x.shape
     group = wp.shape[0]
     n_out = out.shape[1]
@@ -247,11 +285,12 @@ def conv_sgemm(x, wp, bias, geom, out, tile_p, block_m, buffers, act, alpha, bet
     pointwise = taps == 1 and geom[3] == 1 and geom[4] == 1 and geom[5] == 1 and \
         geom[9] == 0 and geom[10] == 0 and geom[11] == 0 and plane == depth * height * width
     col_size = 0 if pointwise else k_group * tile_p
+    panel_size = k_group * ((tile_p + NR - 1) // NR) * NR
     out3 = out.reshape(n_images, n_out, plane)
     for worker in prange(workers):
         buffer = buffers[worker]
-        strip = buffer[col_size:col_size + k_group * NR].reshape(k_group, NR)
-        tile = buffer[col_size + k_group * NR:col_size + k_group * NR + MR * NR].reshape(MR, NR)
+        panels = buffer[col_size:col_size + panel_size]
+        tile = buffer[col_size + panel_size:col_size + panel_size + MR * NR].reshape(MR, NR)
         built = -1
         for task in range(worker * n_tasks // workers, (worker + 1) * n_tasks // workers):
             tile_key = task // n_blocks
@@ -261,19 +300,20 @@ def conv_sgemm(x, wp, bias, geom, out, tile_p, block_m, buffers, act, alpha, bet
             n = tile_key // (n_tiles * group)
             p0 = t * tile_p
             count = min(tile_p, plane - p0)
-            if pointwise:
-                cols = x[n].reshape(channels * plane)
-                b_off = g * c_group * plane + p0
-                ldb = plane
-            else:
-                cols = buffer[:k_group * count]
-                if tile_key != built:
+            if tile_key != built:
+                if pointwise:
+                    pack_panels(x[n].reshape(channels * plane), g * c_group * plane + p0, plane, k_group, count, panels)
+                else:
+                    cols = buffer[:k_group * count]
                     im2col_tile(x[n], g * c_group, geom, out_d, out_h, out_w, p0, cols.reshape(k_group, count))
-                    built = tile_key
-                b_off = 0
-                ldb = count
+                    pack_panels(cols, 0, count, k_group, count, panels)
+                built = tile_key
             m0 = block * block_m
             rows = min(block_m, m_group - m0)
-            rows_times_strips(wp[g], m0 * k_group, rows, k_group, cols, b_off, ldb, count, strip, tile, bias,
-                              g * m_group + m0, out3[n, g * m_group + m0:g * m_group + m0 + rows], p0,
-                              act, alpha, beta)
+            rows_times_panels(wp[g], m0 * k_group, rows, k_group, panels, count, tile, bias, g * m_group + m0,
+                              out3[n, g * m_group + m0:g * m_group + m0 + rows], p0, act, alpha, beta)
+
+
+def scratch_size(k_group, tile_p, pointwise):
+    """Elements of per-worker scratch :func:`conv_sgemm` needs."""
+    return (0 if pointwise else k_group * tile_p) + k_group * -(-tile_p // NR) * NR + MR * NR
