@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import qrt
 from qrt.kernels.cpu import sgemm
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*onnx.checker objects")
 RNG = np.random.default_rng(1212)
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -168,14 +169,84 @@ def test_generic_fallback_in_subprocess():
         "from qrt.kernels.cpu import sgemm\n"
         "assert sgemm.ISA == 'generic', sgemm.ISA\n"
         "from qrt.ops.conv import _uses_sgemm\n"
-        "assert not _uses_sgemm(np.dtype(np.float32))\n"
+        "assert not _uses_sgemm(np.dtype(np.float32)) and not sgemm.packs_matrix(np.ones((2, 2), np.float32))\n"
         "import test_sgemm as t\n"
         "t.test_output_channels_not_whole_blocks(17)\n"
         "t.test_fused_activations('Clip', [-0.5, 0.75])\n"
         "t.test_window_geometry({'group': 2, 'pads': [1, 1, 1, 1]})\n"
+        "t.test_matmul_constant_weight((16, 70), 33)\n"
+        "t.test_gemm_constant_weight(1, 1, (1, 45))\n"
         "print('ok')\n"
     )
     env = dict(os.environ, QRT_SGEMM_ISA="generic")
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__)] + [p for p in sys.path if p])
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def _product_model(node, a_shape, inits):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def check_product(model, a, magnitude_model, depth):
+    """qrt against onnxruntime within ``depth * eps32 * sum |a b|`` (see the module docstring)."""
+    got = qrt.InferenceSession(model.SerializeToString()).run(None, {"a": a})[0]
+    want = _ort(model, {"a": a})
+    magnitude = _ort(magnitude_model, {"a": np.abs(a)})
+    assert got.shape == want.shape and got.dtype == np.float32
+    excess = np.abs(got.astype(np.float64) - want) - (depth + 1) * EPS32 * magnitude
+    assert np.all(excess <= 0), f"worst excess {excess.max()}"
+
+
+@pytest.mark.parametrize("a_shape", [(1, 70), (2, 70), (13, 70), (16, 70), (57, 70), (3, 5, 70), (70,), (0, 70)])
+@pytest.mark.parametrize("cols", [1, 31, 33, 100])
+def test_matmul_constant_weight(a_shape, cols):
+    b = _randn(70, cols)
+    model = _product_model(helper.make_node("MatMul", ["a", "b"], ["y"]), list(a_shape), {"b": b})
+    magnitude = _product_model(helper.make_node("MatMul", ["a", "b"], ["y"]), list(a_shape), {"b": np.abs(b)})
+    check_product(model, _randn(*a_shape), magnitude, 70)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize("c_shape", [None, (45,), (1, 45), (1,), (20, 45)])
+def test_gemm_constant_weight(trans_a, trans_b, c_shape):
+    b = _randn(45, 37) if trans_b else _randn(37, 45)
+    inits = {"b": b}
+    inputs = ["a", "b"]
+    if c_shape is not None:
+        inits["c"] = _randn(*c_shape)
+        inputs.append("c")
+    attrs = {"transA": trans_a, "transB": trans_b, "beta": 0.5}
+    a_shape = [37, 20] if trans_a else [20, 37]
+    model = _product_model(helper.make_node("Gemm", inputs, ["y"], **attrs), a_shape, inits)
+    abs_inits = {k: np.abs(v) for k, v in inits.items()}
+    magnitude = _product_model(helper.make_node("Gemm", inputs, ["y"], **attrs), a_shape, abs_inits)
+    check_product(model, _randn(*a_shape), magnitude, 37)
+
+
+@pytest.mark.parametrize("activation,params", [("Relu", {}), ("LeakyRelu", {"activation_alpha": 0.2}),
+                                               ("Sigmoid", {}), ("Tanh", {})])
+def test_fused_gemm_activations(activation, params):
+    inits = {"b": _randn(64, 50), "c": _randn(50)}
+    node = helper.make_node("FusedGemm", ["a", "b", "c"], ["y"], domain="com.microsoft", activation=activation,
+                            **params)
+    model = _product_model(node, [9, 64], inits)
+    magnitude = _product_model(helper.make_node("Gemm", ["a", "b", "c"], ["y"]), [9, 64],
+                               {k: np.abs(v) for k, v in inits.items()})
+    check_product(model, _randn(9, 64), magnitude, 64)
+
+
+@pytest.mark.skipif(sgemm.ISA != "avx512", reason="the micro-kernel paths are taken on AVX-512 hosts only")
+def test_micro_kernel_paths_are_taken(monkeypatch):
+    calls = []
+    for name in ("conv_sgemm", "rows_times_packed"):
+        original = getattr(sgemm, name)
+        monkeypatch.setattr(sgemm, name, lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1])
+    check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5))
+    test_matmul_constant_weight((2, 70), 33)
+    test_gemm_constant_weight(0, 1, (45,))
+    assert calls == ["conv_sgemm", "rows_times_packed", "rows_times_packed"]
