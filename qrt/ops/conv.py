@@ -272,7 +272,13 @@ class Conv(_Window):
             depthwise = "channels_last" if channels_last else "planes"
         pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
         micro_kernel = depthwise is None and _uses_sgemm(compute_dtype(X, "Conv"))
-        if micro_kernel:
+        if micro_kernel and taps > 1 and n_axes <= 2 and all(s == 1 for s in strides):
+            micro_kernel = "implicit"
+            padded, wide = sgemm.implicit_scratch(channels, n_out, ([1] * (2 - n_axes)) + kernel,
+                                                  ([1] * (2 - n_axes)) + dilations, ([1] * (2 - n_axes)) + out_sizes)
+            tiling = padded, -(-(n_out // group) // sgemm.MR) * sgemm.MR, 0
+            scratch = padded + wide
+        elif micro_kernel:
             # The micro-kernel reads a pointwise conv's image in place whatever the tiling, so column
             # tiles split the work as for any conv; channel blocks are whole micro-kernel blocks.
             tile_p, block_m, workers = conv_tiling(n_images, group, n_out // group, plane, False, threads)
@@ -314,6 +320,13 @@ class Conv(_Window):
             k.conv_depthwise_channels_last(x5, w5, bias, geom, out, image, act, alpha, beta)
         elif depthwise == "planes":
             k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
+        elif micro_kernel == "implicit":
+            padded, block_m, _ = tiling
+            buffer = _scratch_buffer(scratch, dtype)
+            if not bias.size:
+                bias = np.zeros(out_shape[1], dtype=dtype)
+            sgemm.conv_implicit(x5, self._packed_weight(W), bias, geom, out, buffer[:padded], buffer[padded:scratch],
+                                block_m, act, alpha, beta)
         elif micro_kernel:
             tile_p, block_m, workers = tiling
             buffers = _scratch_buffer(workers * scratch, dtype)[:workers * scratch].reshape(workers, scratch)

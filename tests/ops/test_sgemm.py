@@ -243,10 +243,12 @@ def test_fused_gemm_activations(activation, params):
 @pytest.mark.skipif(sgemm.ISA != "avx512", reason="the micro-kernel paths are taken on AVX-512 hosts only")
 def test_micro_kernel_paths_are_taken(monkeypatch):
     calls = []
-    for name in ("conv_sgemm", "rows_times_packed"):
+    for name in ("conv_sgemm", "conv_implicit", "rows_times_packed"):
         original = getattr(sgemm, name)
         monkeypatch.setattr(sgemm, name, lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1])
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5))
+    check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5), strides=[2, 2])
+    check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 1, 1), _randn(5))
     test_matmul_constant_weight((2, 70), 33)
     test_gemm_constant_weight(0, 1, (45,))
-    assert calls == ["conv_sgemm", "rows_times_packed", "rows_times_packed"]
+    assert calls == ["conv_implicit", "conv_sgemm", "conv_sgemm", "rows_times_packed", "rows_times_packed"]

@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 
 from .activation import bias_activate_row
 from .conv import im2col_tile
-from .qgemm import _const, _k_loop, _target_features
+from .qgemm import _I64, _const, _k_loop, _target_features
 
 NR = 32
 MR = 14
@@ -51,8 +51,9 @@ def _host_isa() -> str:
 ISA = os.environ.get("QRT_SGEMM_ISA") or _host_isa()
 
 
-def _emit_fma(builder, a_ptr, a_rs, a_ks, b_ptr, ldb, depth, c_ptr, ldc, bias_ptr, lo, hi, mr, column_bias):
-    """C[i, 16j:16j+16] = clamp(sum_k a[i, k] * b[k, 16j:16j+16] + bias, lo, hi) for i < mr, j < 2.
+def _emit_fma(builder, a_ptr, a_rs, a_ks, b_ptr, b_row, depth, c_ptr, ldc, bias_ptr, lo, hi, mr, column_bias):
+    """C[i, 16j:16j+16] = clamp(sum_k a[i, k] * b[k, 16j:16j+16] + bias, lo, hi) for i < mr, j < 2;
+    row k of b starts at ``b_row(k)`` (k times a stride, or a table's entry).
 
     The bias is one value per row (splat) or, with ``column_bias``, 32 values along the columns.
     The clamp is ReLU (lo = 0) or Clip, or nothing (infinite bounds); NaN passes through, as the
@@ -66,8 +67,8 @@ def _emit_fma(builder, a_ptr, a_rs, a_ks, b_ptr, ldb, depth, c_ptr, ldc, bias_pt
         return builder.bitcast(builder.gep(ptr, [offset]), _V16.as_pointer())
 
     def step(kk, accs):
-        b_row = builder.mul(kk, ldb)
-        b_vecs = [builder.load(vec_at(b_ptr, builder.add(b_row, _const(16 * j))), align=4) for j in range(2)]
+        row = b_row(kk)
+        b_vecs = [builder.load(vec_at(b_ptr, builder.add(row, _const(16 * j))), align=4) for j in range(2)]
         a_k = builder.mul(kk, a_ks)
         out = []
         for i in range(mr):
@@ -96,7 +97,10 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), 16), None))
 
 
-def _make_microkernel(mr, column_bias):
+def _make_microkernel(mr, column_bias, indexed=False):
+    """The micro-kernel for ``mr`` rows as a Numba intrinsic. B's row k starts ``k * ldb`` elements
+    after ``b_off``, or, ``indexed``, ``koff[k]`` after it (``koff`` an int64 array in ``ldb``'s place:
+    an implicit convolution reading its taps straight from a padded image)."""
     @intrinsic
     def microkernel(typingctx, a, a_off, a_rs, a_ks, b, b_off, ldb, depth, c, c_off, ldc, bias, bias_off, lo, hi):
         sig = types.void(a, a_off, a_rs, a_ks, b, b_off, ldb, depth, c, c_off, ldc, bias, bias_off, lo, hi)
@@ -110,7 +114,16 @@ def _make_microkernel(mr, column_bias):
                 data = context.make_array(arg_types[position])(context, builder, value).data
                 return builder.gep(builder.bitcast(data, _F32.as_pointer()), [offset])
 
-            _emit_fma(builder, pointer(0, a_v, a_off_v), a_rs_v, a_ks_v, pointer(4, b_v, b_off_v), ldb_v, depth_v,
+            if indexed:
+                koff = builder.bitcast(context.make_array(arg_types[6])(context, builder, ldb_v).data, _I64.as_pointer())
+
+                def b_row(kk):
+                    return builder.load(builder.gep(koff, [kk]), align=8)
+            else:
+                def b_row(kk):
+                    return builder.mul(kk, ldb_v)
+
+            _emit_fma(builder, pointer(0, a_v, a_off_v), a_rs_v, a_ks_v, pointer(4, b_v, b_off_v), b_row, depth_v,
                       pointer(8, c_v, c_off_v), ldc_v, pointer(11, bias_v, bias_off_v),
                       context.cast(builder, lo_v, arg_types[13], types.float32),
                       context.cast(builder, hi_v, arg_types[14], types.float32), mr, column_bias)
@@ -125,6 +138,8 @@ _row_bias = {mr: _make_microkernel(mr, False) for mr in (14, 8, 4, 2, 1)}
 _mk14, _mk8, _mk4, _mk2, _mk1 = (_row_bias[mr] for mr in (14, 8, 4, 2, 1))
 _column_bias = {mr: _make_microkernel(mr, True) for mr in (14, 8, 4, 2, 1)}
 _cb14, _cb8, _cb4, _cb2, _cb1 = (_column_bias[mr] for mr in (14, 8, 4, 2, 1))
+_indexed = {mr: _make_microkernel(mr, False, True) for mr in (14, 8, 4, 2, 1)}
+_ix14, _ix8, _ix4, _ix2, _ix1 = (_indexed[mr] for mr in (14, 8, 4, 2, 1))
 
 
 @njit(cache=True, inline="always")
@@ -162,6 +177,25 @@ def _rows_block_column_bias(a, a_off, a_rs, a_ks, b, b_off, ldb, depth, c, c_off
         _cb2(a, a_off, a_rs, a_ks, b, b_off, ldb, depth, c, c_off, ldc, bias, bias_off, lo, hi)
         return 2
     _cb1(a, a_off, a_rs, a_ks, b, b_off, ldb, depth, c, c_off, ldc, bias, bias_off, lo, hi)
+    return 1
+
+
+@njit(cache=True, inline="always")
+def _rows_block_indexed(a, a_off, a_rs, a_ks, b, b_off, koff, depth, c, c_off, ldc, bias, bias_off, lo, hi, rows):
+    """:func:`_rows_block` with B's rows at ``b_off + koff[k]``."""
+    if rows >= 14:
+        _ix14(a, a_off, a_rs, a_ks, b, b_off, koff, depth, c, c_off, ldc, bias, bias_off, lo, hi)
+        return 14
+    if rows >= 8:
+        _ix8(a, a_off, a_rs, a_ks, b, b_off, koff, depth, c, c_off, ldc, bias, bias_off, lo, hi)
+        return 8
+    if rows >= 4:
+        _ix4(a, a_off, a_rs, a_ks, b, b_off, koff, depth, c, c_off, ldc, bias, bias_off, lo, hi)
+        return 4
+    if rows >= 2:
+        _ix2(a, a_off, a_rs, a_ks, b, b_off, koff, depth, c, c_off, ldc, bias, bias_off, lo, hi)
+        return 2
+    _ix1(a, a_off, a_rs, a_ks, b, b_off, koff, depth, c, c_off, ldc, bias, bias_off, lo, hi)
     return 1
 
 
@@ -419,3 +453,89 @@ class PackedMatrix:
             rows_times_packed(np.ascontiguousarray(a2), self.panels, self.zeros if bias is None else bias, out,
                               act, alpha, beta)
         return out
+
+
+@njit(cache=True, parallel=True)
+def conv_implicit(x, wp, bias, geom, out, padded, wide, block_m, act, alpha, beta):
+    """Stride-1 2-D convolution without im2col: each image is copied once, zero-padded, into
+    ``padded`` (C planes of (OH + (kH-1)dH) x (OW + (kW-1)dW), then 64 zeros), where the input under
+    tap (j, l) of every output position is one fixed offset away in a "wide" output plane whose
+    rows run as long as the padded ones. The micro-kernel reads its B rows there through an offset
+    table, 32 wide positions at a time, into ``wide`` (M rows of the wide plane rounded up to 32);
+    the extra (kW-1)dW columns per row are dropped when the rows are copied out. Tasks are (group,
+    channel block, run of strips). ``wp``, ``bias`` (zeros for none) and ``block_m`` as for
+    :func:`conv_sgemm`."""
+    n_images, channels, _, height, width = x.shape
+    group = wp.shape[0]
+    n_out = out.shape[1]
+    m_group = n_out // group
+    k_group = wp.shape[1] // m_group
+    kh, kw = geom[1], geom[2]
+    dh, dw = geom[7], geom[8]
+    ph, pw = geom[10], geom[11]
+    out_h, out_w = out.shape[3], out.shape[4]
+    rows_p = out_h + (kh - 1) * dh
+    cols_p = out_w + (kw - 1) * dw
+    plane_p = rows_p * cols_p
+    c_group = channels // group
+    taps = kh * kw
+    koff = np.empty(k_group, dtype=np.int64)
+    for k in range(k_group):
+        tap = k % taps
+        koff[k] = (k // taps) * plane_p + (tap // kw) * dh * cols_p + (tap % kw) * dw
+    strips = (out_h * cols_p + NR - 1) // NR
+    ldc = strips * NR
+    lo, hi = clamp_bounds(act, alpha, beta)
+    n_blocks = (m_group + block_m - 1) // block_m
+    runs = max(1, min(strips, 8 // max(1, group * n_blocks)))
+    for q in range(channels * plane_p, padded.shape[0]):
+        padded[q] = 0.0
+    for n in range(n_images):
+        for c in prange(channels):
+            plane = padded[c * plane_p:(c + 1) * plane_p]
+            for q in range(plane_p):
+                plane[q] = 0.0
+            lo_w = max(0, -pw)
+            hi_w = min(width, cols_p - pw)
+            for y in range(max(0, -ph), min(height, rows_p - ph)):
+                src = x[n, c, 0, y]
+                base = (y + ph) * cols_p + pw
+                for v in range(lo_w, hi_w):
+                    plane[base + v] = src[v]
+        for task in prange(group * n_blocks * runs):
+            g = task // (n_blocks * runs)
+            block = (task // runs) % n_blocks
+            run = task % runs
+            m0 = block * block_m
+            rows = min(block_m, m_group - m0)
+            first = run * strips // runs
+            last = (run + 1) * strips // runs
+            w_off = m0 * k_group
+            r0 = 0
+            while r0 < rows:
+                block_start = r0 - r0 % MR
+                height_b = min(MR, rows - block_start)
+                a_off = w_off + block_start * k_group + r0 - block_start
+                take = _block_rows(rows - r0)
+                for strip in range(first, last):
+                    _rows_block_indexed(wp[g], a_off, 1, height_b, padded, g * c_group * plane_p + strip * NR, koff,
+                                        k_group, wide, (g * m_group + m0 + r0) * ldc + strip * NR, ldc, bias,
+                                        g * m_group + m0 + r0, lo, hi, take)
+                r0 += take
+        for m in prange(n_out):
+            for b in range(out_h):
+                dst = out[n, m, 0, b]
+                src = wide[m * ldc + b * cols_p:m * ldc + b * cols_p + out_w]
+                for o in range(out_w):
+                    dst[o] = src[o]
+                if act > 2:
+                    bias_activate_row(dst, 0.0, dst, act, alpha, beta)
+
+
+def implicit_scratch(channels, n_out, kernel, dilations, out_sizes):
+    """(padded image, wide output) element counts for :func:`conv_implicit`."""
+    rows_p = out_sizes[0] + (kernel[0] - 1) * dilations[0]
+    cols_p = out_sizes[1] + (kernel[1] - 1) * dilations[1]
+    # The last strip of the last channel reads up to (kW-1)dW + NR - 1 elements past the planes.
+    return channels * rows_p * cols_p + (kernel[1] - 1) * dilations[1] + 2 * NR, \
+        n_out * -(-out_sizes[0] * cols_p // NR) * NR
