@@ -272,10 +272,11 @@ class Conv(_Window):
             depthwise = "channels_last" if channels_last else "planes"
         pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
         micro_kernel = depthwise is None and _uses_sgemm(compute_dtype(X, "Conv"))
-        if micro_kernel and taps > 1 and n_axes <= 2 and all(s == 1 for s in strides):
+        if micro_kernel and not pointwise and n_axes <= 2:
             micro_kernel = "implicit"
-            padded, wide = sgemm.implicit_scratch(channels, n_out, ([1] * (2 - n_axes)) + kernel,
-                                                  ([1] * (2 - n_axes)) + dilations, ([1] * (2 - n_axes)) + out_sizes)
+            lead = [1] * (2 - n_axes)
+            padded, wide = sgemm.implicit_scratch(channels, n_out, lead + kernel, lead + strides, lead + dilations,
+                                                  lead + out_sizes)
             tiling = padded, -(-(n_out // group) // sgemm.MR) * sgemm.MR, 0
             scratch = padded + wide
         elif micro_kernel:

@@ -251,4 +251,4 @@ def test_micro_kernel_paths_are_taken(monkeypatch):
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 1, 1), _randn(5))
     test_matmul_constant_weight((2, 70), 33)
     test_gemm_constant_weight(0, 1, (45,))
-    assert calls == ["conv_implicit", "conv_sgemm", "conv_sgemm", "rows_times_packed", "rows_times_packed"]
+    assert calls == ["conv_implicit", "conv_implicit", "conv_sgemm", "rows_times_packed", "rows_times_packed"]

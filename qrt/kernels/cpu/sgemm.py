@@ -457,51 +457,68 @@ class PackedMatrix:
 
 @njit(cache=True, parallel=True)
 def conv_implicit(x, wp, bias, geom, out, padded, wide, block_m, act, alpha, beta):
-    """Stride-1 2-D convolution without im2col: each image is copied once, zero-padded, into
-    ``padded`` (C planes of (OH + (kH-1)dH) x (OW + (kW-1)dW), then 64 zeros), where the input under
-    tap (j, l) of every output position is one fixed offset away in a "wide" output plane whose
-    rows run as long as the padded ones. The micro-kernel reads its B rows there through an offset
-    table, 32 wide positions at a time, into ``wide`` (M rows of the wide plane rounded up to 32);
-    the extra (kW-1)dW columns per row are dropped when the rows are copied out. Tasks are (group,
-    channel block, run of strips). ``wp``, ``bias`` (zeros for none) and ``block_m`` as for
-    :func:`conv_sgemm`."""
+    """2-D convolution without im2col. Each image is copied once, zero-padded, into ``padded`` as
+    phase planes: phase (rh, rw) of channel c holds the padded input at rows u*sH + rh and columns
+    v*sW + rw, (OH + (kH-1)dH // sH) x (OW + (kW-1)dW // sW) of them (one phase for stride 1). In that
+    layout the input under tap (j, l) of every output position is one fixed offset away in a "wide"
+    output plane whose rows are as long as the phase rows (as in the depthwise kernel of
+    :mod:`qrt.kernels.cpu.conv`). The micro-kernel reads its B rows there through an offset table,
+    32 wide positions at a time, into ``wide`` (M rows of the wide plane rounded up to 32); the
+    extra columns of each row are dropped when the rows are copied out. Tasks are (group, channel
+    block, run of strips). ``wp``, ``bias`` (zeros for none) and ``block_m`` as for
+    :func:`conv_sgemm`; sizes from :func:`implicit_scratch`."""
     n_images, channels, _, height, width = x.shape
     group = wp.shape[0]
     n_out = out.shape[1]
     m_group = n_out // group
     k_group = wp.shape[1] // m_group
     kh, kw = geom[1], geom[2]
+    sh, sw = geom[4], geom[5]
     dh, dw = geom[7], geom[8]
     ph, pw = geom[10], geom[11]
     out_h, out_w = out.shape[3], out.shape[4]
-    rows_p = out_h + (kh - 1) * dh
-    cols_p = out_w + (kw - 1) * dw
-    plane_p = rows_p * cols_p
+    rows_q = out_h + ((kh - 1) * dh) // sh
+    cols_q = out_w + ((kw - 1) * dw) // sw
+    phase_size = rows_q * cols_q
+    channel_size = sh * sw * phase_size
     c_group = channels // group
     taps = kh * kw
     koff = np.empty(k_group, dtype=np.int64)
     for k in range(k_group):
-        tap = k % taps
-        koff[k] = (k // taps) * plane_p + (tap // kw) * dh * cols_p + (tap % kw) * dw
-    strips = (out_h * cols_p + NR - 1) // NR
+        j = (k % taps) // kw
+        l = k % kw
+        phase = ((j * dh) % sh) * sw + (l * dw) % sw
+        koff[k] = (k // taps) * channel_size + phase * phase_size + ((j * dh) // sh) * cols_q + (l * dw) // sw
+    strips = (out_h * cols_q + NR - 1) // NR
     ldc = strips * NR
     lo, hi = clamp_bounds(act, alpha, beta)
     n_blocks = (m_group + block_m - 1) // block_m
     runs = max(1, min(strips, 8 // max(1, group * n_blocks)))
-    for q in range(channels * plane_p, padded.shape[0]):
+    for q in range(channels * channel_size, padded.shape[0]):
         padded[q] = 0.0
     for n in range(n_images):
         for c in prange(channels):
-            plane = padded[c * plane_p:(c + 1) * plane_p]
-            for q in range(plane_p):
-                plane[q] = 0.0
-            lo_w = max(0, -pw)
-            hi_w = min(width, cols_p - pw)
-            for y in range(max(0, -ph), min(height, rows_p - ph)):
-                src = x[n, c, 0, y]
-                base = (y + ph) * cols_p + pw
-                for v in range(lo_w, hi_w):
-                    plane[base + v] = src[v]
+            for rh in range(sh):
+                for rw in range(sw):
+                    plane = padded[c * channel_size + (rh * sw + rw) * phase_size:
+                                   c * channel_size + (rh * sw + rw + 1) * phase_size]
+                    off_w = rw - pw
+                    v_lo = min(max(0, -((off_w) // sw)), cols_q)
+                    v_hi = max(min(cols_q, (width - 1 - off_w) // sw + 1), v_lo)
+                    for u in range(rows_q):
+                        dst = plane[u * cols_q:(u + 1) * cols_q]
+                        y = u * sh + rh - ph
+                        if y < 0 or y >= height:
+                            for v in range(cols_q):
+                                dst[v] = 0.0
+                            continue
+                        src = x[n, c, 0, y]
+                        for v in range(v_lo):
+                            dst[v] = 0.0
+                        for v in range(v_lo, v_hi):
+                            dst[v] = src[v * sw + off_w]
+                        for v in range(v_hi, cols_q):
+                            dst[v] = 0.0
         for task in prange(group * n_blocks * runs):
             g = task // (n_blocks * runs)
             block = (task // runs) % n_blocks
@@ -518,24 +535,24 @@ def conv_implicit(x, wp, bias, geom, out, padded, wide, block_m, act, alpha, bet
                 a_off = w_off + block_start * k_group + r0 - block_start
                 take = _block_rows(rows - r0)
                 for strip in range(first, last):
-                    _rows_block_indexed(wp[g], a_off, 1, height_b, padded, g * c_group * plane_p + strip * NR, koff,
-                                        k_group, wide, (g * m_group + m0 + r0) * ldc + strip * NR, ldc, bias,
+                    _rows_block_indexed(wp[g], a_off, 1, height_b, padded, g * c_group * channel_size + strip * NR,
+                                        koff, k_group, wide, (g * m_group + m0 + r0) * ldc + strip * NR, ldc, bias,
                                         g * m_group + m0 + r0, lo, hi, take)
                 r0 += take
         for m in prange(n_out):
             for b in range(out_h):
                 dst = out[n, m, 0, b]
-                src = wide[m * ldc + b * cols_p:m * ldc + b * cols_p + out_w]
+                src = wide[m * ldc + b * cols_q:m * ldc + b * cols_q + out_w]
                 for o in range(out_w):
                     dst[o] = src[o]
                 if act > 2:
                     bias_activate_row(dst, 0.0, dst, act, alpha, beta)
 
 
-def implicit_scratch(channels, n_out, kernel, dilations, out_sizes):
-    """(padded image, wide output) element counts for :func:`conv_implicit`."""
-    rows_p = out_sizes[0] + (kernel[0] - 1) * dilations[0]
-    cols_p = out_sizes[1] + (kernel[1] - 1) * dilations[1]
-    # The last strip of the last channel reads up to (kW-1)dW + NR - 1 elements past the planes.
-    return channels * rows_p * cols_p + (kernel[1] - 1) * dilations[1] + 2 * NR, \
-        n_out * -(-out_sizes[0] * cols_p // NR) * NR
+def implicit_scratch(channels, n_out, kernel, strides, dilations, out_sizes):
+    """(padded image, wide output) element counts for :func:`conv_implicit` (2-D geometry lists)."""
+    rows_q = out_sizes[0] + (kernel[0] - 1) * dilations[0] // strides[0]
+    cols_q = out_sizes[1] + (kernel[1] - 1) * dilations[1] // strides[1]
+    # The last strip of the last channel reads up to (kW-1)dW/sW + NR - 1 elements past the planes.
+    padded = channels * strides[0] * strides[1] * rows_q * cols_q + (kernel[1] - 1) * dilations[1] + 2 * NR
+    return padded, n_out * -(-out_sizes[0] * cols_q // NR) * NR
