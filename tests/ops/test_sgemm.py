@@ -41,8 +41,8 @@ def _conv_model(x_shape, w, b, attrs, activation=None, weight_input=False, param
         graph_inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape))
     if b is not None:
         inits.append(numpy_helper.from_array(b, "b"))
-    graph = helper.make_graph([node], "g", graph_inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(x_shape))])],
-                              inits)
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(x_shape))])
+    graph = helper.make_graph([node], "g", graph_inputs, [output], inits)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets)
 

@@ -1,27 +1,30 @@
-"""float32 matrix products with a register-blocked AVX-512 micro-kernel, for Conv and constant-weight Gemm/MatMul.
+"""float32 products on a register-blocked AVX-512 micro-kernel: Conv, and Gemm/MatMul with a constant weight.
 
 The product is ``C[m, j] = sum_k A[m, k] * B[k, j]`` with C's rows contiguous. The micro-kernel keeps
 an ``MR x 32`` block of C in ``2 * MR`` zmm accumulators (MR up to 14: 28 accumulators, two B vectors
 and the broadcast fill the 32 registers) and for every k loads 32 values of B's row k (two vectors),
-broadcasts each of the MR values of A's column k and issues ``2 * MR`` ``vfmadd231ps``. It is written
-as LLVM IR through ``numba.extending.intrinsic``: plain Numba code kept scalar register blocks in
-memory or picked 256-bit vectors (54-70 GFLOP/s measured, against 100-130 for this kernel's shape in
-OpenBLAS).
+broadcasts each of the MR values of A's column k and issues ``2 * MR`` ``vfmadd231ps`` (208 GFLOP/s
+with both operands in L1, one thread). It is written as LLVM IR through ``numba.extending.intrinsic``:
+plain Numba code kept scalar register blocks in memory or picked 256-bit vectors (54-70 GFLOP/s). The
+bias (one per row, or one per column for a linear layer) and a ReLU/Clip clamp are applied to the
+accumulators before the store; other activations run over the stored rows.
 
-A is addressed by two strides (``a[i * a_rs + k * a_ks]``), so the same kernel reads
+A is addressed by two strides (``a[i * a_rs + k * a_ks]``) and B's row k by a stride or an offset
+table, so one kernel serves
 
-* a convolution's weights packed once into blocks of MR output channels, ``[K][MR]`` each (row
-  stride 1, k stride MR), times the column matrix or the image itself (B, row stride ``ldb``);
-* an activation matrix as it lies (row stride ``lda``, k stride 1) times a weight packed once into
-  panels of 32 columns, ``[K][32]`` each (B with ``ldb = 32``).
+* convolutions, A the weight packed once into blocks of MR output channels (``[K][MR]`` each) and B
+  either the image itself through a table of tap offsets (:func:`conv_implicit`, 2-D convolutions:
+  the image is copied once, zero-padded, as stride phases) or a column tile packed into strips of 32
+  (:func:`conv_sgemm`: pointwise and 3-D convolutions, through im2col for the latter);
+* linear layers, A the activations as they lie and B the weight packed once into strips of 32
+  columns (:class:`PackedMatrix`).
 
 Partial blocks: rows run through kernels for 8, 4, 2 and 1 rows; a strip narrower than 32 columns
-reads its B from a zero-padded copy, and the kernel always writes its whole tile to scratch, from
-where the epilogue (bias and activation, :func:`bias_activate_row`) stores the valid part.
+reads a zero-padded copy and stores through a scratch tile (or into a wide output rounded up to 32).
 
 ``ISA`` is ``"avx512"`` where Numba compiles for a CPU with AVX-512F (the host's, or NUMBA_CPU_FEATURES)
-and ``"generic"`` otherwise; QRT_SGEMM_ISA=generic forces the latter. Callers keep their BLAS path
-when ``ISA`` is generic (OpenBLAS picks its own kernel for any CPU), so the LLVM vectors of this
+and ``"generic"`` otherwise; QRT_SGEMM_ISA=generic forces the latter. Callers keep their OpenBLAS path
+when ``ISA`` is generic (OpenBLAS picks its own kernel for any CPU), so the 512-bit vectors of this
 module are only compiled where they map to registers.
 """
 from __future__ import annotations
@@ -115,7 +118,8 @@ def _make_microkernel(mr, column_bias, indexed=False):
                 return builder.gep(builder.bitcast(data, _F32.as_pointer()), [offset])
 
             if indexed:
-                koff = builder.bitcast(context.make_array(arg_types[6])(context, builder, ldb_v).data, _I64.as_pointer())
+                table = context.make_array(arg_types[6])(context, builder, ldb_v).data
+                koff = builder.bitcast(table, _I64.as_pointer())
 
                 def b_row(kk):
                     return builder.load(builder.gep(koff, [kk]), align=8)
