@@ -294,8 +294,10 @@ class Conv(_Window):
 
     def prepare(self, constants):
         W = constants[1]
-        if isinstance(W, np.ndarray) and W.ndim >= 3 and W.shape[0] % self.group == 0 and W.size and \
-                _uses_sgemm(compute_dtype(W, "Conv")):
+        if not isinstance(W, np.ndarray) or W.ndim < 3 or not W.size or W.shape[0] % self.group:
+            return
+        depthwise = W.shape[1] == 1 and self.group > 1     # runs on the depthwise kernels, unpacked
+        if not depthwise and _uses_sgemm(compute_dtype(W, "Conv")):
             self._packed = (W.shape, _pack_rows(W, self.group))
 
     def _packed_weight(self, W):
