@@ -61,6 +61,9 @@ class FusedGemm(Gemm11):
 
     def run(self, a, b, c=None):
         code, alpha, beta = self.fused_activation
+        out = self._packed_product(a, c, code, alpha, beta)
+        if out is not None:
+            return out
         if code == ACTIVATION_CODES["Relu"]:
             # The GEMM's own epilogue applies Relu together with the bias.
             return gemm_kernels.gemm(a, b, c, alpha=self.alpha, beta=self.beta, trans_a=self.trans_a,

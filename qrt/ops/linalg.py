@@ -14,13 +14,23 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import gemm as kernels
+from ..kernels.cpu import sgemm
 from ..registry import register
 from .base import Op
 
 
 @register("MatMul", 1)
 class MatMul(Op):
+    _packed = None     # a constant float32 2-D B packed once (sgemm.PackedMatrix), by prepare()
+
+    def prepare(self, constants):
+        if sgemm.packs_matrix(constants[1]):
+            self._packed = sgemm.PackedMatrix(constants[1])
+
     def run(self, a, b):
+        packed = self._packed
+        if packed is not None and a.dtype == np.float32 and a.ndim >= 2 and a.shape[-1] == packed.depth:
+            return packed.product(a.reshape(-1, packed.depth)).reshape(a.shape[:-1] + (packed.cols,))
         return kernels.matmul(a, b)
 
 
@@ -39,11 +49,38 @@ class Gemm(Op):
         self.trans_a = bool(transA)
         self.trans_b = bool(transB)
 
+    _packed = None     # op(B), constant float32, packed once (sgemm.PackedMatrix), by prepare()
+
+    def prepare(self, constants):
+        b = constants[1]
+        if self.alpha == 1.0 and sgemm.packs_matrix(b):
+            self._packed = sgemm.PackedMatrix(b.T if self.trans_b else b)
+
     def run(self, a, b, c=None):
         if c is None and not self.c_optional:
             raise InvalidArgument("Gemm before opset 11 requires input C")
+        out = self._packed_product(a, c, 0, 0.0, 0.0)
+        if out is not None:
+            return out
         return kernels.gemm(a, b, c, alpha=self.alpha, beta=self.beta, trans_a=self.trans_a,
                             trans_b=self.trans_b)
+
+    def _packed_product(self, a, c, act, act_alpha, act_beta):
+        """act(op(A) @ B + beta * C) on the packed weight, or None where it does not apply: a float32
+        2-D A of the right depth and C absent or one value per column."""
+        packed = self._packed
+        if packed is None or a.dtype != np.float32 or a.ndim != 2:
+            return None
+        a_op = a.T if self.trans_a else a
+        if a_op.shape[1] != packed.depth:
+            return None
+        bias = None
+        if c is not None and self.beta != 0:
+            if c.size not in (1, packed.cols) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+                return None
+            bias = np.ascontiguousarray(np.broadcast_to(c.reshape(-1), (packed.cols,)) * np.float32(self.beta),
+                                        dtype=np.float32)
+        return packed.product(a_op, bias, act, act_alpha, act_beta)
 
 
 @register("Gemm", 6)

@@ -42,6 +42,11 @@ COLUMN_BLOCK = 256
 # costs enough to pack for this to matter.
 FEW_ROWS = 16
 FEW_ROWS_MIN_WEIGHTS = 1 << 16
+# Rows up to which a C-contiguous B is streamed by _few_rows_times_matrix, which reads B once per
+# row: measured against single-threaded OpenBLAS (K x N of 768 x 768 to 3072 x 768), streaming is
+# 1.0-1.4x faster at 4 rows, 1.2-1.9x slower at 8 and 2.2-3.1x slower at 16. Constant weights do
+# not come here on AVX-512 hosts (qrt.kernels.cpu.sgemm.PackedMatrix).
+STREAM_MAX_ROWS = 4
 
 
 # ---------------------------------------------------------------- kernels
@@ -237,13 +242,16 @@ def _product_2d(a, b, out):
     threads = num_threads()
     parallel = threads > 1 and rows * depth * cols >= PARALLEL_MIN_MACS
     streams = depth * cols >= FEW_ROWS_MIN_WEIGHTS and (1 < rows <= FEW_ROWS or (rows == 1 and parallel))
+    transposed = b.flags.f_contiguous and not b.flags.c_contiguous
+    if streams and not transposed and rows > STREAM_MAX_ROWS:
+        streams = False
     if streams:
         # OpenBLAS packs all of B for every call, which dominates when A has few rows (M=2..16
         # ran 2-4x slower than streaming B once); a single row alone goes to BLAS's gemv unless
         # splitting it across threads pays.
         tasks = threads if parallel else 1
         a = np.ascontiguousarray(a)
-        if b.flags.f_contiguous and not b.flags.c_contiguous:
+        if transposed:
             _few_rows_times_transposed(a, b.T, out)
         else:
             _few_rows_times_matrix(a, np.ascontiguousarray(b), out, tasks)
