@@ -258,6 +258,15 @@ def conv_gemm(x, w3, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta
                 _store_tile(result, out3, n, g * m_group + m0, p0, bias, act, alpha, beta)
 
 
+@njit(cache=True, inline="always")
+def _tap_source(phases, w, m, i, tap, kw, dh, dw, sh, sw, cols_q, wide_len):
+    """Tap ``tap`` (row-major over kH x kW) of conv_depthwise: its weight and the phase-plane slice it reads."""
+    j = tap // kw
+    l = tap % kw
+    shift = ((j * dh) // sh) * cols_q + (l * dw) // sw
+    return phases[(j * dh) % sh, (l * dw) % sw, shift:shift + wide_len], w[m, 0, i, j, l]
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def conv_depthwise(x, w, bias, geom, out, act, alpha, beta):
     """Direct convolution where every group has one input channel (depthwise, with any multiplier).
@@ -315,13 +324,29 @@ def conv_depthwise(x, w, bias, geom, out, act, alpha, beta):
                                 _copy(dst[lo:hi], x[n, c, zd, y, start:start + hi - lo])
                             else:
                                 _copy(dst[lo:hi], x[n, c, zd, y, start:start + (hi - lo - 1) * sw + 1:sw])
-                for j in range(kh):
-                    for l in range(kw):
-                        wv = w[m, 0, i, j, l]
-                        shift = ((j * dh) // sh) * cols_q + (l * dw) // sw
-                        src = phases[(j * dh) % sh, (l * dw) % sw, shift:shift + wide_len]
+                # Four taps per sweep: each pass over ``wide`` loads and stores it once, so 3x3 takes
+                # three passes instead of nine (the sweep is bound by those loads and stores).
+                taps = kh * kw
+                for t0 in range(0, taps, 4):
+                    group = min(4, taps - t0)
+                    s0, w0 = _tap_source(phases, w, m, i, t0, kw, dh, dw, sh, sw, cols_q, wide_len)
+                    if group == 1:
                         for q in range(wide_len):
-                            wide[q] += wv * src[q]
+                            wide[q] += w0 * s0[q]
+                        continue
+                    s1, w1 = _tap_source(phases, w, m, i, t0 + 1, kw, dh, dw, sh, sw, cols_q, wide_len)
+                    if group == 2:
+                        for q in range(wide_len):
+                            wide[q] += w0 * s0[q] + w1 * s1[q]
+                        continue
+                    s2, w2 = _tap_source(phases, w, m, i, t0 + 2, kw, dh, dw, sh, sw, cols_q, wide_len)
+                    if group == 3:
+                        for q in range(wide_len):
+                            wide[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
+                        continue
+                    s3, w3 = _tap_source(phases, w, m, i, t0 + 3, kw, dh, dw, sh, sw, cols_q, wide_len)
+                    for q in range(wide_len):
+                        wide[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q]
             for b in range(out_h):
                 bias_activate_row(wide[b * cols_q:b * cols_q + out_w], 0.0, out[n, m, a, b], act, alpha, beta)
 
