@@ -1,7 +1,8 @@
 """Depthwise Conv on the NCHW phase-plane kernel (qrt.kernels.cpu.conv.conv_depthwise) against
 onnxruntime. The kernel sums up to four taps per sweep over the output plane, so the cases cover
 every remainder of kH*kW mod 4 (1, 2, 3, 4, 6, 7, 9, 25 taps), strides, dilations, asymmetric pads,
-channel multipliers > 1, 1-D and 3-D, with and without bias, and fused activations.
+channel multipliers > 1, 1-D and 3-D, with and without bias, and fused activations. Also the
+channels-last kernel's clamped transposed store (no activation, Relu, Clip) on NaN and infinities.
 
 Tolerance as in test_conv.py: rtol=1e-5 plus 1e-5 x the largest output magnitude (a sum of taps in
 another order than onnxruntime's).
@@ -82,3 +83,23 @@ def test_depthwise_planes_fused_activation(activation):
     x_shape, w_shape, attrs = CASES["3x3_stride2_asymmetric"]
     x = RNG.standard_normal(x_shape).astype(np.float32)
     _check(_model(x_shape, w_shape, attrs, bias=True, activation=activation), x)
+
+
+@pytest.mark.parametrize("activation", [None, "Relu", "Clip"])
+def test_depthwise_channels_last_clamped_store_keeps_nan_and_inf(activation):
+    # The channels-last kernel applies no activation, Relu and Clip as a clamp in its transposed
+    # store; NaN and infinities must come out as onnxruntime's.
+    x_shape, w_shape = (1, 32, 7, 7), (32, 1, 3, 3)
+    assert _channels_last_pays(32, 49)
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    x[0, 3, 2, 2] = np.nan
+    x[0, 5, 0, 0] = np.inf
+    x[0, 7, 6, 6] = -np.inf
+    model = _model(x_shape, w_shape, dict(pads=[1, 1, 1, 1]), bias=True, activation=activation)
+    got = qrt.InferenceSession(model).run(None, {"x": x})[0]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5 * float(np.abs(want[finite]).max()))
+    assert np.isnan(want).sum() >= 9
