@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import conv as k
-from ..kernels.cpu.threads import num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads, threads_for
 from ..registry import register
 from .base import Op
 
@@ -270,11 +270,13 @@ class Conv(_Window):
         bias = _bias(B, out_shape[1], dtype, "Conv")
         out = np.empty(out5_shape, dtype=dtype)
         act, alpha, beta = self.fused_activation
+        if depthwise:     # small ones on one thread: the float rule, one thread per WORK_PER_THREAD MACs
+            threads = threads_for(out.size * int(geom[0] * geom[1] * geom[2]))
         if depthwise == "channels_last":
             image = _scratch_buffer(X[0].size, dtype)
-            k.conv_depthwise_channels_last(x5, w5, bias, geom, out, image, act, alpha, beta)
+            call_with_threads(threads, k.conv_depthwise_channels_last, x5, w5, bias, geom, out, image, act, alpha, beta)
         elif depthwise == "planes":
-            k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
+            call_with_threads(threads, k.conv_depthwise, x5, w5, bias, geom, out, act, alpha, beta)
         else:
             tile_p, block_m, workers = tiling
             buffers = _scratch_buffer(workers * scratch, dtype)[:workers * scratch].reshape(workers, scratch)

@@ -103,3 +103,18 @@ def test_depthwise_channels_last_clamped_store_keeps_nan_and_inf(activation):
     np.testing.assert_array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5 * float(np.abs(want[finite]).max()))
     assert np.isnan(want).sum() >= 9
+
+
+@pytest.mark.parametrize("x_shape, w_shape, threads", [
+    ((1, 4, 8, 8), (4, 1, 3, 3), 1),            # 2.3K multiply-adds: not worth a second thread
+    ((1, 32, 7, 7), (32, 1, 3, 3), 1),          # channels-last kernel, 14K
+    ((1, 16, 64, 64), (16, 1, 3, 3), 2),        # 590K: both threads
+])
+def test_depthwise_threads_follow_the_work(x_shape, w_shape, threads, monkeypatch):
+    from qrt.ops import conv as conv_op
+    counts = []
+    call = conv_op.call_with_threads
+    monkeypatch.setattr(conv_op, "call_with_threads", lambda count, *a: (counts.append(count), call(count, *a))[1])
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    _check(_model(x_shape, w_shape, dict(pads=[1, 1, 1, 1]), bias=True), x, threads=2)
+    assert counts == [threads]
