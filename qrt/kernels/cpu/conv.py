@@ -46,6 +46,14 @@ def _copy(dst, src):
 
 
 @njit(cache=True)
+def _copy_every_other(dst, src):
+    # A constant stride LLVM turns into vector loads and shuffles; a strided slice of the row stayed
+    # scalar, and the stride-2 phase fill was most of a stride-2 depthwise conv's time.
+    for q in range(dst.shape[0]):
+        dst[q] = src[2 * q]
+
+
+@njit(cache=True)
 def _fill(dst, value):
     # Inside prange bodies an explicit loop, not ``dst[:] = value``: Numba turns slice assignments
     # there into nested parfors, which tripled the compile time of the parallel kernels.
@@ -322,6 +330,8 @@ def conv_depthwise(x, w, bias, geom, out, act, alpha, beta):
                             start = lo * sw + off_w
                             if sw == 1:
                                 _copy(dst[lo:hi], x[n, c, zd, y, start:start + hi - lo])
+                            elif sw == 2:
+                                _copy_every_other(dst[lo:hi], x[n, c, zd, y, start:start + 2 * (hi - lo) - 1])
                             else:
                                 _copy(dst[lo:hi], x[n, c, zd, y, start:start + (hi - lo - 1) * sw + 1:sw])
                 # Four taps per sweep: each pass over ``wide`` loads and stores it once, so 3x3 takes
