@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InvalidArgument, InvalidModel
 from ..kernels.cpu import conv as k
 from ..kernels.cpu import sgemm
-from ..kernels.cpu.threads import num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads, threads_for
 from ..registry import register
 from .base import Op
 
@@ -318,29 +318,32 @@ class Conv(_Window):
         bias = _bias(B, out_shape[1], dtype, "Conv")
         out = np.empty(out5_shape, dtype=dtype)
         act, alpha, beta = self.fused_activation
+        # Small convolutions on fewer threads: the float rule, one thread per WORK_PER_THREAD multiply-adds.
+        threads = threads_for(out.size * w5[0].size)
         if depthwise == "channels_last":
             image = _scratch_buffer(X[0].size, dtype)
-            k.conv_depthwise_channels_last(x5, w5, bias, geom, out, image, act, alpha, beta)
+            call_with_threads(threads, k.conv_depthwise_channels_last, x5, w5, bias, geom, out, image, act, alpha, beta)
         elif depthwise == "planes":
-            k.conv_depthwise(x5, w5, bias, geom, out, act, alpha, beta)
+            call_with_threads(threads, k.conv_depthwise, x5, w5, bias, geom, out, act, alpha, beta)
         elif micro_kernel == "implicit":
             padded, block_m, _ = tiling
             buffer = _scratch_buffer(scratch, dtype)
             if not bias.size:
                 bias = np.zeros(out_shape[1], dtype=dtype)
-            sgemm.conv_implicit(x5, self._packed_weight(W), bias, geom, out, buffer[:padded], buffer[padded:scratch],
-                                block_m, act, alpha, beta)
+            call_with_threads(threads, sgemm.conv_implicit, x5, self._packed_weight(W), bias, geom, out,
+                              buffer[:padded], buffer[padded:scratch], block_m, act, alpha, beta)
         elif micro_kernel:
             tile_p, block_m, workers = tiling
             buffers = _scratch_buffer(workers * scratch, dtype)[:workers * scratch].reshape(workers, scratch)
             if not bias.size:
                 bias = np.zeros(out_shape[1], dtype=dtype)
-            sgemm.conv_sgemm(x5, self._packed_weight(W), bias, geom, out, tile_p, block_m, buffers, act, alpha, beta)
+            call_with_threads(threads, sgemm.conv_sgemm, x5, self._packed_weight(W), bias, geom, out, tile_p, block_m,
+                              buffers, act, alpha, beta)
         else:
             tile_p, block_m, workers = tiling
             buffers = _scratch_buffer(workers * scratch, dtype)[:workers * scratch].reshape(workers, scratch)
-            k.conv_gemm(x5, w5.reshape(group, out_shape[1] // group, -1), bias, geom, out, tile_p, block_m,
-                        buffers, act, alpha, beta)
+            call_with_threads(threads, k.conv_gemm, x5, w5.reshape(group, out_shape[1] // group, -1), bias, geom, out,
+                              tile_p, block_m, buffers, act, alpha, beta)
         return out.reshape(out_shape).astype(X.dtype, copy=False)
 
 
