@@ -243,7 +243,7 @@ def test_fused_gemm_activations(activation, params):
 @pytest.mark.skipif(sgemm.ISA != "avx512", reason="the micro-kernel paths are taken on AVX-512 hosts only")
 def test_micro_kernel_paths_are_taken(monkeypatch):
     calls = []
-    for name in ("conv_sgemm", "conv_implicit", "rows_times_packed"):
+    for name in ("conv_sgemm", "conv_implicit", "rows_times_packed", "rows_times_packed_serial"):
         original = getattr(sgemm, name)
         monkeypatch.setattr(sgemm, name, lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1])
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5))
@@ -251,4 +251,6 @@ def test_micro_kernel_paths_are_taken(monkeypatch):
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 1, 1), _randn(5))
     test_matmul_constant_weight((2, 70), 33)
     test_gemm_constant_weight(0, 1, (45,))
-    assert calls == ["conv_implicit", "conv_implicit", "conv_sgemm", "rows_times_packed", "rows_times_packed"]
+    # The products are too small for a parallel launch to pay (threads.threads_for).
+    assert calls == ["conv_implicit", "conv_implicit", "conv_sgemm", "rows_times_packed_serial",
+                     "rows_times_packed_serial"]
