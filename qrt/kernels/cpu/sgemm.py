@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 from .activation import bias_activate_row
 from .conv import im2col_tile
 from .qgemm import _I64, _const, _k_loop, _target_features
-from .threads import threads_for
+from .threads import serial_twin, threads_for
 
 NR = 32
 MR = 14
@@ -321,6 +321,7 @@ def rows_times_panels(wp, w_off, rows, depth, panels, count, tile, bias, b0, out
             bias_activate_row(row, 0.0, row, act, alpha, beta)
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def conv_sgemm(x, wp, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta):
     """Grouped convolution through the micro-kernel, parallel over (image, group, column tile,
@@ -487,6 +488,7 @@ class PackedMatrix:
         return out
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def conv_implicit(x, wp, bias, geom, out, padded, wide, block_m, act, alpha, beta):
     """2-D convolution without im2col. Each image is copied once, zero-padded, into ``padded`` as
