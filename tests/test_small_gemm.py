@@ -58,3 +58,44 @@ def test_mlp_layers_run_serial_at_batch_one(monkeypatch):
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
     session.run(None, {"input": x})
     assert calls and set(calls) == {"rows_times_packed_serial"}
+
+
+def _conv_model(channels, out_channels, size):
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_channels, size, size])], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two kernel threads")
+@pytest.mark.parametrize("channels,out_channels,size,serial", [(8, 8, 8, True), (32, 64, 32, False)])
+def test_conv_runs_serial_twin_when_small(monkeypatch, channels, out_channels, size, serial):
+    """A digits-sized Conv (37K multiply-adds: one thread's work) runs the serial compile of the
+    parallel kernel (threads.serial_twin); a large one launches the parallel kernel on both threads."""
+    import onnxruntime as ort
+    model, w = _conv_model(channels, out_channels, size)
+    twin = threads._SERIAL[sgemm.conv_implicit]
+    calls = []
+    monkeypatch.setitem(threads._SERIAL, sgemm.conv_implicit, lambda *args: (calls.append(1), twin(*args))[1])
+    options = qrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    x = np.random.default_rng(3).standard_normal((1, channels, size, size)).astype(np.float32)
+    got = qrt.InferenceSession(model.SerializeToString(), options).run(None, {"x": x})[0]
+    assert bool(calls) == serial
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # float32 sums of 9 * channels products in different orders: 1e-5 of the magnitude sum bounds them.
+    magnitude = ort.InferenceSession(_conv_model_abs(model, w), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.abs(x)})[0]
+    assert np.all(np.abs(got - want) <= 1e-5 * magnitude + 1e-6)
+
+
+def _conv_model_abs(model, w):
+    from onnx import numpy_helper
+    absolute = type(model)()
+    absolute.CopyFrom(model)
+    absolute.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.abs(w), "w"))
+    return absolute.SerializeToString()
