@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qrt
 from qrt.kernels.cpu import sgemm
+from qrt.kernels.cpu import threads as kernel_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*onnx.checker objects")
 RNG = np.random.default_rng(1212)
@@ -243,14 +244,17 @@ def test_fused_gemm_activations(activation, params):
 @pytest.mark.skipif(sgemm.ISA != "avx512", reason="the micro-kernel paths are taken on AVX-512 hosts only")
 def test_micro_kernel_paths_are_taken(monkeypatch):
     calls = []
-    for name in ("conv_sgemm", "conv_implicit", "rows_times_packed", "rows_times_packed_serial"):
+    for name in ("conv_sgemm", "conv_implicit", "rows_times_packed"):
         original = getattr(sgemm, name)
-        monkeypatch.setattr(sgemm, name, lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1])
+        recorder = lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1]
+        monkeypatch.setattr(sgemm, name, recorder)
+        # Small work runs the kernel's serial twin (threads.call_with_threads): record that too.
+        twin = kernel_threads._SERIAL[original]
+        monkeypatch.setitem(kernel_threads._SERIAL, recorder,
+                            lambda *args, _t=twin, _n=name: (calls.append(_n), _t(*args))[1])
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5))
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5), strides=[2, 2])
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 1, 1), _randn(5))
     test_matmul_constant_weight((2, 70), 33)
     test_gemm_constant_weight(0, 1, (45,))
-    # The products are too small for a parallel launch to pay (threads.threads_for).
-    assert calls == ["conv_implicit", "conv_implicit", "conv_sgemm", "rows_times_packed_serial",
-                     "rows_times_packed_serial"]
+    assert calls == ["conv_implicit", "conv_implicit", "conv_sgemm", "rows_times_packed", "rows_times_packed"]

@@ -781,9 +781,9 @@ def matmul(a, a_flip, za_rows, packed: PackedB, epi: Epilogue, out):
     n_panels = (packed.N + packed.nr - 1) // packed.nr
     mc, n_groups = split_work(M, n_panels, Kp, packed.nr)
     out_q, out_i, out_f = _outputs(epi.mode, out)
-    launcher(qgemm)(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr, packed.koff,
-          za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0], epi.zy,
-          epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
+    launcher(qgemm)(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr,
+                    packed.koff, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0],
+                    epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
     return out
 
 

@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 from .activation import bias_activate_row
 from .conv import im2col_tile
 from .qgemm import _I64, _const, _k_loop, _target_features
-from .threads import serial_twin, threads_for
+from .threads import call_with_threads, serial_twin, threads_for
 
 NR = 32
 MR = 14
@@ -423,6 +423,7 @@ def _packed_task(task, chunks, a_flat, rows, depth, panels, bias, out, out_flat,
             bias_activate_row(row, 0.0, row, act, alpha, beta)
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def rows_times_packed(a, panels, bias, out, act, alpha, beta):
     """out = act(a @ B + bias) for C-contiguous float32 ``a`` (M, K) and B packed by
@@ -437,20 +438,6 @@ def rows_times_packed(a, panels, bias, out, act, alpha, beta):
     lo, hi = clamp_bounds(act, alpha, beta)
     chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
     for task in prange(((cols + NR - 1) // NR) * chunks):
-        _packed_task(task, chunks, a_flat, rows, depth, panels, bias, out, out_flat, cols, act, alpha, beta, lo, hi)
-
-
-@njit(cache=True)
-def rows_times_packed_serial(a, panels, bias, out, act, alpha, beta):
-    """:func:`rows_times_packed` on the calling thread: a parallel launch costs ~2 us even on one
-    thread, more than a small layer's whole product (1 x 128 x 128: 0.5 us)."""
-    rows, depth = a.shape
-    cols = out.shape[1]
-    a_flat = a.reshape(rows * depth)
-    out_flat = out.reshape(rows * cols)
-    lo, hi = clamp_bounds(act, alpha, beta)
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
-    for task in range(((cols + NR - 1) // NR) * chunks):
         _packed_task(task, chunks, a_flat, rows, depth, panels, bias, out, out_flat, cols, act, alpha, beta, lo, hi)
 
 
@@ -483,8 +470,9 @@ class PackedMatrix:
         rows = a2.shape[0]
         out = np.empty((rows, self.cols), dtype=np.float32)
         if rows:
-            kernel = rows_times_packed if threads_for(rows * self.depth * self.cols) > 1 else rows_times_packed_serial
-            kernel(np.ascontiguousarray(a2), self.panels, self.zeros if bias is None else bias, out, act, alpha, beta)
+            # A small layer runs the kernel's serial twin: its parallel launch costs more than the product.
+            call_with_threads(threads_for(rows * self.depth * self.cols), rows_times_packed, np.ascontiguousarray(a2),
+                              self.panels, self.zeros if bias is None else bias, out, act, alpha, beta)
         return out
 
 
