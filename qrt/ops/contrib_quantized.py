@@ -28,13 +28,13 @@ from ..kernels.cpu import qgemm as kgemm
 from ..kernels.cpu import qgemm_amx as kamx
 from ..kernels.cpu import qmovement as kmove
 from ..kernels.cpu import quantize as kquant
-from ..kernels.cpu.threads import num_threads
+from ..kernels.cpu.threads import call_with_threads, num_threads, threads_for
 from ..kernels.cpu.ufunc import call
 from ..registry import register
 from .base import Op, ShapeCache
 from .quantized import (EIGHT_BIT, ConvGeometry, QuantizedMatMul, _ConstantCache, _DequantizeLinear,
                         _QuantizeLinear, _vector_for, check_scale, check_zero_point, dynamic_quantize,
-                        dynamic_quantize_rows, flip_of, qbounds, scalar_int, shifted)
+                        _writable_view, dynamic_quantize_rows, flip_of, qbounds, scalar_int, shifted)
 
 MS = "com.microsoft"
 
@@ -94,6 +94,7 @@ class QGemm(Op):
         self._mm = QuantizedMatMul()
         self._epilogues = _ConstantCache()
         self._prepared = None
+        self._runner = None     # (rows' zero points, kgemm.matmul_runner bound to them) of the last prepared run
 
     def _b_matrix(self, b):
         return b.T if self.transB else b
@@ -175,7 +176,16 @@ class QGemm(Op):
             if a.shape[1] == packs.K:
                 za_rows = self._mm.shifted_row_zero_points(a_zero_point, (a.shape[0],), a_dtype, flip,
                                                            InvalidArgument)
-                return self._mm.rows_times_packed(np.ascontiguousarray(a), za_rows, flip, packs, epi, out_dtype)
+                # The runner binds these rows' zero points (the same array for every run of this row count).
+                runner = self._runner
+                if runner is None or runner[0] is not za_rows:
+                    runner = self._runner = (za_rows, kgemm.matmul_runner(a.shape[0], packs.K, flip, za_rows,
+                                                                          packs, epi))
+                rows = a.shape[0]
+                out = np.empty((rows, packs.N), out_dtype)
+                call_with_threads(threads_for(rows * packs.K * packs.N), runner[1],
+                                  np.ascontiguousarray(a).view(np.uint8), _writable_view(out))
+                return out
         cached = getattr(self, "_b_view", None)
         prepared = self._epilogues.get(self._params((A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale,
                                                      y_zero_point)))

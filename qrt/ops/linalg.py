@@ -30,6 +30,8 @@ class MatMul(Op):
     def run(self, a, b):
         packed = self._packed
         if packed is not None and a.dtype == np.float32 and a.ndim >= 2 and a.shape[-1] == packed.depth:
+            if a.ndim == 2:
+                return packed.product(a)
             return packed.product(a.reshape(-1, packed.depth)).reshape(a.shape[:-1] + (packed.cols,))
         return kernels.matmul(a, b)
 
@@ -50,11 +52,17 @@ class Gemm(Op):
         self.trans_b = bool(transB)
 
     _packed = None     # op(B), constant float32, packed once (sgemm.PackedMatrix), by prepare()
+    _constant_c = None     # a constant C, and beta * C padded as the packed kernel reads it, by prepare()
+    _packed_bias = None
 
     def prepare(self, constants):
         b = constants[1]
         if self.alpha == 1.0 and sgemm.packs_matrix(b):
             self._packed = sgemm.PackedMatrix(b.T if self.trans_b else b)
+            c = constants[2] if len(constants) > 2 else None
+            if c is not None:
+                self._packed_bias = self._column_bias(c)
+                self._constant_c = c
 
     def run(self, a, b, c=None):
         if c is None and not self.c_optional:
@@ -64,6 +72,14 @@ class Gemm(Op):
             return out
         return kernels.gemm(a, b, c, alpha=self.alpha, beta=self.beta, trans_a=self.trans_a,
                             trans_b=self.trans_b)
+
+    def _column_bias(self, c):
+        """beta * C padded for the packed kernel, or None where C is not one value per column (or beta is 0)."""
+        packed = self._packed
+        if self.beta == 0 or c.dtype != np.float32 or c.size not in (1, packed.cols) or c.ndim > 2 \
+                or (c.ndim == 2 and c.shape[0] != 1):
+            return None
+        return packed.padded_bias(np.broadcast_to(c.reshape(-1), (packed.cols,)) * np.float32(self.beta))
 
     def _packed_product(self, a, c, act, act_alpha, act_beta):
         """act(op(A) @ B + beta * C) on the packed weight, or None where it does not apply: a float32
@@ -76,10 +92,9 @@ class Gemm(Op):
             return None
         bias = None
         if c is not None and self.beta != 0:
-            if c.size not in (1, packed.cols) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+            bias = self._packed_bias if c is self._constant_c else self._column_bias(c)
+            if bias is None:
                 return None
-            bias = np.ascontiguousarray(np.broadcast_to(c.reshape(-1), (packed.cols,)) * np.float32(self.beta),
-                                        dtype=np.float32)
         return packed.product(a_op, bias, act, act_alpha, act_beta)
 
 

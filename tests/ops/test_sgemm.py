@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qrt
 from qrt.kernels.cpu import sgemm
+from qrt.kernels.cpu import threads as kernel_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*onnx.checker objects")
 RNG = np.random.default_rng(1212)
@@ -245,7 +246,12 @@ def test_micro_kernel_paths_are_taken(monkeypatch):
     calls = []
     for name in ("conv_sgemm", "conv_implicit", "rows_times_packed"):
         original = getattr(sgemm, name)
-        monkeypatch.setattr(sgemm, name, lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1])
+        recorder = lambda *args, _f=original, _n=name: (calls.append(_n), _f(*args))[1]
+        monkeypatch.setattr(sgemm, name, recorder)
+        # Small work runs the kernel's serial twin (threads.call_with_threads): record that too.
+        twin = kernel_threads._SERIAL[original]
+        monkeypatch.setitem(kernel_threads._SERIAL, recorder,
+                            lambda *args, _t=twin, _n=name: (calls.append(_n), _t(*args))[1])
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5))
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 3, 3), _randn(5), strides=[2, 2])
     check_conv(_randn(1, 3, 8, 8), _randn(5, 3, 1, 1), _randn(5))

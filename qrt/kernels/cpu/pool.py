@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .conv import _fill, _valid_range
+from .threads import serial_twin
 
 MODE_AVERAGE = 0
 MODE_LP = 1
@@ -95,6 +96,7 @@ def _max_pool_plane(x, geom, out, p, rows_max):
                         dst[t] = _larger(strided[t], dst[t])
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def max_pool_nhwc(x, geom, lowest, out):
     """Windowed maximum of channels-last (N, D, H, W, C) integers into (N, OD, OH, OW, C).

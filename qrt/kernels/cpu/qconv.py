@@ -35,9 +35,10 @@ from numba import njit, prange
 
 from . import qgemm_amx as amx
 from .qgemm import _MR_MAX, _epilogue, microkernel, tag_for
-from .threads import num_threads
+from .threads import launcher, num_threads, serial_twin
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, cgp, za, need_rowsum, bp, Kp, K, N, nr, col_sum, col_zb,
           col_bias, mode, mult, zy, qmin, qmax, fscale, fbias, channels_last, out_q, out_i, out_f,
@@ -121,6 +122,7 @@ def qconv(tag, xp, OD, OH, OW, sd, sh, sw, koff, cgp, za, need_rowsum, bp, Kp, K
                     ow += rows
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, K, N, col_sum, col_zb, col_bias,
               mode, mult, zy, qmin, qmax, fscale, fbias, channels_last, out_q, out_i, out_f, mc, n_groups, in_place):
@@ -228,6 +230,7 @@ def qconv_amx(xp, OD, OH, OW, sd, sh, sw, tapoff, cgp, za, need_rowsum, bp, Kp, 
         amx._release()
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def pad_from_nchw(x, flip, zx, pads_begin, groups, cgp, out):
     """(N, C, D, H, W) bytes xor ``flip`` into every byte of ``out`` (N, Dp, Hp, Wp, groups*cgp).
@@ -265,6 +268,7 @@ def pad_from_nchw(x, flip, zx, pads_begin, groups, cgp, out):
                     dst[w + pw, at] = src[w] ^ flip
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def pad_from_nhwc(x, flip, zx, pads_begin, groups, cgp, out):
     """:func:`pad_from_nchw` for a channels-last input (N, D, H, W, C): rows are copied as they are."""
@@ -506,7 +510,7 @@ def fill_buffer(b, x5, flip, zx, buffer):
         return x5
     xp = buffer[:b.buffer_size].reshape(b.buffer_shape)
     fill = pad_from_nhwc if b.channels_last else pad_from_nchw
-    fill(x5, np.uint8(flip), int(zx), b.pads_begin, b.groups, b.gbytes, xp)
+    launcher(fill)(x5, np.uint8(flip), int(zx), b.pads_begin, b.groups, b.gbytes, xp)
     return xp
 
 
@@ -538,7 +542,7 @@ def conv_runner(b, zx, packed, need_rowsum, epi, channels_last, cgp):
         def run(xp, out3):
             if flat is not None:
                 xp = xp.reshape((xp.shape[0],) + flat + (xp.shape[-1],))
-            qconv_amx(xp, *head, *_outputs3(mode, out3), *tail)
+            launcher(qconv_amx)(xp, *head, *_outputs3(mode, out3), *tail)
         return run
     tag = tag_for(packed.isa)
     head = (OD, OH, OW, sd, sh, sw, b.koff, cgp, int(zx), need_rowsum, packed.data, packed.Kp, packed.K, packed.N,
@@ -549,7 +553,7 @@ def conv_runner(b, zx, packed, need_rowsum, epi, channels_last, cgp):
     def run(xp, out3):
         if flat is not None:
             xp = xp.reshape((xp.shape[0],) + flat + (xp.shape[-1],))
-        qconv(tag, xp, *head, *_outputs3(mode, out3), *tail)
+        launcher(qconv)(tag, xp, *head, *_outputs3(mode, out3), *tail)
     return run
 
 

@@ -50,7 +50,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
-from .threads import num_threads
+from .threads import launcher, num_threads, serial_twin
 
 # --------------------------------------------------------------------------- ISA choice
 
@@ -545,6 +545,7 @@ def _epilogue(tile, rows, cols, row_za, row_t, r0, cs, czb, cbias, mode, mult, z
 # --------------------------------------------------------------------------- drivers
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def qgemm(tag, a, lda, M, Kp, K, bp, N, nr, koff, row_za, row_t, col_sum, col_zb, col_bias,
           mode, mult, zy, qmin, qmax, fscale, fbias, out_q, out_i, out_f, mc, n_groups):
@@ -780,10 +781,46 @@ def matmul(a, a_flip, za_rows, packed: PackedB, epi: Epilogue, out):
     n_panels = (packed.N + packed.nr - 1) // packed.nr
     mc, n_groups = split_work(M, n_panels, Kp, packed.nr)
     out_q, out_i, out_f = _outputs(epi.mode, out)
-    qgemm(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr, packed.koff,
-          za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0], epi.zy,
-          epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
+    launcher(qgemm)(tag_for(packed.isa), a_rows.reshape(-1), Kp, M, Kp, K, packed.data, packed.N, packed.nr,
+                    packed.koff, za_rows, row_t, packed.col_sum[0], packed.zb[0], epi.bias[0], epi.mode, epi.mult[0],
+                    epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0], out_q, out_i, out_f, mc, n_groups)
     return out
+
+
+def matmul_runner(M, K, a_flip, za_rows, packed: PackedB, epi: Epilogue):
+    """``run(a, out)``: :func:`matmul` of ``M`` rows with everything but ``a`` and ``out`` bound
+    once. A small layer's product takes a microsecond or two; gathering its ~27 arguments, the
+    rows' corrections and the work split on every call cost several (the digits CNN's QGemms).
+    Only the common case is bound (uint8 rows read in place, weight zero points 0, no more rows than
+    one VNNI row tile where AMX would take them); others run :func:`matmul` as it is."""
+    from . import qgemm_amx
+
+    def general(a, out):
+        return matmul(a, a_flip, za_rows, packed, epi, out)
+
+    # AMX tiles would multiply 32 rows (a zero-padded copy) for a row tile's few: measured on the
+    # digits CNN's 1 x 256 x 32 QGemm, VNNI rows on the same packing take less.
+    if a_flip or K != packed.Kp or packed.zb_nonzero or M == 0 or packed.N == 0 \
+            or (M > _MR_MAX and qgemm_amx.usable(packed, padded=True)):
+        return general
+    tag = tag_for(packed.isa)
+    n_panels = (packed.N + packed.nr - 1) // packed.nr
+    middle = (packed.Kp, M, packed.Kp, K, packed.data, packed.N, packed.nr, packed.koff,
+              np.ascontiguousarray(za_rows, dtype=np.int32), np.zeros(M, np.int32), packed.col_sum[0], packed.zb[0],
+              epi.bias[0], epi.mode, epi.mult[0], epi.zy, epi.qmin, epi.qmax, epi.fscale[0], epi.fbias[0])
+    mode = epi.mode
+    splits = {}     # thread count -> split_work's (rows per task, panel groups)
+
+    def run(a, out):
+        if not a.flags.c_contiguous:
+            return general(a, out)
+        threads = num_threads()
+        split = splits.get(threads)
+        if split is None:
+            split = splits[threads] = split_work(M, n_panels, packed.Kp, packed.nr)
+        launcher(qgemm)(tag, a.reshape(-1), *middle, *_outputs(mode, out), *split)
+        return out
+    return run
 
 
 def _outputs(mode, out):

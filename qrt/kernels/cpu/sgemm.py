@@ -40,6 +40,7 @@ from numba.extending import intrinsic
 from .activation import bias_activate_row
 from .conv import im2col_tile
 from .qgemm import _I64, _const, _k_loop, _target_features
+from .threads import call_with_threads, serial_twin, threads_for
 
 NR = 32
 MR = 14
@@ -320,6 +321,7 @@ def rows_times_panels(wp, w_off, rows, depth, panels, count, tile, bias, b0, out
             bias_activate_row(row, 0.0, row, act, alpha, beta)
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def conv_sgemm(x, wp, bias, geom, out, tile_p, block_m, buffers, act, alpha, beta):
     """Grouped convolution through the micro-kernel, parallel over (image, group, column tile,
@@ -391,46 +393,52 @@ def pack_matrix(b, panels):
 ROW_CHUNK = 4 * MR
 
 
+@njit(cache=True, inline="always")
+def _packed_task(task, chunks, a_flat, rows, depth, panels, bias, out, out_flat, cols, act, alpha, beta, lo, hi):
+    """One task of :func:`rows_times_packed`: strip ``task // chunks`` of NR columns times chunk
+    ``task % chunks`` of ROW_CHUNK rows."""
+    strip = task // chunks
+    first = (task % chunks) * ROW_CHUNK
+    last = min(rows, first + ROW_CHUNK)
+    q0 = strip * NR
+    width = min(NR, cols - q0)
+    p_off = strip * depth * NR
+    r0 = first
+    if width == NR:
+        while r0 < last:
+            r0 += _rows_block_column_bias(a_flat, r0 * depth, depth, 1, panels, p_off, NR, depth, out_flat,
+                                          r0 * cols + q0, cols, bias, q0, lo, hi, last - r0)
+    else:
+        tile = np.empty(MR * NR, dtype=np.float32)
+        while r0 < last:
+            done = _rows_block_column_bias(a_flat, r0 * depth, depth, 1, panels, p_off, NR, depth, tile, 0, NR,
+                                           bias, q0, lo, hi, last - r0)
+            for r in range(done):
+                for j in range(width):
+                    out[r0 + r, q0 + j] = tile[r * NR + j]
+            r0 += done
+    if act > 2:
+        for r in range(first, last):
+            row = out[r, q0:q0 + width]
+            bias_activate_row(row, 0.0, row, act, alpha, beta)
+
+
+@serial_twin
 @njit(cache=True, parallel=True)
 def rows_times_packed(a, panels, bias, out, act, alpha, beta):
     """out = act(a @ B + bias) for C-contiguous float32 ``a`` (M, K) and B packed by
-    :func:`pack_matrix` (N = ``out.shape[1]``); ``bias`` has N entries (zeros for none). Tasks are
-    (strip of NR columns, chunk of ROW_CHUNK rows): with few rows each strip of the weight is read
-    from memory once, by one task (the product of a decoder step is bound by that read)."""
+    :func:`pack_matrix` (N = ``out.shape[1]``); ``bias`` is :meth:`PackedMatrix.padded_bias`'s (N
+    rounded up to NR entries). Tasks are (strip of NR columns, chunk of ROW_CHUNK rows): with few
+    rows each strip of the weight is read from memory once, by one task (the product of a decoder
+    step is bound by that read)."""
     rows, depth = a.shape
     cols = out.shape[1]
     a_flat = a.reshape(rows * depth)
     out_flat = out.reshape(rows * cols)
     lo, hi = clamp_bounds(act, alpha, beta)
-    strips = (cols + NR - 1) // NR
     chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
-    padded_bias = np.zeros(strips * NR, dtype=np.float32)
-    padded_bias[:cols] = bias
-    for task in prange(strips * chunks):
-        strip = task // chunks
-        first = (task % chunks) * ROW_CHUNK
-        last = min(rows, first + ROW_CHUNK)
-        q0 = strip * NR
-        width = min(NR, cols - q0)
-        p_off = strip * depth * NR
-        r0 = first
-        if width == NR:
-            while r0 < last:
-                r0 += _rows_block_column_bias(a_flat, r0 * depth, depth, 1, panels, p_off, NR, depth, out_flat,
-                                              r0 * cols + q0, cols, padded_bias, q0, lo, hi, last - r0)
-        else:
-            tile = np.empty(MR * NR, dtype=np.float32)
-            while r0 < last:
-                done = _rows_block_column_bias(a_flat, r0 * depth, depth, 1, panels, p_off, NR, depth, tile, 0, NR,
-                                               padded_bias, q0, lo, hi, last - r0)
-                for r in range(done):
-                    for j in range(width):
-                        out[r0 + r, q0 + j] = tile[r * NR + j]
-                r0 += done
-        if act > 2:
-            for r in range(first, last):
-                row = out[r, q0:q0 + width]
-                bias_activate_row(row, 0.0, row, act, alpha, beta)
+    for task in prange(((cols + NR - 1) // NR) * chunks):
+        _packed_task(task, chunks, a_flat, rows, depth, panels, bias, out, out_flat, cols, act, alpha, beta, lo, hi)
 
 
 def packs_matrix(b) -> bool:
@@ -448,17 +456,27 @@ class PackedMatrix:
         self.depth, self.cols = b.shape
         self.panels = np.empty(-(-self.cols // NR) * NR * self.depth, dtype=np.float32)
         pack_matrix(np.ascontiguousarray(b, dtype=np.float32), self.panels)
-        self.zeros = np.zeros(self.cols, dtype=np.float32)
+        self.zeros = self.padded_bias(None)
+
+    def padded_bias(self, bias):
+        """``bias`` (N values, or None for zeros) as the kernels read it: rounded up to whole strips."""
+        padded = np.zeros(-(-self.cols // NR) * NR, dtype=np.float32)
+        if bias is not None:
+            padded[:self.cols] = bias
+        return padded
 
     def product(self, a2, bias=None, act=0, alpha=0.0, beta=0.0):
-        """act(a2 @ B + bias) for float32 ``a2`` (M, K); ``bias`` (N,) float32 or None."""
-        out = np.empty((a2.shape[0], self.cols), dtype=np.float32)
-        if a2.shape[0]:
-            rows_times_packed(np.ascontiguousarray(a2), self.panels, self.zeros if bias is None else bias, out,
-                              act, alpha, beta)
+        """act(a2 @ B + bias) for float32 ``a2`` (M, K); ``bias`` from :meth:`padded_bias` or None."""
+        rows = a2.shape[0]
+        out = np.empty((rows, self.cols), dtype=np.float32)
+        if rows:
+            # A small layer runs the kernel's serial twin: its parallel launch costs more than the product.
+            call_with_threads(threads_for(rows * self.depth * self.cols), rows_times_packed, np.ascontiguousarray(a2),
+                              self.panels, self.zeros if bias is None else bias, out, act, alpha, beta)
         return out
 
 
+@serial_twin
 @njit(cache=True, parallel=True)
 def conv_implicit(x, wp, bias, geom, out, padded, wide, block_m, act, alpha, beta):
     """2-D convolution without im2col. Each image is copied once, zero-padded, into ``padded`` as

@@ -7,6 +7,8 @@ be as fast but cannot be cached (Numba treats the thread-pool hooks as dynamic g
 process would compile it again. The value is what ``numba.set_num_threads`` last set in the
 calling thread, so a session's ``intra_op_num_threads`` still holds per caller.
 """
+import types
+
 import numba
 from numba import get_num_threads
 from numba.np.ufunc import parallel
@@ -65,16 +67,52 @@ def threads_for(work: int) -> int:
 def call_with_threads(count: int, function, *args):
     """``function(*args)`` with the calling thread's kernel thread count at most ``count`` meanwhile.
 
-    The count is thread-local, so other threads running kernels at the same time keep theirs.
+    The count is thread-local, so other threads running kernels at the same time keep theirs. On
+    one thread, a kernel with a :func:`serial_twin` runs that instead.
     """
     current = _read()
     if count >= current:
+        if current == 1:
+            return _SERIAL.get(function, function)(*args)
         return function(*args)
+    if count == 1:
+        serial = _SERIAL.get(function)
+        if serial is not None:
+            return serial(*args)
     _write(count)
     try:
         return function(*args)
     finally:
         _write(current)
+
+
+# parallel kernel -> its serial compile, used by call_with_threads on one thread.
+_SERIAL = {}
+
+
+def launcher(kernel):
+    """``kernel``, or its :func:`serial_twin` where the calling thread runs kernels on one thread."""
+    return _SERIAL.get(kernel, kernel) if _read() == 1 else kernel
+
+
+def serial_twin(kernel):
+    """Register a serial compile of the ``@njit(parallel=True)`` ``kernel`` for :func:`call_with_threads`.
+
+    A parallel kernel pays a launch through Numba's scheduler for every ``prange`` loop even on one
+    thread (~2 us each, measured here), more than a digits-sized layer's whole work. The twin is the
+    same Python function compiled without ``parallel`` (``prange`` runs as ``range``), under its own
+    name so the two compiles keep separate on-disk cache entries; it compiles on its first call.
+    Returns ``kernel``, so it can decorate.
+    """
+    py = kernel.py_func
+    twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__, py.__closure__)
+    twin.__qualname__ = py.__qualname__ + "_serial"
+    twin.__module__ = py.__module__
+    twin.__doc__ = py.__doc__
+    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
+    options["parallel"] = False
+    _SERIAL[kernel] = numba.njit(cache=True, **options)(twin)
+    return kernel
 
 
 def _first_read():
