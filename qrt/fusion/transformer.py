@@ -41,11 +41,16 @@ class _Graph:
         self.consumers = consumers_by_name(graph)
         self.protected = {o.name for o in graph.output} | names_read_by_subgraphs(graph)
         self.new_constants = []     # initializers the fused nodes read, added after splicing
+        self.order = {id(n): i for i, n in enumerate(graph.node)}
         infos = list(graph.input) + list(graph.value_info) + list(graph.output)
         self.elem = {v.name: v.type.tensor_type.elem_type for v in infos}
         self.dims = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                               for d in v.type.tensor_type.shape.dim]
                      for v in infos if v.type.tensor_type.HasField("shape")}
+
+    def group_name(self, nodes):
+        """A fused node's name: the names of the nodes it covers, in graph order, as profiles show them."""
+        return "+".join(n.name for n in sorted(nodes, key=lambda n: self.order[id(n)]) if n.name)
 
     def node(self, name, op_type):
         """The producer of ``name`` if it is an ai.onnx ``op_type`` node, else None."""
@@ -267,8 +272,11 @@ def _rotary_heads(g, name):
                     continue
                 found = _rotate_half(g, concat, x, heads, cos, sin)
                 if found is not None:
-                    source, num_heads, depth, nodes, rotary, tables = found
-                    return source, num_heads, depth, nodes + [x_mul, rot_mul, concat, add], rotary, add, tables
+                    source, num_heads, depth, nodes, inputs, tables = found
+                    nodes += [x_mul, rot_mul, concat, add]
+                    rotary = helper.make_node("RotaryEmbedding", inputs, [f"{x}/rotary"], domain=_MS,
+                                              name=g.group_name(nodes) or f"{x}/rotary", num_heads=num_heads)
+                    return source, num_heads, depth, nodes, rotary, add, tables, {id(n) for n in nodes}
     return None
 
 
@@ -311,8 +319,7 @@ def _rotate_half(g, concat, x, heads, cos_name, sin_name):
     tables = [numpy_helper.from_array(np.zeros(1, np.int64), inputs[1]),
               numpy_helper.from_array(np.ascontiguousarray(caches[0]), inputs[2]),
               numpy_helper.from_array(np.ascontiguousarray(caches[1]), inputs[3])]
-    rotary = helper.make_node("RotaryEmbedding", inputs, [prefix], name=prefix, domain=_MS, num_heads=num_heads)
-    return source, num_heads, depth, split_nodes + [first, second, neg], rotary, tables
+    return source, num_heads, depth, split_nodes + [first, second, neg], inputs, tables
 
 
 def _attentions(g, replaced, removed, broadcast_masks):
@@ -391,17 +398,19 @@ def _attentions(g, replaced, removed, broadcast_masks):
                 or not g.only_inside(nodes, merge):
             continue
         # A rotary embedding takes the place of its last node (the Add) in the graph's order.
-        sources = []
+        sources, in_rotary = [], set()
         for found in (q, k):
             if len(found) > 4:
-                rotary, last, tables = found[4:]
+                rotary, last, tables, covered = found[4:]
+                in_rotary |= covered
                 replaced[id(last)] = rotary
                 g.new_constants += tables
                 sources.append(rotary.output[0])
             else:
                 sources.append(found[0])
         fused = helper.make_node("MultiHeadAttention", [*sources, v[0], "", "", mask] if mask else
-                                 [*sources, v[0]], [merge.output[0]], name=softmax.name or merge.name,
+                                 [*sources, v[0]], [merge.output[0]],
+                                 name=g.group_name([n for n in nodes if id(n) not in in_rotary]),
                                  domain=_MS, num_heads=q[1], scale=float(scale),
                                  **({"unidirectional": 1} if causal else {}))
         replaced[id(merge)] = fused
