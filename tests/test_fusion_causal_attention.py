@@ -1,10 +1,13 @@
-"""Causal attention fusion: a decoder's attention — rotate-half rotary on q and k written out (Slice, Neg, Concat,
+"""Decoder fusions. Causal attention: a decoder's attention — rotate-half rotary on q and k written out (Slice, Neg, Concat,
 Mul, Add), a causal mask (a constant triangular Add, or a Where on a constant triangular condition), Softmax and
 MatMul — becomes com.microsoft RotaryEmbedding + MultiHeadAttention(unidirectional=1), run by the fused kernel.
+RMSNorm written out (x * x or x ^ 2, ReduceMean, Add eps, Sqrt, Div or Reciprocal + Mul, gain Mul) becomes
+SimplifiedLayerNormalization.
 
 Tolerance against onnxruntime on the unfused model: 1e-5 relative and absolute (float32). The rotary kernel rounds
 exactly as the written-out nodes; the attention kernel folds the scale into Q and reassociates the softmax sums
-(fast-math), which moves results by a few ulps (observed ~1e-6 on outputs of magnitude ~1).
+(fast-math), which moves results by a few ulps (observed ~1e-6 on outputs of magnitude ~1); RMSNorm multiplies
+by 1/rms where the nodes divide by rms (one more rounding).
 """
 import json
 import os
@@ -48,7 +51,9 @@ def test_decoder_stack_attention_runs_fused_and_causal(seq):
     sess = qrt.InferenceSession(model)
     ops = _ops(sess.model)
     assert ops.count("MultiHeadAttention") == 2 and ops.count("RotaryEmbedding") == 4
-    assert not {"Softmax", "Where", "Slice", "Neg", "Concat", "Transpose", "Reshape"} & set(ops)
+    assert ops.count("SimplifiedLayerNormalization") == 5
+    assert not {"Softmax", "Where", "Slice", "Neg", "Concat", "Transpose", "Reshape", "ReduceMean", "Sqrt",
+                "Div"} & set(ops)
     for mha in (n for n in sess.model.graph.node if n.op_type == "MultiHeadAttention"):
         assert {a.name: a.i for a in mha.attribute}["unidirectional"] == 1 and len(mha.input) == 3
     np.testing.assert_allclose(sess.run(None, feeds)[0], want, **TOL)
@@ -134,3 +139,32 @@ def test_rotary_node_is_named_after_the_nodes_it_covers(tmp_path):
                       "layer0.q.split_reshape+layer0.q.heads_transpose+layer0.q_rope.x1_slice+layer0.q_rope.x2_slice+"
                       "layer0.q_rope.neg_neg+layer0.q_rope.rot_concat+layer0.q_rope.xcos_mul+layer0.q_rope.rsin_mul+"
                       "layer0.q_rope.out_add"]
+
+
+@pytest.mark.parametrize("square, inverse, gain", [("Pow", "Div", True), ("Mul", "Reciprocal", True),
+                                                   ("Mul", "Div", False)])
+def test_rms_norm_forms(square, inverse, gain):
+    hidden = 48
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+             numpy_helper.from_array(np.linspace(0.5, 1.5, hidden).astype(np.float32), "g")]
+    n = helper.make_node
+    nodes = [n("Pow", ["x", "two"], ["sq"], name="sq") if square == "Pow" else n("Mul", ["x", "x"], ["sq"], name="sq"),
+             n("ReduceMean", ["sq", "axes"], ["ms"], name="ms", keepdims=1),
+             n("Add", ["ms", "eps"], ["mse"], name="mse"), n("Sqrt", ["mse"], ["rms"], name="rms")]
+    if inverse == "Div":
+        nodes.append(n("Div", ["x", "rms"], ["normed"], name="normed"))
+    else:
+        nodes += [n("Reciprocal", ["rms"], ["inv"], name="inv"), n("Mul", ["inv", "x"], ["normed"], name="normed")]
+    if gain:
+        nodes.append(n("Mul", ["normed", "g"], ["out"], name="gain"))
+    nodes.append(n("Relu", ["out" if gain else "normed"], ["y"], name="after"))
+    graph = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, hidden])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 5, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    feeds = {"x": (np.random.default_rng(7).standard_normal((3, 5, hidden)) * 3).astype(np.float32)}
+    sess = qrt.InferenceSession(model, _options(qrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED))
+    assert _ops(sess.model) == ["SimplifiedLayerNormalization", "Relu"]
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], **TOL)
+    np.testing.assert_allclose(_ort(sess.model, feeds)[0], _ort(model, feeds)[0], **TOL)

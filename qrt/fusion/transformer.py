@@ -189,6 +189,55 @@ def _decomposed_layer_norms(g, replaced, removed):
         removed.update(id(n) for n in nodes if n is not shift_add)
 
 
+def _decomposed_rms_norms(g, replaced, removed):
+    """x / Sqrt(ReduceMean(x * x | x ^ 2, last axis) + eps) (or x * Reciprocal(...)), times a constant gain
+    vector when one follows, becomes SimplifiedLayerNormalization (a gain of ones when none does)."""
+    for sqrt in g.graph.node:
+        if sqrt.op_type != "Sqrt" or sqrt.domain not in ("", "ai.onnx") or id(sqrt) in removed:
+            continue
+        add_eps = g.node(sqrt.input[0], "Add")
+        if add_eps is None:
+            continue
+        ms_name, eps_name = add_eps.input if g.scalar(add_eps.input[1]) is not None else add_eps.input[::-1]
+        epsilon, mean_square = g.scalar(eps_name), _last_axis_mean(g, ms_name)
+        square = mean_square and (g.node(mean_square.input[0], "Pow") or g.node(mean_square.input[0], "Mul"))
+        if epsilon is None or square is None or not g.is_float(eps_name) or \
+                (g.scalar(square.input[1]) != 2.0 if square.op_type == "Pow" else square.input[0] != square.input[1]):
+            continue
+        x = square.input[0]
+        readers = g.consumers.get(sqrt.output[0], [])
+        nodes = [square, mean_square, add_eps, sqrt]
+        if len(readers) == 1 and readers[0].op_type == "Div" and list(readers[0].input) == [x, sqrt.output[0]]:
+            normed = readers[0]
+        elif len(readers) == 1 and readers[0].op_type == "Reciprocal":
+            nodes.append(readers[0])
+            after = g.consumers.get(readers[0].output[0], [])
+            normed = after[0] if len(after) == 1 and after[0].op_type == "Mul" and \
+                _operands(after[0], x) is not None and _operands(after[0], x)[1] == readers[0].output[0] else None
+        else:
+            normed = None
+        hidden = (g.dims.get(x) or [None])[-1]
+        if normed is None or not isinstance(hidden, int) or hidden <= 0 or not g.is_float(x):
+            continue
+        nodes.append(normed)
+        last, gain = normed, None
+        after = g.consumers.get(normed.output[0], [])
+        if len(after) == 1 and after[0].op_type == "Mul" and normed.output[0] not in g.protected:
+            other = _operands(after[0], normed.output[0])[1]
+            value = g.constants.get(other)
+            if value is not None and value.shape == (hidden,) and value.dtype == np.float32:
+                last, gain = after[0], other
+                nodes.append(last)
+        if any(id(n) in removed or id(n) in replaced for n in nodes) or not g.only_inside(nodes, last):
+            continue
+        if gain is None:
+            gain = f"{last.output[0]}/gain"
+            g.new_constants.append(numpy_helper.from_array(np.ones(hidden, np.float32), gain))
+        replaced[id(last)] = helper.make_node("SimplifiedLayerNormalization", [x, gain], [last.output[0]],
+                                              name=g.group_name(nodes), axis=-1, epsilon=epsilon)
+        removed.update(id(n) for n in nodes if n is not last)
+
+
 def _split_heads(g, name, perm):
     """(projection, heads, head_size, nodes) when ``name`` is Transpose(perm)(Reshape(x, [*, *, N, D]))."""
     t = g.node(name, "Transpose")
@@ -427,8 +476,10 @@ def fuse_transformer(model: onnx.ModelProto, broadcast_masks: bool = False) -> o
     g = _Graph(model)
     replaced, removed = {}, set()
     _decomposed_layer_norms(g, replaced, removed)
+    _decomposed_rms_norms(g, replaced, removed)
     if replaced:
         model = splice_nodes(model, replaced, removed)
+        model.graph.initializer.extend(g.new_constants)
         g = _Graph(model)
     replaced, removed = {}, set()
     _attentions(g, replaced, removed, broadcast_masks)

@@ -149,6 +149,18 @@ class RMSNormalization(_ConstantParams, Op):
         return y.astype(scale.dtype, copy=False)
 
 
+@register("SimplifiedLayerNormalization", 1)
+class SimplifiedLayerNormalization(RMSNormalization):
+    """onnxruntime's contrib RMS normalization in the ai.onnx domain, which its optimizer and qrt's
+    (:mod:`qrt.fusion.transformer`) emit for a written-out RMSNorm; outputs Y and optionally 1/rms."""
+
+    def run(self, x, scale):
+        y, _, inv_std = _normalize(self.op_type, x, scale, None, self.axis, self.epsilon, rms=True,
+                                   layouts=self._layouts_for(scale, None))
+        y = y.astype(x.dtype, copy=False)
+        return y if self.n_outputs <= 1 else (y, inv_std.astype(np.float32, copy=False))
+
+
 @register("SkipLayerNormalization", 1, domain="com.microsoft")
 class SkipLayerNormalization(Op):
     """com.microsoft SkipLayerNormalization: LayerNormalization(input + skip (+ bias)) over the last axis.
