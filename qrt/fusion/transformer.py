@@ -9,8 +9,15 @@
   (Mul or Div by a constant), an optional additive mask, Softmax over the keys, MatMul, and the
   Transpose/Reshape merging the heads — becomes MultiHeadAttention on the 3-D projections, run by
   qrt's fused attention kernel (BLAS products, masking and softmax in one pass per score row).
+  A causal mask — a constant Add of <= -1e4 above the diagonal, or a Where on a constant lower-triangular
+  condition (torch's masked_fill) — becomes ``unidirectional=1`` instead of a bias input; a rotate-half
+  rotary embedding written out over Q's or K's heads (Slice, Neg, Concat, Mul by cos and sin tables)
+  becomes com.microsoft RotaryEmbedding on the 3-D projection, so decoder (Llama-style) blocks fuse too.
+  Both need the sequence length as a number in the graph, equal to the constant mask's or tables' size.
+* RMSNorm written out (x * x, ReduceMean, + eps, Sqrt, Div or Reciprocal and Mul, a gain Mul) becomes
+  SimplifiedLayerNormalization, the ai.onnx-domain contrib op onnxruntime's optimizer emits.
 
-onnxruntime runs both ops, so a model saved after these fusions stays runnable there. Each matched
+onnxruntime runs all these ops, so a model saved after these fusions stays runnable there. Each matched
 node's intermediate results must be read only inside the pattern, or the nodes stay as they are.
 """
 from __future__ import annotations
@@ -330,9 +337,10 @@ def _rotary_heads(g, name):
 
 
 def _half_slice(g, name, x, start, end, depth):
+    """The Slice producing ``name`` if it is x[..., start:end] (an end past ``depth`` counts as ``depth``)."""
     s = g.node(name, "Slice")
-    if s is None or s.input[0] != x or len(s.input) < 4 or \
-            any(i not in g.constants for i in s.input[1:]) or len(s.input) > 4 and s.input[4] and \
+    if s is None or s.input[0] != x or len(s.input) < 4 or not s.input[3] or \
+            any(i not in g.constants for i in s.input[1:] if i) or len(s.input) > 4 and s.input[4] and \
             [int(v) for v in g.constants[s.input[4]].reshape(-1)] != [1]:
         return None
     starts, ends, axes = ([int(v) for v in g.constants[i].reshape(-1)] for i in s.input[1:4])
@@ -429,8 +437,9 @@ def _attentions(g, replaced, removed, broadcast_masks):
         if q is None or k is None or v is None or len({q[1], k[1], v[1]}) != 1 or q[2] != k[2]:
             continue
         seq = _static_seq(g, q[0])
-        causal = seq is not None and seq == _static_seq(g, k[0]) and (where or add) is not None and \
-            _causal_mask(g, where or add, mask_input, seq)
+        mask_node = where if where is not None else add
+        causal = seq is not None and seq == _static_seq(g, k[0]) and mask_node is not None and \
+            _causal_mask(g, mask_node, mask_input, seq)
         if causal:
             mask = ""
         elif where is not None:
