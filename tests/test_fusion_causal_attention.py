@@ -168,3 +168,25 @@ def test_rms_norm_forms(square, inverse, gain):
     assert _ops(sess.model) == ["SimplifiedLayerNormalization", "Relu"]
     np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], **TOL)
     np.testing.assert_allclose(_ort(sess.model, feeds)[0], _ort(model, feeds)[0], **TOL)
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("positions", ["start", "per_token"])
+def test_microsoft_rotary_embedding_matches_onnxruntime(interleaved, positions):
+    rng = np.random.default_rng(8)
+    batch, seq, heads, dh = 2, 5, 3, 8
+    x = rng.standard_normal((batch, seq, heads * dh)).astype(np.float32)
+    cos, sin = (rng.standard_normal((12, dh // 2)).astype(np.float32) for _ in range(2))
+    ids = np.array([3], np.int64) if positions == "start" else rng.integers(0, 12, (batch, seq))
+    node = helper.make_node("RotaryEmbedding", ["x", "ids", "cos", "sin"], ["y"], domain="com.microsoft",
+                            num_heads=heads, interleaved=interleaved)
+    graph = helper.make_graph([node], "rope", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+                                               helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", "m"][:ids.ndim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+                              [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(sin, "sin")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"x": x, "ids": ids}
+    np.testing.assert_allclose(qrt.InferenceSession(model).run(None, feeds)[0], _ort(model, feeds)[0], **TOL)
+    with pytest.raises(qrt.errors.QrtError, match="position_ids"):
+        qrt.InferenceSession(model).run(None, {"x": x, "ids": np.zeros((2,) if ids.ndim == 1 else (1, 2), np.int64)})
