@@ -1,5 +1,5 @@
-"""Decoder fusions. Causal attention: a decoder's attention — rotate-half rotary on q and k written out (Slice, Neg, Concat,
-Mul, Add), a causal mask (a constant triangular Add, or a Where on a constant triangular condition), Softmax and
+"""Decoder fusions. Causal attention: a decoder's attention — rotate-half rotary on q and k written out (Slice, Neg,
+Concat, Mul, Add), a causal mask (a constant triangular Add, or a Where on a constant triangular condition), Softmax and
 MatMul — becomes com.microsoft RotaryEmbedding + MultiHeadAttention(unidirectional=1), run by the fused kernel.
 RMSNorm written out (x * x or x ^ 2, ReduceMean, Add eps, Sqrt, Div or Reciprocal + Mul, gain Mul) becomes
 SimplifiedLayerNormalization.
@@ -84,7 +84,8 @@ def _attention(mask_form, seq=7, hidden=32, heads=4):
                     [0, 2, 1, 3])]
     nodes += [n("MatMul", ["q_h", "k_h"], ["qk"], name="qk"), n("Div", ["qk", "root"], ["scores"], name="scale")]
     if mask_form == "where_keep":        # Where(tril, scores, -inf)
-        inits += [numpy_helper.from_array(~upper, "keep"), numpy_helper.from_array(np.array(-np.inf, np.float32), "fill")]
+        inits += [numpy_helper.from_array(~upper, "keep"),
+                  numpy_helper.from_array(np.array(-np.inf, np.float32), "fill")]
         nodes.append(n("Where", ["keep", "scores", "fill"], ["masked"], name="mask"))
     elif mask_form == "masked_fill":     # torch's masked_fill(triu, finfo.min)
         inits += [numpy_helper.from_array(upper, "hide"),
@@ -101,7 +102,8 @@ def _attention(mask_form, seq=7, hidden=32, heads=4):
               n("MatMul", ["probs", "v_h"], ["ctx_h"], name="pv"),
               n("Transpose", ["ctx_h"], ["ctx_t"], name="ctx_t", perm=[0, 2, 1, 3]),
               n("Reshape", ["ctx_t", "merge"], ["y"], name="ctx_merge")]
-    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, seq, hidden])],
+    graph = helper.make_graph(nodes, "attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, seq, hidden])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, seq, hidden])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -180,8 +182,9 @@ def test_microsoft_rotary_embedding_matches_onnxruntime(interleaved, positions):
     ids = np.array([3], np.int64) if positions == "start" else rng.integers(0, 12, (batch, seq))
     node = helper.make_node("RotaryEmbedding", ["x", "ids", "cos", "sin"], ["y"], domain="com.microsoft",
                             num_heads=heads, interleaved=interleaved)
-    graph = helper.make_graph([node], "rope", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
-                                               helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", "m"][:ids.ndim])],
+    graph = helper.make_graph([node], "rope",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+                               helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", "m"][:ids.ndim])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
                               [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(sin, "sin")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
