@@ -306,10 +306,11 @@ def _causal_mask(g, node, scores, seq):
 
 
 def _rotary_heads(g, name):
-    """(projection, heads, head_size, nodes, RotaryEmbedding node) when ``name`` is the rotate-half rotary
-    embedding written out (x * cos + Concat(-x2, x1) * sin) over split heads x of a projection whose
-    sequence length is the caches' row count. The com.microsoft RotaryEmbedding node reads the 3-D
-    projection at positions 0.. and writes ``name`` + "/rotary", still (B, S, heads * D)."""
+    """When ``name`` is the rotate-half rotary embedding written out (x * cos + Concat(-x2, x1) * sin) over
+    split heads x of a projection whose sequence length is the tables' row count: (projection, heads,
+    head_size, covered nodes, RotaryEmbedding node, the Add it replaces, its new initializers, ids of the
+    covered nodes). The com.microsoft RotaryEmbedding node reads the 3-D projection from position 0 and
+    writes x + "/rotary", still (B, S, heads * D)."""
     add = g.node(name, "Add")
     if add is None:
         return None
