@@ -149,6 +149,18 @@ class RMSNormalization(_ConstantParams, Op):
         return y.astype(scale.dtype, copy=False)
 
 
+@register("SimplifiedLayerNormalization", 1)
+class SimplifiedLayerNormalization(RMSNormalization):
+    """onnxruntime's contrib RMS normalization in the ai.onnx domain, which its optimizer and qrt's
+    (:mod:`qrt.fusion.transformer`) emit for a written-out RMSNorm; outputs Y and optionally 1/rms."""
+
+    def run(self, x, scale):
+        y, _, inv_std = _normalize(self.op_type, x, scale, None, self.axis, self.epsilon, rms=True,
+                                   layouts=self._layouts_for(scale, None))
+        y = y.astype(x.dtype, copy=False)
+        return y if self.n_outputs <= 1 else (y, inv_std.astype(np.float32, copy=False))
+
+
 @register("SkipLayerNormalization", 1, domain="com.microsoft")
 class SkipLayerNormalization(Op):
     """com.microsoft SkipLayerNormalization: LayerNormalization(input + skip (+ bias)) over the last axis.
@@ -417,6 +429,35 @@ class RotaryEmbedding(Op):
         if x.ndim == 3:
             out = out.transpose(0, 2, 1, 3).reshape(x.shape)
         return out.astype(x.dtype)
+
+
+@register("RotaryEmbedding", 1, domain="com.microsoft")
+class MicrosoftRotaryEmbedding(Op):
+    """com.microsoft RotaryEmbedding: ``position_ids`` (1,) is the first position of every sequence,
+    (B, S) gives each token's; caches are (max positions, rotary_dim / 2)."""
+
+    def __init__(self, interleaved=0, num_heads=0, rotary_embedding_dim=0, scale=1.0, is_packed_batching=0):
+        if is_packed_batching or float(scale) != 1.0:
+            raise InvalidModel("qrt's com.microsoft RotaryEmbedding supports neither packed batching nor a scale")
+        self.interleaved, self.num_heads, self.rotary_dim = interleaved, int(num_heads), rotary_embedding_dim
+
+    def run(self, x, position_ids, cos_cache, sin_cache):
+        if x.ndim not in (3, 4) or cos_cache.ndim != 2:
+            raise InvalidArgument(f"RotaryEmbedding takes a 3-D or 4-D input and 2-D caches, got {x.shape} and "
+                                  f"{cos_cache.shape}")
+        heads = self.num_heads
+        if x.ndim == 3 and heads <= 0:
+            # Without num_heads the head size is the rotary width, the caches' width doubled.
+            heads = x.shape[2] // (2 * cos_cache.shape[1]) if cos_cache.shape[1] else 0
+        inner = RotaryEmbedding(self.interleaved, heads, self.rotary_dim)
+        batch, seq = x.shape[0], x.shape[-2] if x.ndim == 4 else x.shape[1]
+        ids = np.asarray(position_ids, dtype=np.int64)
+        if ids.shape == (1,):
+            ids = np.broadcast_to(ids[0] + np.arange(seq, dtype=np.int64), (batch, seq))
+        elif ids.shape != (batch, seq):
+            raise InvalidArgument(f"RotaryEmbedding position_ids of shape {ids.shape} must be (1,) or "
+                                  f"(batch {batch}, sequence {seq})")
+        return inner.run(x, cos_cache, sin_cache, ids)
 
 
 # ---------------------------------------------------------------- dropout
