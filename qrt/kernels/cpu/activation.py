@@ -7,7 +7,8 @@ from numba import njit
 
 from . import vmath
 
-ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6}
+ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6,
+                    "HardSwish": 7}
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -46,9 +47,17 @@ def bias_activate_row(src, b, dst, code, alpha, beta):
             v = a * (src[q] + shift) + c
             v = zero if v < zero else v     # comparisons, not min/max: a NaN stays NaN
             dst[q] = one if v > one else v
-    else:     # 6, Tanh
+    elif code == 6:
         for q in range(n):
             dst[q] = vmath.tanh(src[q] + shift)
+    else:     # 7, HardSwish: v * HardSigmoid(v) with alpha 1/6 and beta 0.5, as onnxruntime computes it
+        sixth = dst.dtype.type(1.0 / 6.0)
+        half = dst.dtype.type(0.5)
+        for q in range(n):
+            v = src[q] + shift
+            gate = v * sixth + half
+            gate = zero if gate < zero else gate     # a NaN v gives NaN: v times anything
+            dst[q] = v * (one if gate > one else gate)
 
 
 @njit(cache=True, error_model="numpy")
