@@ -93,3 +93,16 @@ def test_epilogue_kernel_matches_the_hardswish_formula():
     v = src + np.float32(0.25)
     want = v * np.clip(v * np.float32(1 / 6) + np.float32(0.5), 0, 1)
     np.testing.assert_allclose(dst, want, rtol=1e-6, atol=1e-7)
+
+
+def test_one_pixel_pointwise_conv_runs_on_openblas_and_matches_onnxruntime():
+    """A 1x1 plane (squeeze-excitation, classifier head) would fill 1 of the micro-kernel's 32 columns."""
+    model = _conv_model(64, 96, 1, 1, 1, 1)
+    sess = qrt.InferenceSession(model)
+    x = np.random.default_rng(2).standard_normal((1, 64, 1, 1)).astype(np.float32)
+    got, = sess.run(None, {"x": x})
+    want, = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    conv = next(step.kernel for step in sess._plan.steps if hasattr(step.kernel, "_plans"))
+    micro_kernel = next(iter(conv._plans.values()))[4]
+    assert micro_kernel is False
