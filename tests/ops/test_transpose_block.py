@@ -56,3 +56,25 @@ def test_depthwise_channels_last_vector_and_scalar_moves_agree(channels, plane, 
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     assert np.isnan(outs[0][0, 0, 0, 0, 0]) and not np.isnan(outs[0][1]).any()
+
+
+@pytest.mark.parametrize("vector", [True, False])
+def test_block_transpose_of_float64(vector):
+    """float64 convolutions reach the channels-last kernel too: the shuffles are per element."""
+    src = np.arange(16 * 16, dtype=np.float64) + 0.5
+    dst = np.zeros(16 * 16)
+    _transpose(src, 0, 16, dst, 0, 16, 16, 16, vector)
+    np.testing.assert_array_equal(dst.reshape(16, 16), src.reshape(16, 16).T)
+
+
+def test_depthwise_channels_last_in_float64_matches_the_plane_kernel():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 32, 1, 14, 14))
+    w = rng.standard_normal((32, 1, 1, 3, 3))
+    bias = rng.standard_normal(32)
+    geom = pack_geometry([1, 3, 3], [1, 1, 1], [1, 1, 1], [0, 1, 1])
+    got = np.empty((1, 32, 1, 14, 14))
+    k.conv_depthwise_channels_last(x, w, bias, geom, got, np.empty(x.size), 0, 0.0, 0.0, True)
+    want = np.empty_like(got)
+    k.conv_depthwise(x, w, bias, geom, want, 0, 0.0, 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -182,12 +182,12 @@ _STAGES = _transpose_stages()
 @intrinsic
 def _transpose16(typingctx, src, src_off, src_stride, dst, dst_off, dst_stride):
     """dst[dst_off + j * dst_stride + i] = src[src_off + i * src_stride + j] for i, j < 16: 16 vector
-    loads, 64 shuffles, 16 vector stores (float32 arrays, any CPU; one zmm per row with AVX-512)."""
+    loads, 64 shuffles, 16 vector stores (arrays of one dtype, any CPU; one zmm per float32 row with
+    AVX-512)."""
     sig = types.void(src, src_off, src_stride, dst, dst_off, dst_stride)
 
     def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 16)
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), 16)
         i64 = ir.IntType(64)
         src_v, src_off_v, src_stride_v, dst_v, dst_off_v, dst_stride_v = args
         src_base = builder.gep(context.make_array(signature.args[0])(context, builder, src_v).data, [src_off_v])
@@ -208,7 +208,7 @@ def _transpose16(typingctx, src, src_off, src_stride, dst, dst_off, dst_stride):
 @njit(cache=True, inline="always")
 def transpose_block(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols, vector):
     """dst[dst_off + j * dst_stride + i] = src[src_off + i * src_stride + j] for i < rows, j < cols
-    (flat float32 arrays). A full 16x16 block with ``vector`` runs as shuffles of 16-float rows; the
+    (flat arrays of one dtype). A full 16x16 block with ``vector`` runs as shuffles of 16-float rows; the
     scalar loop (partial blocks, and CPUs without AVX-512, where 16-float vectors are split) moved one
     element per load and store, and two such transposes were half of the depthwise kernel's time."""
     if vector and rows == 16 and cols == 16:
