@@ -1,7 +1,7 @@
 """Plan-time fusion of an activation into the Conv or Gemm that feeds it.
 
-Conv -> {Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, Tanh} becomes com.microsoft FusedConv and
-Gemm -> activation (but Clip, which onnxruntime's FusedGemm lacks) becomes com.microsoft FusedGemm: the kernel applies the activation in the pass
+Conv -> {Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, Tanh, HardSwish} becomes com.microsoft FusedConv and
+Gemm -> activation (but Clip and HardSwish, which onnxruntime's FusedGemm lacks) becomes com.microsoft FusedGemm: the kernel applies the activation in the pass
 that adds the bias, saving a full read and write of the output and one intermediate. These are the
 ops (and attribute names) onnxruntime's own fusion emits, so a model saved after fusion still runs
 there. The output keeps the activation's tensor name; nothing else in the graph changes.
@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from ..graphs import attr, consumers_by_name, names_read_by_subgraphs, prune_after_rewrite
 
-_FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}
+_FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "HardSwish"}
 _MS = "com.microsoft"
 
 
@@ -67,8 +67,8 @@ def fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
         act = users[0]
         if act.op_type not in _FUSABLE or act.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type == "Gemm" and act.op_type == "Clip":
-            continue   # onnxruntime's FusedGemm has no Clip; keep the fused model runnable there
+        if node.op_type == "Gemm" and act.op_type in ("Clip", "HardSwish"):
+            continue   # onnxruntime's FusedGemm has neither; keep the fused model runnable there
         params = _activation_params(act, constants, opset)
         if params is None:
             continue

@@ -203,6 +203,10 @@ def conv_tiling(n_images, group, m_group, plane, pointwise, workers):
 # outputs on, the two transposes cost more than they save (16 x 112x112 2x slower).
 CHANNELS_LAST_MAX_PLANE = 28 * 28
 CHANNELS_LAST_MIN_CHANNELS = 16
+# Output planes smaller than this stay on OpenBLAS: the micro-kernel computes strips of sgemm.NR
+# (32) columns, so a 1x1 plane (a squeeze-excitation block, a classifier head) wasted 31/32 of its
+# multiply-adds and took 2x OpenBLAS's time (512 -> 1280 channels: 277 us against 134 us).
+MICRO_KERNEL_MIN_PLANE = 8
 
 
 def _channels_last_pays(channels, out_plane):
@@ -271,7 +275,7 @@ class Conv(_Window):
             channels_last = n_out == channels and n_axes <= 2 and _channels_last_pays(channels, plane)
             depthwise = "channels_last" if channels_last else "planes"
         pointwise = taps == 1 and all(s == 1 for s in strides) and not any(begins) and not any(ends)
-        micro_kernel = depthwise is None and _uses_sgemm(compute_dtype(X, "Conv"))
+        micro_kernel = depthwise is None and plane >= MICRO_KERNEL_MIN_PLANE and _uses_sgemm(compute_dtype(X, "Conv"))
         if micro_kernel and not pointwise and n_axes <= 2:
             micro_kernel = "implicit"
             lead = [1] * (2 - n_axes)
@@ -322,7 +326,8 @@ class Conv(_Window):
         threads = threads_for(out.size * w5[0].size)
         if depthwise == "channels_last":
             image = _scratch_buffer(X[0].size, dtype)
-            call_with_threads(threads, k.conv_depthwise_channels_last, x5, w5, bias, geom, out, image, act, alpha, beta)
+            call_with_threads(threads, k.conv_depthwise_channels_last, x5, w5, bias, geom, out, image, act, alpha, beta,
+                              sgemm.ISA == "avx512")
         elif depthwise == "planes":
             call_with_threads(threads, k.conv_depthwise, x5, w5, bias, geom, out, act, alpha, beta)
         elif micro_kernel == "implicit":

@@ -7,15 +7,28 @@ from numba import njit
 
 from . import vmath
 
-ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6}
+ACTIVATION_CODES = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "Tanh": 6,
+                    "HardSwish": 7}
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, error_model="numpy")
 def bias_activate_row(src, b, dst, code, alpha, beta):
-    """dst[q] = activation(src[q] + b); ``dst`` may be ``src``. The activation is chosen once per row
-    and every branch has its own loop, in the arrays' dtype: a switch inside one loop (or a float64
-    bias or parameter) kept LLVM from vectorizing, and a ReLU epilogue then cost as much as the
-    convolution's GEMM."""
+    """dst[q] = activation(src[q] + b); ``dst`` may be ``src``.
+
+    In place, the loops get ``dst`` as both operands: given two arrays at one address, LLVM's
+    runtime overlap check sends every loop to its scalar version, which made in-place epilogues
+    (every conv path's, HardSigmoid and HardSwish included) 4-10x slower than a copy."""
+    if src.ctypes.data == dst.ctypes.data and src.strides[0] == dst.strides[0]:
+        _bias_activate(dst, b, dst, code, alpha, beta)
+    else:
+        _bias_activate(src, b, dst, code, alpha, beta)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _bias_activate(src, b, dst, code, alpha, beta):
+    """The activation is chosen once per row and every branch has its own loop, in the arrays'
+    dtype: a switch inside one loop (or a float64 bias or parameter) kept LLVM from vectorizing,
+    and a ReLU epilogue then cost as much as the convolution's GEMM."""
     zero = dst.dtype.type(0)
     one = dst.dtype.type(1)
     shift = dst.dtype.type(b)
@@ -39,16 +52,48 @@ def bias_activate_row(src, b, dst, code, alpha, beta):
             v = src[q] + shift
             dst[q] = v if v >= zero else a * v
     elif code == 4:
-        for q in range(n):
-            dst[q] = vmath.sigmoid(src[q] + shift)
+        _transcendental_row(src, shift, dst, True)
     elif code == 5:
         for q in range(n):
             v = a * (src[q] + shift) + c
             v = zero if v < zero else v     # comparisons, not min/max: a NaN stays NaN
             dst[q] = one if v > one else v
-    else:     # 6, Tanh
+    elif code == 6:
+        _transcendental_row(src, shift, dst, False)
+    else:     # 7, HardSwish: v * HardSigmoid(v) with alpha 1/6 and beta 0.5, as onnxruntime computes it
+        sixth = dst.dtype.type(1.0 / 6.0)
+        half = dst.dtype.type(0.5)
         for q in range(n):
+            v = src[q] + shift
+            gate = v * sixth + half
+            gate = zero if gate < zero else gate     # a NaN v gives NaN: v times anything
+            dst[q] = v * (one if gate > one else gate)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _transcendental_row(src, shift, dst, sigmoid):
+    """Sigmoid (or Tanh) of src + shift. Calls of their own, one vmath call site each: Numba's SSA
+    pass trips over vmath's branches inlined twice into one function."""
+    if src.ctypes.data == dst.ctypes.data and src.strides[0] == dst.strides[0]:
+        _transcendental_in_place(dst, shift, sigmoid)
+    elif sigmoid:
+        for q in range(dst.shape[0]):
+            dst[q] = vmath.sigmoid(src[q] + shift)
+    else:
+        for q in range(dst.shape[0]):
             dst[q] = vmath.tanh(src[q] + shift)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _transcendental_in_place(row, shift, sigmoid):
+    """In place, with loops that read ``row`` itself (the overlap check again: the scalar fallback
+    took 6-8x as long)."""
+    if sigmoid:
+        for q in range(row.shape[0]):
+            row[q] = vmath.sigmoid(row[q] + shift)
+    else:
+        for q in range(row.shape[0]):
+            row[q] = vmath.tanh(row[q] + shift)
 
 
 @njit(cache=True, error_model="numpy")

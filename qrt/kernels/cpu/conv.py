@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import bias_activate_row
+from .movement import transpose_block
 
 # Output rows narrower than this build column tiles through a gather table (see _im2col_tile_gather).
 GATHER_BELOW_WIDTH = 24
@@ -361,24 +362,8 @@ def conv_depthwise(x, w, bias, geom, out, act, alpha, beta):
                 bias_activate_row(wide[b * cols_q:b * cols_q + out_w], 0.0, out[n, m, a, b], act, alpha, beta)
 
 
-@njit(cache=True, inline="always")
-def _store_transposed(acc, rows, clamp, low, high):
-    """rows[c, o] = acc[o, c], clamped to [low, high] when ``clamp``; NaN stays NaN, as in
-    onnxruntime's Relu and Clip. (A clamp to infinities instead of none cost 8%.)"""
-    for c in range(rows.shape[0]):
-        row = rows[c]
-        if not clamp:
-            for o in range(row.shape[0]):
-                row[o] = acc[o, c]
-            continue
-        for o in range(row.shape[0]):
-            v = acc[o, c]
-            v = low if v < low else v
-            row[o] = high if v > high else v
-
-
 @njit(cache=True, parallel=True, fastmath={"contract"})
-def conv_depthwise_channels_last(x, w, bias, geom, out, xt, act, alpha, beta):
+def conv_depthwise_channels_last(x, w, bias, geom, out, xt, act, alpha, beta, vector):
     """2-D depthwise convolution (one input channel per output channel) computed channels-last.
 
     ``x`` is ``(N, C, 1, H, W)``, ``w`` ``(C, 1, 1, kH, kW)``, ``out`` ``(N, C, 1, OH, OW)``; ``xt`` is
@@ -387,6 +372,8 @@ def conv_depthwise_channels_last(x, w, bias, geom, out, xt, act, alpha, beta):
     output row is transposed back with bias and activation applied. Planes of 7x7 to 28x28 (the
     late layers of mobile nets) are too small to vectorize along a row: per-channel sweeps spent
     their time on loop overhead, 5-12x slower than onnxruntime's channel-blocked kernel.
+    Both transposes move 16x16 blocks as vector shuffles when ``vector`` (AVX-512 hosts, see
+    :func:`qrt.kernels.cpu.movement.transpose_block`).
     """
     n_images, channels, _, height, width = x.shape
     out_h, out_w = out.shape[3], out.shape[4]
@@ -404,55 +391,77 @@ def conv_depthwise_channels_last(x, w, bias, geom, out, xt, act, alpha, beta):
         if has_bias:
             initial[c] = bias[c]
     image = xt[:height * width * channels].reshape(height, width, channels)
+    flat_x = x.reshape(x.size)
+    flat_image = xt[:height * width * channels]
+    flat_out = out.reshape(out.size)
+    plane_in = height * width
+    plane_out = out_h * out_w
+    # Output rows per task: a multiple of 16 pixels where the plane allows, so that the store's
+    # blocks run along the flattened (row, column) axis even where a row is shorter than 16.
+    chunk_rows = min(out_h, 16 // _gcd16(out_w))
+    chunks = (out_h + chunk_rows - 1) // chunk_rows
     for n in range(n_images):
-        for h in prange(height):
-            rows = x[n, :, 0, h]
-            dst = image[h]
-            for v in range(width):
-                for c in range(channels):
-                    dst[v, c] = rows[c, v]
-        for b in prange(out_h):
-            acc = np.empty((out_w, channels), dtype=out.dtype)
-            for o in range(out_w):
+        # image[p, c] = x[n, c, 0, p] over the flattened plane p = h * W + v
+        for p0 in prange((plane_in + 15) // 16):
+            for c0 in range(0, channels, 16):
+                transpose_block(flat_x, (n * channels + c0) * plane_in + 16 * p0, plane_in,
+                                flat_image, 16 * p0 * channels + c0, channels,
+                                min(16, channels - c0), min(16, plane_in - 16 * p0), vector)
+        for chunk in prange(chunks):
+            b0 = chunk * chunk_rows
+            rows = min(chunk_rows, out_h - b0)
+            acc = np.empty((rows * out_w, channels), dtype=out.dtype)
+            for o in range(rows * out_w):
                 target = acc[o]
                 for c in range(channels):
                     target[c] = initial[c]
-            flat = acc.reshape(out_w * channels)
-            for j in range(kh):
-                y = b * sh - ph + j * dh
-                if y < 0 or y >= height:
-                    continue
-                row_in = image[y]
-                for l in range(kw):
-                    off_w = l * dw - pw
-                    lo, hi = _valid_range(off_w, sw, width, out_w)
-                    if hi <= lo:
+            for b in range(b0, b0 + rows):
+                row_acc = acc[(b - b0) * out_w:(b - b0 + 1) * out_w]
+                flat = row_acc.reshape(out_w * channels)
+                for j in range(kh):
+                    y = b * sh - ph + j * dh
+                    if y < 0 or y >= height:
                         continue
-                    weights = wt[j * kw + l]
-                    if sw == 1:
-                        # Output columns lo..hi read one contiguous run of input pixels: one sweep.
-                        src = row_in[lo + off_w:hi + off_w].reshape((hi - lo) * channels)
-                        dst = flat[lo * channels:hi * channels]
-                        for o in range(hi - lo):
-                            base = o * channels
-                            for c in range(channels):
-                                dst[base + c] += weights[c] * src[base + c]
-                    else:
-                        for o in range(lo, hi):
-                            src = row_in[o * sw + off_w]
-                            target = acc[o]
-                            for c in range(channels):
-                                target[c] += weights[c] * src[c]
-            # The transposed store is scalar anyway: a clamp there (no activation, Relu, Clip) is
-            # free, where a separate pass over the accumulator cost a third of the kernel's time.
-            low, high = -np.inf, np.inf
-            if act == 1:
-                low = 0.0
-            elif act == 2:
-                low, high = alpha, beta
-            elif act != 0:
+                    row_in = image[y]
+                    for l in range(kw):
+                        off_w = l * dw - pw
+                        lo, hi = _valid_range(off_w, sw, width, out_w)
+                        if hi <= lo:
+                            continue
+                        weights = wt[j * kw + l]
+                        if sw == 1:
+                            # Output columns lo..hi read one contiguous run of input pixels: one sweep.
+                            src = row_in[lo + off_w:hi + off_w].reshape((hi - lo) * channels)
+                            dst = flat[lo * channels:hi * channels]
+                            for o in range(hi - lo):
+                                base = o * channels
+                                for c in range(channels):
+                                    dst[base + c] += weights[c] * src[base + c]
+                        else:
+                            for o in range(lo, hi):
+                                src = row_in[o * sw + off_w]
+                                target = row_acc[o]
+                                for c in range(channels):
+                                    target[c] += weights[c] * src[c]
+            pixels = rows * out_w
+            flat = acc.reshape(pixels * channels)
+            if act != 0:
                 bias_activate_row(flat, 0.0, flat, act, alpha, beta)
-            _store_transposed(acc, out[n, :, 0, b], act == 1 or act == 2, out.dtype.type(low), out.dtype.type(high))
+            # out[n, c, 0, p] = acc[p - b0 * OW, c] over the chunk's flattened pixels
+            for q0 in range(0, pixels, 16):
+                for c0 in range(0, channels, 16):
+                    transpose_block(flat, q0 * channels + c0, channels,
+                                    flat_out, (n * channels + c0) * plane_out + b0 * out_w + q0, plane_out,
+                                    min(16, pixels - q0), min(16, channels - c0), vector)
+
+
+@njit(cache=True, inline="always")
+def _gcd16(value):
+    """gcd(value, 16)."""
+    g = 16
+    while value % g:
+        g //= 2
+    return g
 
 
 @njit(cache=True, parallel=True)

@@ -5,10 +5,13 @@ Plain copies (gather, concatenation, padding, transposes) stay in numpy, where t
 single memcpy-like pass; these kernels cover the loops whose element updates depend on each other
 (a reduction into duplicate indices must apply every update in order) or that compute values, and
 the one transpose numpy copies slowly: a short axis moved to the end (an NCHW image with 3 channels
-to NHWC, 1x3x224x224 uint8 in 180 us against 30 us here).
+to NHWC, 1x3x224x224 uint8 in 180 us against 30 us here); and :func:`transpose_block`, the 16x16
+float32 block transpose the channels-last depthwise convolution moves its image and output with.
 """
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # Reduction codes shared with qrt.ops.movement.
 REDUCE_ADD = 1
@@ -145,3 +148,73 @@ def swap_middle_axes(x, out):
             dst = out[b, c, r]
             for i in range(block):
                 dst[i] = src[i]
+
+
+def _transpose_stages():
+    """The 16x16 transpose as four rounds of two-input shuffles, ``(a, b, mask)`` per output row:
+    unpacklo/hi within 128-bit lanes, then 2-element and 4-element lane pairs, the sequence AVX-512
+    code writes with _mm512_unpack*_ps, _mm512_shuffle_ps and _mm512_shuffle_f32x4 (each mask here
+    is one of those instructions)."""
+    def unpack(lo):
+        o = 0 if lo else 2
+        return [i for k in range(4) for i in (4 * k + o, 16 + 4 * k + o, 4 * k + o + 1, 16 + 4 * k + o + 1)]
+
+    def pairs(imm):     # _mm512_shuffle_ps
+        return [i for k in range(4) for i in (4 * k + (imm & 3), 4 * k + ((imm >> 2) & 3),
+                                              16 + 4 * k + ((imm >> 4) & 3), 16 + 4 * k + ((imm >> 6) & 3))]
+
+    def lanes(imm):     # _mm512_shuffle_f32x4
+        picked = [imm & 3, (imm >> 2) & 3, 4 + ((imm >> 4) & 3), 4 + ((imm >> 6) & 3)]
+        return [4 * lane + e for lane in picked for e in range(4)]
+
+    return [
+        [(i - i % 2, i - i % 2 + 1, unpack(i % 2 == 0)) for i in range(16)],
+        [(4 * (i // 4) + (i % 4) // 2, 4 * (i // 4) + (i % 4) // 2 + 2, pairs(0x44 if i % 2 == 0 else 0xEE))
+         for i in range(16)],
+        [(8 * (i // 8) + i % 4, 8 * (i // 8) + i % 4 + 4, lanes(0x88 if i % 8 < 4 else 0xDD)) for i in range(16)],
+        [(i % 8, i % 8 + 8, lanes(0x88 if i < 8 else 0xDD)) for i in range(16)],
+    ]
+
+
+_STAGES = _transpose_stages()
+
+
+@intrinsic
+def _transpose16(typingctx, src, src_off, src_stride, dst, dst_off, dst_stride):
+    """dst[dst_off + j * dst_stride + i] = src[src_off + i * src_stride + j] for i, j < 16: 16 vector
+    loads, 64 shuffles, 16 vector stores (arrays of one dtype, any CPU; one zmm per float32 row with
+    AVX-512)."""
+    sig = types.void(src, src_off, src_stride, dst, dst_off, dst_stride)
+
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), 16)
+        i64 = ir.IntType(64)
+        src_v, src_off_v, src_stride_v, dst_v, dst_off_v, dst_stride_v = args
+        src_base = builder.gep(context.make_array(signature.args[0])(context, builder, src_v).data, [src_off_v])
+        dst_base = builder.gep(context.make_array(signature.args[3])(context, builder, dst_v).data, [dst_off_v])
+        rows = [builder.load(builder.bitcast(builder.gep(src_base, [builder.mul(ir.Constant(i64, i), src_stride_v)]),
+                                             vec.as_pointer()), align=4) for i in range(16)]
+        for stage in _STAGES:
+            rows = [builder.shuffle_vector(rows[a], rows[b], ir.Constant(ir.VectorType(ir.IntType(32), 16), mask))
+                    for a, b, mask in stage]
+        for j in range(16):
+            target = builder.gep(dst_base, [builder.mul(ir.Constant(i64, j), dst_stride_v)])
+            builder.store(rows[j], builder.bitcast(target, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def transpose_block(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols, vector):
+    """dst[dst_off + j * dst_stride + i] = src[src_off + i * src_stride + j] for i < rows, j < cols
+    (flat arrays of one dtype). A full 16x16 block with ``vector`` runs as shuffles of 16-float rows; the
+    scalar loop (partial blocks, and CPUs without AVX-512, where 16-float vectors are split) moved one
+    element per load and store, and two such transposes were half of the depthwise kernel's time."""
+    if vector and rows == 16 and cols == 16:
+        _transpose16(src, src_off, np.int64(src_stride), dst, dst_off, np.int64(dst_stride))
+        return
+    for j in range(cols):
+        for i in range(rows):
+            dst[dst_off + j * dst_stride + i] = src[src_off + i * src_stride + j]
+
