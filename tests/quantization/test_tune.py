@@ -133,14 +133,14 @@ def test_default_int8_fails_and_tune_meets_the_target(outlier_model, tuned):
 
 def test_scan_ranks_the_built_sensitive_layer_first(tuned):
     # ``mix`` is the layer this model is built to make sensitive: it reads the two outlier channels
-    # through weights 40x smaller than the rest. The scan probes every int8 compute node (on two eval
-    # feeds); swapping ``mix`` alone lifts the SQNR ~14 dB, no other node more than ~1 dB. The noise
+    # through weights 40x smaller than the rest. The scan probes every int8 compute node; swapping
+    # ``mix`` alone lifts the SQNR ~9.5 dB (27.0 -> 36.5), no other node more than ~1 dB. The noise
     # budget then swaps that one node, and the last pass keeps only its weight 16-bit.
     result, _ = tuned
     assert len(result.sensitivity) == result.compute_nodes == 22
     ranked = sorted(result.sensitivity, key=lambda n: -result.sensitivity[n])
     assert ranked[0] == "mix"
-    assert result.sensitivity["mix"] - result.sensitivity_base >= 10
+    assert result.sensitivity["mix"] - result.sensitivity_base >= 7
     assert all(result.sensitivity[n] - result.sensitivity_base <= 2 for n in ranked[1:])
     groups = [s.change for s in result.steps if s.kept and "holding the most measured noise" in s.change]
     assert [g.split()[0] for g in groups] == ["1"]
