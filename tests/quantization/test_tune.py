@@ -304,12 +304,12 @@ def test_probes_run_the_feeds_that_carry_the_noise():
     shares = tune_module._sample_noise(reference, approx)
     assert 10 * np.log10(1 / sum(shares)) == pytest.approx(tune_module.sqnr_db(reference, approx), abs=1e-9)
     assert int(np.argmax(shares)) == 1
-    # One feed carries 90% of the noise: the probes run it alone. Spread evenly, the noise needs more
-    # than half the feeds for 80%: the probes run them all.
+    # One feed carries 96% of the noise: the probes run it alone. Spread evenly, the noise needs more
+    # than half the feeds for 95%: the probes run them all.
     tuner = tune_module._Tuner.__new__(tune_module._Tuner)
     tuner.eval_feeds = [{}] * 8
     tuner.build = lambda plan: type("Built", (), {"model": None})  # sample_noise here ignores the model
-    tuner.sample_noise = lambda model: [0.01, 0.01, 0.9, 0.01, 0.05, 0.01, 0.01, 0.0]
+    tuner.sample_noise = lambda model: [0.01, 0.01, 0.96, 0.01, 0.01, 0.0, 0.0, 0.0]
     assert tuner.probe_samples(tune_module._Plan()) == (2,)
     tuner.sample_noise = lambda model: [1.0] * 8
     assert tuner.probe_samples(tune_module._Plan()) is None
