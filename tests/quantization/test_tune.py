@@ -131,6 +131,52 @@ def test_default_int8_fails_and_tune_meets_the_target(outlier_model, tuned):
     assert result.choices and all(k == "model" or k in names for k in result.choices)
 
 
+def test_scan_ranks_the_built_sensitive_layer_first(tuned):
+    # ``mix`` is the layer this model is built to make sensitive: it reads the two outlier channels
+    # through weights 40x smaller than the rest. The scan probes every int8 compute node; swapping
+    # ``mix`` alone lifts the SQNR ~9.5 dB (27.0 -> 36.5), no other node more than ~1 dB. The noise
+    # budget then swaps that one node, and the last pass keeps only its weight 16-bit.
+    result, _ = tuned
+    assert len(result.sensitivity) == result.compute_nodes == 22
+    ranked = sorted(result.sensitivity, key=lambda n: -result.sensitivity[n])
+    assert ranked[0] == "mix"
+    assert result.sensitivity["mix"] - result.sensitivity_base >= 7
+    assert all(result.sensitivity[n] - result.sensitivity_base <= 2 for n in ranked[1:])
+    groups = [s.change for s in result.steps if s.kept and "holding the most measured noise" in s.change]
+    assert [g.split()[0] for g in groups] == ["1"]
+    assert result.choices.get("mix") == "QInt16 weight" and result.int8_nodes == 21
+
+
+class _NoTimeLimit:
+    def out_of_time(self):
+        return False
+
+    def weight_of(self, name):
+        return None
+
+
+def test_noise_budget_swaps_the_fewest_nodes_whose_noise_shares_reach_the_target():
+    # From 20 dB (noise 1e-2 of the signal) to 30 dB (1e-3), 9e-3 of noise must go. Swapping a alone
+    # leaves 4e-3 (a holds 6e-3), b alone 6.5e-3 (3.5e-3), c alone 9.8e-3 (2e-4): a and b together
+    # remove 9.5e-3, so the budget tries those two (and only those: a group that falls short is
+    # not grown here, the per-node options and the doubling groups take over).
+    search = tune_module._Search.__new__(tune_module._Search)
+    search.tuner, search.objective, search.target = _NoTimeLimit(), "sqnr", 30.0
+    search.plan, search.current, search.wide_ok = tune_module._Plan(), 20.0, False
+    search.sensitivity_base = 20.0
+    search.sensitivity = {n: -10 * np.log10(left) for n, left in (("c", 9.8e-3), ("a", 4e-3), ("b", 6.5e-3))}
+    search.sensitivity["d"] = 19.5    # its swap made things worse: it holds no noise to remove
+    tried = []
+
+    def attempt(candidate, change):
+        tried.append(sorted(candidate.float_nodes))
+        return False
+
+    search.attempt = attempt
+    assert search.budget_group() is False
+    assert tried == [["a", "b"]]
+
+
 def test_result_metric_is_what_qrt_measures(outlier_model, tuned):
     result, out = tuned
     scored = feeds(16, 5)
@@ -248,3 +294,22 @@ def test_cli_target_sqnr(outlier_model, tmp_path, capsys):
     assert "NOT met" in capsys.readouterr().out
     assert main(args[:2] + ["--target-cosine", "0.99"]) == 1
     assert "need --calibration" in capsys.readouterr().err
+
+
+def test_probes_run_the_feeds_that_carry_the_noise():
+    # Per feed, its share of the noise the SQNR counts: for one output they add up to noise/signal.
+    rng = np.random.default_rng(3)
+    reference = [[rng.standard_normal((2, 5))] for _ in range(4)]
+    approx = [[r[0] + rng.standard_normal((2, 5)) * scale] for r, scale in zip(reference, (0.01, 0.3, 0.02, 0.01))]
+    shares = tune_module._sample_noise(reference, approx)
+    assert 10 * np.log10(1 / sum(shares)) == pytest.approx(tune_module.sqnr_db(reference, approx), abs=1e-9)
+    assert int(np.argmax(shares)) == 1
+    # One feed carries 96% of the noise: the probes run it alone. Spread evenly, the noise needs more
+    # than half the feeds for 95%: the probes run them all.
+    tuner = tune_module._Tuner.__new__(tune_module._Tuner)
+    tuner.eval_feeds = [{}] * 8
+    tuner.build = lambda plan: type("Built", (), {"model": None})  # sample_noise here ignores the model
+    tuner.sample_noise = lambda model: [0.01, 0.01, 0.96, 0.01, 0.01, 0.0, 0.0, 0.0]
+    assert tuner.probe_samples(tune_module._Plan()) == (2,)
+    tuner.sample_noise = lambda model: [1.0] * 8
+    assert tuner.probe_samples(tune_module._Plan()) is None
