@@ -49,6 +49,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .qgemm import _const, _k_loop as _loop
+
 # Columns per panel: two vectors of LANES floats, the micro-kernels' width.
 LANES = 16
 NC = 2 * LANES
@@ -69,43 +71,8 @@ _VI = ir.VectorType(_I32, LANES)
 _VB = ir.VectorType(_I8, LANES)
 
 
-def _const(value, ty=_I64):
-    return ir.Constant(ty, value)
-
-
 def _splat_const(value, ty=_VI):
     return ir.Constant(ty, [ir.Constant(ty.element, value)] * LANES)
-
-
-def _loop(builder, count, init, step):
-    """Emits ``for it in range(count): values = step(it, values)``; returns the final values."""
-    entry = builder.block
-    body = builder.append_basic_block("nbits_loop")
-    done = builder.append_basic_block("nbits_done")
-    builder.cbranch(builder.icmp_signed(">", count, _const(0)), body, done)
-    builder.position_at_end(body)
-    it = builder.phi(_I64)
-    it.add_incoming(_const(0), entry)
-    phis = []
-    for value in init:
-        phi = builder.phi(value.type)
-        phi.add_incoming(value, entry)
-        phis.append(phi)
-    new = step(it, phis)
-    end = builder.block
-    it_next = builder.add(it, _const(1))
-    it.add_incoming(it_next, end)
-    for phi, value in zip(phis, new):
-        phi.add_incoming(value, end)
-    builder.cbranch(builder.icmp_signed("<", it_next, count), body, done)
-    builder.position_at_end(done)
-    final = []
-    for value, value_new in zip(init, new):
-        phi = builder.phi(value.type)
-        phi.add_incoming(value, entry)
-        phi.add_incoming(value_new, end)
-        final.append(phi)
-    return final
 
 
 def _fmuladd(builder):
